@@ -1,0 +1,3 @@
+//! Adapters that change the world.
+
+pub mod ecs_config;

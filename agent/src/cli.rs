@@ -1,0 +1,97 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::actions::ecs_config::DEFAULT_ECS_CONFIG_PATH;
+use crate::host::state::DEFAULT_STATE_DIR;
+use crate::sources::config_file::DEFAULT_CONFIG_PATH;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0   success (written, already correct, or dry run)
+  1   internal error
+  2   usage error
+  3   configuration error (config file, no cluster source, invalid cluster)
+  4   compute environment refused (not found, MANAGED, no ECS cluster)
+  5   AWS denied a request (IAM permission or credentials)
+  6   ecs.config could not be read or written
+  7   AWS rejected a request for another reason
+  75  transient: IMDS or AWS unreachable after retries; try again";
+
+/// Node agent for AWS Batch unmanaged compute environments.
+///
+/// Joins this instance to its compute environment's ECS cluster at boot, then
+/// drains the container instance before the instance's capacity ends.
+#[derive(Debug, Parser)]
+#[command(name = "blockwatch", version, propagate_version = true, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every subcommand takes.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Config file (TOML). A missing file is fine at the default path, an error anywhere else
+    /// [default: /etc/blockwatch/blockwatch.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// The ECS agent's config file, where ECS_CLUSTER is written
+    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_ECS_CONFIG_PATH)]
+    pub ecs_config: PathBuf,
+
+    /// Where blockwatch records what it has done
+    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+}
+
+impl CommonArgs {
+    /// The config path, and whether the operator named it.
+    pub fn config_path(&self) -> (PathBuf, bool) {
+        match &self.config {
+            Some(path) => (path.clone(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write ECS_CLUSTER into ecs.config for this instance's compute environment (run at boot,
+    /// before ecs.service)
+    #[command(long_about = JOIN_ABOUT, after_help = EXIT_CODES)]
+    Join(JoinArgs),
+}
+
+const JOIN_ABOUT: &str = "\
+Write ECS_CLUSTER into ecs.config so the ECS agent registers this instance in the
+compute environment's cluster. Run it at boot, before ecs.service starts: without
+ECS_CLUSTER the ECS agent joins (and remembers) the cluster `default`.
+
+Where the cluster comes from, highest precedence first:
+  1. the config file: `cluster = \"...\"`, or `compute_environment = \"...\"`
+  2. instance tags: blockwatch:cluster, or blockwatch:compute-environment
+     (read from IMDS; if the instance was launched without tags in metadata,
+     from ec2:DescribeTags)
+An explicit cluster is used as is. A compute environment is looked up with
+batch:DescribeComputeEnvironments and its ecsClusterArn is used; MANAGED compute
+environments are refused.
+
+Every other line of ecs.config is kept. The file is replaced atomically and only
+when it changes; on any error it is left untouched.
+
+AWS and IMDS endpoints follow the SDK conventions: AWS_REGION (else the region in
+the instance identity document), AWS_ENDPOINT_URL, AWS_EC2_METADATA_SERVICE_ENDPOINT,
+and the default credential chain.";
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// Print what would be written to ecs.config, and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}

@@ -1,0 +1,543 @@
+//! Settings, where each one came from, and the precedence between sources:
+//! config file > instance tags > discovered via AWS APIs > defaults.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+pub const TAG_COMPUTE_ENVIRONMENT: &str = "blockwatch:compute-environment";
+pub const TAG_CLUSTER: &str = "blockwatch:cluster";
+pub const TAG_LEASE_END: &str = "blockwatch:lease-end";
+pub const TAG_LEASE_DURATION: &str = "blockwatch:lease-duration";
+/// Every instance tag the agent reads.
+pub const TAG_KEYS: [&str; 4] = [TAG_COMPUTE_ENVIRONMENT, TAG_CLUSTER, TAG_LEASE_END, TAG_LEASE_DURATION];
+
+pub const DEFAULT_DRAIN_LEAD: Duration = Duration::from_secs(10 * 60);
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_POWEROFF_COMMAND: &str = "systemctl poweroff";
+
+/// `/etc/blockwatch/blockwatch.toml`. Unknown keys are an error, so a typo
+/// never silently falls back to a default.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub compute_environment: Option<String>,
+    pub cluster: Option<String>,
+    pub lease_end: Option<Timestamp>,
+    pub lease_duration: Option<HumanDuration>,
+    pub drain_lead: Option<HumanDuration>,
+    pub drain_on_rebalance: Option<bool>,
+    pub poll_interval: Option<HumanDuration>,
+    pub on_drained: Option<OnDrained>,
+    pub poweroff_command: Option<String>,
+    pub webhook_url: Option<String>,
+    pub dry_run: Option<bool>,
+}
+
+/// A config file that could not be used, as one line naming the file.
+#[derive(Debug, thiserror::Error)]
+#[error("config file {path}: {reason}")]
+pub struct ConfigFileError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl FileConfig {
+    /// Parses the TOML text of the file at `path` (used in messages).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigFileError> {
+        toml::from_str(text).map_err(|err| {
+            let line = err
+                .span()
+                .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+            let message = err.message().replace('\n', " ");
+            ConfigFileError {
+                path: path.to_owned(),
+                reason: match line {
+                    Some(line) => format!("line {line}: {message}"),
+                    None => message,
+                },
+            }
+        })
+    }
+}
+
+/// A humantime duration such as `10m` or `1h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl std::str::FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        humantime::parse_duration(text.trim())
+            .map(Self)
+            .map_err(|e| format!("{text:?} is not a duration like 10m or 1h30m ({e})"))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+/// An RFC 3339 instant; TOML may give it as a string or as a native datetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(pub OffsetDateTime);
+
+impl std::str::FromStr for Timestamp {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
+            .map(Self)
+            .map_err(|_| format!("{text:?} is not an RFC 3339 time like 2026-01-31T15:00:00Z"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Toml(toml::value::Datetime),
+        }
+        let text = match Raw::deserialize(d)? {
+            Raw::Text(text) => text,
+            Raw::Toml(datetime) => datetime.to_string(),
+        };
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.format(&time::format_description::well_known::Rfc3339) {
+            Ok(text) => f.write_str(&text),
+            Err(_) => write!(f, "{:?}", self.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDrained {
+    #[default]
+    None,
+    Poweroff,
+}
+
+impl fmt::Display for OnDrained {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::None => "none",
+            Self::Poweroff => "poweroff",
+        })
+    }
+}
+
+/// How the instance tags were read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagChannel {
+    Imds,
+    DescribeTags,
+}
+
+/// The `blockwatch:*` tags of this instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceTags {
+    pub values: BTreeMap<String, String>,
+    pub channel: TagChannel,
+}
+
+impl InstanceTags {
+    fn get(&self, key: &'static str) -> Option<(String, Origin)> {
+        self.values.get(key).map(|value| {
+            (value.clone(), Origin::InstanceTag { key, channel: self.channel })
+        })
+    }
+}
+
+/// Where a setting came from; logged next to every effective value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    ConfigFile(PathBuf),
+    CommandLine,
+    InstanceTag { key: &'static str, channel: TagChannel },
+    Discovered(&'static str),
+    Default,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ConfigFile(path) => write!(f, "config file {}", path.display()),
+            Self::CommandLine => f.write_str("command line"),
+            Self::InstanceTag { key, channel: TagChannel::Imds } => {
+                write!(f, "instance tag {key} (IMDS)")
+            }
+            Self::InstanceTag { key, channel: TagChannel::DescribeTags } => {
+                write!(f, "instance tag {key} (ec2:DescribeTags)")
+            }
+            Self::Discovered(api) => write!(f, "discovered via {api}"),
+            Self::Default => f.write_str("default"),
+        }
+    }
+}
+
+impl Origin {
+    /// A short machine-friendly name for journald's `SOURCE` field.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::ConfigFile(_) => "config",
+            Self::CommandLine => "cli",
+            Self::InstanceTag { .. } => "tag",
+            Self::Discovered(_) => "discovered",
+            Self::Default => "default",
+        }
+    }
+}
+
+/// A value and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sourced<T> {
+    pub value: T,
+    pub origin: Origin,
+}
+
+impl<T> Sourced<T> {
+    pub fn new(value: T, origin: Origin) -> Self {
+        Self { value, origin }
+    }
+}
+
+/// How the join finds its cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterTarget {
+    /// A cluster given outright; Batch is not asked.
+    Cluster(Sourced<String>),
+    /// A compute environment whose `ecsClusterArn` names the cluster.
+    ComputeEnvironment(Sourced<String>),
+}
+
+/// Neither the config file nor the tags say which cluster to join.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no cluster source: set `cluster` or `compute_environment` in {config}, or tag the instance with {TAG_CLUSTER} or {TAG_COMPUTE_ENVIRONMENT}{tags_note}")]
+pub struct NoClusterSource {
+    pub config: String,
+    pub tags_note: &'static str,
+}
+
+/// The highest-precedence source that names a cluster or a compute
+/// environment decides; within one source an explicit cluster wins, since it
+/// needs no Batch call. Returns the choice and any lower-precedence values it
+/// overrides, so they can be logged.
+pub fn choose_cluster_target(
+    file: &FileConfig,
+    file_path: &Path,
+    tags: Option<&InstanceTags>,
+) -> Result<(ClusterTarget, Vec<Sourced<String>>), NoClusterSource> {
+    let from_file = |value: &Option<String>| {
+        value.clone().map(|v| Sourced::new(v, Origin::ConfigFile(file_path.to_owned())))
+    };
+    let from_tag = |key| tags.and_then(|t| t.get(key)).map(|(v, o)| Sourced::new(v, o));
+    let candidates = [
+        from_file(&file.cluster).map(ClusterTarget::Cluster),
+        from_file(&file.compute_environment).map(ClusterTarget::ComputeEnvironment),
+        from_tag(TAG_CLUSTER).map(ClusterTarget::Cluster),
+        from_tag(TAG_COMPUTE_ENVIRONMENT).map(ClusterTarget::ComputeEnvironment),
+    ];
+    let mut found = candidates.into_iter().flatten();
+    match found.next() {
+        Some(chosen) => {
+            let overridden = found
+                .map(|target| match target {
+                    ClusterTarget::Cluster(s) | ClusterTarget::ComputeEnvironment(s) => s,
+                })
+                .collect();
+            Ok((chosen, overridden))
+        }
+        None => Err(NoClusterSource {
+            config: file_path.display().to_string(),
+            tags_note: if tags.is_some() { "" } else { " (instance tags could not be read)" },
+        }),
+    }
+}
+
+/// The lease the launcher gave this instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    Ends(Timestamp),
+    LastsFromLaunch(HumanDuration),
+}
+
+impl fmt::Display for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ends(at) => write!(f, "ends {at}"),
+            Self::LastsFromLaunch(d) => write!(f, "{d} from launch"),
+        }
+    }
+}
+
+/// Every setting the agent runs with, each with its origin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub lease: Option<Sourced<Lease>>,
+    pub drain_lead: Sourced<Duration>,
+    pub drain_on_rebalance: Sourced<bool>,
+    pub poll_interval: Sourced<Duration>,
+    pub on_drained: Sourced<OnDrained>,
+    pub poweroff_command: Sourced<String>,
+    pub webhook_url: Option<Sourced<String>>,
+    pub dry_run: Sourced<bool>,
+}
+
+/// A tag value that does not parse; the tag is ignored with a warning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagProblem {
+    pub key: &'static str,
+    pub reason: String,
+}
+
+impl Settings {
+    /// Applies file > tags > defaults. `dry_run_flag` is the command line's
+    /// `--dry-run`, which can only turn dry-run on.
+    pub fn resolve(
+        file: &FileConfig,
+        file_path: &Path,
+        tags: Option<&InstanceTags>,
+        dry_run_flag: bool,
+    ) -> (Self, Vec<TagProblem>) {
+        let in_file = || Origin::ConfigFile(file_path.to_owned());
+        let or_default = |value: Option<Duration>, default| match value {
+            Some(v) => Sourced::new(v, in_file()),
+            None => Sourced::new(default, Origin::Default),
+        };
+        let mut problems = Vec::new();
+        let lease = Self::lease(file, tags, in_file(), &mut problems);
+        let dry_run = if dry_run_flag {
+            Sourced::new(true, Origin::CommandLine)
+        } else {
+            file.dry_run.map_or(Sourced::new(false, Origin::Default), |v| Sourced::new(v, in_file()))
+        };
+        let settings = Self {
+            lease,
+            drain_lead: or_default(file.drain_lead.map(|d| d.0), DEFAULT_DRAIN_LEAD),
+            drain_on_rebalance: file
+                .drain_on_rebalance
+                .map_or(Sourced::new(false, Origin::Default), |v| Sourced::new(v, in_file())),
+            poll_interval: or_default(file.poll_interval.map(|d| d.0), DEFAULT_POLL_INTERVAL),
+            on_drained: file
+                .on_drained
+                .map_or(Sourced::new(OnDrained::None, Origin::Default), |v| Sourced::new(v, in_file())),
+            poweroff_command: file.poweroff_command.clone().map_or(
+                Sourced::new(DEFAULT_POWEROFF_COMMAND.to_owned(), Origin::Default),
+                |v| Sourced::new(v, in_file()),
+            ),
+            webhook_url: file.webhook_url.clone().map(|v| Sourced::new(v, in_file())),
+            dry_run,
+        };
+        (settings, problems)
+    }
+
+    fn lease(
+        file: &FileConfig,
+        tags: Option<&InstanceTags>,
+        in_file: Origin,
+        problems: &mut Vec<TagProblem>,
+    ) -> Option<Sourced<Lease>> {
+        if let Some(end) = file.lease_end {
+            return Some(Sourced::new(Lease::Ends(end), in_file));
+        }
+        if let Some(duration) = file.lease_duration {
+            return Some(Sourced::new(Lease::LastsFromLaunch(duration), in_file));
+        }
+        let tags = tags?;
+        if let Some((text, origin)) = tags.get(TAG_LEASE_END) {
+            match text.parse::<Timestamp>() {
+                Ok(end) => return Some(Sourced::new(Lease::Ends(end), origin)),
+                Err(reason) => problems.push(TagProblem { key: TAG_LEASE_END, reason }),
+            }
+        }
+        if let Some((text, origin)) = tags.get(TAG_LEASE_DURATION) {
+            match text.parse::<HumanDuration>() {
+                Ok(d) => return Some(Sourced::new(Lease::LastsFromLaunch(d), origin)),
+                Err(reason) => problems.push(TagProblem { key: TAG_LEASE_DURATION, reason }),
+            }
+        }
+        None
+    }
+
+    /// One `key=value (origin)` item per setting, for the startup log line.
+    /// The webhook URL is never shown: it may carry a secret.
+    pub fn describe(&self) -> Vec<String> {
+        let mut items = Vec::new();
+        match &self.lease {
+            Some(lease) => items.push(format!("lease={} ({})", lease.value, lease.origin)),
+            None => items.push("lease=none".to_owned()),
+        }
+        items.push(format!(
+            "drain_lead={} ({})",
+            humantime::format_duration(self.drain_lead.value),
+            self.drain_lead.origin
+        ));
+        items.push(format!("drain_on_rebalance={} ({})", self.drain_on_rebalance.value, self.drain_on_rebalance.origin));
+        items.push(format!(
+            "poll_interval={} ({})",
+            humantime::format_duration(self.poll_interval.value),
+            self.poll_interval.origin
+        ));
+        items.push(format!("on_drained={} ({})", self.on_drained.value, self.on_drained.origin));
+        if self.on_drained.value == OnDrained::Poweroff {
+            items.push(format!("poweroff_command={:?} ({})", self.poweroff_command.value, self.poweroff_command.origin));
+        }
+        if let Some(hook) = &self.webhook_url {
+            items.push(format!("webhook_url=<set> ({})", hook.origin));
+        }
+        items.push(format!("dry_run={} ({})", self.dry_run.value, self.dry_run.origin));
+        items
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path() -> PathBuf {
+        PathBuf::from("/etc/blockwatch/blockwatch.toml")
+    }
+
+    fn tags(pairs: &[(&str, &str)]) -> InstanceTags {
+        InstanceTags {
+            values: pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            channel: TagChannel::Imds,
+        }
+    }
+
+    fn parse(text: &str) -> FileConfig {
+        match FileConfig::parse(text, &path()) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn target(file: &FileConfig, tags: Option<&InstanceTags>) -> ClusterTarget {
+        match choose_cluster_target(file, &path(), tags) {
+            Ok((t, _)) => t,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn parses_every_contract_key() {
+        let c = parse(
+            r#"
+            compute_environment = "ce"
+            cluster = "c"
+            lease_end = 2026-01-31T15:00:00Z
+            lease_duration = "3h"
+            drain_lead = "15m"
+            drain_on_rebalance = true
+            poll_interval = "2s"
+            on_drained = "poweroff"
+            poweroff_command = "/bin/true"
+            webhook_url = "https://hooks.example/x"
+            dry_run = true
+            "#,
+        );
+        assert_eq!(c.drain_lead, Some(HumanDuration(Duration::from_secs(900))));
+        assert_eq!(c.on_drained, Some(OnDrained::Poweroff));
+        assert_eq!(c.lease_end.map(|t| t.to_string()).as_deref(), Some("2026-01-31T15:00:00Z"));
+        assert_eq!(parse(r#"lease_end = "2026-01-31T15:00:00Z""#).lease_end, c.lease_end);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_one_line_errors_naming_the_file() {
+        for (text, needle) in [
+            ("clustr = \"x\"", "clustr"),
+            ("drain_lead = \"soon\"", "soon"),
+            ("\n\non_drained = \"explode\"", "line 3"),
+            ("lease_end = \"tomorrow\"", "RFC 3339"),
+        ] {
+            let err = FileConfig::parse(text, &path()).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.starts_with("config file /etc/blockwatch/blockwatch.toml: "), "{err}");
+            assert!(err.contains(needle), "{err} should mention {needle}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn config_file_beats_tags() {
+        let file = parse(r#"compute_environment = "from-file""#);
+        let t = tags(&[(TAG_CLUSTER, "from-tag"), (TAG_COMPUTE_ENVIRONMENT, "ce-tag")]);
+        let (chosen, overridden) = match choose_cluster_target(&file, &path(), Some(&t)) {
+            Ok(v) => v,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(
+            chosen,
+            ClusterTarget::ComputeEnvironment(Sourced::new("from-file".into(), Origin::ConfigFile(path())))
+        );
+        assert_eq!(overridden.len(), 2);
+    }
+
+    #[test]
+    fn explicit_cluster_beats_compute_environment_within_a_source() {
+        let file = parse("cluster = \"c\"\ncompute_environment = \"ce\"");
+        assert!(matches!(target(&file, None), ClusterTarget::Cluster(s) if s.value == "c"));
+        let t = tags(&[(TAG_COMPUTE_ENVIRONMENT, "ce"), (TAG_CLUSTER, "c")]);
+        assert!(matches!(
+            target(&FileConfig::default(), Some(&t)),
+            ClusterTarget::Cluster(Sourced { origin: Origin::InstanceTag { key: TAG_CLUSTER, .. }, .. })
+        ));
+    }
+
+    #[test]
+    fn tags_are_used_when_the_file_is_silent() {
+        let t = InstanceTags { channel: TagChannel::DescribeTags, ..tags(&[(TAG_COMPUTE_ENVIRONMENT, "ce")]) };
+        let chosen = target(&parse(r#"drain_lead = "5m""#), Some(&t));
+        let ClusterTarget::ComputeEnvironment(ce) = chosen else { panic!("expected a CE") };
+        assert_eq!(ce.origin.to_string(), "instance tag blockwatch:compute-environment (ec2:DescribeTags)");
+    }
+
+    #[test]
+    fn no_source_is_an_error_that_says_what_to_set() {
+        let err = choose_cluster_target(&FileConfig::default(), &path(), Some(&tags(&[])));
+        let text = err.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(text.contains("blockwatch:compute-environment") && text.contains("compute_environment"), "{text}");
+    }
+
+    #[test]
+    fn settings_take_file_then_tags_then_defaults() {
+        let t = tags(&[(TAG_LEASE_DURATION, "3h"), (TAG_LEASE_END, "garbage")]);
+        let (s, problems) = Settings::resolve(&FileConfig::default(), &path(), Some(&t), false);
+        assert_eq!(s.drain_lead, Sourced::new(DEFAULT_DRAIN_LEAD, Origin::Default));
+        assert_eq!(s.lease.map(|l| l.value), Some(Lease::LastsFromLaunch(HumanDuration(Duration::from_secs(3 * 3600)))));
+        assert_eq!(problems.len(), 1, "the unparsable lease-end tag is reported");
+
+        let file = parse("lease_duration = \"1h\"\ndrain_lead = \"20m\"\ndry_run = false");
+        let (s, problems) = Settings::resolve(&file, &path(), Some(&t), true);
+        assert!(problems.is_empty());
+        assert_eq!(s.lease.map(|l| l.origin), Some(Origin::ConfigFile(path())));
+        assert_eq!(s.drain_lead.value, Duration::from_secs(1200));
+        assert_eq!(s.dry_run, Sourced::new(true, Origin::CommandLine));
+    }
+
+    #[test]
+    fn describe_never_shows_the_webhook_url() {
+        let file = parse(r#"webhook_url = "https://user:secret@hooks.example/x""#);
+        let (s, _) = Settings::resolve(&file, &path(), None, false);
+        let text = s.describe().join(" ");
+        assert!(!text.contains("secret") && text.contains("webhook_url=<set>"), "{text}");
+    }
+}

@@ -1,0 +1,6 @@
+//! The pure part of blockwatch: values in, decisions out. No IO, no clock.
+
+pub mod cluster;
+pub mod compute_environment;
+pub mod config;
+pub mod ecs_config;

@@ -1,0 +1,70 @@
+//! Exit codes. The table is also in README.md; systemd units use it to
+//! retry transient failures and give up on terminal ones.
+//!
+//! | code | meaning | retry helps? |
+//! |---|---|---|
+//! | 0  | success (written, already correct, or dry run) | - |
+//! | 1  | internal error | no |
+//! | 2  | usage error (bad flags) | no |
+//! | 3  | configuration error: unreadable or invalid config file, no cluster source, invalid cluster value | no |
+//! | 4  | compute environment refused: not found, MANAGED, or without a usable ECS cluster | no |
+//! | 5  | AWS denied a request: missing IAM permission or credentials | no |
+//! | 6  | ecs.config could not be read or written | no |
+//! | 7  | AWS rejected a request for another reason | no |
+//! | 75 | transient: IMDS or AWS unreachable, throttled or failing after retries (EX_TEMPFAIL) | yes |
+
+use crate::actions::ecs_config::WriteError;
+use crate::core::cluster::InvalidCluster;
+use crate::core::compute_environment::Refusal;
+use crate::core::config::{ConfigFileError, NoClusterSource, Origin};
+use crate::sources::{AwsFailure, SourceError};
+
+pub const INTERNAL: u8 = 1;
+pub const USAGE: u8 = 2;
+pub const CONFIG: u8 = 3;
+pub const COMPUTE_ENVIRONMENT: u8 = 4;
+pub const AWS_DENIED: u8 = 5;
+pub const ECS_CONFIG_IO: u8 = 6;
+pub const AWS_REJECTED: u8 = 7;
+pub const TRANSIENT: u8 = 75;
+
+/// Everything that can stop `blockwatch join`, each as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error(transparent)]
+    ConfigFile(#[from] ConfigFileError),
+    #[error(transparent)]
+    NoClusterSource(#[from] NoClusterSource),
+    #[error("{reason} (from {origin})")]
+    InvalidCluster { reason: InvalidCluster, origin: Origin },
+    #[error(transparent)]
+    ComputeEnvironment(#[from] Refusal),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("ecs.config {0}")]
+    EcsConfig(#[from] WriteError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl JoinError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::ConfigFile(_) | Self::NoClusterSource(_) | Self::InvalidCluster { .. } => CONFIG,
+            Self::ComputeEnvironment(_) => COMPUTE_ENVIRONMENT,
+            Self::Source(SourceError::Imds { .. }) => TRANSIENT,
+            Self::Source(SourceError::Aws { kind, .. }) => match kind {
+                AwsFailure::Transient => TRANSIENT,
+                AwsFailure::Denied => AWS_DENIED,
+                AwsFailure::Rejected => AWS_REJECTED,
+            },
+            Self::EcsConfig(_) => ECS_CONFIG_IO,
+            Self::Internal(_) => INTERNAL,
+        }
+    }
+
+    /// Whether running again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.exit_code() == TRANSIENT
+    }
+}

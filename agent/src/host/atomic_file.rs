@@ -1,0 +1,75 @@
+//! Replacing a file so that readers see the old bytes or the new, never a mix,
+//! even across a crash or power loss.
+
+use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Writes `bytes` to `path` with `mode`: a temp file in the same directory,
+/// fsync, rename over the target, fsync the directory. Missing parent
+/// directories are created with mode 0755. On error the target is untouched
+/// and the temp file is removed.
+pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    DirBuilder::new().recursive(true).mode(0o755).create(&dir)?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let temp = dir.join(format!(".{}.blockwatch-{}.tmp", file_name.to_string_lossy(), std::process::id()));
+    let result = write_then_rename(&temp, path, &dir, bytes, mode);
+    if result.is_err() {
+        // Best effort: the error that matters is the one we return.
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+fn write_then_rename(temp: &Path, path: &Path, dir: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    // A temp file left by a crashed run with the same PID is ours to replace.
+    match fs::remove_file(temp) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+        _ => {}
+    }
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(temp)?;
+    file.write_all(bytes)?;
+    // The umask may have narrowed the mode given at creation.
+    file.set_permissions(Permissions::from_mode(mode))?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(temp, path)?;
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_parents_and_sets_the_mode_despite_umask() -> io::Result<()> {
+        let root = tempfile::tempdir()?;
+        let path = root.path().join("etc/ecs/ecs.config");
+        replace(&path, b"A=1\n", 0o644)?;
+        assert_eq!(fs::read(&path)?, b"A=1\n");
+        assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o777, 0o644);
+        assert_eq!(fs::read_dir(path.parent().unwrap_or(root.path()))?.count(), 1, "no temp file left");
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_target_untouched_and_no_temp_file() -> io::Result<()> {
+        let root = tempfile::tempdir()?;
+        let path = root.path().join("ecs.config");
+        fs::write(&path, b"OLD\r\n")?;
+        // A directory where the temp file must go makes the write fail.
+        let temp = root.path().join(format!(".ecs.config.blockwatch-{}.tmp", std::process::id()));
+        fs::create_dir(&temp)?;
+        fs::write(temp.join("pin"), b"")?;
+        assert!(replace(&path, b"NEW\n", 0o644).is_err());
+        assert_eq!(fs::read(&path)?, b"OLD\r\n");
+        Ok(())
+    }
+}

@@ -1,0 +1,6 @@
+//! The host: files written atomically, logging to journald or stderr, the
+//! state directory.
+
+pub mod atomic_file;
+pub mod logging;
+pub mod state;

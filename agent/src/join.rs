@@ -1,0 +1,208 @@
+//! `blockwatch join`: find the cluster and write `ECS_CLUSTER` before the ECS
+//! agent starts.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::actions::ecs_config::{Outcome, Plan};
+use crate::core::cluster::ClusterName;
+use crate::core::compute_environment::{cluster_of, Refusal};
+use crate::core::config::{
+    choose_cluster_target, ClusterTarget, InstanceTags, Origin, Settings, Sourced, TagChannel,
+};
+use crate::exit::JoinError;
+use crate::host::state::{self, JoinRecord};
+use crate::sources::batch::ComputeEnvironments;
+use crate::sources::config_file;
+use crate::sources::ec2::TagDirectory;
+use crate::sources::imds::{IdentityDocument, InstanceMetadata};
+
+/// What `join` was asked to do.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    pub config_path: PathBuf,
+    /// False when `--config` was not given: a missing default file is fine.
+    pub config_path_explicit: bool,
+    pub ecs_config: PathBuf,
+    pub state_dir: PathBuf,
+    pub dry_run: bool,
+}
+
+/// What `join` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    pub cluster: ClusterName,
+    pub origin: Origin,
+    pub outcome: Outcome,
+    pub dry_run: bool,
+}
+
+/// Reads the config file; the instance identity document from IMDS; the
+/// tags (IMDS, else `ec2:DescribeTags`) only when the file does not decide;
+/// Batch only for a compute environment. Then writes ecs.config.
+pub async fn join<M, T, B>(
+    request: &JoinRequest,
+    metadata: &M,
+    tag_directory: &T,
+    batch: &B,
+    now: time::OffsetDateTime,
+) -> Result<Joined, JoinError>
+where
+    M: InstanceMetadata,
+    T: TagDirectory,
+    B: ComputeEnvironments,
+{
+    let file = config_file::load(&request.config_path, request.config_path_explicit)?;
+    match &file {
+        Some(_) => log::info!("read config file {}", request.config_path.display()),
+        None => log::info!("no config file at {}; using tags and defaults", request.config_path.display()),
+    }
+    let file = file.unwrap_or_default();
+
+    // With a cluster named in the file, the join needs nothing from the
+    // network; IMDS is then only asked for the instance id, for the logs.
+    let identity = match metadata.identity().await {
+        Ok(identity) => Some(identity),
+        Err(err) if file.cluster.is_some() => {
+            log::warn!("{err}; continuing with the cluster from the config file");
+            None
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let instance_id = identity.as_ref().map_or("unknown", |i| i.instance_id.as_str()).to_owned();
+    if let Some(identity) = &identity {
+        log_identity(identity);
+    }
+
+    let file_decides = file.cluster.is_some() || file.compute_environment.is_some();
+    let tags = match (&identity, file_decides) {
+        (Some(identity), false) => Some(read_tags(metadata, tag_directory, &identity.instance_id).await?),
+        _ => None,
+    };
+
+    let (target, overridden) = choose_cluster_target(&file, &request.config_path, tags.as_ref())?;
+    for value in overridden {
+        log::info!("ignoring {:?} from {}: a higher-precedence source decides the cluster", value.value, value.origin);
+    }
+    let (settings, tag_problems) = Settings::resolve(&file, &request.config_path, tags.as_ref(), request.dry_run);
+    for problem in tag_problems {
+        log::warn!("ignoring instance tag {}: {}", problem.key, problem.reason);
+    }
+
+    let (cluster, origin, compute_environment) = match target {
+        ClusterTarget::Cluster(Sourced { value, origin }) => {
+            let cluster = ClusterName::parse(&value)
+                .map_err(|reason| JoinError::InvalidCluster { reason, origin: origin.clone() })?;
+            (cluster, origin, None)
+        }
+        ClusterTarget::ComputeEnvironment(ce) => {
+            log::info!("compute_environment={} ({})", ce.value, ce.origin);
+            let info = batch
+                .describe_compute_environment(&ce.value)
+                .await?
+                .ok_or_else(|| Refusal::NotFound(ce.value.clone()))?;
+            let (cluster, warnings) = cluster_of(&info)?;
+            for warning in warnings {
+                log::warn!("{warning}");
+            }
+            (cluster, Origin::Discovered("batch:DescribeComputeEnvironments"), Some(ce))
+        }
+    };
+
+    let mut effective = vec![
+        format!("instance_id={instance_id}"),
+        format!("cluster={cluster} ({origin})"),
+    ];
+    if let Some(ce) = &compute_environment {
+        effective.push(format!("compute_environment={} ({})", ce.value, ce.origin));
+    }
+    effective.extend(settings.describe());
+    log::info!(
+        INSTANCE_ID = instance_id.as_str(), CLUSTER = cluster.as_str(), SOURCE = origin.kind();
+        "effective configuration: {}", effective.join(", ")
+    );
+
+    let plan = Plan::new(&request.ecs_config, &cluster)?;
+    let dry_run = settings.dry_run.value;
+    let outcome = if dry_run {
+        show_dry_run(&plan)?;
+        plan.outcome()
+    } else {
+        plan.apply()?
+    };
+    log_outcome(&instance_id, &cluster, &origin, &plan, &outcome, dry_run);
+
+    if !dry_run {
+        let record = JoinRecord {
+            instance_id: identity.map(|i| i.instance_id),
+            cluster: cluster.to_string(),
+            cluster_source: origin.to_string(),
+            compute_environment: compute_environment.map(|ce| ce.value),
+            ecs_config: request.ecs_config.clone(),
+            joined_at: now,
+        };
+        // ecs.config is what matters; a state dir we cannot write only costs
+        // `status` its answer.
+        if let Err(err) = state::write_join_record(&request.state_dir, &record) {
+            log::warn!("could not record the join in {}: {err}", request.state_dir.display());
+        }
+    }
+    Ok(Joined { cluster, origin, outcome, dry_run })
+}
+
+async fn read_tags<M: InstanceMetadata, T: TagDirectory>(
+    metadata: &M,
+    tag_directory: &T,
+    instance_id: &str,
+) -> Result<InstanceTags, JoinError> {
+    if let Some(values) = metadata.tags().await? {
+        log::info!("read {} blockwatch instance tag(s) from IMDS", values.len());
+        return Ok(InstanceTags { values, channel: TagChannel::Imds });
+    }
+    log::info!("instance tags are not exposed in IMDS (InstanceMetadataTags disabled); asking ec2:DescribeTags");
+    let values = tag_directory.instance_tags(instance_id).await?;
+    log::info!("read {} blockwatch instance tag(s) via ec2:DescribeTags", values.len());
+    Ok(InstanceTags { values, channel: TagChannel::DescribeTags })
+}
+
+fn log_identity(identity: &IdentityDocument) {
+    log::info!(
+        INSTANCE_ID = identity.instance_id.as_str();
+        "instance {} ({}) in {} ({}), launched {}",
+        identity.instance_id,
+        identity.instance_type,
+        identity.availability_zone,
+        identity.region,
+        identity.pending_time
+    );
+}
+
+fn show_dry_run(plan: &Plan) -> Result<(), JoinError> {
+    let verdict = match plan.outcome() {
+        Outcome::AlreadyCorrect => "is already correct; it would be left alone",
+        Outcome::Created => "does not exist; it would be created with",
+        Outcome::Updated { .. } => "would be rewritten to",
+    };
+    let mut out = std::io::stdout().lock();
+    let shown = writeln!(out, "dry run: {} {verdict}:", plan.path.display())
+        .and_then(|()| out.write_all(plan.content()))
+        .and_then(|()| out.flush());
+    shown.map_err(|e| JoinError::Internal(format!("could not print the dry run: {e}")))
+}
+
+fn log_outcome(instance_id: &str, cluster: &ClusterName, origin: &Origin, plan: &Plan, outcome: &Outcome, dry_run: bool) {
+    let path = plan.path.display();
+    let what = match outcome {
+        Outcome::AlreadyCorrect => format!("{path} already has ECS_CLUSTER={cluster}; left untouched"),
+        Outcome::Created => format!("created {path} with ECS_CLUSTER={cluster}"),
+        Outcome::Updated { previous_cluster: Some(old) } if old != cluster.as_str() => {
+            format!("set ECS_CLUSTER={cluster} in {path} (was {old})")
+        }
+        Outcome::Updated { .. } => format!("set ECS_CLUSTER={cluster} in {path}"),
+    };
+    let prefix = if dry_run { "dry run, nothing written: would have " } else { "" };
+    log::info!(
+        INSTANCE_ID = instance_id, CLUSTER = cluster.as_str(), SOURCE = origin.kind(), DRY_RUN = dry_run;
+        "{prefix}{what} (cluster from {origin})"
+    );
+}

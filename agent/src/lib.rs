@@ -1,0 +1,12 @@
+//! blockwatch: a node agent for AWS Batch unmanaged compute environments.
+//!
+//! `core` is pure (values in, decisions out); `sources` read the world,
+//! `actions` change it, `host` is the machine the agent runs on.
+
+pub mod actions;
+pub mod cli;
+pub mod core;
+pub mod exit;
+pub mod host;
+pub mod join;
+pub mod sources;

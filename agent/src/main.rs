@@ -1,0 +1,53 @@
+//! The `blockwatch` binary: parse arguments, build the adapters, run.
+
+use std::process::ExitCode;
+
+use blockwatch::cli::{Cli, Command};
+use blockwatch::exit::{self, JoinError};
+use blockwatch::join::{join, JoinRequest};
+use blockwatch::sources::aws::Aws;
+use blockwatch::sources::imds::Imds;
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    blockwatch::host::logging::init(log::LevelFilter::Info);
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            log::error!("cannot start the async runtime: {err}");
+            return ExitCode::from(exit::INTERNAL);
+        }
+    };
+    let result = match cli.command {
+        Command::Join(args) => {
+            let (config_path, config_path_explicit) = cli.common.config_path();
+            let request = JoinRequest {
+                config_path,
+                config_path_explicit,
+                ecs_config: cli.common.ecs_config,
+                state_dir: cli.common.state_dir,
+                dry_run: args.dry_run,
+            };
+            runtime.block_on(run_join(&request))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if err.is_transient() {
+                log::error!("{err} (transient; try again)");
+            } else {
+                log::error!("{err}");
+            }
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+async fn run_join(request: &JoinRequest) -> Result<(), JoinError> {
+    let imds = Imds::new();
+    let aws = Aws::new(imds.clone());
+    join(request, &imds, &aws, &aws, time::OffsetDateTime::now_utc()).await?;
+    Ok(())
+}

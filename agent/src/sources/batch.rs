@@ -1,0 +1,40 @@
+//! `batch:DescribeComputeEnvironments`.
+
+use std::future::Future;
+
+use super::aws::{classify, Aws};
+use super::SourceError;
+use crate::core::compute_environment::ComputeEnvironmentInfo;
+
+pub trait ComputeEnvironments {
+    /// The compute environment with this name or ARN, or `None` if there is none.
+    fn describe_compute_environment(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<ComputeEnvironmentInfo>, SourceError>> + Send;
+}
+
+impl ComputeEnvironments for Aws {
+    async fn describe_compute_environment(&self, name: &str) -> Result<Option<ComputeEnvironmentInfo>, SourceError> {
+        let client = aws_sdk_batch::Client::new(self.config().await?);
+        let output = client
+            .describe_compute_environments()
+            .compute_environments(name)
+            .send()
+            .await
+            .map_err(|e| classify("batch:DescribeComputeEnvironments", &e))?;
+        Ok(output
+            .compute_environments()
+            .iter()
+            .find(|ce| ce.compute_environment_name() == Some(name) || ce.compute_environment_arn() == Some(name))
+            .map(|ce| ComputeEnvironmentInfo {
+                name: ce.compute_environment_name().unwrap_or(name).to_owned(),
+                arn: ce.compute_environment_arn().unwrap_or_default().to_owned(),
+                kind: ce.r#type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
+                state: ce.state().map(|s| s.as_str().to_owned()),
+                status: ce.status().map(|s| s.as_str().to_owned()),
+                status_reason: ce.status_reason().map(str::to_owned),
+                ecs_cluster_arn: ce.ecs_cluster_arn().map(str::to_owned),
+            }))
+    }
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs everything the tests and the local demo need on a clean machine,
+# from the package registries only. Safe to run again: each step is skipped
+# when its result is already there.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${BLOCKWATCH_MOTO_VENV:-$repo/.venv}"
+# Pinned so a moto release cannot change the emulator under the tests.
+moto_spec='moto[server]==5.2.5'
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+if ! command -v cargo >/dev/null 2>&1; then
+    log "cargo not found: install the Rust toolchain (rustup) first"
+    exit 1
+fi
+
+python="${PYTHON:-python3}"
+if ! "$python" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    log "python3 lacks venv/ensurepip; installing python3-venv with apt-get"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+    python=python3
+fi
+
+if [[ ! -x "$venv/bin/moto_server" ]] || ! "$venv/bin/python" -c 'import moto, flask' >/dev/null 2>&1; then
+    log "creating $venv with $moto_spec"
+    "$python" -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$moto_spec"
+fi
+log "moto server: $venv/bin/moto_server ($("$venv/bin/python" -c 'import moto; print(moto.__version__)'))"
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    log "installing cargo-nextest"
+    cargo install --locked cargo-nextest
+fi
