@@ -1,0 +1,6 @@
+//! Real peers for blockwatch's tests: an IMDS simulator that follows the EC2
+//! documentation, and moto's server seeded through the Rust SDK.
+
+pub mod http;
+pub mod imds;
+pub mod moto;

@@ -1,0 +1,154 @@
+//! A simulated instance for end-to-end tests: the IMDS simulator, moto, a
+//! scratch root for ecs.config and state, and the real `blockwatch` binary.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use blockwatch_testkit::imds::{ImdsSimulator, InstanceState};
+use blockwatch_testkit::moto::{MotoServer, REGION};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_blockwatch");
+
+pub struct Instance {
+    pub imds: ImdsSimulator,
+    pub moto: Option<MotoServer>,
+    pub root: tempfile::TempDir,
+    /// Used when there is no moto: a closed port, so any AWS call fails.
+    pub aws_endpoint: String,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Self {
+        Self {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+pub fn tags(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
+    Some(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+}
+
+/// A port nothing listens on.
+fn closed_port_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}")
+}
+
+impl Instance {
+    /// An instance with moto behind it.
+    pub async fn with_moto() -> Self {
+        let moto = MotoServer::start().await.expect("moto server");
+        let endpoint = moto.endpoint();
+        Self { imds: ImdsSimulator::start(Self::base_state()).unwrap(), moto: Some(moto), root: tempfile::tempdir().unwrap(), aws_endpoint: endpoint }
+    }
+
+    /// An instance whose AWS endpoint is a closed port: any AWS call fails.
+    pub fn without_aws() -> Self {
+        Self {
+            imds: ImdsSimulator::start(Self::base_state()).unwrap(),
+            moto: None,
+            root: tempfile::tempdir().unwrap(),
+            aws_endpoint: closed_port_endpoint(),
+        }
+    }
+
+    fn base_state() -> InstanceState {
+        InstanceState { region: REGION.to_owned(), availability_zone: format!("{REGION}a"), ..InstanceState::default() }
+    }
+
+    pub fn moto(&self) -> &MotoServer {
+        self.moto.as_ref().expect("this instance has moto")
+    }
+
+    /// Launches the instance in moto with `tags` and makes the simulator
+    /// serve the same id and tags (or no tags, when `tags_in_imds` is false).
+    pub async fn launch(&self, pairs: &[(&str, &str)], tags_in_imds: bool) -> String {
+        let id = self.moto().launch_instance(pairs).await.expect("launch");
+        let served = if tags_in_imds { tags(pairs) } else { None };
+        self.imds.update(|s| {
+            s.instance_id = id.clone();
+            s.tags = served;
+        });
+        id
+    }
+
+    pub fn ecs_config(&self) -> PathBuf {
+        self.root.path().join("etc/ecs/ecs.config")
+    }
+
+    pub fn config_file(&self) -> PathBuf {
+        self.root.path().join("etc/blockwatch/blockwatch.toml")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.path().join("var/lib/blockwatch")
+    }
+
+    pub fn write_config(&self, text: &str) -> PathBuf {
+        let path = self.config_file();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn write_ecs_config(&self, bytes: &[u8]) {
+        let path = self.ecs_config();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    pub fn read_ecs_config(&self) -> Option<Vec<u8>> {
+        std::fs::read(self.ecs_config()).ok()
+    }
+
+    /// The binary, with only the environment an instance would have: IMDS at
+    /// the simulator (which also serves the instance-profile credentials),
+    /// AWS at moto, no region and no credentials of the host's.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .env_clear()
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", self.imds.endpoint())
+            .env("AWS_ENDPOINT_URL", &self.aws_endpoint)
+            .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+            .env("AWS_MAX_ATTEMPTS", "2");
+        command
+    }
+
+    /// `blockwatch join` with the scratch paths and `extra` arguments; the
+    /// config file is passed only if it exists (as the default path would be).
+    pub fn join(&self, extra: &[&str]) -> Run {
+        let mut command = self.command();
+        command.arg("join").arg("--ecs-config").arg(self.ecs_config()).arg("--state-dir").arg(self.state_dir());
+        if self.config_file().exists() {
+            command.arg("--config").arg(self.config_file());
+        } else {
+            // Exercise the default path, which must be absent on the test host.
+            assert!(
+                !std::path::Path::new("/etc/blockwatch/blockwatch.toml").exists(),
+                "/etc/blockwatch/blockwatch.toml exists on this host and would leak into the tests"
+            );
+        }
+        command.args(extra);
+        command.output().expect("run blockwatch").into()
+    }
+
+    pub fn token_puts(&self) -> usize {
+        self.imds.exchanges().iter().filter(|e| e.method == "PUT").count()
+    }
+}

@@ -1,0 +1,262 @@
+//! moto's server, started from the venv that `tests/setup.sh` creates, and
+//! helpers that seed it through the real Rust SDK.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_batch::types::{CeState, CeType, ComputeResource, CrType};
+use aws_sdk_ec2::types::{InstanceMetadataTagsState, InstanceMetadataOptionsRequest, ResourceType, Tag, TagSpecification};
+
+pub const REGION: &str = "eu-west-1";
+pub const ACCOUNT_ID: &str = "123456789012";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MotoError {
+    #[error("moto_server not found at {0}: run tests/setup.sh (it creates the venv with moto[server])")]
+    NotInstalled(PathBuf),
+    #[error("moto_server did not start: {0}")]
+    Start(String),
+    #[error("{0}")]
+    Aws(String),
+}
+
+fn aws<E: std::fmt::Debug>(what: &str) -> impl FnOnce(E) -> MotoError + '_ {
+    move |err| MotoError::Aws(format!("{what}: {err:?}"))
+}
+
+/// The venv holding moto: `$BLOCKWATCH_MOTO_VENV`, else `.venv` at the repo root.
+pub fn venv() -> PathBuf {
+    std::env::var_os("BLOCKWATCH_MOTO_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv"))
+}
+
+/// A moto server on a free loopback port, stopped (by PID) when dropped.
+#[derive(Debug)]
+pub struct MotoServer {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+    sdk: SdkConfig,
+}
+
+impl MotoServer {
+    pub async fn start() -> Result<Self, MotoError> {
+        let program = venv().join("bin/moto_server");
+        if !program.exists() {
+            return Err(MotoError::NotInstalled(program));
+        }
+        let mut last_error = String::new();
+        // A port picked free can be taken before moto binds it; try again.
+        for _ in 0..3 {
+            match Self::spawn(&program) {
+                Ok((child, addr, log)) => {
+                    let sdk = sdk_config(&format!("http://{addr}")).await;
+                    return Ok(Self { child, addr, log, sdk });
+                }
+                Err(err) => last_error = err,
+            }
+        }
+        Err(MotoError::Start(last_error))
+    }
+
+    fn spawn(program: &PathBuf) -> Result<(Child, SocketAddr, PathBuf), String> {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?;
+        let log = std::env::temp_dir().join(format!("blockwatch-moto-{}-{}.log", std::process::id(), addr.port()));
+        let log_file = File::create(&log).map_err(|e| e.to_string())?;
+        let log_err = log_file.try_clone().map_err(|e| e.to_string())?;
+        let mut child = Command::new(program)
+            .args(["-H", "127.0.0.1", "-p", &addr.port().to_string()])
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|e| format!("{}: {e}", program.display()))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                let output = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!("exited with {status}: {output}"));
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok((child, addr, log));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(format!("not listening on {addr} after 60 s"))
+    }
+
+    /// `http://127.0.0.1:<port>`, for `AWS_ENDPOINT_URL`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's own output, for diagnosing a failed test.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn sdk(&self) -> &SdkConfig {
+        &self.sdk
+    }
+
+    /// An IAM role to use as a compute environment's `serviceRole`
+    /// (moto checks that it exists).
+    pub async fn batch_service_role(&self) -> Result<String, MotoError> {
+        let iam = aws_sdk_iam::Client::new(&self.sdk);
+        let name = "blockwatch-test-batch-service";
+        if let Ok(existing) = iam.get_role().role_name(name).send().await {
+            if let Some(role) = existing.role() {
+                return Ok(role.arn().to_owned());
+            }
+        }
+        let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"batch.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+        let created = iam
+            .create_role()
+            .role_name(name)
+            .assume_role_policy_document(policy)
+            .send()
+            .await
+            .map_err(aws("iam:CreateRole"))?;
+        created.role().map(|r| r.arn().to_owned()).ok_or_else(|| MotoError::Aws("iam:CreateRole returned no role".into()))
+    }
+
+    /// Creates an UNMANAGED compute environment; returns its ECS cluster ARN.
+    pub async fn create_unmanaged_ce(&self, name: &str, enabled: bool) -> Result<String, MotoError> {
+        let role = self.batch_service_role().await?;
+        let batch = aws_sdk_batch::Client::new(&self.sdk);
+        batch
+            .create_compute_environment()
+            .compute_environment_name(name)
+            .r#type(CeType::Unmanaged)
+            .state(if enabled { CeState::Enabled } else { CeState::Disabled })
+            .service_role(role)
+            .send()
+            .await
+            .map_err(aws("batch:CreateComputeEnvironment"))?;
+        self.ecs_cluster_arn(name).await
+    }
+
+    /// Creates a MANAGED (Fargate) compute environment.
+    pub async fn create_managed_ce(&self, name: &str) -> Result<String, MotoError> {
+        let role = self.batch_service_role().await?;
+        let batch = aws_sdk_batch::Client::new(&self.sdk);
+        let resources = ComputeResource::builder()
+            .r#type(CrType::Fargate)
+            .maxv_cpus(4)
+            .subnets("subnet-00000000")
+            .security_group_ids("sg-00000000")
+            .build();
+        batch
+            .create_compute_environment()
+            .compute_environment_name(name)
+            .r#type(CeType::Managed)
+            .compute_resources(resources)
+            .service_role(role)
+            .send()
+            .await
+            .map_err(aws("batch:CreateComputeEnvironment"))?;
+        self.ecs_cluster_arn(name).await
+    }
+
+    async fn ecs_cluster_arn(&self, ce: &str) -> Result<String, MotoError> {
+        let batch = aws_sdk_batch::Client::new(&self.sdk);
+        let described = batch
+            .describe_compute_environments()
+            .compute_environments(ce)
+            .send()
+            .await
+            .map_err(aws("batch:DescribeComputeEnvironments"))?;
+        described
+            .compute_environments()
+            .first()
+            .and_then(|c| c.ecs_cluster_arn())
+            .map(str::to_owned)
+            .ok_or_else(|| MotoError::Aws(format!("compute environment {ce} has no ecsClusterArn")))
+    }
+
+    /// Launches one instance with `tags` (and tags in metadata enabled, as
+    /// the launcher does); returns its id.
+    pub async fn launch_instance(&self, tags: &[(&str, &str)]) -> Result<String, MotoError> {
+        let ec2 = aws_sdk_ec2::Client::new(&self.sdk);
+        let mut spec = TagSpecification::builder().resource_type(ResourceType::Instance);
+        for (key, value) in tags {
+            spec = spec.tags(Tag::builder().key(*key).value(*value).build());
+        }
+        let launched = ec2
+            .run_instances()
+            .image_id("ami-0abcdef1234567890")
+            .instance_type(aws_sdk_ec2::types::InstanceType::C6iLarge)
+            .min_count(1)
+            .max_count(1)
+            .tag_specifications(spec.build())
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .instance_metadata_tags(InstanceMetadataTagsState::Enabled)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(aws("ec2:RunInstances"))?;
+        launched
+            .instances()
+            .first()
+            .and_then(|i| i.instance_id())
+            .map(str::to_owned)
+            .ok_or_else(|| MotoError::Aws("ec2:RunInstances returned no instance".into()))
+    }
+
+    /// Registers `instance_id` as a container instance of `cluster`, as the
+    /// ECS agent would; returns the container instance ARN.
+    pub async fn register_container_instance(&self, cluster: &str, instance_id: &str) -> Result<String, MotoError> {
+        let ecs = aws_sdk_ecs::Client::new(&self.sdk);
+        let document = serde_json::json!({
+            "instanceId": instance_id,
+            "region": REGION,
+            "accountId": ACCOUNT_ID,
+        });
+        let registered = ecs
+            .register_container_instance()
+            .cluster(cluster)
+            .instance_identity_document(document.to_string())
+            .send()
+            .await
+            .map_err(aws("ecs:RegisterContainerInstance"))?;
+        registered
+            .container_instance()
+            .and_then(|c| c.container_instance_arn())
+            .map(str::to_owned)
+            .ok_or_else(|| MotoError::Aws("ecs:RegisterContainerInstance returned no ARN".into()))
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        // Our own child, by PID.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// SDK configuration for talking to moto: fixed test credentials, our region.
+pub async fn sdk_config(endpoint: &str) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_batch::config::Credentials::new("testing", "testing", None, None, "moto"))
+        .load()
+        .await
+}
