@@ -36,7 +36,10 @@ pub enum JoinError {
     #[error(transparent)]
     NoClusterSource(#[from] NoClusterSource),
     #[error("{reason} (from {origin})")]
-    InvalidCluster { reason: InvalidCluster, origin: Origin },
+    InvalidCluster {
+        reason: InvalidCluster,
+        origin: Origin,
+    },
     #[error(transparent)]
     ComputeEnvironment(#[from] Refusal),
     #[error(transparent)]

@@ -55,7 +55,10 @@ where
     let file = config_file::load(&request.config_path, request.config_path_explicit)?;
     match &file {
         Some(_) => log::info!("read config file {}", request.config_path.display()),
-        None => log::info!("no config file at {}; using tags and defaults", request.config_path.display()),
+        None => log::info!(
+            "no config file at {}; using tags and defaults",
+            request.config_path.display()
+        ),
     }
     let file = file.unwrap_or_default();
 
@@ -69,30 +72,43 @@ where
         }
         Err(err) => return Err(err.into()),
     };
-    let instance_id = identity.as_ref().map_or("unknown", |i| i.instance_id.as_str()).to_owned();
+    let instance_id = identity
+        .as_ref()
+        .map_or("unknown", |i| i.instance_id.as_str())
+        .to_owned();
     if let Some(identity) = &identity {
         log_identity(identity);
     }
 
     let file_decides = file.cluster.is_some() || file.compute_environment.is_some();
     let tags = match (&identity, file_decides) {
-        (Some(identity), false) => Some(read_tags(metadata, tag_directory, &identity.instance_id).await?),
+        (Some(identity), false) => {
+            Some(read_tags(metadata, tag_directory, &identity.instance_id).await?)
+        }
         _ => None,
     };
 
     let (target, overridden) = choose_cluster_target(&file, &request.config_path, tags.as_ref())?;
     for value in overridden {
-        log::info!("ignoring {:?} from {}: a higher-precedence source decides the cluster", value.value, value.origin);
+        log::info!(
+            "ignoring {:?} from {}: a higher-precedence source decides the cluster",
+            value.value,
+            value.origin
+        );
     }
-    let (settings, tag_problems) = Settings::resolve(&file, &request.config_path, tags.as_ref(), request.dry_run);
+    let (settings, tag_problems) =
+        Settings::resolve(&file, &request.config_path, tags.as_ref(), request.dry_run);
     for problem in tag_problems {
         log::warn!("ignoring instance tag {}: {}", problem.key, problem.reason);
     }
 
     let (cluster, origin, compute_environment) = match target {
         ClusterTarget::Cluster(Sourced { value, origin }) => {
-            let cluster = ClusterName::parse(&value)
-                .map_err(|reason| JoinError::InvalidCluster { reason, origin: origin.clone() })?;
+            let cluster =
+                ClusterName::parse(&value).map_err(|reason| JoinError::InvalidCluster {
+                    reason,
+                    origin: origin.clone(),
+                })?;
             (cluster, origin, None)
         }
         ClusterTarget::ComputeEnvironment(ce) => {
@@ -105,7 +121,11 @@ where
             for warning in warnings {
                 log::warn!("{warning}");
             }
-            (cluster, Origin::Discovered("batch:DescribeComputeEnvironments"), Some(ce))
+            (
+                cluster,
+                Origin::Discovered("batch:DescribeComputeEnvironments"),
+                Some(ce),
+            )
         }
     };
 
@@ -144,10 +164,18 @@ where
         // ecs.config is what matters; a state dir we cannot write only costs
         // `status` its answer.
         if let Err(err) = state::write_join_record(&request.state_dir, &record) {
-            log::warn!("could not record the join in {}: {err}", request.state_dir.display());
+            log::warn!(
+                "could not record the join in {}: {err}",
+                request.state_dir.display()
+            );
         }
     }
-    Ok(Joined { cluster, origin, outcome, dry_run })
+    Ok(Joined {
+        cluster,
+        origin,
+        outcome,
+        dry_run,
+    })
 }
 
 async fn read_tags<M: InstanceMetadata, T: TagDirectory>(
@@ -157,12 +185,21 @@ async fn read_tags<M: InstanceMetadata, T: TagDirectory>(
 ) -> Result<InstanceTags, JoinError> {
     if let Some(values) = metadata.tags().await? {
         log::info!("read {} blockwatch instance tag(s) from IMDS", values.len());
-        return Ok(InstanceTags { values, channel: TagChannel::Imds });
+        return Ok(InstanceTags {
+            values,
+            channel: TagChannel::Imds,
+        });
     }
     log::info!("instance tags are not exposed in IMDS (InstanceMetadataTags disabled); asking ec2:DescribeTags");
     let values = tag_directory.instance_tags(instance_id).await?;
-    log::info!("read {} blockwatch instance tag(s) via ec2:DescribeTags", values.len());
-    Ok(InstanceTags { values, channel: TagChannel::DescribeTags })
+    log::info!(
+        "read {} blockwatch instance tag(s) via ec2:DescribeTags",
+        values.len()
+    );
+    Ok(InstanceTags {
+        values,
+        channel: TagChannel::DescribeTags,
+    })
 }
 
 fn log_identity(identity: &IdentityDocument) {
@@ -173,7 +210,7 @@ fn log_identity(identity: &IdentityDocument) {
         identity.instance_type,
         identity.availability_zone,
         identity.region,
-        identity.pending_time
+        crate::core::config::Timestamp(identity.pending_time)
     );
 }
 
@@ -190,19 +227,34 @@ fn show_dry_run(plan: &Plan) -> Result<(), JoinError> {
     shown.map_err(|e| JoinError::Internal(format!("could not print the dry run: {e}")))
 }
 
-fn log_outcome(instance_id: &str, cluster: &ClusterName, origin: &Origin, plan: &Plan, outcome: &Outcome, dry_run: bool) {
+fn log_outcome(
+    instance_id: &str,
+    cluster: &ClusterName,
+    origin: &Origin,
+    plan: &Plan,
+    outcome: &Outcome,
+    dry_run: bool,
+) {
     let path = plan.path.display();
     let what = match outcome {
-        Outcome::AlreadyCorrect => format!("{path} already has ECS_CLUSTER={cluster}; left untouched"),
+        Outcome::AlreadyCorrect => {
+            format!("{path} already has ECS_CLUSTER={cluster}; left untouched")
+        }
         Outcome::Created => format!("created {path} with ECS_CLUSTER={cluster}"),
-        Outcome::Updated { previous_cluster: Some(old) } if old != cluster.as_str() => {
+        Outcome::Updated {
+            previous_cluster: Some(old),
+        } if old != cluster.as_str() => {
             format!("set ECS_CLUSTER={cluster} in {path} (was {old})")
         }
         Outcome::Updated { .. } => format!("set ECS_CLUSTER={cluster} in {path}"),
     };
-    let prefix = if dry_run { "dry run, nothing written: would have " } else { "" };
+    let prefix = if dry_run {
+        "dry run, nothing written: would have "
+    } else {
+        ""
+    };
     log::info!(
         INSTANCE_ID = instance_id, CLUSTER = cluster.as_str(), SOURCE = origin.kind(), DRY_RUN = dry_run;
-        "{prefix}{what} (cluster from {origin})"
+        "{prefix}{what} (cluster: {origin})"
     );
 }

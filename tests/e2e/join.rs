@@ -23,30 +23,61 @@ fn text(bytes: Option<Vec<u8>>) -> String {
 #[tokio::test]
 async fn tag_path_writes_the_compute_environments_cluster() {
     let instance = Instance::with_moto().await;
-    let cluster_arn = instance.moto().create_unmanaged_ce("research", true).await.unwrap();
+    let cluster_arn = instance
+        .moto()
+        .create_unmanaged_ce("research", true)
+        .await
+        .unwrap();
     instance.launch(&[(CE, "research")], true).await;
 
     let run = instance.join(&[]);
 
     assert_eq!(run.code, 0, "{}", run.stderr);
     let name = cluster_name(&cluster_arn);
-    assert!(name.starts_with("OnDemand_Batch_"), "moto names the cluster itself: {name}");
-    assert_eq!(text(instance.read_ecs_config()), format!("ECS_CLUSTER={name}\n"));
-    let mode = std::fs::metadata(instance.ecs_config()).unwrap().permissions().mode() & 0o777;
+    assert!(
+        name.starts_with("OnDemand_Batch_"),
+        "moto names the cluster itself: {name}"
+    );
+    assert_eq!(
+        text(instance.read_ecs_config()),
+        format!("ECS_CLUSTER={name}\n")
+    );
+    let mode = std::fs::metadata(instance.ecs_config())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o644);
-    assert!(run.stderr.contains("instance tag blockwatch:compute-environment (IMDS)"), "{}", run.stderr);
-    assert!(run.stderr.contains("discovered via batch:DescribeComputeEnvironments"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("instance tag blockwatch:compute-environment (IMDS)"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("discovered via batch:DescribeComputeEnvironments"),
+        "{}",
+        run.stderr
+    );
     // One IMDS session serves the identity document, the tags and the
     // instance-profile credentials.
     assert_eq!(instance.token_puts(), 1, "{:?}", instance.imds.exchanges());
     let record = std::fs::read_to_string(instance.state_dir().join("join.json")).unwrap();
-    assert!(record.contains(name) && record.contains("research"), "{record}");
+    assert!(
+        record.contains(name) && record.contains("research"),
+        "{record}"
+    );
 }
 
 #[tokio::test]
 async fn config_file_path_works_with_tags_disabled_in_imds() {
     let instance = Instance::with_moto().await;
-    let cluster_arn = instance.moto().create_unmanaged_ce("from-file", true).await.unwrap();
+    let cluster_arn = instance
+        .moto()
+        .create_unmanaged_ce("from-file", true)
+        .await
+        .unwrap();
     // The tags point elsewhere and IMDS does not expose them: the file decides.
     instance.launch(&[(CE, "elsewhere")], false).await;
     instance.write_config("compute_environment = \"from-file\"\ndrain_lead = \"15m\"\n");
@@ -54,39 +85,90 @@ async fn config_file_path_works_with_tags_disabled_in_imds() {
     let run = instance.join(&[]);
 
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(text(instance.read_ecs_config()), format!("ECS_CLUSTER={}\n", cluster_name(&cluster_arn)));
-    assert!(run.stderr.contains(&format!("compute_environment=from-file (config file {}", instance.config_file().display())), "{}", run.stderr);
-    assert!(run.stderr.contains("drain_lead=15m (config file"), "{}", run.stderr);
-    let paths: Vec<_> = instance.imds.exchanges().into_iter().map(|e| e.path).collect();
-    assert!(!paths.iter().any(|p| p.contains("/tags/")), "the file decides, so tags are not read: {paths:?}");
+    assert_eq!(
+        text(instance.read_ecs_config()),
+        format!("ECS_CLUSTER={}\n", cluster_name(&cluster_arn))
+    );
+    assert!(
+        run.stderr.contains(&format!(
+            "compute_environment=from-file (config file {}",
+            instance.config_file().display()
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("drain_lead=15m (config file"),
+        "{}",
+        run.stderr
+    );
+    let paths: Vec<_> = instance
+        .imds
+        .exchanges()
+        .into_iter()
+        .map(|e| e.path)
+        .collect();
+    assert!(
+        !paths.iter().any(|p| p.contains("/tags/")),
+        "the file decides, so tags are not read: {paths:?}"
+    );
 }
 
 #[tokio::test]
 async fn tags_disabled_in_imds_fall_back_to_describe_tags() {
     let instance = Instance::with_moto().await;
-    let cluster_arn = instance.moto().create_unmanaged_ce("via-api", true).await.unwrap();
-    instance.launch(&[(CE, "via-api"), ("Name", "worker")], false).await;
+    let cluster_arn = instance
+        .moto()
+        .create_unmanaged_ce("via-api", true)
+        .await
+        .unwrap();
+    instance
+        .launch(&[(CE, "via-api"), ("Name", "worker")], false)
+        .await;
 
     let run = instance.join(&[]);
 
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(text(instance.read_ecs_config()), format!("ECS_CLUSTER={}\n", cluster_name(&cluster_arn)));
-    assert!(run.stderr.contains("instance tag blockwatch:compute-environment (ec2:DescribeTags)"), "{}", run.stderr);
+    assert_eq!(
+        text(instance.read_ecs_config()),
+        format!("ECS_CLUSTER={}\n", cluster_name(&cluster_arn))
+    );
+    assert!(
+        run.stderr
+            .contains("instance tag blockwatch:compute-environment (ec2:DescribeTags)"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[tokio::test]
 async fn explicit_cluster_needs_no_aws_call() {
     // AWS is a closed port: any Batch or EC2 call would fail the join.
     let instance = Instance::without_aws();
-    instance.imds.update(|s| s.tags = tags(&[(CLUSTER, "gpu-pool"), (CE, "ignored")]));
+    instance
+        .imds
+        .update(|s| s.tags = tags(&[(CLUSTER, "gpu-pool"), (CE, "ignored")]));
 
     let run = instance.join(&[]);
 
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(text(instance.read_ecs_config()), "ECS_CLUSTER=gpu-pool\n");
-    assert!(run.stderr.contains("cluster=gpu-pool (instance tag blockwatch:cluster (IMDS))"), "{}", run.stderr);
-    let credential_reads = instance.imds.exchanges().iter().filter(|e| e.path.contains("security-credentials")).count();
-    assert_eq!(credential_reads, 0, "no AWS client, so no credentials are fetched");
+    assert!(
+        run.stderr
+            .contains("cluster=gpu-pool (instance tag blockwatch:cluster (IMDS))"),
+        "{}",
+        run.stderr
+    );
+    let credential_reads = instance
+        .imds
+        .exchanges()
+        .iter()
+        .filter(|e| e.path.contains("security-credentials"))
+        .count();
+    assert_eq!(
+        credential_reads, 0,
+        "no AWS client, so no credentials are fetched"
+    );
 }
 
 #[tokio::test]
@@ -103,7 +185,11 @@ async fn explicit_cluster_arn_in_the_config_file_is_written_as_its_name() {
 #[tokio::test]
 async fn unknown_compute_environment_leaves_the_file_untouched() {
     let instance = Instance::with_moto().await;
-    instance.moto().create_unmanaged_ce("real-one", true).await.unwrap();
+    instance
+        .moto()
+        .create_unmanaged_ce("real-one", true)
+        .await
+        .unwrap();
     instance.launch(&[(CE, "no-such-ce")], true).await;
     let before = b"ECS_CLUSTER=previous\r\nECS_LOGLEVEL=debug\r\n".to_vec();
     instance.write_ecs_config(&before);
@@ -111,46 +197,73 @@ async fn unknown_compute_environment_leaves_the_file_untouched() {
     let run = instance.join(&[]);
 
     assert_eq!(run.code, 4, "{}", run.stderr);
-    assert!(run.stderr.contains("compute environment \"no-such-ce\" not found"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("compute environment \"no-such-ce\" not found"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(instance.read_ecs_config(), Some(before));
 }
 
 #[tokio::test]
 async fn managed_compute_environment_is_refused() {
     let instance = Instance::with_moto().await;
-    instance.moto().create_managed_ce("managed-ce").await.unwrap();
+    instance
+        .moto()
+        .create_managed_ce("managed-ce")
+        .await
+        .unwrap();
     instance.launch(&[(CE, "managed-ce")], true).await;
 
     let run = instance.join(&[]);
 
     assert_eq!(run.code, 4, "{}", run.stderr);
-    assert!(run.stderr.contains("\"managed-ce\" is MANAGED"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("\"managed-ce\" is MANAGED"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(instance.read_ecs_config(), None, "nothing written");
 }
 
 #[tokio::test]
 async fn disabled_compute_environment_joins_with_a_warning() {
     let instance = Instance::with_moto().await;
-    instance.moto().create_unmanaged_ce("paused", false).await.unwrap();
+    instance
+        .moto()
+        .create_unmanaged_ce("paused", false)
+        .await
+        .unwrap();
     instance.launch(&[(CE, "paused")], true).await;
 
     let run = instance.join(&[]);
 
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stderr.contains("warning: compute environment \"paused\" is DISABLED"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("warning: compute environment \"paused\" is DISABLED"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[tokio::test]
 async fn no_source_at_all_fails_and_writes_nothing() {
     let instance = Instance::without_aws();
-    instance.imds.update(|s| s.tags = tags(&[("Name", "worker")]));
+    instance
+        .imds
+        .update(|s| s.tags = tags(&[("Name", "worker")]));
     instance.write_ecs_config(b"ECS_LOGLEVEL=info\n");
 
     let run = instance.join(&[]);
 
     assert_eq!(run.code, 3, "{}", run.stderr);
     assert!(run.stderr.contains("no cluster source"), "{}", run.stderr);
-    assert_eq!(instance.read_ecs_config(), Some(b"ECS_LOGLEVEL=info\n".to_vec()));
+    assert_eq!(
+        instance.read_ecs_config(),
+        Some(b"ECS_LOGLEVEL=info\n".to_vec())
+    );
     assert!(!instance.state_dir().join("join.json").exists());
 }
 
@@ -164,15 +277,28 @@ async fn a_newline_in_a_tag_cannot_smuggle_a_key_into_ecs_config() {
     let run = instance.join(&[]);
 
     assert_eq!(run.code, 3, "{}", run.stderr);
-    assert!(run.stderr.contains("good\\nECS_ENABLE_TASK_IAM_ROLE=false"), "value shown escaped: {}", run.stderr);
-    assert!(run.stderr.contains("from instance tag blockwatch:cluster"), "{}", run.stderr);
-    assert_eq!(instance.read_ecs_config(), Some(b"ECS_ENABLE_TASK_IAM_ROLE=true\n".to_vec()));
+    assert!(
+        run.stderr.contains("good\\nECS_ENABLE_TASK_IAM_ROLE=false"),
+        "value shown escaped: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("from instance tag blockwatch:cluster"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        instance.read_ecs_config(),
+        Some(b"ECS_ENABLE_TASK_IAM_ROLE=true\n".to_vec())
+    );
 }
 
 #[tokio::test]
 async fn a_newline_in_the_compute_environment_tag_is_only_ever_a_lookup_key() {
     let instance = Instance::with_moto().await;
-    instance.launch(&[(CE, "ce\nECS_ENABLE_TASK_IAM_ROLE=false")], true).await;
+    instance
+        .launch(&[(CE, "ce\nECS_ENABLE_TASK_IAM_ROLE=false")], true)
+        .await;
 
     let run = instance.join(&[]);
 
@@ -183,7 +309,9 @@ async fn a_newline_in_the_compute_environment_tag_is_only_ever_a_lookup_key() {
 #[tokio::test]
 async fn existing_file_with_crlf_quotes_duplicates_and_other_keys() {
     let instance = Instance::without_aws();
-    instance.imds.update(|s| s.tags = tags(&[(CLUSTER, "batch-b")]));
+    instance
+        .imds
+        .update(|s| s.tags = tags(&[(CLUSTER, "batch-b")]));
     instance.write_ecs_config(
         b"ECS_ENABLE_TASK_IAM_ROLE=true\r\nECS_CLUSTER=\"batch-a\"\r\n# ops note\r\n\r\nECS_CLUSTER=default\r\nECS_RESERVED_MEMORY=256\r\n",
     );
@@ -201,7 +329,9 @@ async fn existing_file_with_crlf_quotes_duplicates_and_other_keys() {
 #[tokio::test]
 async fn second_run_is_idempotent_and_does_not_rewrite() {
     let instance = Instance::without_aws();
-    instance.imds.update(|s| s.tags = tags(&[(CLUSTER, "batch-c")]));
+    instance
+        .imds
+        .update(|s| s.tags = tags(&[(CLUSTER, "batch-c")]));
     assert_eq!(instance.join(&[]).code, 0);
     let first = std::fs::metadata(instance.ecs_config()).unwrap();
 
@@ -209,14 +339,25 @@ async fn second_run_is_idempotent_and_does_not_rewrite() {
 
     assert_eq!(run.code, 0, "{}", run.stderr);
     let second = std::fs::metadata(instance.ecs_config()).unwrap();
-    assert_eq!((first.ino(), first.mtime_nsec()), (second.ino(), second.mtime_nsec()), "file not replaced");
-    assert!(run.stderr.contains("already has ECS_CLUSTER=batch-c; left untouched"), "{}", run.stderr);
+    assert_eq!(
+        (first.ino(), first.mtime_nsec()),
+        (second.ino(), second.mtime_nsec()),
+        "file not replaced"
+    );
+    assert!(
+        run.stderr
+            .contains("already has ECS_CLUSTER=batch-c; left untouched"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[tokio::test]
 async fn missing_file_and_directory_are_created() {
     let instance = Instance::without_aws();
-    instance.imds.update(|s| s.tags = tags(&[(CLUSTER, "batch-d")]));
+    instance
+        .imds
+        .update(|s| s.tags = tags(&[(CLUSTER, "batch-d")]));
     assert!(!instance.ecs_config().parent().unwrap().exists());
 
     let run = instance.join(&[]);
@@ -231,15 +372,29 @@ async fn missing_file_and_directory_are_created() {
 #[tokio::test]
 async fn dry_run_shows_the_file_and_writes_nothing() {
     let instance = Instance::without_aws();
-    instance.imds.update(|s| s.tags = tags(&[(CLUSTER, "batch-e")]));
+    instance
+        .imds
+        .update(|s| s.tags = tags(&[(CLUSTER, "batch-e")]));
     instance.write_ecs_config(b"ECS_LOGLEVEL=info\n");
 
     let run = instance.join(&["--dry-run"]);
 
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.contains("would be rewritten to"), "{}", run.stdout);
-    assert!(run.stdout.ends_with("ECS_LOGLEVEL=info\nECS_CLUSTER=batch-e\n"), "{}", run.stdout);
-    assert_eq!(instance.read_ecs_config(), Some(b"ECS_LOGLEVEL=info\n".to_vec()));
+    assert!(
+        run.stdout.contains("would be rewritten to"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .ends_with("ECS_LOGLEVEL=info\nECS_CLUSTER=batch-e\n"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        instance.read_ecs_config(),
+        Some(b"ECS_LOGLEVEL=info\n".to_vec())
+    );
     assert!(!instance.state_dir().exists());
 }
 
@@ -259,7 +414,11 @@ async fn unreachable_imds_is_a_transient_failure() {
         .into();
 
     assert_eq!(run.code, 75, "{}", run.stderr);
-    assert!(run.stderr.contains("instance metadata") && run.stderr.contains("transient"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("instance metadata") && run.stderr.contains("transient"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(instance.read_ecs_config(), None);
 }
 
@@ -271,30 +430,62 @@ async fn unreachable_batch_is_a_transient_failure() {
     let run = instance.join(&[]);
 
     assert_eq!(run.code, 75, "{}", run.stderr);
-    assert!(run.stderr.contains("batch:DescribeComputeEnvironments"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("batch:DescribeComputeEnvironments"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[tokio::test]
 async fn a_named_config_file_must_exist_and_parse() {
     let instance = Instance::without_aws();
     let missing = instance.root.path().join("nope.toml");
-    let run: common::Run = instance.command().arg("join").arg("--config").arg(&missing).output().unwrap().into();
+    let run: common::Run = instance
+        .command()
+        .arg("join")
+        .arg("--config")
+        .arg(&missing)
+        .output()
+        .unwrap()
+        .into();
     assert_eq!(run.code, 3, "{}", run.stderr);
     assert!(run.stderr.contains("nope.toml"), "{}", run.stderr);
 
     instance.write_config("clustr = \"typo\"\n");
     let run = instance.join(&[]);
     assert_eq!(run.code, 3, "{}", run.stderr);
-    assert!(run.stderr.contains("unknown field `clustr`"), "{}", run.stderr);
-    assert_eq!(run.stderr.lines().filter(|l| l.contains("error")).count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("unknown field `clustr`"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stderr.lines().filter(|l| l.contains("error")).count(),
+        1,
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
 fn join_help_explains_itself() {
-    let output = std::process::Command::new(common::BIN).args(["join", "--help"]).output().unwrap();
+    let output = std::process::Command::new(common::BIN)
+        .args(["join", "--help"])
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success());
-    for needle in ["--dry-run", "--config", "--ecs-config", "--state-dir", "blockwatch:compute-environment", "MANAGED", "Exit codes", "75"] {
+    for needle in [
+        "--dry-run",
+        "--config",
+        "--ecs-config",
+        "--state-dir",
+        "blockwatch:compute-environment",
+        "MANAGED",
+        "Exit codes",
+        "75",
+    ] {
         assert!(help.contains(needle), "help lacks {needle}:\n{help}");
     }
 }

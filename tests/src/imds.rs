@@ -125,12 +125,16 @@ pub struct ImdsSimulator {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl std::fmt::Debug for ImdsSimulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ImdsSimulator").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("ImdsSimulator")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -161,7 +165,12 @@ impl ImdsSimulator {
                 }
             })
         };
-        Ok(Self { addr, shared, server, thread: Some(thread) })
+        Ok(Self {
+            addr,
+            shared,
+            server,
+            thread: Some(thread),
+        })
     }
 
     /// `http://127.0.0.1:<port>`, for `AWS_EC2_METADATA_SERVICE_ENDPOINT`.
@@ -211,10 +220,20 @@ struct Reply {
 
 impl Reply {
     fn text(status: u16, body: impl Into<String>) -> Self {
-        Self { status, body: body.into(), content_type: "text/plain", ttl: None }
+        Self {
+            status,
+            body: body.into(),
+            content_type: "text/plain",
+            ttl: None,
+        }
     }
     fn json(body: String) -> Self {
-        Self { status: 200, body, content_type: "application/json", ttl: None }
+        Self {
+            status: 200,
+            body,
+            content_type: "application/json",
+            ttl: None,
+        }
     }
     fn not_found() -> Self {
         Self::text(404, NOT_FOUND_PAGE)
@@ -242,7 +261,11 @@ fn handle(shared: &Shared, mut request: Request) {
     } else {
         serve(shared, &request, &method, &path)
     };
-    lock(&shared.exchanges).push(Exchange { method: method.to_string(), path, status: reply.status });
+    lock(&shared.exchanges).push(Exchange {
+        method: method.to_string(),
+        path,
+        status: reply.status,
+    });
     let mut response = Response::from_string(reply.body).with_status_code(reply.status);
     if let Ok(h) = Header::from_bytes("Content-Type", reply.content_type) {
         response.add_header(h);
@@ -266,7 +289,9 @@ fn serve(shared: &Shared, request: &Request, method: &Method, path: &str) -> Rep
         return Reply::text(405, "Method Not Allowed");
     }
     let valid = header(request, TOKEN_HEADER).is_some_and(|token| {
-        lock(&shared.tokens).get(token).is_some_and(|expiry| Instant::now() < *expiry)
+        lock(&shared.tokens)
+            .get(token)
+            .is_some_and(|expiry| Instant::now() < *expiry)
     });
     if !valid {
         return Reply::text(401, "Unauthorized");
@@ -284,17 +309,29 @@ fn issue_token(shared: &Shared, request: &Request) -> Reply {
         _ => return Reply::text(400, "Bad Request"),
     };
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    let token = format!("AQAEA{:024x}{:08x}", nanos, COUNTER.fetch_add(1, Ordering::Relaxed));
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let token = format!(
+        "AQAEA{:024x}{:08x}",
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
     lock(&shared.tokens).insert(token.clone(), Instant::now() + Duration::from_secs(ttl));
-    Reply { ttl: Some(ttl), ..Reply::text(200, token) }
+    Reply {
+        ttl: Some(ttl),
+        ..Reply::text(200, token)
+    }
 }
 
 fn metadata(state: &InstanceState, path: &str) -> Reply {
     let meta = "/latest/meta-data/";
     match path {
         "/latest/dynamic/instance-identity/document" => Reply::json(identity_document(state)),
-        "/latest/user-data" => state.user_data.clone().map_or_else(Reply::not_found, |d| Reply::text(200, d)),
+        "/latest/user-data" => state
+            .user_data
+            .clone()
+            .map_or_else(Reply::not_found, |d| Reply::text(200, d)),
         _ if path.starts_with(meta) => meta_data(state, &path[meta.len()..]),
         _ => Reply::not_found(),
     }
@@ -309,17 +346,28 @@ fn meta_data(state: &InstanceState, item: &str) -> Reply {
         "local-ipv4" => found(state.private_ip.clone()),
         "placement/availability-zone" => found(state.availability_zone.clone()),
         "placement/region" => found(state.region.clone()),
-        "spot/instance-action" => state.spot_instance_action.as_ref().map_or_else(Reply::not_found, |a| {
-            Reply::json(serde_json::json!({"action": a.action, "time": rfc3339(a.time)}).to_string())
-        }),
-        "events/recommendations/rebalance" => state.rebalance_notice_time.map_or_else(Reply::not_found, |t| {
-            Reply::json(serde_json::json!({"noticeTime": rfc3339(t)}).to_string())
-        }),
+        "spot/instance-action" => {
+            state
+                .spot_instance_action
+                .as_ref()
+                .map_or_else(Reply::not_found, |a| {
+                    Reply::json(
+                        serde_json::json!({"action": a.action, "time": rfc3339(a.time)})
+                            .to_string(),
+                    )
+                })
+        }
+        "events/recommendations/rebalance" => state
+            .rebalance_notice_time
+            .map_or_else(Reply::not_found, |t| {
+                Reply::json(serde_json::json!({"noticeTime": rfc3339(t)}).to_string())
+            }),
         "events/maintenance/scheduled" if state.scheduled_events.is_empty() => Reply::not_found(),
         "events/maintenance/scheduled" => Reply::json(scheduled_events(&state.scheduled_events)),
-        "autoscaling/target-lifecycle-state" => {
-            state.target_lifecycle_state.clone().map_or_else(Reply::not_found, found)
-        }
+        "autoscaling/target-lifecycle-state" => state
+            .target_lifecycle_state
+            .clone()
+            .map_or_else(Reply::not_found, found),
         "iam/security-credentials/" | "iam/security-credentials" => {
             state.iam_role.clone().map_or_else(Reply::not_found, found)
         }
@@ -405,14 +453,18 @@ fn credentials() -> String {
 /// `2017-09-18T08:22:00Z`: whole seconds, UTC, as IMDS writes it.
 pub fn rfc3339(at: OffsetDateTime) -> String {
     at.to_offset(time::UtcOffset::UTC)
-        .format(format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z"))
+        .format(format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
+        ))
         .unwrap_or_default()
 }
 
 /// `21 Jan 2019 09:00:43 GMT`, the format of scheduled events.
 pub fn gmt(at: OffsetDateTime) -> String {
     at.to_offset(time::UtcOffset::UTC)
-        .format(format_description!("[day] [month repr:short] [year] [hour]:[minute]:[second] GMT"))
+        .format(format_description!(
+            "[day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+        ))
         .unwrap_or_default()
 }
 
@@ -444,7 +496,9 @@ fn percent_decode(path: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
         match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
             (b'%', Some(byte)) => {
                 out.push(byte);

@@ -9,14 +9,18 @@ use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_batch::types::{CeState, CeType, ComputeResource, CrType};
-use aws_sdk_ec2::types::{InstanceMetadataTagsState, InstanceMetadataOptionsRequest, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::types::{
+    InstanceMetadataOptionsRequest, InstanceMetadataTagsState, ResourceType, Tag, TagSpecification,
+};
 
 pub const REGION: &str = "eu-west-1";
 pub const ACCOUNT_ID: &str = "123456789012";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MotoError {
-    #[error("moto_server not found at {0}: run tests/setup.sh (it creates the venv with moto[server])")]
+    #[error(
+        "moto_server not found at {0}: run tests/setup.sh (it creates the venv with moto[server])"
+    )]
     NotInstalled(PathBuf),
     #[error("moto_server did not start: {0}")]
     Start(String),
@@ -56,7 +60,12 @@ impl MotoServer {
             match Self::spawn(&program) {
                 Ok((child, addr, log)) => {
                     let sdk = sdk_config(&format!("http://{addr}")).await;
-                    return Ok(Self { child, addr, log, sdk });
+                    return Ok(Self {
+                        child,
+                        addr,
+                        log,
+                        sdk,
+                    });
                 }
                 Err(err) => last_error = err,
             }
@@ -68,7 +77,11 @@ impl MotoServer {
         let addr = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| e.to_string())?;
-        let log = std::env::temp_dir().join(format!("blockwatch-moto-{}-{}.log", std::process::id(), addr.port()));
+        let log = std::env::temp_dir().join(format!(
+            "blockwatch-moto-{}-{}.log",
+            std::process::id(),
+            addr.port()
+        ));
         let log_file = File::create(&log).map_err(|e| e.to_string())?;
         let log_err = log_file.try_clone().map_err(|e| e.to_string())?;
         let mut child = Command::new(program)
@@ -130,18 +143,29 @@ impl MotoServer {
             .send()
             .await
             .map_err(aws("iam:CreateRole"))?;
-        created.role().map(|r| r.arn().to_owned()).ok_or_else(|| MotoError::Aws("iam:CreateRole returned no role".into()))
+        created
+            .role()
+            .map(|r| r.arn().to_owned())
+            .ok_or_else(|| MotoError::Aws("iam:CreateRole returned no role".into()))
     }
 
     /// Creates an UNMANAGED compute environment; returns its ECS cluster ARN.
-    pub async fn create_unmanaged_ce(&self, name: &str, enabled: bool) -> Result<String, MotoError> {
+    pub async fn create_unmanaged_ce(
+        &self,
+        name: &str,
+        enabled: bool,
+    ) -> Result<String, MotoError> {
         let role = self.batch_service_role().await?;
         let batch = aws_sdk_batch::Client::new(&self.sdk);
         batch
             .create_compute_environment()
             .compute_environment_name(name)
             .r#type(CeType::Unmanaged)
-            .state(if enabled { CeState::Enabled } else { CeState::Disabled })
+            .state(if enabled {
+                CeState::Enabled
+            } else {
+                CeState::Disabled
+            })
             .service_role(role)
             .send()
             .await
@@ -154,10 +178,28 @@ impl MotoServer {
         let role = self.batch_service_role().await?;
         // moto checks the network: use its default VPC's subnet and group.
         let ec2 = aws_sdk_ec2::Client::new(&self.sdk);
-        let subnets = ec2.describe_subnets().send().await.map_err(aws("ec2:DescribeSubnets"))?;
-        let subnet = subnets.subnets().first().and_then(|s| s.subnet_id()).unwrap_or_default().to_owned();
-        let groups = ec2.describe_security_groups().send().await.map_err(aws("ec2:DescribeSecurityGroups"))?;
-        let group = groups.security_groups().first().and_then(|g| g.group_id()).unwrap_or_default().to_owned();
+        let subnets = ec2
+            .describe_subnets()
+            .send()
+            .await
+            .map_err(aws("ec2:DescribeSubnets"))?;
+        let subnet = subnets
+            .subnets()
+            .first()
+            .and_then(|s| s.subnet_id())
+            .unwrap_or_default()
+            .to_owned();
+        let groups = ec2
+            .describe_security_groups()
+            .send()
+            .await
+            .map_err(aws("ec2:DescribeSecurityGroups"))?;
+        let group = groups
+            .security_groups()
+            .first()
+            .and_then(|g| g.group_id())
+            .unwrap_or_default()
+            .to_owned();
         let batch = aws_sdk_batch::Client::new(&self.sdk);
         let resources = ComputeResource::builder()
             .r#type(CrType::Fargate)
@@ -226,7 +268,11 @@ impl MotoServer {
 
     /// Registers `instance_id` as a container instance of `cluster`, as the
     /// ECS agent would; returns the container instance ARN.
-    pub async fn register_container_instance(&self, cluster: &str, instance_id: &str) -> Result<String, MotoError> {
+    pub async fn register_container_instance(
+        &self,
+        cluster: &str,
+        instance_id: &str,
+    ) -> Result<String, MotoError> {
         let ecs = aws_sdk_ecs::Client::new(&self.sdk);
         let document = serde_json::json!({
             "instanceId": instance_id,
@@ -262,7 +308,9 @@ pub async fn sdk_config(endpoint: &str) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(REGION))
         .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_batch::config::Credentials::new("testing", "testing", None, None, "moto"))
+        .credentials_provider(aws_sdk_batch::config::Credentials::new(
+            "testing", "testing", None, None, "moto",
+        ))
         .load()
         .await
 }

@@ -41,17 +41,28 @@ impl Plan {
         let existing = match fs::read(path) {
             Ok(bytes) => Some(bytes),
             Err(err) if err.kind() == ErrorKind::NotFound => None,
-            Err(source) => return Err(WriteError { path: path.display().to_string(), source }),
+            Err(source) => {
+                return Err(WriteError {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
         };
         let rewrite = set_cluster(existing.as_deref(), cluster);
-        Ok(Self { path: path.to_owned(), existing, rewrite })
+        Ok(Self {
+            path: path.to_owned(),
+            existing,
+            rewrite,
+        })
     }
 
     pub fn outcome(&self) -> Outcome {
         match (&self.existing, &self.rewrite) {
             (_, Rewrite::Unchanged) => Outcome::AlreadyCorrect,
             (None, Rewrite::Replace(_)) => Outcome::Created,
-            (Some(old), Rewrite::Replace(_)) => Outcome::Updated { previous_cluster: current_cluster(old) },
+            (Some(old), Rewrite::Replace(_)) => Outcome::Updated {
+                previous_cluster: current_cluster(old),
+            },
         }
     }
 
@@ -66,9 +77,14 @@ impl Plan {
     /// Writes the file atomically, unless it is already right. A right file
     /// with the wrong mode only gets its mode fixed.
     pub fn apply(&self) -> Result<Outcome, WriteError> {
-        let fail = |source| WriteError { path: self.path.display().to_string(), source };
+        let fail = |source| WriteError {
+            path: self.path.display().to_string(),
+            source,
+        };
         match &self.rewrite {
-            Rewrite::Replace(bytes) => atomic_file::replace(&self.path, bytes, MODE).map_err(fail)?,
+            Rewrite::Replace(bytes) => {
+                atomic_file::replace(&self.path, bytes, MODE).map_err(fail)?
+            }
             Rewrite::Unchanged => {
                 let mode = fs::metadata(&self.path).map_err(fail)?.permissions().mode() & 0o7777;
                 if mode != MODE {
@@ -94,10 +110,22 @@ mod tests {
         let path = dir.path().join("ecs.config");
         fs::write(&path, "X=1\r\nECS_CLUSTER=\"old\"\r\n")?;
         let first = Plan::new(&path, &cluster("new"))?.apply()?;
-        assert_eq!(first, Outcome::Updated { previous_cluster: Some("\"old\"".into()) });
+        assert_eq!(
+            first,
+            Outcome::Updated {
+                previous_cluster: Some("\"old\"".into())
+            }
+        );
         let inode = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&path)?);
-        assert_eq!(Plan::new(&path, &cluster("new"))?.apply()?, Outcome::AlreadyCorrect);
-        assert_eq!(std::os::unix::fs::MetadataExt::ino(&fs::metadata(&path)?), inode, "not rewritten");
+        assert_eq!(
+            Plan::new(&path, &cluster("new"))?.apply()?,
+            Outcome::AlreadyCorrect
+        );
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::ino(&fs::metadata(&path)?),
+            inode,
+            "not rewritten"
+        );
         assert_eq!(fs::read_to_string(&path)?, "X=1\nECS_CLUSTER=new\n");
         Ok(())
     }
@@ -108,7 +136,10 @@ mod tests {
         let path = dir.path().join("ecs.config");
         fs::write(&path, "ECS_CLUSTER=c\n")?;
         fs::set_permissions(&path, Permissions::from_mode(0o600))?;
-        assert_eq!(Plan::new(&path, &cluster("c"))?.apply()?, Outcome::AlreadyCorrect);
+        assert_eq!(
+            Plan::new(&path, &cluster("c"))?.apply()?,
+            Outcome::AlreadyCorrect
+        );
         assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o777, 0o644);
         Ok(())
     }

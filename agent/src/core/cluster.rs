@@ -19,9 +19,13 @@ pub struct ClusterName(String);
 pub enum InvalidCluster {
     #[error("cluster value is empty")]
     Empty,
-    #[error("cluster \"default\" is refused: it is the ECS agent's fallback, never a Batch cluster")]
+    #[error(
+        "cluster \"default\" is refused: it is the ECS agent's fallback, never a Batch cluster"
+    )]
     Default,
-    #[error("cluster {0:?} is not a valid ECS cluster name ([A-Za-z0-9_-]{{1,255}}) or cluster ARN")]
+    #[error(
+        "cluster {0:?} is not a valid ECS cluster name ([A-Za-z0-9_-]{{1,255}}) or cluster ARN"
+    )]
     Malformed(String),
 }
 
@@ -76,8 +80,10 @@ fn name_from_arn(arn: &str) -> Option<&str> {
         parts.next()?,
         parts.next()?,
     );
-    let partition_ok =
-        partition.starts_with("aws") && partition.bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
+    let partition_ok = partition.starts_with("aws")
+        && partition
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'-');
     let region_ok = !region.is_empty()
         && region
             .bytes()
@@ -95,7 +101,12 @@ mod tests {
 
     #[test]
     fn accepts_plain_names_and_batch_style_names() {
-        for name in ["batch", "a", "my-ce_Batch_3c7b1c3e-1f2a-3b4c-9d8e-0123456789ab", &"x".repeat(255)] {
+        for name in [
+            "batch",
+            "a",
+            "my-ce_Batch_3c7b1c3e-1f2a-3b4c-9d8e-0123456789ab",
+            &"x".repeat(255),
+        ] {
             assert_eq!(ClusterName::parse(name).map(|c| c.0), Ok(name.to_owned()));
         }
     }
@@ -103,7 +114,10 @@ mod tests {
     #[test]
     fn reduces_an_arn_to_its_name() {
         let arn = "arn:aws:ecs:eu-west-1:123456789012:cluster/OnDemand_Batch_1234";
-        assert_eq!(ClusterName::parse(arn).map(|c| c.0), Ok("OnDemand_Batch_1234".to_owned()));
+        assert_eq!(
+            ClusterName::parse(arn).map(|c| c.0),
+            Ok("OnDemand_Batch_1234".to_owned())
+        );
         let gov = "arn:aws-us-gov:ecs:us-gov-west-1:123456789012:cluster/c1";
         assert_eq!(ClusterName::parse(gov).map(|c| c.0), Ok("c1".to_owned()));
     }
@@ -142,7 +156,10 @@ mod tests {
 
     #[test]
     fn error_shows_control_characters_escaped_on_one_line() {
-        let err = ClusterName::parse("a\nB=1").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = ClusterName::parse("a\nB=1")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(!err.contains('\n'), "{err}");
         assert!(err.contains("a\\nB=1"), "{err}");
     }

@@ -29,7 +29,10 @@ pub enum Refusal {
     #[error("compute environment {0:?} has no ecsClusterArn yet (is it still being created?)")]
     NoCluster(String),
     #[error("compute environment {name:?} names an unusable cluster: {reason}")]
-    BadCluster { name: String, reason: InvalidCluster },
+    BadCluster {
+        name: String,
+        reason: InvalidCluster,
+    },
 }
 
 /// The cluster to join, with warnings for states that let the join go ahead
@@ -38,11 +41,21 @@ pub fn cluster_of(ce: &ComputeEnvironmentInfo) -> Result<(ClusterName, Vec<Strin
     match ce.kind.as_str() {
         "UNMANAGED" => {}
         "MANAGED" => return Err(Refusal::Managed(ce.name.clone())),
-        other => return Err(Refusal::UnknownType { name: ce.name.clone(), kind: other.to_owned() }),
+        other => {
+            return Err(Refusal::UnknownType {
+                name: ce.name.clone(),
+                kind: other.to_owned(),
+            })
+        }
     }
-    let arn = ce.ecs_cluster_arn.as_deref().ok_or_else(|| Refusal::NoCluster(ce.name.clone()))?;
-    let cluster = ClusterName::parse(arn)
-        .map_err(|reason| Refusal::BadCluster { name: ce.name.clone(), reason })?;
+    let arn = ce
+        .ecs_cluster_arn
+        .as_deref()
+        .ok_or_else(|| Refusal::NoCluster(ce.name.clone()))?;
+    let cluster = ClusterName::parse(arn).map_err(|reason| Refusal::BadCluster {
+        name: ce.name.clone(),
+        reason,
+    })?;
     let mut warnings = Vec::new();
     if ce.state.as_deref() == Some("DISABLED") {
         warnings.push(format!(
@@ -72,7 +85,9 @@ mod tests {
             state: Some("ENABLED".into()),
             status: Some("VALID".into()),
             status_reason: None,
-            ecs_cluster_arn: Some("arn:aws:ecs:eu-west-1:123456789012:cluster/ce_Batch_0b1c".into()),
+            ecs_cluster_arn: Some(
+                "arn:aws:ecs:eu-west-1:123456789012:cluster/ce_Batch_0b1c".into(),
+            ),
         }
     }
 
@@ -85,8 +100,14 @@ mod tests {
 
     #[test]
     fn refuses_managed_and_says_why() {
-        let ce = ComputeEnvironmentInfo { kind: "MANAGED".into(), ..unmanaged() };
-        let err = cluster_of(&ce).err().map(|e| e.to_string()).unwrap_or_default();
+        let ce = ComputeEnvironmentInfo {
+            kind: "MANAGED".into(),
+            ..unmanaged()
+        };
+        let err = cluster_of(&ce)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("MANAGED") && err.contains("scales"), "{err}");
     }
 
@@ -105,9 +126,15 @@ mod tests {
 
     #[test]
     fn refuses_a_missing_or_bad_cluster_arn() {
-        let ce = ComputeEnvironmentInfo { ecs_cluster_arn: None, ..unmanaged() };
+        let ce = ComputeEnvironmentInfo {
+            ecs_cluster_arn: None,
+            ..unmanaged()
+        };
         assert_eq!(cluster_of(&ce), Err(Refusal::NoCluster("ce".into())));
-        let ce = ComputeEnvironmentInfo { ecs_cluster_arn: Some("arn:aws:ecs:x:1:cluster/a\nb".into()), ..unmanaged() };
+        let ce = ComputeEnvironmentInfo {
+            ecs_cluster_arn: Some("arn:aws:ecs:x:1:cluster/a\nb".into()),
+            ..unmanaged()
+        };
         assert!(matches!(cluster_of(&ce), Err(Refusal::BadCluster { .. })));
     }
 }

@@ -14,7 +14,12 @@ pub const TAG_CLUSTER: &str = "blockwatch:cluster";
 pub const TAG_LEASE_END: &str = "blockwatch:lease-end";
 pub const TAG_LEASE_DURATION: &str = "blockwatch:lease-duration";
 /// Every instance tag the agent reads.
-pub const TAG_KEYS: [&str; 4] = [TAG_COMPUTE_ENVIRONMENT, TAG_CLUSTER, TAG_LEASE_END, TAG_LEASE_DURATION];
+pub const TAG_KEYS: [&str; 4] = [
+    TAG_COMPUTE_ENVIRONMENT,
+    TAG_CLUSTER,
+    TAG_LEASE_END,
+    TAG_LEASE_DURATION,
+];
 
 pub const DEFAULT_DRAIN_LEAD: Duration = Duration::from_secs(10 * 60);
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -80,7 +85,9 @@ impl std::str::FromStr for HumanDuration {
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -121,7 +128,10 @@ impl<'de> Deserialize<'de> for Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0.format(&time::format_description::well_known::Rfc3339) {
+        match self
+            .0
+            .format(&time::format_description::well_known::Rfc3339)
+        {
             Ok(text) => f.write_str(&text),
             Err(_) => write!(f, "{:?}", self.0),
         }
@@ -162,7 +172,13 @@ pub struct InstanceTags {
 impl InstanceTags {
     fn get(&self, key: &'static str) -> Option<(String, Origin)> {
         self.values.get(key).map(|value| {
-            (value.clone(), Origin::InstanceTag { key, channel: self.channel })
+            (
+                value.clone(),
+                Origin::InstanceTag {
+                    key,
+                    channel: self.channel,
+                },
+            )
         })
     }
 }
@@ -172,7 +188,10 @@ impl InstanceTags {
 pub enum Origin {
     ConfigFile(PathBuf),
     CommandLine,
-    InstanceTag { key: &'static str, channel: TagChannel },
+    InstanceTag {
+        key: &'static str,
+        channel: TagChannel,
+    },
     Discovered(&'static str),
     Default,
 }
@@ -182,10 +201,16 @@ impl fmt::Display for Origin {
         match self {
             Self::ConfigFile(path) => write!(f, "config file {}", path.display()),
             Self::CommandLine => f.write_str("command line"),
-            Self::InstanceTag { key, channel: TagChannel::Imds } => {
+            Self::InstanceTag {
+                key,
+                channel: TagChannel::Imds,
+            } => {
                 write!(f, "instance tag {key} (IMDS)")
             }
-            Self::InstanceTag { key, channel: TagChannel::DescribeTags } => {
+            Self::InstanceTag {
+                key,
+                channel: TagChannel::DescribeTags,
+            } => {
                 write!(f, "instance tag {key} (ec2:DescribeTags)")
             }
             Self::Discovered(api) => write!(f, "discovered via {api}"),
@@ -247,9 +272,14 @@ pub fn choose_cluster_target(
     tags: Option<&InstanceTags>,
 ) -> Result<(ClusterTarget, Vec<Sourced<String>>), NoClusterSource> {
     let from_file = |value: &Option<String>| {
-        value.clone().map(|v| Sourced::new(v, Origin::ConfigFile(file_path.to_owned())))
+        value
+            .clone()
+            .map(|v| Sourced::new(v, Origin::ConfigFile(file_path.to_owned())))
     };
-    let from_tag = |key| tags.and_then(|t| t.get(key)).map(|(v, o)| Sourced::new(v, o));
+    let from_tag = |key| {
+        tags.and_then(|t| t.get(key))
+            .map(|(v, o)| Sourced::new(v, o))
+    };
     let candidates = [
         from_file(&file.cluster).map(ClusterTarget::Cluster),
         from_file(&file.compute_environment).map(ClusterTarget::ComputeEnvironment),
@@ -268,7 +298,11 @@ pub fn choose_cluster_target(
         }
         None => Err(NoClusterSource {
             config: file_path.display().to_string(),
-            tags_note: if tags.is_some() { "" } else { " (instance tags could not be read)" },
+            tags_note: if tags.is_some() {
+                ""
+            } else {
+                " (instance tags could not be read)"
+            },
         }),
     }
 }
@@ -328,18 +362,25 @@ impl Settings {
         let dry_run = if dry_run_flag {
             Sourced::new(true, Origin::CommandLine)
         } else {
-            file.dry_run.map_or(Sourced::new(false, Origin::Default), |v| Sourced::new(v, in_file()))
+            file.dry_run
+                .map_or(Sourced::new(false, Origin::Default), |v| {
+                    Sourced::new(v, in_file())
+                })
         };
         let settings = Self {
             lease,
             drain_lead: or_default(file.drain_lead.map(|d| d.0), DEFAULT_DRAIN_LEAD),
             drain_on_rebalance: file
                 .drain_on_rebalance
-                .map_or(Sourced::new(false, Origin::Default), |v| Sourced::new(v, in_file())),
+                .map_or(Sourced::new(false, Origin::Default), |v| {
+                    Sourced::new(v, in_file())
+                }),
             poll_interval: or_default(file.poll_interval.map(|d| d.0), DEFAULT_POLL_INTERVAL),
             on_drained: file
                 .on_drained
-                .map_or(Sourced::new(OnDrained::None, Origin::Default), |v| Sourced::new(v, in_file())),
+                .map_or(Sourced::new(OnDrained::None, Origin::Default), |v| {
+                    Sourced::new(v, in_file())
+                }),
             poweroff_command: file.poweroff_command.clone().map_or(
                 Sourced::new(DEFAULT_POWEROFF_COMMAND.to_owned(), Origin::Default),
                 |v| Sourced::new(v, in_file()),
@@ -366,13 +407,19 @@ impl Settings {
         if let Some((text, origin)) = tags.get(TAG_LEASE_END) {
             match text.parse::<Timestamp>() {
                 Ok(end) => return Some(Sourced::new(Lease::Ends(end), origin)),
-                Err(reason) => problems.push(TagProblem { key: TAG_LEASE_END, reason }),
+                Err(reason) => problems.push(TagProblem {
+                    key: TAG_LEASE_END,
+                    reason,
+                }),
             }
         }
         if let Some((text, origin)) = tags.get(TAG_LEASE_DURATION) {
             match text.parse::<HumanDuration>() {
                 Ok(d) => return Some(Sourced::new(Lease::LastsFromLaunch(d), origin)),
-                Err(reason) => problems.push(TagProblem { key: TAG_LEASE_DURATION, reason }),
+                Err(reason) => problems.push(TagProblem {
+                    key: TAG_LEASE_DURATION,
+                    reason,
+                }),
             }
         }
         None
@@ -391,20 +438,32 @@ impl Settings {
             humantime::format_duration(self.drain_lead.value),
             self.drain_lead.origin
         ));
-        items.push(format!("drain_on_rebalance={} ({})", self.drain_on_rebalance.value, self.drain_on_rebalance.origin));
+        items.push(format!(
+            "drain_on_rebalance={} ({})",
+            self.drain_on_rebalance.value, self.drain_on_rebalance.origin
+        ));
         items.push(format!(
             "poll_interval={} ({})",
             humantime::format_duration(self.poll_interval.value),
             self.poll_interval.origin
         ));
-        items.push(format!("on_drained={} ({})", self.on_drained.value, self.on_drained.origin));
+        items.push(format!(
+            "on_drained={} ({})",
+            self.on_drained.value, self.on_drained.origin
+        ));
         if self.on_drained.value == OnDrained::Poweroff {
-            items.push(format!("poweroff_command={:?} ({})", self.poweroff_command.value, self.poweroff_command.origin));
+            items.push(format!(
+                "poweroff_command={:?} ({})",
+                self.poweroff_command.value, self.poweroff_command.origin
+            ));
         }
         if let Some(hook) = &self.webhook_url {
             items.push(format!("webhook_url=<set> ({})", hook.origin));
         }
-        items.push(format!("dry_run={} ({})", self.dry_run.value, self.dry_run.origin));
+        items.push(format!(
+            "dry_run={} ({})",
+            self.dry_run.value, self.dry_run.origin
+        ));
         items
     }
 }
@@ -419,7 +478,10 @@ mod tests {
 
     fn tags(pairs: &[(&str, &str)]) -> InstanceTags {
         InstanceTags {
-            values: pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            values: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             channel: TagChannel::Imds,
         }
     }
@@ -457,8 +519,14 @@ mod tests {
         );
         assert_eq!(c.drain_lead, Some(HumanDuration(Duration::from_secs(900))));
         assert_eq!(c.on_drained, Some(OnDrained::Poweroff));
-        assert_eq!(c.lease_end.map(|t| t.to_string()).as_deref(), Some("2026-01-31T15:00:00Z"));
-        assert_eq!(parse(r#"lease_end = "2026-01-31T15:00:00Z""#).lease_end, c.lease_end);
+        assert_eq!(
+            c.lease_end.map(|t| t.to_string()).as_deref(),
+            Some("2026-01-31T15:00:00Z")
+        );
+        assert_eq!(
+            parse(r#"lease_end = "2026-01-31T15:00:00Z""#).lease_end,
+            c.lease_end
+        );
     }
 
     #[test]
@@ -469,8 +537,14 @@ mod tests {
             ("\n\non_drained = \"explode\"", "line 3"),
             ("lease_end = \"tomorrow\"", "RFC 3339"),
         ] {
-            let err = FileConfig::parse(text, &path()).err().map(|e| e.to_string()).unwrap_or_default();
-            assert!(err.starts_with("config file /etc/blockwatch/blockwatch.toml: "), "{err}");
+            let err = FileConfig::parse(text, &path())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.starts_with("config file /etc/blockwatch/blockwatch.toml: "),
+                "{err}"
+            );
             assert!(err.contains(needle), "{err} should mention {needle}");
             assert!(!err.contains('\n'), "{err}");
         }
@@ -479,14 +553,20 @@ mod tests {
     #[test]
     fn config_file_beats_tags() {
         let file = parse(r#"compute_environment = "from-file""#);
-        let t = tags(&[(TAG_CLUSTER, "from-tag"), (TAG_COMPUTE_ENVIRONMENT, "ce-tag")]);
+        let t = tags(&[
+            (TAG_CLUSTER, "from-tag"),
+            (TAG_COMPUTE_ENVIRONMENT, "ce-tag"),
+        ]);
         let (chosen, overridden) = match choose_cluster_target(&file, &path(), Some(&t)) {
             Ok(v) => v,
             Err(e) => panic!("{e}"),
         };
         assert_eq!(
             chosen,
-            ClusterTarget::ComputeEnvironment(Sourced::new("from-file".into(), Origin::ConfigFile(path())))
+            ClusterTarget::ComputeEnvironment(Sourced::new(
+                "from-file".into(),
+                Origin::ConfigFile(path())
+            ))
         );
         assert_eq!(overridden.len(), 2);
     }
@@ -498,32 +578,61 @@ mod tests {
         let t = tags(&[(TAG_COMPUTE_ENVIRONMENT, "ce"), (TAG_CLUSTER, "c")]);
         assert!(matches!(
             target(&FileConfig::default(), Some(&t)),
-            ClusterTarget::Cluster(Sourced { origin: Origin::InstanceTag { key: TAG_CLUSTER, .. }, .. })
+            ClusterTarget::Cluster(Sourced {
+                origin: Origin::InstanceTag {
+                    key: TAG_CLUSTER,
+                    ..
+                },
+                ..
+            })
         ));
     }
 
     #[test]
     fn tags_are_used_when_the_file_is_silent() {
-        let t = InstanceTags { channel: TagChannel::DescribeTags, ..tags(&[(TAG_COMPUTE_ENVIRONMENT, "ce")]) };
+        let t = InstanceTags {
+            channel: TagChannel::DescribeTags,
+            ..tags(&[(TAG_COMPUTE_ENVIRONMENT, "ce")])
+        };
         let chosen = target(&parse(r#"drain_lead = "5m""#), Some(&t));
-        let ClusterTarget::ComputeEnvironment(ce) = chosen else { panic!("expected a CE") };
-        assert_eq!(ce.origin.to_string(), "instance tag blockwatch:compute-environment (ec2:DescribeTags)");
+        let ClusterTarget::ComputeEnvironment(ce) = chosen else {
+            panic!("expected a CE")
+        };
+        assert_eq!(
+            ce.origin.to_string(),
+            "instance tag blockwatch:compute-environment (ec2:DescribeTags)"
+        );
     }
 
     #[test]
     fn no_source_is_an_error_that_says_what_to_set() {
         let err = choose_cluster_target(&FileConfig::default(), &path(), Some(&tags(&[])));
         let text = err.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(text.contains("blockwatch:compute-environment") && text.contains("compute_environment"), "{text}");
+        assert!(
+            text.contains("blockwatch:compute-environment") && text.contains("compute_environment"),
+            "{text}"
+        );
     }
 
     #[test]
     fn settings_take_file_then_tags_then_defaults() {
         let t = tags(&[(TAG_LEASE_DURATION, "3h"), (TAG_LEASE_END, "garbage")]);
         let (s, problems) = Settings::resolve(&FileConfig::default(), &path(), Some(&t), false);
-        assert_eq!(s.drain_lead, Sourced::new(DEFAULT_DRAIN_LEAD, Origin::Default));
-        assert_eq!(s.lease.map(|l| l.value), Some(Lease::LastsFromLaunch(HumanDuration(Duration::from_secs(3 * 3600)))));
-        assert_eq!(problems.len(), 1, "the unparsable lease-end tag is reported");
+        assert_eq!(
+            s.drain_lead,
+            Sourced::new(DEFAULT_DRAIN_LEAD, Origin::Default)
+        );
+        assert_eq!(
+            s.lease.map(|l| l.value),
+            Some(Lease::LastsFromLaunch(HumanDuration(Duration::from_secs(
+                3 * 3600
+            ))))
+        );
+        assert_eq!(
+            problems.len(),
+            1,
+            "the unparsable lease-end tag is reported"
+        );
 
         let file = parse("lease_duration = \"1h\"\ndrain_lead = \"20m\"\ndry_run = false");
         let (s, problems) = Settings::resolve(&file, &path(), Some(&t), true);
@@ -538,6 +647,9 @@ mod tests {
         let file = parse(r#"webhook_url = "https://user:secret@hooks.example/x""#);
         let (s, _) = Settings::resolve(&file, &path(), None, false);
         let text = s.describe().join(" ");
-        assert!(!text.contains("secret") && text.contains("webhook_url=<set>"), "{text}");
+        assert!(
+            !text.contains("secret") && text.contains("webhook_url=<set>"),
+            "{text}"
+        );
     }
 }

@@ -21,9 +21,9 @@ pub enum Rewrite {
 pub fn current_cluster(existing: &[u8]) -> Option<String> {
     String::from_utf8_lossy(existing)
         .lines()
+        .rev()
         .filter_map(|line| line.trim().split_once('='))
-        .filter(|(key, _)| is_cluster_key(key))
-        .last()
+        .find(|(key, _)| is_cluster_key(key))
         .map(|(_, value)| value.to_owned())
 }
 
@@ -103,7 +103,10 @@ mod tests {
     #[test]
     fn replaces_quoted_crlf_and_duplicate_lines_with_one_plain_line_in_place() {
         let before = "A=1\r\nECS_CLUSTER=\"old\"\r\nB=2\r\n  ECS_CLUSTER=older  \r\nECS_CLUSTER = spaced\r\nC=3\r\n";
-        assert_eq!(rewritten(Some(before), "new"), "A=1\nECS_CLUSTER=new\nB=2\nC=3\n");
+        assert_eq!(
+            rewritten(Some(before), "new"),
+            "A=1\nECS_CLUSTER=new\nB=2\nC=3\n"
+        );
     }
 
     #[test]
@@ -118,9 +121,16 @@ mod tests {
     #[test]
     fn a_file_that_is_already_right_is_unchanged() {
         let right = "A=1\nECS_CLUSTER=c1\n";
-        assert_eq!(set_cluster(Some(right.as_bytes()), &cluster("c1")), Rewrite::Unchanged);
+        assert_eq!(
+            set_cluster(Some(right.as_bytes()), &cluster("c1")),
+            Rewrite::Unchanged
+        );
         // Right value but quoted, or CRLF, or no final newline: rewrite.
-        for almost in ["ECS_CLUSTER=\"c1\"\n", "ECS_CLUSTER=c1\r\n", "ECS_CLUSTER=c1"] {
+        for almost in [
+            "ECS_CLUSTER=\"c1\"\n",
+            "ECS_CLUSTER=c1\r\n",
+            "ECS_CLUSTER=c1",
+        ] {
             assert!(matches!(
                 set_cluster(Some(almost.as_bytes()), &cluster("c1")),
                 Rewrite::Replace(_)
@@ -131,12 +141,18 @@ mod tests {
     #[test]
     fn rewriting_is_idempotent() {
         let once = rewritten(Some("X=1\r\nECS_CLUSTER=a\r\nECS_CLUSTER=b\r\n"), "c");
-        assert_eq!(set_cluster(Some(once.as_bytes()), &cluster("c")), Rewrite::Unchanged);
+        assert_eq!(
+            set_cluster(Some(once.as_bytes()), &cluster("c")),
+            Rewrite::Unchanged
+        );
     }
 
     #[test]
     fn current_cluster_follows_ecs_init_last_wins_and_keeps_quotes() {
-        assert_eq!(current_cluster(b"ECS_CLUSTER=a\nECS_CLUSTER=\"b\"\n"), Some("\"b\"".into()));
+        assert_eq!(
+            current_cluster(b"ECS_CLUSTER=a\nECS_CLUSTER=\"b\"\n"),
+            Some("\"b\"".into())
+        );
         assert_eq!(current_cluster(b"X=1\n"), None);
     }
 }

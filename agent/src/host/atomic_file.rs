@@ -19,7 +19,11 @@ pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let file_name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let temp = dir.join(format!(".{}.blockwatch-{}.tmp", file_name.to_string_lossy(), std::process::id()));
+    let temp = dir.join(format!(
+        ".{}.blockwatch-{}.tmp",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = write_then_rename(&temp, path, &dir, bytes, mode);
     if result.is_err() {
         // Best effort: the error that matters is the one we return.
@@ -28,13 +32,23 @@ pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
-fn write_then_rename(temp: &Path, path: &Path, dir: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+fn write_then_rename(
+    temp: &Path,
+    path: &Path,
+    dir: &Path,
+    bytes: &[u8],
+    mode: u32,
+) -> io::Result<()> {
     // A temp file left by a crashed run with the same PID is ours to replace.
     match fs::remove_file(temp) {
         Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
         _ => {}
     }
-    let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(temp)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(temp)?;
     file.write_all(bytes)?;
     // The umask may have narrowed the mode given at creation.
     file.set_permissions(Permissions::from_mode(mode))?;
@@ -55,7 +69,11 @@ mod tests {
         replace(&path, b"A=1\n", 0o644)?;
         assert_eq!(fs::read(&path)?, b"A=1\n");
         assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o777, 0o644);
-        assert_eq!(fs::read_dir(path.parent().unwrap_or(root.path()))?.count(), 1, "no temp file left");
+        assert_eq!(
+            fs::read_dir(path.parent().unwrap_or(root.path()))?.count(),
+            1,
+            "no temp file left"
+        );
         Ok(())
     }
 
@@ -65,7 +83,9 @@ mod tests {
         let path = root.path().join("ecs.config");
         fs::write(&path, b"OLD\r\n")?;
         // A directory where the temp file must go makes the write fail.
-        let temp = root.path().join(format!(".ecs.config.blockwatch-{}.tmp", std::process::id()));
+        let temp = root
+            .path()
+            .join(format!(".ecs.config.blockwatch-{}.tmp", std::process::id()));
         fs::create_dir(&temp)?;
         fs::write(temp.join("pin"), b"")?;
         assert!(replace(&path, b"NEW\n", 0o644).is_err());

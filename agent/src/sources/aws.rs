@@ -23,7 +23,10 @@ pub struct Aws {
 
 impl Aws {
     pub fn new(imds: Imds) -> Self {
-        Self { imds, config: OnceCell::new() }
+        Self {
+            imds,
+            config: OnceCell::new(),
+        }
     }
 
     pub(crate) async fn config(&self) -> Result<&SdkConfig, SourceError> {
@@ -76,14 +79,25 @@ where
             let detail = format!("{code}: {message} (HTTP {status})");
             let kind = if DENIED_CODES.contains(&code) {
                 AwsFailure::Denied
-            } else if status >= 500 || status == 429 || code.contains("Throttl") || code == "RequestLimitExceeded" {
+            } else if status >= 500
+                || status == 429
+                || code.contains("Throttl")
+                || code == "RequestLimitExceeded"
+            {
                 AwsFailure::Transient
             } else {
                 AwsFailure::Rejected
             };
             (kind, detail)
         }
-        other => (AwsFailure::Transient, DisplayErrorContext(other).to_string()),
+        other => (
+            AwsFailure::Transient,
+            DisplayErrorContext(other).to_string(),
+        ),
     };
-    SourceError::Aws { api, kind, detail: detail.replace('\n', " ") }
+    SourceError::Aws {
+        api,
+        kind,
+        detail: detail.replace('\n', " "),
+    }
 }

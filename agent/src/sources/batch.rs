@@ -15,7 +15,10 @@ pub trait ComputeEnvironments {
 }
 
 impl ComputeEnvironments for Aws {
-    async fn describe_compute_environment(&self, name: &str) -> Result<Option<ComputeEnvironmentInfo>, SourceError> {
+    async fn describe_compute_environment(
+        &self,
+        name: &str,
+    ) -> Result<Option<ComputeEnvironmentInfo>, SourceError> {
         let client = aws_sdk_batch::Client::new(self.config().await?);
         let output = client
             .describe_compute_environments()
@@ -26,11 +29,17 @@ impl ComputeEnvironments for Aws {
         Ok(output
             .compute_environments()
             .iter()
-            .find(|ce| ce.compute_environment_name() == Some(name) || ce.compute_environment_arn() == Some(name))
+            .find(|ce| {
+                ce.compute_environment_name() == Some(name)
+                    || ce.compute_environment_arn() == Some(name)
+            })
             .map(|ce| ComputeEnvironmentInfo {
                 name: ce.compute_environment_name().unwrap_or(name).to_owned(),
                 arn: ce.compute_environment_arn().unwrap_or_default().to_owned(),
-                kind: ce.r#type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
+                kind: ce
+                    .r#type()
+                    .map(|t| t.as_str().to_owned())
+                    .unwrap_or_default(),
                 state: ce.state().map(|s| s.as_str().to_owned()),
                 status: ce.status().map(|s| s.as_str().to_owned()),
                 status_reason: ce.status_reason().map(str::to_owned),

@@ -13,6 +13,9 @@ pub fn load(path: &Path, explicitly_named: bool) -> Result<Option<FileConfig>, C
     match std::fs::read_to_string(path) {
         Ok(text) => FileConfig::parse(&text, path).map(Some),
         Err(err) if err.kind() == ErrorKind::NotFound && !explicitly_named => Ok(None),
-        Err(err) => Err(ConfigFileError { path: path.to_owned(), reason: err.to_string() }),
+        Err(err) => Err(ConfigFileError {
+            path: path.to_owned(),
+            reason: err.to_string(),
+        }),
     }
 }

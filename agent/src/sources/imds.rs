@@ -36,7 +36,9 @@ pub trait InstanceMetadata {
 
     /// The `blockwatch:*` instance tags, or `None` when tags are not exposed
     /// in IMDS (the instance was launched without `InstanceMetadataTags`).
-    fn tags(&self) -> impl Future<Output = Result<Option<BTreeMap<String, String>>, SourceError>> + Send;
+    fn tags(
+        &self,
+    ) -> impl Future<Output = Result<Option<BTreeMap<String, String>>, SourceError>> + Send;
 }
 
 /// The real IMDS, at `AWS_EC2_METADATA_SERVICE_ENDPOINT` or the default address.
@@ -51,7 +53,10 @@ pub struct Imds {
 
 impl Imds {
     pub fn new() -> Self {
-        Self { client: aws_config::imds::Client::builder().build(), identity: Arc::default() }
+        Self {
+            client: aws_config::imds::Client::builder().build(),
+            identity: Arc::default(),
+        }
     }
 
     /// The underlying client, shared with the credential chain.
@@ -63,7 +68,11 @@ impl Imds {
     pub async fn get_optional(&self, path: &str) -> Result<Option<String>, SourceError> {
         match self.client.get(path).await {
             Ok(body) => Ok(Some(body.into())),
-            Err(ImdsError::ErrorResponse(response)) if response.response().status().as_u16() == 404 => Ok(None),
+            Err(ImdsError::ErrorResponse(response))
+                if response.response().status().as_u16() == 404 =>
+            {
+                Ok(None)
+            }
             Err(err) => Err(imds_error(path, &err)),
         }
     }
@@ -77,15 +86,23 @@ impl Default for Imds {
 
 fn imds_error(path: &str, err: &ImdsError) -> SourceError {
     let detail = match err {
-        ImdsError::ErrorResponse(response) => format!("HTTP {}", response.response().status().as_u16()),
+        ImdsError::ErrorResponse(response) => {
+            format!("HTTP {}", response.response().status().as_u16())
+        }
         other => aws_sdk_batch::error::DisplayErrorContext(other).to_string(),
     };
-    SourceError::Imds { path: path.to_owned(), detail: detail.replace('\n', " ") }
+    SourceError::Imds {
+        path: path.to_owned(),
+        detail: detail.replace('\n', " "),
+    }
 }
 
 impl InstanceMetadata for Imds {
     async fn identity(&self) -> Result<IdentityDocument, SourceError> {
-        self.identity.get_or_try_init(|| self.fetch_identity()).await.cloned()
+        self.identity
+            .get_or_try_init(|| self.fetch_identity())
+            .await
+            .cloned()
     }
 
     async fn tags(&self) -> Result<Option<BTreeMap<String, String>>, SourceError> {
@@ -95,7 +112,11 @@ impl InstanceMetadata for Imds {
             return Ok(None);
         };
         let mut tags = BTreeMap::new();
-        for key in listing.lines().map(str::trim).filter(|key| TAG_KEYS.contains(key)) {
+        for key in listing
+            .lines()
+            .map(str::trim)
+            .filter(|key| TAG_KEYS.contains(key))
+        {
             if let Some(value) = self.get_optional(&format!("{TAGS}/{key}")).await? {
                 tags.insert(key.to_owned(), value);
             }
@@ -106,10 +127,13 @@ impl InstanceMetadata for Imds {
 
 impl Imds {
     async fn fetch_identity(&self) -> Result<IdentityDocument, SourceError> {
-        let text = self.get_optional(IDENTITY_DOCUMENT).await?.ok_or_else(|| SourceError::Imds {
-            path: IDENTITY_DOCUMENT.to_owned(),
-            detail: "not found (HTTP 404)".to_owned(),
-        })?;
+        let text =
+            self.get_optional(IDENTITY_DOCUMENT)
+                .await?
+                .ok_or_else(|| SourceError::Imds {
+                    path: IDENTITY_DOCUMENT.to_owned(),
+                    detail: "not found (HTTP 404)".to_owned(),
+                })?;
         serde_json::from_str(&text).map_err(|e| SourceError::Imds {
             path: IDENTITY_DOCUMENT.to_owned(),
             detail: format!("unreadable identity document: {e}"),

@@ -16,7 +16,11 @@ pub enum SourceError {
     Imds { path: String, detail: String },
     /// An AWS API call failed.
     #[error("{api}: {detail}")]
-    Aws { api: &'static str, kind: AwsFailure, detail: String },
+    Aws {
+        api: &'static str,
+        kind: AwsFailure,
+        detail: String,
+    },
 }
 
 /// How an AWS call failed, which decides whether retrying later can help.

@@ -37,7 +37,12 @@ impl From<Output> for Run {
 }
 
 pub fn tags(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
-    Some(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+    Some(
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    )
 }
 
 /// A port nothing listens on.
@@ -53,7 +58,12 @@ impl Instance {
     pub async fn with_moto() -> Self {
         let moto = MotoServer::start().await.expect("moto server");
         let endpoint = moto.endpoint();
-        Self { imds: ImdsSimulator::start(Self::base_state()).unwrap(), moto: Some(moto), root: tempfile::tempdir().unwrap(), aws_endpoint: endpoint }
+        Self {
+            imds: ImdsSimulator::start(Self::base_state()).unwrap(),
+            moto: Some(moto),
+            root: tempfile::tempdir().unwrap(),
+            aws_endpoint: endpoint,
+        }
     }
 
     /// An instance whose AWS endpoint is a closed port: any AWS call fails.
@@ -67,7 +77,11 @@ impl Instance {
     }
 
     fn base_state() -> InstanceState {
-        InstanceState { region: REGION.to_owned(), availability_zone: format!("{REGION}a"), ..InstanceState::default() }
+        InstanceState {
+            region: REGION.to_owned(),
+            availability_zone: format!("{REGION}a"),
+            ..InstanceState::default()
+        }
     }
 
     pub fn moto(&self) -> &MotoServer {
@@ -125,7 +139,10 @@ impl Instance {
             .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", self.imds.endpoint())
             .env("AWS_ENDPOINT_URL", &self.aws_endpoint)
             .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                "/nonexistent/aws-credentials",
+            )
             .env("AWS_MAX_ATTEMPTS", "2");
         command
     }
@@ -134,7 +151,12 @@ impl Instance {
     /// config file is passed only if it exists (as the default path would be).
     pub fn join(&self, extra: &[&str]) -> Run {
         let mut command = self.command();
-        command.arg("join").arg("--ecs-config").arg(self.ecs_config()).arg("--state-dir").arg(self.state_dir());
+        command
+            .arg("join")
+            .arg("--ecs-config")
+            .arg(self.ecs_config())
+            .arg("--state-dir")
+            .arg(self.state_dir());
         if self.config_file().exists() {
             command.arg("--config").arg(self.config_file());
         } else {
@@ -149,6 +171,10 @@ impl Instance {
     }
 
     pub fn token_puts(&self) -> usize {
-        self.imds.exchanges().iter().filter(|e| e.method == "PUT").count()
+        self.imds
+            .exchanges()
+            .iter()
+            .filter(|e| e.method == "PUT")
+            .count()
     }
 }
