@@ -59,6 +59,17 @@ impl Imds {
         }
     }
 
+    /// An IMDS at `endpoint` (a URL) instead of the SDK's resolution.
+    pub fn with_endpoint(endpoint: &str) -> Result<Self, String> {
+        let builder = aws_config::imds::Client::builder()
+            .endpoint(endpoint)
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            client: builder.build(),
+            identity: Arc::default(),
+        })
+    }
+
     /// The underlying client, shared with the credential chain.
     pub fn client(&self) -> aws_config::imds::Client {
         self.client.clone()

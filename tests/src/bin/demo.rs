@@ -32,7 +32,10 @@ fn blockwatch_binary() -> Result<PathBuf, String> {
     if bin.exists() {
         Ok(bin)
     } else {
-        Err(format!("{} not found: build it with `cargo build -p blockwatch`", bin.display()))
+        Err(format!(
+            "{} not found: build it with `cargo build -p blockwatch`",
+            bin.display()
+        ))
     }
 }
 
@@ -44,23 +47,44 @@ async fn demo() -> Result<(), String> {
 
     say("== starting moto (AWS emulator) and the IMDS simulator on 127.0.0.1");
     let moto = MotoServer::start().await.map_err(|e| e.to_string())?;
-    let cluster_arn = moto.create_unmanaged_ce("demo-ce", true).await.map_err(|e| e.to_string())?;
+    let cluster_arn = moto
+        .create_unmanaged_ce("demo-ce", true)
+        .await
+        .map_err(|e| e.to_string())?;
     say(&format!("   created UNMANAGED compute environment demo-ce; Batch made its ECS cluster {cluster_arn}"));
-    let tags = [("blockwatch:compute-environment", "demo-ce"), ("blockwatch:lease-duration", "3h"), ("Name", "demo")];
-    let instance_id = moto.launch_instance(&tags).await.map_err(|e| e.to_string())?;
+    let tags = [
+        ("blockwatch:compute-environment", "demo-ce"),
+        ("blockwatch:lease-duration", "3h"),
+        ("Name", "demo"),
+    ];
+    let instance_id = moto
+        .launch_instance(&tags)
+        .await
+        .map_err(|e| e.to_string())?;
     say(&format!("   launched {instance_id} tagged blockwatch:compute-environment=demo-ce, blockwatch:lease-duration=3h"));
     let imds = ImdsSimulator::start(InstanceState {
         instance_id: instance_id.clone(),
         region: REGION.to_owned(),
         availability_zone: format!("{REGION}a"),
         pending_time: time::OffsetDateTime::now_utc(),
-        tags: Some(tags.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
+        tags: Some(
+            tags.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        ),
         ..InstanceState::default()
     })
     .map_err(|e| e.to_string())?;
     std::fs::create_dir_all(ecs_config.parent().unwrap_or(&scratch)).map_err(|e| e.to_string())?;
-    std::fs::write(&ecs_config, "ECS_ENABLE_TASK_IAM_ROLE=true\r\nECS_CLUSTER=\"stale\"\r\n").map_err(|e| e.to_string())?;
-    say(&format!("   {} starts with a quoted, CRLF ECS_CLUSTER line:", ecs_config.display()));
+    std::fs::write(
+        &ecs_config,
+        "ECS_ENABLE_TASK_IAM_ROLE=true\r\nECS_CLUSTER=\"stale\"\r\n",
+    )
+    .map_err(|e| e.to_string())?;
+    say(&format!(
+        "   {} starts with a quoted, CRLF ECS_CLUSTER line:",
+        ecs_config.display()
+    ));
     show(&ecs_config)?;
 
     let run = |extra: &[&str]| -> Result<i32, String> {
@@ -72,7 +96,10 @@ async fn demo() -> Result<(), String> {
             .env_remove("AWS_SECRET_ACCESS_KEY")
             .env_remove("AWS_PROFILE")
             .env("AWS_CONFIG_FILE", scratch.join("no-aws-config"))
-            .env("AWS_SHARED_CREDENTIALS_FILE", scratch.join("no-aws-credentials"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                scratch.join("no-aws-credentials"),
+            )
             .env_remove("JOURNAL_STREAM")
             .arg("join")
             .arg("--config")
@@ -86,7 +113,8 @@ async fn demo() -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         Ok(status.code().unwrap_or(-1))
     };
-    std::fs::write(scratch.join("blockwatch.toml"), "# empty: tags decide\n").map_err(|e| e.to_string())?;
+    std::fs::write(scratch.join("blockwatch.toml"), "# empty: tags decide\n")
+        .map_err(|e| e.to_string())?;
 
     say("\n== blockwatch join --dry-run");
     expect_success(run(&["--dry-run"])?)?;
@@ -98,8 +126,16 @@ async fn demo() -> Result<(), String> {
     expect_success(run(&[])?)?;
     say(&format!("\n== {}:", state_dir.join("join.json").display()));
     show(&state_dir.join("join.json"))?;
-    let puts = imds.exchanges().iter().filter(|e| e.method == "PUT").count();
-    say(&format!("\nIMDS exchanges: {} ({} token PUTs) over 3 runs", imds.exchanges().len(), puts));
+    let puts = imds
+        .exchanges()
+        .iter()
+        .filter(|e| e.method == "PUT")
+        .count();
+    say(&format!(
+        "\nIMDS exchanges: {} ({} token PUTs) over 3 runs",
+        imds.exchanges().len(),
+        puts
+    ));
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
 }

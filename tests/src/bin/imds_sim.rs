@@ -32,7 +32,10 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     if !args.listen.starts_with("127.") && !args.listen.starts_with("localhost") {
-        eprintln!("imds-sim: refusing to listen on {}: loopback only", args.listen);
+        eprintln!(
+            "imds-sim: refusing to listen on {}: loopback only",
+            args.listen
+        );
         return ExitCode::from(2);
     }
     let mut tags = BTreeMap::new();
