@@ -1,5 +1,7 @@
 //! blockwatch's IMDS adapter (aws-config's client) against the simulator.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeMap;
 
 use blockwatch::sources::imds::{Imds, InstanceMetadata};

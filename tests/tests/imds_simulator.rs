@@ -1,5 +1,7 @@
 //! The simulator against the EC2 documentation, with raw HTTP requests.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 

@@ -1,5 +1,7 @@
 //! The moto harness: starts, seeds through the Rust SDK, stops by PID.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use blockwatch_testkit::moto::MotoServer;
 
 #[tokio::test]
