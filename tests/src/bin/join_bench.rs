@@ -36,7 +36,11 @@ struct Stats {
 fn stats(mut samples: Vec<Duration>) -> Stats {
     samples.sort();
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    Stats { min: samples[0], median: at(0.5), p90: at(0.9) }
+    Stats {
+        min: samples[0],
+        median: at(0.5),
+        p90: at(0.9),
+    }
 }
 
 fn ms(d: Duration) -> String {
@@ -45,34 +49,65 @@ fn ms(d: Duration) -> String {
 
 async fn bench() -> Result<(), String> {
     let mut args = std::env::args().skip(1);
-    let binary = args.next().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target/release/blockwatch"));
-    let runs: usize = args.next().map(|r| r.parse().map_err(|_| format!("bad run count {r:?}"))).transpose()?.unwrap_or(30);
+    let binary = args
+        .next()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/release/blockwatch"));
+    let runs: usize = args
+        .next()
+        .map(|r| r.parse().map_err(|_| format!("bad run count {r:?}")))
+        .transpose()?
+        .unwrap_or(30);
     if !binary.exists() {
         return Err(format!("{} not found", binary.display()));
     }
     let scratch = std::env::temp_dir().join(format!("blockwatch-bench-{}", std::process::id()));
     let moto = MotoServer::start().await.map_err(|e| e.to_string())?;
-    moto.create_unmanaged_ce("bench-ce", true).await.map_err(|e| e.to_string())?;
-    let instance_id = moto.launch_instance(&[("blockwatch:compute-environment", "bench-ce")]).await.map_err(|e| e.to_string())?;
+    moto.create_unmanaged_ce("bench-ce", true)
+        .await
+        .map_err(|e| e.to_string())?;
+    let instance_id = moto
+        .launch_instance(&[("blockwatch:compute-environment", "bench-ce")])
+        .await
+        .map_err(|e| e.to_string())?;
 
-    say(&format!("binary: {} ({runs} runs per scenario, serial, loopback peers)", binary.display()));
+    say(&format!(
+        "binary: {} ({runs} runs per scenario, serial, loopback peers)",
+        binary.display()
+    ));
     say("scenario                         min        median     p90        IMDS PUT/GET per run  AWS calls");
 
-    let version = time_runs(runs, || Command::new(&binary).arg("--version").output().map(|_| ()))?;
+    let version = time_runs(runs, || {
+        Command::new(&binary).arg("--version").output().map(|_| ())
+    })?;
     print_row("process start (--version)", &stats(version), "-", "0");
 
     for (name, tags, aws_calls) in [
-        ("join, cluster tag", vec![("blockwatch:cluster", "bench-cluster")], "0"),
-        ("join, compute-environment tag", vec![("blockwatch:compute-environment", "bench-ce")], "1 (Batch)"),
+        (
+            "join, cluster tag",
+            vec![("blockwatch:cluster", "bench-cluster")],
+            "0",
+        ),
+        (
+            "join, compute-environment tag",
+            vec![("blockwatch:compute-environment", "bench-ce")],
+            "1 (Batch)",
+        ),
     ] {
         let imds = ImdsSimulator::start(InstanceState {
             instance_id: instance_id.clone(),
             region: REGION.to_owned(),
-            tags: Some(tags.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
+            tags: Some(
+                tags.iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
             ..InstanceState::default()
         })
         .map_err(|e| e.to_string())?;
-        let ecs_config = scratch.join(name.replace([' ', ','], "_")).join("ecs.config");
+        let ecs_config = scratch
+            .join(name.replace([' ', ','], "_"))
+            .join("ecs.config");
         let samples = time_runs(runs, || {
             let _ = std::fs::remove_file(&ecs_config);
             let out = Command::new(&binary)
@@ -89,19 +124,38 @@ async fn bench() -> Result<(), String> {
             if out.status.success() {
                 Ok(())
             } else {
-                Err(std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()))
+                Err(std::io::Error::other(
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                ))
             }
         })?;
         let exchanges = imds.exchanges();
         let puts = exchanges.iter().filter(|e| e.method == "PUT").count() as f64 / runs as f64;
         let gets = exchanges.iter().filter(|e| e.method == "GET").count() as f64 / runs as f64;
-        print_row(name, &stats(samples), &format!("{puts:.0} / {gets:.0}"), aws_calls);
+        print_row(
+            name,
+            &stats(samples),
+            &format!("{puts:.0} / {gets:.0}"),
+            aws_calls,
+        );
 
         // The floor: the same IMDS exchanges over fresh connections, no agent.
-        let paths: Vec<String> = exchanges.iter().take((puts + gets) as usize).filter(|e| e.method == "GET").map(|e| e.path.clone()).collect();
+        let paths: Vec<String> = exchanges
+            .iter()
+            .take((puts + gets) as usize)
+            .filter(|e| e.method == "GET")
+            .map(|e| e.path.clone())
+            .collect();
         let addr = imds.addr();
         let floor = time_runs(runs, || {
-            let token = request(addr, "PUT", "/latest/api/token", &[(TTL_HEADER, "21600")], "")?.body;
+            let token = request(
+                addr,
+                "PUT",
+                "/latest/api/token",
+                &[(TTL_HEADER, "21600")],
+                "",
+            )?
+            .body;
             for path in &paths {
                 request(addr, "GET", path, &[(TOKEN_HEADER, &token)], "")?;
             }
@@ -113,7 +167,10 @@ async fn bench() -> Result<(), String> {
     Ok(())
 }
 
-fn time_runs(runs: usize, mut run: impl FnMut() -> std::io::Result<()>) -> Result<Vec<Duration>, String> {
+fn time_runs(
+    runs: usize,
+    mut run: impl FnMut() -> std::io::Result<()>,
+) -> Result<Vec<Duration>, String> {
     run().map_err(|e| format!("warm-up run failed: {e}"))?;
     (0..runs)
         .map(|_| {
@@ -125,5 +182,10 @@ fn time_runs(runs: usize, mut run: impl FnMut() -> std::io::Result<()>) -> Resul
 }
 
 fn print_row(name: &str, s: &Stats, imds: &str, aws: &str) {
-    say(&format!("{name:<32} {:<10} {:<10} {:<10} {imds:<21} {aws}", ms(s.min), ms(s.median), ms(s.p90)));
+    say(&format!(
+        "{name:<32} {:<10} {:<10} {:<10} {imds:<21} {aws}",
+        ms(s.min),
+        ms(s.median),
+        ms(s.p90)
+    ));
 }

@@ -1,0 +1,125 @@
+//! Under systemd, `blockwatch join` logs to journald with structured fields.
+//!
+//! The binary runs in a private mount namespace whose
+//! `/run/systemd/journal/socket` is our own datagram socket, with
+//! `JOURNAL_STREAM` naming its stderr, exactly as systemd sets it up. We then
+//! read the journal's native protocol off the socket. Needs root (CI and the
+//! dev machines run as root); it fails loudly otherwise.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+use common::{tags, Instance};
+
+/// Decodes one native-protocol datagram: `KEY=value\n`, or `KEY\n` + a
+/// little-endian u64 length + value + `\n` for values with newlines.
+fn parse_entry(mut data: &[u8]) -> BTreeMap<String, String> {
+    let mut fields = BTreeMap::new();
+    while !data.is_empty() {
+        let line_end = data.iter().position(|&b| b == b'\n').unwrap_or(data.len());
+        let line = &data[..line_end];
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            fields.insert(
+                String::from_utf8_lossy(&line[..eq]).into_owned(),
+                String::from_utf8_lossy(&line[eq + 1..]).into_owned(),
+            );
+            data = &data[(line_end + 1).min(data.len())..];
+        } else {
+            let key = String::from_utf8_lossy(line).into_owned();
+            let rest = &data[line_end + 1..];
+            let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+            fields.insert(key, String::from_utf8_lossy(&rest[8..8 + len]).into_owned());
+            data = &rest[(8 + len + 1).min(rest.len())..];
+        }
+    }
+    fields
+}
+
+#[tokio::test]
+async fn join_sends_structured_fields_to_the_journal() {
+    assert!(
+        std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout == b"0\n")
+            .unwrap_or(false),
+        "this test needs root for a private mount namespace"
+    );
+    let instance = Instance::without_aws();
+    instance
+        .imds
+        .update(|s| s.tags = tags(&[("blockwatch:cluster", "journal-cluster")]));
+    let socket_path = instance.root.path().join("journal.socket");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let stderr_path = instance.root.path().join("stderr");
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let meta = stderr.metadata().unwrap();
+
+    let mut command = instance.command();
+    let program = command.get_program().to_owned();
+    let args: Vec<_> = ["join", "--ecs-config"]
+        .iter()
+        .map(Into::into)
+        .chain([
+            instance.ecs_config().into_os_string(),
+            "--state-dir".into(),
+            instance.state_dir().into_os_string(),
+        ])
+        .collect::<Vec<std::ffi::OsString>>();
+    let status = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && touch /run/systemd/journal/socket && mount --bind "$0" /run/systemd/journal/socket && exec "$@""#)
+        .arg(&socket_path)
+        .arg(program)
+        .args(args)
+        .envs(command.get_envs().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))))
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stderr(stderr)
+        .status()
+        .unwrap();
+    let stderr_text = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(status.success(), "{status}: {stderr_text}");
+
+    let mut entries = Vec::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    socket.set_nonblocking(true).unwrap();
+    while let Ok(n) = socket.recv(&mut buffer) {
+        entries.push(parse_entry(&buffer[..n]));
+    }
+    assert!(
+        !entries.is_empty(),
+        "nothing reached the journal; stderr: {stderr_text}"
+    );
+    assert!(
+        !stderr_text.contains("effective configuration"),
+        "logs go to the journal, not stderr"
+    );
+    let decision = entries
+        .iter()
+        .find(|e| e.get("MESSAGE").is_some_and(|m| m.contains("created")))
+        .unwrap_or_else(|| panic!("no decision entry in {entries:?}"));
+    assert_eq!(
+        decision.get("CLUSTER").map(String::as_str),
+        Some("journal-cluster")
+    );
+    assert_eq!(decision.get("SOURCE").map(String::as_str), Some("tag"));
+    assert_eq!(
+        decision.get("INSTANCE_ID").map(String::as_str),
+        Some("i-0123456789abcdef0")
+    );
+    assert_eq!(
+        decision.get("SYSLOG_IDENTIFIER").map(String::as_str),
+        Some("blockwatch")
+    );
+    // systemd-journal-logger maps log::Level::Info to NOTICE (5).
+    assert_eq!(decision.get("PRIORITY").map(String::as_str), Some("5"));
+}
