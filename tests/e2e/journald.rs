@@ -64,7 +64,7 @@ async fn join_sends_structured_fields_to_the_journal() {
     let stderr = std::fs::File::create(&stderr_path).unwrap();
     let meta = stderr.metadata().unwrap();
 
-    let mut command = instance.command();
+    let command = instance.command();
     let program = command.get_program().to_owned();
     let args: Vec<_> = ["join", "--ecs-config"]
         .iter()
