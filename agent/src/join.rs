@@ -137,6 +137,9 @@ where
         effective.push(format!("compute_environment={} ({})", ce.value, ce.origin));
     }
     effective.extend(settings.describe());
+    if tags.is_none() {
+        effective.push("instance tags not read (the config file names the cluster)".to_owned());
+    }
     log::info!(
         INSTANCE_ID = instance_id.as_str(), CLUSTER = cluster.as_str(), SOURCE = origin.kind();
         "effective configuration: {}", effective.join(", ")
