@@ -125,7 +125,8 @@ async fn demo() -> Result<(), String> {
     say("\n== blockwatch join again (nothing to do)");
     expect_success(run(&[])?)?;
     say(&format!("\n== {}:", state_dir.join("join.json").display()));
-    show(&state_dir.join("join.json"))?;
+    let record = std::fs::read_to_string(state_dir.join("join.json")).map_err(|e| e.to_string())?;
+    say(&record);
     let puts = imds
         .exchanges()
         .iter()
@@ -148,6 +149,7 @@ fn expect_success(code: i32) -> Result<(), String> {
     }
 }
 
+/// Each line quoted, so CR and quotes are visible.
 fn show(path: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     for line in text.split_terminator('\n') {
