@@ -66,6 +66,55 @@ pub enum Command {
     /// before ecs.service)
     #[command(long_about = JOIN_ABOUT, after_help = EXIT_CODES)]
     Join(JoinArgs),
+    /// Watch every end-of-life signal and drain the container instance in time (the long-running
+    /// service)
+    #[command(long_about = RUN_ABOUT, after_help = EXIT_CODES)]
+    Run(RunArgs),
+    /// Show what blockwatch knows and has done, from its state file (no network)
+    Status(StatusArgs),
+}
+
+const RUN_ABOUT: &str = "\
+Watch every signal that this instance is about to end, and drain its ECS container
+instance in time, so Batch places no new jobs on an instance that is going away.
+
+Deadline sources (the earliest wins):
+  lease            config lease_end / lease_duration, or tags blockwatch:lease-end
+                   (RFC 3339) / blockwatch:lease-duration (counted from launch)
+  legacy spot block, Capacity Block   asked of EC2 once at start (EndDate - 30 min)
+  spot interruption, scheduled events (active ones), Auto Scaling Terminated,
+  rebalance recommendation (only with drain_on_rebalance = true)
+                   polled from IMDS every poll_interval (default 1s)
+
+At deadline - drain_lead (default 10m) the container instance is set to DRAINING:
+running jobs keep running, no new ones arrive. Running tasks are counted every
+drain_poll_interval (default 15s) until none is left; then the instance is
+drained and, with on_drained = \"poweroff\", poweroff_command runs. With
+stop_grace set, tasks still running at deadline - stop_grace are stopped with a
+reason starting \"blockwatch:\". A canceled or completed scheduled event that alone
+caused a drain sets the instance back to ACTIVE.
+
+While nothing is due only IMDS is polled: no AWS API call. State is kept in
+<state-dir>/state.json, so a restart resumes a drain without repeating it.
+Under systemd (Type=notify) it reports READY, a STATUS line and the watchdog.";
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Log every action and change nothing (same as dry_run = true)
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// The ECS agent's introspection endpoint, used to find our container instance
+    #[arg(long, value_name = "URL", default_value = crate::actions::ecs::DEFAULT_INTROSPECTION_URL)]
+    pub ecs_introspection_url: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print a JSON object (instance_id, cluster, compute_environment, phase, deadline,
+    /// deadline_source, drain_at, ...)
+    #[arg(long)]
+    pub json: bool,
 }
 
 const JOIN_ABOUT: &str = "\

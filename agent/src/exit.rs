@@ -28,9 +28,9 @@ pub const ECS_CONFIG_IO: u8 = 6;
 pub const AWS_REJECTED: u8 = 7;
 pub const TRANSIENT: u8 = 75;
 
-/// Everything that can stop `blockwatch join`, each as one line.
+/// Everything that can stop `blockwatch join` or `run`, each as one line.
 #[derive(Debug, thiserror::Error)]
-pub enum JoinError {
+pub enum AgentError {
     #[error(transparent)]
     ConfigFile(#[from] ConfigFileError),
     #[error(transparent)]
@@ -50,7 +50,7 @@ pub enum JoinError {
     Internal(String),
 }
 
-impl JoinError {
+impl AgentError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::ConfigFile(_) | Self::NoClusterSource(_) | Self::InvalidCluster { .. } => CONFIG,

@@ -2,7 +2,7 @@
 //! agent starts.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::actions::ecs_config::{Outcome, Plan};
 use crate::core::cluster::ClusterName;
@@ -10,7 +10,7 @@ use crate::core::compute_environment::{cluster_of, Refusal};
 use crate::core::config::{
     choose_cluster_target, ClusterTarget, InstanceTags, Origin, Settings, Sourced, TagChannel,
 };
-use crate::exit::JoinError;
+use crate::exit::AgentError;
 use crate::host::state::{self, JoinRecord};
 use crate::sources::batch::ComputeEnvironments;
 use crate::sources::config_file;
@@ -37,27 +37,52 @@ pub struct Joined {
     pub dry_run: bool,
 }
 
+/// Where the agent stands before it acts: who it is, its settings, and its
+/// cluster, each with its origin.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub identity: Option<IdentityDocument>,
+    pub instance_id: String,
+    pub settings: Settings,
+    pub cluster: ClusterName,
+    pub origin: Origin,
+    pub compute_environment: Option<Sourced<String>>,
+}
+
+/// How to resolve: which config file, and what `run` already knows.
+#[derive(Debug, Clone, Copy)]
+pub struct ResolveOptions<'a> {
+    pub config_path: &'a Path,
+    pub config_path_explicit: bool,
+    pub dry_run_flag: bool,
+    /// `run` always reads the tags (they carry the lease); `join` only when
+    /// the config file does not name the cluster.
+    pub always_read_tags: bool,
+    /// The last join on this instance: its cluster saves a Batch call.
+    pub known: Option<&'a JoinRecord>,
+}
+
 /// Reads the config file; the instance identity document from IMDS; the
-/// tags (IMDS, else `ec2:DescribeTags`) only when the file does not decide;
-/// Batch only for a compute environment. Then writes ecs.config.
-pub async fn join<M, T, B>(
-    request: &JoinRequest,
+/// tags (IMDS, else `ec2:DescribeTags`); Batch only for a compute
+/// environment the last join did not already resolve.
+pub async fn resolve<M, T, B>(
+    options: ResolveOptions<'_>,
     metadata: &M,
     tag_directory: &T,
     batch: &B,
-    now: time::OffsetDateTime,
-) -> Result<Joined, JoinError>
+) -> Result<Resolved, AgentError>
 where
     M: InstanceMetadata,
     T: TagDirectory,
     B: ComputeEnvironments,
 {
-    let file = config_file::load(&request.config_path, request.config_path_explicit)?;
+    let config_path = options.config_path;
+    let file = config_file::load(config_path, options.config_path_explicit)?;
     match &file {
-        Some(_) => log::info!("read config file {}", request.config_path.display()),
+        Some(_) => log::info!("read config file {}", config_path.display()),
         None => log::info!(
             "no config file at {}; using tags and defaults",
-            request.config_path.display()
+            config_path.display()
         ),
     }
     let file = file.unwrap_or_default();
@@ -66,7 +91,7 @@ where
     // network; IMDS is then only asked for the instance id, for the logs.
     let identity = match metadata.identity().await {
         Ok(identity) => Some(identity),
-        Err(err) if file.cluster.is_some() => {
+        Err(err) if file.cluster.is_some() && !options.always_read_tags => {
             log::warn!("{err}; continuing with the cluster from the config file");
             None
         }
@@ -81,14 +106,14 @@ where
     }
 
     let file_decides = file.cluster.is_some() || file.compute_environment.is_some();
-    let tags = match (&identity, file_decides) {
+    let tags = match (&identity, file_decides && !options.always_read_tags) {
         (Some(identity), false) => {
             Some(read_tags(metadata, tag_directory, &identity.instance_id).await?)
         }
         _ => None,
     };
 
-    let (target, overridden) = choose_cluster_target(&file, &request.config_path, tags.as_ref())?;
+    let (target, overridden) = choose_cluster_target(&file, config_path, tags.as_ref())?;
     for value in overridden {
         log::info!(
             "ignoring {:?} from {}: a higher-precedence source decides the cluster",
@@ -97,7 +122,7 @@ where
         );
     }
     let (settings, tag_problems) =
-        Settings::resolve(&file, &request.config_path, tags.as_ref(), request.dry_run);
+        Settings::resolve(&file, config_path, tags.as_ref(), options.dry_run_flag);
     for problem in tag_problems {
         log::warn!("ignoring instance tag {}: {}", problem.key, problem.reason);
     }
@@ -105,7 +130,7 @@ where
     let (cluster, origin, compute_environment) = match target {
         ClusterTarget::Cluster(Sourced { value, origin }) => {
             let cluster =
-                ClusterName::parse(&value).map_err(|reason| JoinError::InvalidCluster {
+                ClusterName::parse(&value).map_err(|reason| AgentError::InvalidCluster {
                     reason,
                     origin: origin.clone(),
                 })?;
@@ -113,19 +138,32 @@ where
         }
         ClusterTarget::ComputeEnvironment(ce) => {
             log::info!("compute_environment={} ({})", ce.value, ce.origin);
-            let info = batch
-                .describe_compute_environment(&ce.value)
-                .await?
-                .ok_or_else(|| Refusal::NotFound(ce.value.clone()))?;
-            let (cluster, warnings) = cluster_of(&info)?;
-            for warning in warnings {
-                log::warn!("{warning}");
+            let remembered = options.known.filter(|k| {
+                k.instance_id.as_deref() == Some(instance_id.as_str())
+                    && k.compute_environment.as_deref() == Some(ce.value.as_str())
+            });
+            match remembered.map(|k| ClusterName::parse(&k.cluster)) {
+                Some(Ok(cluster)) => (
+                    cluster,
+                    Origin::Discovered("the last join (join.json)"),
+                    Some(ce),
+                ),
+                _ => {
+                    let info = batch
+                        .describe_compute_environment(&ce.value)
+                        .await?
+                        .ok_or_else(|| Refusal::NotFound(ce.value.clone()))?;
+                    let (cluster, warnings) = cluster_of(&info)?;
+                    for warning in warnings {
+                        log::warn!("{warning}");
+                    }
+                    (
+                        cluster,
+                        Origin::Discovered("batch:DescribeComputeEnvironments"),
+                        Some(ce),
+                    )
+                }
             }
-            (
-                cluster,
-                Origin::Discovered("batch:DescribeComputeEnvironments"),
-                Some(ce),
-            )
         }
     };
 
@@ -144,6 +182,44 @@ where
         INSTANCE_ID = instance_id.as_str(), CLUSTER = cluster.as_str(), SOURCE = origin.kind();
         "effective configuration: {}", effective.join(", ")
     );
+    Ok(Resolved {
+        identity,
+        instance_id,
+        settings,
+        cluster,
+        origin,
+        compute_environment,
+    })
+}
+
+/// `blockwatch join`: resolves, then writes ecs.config.
+pub async fn join<M, T, B>(
+    request: &JoinRequest,
+    metadata: &M,
+    tag_directory: &T,
+    batch: &B,
+    now: time::OffsetDateTime,
+) -> Result<Joined, AgentError>
+where
+    M: InstanceMetadata,
+    T: TagDirectory,
+    B: ComputeEnvironments,
+{
+    let options = ResolveOptions {
+        config_path: &request.config_path,
+        config_path_explicit: request.config_path_explicit,
+        dry_run_flag: request.dry_run,
+        always_read_tags: false,
+        known: None,
+    };
+    let Resolved {
+        identity,
+        instance_id,
+        settings,
+        cluster,
+        origin,
+        compute_environment,
+    } = resolve(options, metadata, tag_directory, batch).await?;
 
     let plan = Plan::new(&request.ecs_config, &cluster)?;
     let dry_run = settings.dry_run.value;
@@ -185,7 +261,7 @@ async fn read_tags<M: InstanceMetadata, T: TagDirectory>(
     metadata: &M,
     tag_directory: &T,
     instance_id: &str,
-) -> Result<InstanceTags, JoinError> {
+) -> Result<InstanceTags, AgentError> {
     if let Some(values) = metadata.tags().await? {
         log::info!("read {} blockwatch instance tag(s) from IMDS", values.len());
         return Ok(InstanceTags {
@@ -217,7 +293,7 @@ fn log_identity(identity: &IdentityDocument) {
     );
 }
 
-fn show_dry_run(plan: &Plan) -> Result<(), JoinError> {
+fn show_dry_run(plan: &Plan) -> Result<(), AgentError> {
     let verdict = match plan.outcome() {
         Outcome::AlreadyCorrect => "is already correct; it would be left alone",
         Outcome::Created => "does not exist; it would be created with",
@@ -227,7 +303,7 @@ fn show_dry_run(plan: &Plan) -> Result<(), JoinError> {
     let shown = writeln!(out, "dry run: {} {verdict}:", plan.path.display())
         .and_then(|()| out.write_all(plan.content()))
         .and_then(|()| out.flush());
-    shown.map_err(|e| JoinError::Internal(format!("could not print the dry run: {e}")))
+    shown.map_err(|e| AgentError::Internal(format!("could not print the dry run: {e}")))
 }
 
 fn log_outcome(

@@ -9,4 +9,6 @@ pub mod core;
 pub mod exit;
 pub mod host;
 pub mod join;
+pub mod run;
 pub mod sources;
+pub mod status;

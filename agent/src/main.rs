@@ -3,10 +3,12 @@
 use std::process::ExitCode;
 
 use blockwatch::cli::{Cli, Command};
-use blockwatch::exit::{self, JoinError};
+use blockwatch::exit::{self, AgentError};
 use blockwatch::join::{join, JoinRequest};
+use blockwatch::run::{run, RunRequest};
 use blockwatch::sources::aws::Aws;
 use blockwatch::sources::imds::Imds;
+use blockwatch::status;
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -34,6 +36,35 @@ fn main() -> ExitCode {
             };
             runtime.block_on(run_join(&request))
         }
+        Command::Run(args) => {
+            let (config_path, config_path_explicit) = cli.common.config_path();
+            let request = RunRequest {
+                config_path,
+                config_path_explicit,
+                state_dir: cli.common.state_dir,
+                dry_run: args.dry_run,
+                introspection_url: args.ecs_introspection_url,
+            };
+            let imds = Imds::new();
+            let aws = Aws::new(imds.clone());
+            runtime.block_on(run(&request, &imds, &aws))
+        }
+        Command::Status(args) => {
+            return match status::render(
+                &cli.common.state_dir,
+                args.json,
+                time::OffsetDateTime::now_utc(),
+            ) {
+                Ok(text) => {
+                    print(&text);
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    log::error!("{err}");
+                    ExitCode::from(exit::CONFIG)
+                }
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -48,9 +79,14 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run_join(request: &JoinRequest) -> Result<(), JoinError> {
+async fn run_join(request: &JoinRequest) -> Result<(), AgentError> {
     let imds = Imds::new();
     let aws = Aws::new(imds.clone());
     join(request, &imds, &aws, &aws, time::OffsetDateTime::now_utc()).await?;
     Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+fn print(text: &str) {
+    println!("{text}");
 }

@@ -24,6 +24,7 @@ pub const TAG_KEYS: [&str; 4] = [
 pub const DEFAULT_DRAIN_LEAD: Duration = Duration::from_secs(10 * 60);
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_POWEROFF_COMMAND: &str = "systemctl poweroff";
+pub const DEFAULT_DRAIN_POLL_INTERVAL: Duration = Duration::from_secs(15);
 
 /// `/etc/blockwatch/blockwatch.toml`. Unknown keys are an error, so a typo
 /// never silently falls back to a default.
@@ -41,6 +42,12 @@ pub struct FileConfig {
     pub poweroff_command: Option<String>,
     pub webhook_url: Option<String>,
     pub dry_run: Option<bool>,
+    /// Stop tasks still running this long before the end (off by default).
+    pub stop_grace: Option<HumanDuration>,
+    /// Prometheus textfile to write (off by default).
+    pub metrics_file: Option<PathBuf>,
+    /// How often running tasks are counted while draining (default 15s).
+    pub drain_poll_interval: Option<HumanDuration>,
 }
 
 /// A config file that could not be used, as one line naming the file.
@@ -314,6 +321,18 @@ pub enum Lease {
     LastsFromLaunch(HumanDuration),
 }
 
+impl Lease {
+    /// When the lease ends, for an instance launched at `launched`.
+    pub fn end(self, launched: OffsetDateTime) -> OffsetDateTime {
+        match self {
+            Self::Ends(at) => at.0,
+            Self::LastsFromLaunch(d) => {
+                launched + time::Duration::try_from(d.0).unwrap_or(time::Duration::MAX)
+            }
+        }
+    }
+}
+
 impl fmt::Display for Lease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -334,6 +353,9 @@ pub struct Settings {
     pub poweroff_command: Sourced<String>,
     pub webhook_url: Option<Sourced<String>>,
     pub dry_run: Sourced<bool>,
+    pub stop_grace: Option<Sourced<Duration>>,
+    pub metrics_file: Option<Sourced<PathBuf>>,
+    pub drain_poll_interval: Sourced<Duration>,
 }
 
 /// A tag value that does not parse; the tag is ignored with a warning.
@@ -387,6 +409,15 @@ impl Settings {
             ),
             webhook_url: file.webhook_url.clone().map(|v| Sourced::new(v, in_file())),
             dry_run,
+            stop_grace: file.stop_grace.map(|v| Sourced::new(v.0, in_file())),
+            metrics_file: file
+                .metrics_file
+                .clone()
+                .map(|v| Sourced::new(v, in_file())),
+            drain_poll_interval: or_default(
+                file.drain_poll_interval.map(|d| d.0),
+                DEFAULT_DRAIN_POLL_INTERVAL,
+            ),
         };
         (settings, problems)
     }
@@ -515,6 +546,9 @@ mod tests {
             poweroff_command = "/bin/true"
             webhook_url = "https://hooks.example/x"
             dry_run = true
+            stop_grace = "2m"
+            metrics_file = "/var/lib/node_exporter/textfile/blockwatch.prom"
+            drain_poll_interval = "5s"
             "#,
         );
         assert_eq!(c.drain_lead, Some(HumanDuration(Duration::from_secs(900))));

@@ -3,4 +3,7 @@
 pub mod cluster;
 pub mod compute_environment;
 pub mod config;
+pub mod deadline;
 pub mod ecs_config;
+pub mod state;
+pub mod status;

@@ -3,4 +3,6 @@
 
 pub mod atomic_file;
 pub mod logging;
+pub mod metrics;
+pub mod notify;
 pub mod state;

@@ -50,3 +50,87 @@ impl TagDirectory for Aws {
         Ok(tags)
     }
 }
+
+/// End dates EC2 itself knows: a legacy spot block, or a Capacity Block.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ec2Deadlines {
+    /// Launch + `BlockDurationMinutes`, and the spot request id.
+    pub legacy_spot_block_end: Option<(time::OffsetDateTime, String)>,
+    /// The Capacity Block's `EndDate`, and the reservation id.
+    pub capacity_block_end: Option<(time::OffsetDateTime, String)>,
+}
+
+pub trait InstanceCapacity {
+    /// Looks up the spot request and the capacity reservation of
+    /// `instance_id`, launched at `launched`. Called once, at start.
+    fn ec2_deadlines(
+        &self,
+        instance_id: &str,
+        launched: time::OffsetDateTime,
+    ) -> impl Future<Output = Result<Ec2Deadlines, SourceError>> + Send;
+}
+
+fn to_time(at: &aws_sdk_ec2::primitives::DateTime) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::from_unix_timestamp(at.secs()).ok()
+}
+
+impl InstanceCapacity for Aws {
+    async fn ec2_deadlines(
+        &self,
+        instance_id: &str,
+        launched: time::OffsetDateTime,
+    ) -> Result<Ec2Deadlines, SourceError> {
+        let client = aws_sdk_ec2::Client::new(self.config().await?);
+        let described = client
+            .describe_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map_err(|e| classify("ec2:DescribeInstances", &e))?;
+        let instance = described
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find(|i| i.instance_id() == Some(instance_id));
+        let mut found = Ec2Deadlines::default();
+        let Some(instance) = instance else {
+            return Ok(found);
+        };
+        if let Some(request_id) = instance.spot_instance_request_id() {
+            let requests = client
+                .describe_spot_instance_requests()
+                .spot_instance_request_ids(request_id)
+                .send()
+                .await
+                .map_err(|e| classify("ec2:DescribeSpotInstanceRequests", &e))?;
+            let minutes = requests
+                .spot_instance_requests()
+                .iter()
+                .find_map(|r| r.block_duration_minutes());
+            if let Some(minutes) = minutes.filter(|m| *m > 0) {
+                found.legacy_spot_block_end = Some((
+                    launched + time::Duration::minutes(i64::from(minutes)),
+                    request_id.to_owned(),
+                ));
+            }
+        }
+        if let Some(reservation_id) = instance.capacity_reservation_id() {
+            let reservations = client
+                .describe_capacity_reservations()
+                .capacity_reservation_ids(reservation_id)
+                .send()
+                .await
+                .map_err(|e| classify("ec2:DescribeCapacityReservations", &e))?;
+            let end = reservations
+                .capacity_reservations()
+                .iter()
+                .filter(|r| {
+                    r.reservation_type()
+                        == Some(&aws_sdk_ec2::types::CapacityReservationType::CapacityBlock)
+                })
+                .find_map(|r| r.end_date().and_then(to_time));
+            found.capacity_block_end = end.map(|end| (end, reservation_id.to_owned()));
+        }
+        Ok(found)
+    }
+}

@@ -7,6 +7,7 @@ pub mod batch;
 pub mod config_file;
 pub mod ec2;
 pub mod imds;
+pub mod notices;
 
 /// A source that could not answer.
 #[derive(Debug, thiserror::Error)]

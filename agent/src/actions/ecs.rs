@@ -1,0 +1,175 @@
+//! The ECS side of a drain: find our container instance, set DRAINING or
+//! ACTIVE, count and stop its tasks.
+
+use std::future::Future;
+use std::time::Duration;
+
+use aws_sdk_ecs::types::{ContainerInstanceStatus, DesiredStatus};
+use serde::Deserialize;
+
+use crate::sources::aws::{classify, Aws};
+use crate::sources::{AwsFailure, SourceError};
+
+/// The ECS agent's local introspection API: no IAM needed.
+pub const DEFAULT_INTROSPECTION_URL: &str = "http://127.0.0.1:51678/v1/metadata";
+
+pub trait ContainerService {
+    /// Our container instance's ARN, or `None` while it is not registered.
+    fn find_container_instance(
+        &self,
+        cluster: &str,
+        instance_id: &str,
+    ) -> impl Future<Output = Result<Option<String>, SourceError>> + Send;
+    /// DRAINING when `draining`, else ACTIVE.
+    fn set_draining(
+        &self,
+        cluster: &str,
+        container_instance: &str,
+        draining: bool,
+    ) -> impl Future<Output = Result<(), SourceError>> + Send;
+    /// The tasks still meant to run there.
+    fn running_tasks(
+        &self,
+        cluster: &str,
+        container_instance: &str,
+    ) -> impl Future<Output = Result<Vec<String>, SourceError>> + Send;
+    fn stop_tasks(
+        &self,
+        cluster: &str,
+        tasks: &[String],
+        reason: &str,
+    ) -> impl Future<Output = Result<(), SourceError>> + Send;
+}
+
+/// Asks the local ECS agent which container instance it registered. `None`
+/// when it is not running (yet) or names another cluster.
+pub async fn introspect(url: &str, cluster: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Metadata {
+        cluster: Option<String>,
+        container_instance_arn: Option<String>,
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .ok()?;
+    let body = client.get(url).send().await.ok()?.bytes().await.ok()?;
+    let metadata: Metadata = serde_json::from_slice(&body).ok()?;
+    let same_cluster = metadata
+        .cluster
+        .as_deref()
+        .is_some_and(|c| c == cluster || c.ends_with(&format!("/{cluster}")));
+    metadata.container_instance_arn.filter(|_| same_cluster)
+}
+
+impl ContainerService for Aws {
+    async fn find_container_instance(
+        &self,
+        cluster: &str,
+        instance_id: &str,
+    ) -> Result<Option<String>, SourceError> {
+        let client = aws_sdk_ecs::Client::new(self.config().await?);
+        let listed = client
+            .list_container_instances()
+            .cluster(cluster)
+            .filter(format!("ec2InstanceId == {instance_id}"))
+            .send()
+            .await
+            .map_err(|e| classify("ecs:ListContainerInstances", &e))?;
+        if listed.container_instance_arns().is_empty() {
+            return Ok(None);
+        }
+        // Check the instance id ourselves rather than trust the filter.
+        let described = client
+            .describe_container_instances()
+            .cluster(cluster)
+            .set_container_instances(Some(listed.container_instance_arns().to_vec()))
+            .send()
+            .await
+            .map_err(|e| classify("ecs:DescribeContainerInstances", &e))?;
+        Ok(described
+            .container_instances()
+            .iter()
+            .filter(|ci| ci.ec2_instance_id() == Some(instance_id))
+            .find(|ci| matches!(ci.status(), Some("ACTIVE" | "DRAINING")))
+            .and_then(|ci| ci.container_instance_arn())
+            .map(str::to_owned))
+    }
+
+    async fn set_draining(
+        &self,
+        cluster: &str,
+        container_instance: &str,
+        draining: bool,
+    ) -> Result<(), SourceError> {
+        let client = aws_sdk_ecs::Client::new(self.config().await?);
+        let status = if draining {
+            ContainerInstanceStatus::Draining
+        } else {
+            ContainerInstanceStatus::Active
+        };
+        let api = "ecs:UpdateContainerInstancesState";
+        let output = client
+            .update_container_instances_state()
+            .cluster(cluster)
+            .container_instances(container_instance)
+            .status(status)
+            .send()
+            .await
+            .map_err(|e| classify(api, &e))?;
+        match output.failures().first() {
+            None => Ok(()),
+            Some(failure) => Err(SourceError::Aws {
+                api,
+                kind: AwsFailure::Rejected,
+                detail: format!(
+                    "{}: {}",
+                    failure.arn().unwrap_or(container_instance),
+                    failure.reason().or(failure.detail()).unwrap_or("failed")
+                ),
+            }),
+        }
+    }
+
+    async fn running_tasks(
+        &self,
+        cluster: &str,
+        container_instance: &str,
+    ) -> Result<Vec<String>, SourceError> {
+        let client = aws_sdk_ecs::Client::new(self.config().await?);
+        let mut tasks = Vec::new();
+        let mut pages = client
+            .list_tasks()
+            .cluster(cluster)
+            .container_instance(container_instance)
+            .desired_status(DesiredStatus::Running)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("ecs:ListTasks", &e))?;
+            tasks.extend(page.task_arns().iter().cloned());
+        }
+        Ok(tasks)
+    }
+
+    async fn stop_tasks(
+        &self,
+        cluster: &str,
+        tasks: &[String],
+        reason: &str,
+    ) -> Result<(), SourceError> {
+        let client = aws_sdk_ecs::Client::new(self.config().await?);
+        for task in tasks {
+            client
+                .stop_task()
+                .cluster(cluster)
+                .task(task)
+                .reason(reason)
+                .send()
+                .await
+                .map_err(|e| classify("ecs:StopTask", &e))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,167 @@
+//! Deadlines: every signal that says "this instance ends at T", each with an
+//! identity taken from its payload (never from when it was seen).
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// EC2 starts terminating Capacity Block instances this long before `EndDate`.
+pub const CAPACITY_BLOCK_TERMINATION_LEAD: Duration = Duration::from_secs(30 * 60);
+
+/// Where a deadline comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    Lease,
+    LegacySpotBlock,
+    CapacityBlock,
+    SpotInterruption,
+    ScheduledEvent,
+    AutoScaling,
+    Rebalance,
+}
+
+impl SourceKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Lease => "lease",
+            Self::LegacySpotBlock => "legacy-spot-block",
+            Self::CapacityBlock => "capacity-block",
+            Self::SpotInterruption => "spot-interruption",
+            Self::ScheduledEvent => "scheduled-event",
+            Self::AutoScaling => "autoscaling",
+            Self::Rebalance => "rebalance",
+        }
+    }
+}
+
+impl fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The identity of one end-of-life signal, from its payload: the same notice
+/// seen twice is the same event.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EventKey {
+    pub kind: SourceKind,
+    pub id: String,
+}
+
+/// One source's claim that the instance ends at `at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub at: OffsetDateTime,
+    pub key: EventKey,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpotAction {
+    pub action: String,
+    pub time: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledEvent {
+    pub id: String,
+    pub code: String,
+    pub not_before: OffsetDateTime,
+    /// `active`, `canceled` or `completed`.
+    pub state: String,
+}
+
+impl ScheduledEvent {
+    pub fn is_active(&self) -> bool {
+        self.state.eq_ignore_ascii_case("active")
+    }
+}
+
+/// Everything the sources currently say. IMDS values are the last answer
+/// received: a failed poll keeps the previous value rather than erasing it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observations {
+    /// The lease end and where it came from (config file or tag).
+    pub lease_end: Option<(OffsetDateTime, String)>,
+    /// Legacy spot block end and the spot request id.
+    pub legacy_spot_block_end: Option<(OffsetDateTime, String)>,
+    /// The Capacity Block's `EndDate` and the reservation id.
+    pub capacity_block_end: Option<(OffsetDateTime, String)>,
+    pub spot_action: Option<SpotAction>,
+    pub scheduled_events: Vec<ScheduledEvent>,
+    pub target_lifecycle_state: Option<String>,
+    pub rebalance_notice: Option<OffsetDateTime>,
+    /// Tasks still running on our container instance; only read while draining.
+    pub running_tasks: Option<usize>,
+}
+
+impl Observations {
+    /// Every current claim of an end. `now` is the end for an Auto Scaling
+    /// termination (which gives no time); a rebalance recommendation counts
+    /// only when the operator opted in.
+    pub fn candidates(&self, now: OffsetDateTime, drain_on_rebalance: bool) -> Vec<Candidate> {
+        let mut found = Vec::new();
+        let mut push = |at, kind, id: String| {
+            found.push(Candidate {
+                at,
+                key: EventKey { kind, id },
+            })
+        };
+        if let Some((at, origin)) = &self.lease_end {
+            push(*at, SourceKind::Lease, origin.clone());
+        }
+        if let Some((at, request)) = &self.legacy_spot_block_end {
+            push(*at, SourceKind::LegacySpotBlock, request.clone());
+        }
+        if let Some((end, reservation)) = &self.capacity_block_end {
+            push(
+                *end - CAPACITY_BLOCK_TERMINATION_LEAD,
+                SourceKind::CapacityBlock,
+                reservation.clone(),
+            );
+        }
+        if let Some(spot) = &self.spot_action {
+            push(
+                spot.time,
+                SourceKind::SpotInterruption,
+                format!("{}@{}", spot.action, spot.time.unix_timestamp()),
+            );
+        }
+        for event in self.scheduled_events.iter().filter(|e| e.is_active()) {
+            push(
+                event.not_before,
+                SourceKind::ScheduledEvent,
+                event.id.clone(),
+            );
+        }
+        if self.target_lifecycle_state.as_deref() == Some("Terminated") {
+            push(now, SourceKind::AutoScaling, "Terminated".to_owned());
+        }
+        if let (Some(notice), true) = (self.rebalance_notice, drain_on_rebalance) {
+            push(
+                notice,
+                SourceKind::Rebalance,
+                notice.unix_timestamp().to_string(),
+            );
+        }
+        found
+    }
+
+    /// Whether the scheduled event `id` is over: canceled, completed, or gone.
+    pub fn scheduled_event_ended(&self, id: &str) -> bool {
+        self.scheduled_events
+            .iter()
+            .find(|e| e.id == id)
+            .is_none_or(|e| !e.is_active())
+    }
+}
+
+/// The earliest claim wins; ties go to the lowest source kind, so the choice
+/// is stable from one poll to the next.
+pub fn earliest(candidates: &[Candidate]) -> Option<&Candidate> {
+    candidates
+        .iter()
+        .min_by(|a, b| (a.at, a.key.kind, &a.key.id).cmp(&(b.at, b.key.kind, &b.key.id)))
+}

@@ -1,0 +1,186 @@
+//! The IMDS notices polled every `poll_interval`: spot interruption,
+//! scheduled events, Auto Scaling lifecycle and rebalance recommendation.
+
+use serde::Deserialize;
+use time::macros::format_description;
+use time::{OffsetDateTime, PrimitiveDateTime};
+
+use super::imds::Imds;
+use super::SourceError;
+use crate::core::deadline::{Observations, ScheduledEvent, SpotAction};
+
+pub const SPOT_INSTANCE_ACTION: &str = "/latest/meta-data/spot/instance-action";
+pub const SCHEDULED_EVENTS: &str = "/latest/meta-data/events/maintenance/scheduled";
+pub const TARGET_LIFECYCLE_STATE: &str = "/latest/meta-data/autoscaling/target-lifecycle-state";
+pub const REBALANCE: &str = "/latest/meta-data/events/recommendations/rebalance";
+
+/// A notice path that could not be read or parsed this time.
+#[derive(Debug)]
+pub struct NoticeError {
+    /// Short source name for logs and metrics.
+    pub source: &'static str,
+    pub error: SourceError,
+}
+
+fn unreadable(path: &str, what: &str, err: impl std::fmt::Display) -> SourceError {
+    SourceError::Imds {
+        path: path.to_owned(),
+        detail: format!("unreadable {what}: {err}"),
+    }
+}
+
+fn rfc3339(text: &str) -> Result<OffsetDateTime, time::error::Parse> {
+    OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+}
+
+/// `21 Jan 2019 09:00:43 GMT`, with or without a leading zero on the day.
+pub fn parse_gmt(text: &str) -> Option<OffsetDateTime> {
+    let padded =
+        format_description!("[day] [month repr:short] [year] [hour]:[minute]:[second] GMT");
+    let unpadded = format_description!(
+        "[day padding:none] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    PrimitiveDateTime::parse(text.trim(), padded)
+        .or_else(|_| PrimitiveDateTime::parse(text.trim(), unpadded))
+        .ok()
+        .map(PrimitiveDateTime::assume_utc)
+}
+
+pub fn parse_spot_action(text: &str) -> Result<SpotAction, String> {
+    #[derive(Deserialize)]
+    struct Raw {
+        action: String,
+        time: String,
+    }
+    let raw: Raw = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let time = rfc3339(&raw.time).map_err(|e| format!("time {:?}: {e}", raw.time))?;
+    Ok(SpotAction {
+        action: raw.action,
+        time,
+    })
+}
+
+pub fn parse_scheduled_events(text: &str) -> Result<Vec<ScheduledEvent>, String> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Raw {
+        not_before: String,
+        code: Option<String>,
+        event_id: String,
+        state: Option<String>,
+    }
+    let raw: Vec<Raw> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    raw.into_iter()
+        .map(|e| {
+            let not_before = parse_gmt(&e.not_before).ok_or_else(|| {
+                format!(
+                    "NotBefore {:?} is not like 21 Jan 2019 09:00:43 GMT",
+                    e.not_before
+                )
+            })?;
+            Ok(ScheduledEvent {
+                id: e.event_id,
+                code: e.code.unwrap_or_default(),
+                not_before,
+                state: e.state.unwrap_or_else(|| "active".to_owned()),
+            })
+        })
+        .collect()
+}
+
+pub fn parse_rebalance(text: &str) -> Result<OffsetDateTime, String> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Raw {
+        notice_time: String,
+    }
+    let raw: Raw = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    rfc3339(&raw.notice_time).map_err(|e| format!("noticeTime {:?}: {e}", raw.notice_time))
+}
+
+/// Reads every notice into `observed`. A path that fails keeps its previous
+/// value (an IMDS hiccup must not cancel a drain); its error is returned.
+pub async fn poll(imds: &Imds, observed: &mut Observations) -> Vec<NoticeError> {
+    let mut errors = Vec::new();
+    let mut fail = |source, error| errors.push(NoticeError { source, error });
+
+    match imds.get_optional(SPOT_INSTANCE_ACTION).await {
+        Ok(None) => observed.spot_action = None,
+        Ok(Some(text)) => match parse_spot_action(&text) {
+            Ok(action) => observed.spot_action = Some(action),
+            Err(e) => fail("spot", unreadable(SPOT_INSTANCE_ACTION, "spot notice", e)),
+        },
+        Err(e) => fail("spot", e),
+    }
+    match imds.get_optional(SCHEDULED_EVENTS).await {
+        Ok(None) => observed.scheduled_events.clear(),
+        Ok(Some(text)) => match parse_scheduled_events(&text) {
+            Ok(events) => observed.scheduled_events = events,
+            Err(e) => fail(
+                "scheduled-events",
+                unreadable(SCHEDULED_EVENTS, "scheduled events", e),
+            ),
+        },
+        Err(e) => fail("scheduled-events", e),
+    }
+    match imds.get_optional(TARGET_LIFECYCLE_STATE).await {
+        Ok(state) => observed.target_lifecycle_state = state.map(|s| s.trim().to_owned()),
+        Err(e) => fail("autoscaling", e),
+    }
+    match imds.get_optional(REBALANCE).await {
+        Ok(None) => observed.rebalance_notice = None,
+        Ok(Some(text)) => match parse_rebalance(&text) {
+            Ok(at) => observed.rebalance_notice = Some(at),
+            Err(e) => fail("rebalance", unreadable(REBALANCE, "rebalance notice", e)),
+        },
+        Err(e) => fail("rebalance", e),
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_formats() {
+        assert_eq!(
+            parse_gmt("21 Jan 2019 09:00:43 GMT"),
+            Some(datetime!(2019-01-21 09:00:43 UTC))
+        );
+        assert_eq!(
+            parse_gmt("01 Feb 2019 09:00:43 GMT"),
+            Some(datetime!(2019-02-01 09:00:43 UTC))
+        );
+        assert_eq!(
+            parse_gmt("1 Feb 2019 09:00:43 GMT"),
+            Some(datetime!(2019-02-01 09:00:43 UTC))
+        );
+        assert_eq!(parse_gmt("2019-01-21T09:00:43Z"), None);
+        let spot = parse_spot_action(r#"{"action": "terminate", "time": "2017-09-18T08:22:00Z"}"#);
+        assert_eq!(
+            spot,
+            Ok(SpotAction {
+                action: "terminate".into(),
+                time: datetime!(2017-09-18 08:22:00 UTC)
+            })
+        );
+        let events = parse_scheduled_events(
+            r#"[{"NotBefore":"21 Jan 2019 09:00:43 GMT","Code":"system-reboot","Description":"x","EventId":"instance-event-1","NotAfter":"21 Jan 2019 09:17:23 GMT","State":"active"}]"#,
+        );
+        assert_eq!(
+            events.map(|e| (e[0].id.clone(), e[0].not_before)),
+            Ok((
+                "instance-event-1".into(),
+                datetime!(2019-01-21 09:00:43 UTC)
+            ))
+        );
+        assert_eq!(
+            parse_rebalance(r#"{"noticeTime":"2020-10-27T08:22:00Z"}"#),
+            Ok(datetime!(2020-10-27 08:22:00 UTC))
+        );
+        assert!(parse_spot_action("{}").is_err());
+    }
+}
