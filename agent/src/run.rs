@@ -84,6 +84,7 @@ struct Agent<'a> {
     errors: BTreeMap<&'static str, u64>,
     failing: BTreeMap<&'static str, bool>,
     waiting_logged: bool,
+    rebalance_noted: bool,
 }
 
 pub async fn run(request: &RunRequest, imds: &Imds, aws: &Aws) -> Result<(), AgentError> {
@@ -173,6 +174,7 @@ pub async fn run(request: &RunRequest, imds: &Imds, aws: &Aws) -> Result<(), Age
         errors,
         failing: BTreeMap::new(),
         waiting_logged: false,
+        rebalance_noted: false,
     };
     let poll = settings.poll_interval.value.max(Duration::from_millis(100));
     let mut ticker = tokio::time::interval(poll);
@@ -260,6 +262,10 @@ impl Agent<'_> {
 
     async fn step(&mut self) {
         let now = OffsetDateTime::now_utc();
+        if self.observed.rebalance_notice.is_some() && !self.policy.drain_on_rebalance && !self.rebalance_noted {
+            log::info!("rebalance recommendation seen; not draining for it (drain_on_rebalance = false)");
+            self.rebalance_noted = true;
+        }
         self.count_tasks_if_due().await;
         let decision = decide(now, &self.observed, &self.state, &self.policy);
         let before = self.state.clone();

@@ -1,1 +1,360 @@
-//! placeholder
+//! `blockwatch run` and `status` end to end: the real binary, moto's server
+//! and the IMDS simulator, on short leases (drain_lead 10 s, poll 1 s).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+use blockwatch_testkit::imds::{rfc3339, ScheduledEvent, SpotInstanceAction};
+use blockwatch_testkit::stub::StubServer;
+use common::{parse_time, phase, Agent, Instance};
+use time::OffsetDateTime;
+
+const POLL: Duration = Duration::from_secs(1);
+const LEAD: time::Duration = time::Duration::seconds(10);
+/// A drain may start at most this late: one poll plus a second.
+const LATE: time::Duration = time::Duration::seconds(2);
+const DRAINS: &str = "UpdateContainerInstancesState";
+
+struct Fixture {
+    instance: Instance,
+    cluster_arn: String,
+    container_instance: String,
+}
+
+fn now() -> OffsetDateTime {
+    // Whole seconds, as tags and IMDS carry them.
+    let now = OffsetDateTime::now_utc();
+    now - time::Duration::nanoseconds(i64::from(now.nanosecond()))
+}
+
+/// An instance registered in cluster `jobs`, tagged with `tags`, and a config
+/// file with short intervals plus `config`.
+async fn fixture(tags: &[(&str, &str)], config: &str) -> Fixture {
+    let instance = Instance::with_moto().await;
+    let cluster_arn = instance.moto().create_cluster("jobs").await.unwrap();
+    let mut all = vec![("blockwatch:cluster", "jobs")];
+    all.extend_from_slice(tags);
+    let id = instance.launch(&all, true).await;
+    let container_instance = instance.moto().register_container_instance(&cluster_arn, &id).await.unwrap();
+    instance.write_config(&format!(
+        "poll_interval = \"1s\"\ndrain_lead = \"10s\"\ndrain_poll_interval = \"1s\"\n{config}"
+    ));
+    Fixture { instance, cluster_arn, container_instance }
+}
+
+impl Fixture {
+    fn start(&self) -> Agent {
+        let agent = self.instance.spawn_run(&[], &[]);
+        self.instance.wait_for(&agent, Duration::from_secs(30), "watching", |s| phase(s) != "joining");
+        agent
+    }
+
+    fn wait_draining(&self, agent: &Agent, within: Duration) -> serde_json::Value {
+        self.instance.wait_for(agent, within, "a confirmed drain", |s| {
+            s["drain"]["draining_confirmed_at"].is_string()
+        })
+    }
+
+    async fn status_at_moto(&self) -> String {
+        self.instance.moto().container_instance_status(&self.cluster_arn, &self.container_instance).await.unwrap()
+    }
+
+    fn drain_calls(&self) -> usize {
+        self.instance.moto().ecs_calls(DRAINS)
+    }
+}
+
+fn started_at(snapshot: &serde_json::Value) -> OffsetDateTime {
+    parse_time(snapshot["drain"]["started_at"].as_str().unwrap())
+}
+
+fn assert_on_time(snapshot: &serde_json::Value, due: OffsetDateTime, log: &str) {
+    let started = started_at(snapshot);
+    assert!(started >= due, "drained early: started {started}, due {due}\n{log}");
+    assert!(started <= due + LATE, "drained late: started {started}, due {due}\n{log}");
+}
+
+#[tokio::test]
+async fn lease_end_tag_drains_at_end_minus_lead() {
+    let end = now() + time::Duration::seconds(15);
+    let f = fixture(&[("blockwatch:lease-end", &rfc3339(end))], "").await;
+    let agent = f.start();
+    let watching = f.instance.snapshot().unwrap();
+    assert_eq!(phase(&watching), "watching");
+    assert_eq!(watching["deadline"]["at"], rfc3339(end));
+    assert_eq!(f.drain_calls(), 0);
+
+    let drained = f.wait_draining(&agent, Duration::from_secs(25));
+
+    assert_on_time(&drained, end - LEAD, &agent.log());
+    assert_eq!(drained["drain"]["reason"]["kind"], "lease");
+    assert_eq!(f.status_at_moto().await, "DRAINING");
+    assert_eq!(f.drain_calls(), 1);
+}
+
+#[tokio::test]
+async fn lease_duration_counts_from_pending_time() {
+    let launched = now() - time::Duration::hours(1) + time::Duration::seconds(15);
+    let f = fixture(&[("blockwatch:lease-duration", "1h")], "").await;
+    f.instance.imds.update(|s| s.pending_time = launched);
+    let agent = f.start();
+
+    let drained = f.wait_draining(&agent, Duration::from_secs(25));
+
+    assert_on_time(&drained, launched + time::Duration::hours(1) - LEAD, &agent.log());
+    assert_eq!(f.status_at_moto().await, "DRAINING");
+}
+
+#[tokio::test]
+async fn spot_notice_drains_at_once_through_the_introspection_api() {
+    let f = fixture(&[], "").await;
+    let introspection = {
+        let body = serde_json::json!({"Cluster": "jobs", "ContainerInstanceArn": f.container_instance, "Version": "Amazon ECS Agent - v1.89.0"}).to_string();
+        StubServer::start(move |_, _| (200, body.clone())).unwrap()
+    };
+    let agent = f.instance.spawn_run(&["--ecs-introspection-url", &introspection.url("/v1/metadata")], &[]);
+    f.instance.wait_for(&agent, Duration::from_secs(30), "watching", |s| phase(s) == "watching");
+    std::thread::sleep(POLL);
+    assert_eq!(f.drain_calls(), 0);
+
+    let noticed = now();
+    // Real notices give 2 minutes against a 10-minute lead; here 5 s against 10 s.
+    let terminates = noticed + time::Duration::seconds(5);
+    f.instance.imds.update(|s| s.spot_instance_action = Some(SpotInstanceAction { action: "terminate".into(), time: terminates }));
+    let drained = f.wait_draining(&agent, Duration::from_secs(10));
+
+    // The notice is shorter than the lead: drain as soon as it is seen.
+    assert_on_time(&drained, noticed, &agent.log());
+    assert_eq!(drained["deadline"]["at"], rfc3339(terminates));
+    assert_eq!(drained["deadline"]["event"]["kind"], "spot-interruption");
+    assert_eq!(f.status_at_moto().await, "DRAINING");
+    assert!(!introspection.received().is_empty());
+    assert_eq!(f.instance.moto().ecs_calls("ListContainerInstances"), 0, "found through introspection");
+}
+
+#[tokio::test]
+async fn scheduled_event_drains_and_its_cancel_returns_the_instance_to_active() {
+    let f = fixture(&[], "").await;
+    let not_before = now() + time::Duration::seconds(15);
+    f.instance.imds.update(|s| {
+        s.scheduled_events = vec![ScheduledEvent {
+            code: "system-reboot".into(),
+            description: "scheduled reboot".into(),
+            event_id: "instance-event-0d59937288b749b32".into(),
+            not_before,
+            not_after: not_before + time::Duration::minutes(15),
+            state: "active".into(),
+        }]
+    });
+    let agent = f.start();
+
+    let drained = f.wait_draining(&agent, Duration::from_secs(25));
+    assert_on_time(&drained, not_before - LEAD, &agent.log());
+    assert_eq!(drained["drain"]["reason"]["id"], "instance-event-0d59937288b749b32");
+    assert_eq!(f.status_at_moto().await, "DRAINING");
+
+    f.instance.imds.update(|s| s.scheduled_events[0].state = "canceled".into());
+    let back = f.instance.wait_for(&agent, Duration::from_secs(5), "the cancel", |s| phase(s) == "watching" && !s["undrain_pending"].as_bool().unwrap_or(true));
+    assert!(back["drain"].is_null());
+    assert_eq!(f.status_at_moto().await, "ACTIVE");
+    assert_eq!(f.drain_calls(), 2, "DRAINING once, ACTIVE once");
+}
+
+#[tokio::test]
+async fn autoscaling_terminated_drains_now() {
+    let f = fixture(&[], "").await;
+    let agent = f.start();
+    f.instance.imds.update(|s| s.target_lifecycle_state = Some("InService".into()));
+    std::thread::sleep(POLL * 2);
+    assert_eq!(phase(&f.instance.snapshot().unwrap()), "watching", "InService is not an end");
+
+    let seen = now();
+    f.instance.imds.update(|s| s.target_lifecycle_state = Some("Terminated".into()));
+    let drained = f.wait_draining(&agent, Duration::from_secs(10));
+
+    assert_on_time(&drained, seen, &agent.log());
+    assert_eq!(drained["drain"]["reason"]["kind"], "autoscaling");
+}
+
+#[tokio::test]
+async fn rebalance_drains_only_when_opted_in() {
+    let off = fixture(&[], "").await;
+    let agent = off.start();
+    off.instance.imds.update(|s| s.rebalance_notice_time = Some(now()));
+    std::thread::sleep(POLL * 3);
+    assert_eq!(phase(&off.instance.snapshot().unwrap()), "watching");
+    assert_eq!(off.drain_calls(), 0);
+    assert!(agent.log().contains("rebalance recommendation seen; not draining"), "{}", agent.log());
+
+    let on = fixture(&[], "drain_on_rebalance = true\n").await;
+    let agent = on.start();
+    let seen = now();
+    on.instance.imds.update(|s| s.rebalance_notice_time = Some(seen));
+    let drained = on.wait_draining(&agent, Duration::from_secs(10));
+    assert_on_time(&drained, seen, &agent.log());
+    assert_eq!(drained["drain"]["reason"]["kind"], "rebalance");
+}
+
+#[tokio::test]
+async fn notify_socket_gets_ready_and_a_status_naming_the_cluster() {
+    let end = now() + time::Duration::hours(2);
+    let f = fixture(&[("blockwatch:lease-end", &rfc3339(end))], "").await;
+    let socket_path = f.instance.root.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let agent = f.instance.spawn_run(&[], &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())]);
+
+    let mut messages = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !messages.iter().any(|m: &String| m.contains("READY=1")) {
+        let n = socket.recv(&mut buffer).unwrap_or_else(|e| panic!("no notification: {e}\n{}", agent.log()));
+        messages.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+    }
+    let all = messages.join("\n");
+    let status = all.lines().find(|l| l.starts_with("STATUS=")).unwrap_or_else(|| panic!("no STATUS in {all}"));
+    assert!(status.starts_with("STATUS=cluster jobs · lease ends "), "{status}");
+    assert!(status.contains("(in 1h59m") || status.contains("(in 2h00m"), "{status}");
+    assert!(status.contains("· drain at "), "{status}");
+}
+
+#[tokio::test]
+async fn no_aws_call_while_idle() {
+    let end = now() + time::Duration::hours(2);
+    let f = fixture(&[("blockwatch:lease-end", &rfc3339(end))], "").await;
+    let agent = f.start();
+    std::thread::sleep(POLL);
+    let before = f.instance.moto().requests().len();
+    let polls_before = f.instance.imds.exchanges().len();
+
+    std::thread::sleep(POLL * 5);
+
+    let during: Vec<_> = f.instance.moto().requests().into_iter().skip(before).collect();
+    assert!(during.is_empty(), "AWS calls while idle: {during:?}\n{}", agent.log());
+    assert!(f.instance.imds.exchanges().len() >= polls_before + 4 * 4, "IMDS is polled every second");
+}
+
+#[tokio::test]
+async fn kill_9_mid_drain_resumes_without_a_second_drain() {
+    let end = now() + time::Duration::seconds(5);
+    let f = fixture(&[("blockwatch:lease-end", &rfc3339(end))], "").await;
+    let powered_off = f.instance.root.path().join("powered-off");
+    let command = format!("echo off >> {}", powered_off.display());
+    f.instance.write_config(&format!(
+        "poll_interval = \"1s\"\ndrain_lead = \"10s\"\ndrain_poll_interval = \"1s\"\non_drained = \"poweroff\"\npoweroff_command = {command:?}\n"
+    ));
+    let task = f.instance.moto().start_task(&f.cluster_arn, &f.container_instance).await.unwrap();
+    let mut agent = f.start();
+    f.wait_draining(&agent, Duration::from_secs(10));
+    f.instance.wait_for(&agent, Duration::from_secs(10), "a task count", |s| s["drain"]["running_tasks"] == 1);
+    assert_eq!(f.drain_calls(), 1);
+
+    agent.kill_9();
+    let mut restarted = f.instance.spawn_run(&[], &[]);
+    std::thread::sleep(POLL * 3);
+    let snapshot = f.instance.snapshot().unwrap();
+    assert_eq!(phase(&snapshot), "draining", "{}", restarted.log());
+    assert_eq!(snapshot["drains_started"], 1);
+    assert_eq!(f.drain_calls(), 1, "no second DRAINING call after the restart\n{}", restarted.log());
+    assert!(restarted.log().contains("resuming"), "{}", restarted.log());
+    assert!(!powered_off.exists(), "a job is still running");
+
+    f.instance.moto().stop_task(&f.cluster_arn, &task).await.unwrap();
+    let done = f.instance.wait_for(&restarted, Duration::from_secs(10), "drained", |s| phase(s) == "drained");
+    assert_eq!(done["drains_completed"], 1);
+    std::thread::sleep(POLL * 2);
+    assert_eq!(std::fs::read_to_string(&powered_off).unwrap(), "off\n", "powered off once");
+
+    // A restart after the power-off does not run it again.
+    restarted.kill_9();
+    let _again = f.instance.spawn_run(&[], &[]);
+    std::thread::sleep(POLL * 3);
+    assert_eq!(std::fs::read_to_string(&powered_off).unwrap(), "off\n");
+    assert_eq!(f.drain_calls(), 1);
+}
+
+#[tokio::test]
+async fn status_reads_the_state_file_without_network() {
+    let end = now() + time::Duration::hours(3);
+    let f = fixture(&[("blockwatch:lease-end", &rfc3339(end))], "").await;
+    let agent = f.start();
+    drop(agent);
+
+    // No IMDS, no AWS: status only reads the state directory.
+    let output = std::process::Command::new(common::BIN)
+        .env_clear()
+        .args(["status", "--json", "--state-dir"])
+        .arg(f.instance.state_dir())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for key in ["instance_id", "cluster", "compute_environment", "phase", "deadline", "deadline_source", "drain_at"] {
+        assert!(json.get(key).is_some(), "status --json lacks {key}: {json}");
+    }
+    assert_eq!(json["phase"], "watching");
+    assert_eq!(json["cluster"], "jobs");
+    assert_eq!(json["deadline"], rfc3339(end));
+    assert_eq!(json["deadline_source"], "lease");
+    assert_eq!(json["drain_at"], rfc3339(end - LEAD));
+
+    let human = std::process::Command::new(common::BIN).env_clear().args(["status", "--state-dir"]).arg(f.instance.state_dir()).output().unwrap();
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.contains("phase:     watching") && text.contains("cluster jobs · lease ends"), "{text}");
+
+    let empty = tempfile::tempdir().unwrap();
+    let none = std::process::Command::new(common::BIN).env_clear().args(["status", "--state-dir"]).arg(empty.path()).output().unwrap();
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no state in"));
+}
+
+#[tokio::test]
+async fn webhook_gets_both_events_even_when_its_first_attempts_fail() {
+    let receiver = StubServer::start(|n, _| if n < 2 { (503, "busy".into()) } else { (200, "ok".into()) }).unwrap();
+    let url = receiver.url("/hooks/T000/secret-token?key=hunter2");
+    let end = now() + time::Duration::seconds(5);
+    let f = fixture(&[("blockwatch:lease-end", &rfc3339(end))], &format!("webhook_url = {url:?}\n")).await;
+    let agent = f.start();
+
+    f.instance.wait_for(&agent, Duration::from_secs(15), "drained", |s| phase(s) == "drained");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let events = loop {
+        // Requests 0 and 1 were answered 503; only later ones were accepted.
+        let events: Vec<serde_json::Value> = receiver
+            .received()
+            .iter()
+            .skip(2)
+            .filter_map(|r| serde_json::from_str(&r.body).ok())
+            .collect();
+        let names: Vec<_> = events.iter().map(|e| e["event"].as_str().unwrap_or_default().to_owned()).collect();
+        if names.contains(&"drain-started".to_owned()) && names.contains(&"drain-completed".to_owned()) {
+            break events;
+        }
+        assert!(std::time::Instant::now() < deadline, "webhook events: {names:?}\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let started = events.iter().find(|e| e["event"] == "drain-started").unwrap();
+    assert_eq!(started["cluster"], "jobs");
+    assert_eq!(started["deadline"], rfc3339(end));
+    assert_eq!(started["deadline_source"], "lease");
+    assert!(started["instance_id"].as_str().unwrap().starts_with("i-"));
+    assert!(receiver.received().len() >= 4, "two failed attempts, then both events");
+    assert!(!agent.log().contains("secret-token") && !agent.log().contains("hunter2"), "{}", agent.log());
+}
+
+#[tokio::test]
+async fn dry_run_logs_and_changes_nothing() {
+    let end = now() + time::Duration::seconds(5);
+    let f = fixture(&[("blockwatch:lease-end", &rfc3339(end))], "dry_run = true\n").await;
+    let agent = f.start();
+
+    f.instance.wait_for(&agent, Duration::from_secs(15), "a dry drain", |s| s["drain"]["draining_confirmed_at"].is_string());
+    std::thread::sleep(POLL);
+
+    assert_eq!(f.drain_calls(), 0);
+    assert_eq!(f.status_at_moto().await, "ACTIVE");
+    assert!(agent.log().contains("dry run, nothing changed: would set the container instance to DRAINING"), "{}", agent.log());
+}

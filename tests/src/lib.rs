@@ -4,3 +4,4 @@
 pub mod http;
 pub mod imds;
 pub mod moto;
+pub mod stub;

@@ -45,7 +45,17 @@ pub struct MotoServer {
     child: Child,
     addr: SocketAddr,
     log: PathBuf,
+    recording: PathBuf,
     sdk: SdkConfig,
+}
+
+/// One request moto received, from its recorder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub url: String,
+    /// `X-Amz-Target` for JSON protocols (ECS, Batch uses REST paths).
+    pub target: Option<String>,
 }
 
 impl MotoServer {
@@ -58,14 +68,9 @@ impl MotoServer {
         // A port picked free can be taken before moto binds it; try again.
         for _ in 0..3 {
             match Self::spawn(&program) {
-                Ok((child, addr, log)) => {
+                Ok((child, addr, log, recording)) => {
                     let sdk = sdk_config(&format!("http://{addr}")).await;
-                    return Ok(Self {
-                        child,
-                        addr,
-                        log,
-                        sdk,
-                    });
+                    return Ok(Self { child, addr, log, recording, sdk });
                 }
                 Err(err) => last_error = err,
             }
@@ -73,7 +78,7 @@ impl MotoServer {
         Err(MotoError::Start(last_error))
     }
 
-    fn spawn(program: &PathBuf) -> Result<(Child, SocketAddr, PathBuf), String> {
+    fn spawn(program: &PathBuf) -> Result<(Child, SocketAddr, PathBuf, PathBuf), String> {
         let addr = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| e.to_string())?;
@@ -84,8 +89,12 @@ impl MotoServer {
         ));
         let log_file = File::create(&log).map_err(|e| e.to_string())?;
         let log_err = log_file.try_clone().map_err(|e| e.to_string())?;
+        let recording = log.with_extension("requests.jsonl");
+        // moto's recorder logs every request it receives: tests count them.
         let mut child = Command::new(program)
             .args(["-H", "127.0.0.1", "-p", &addr.port().to_string()])
+            .env("MOTO_ENABLE_RECORDING", "true")
+            .env("MOTO_RECORDER_FILEPATH", &recording)
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(log_err)
@@ -98,7 +107,7 @@ impl MotoServer {
                 return Err(format!("exited with {status}: {output}"));
             }
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Ok((child, addr, log));
+                return Ok((child, addr, log, recording));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -123,6 +132,100 @@ impl MotoServer {
 
     pub fn sdk(&self) -> &SdkConfig {
         &self.sdk
+    }
+
+    /// Every request moto has received so far (seeding included).
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        let text = std::fs::read_to_string(&self.recording).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .map(|entry| {
+                let target = entry["headers"]
+                    .as_object()
+                    .and_then(|h| h.iter().find(|(k, _)| k.eq_ignore_ascii_case("x-amz-target")))
+                    .and_then(|(_, v)| v.as_str())
+                    .map(str::to_owned);
+                RecordedRequest {
+                    method: entry["method"].as_str().unwrap_or_default().to_owned(),
+                    url: entry["url"].as_str().unwrap_or_default().to_owned(),
+                    target,
+                }
+            })
+            .collect()
+    }
+
+    /// How many ECS calls of `operation` (e.g. `UpdateContainerInstancesState`) moto received.
+    pub fn ecs_calls(&self, operation: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.target.as_deref().is_some_and(|t| t.ends_with(&format!(".{operation}"))))
+            .count()
+    }
+
+    /// Creates an ECS cluster; returns its ARN.
+    pub async fn create_cluster(&self, name: &str) -> Result<String, MotoError> {
+        let ecs = aws_sdk_ecs::Client::new(&self.sdk);
+        let created = ecs.create_cluster().cluster_name(name).send().await.map_err(aws("ecs:CreateCluster"))?;
+        created
+            .cluster()
+            .and_then(|c| c.cluster_arn())
+            .map(str::to_owned)
+            .ok_or_else(|| MotoError::Aws("ecs:CreateCluster returned no cluster".into()))
+    }
+
+    /// Starts one task on `container_instance`, as Batch would place a job; returns its ARN.
+    pub async fn start_task(&self, cluster: &str, container_instance: &str) -> Result<String, MotoError> {
+        let ecs = aws_sdk_ecs::Client::new(&self.sdk);
+        let container = aws_sdk_ecs::types::ContainerDefinition::builder()
+            .name("job")
+            .image("busybox")
+            .memory(128)
+            .build();
+        ecs.register_task_definition()
+            .family("blockwatch-test-job")
+            .container_definitions(container)
+            .send()
+            .await
+            .map_err(aws("ecs:RegisterTaskDefinition"))?;
+        let started = ecs
+            .start_task()
+            .cluster(cluster)
+            .task_definition("blockwatch-test-job")
+            .container_instances(container_instance)
+            .send()
+            .await
+            .map_err(aws("ecs:StartTask"))?;
+        started
+            .tasks()
+            .first()
+            .and_then(|t| t.task_arn())
+            .map(str::to_owned)
+            .ok_or_else(|| MotoError::Aws("ecs:StartTask started nothing".into()))
+    }
+
+    /// Ends a task, as a finished job would.
+    pub async fn stop_task(&self, cluster: &str, task: &str) -> Result<(), MotoError> {
+        let ecs = aws_sdk_ecs::Client::new(&self.sdk);
+        ecs.stop_task().cluster(cluster).task(task).reason("job finished").send().await.map_err(aws("ecs:StopTask"))?;
+        Ok(())
+    }
+
+    /// `ACTIVE` or `DRAINING`.
+    pub async fn container_instance_status(&self, cluster: &str, container_instance: &str) -> Result<String, MotoError> {
+        let ecs = aws_sdk_ecs::Client::new(&self.sdk);
+        let described = ecs
+            .describe_container_instances()
+            .cluster(cluster)
+            .container_instances(container_instance)
+            .send()
+            .await
+            .map_err(aws("ecs:DescribeContainerInstances"))?;
+        described
+            .container_instances()
+            .first()
+            .and_then(|c| c.status())
+            .map(str::to_owned)
+            .ok_or_else(|| MotoError::Aws(format!("no container instance {container_instance}")))
     }
 
     /// An IAM role to use as a compute environment's `serviceRole`
@@ -300,6 +403,7 @@ impl Drop for MotoServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
+        let _ = std::fs::remove_file(&self.recording);
     }
 }
 

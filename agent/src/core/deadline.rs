@@ -19,6 +19,7 @@ pub enum SourceKind {
     CapacityBlock,
     SpotInterruption,
     ScheduledEvent,
+    #[serde(rename = "autoscaling")]
     AutoScaling,
     Rebalance,
 }

@@ -178,3 +178,78 @@ impl Instance {
             .count()
     }
 }
+
+/// A running `blockwatch run`, killed (by PID) when dropped.
+pub struct Agent {
+    pub child: std::process::Child,
+    pub stderr: PathBuf,
+}
+
+impl Agent {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
+impl Instance {
+    /// Starts `blockwatch run` with the scratch paths; `extra_env` lets a
+    /// test add e.g. `NOTIFY_SOCKET`.
+    pub fn spawn_run(&self, extra_args: &[&str], extra_env: &[(&str, &str)]) -> Agent {
+        let stderr = self.root.path().join(format!("run-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+        let mut command = self.command();
+        command.arg("run").arg("--state-dir").arg(self.state_dir());
+        if !extra_args.contains(&"--ecs-introspection-url") {
+            // Hermetic: nothing answers there, so the API fallback is used.
+            command.args(["--ecs-introspection-url", &format!("{}/v1/metadata", closed_port_endpoint())]);
+        }
+        if self.config_file().exists() {
+            command.arg("--config").arg(self.config_file());
+        }
+        command.args(extra_args);
+        for (k, v) in extra_env {
+            command.env(k, v);
+        }
+        let child = command.stderr(std::fs::File::create(&stderr).unwrap()).spawn().expect("spawn blockwatch run");
+        Agent { child, stderr }
+    }
+
+    pub fn snapshot(&self) -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(self.state_dir().join("state.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Waits until the state file satisfies `done`, or panics after `within`.
+    pub fn wait_for(&self, agent: &Agent, within: std::time::Duration, what: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(snapshot) = self.snapshot() {
+                if done(&snapshot) {
+                    return snapshot;
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("timed out waiting for {what}; state: {:?}\nlog:\n{}", self.snapshot(), agent.log());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+pub fn phase(snapshot: &serde_json::Value) -> &str {
+    snapshot["phase"].as_str().unwrap_or_default()
+}
+
+pub fn parse_time(text: &str) -> time::OffsetDateTime {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap()
+}
