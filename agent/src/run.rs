@@ -262,8 +262,13 @@ impl Agent<'_> {
 
     async fn step(&mut self) {
         let now = OffsetDateTime::now_utc();
-        if self.observed.rebalance_notice.is_some() && !self.policy.drain_on_rebalance && !self.rebalance_noted {
-            log::info!("rebalance recommendation seen; not draining for it (drain_on_rebalance = false)");
+        if self.observed.rebalance_notice.is_some()
+            && !self.policy.drain_on_rebalance
+            && !self.rebalance_noted
+        {
+            log::info!(
+                "rebalance recommendation seen; not draining for it (drain_on_rebalance = false)"
+            );
             self.rebalance_noted = true;
         }
         self.count_tasks_if_due().await;

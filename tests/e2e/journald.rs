@@ -41,8 +41,7 @@ fn parse_entry(mut data: &[u8]) -> BTreeMap<String, String> {
     fields
 }
 
-#[tokio::test]
-async fn join_sends_structured_fields_to_the_journal() {
+fn assert_root() {
     assert!(
         std::process::Command::new("id")
             .arg("-u")
@@ -51,50 +50,67 @@ async fn join_sends_structured_fields_to_the_journal() {
             .unwrap_or(false),
         "this test needs root for a private mount namespace"
     );
-    let instance = Instance::without_aws();
-    instance
-        .imds
-        .update(|s| s.tags = tags(&[("blockwatch:cluster", "journal-cluster")]));
-    let socket_path = instance.root.path().join("journal.socket");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let stderr_path = instance.root.path().join("stderr");
-    let stderr = std::fs::File::create(&stderr_path).unwrap();
-    let meta = stderr.metadata().unwrap();
+}
 
-    let command = instance.command();
-    let program = command.get_program().to_owned();
-    let args: Vec<_> = ["join", "--ecs-config"]
-        .iter()
-        .map(Into::into)
-        .chain([
-            instance.ecs_config().into_os_string(),
-            "--state-dir".into(),
-            instance.state_dir().into_os_string(),
-        ])
-        .collect::<Vec<std::ffi::OsString>>();
-    let status = std::process::Command::new("unshare")
+/// The journal as systemd would set it up: a private mount namespace whose
+/// /run/systemd/journal/socket is `socket_path`, and `JOURNAL_STREAM` naming
+/// the child's stderr (the file `stderr_path`).
+fn under_journal(
+    command: &std::process::Command,
+    socket_path: &std::path::Path,
+    stderr_path: &std::path::Path,
+) -> std::process::Command {
+    let stderr = std::fs::File::create(stderr_path).unwrap();
+    let meta = stderr.metadata().unwrap();
+    let mut wrapped = std::process::Command::new("unshare");
+    wrapped
         .args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(r#"mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && touch /run/systemd/journal/socket && mount --bind "$0" /run/systemd/journal/socket && exec "$@""#)
-        .arg(&socket_path)
-        .arg(program)
-        .args(args)
+        .arg(socket_path)
+        .arg(command.get_program())
+        .args(command.get_args())
+        .env_clear()
         .envs(command.get_envs().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))))
         .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
-        .stderr(stderr)
-        .status()
-        .unwrap();
-    let stderr_text = std::fs::read_to_string(&stderr_path).unwrap();
-    assert!(status.success(), "{status}: {stderr_text}");
+        .stderr(stderr);
+    wrapped
+}
 
+fn drain_entries(socket: &UnixDatagram) -> Vec<BTreeMap<String, String>> {
     let mut entries = Vec::new();
     let mut buffer = vec![0u8; 64 * 1024];
     socket.set_nonblocking(true).unwrap();
     while let Ok(n) = socket.recv(&mut buffer) {
         entries.push(parse_entry(&buffer[..n]));
     }
+    entries
+}
+
+#[tokio::test]
+async fn join_sends_structured_fields_to_the_journal() {
+    assert_root();
+    let instance = Instance::without_aws();
+    instance
+        .imds
+        .update(|s| s.tags = tags(&[("blockwatch:cluster", "journal-cluster")]));
+    let socket_path = instance.root.path().join("journal.socket");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let stderr_path = instance.root.path().join("stderr");
+    let mut command = instance.command();
+    command
+        .arg("join")
+        .arg("--ecs-config")
+        .arg(instance.ecs_config())
+        .arg("--state-dir")
+        .arg(instance.state_dir());
+
+    let status = under_journal(&command, &socket_path, &stderr_path)
+        .status()
+        .unwrap();
+
+    let stderr_text = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(status.success(), "{status}: {stderr_text}");
+    let entries = drain_entries(&socket);
     assert!(
         !entries.is_empty(),
         "nothing reached the journal; stderr: {stderr_text}"
@@ -122,4 +138,80 @@ async fn join_sends_structured_fields_to_the_journal() {
     );
     // systemd-journal-logger maps log::Level::Info to NOTICE (5).
     assert_eq!(decision.get("PRIORITY").map(String::as_str), Some("5"));
+}
+
+#[tokio::test]
+async fn run_decisions_carry_phase_and_deadline_fields() {
+    assert_root();
+    let instance = Instance::with_moto().await;
+    let cluster_arn = instance.moto().create_cluster("jobs").await.unwrap();
+    let end = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap()
+        + time::Duration::seconds(3);
+    let end_text = blockwatch_testkit::imds::rfc3339(end);
+    let id = instance
+        .launch(
+            &[
+                ("blockwatch:cluster", "jobs"),
+                ("blockwatch:lease-end", &end_text),
+            ],
+            true,
+        )
+        .await;
+    instance
+        .moto()
+        .register_container_instance(&cluster_arn, &id)
+        .await
+        .unwrap();
+    instance.write_config("poll_interval = \"1s\"\ndrain_lead = \"10s\"\n");
+    let socket_path = instance.root.path().join("journal.socket");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let stderr_path = instance.root.path().join("stderr");
+    let mut command = instance.command();
+    command
+        .arg("run")
+        .arg("--config")
+        .arg(instance.config_file())
+        .arg("--state-dir")
+        .arg(instance.state_dir());
+    command.args(["--ecs-introspection-url", "http://127.0.0.1:9/v1/metadata"]);
+
+    let mut child = under_journal(&command, &socket_path, &stderr_path)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !instance
+        .snapshot()
+        .is_some_and(|s| s["drain"]["draining_confirmed_at"].is_string())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no drain; stderr: {}",
+            std::fs::read_to_string(&stderr_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let entries = drain_entries(&socket);
+    let drained = entries
+        .iter()
+        .find(|e| e.get("MESSAGE").is_some_and(|m| m.contains("DRAINING")))
+        .unwrap_or_else(|| panic!("no DRAINING entry in {entries:?}"));
+    assert_eq!(drained.get("PHASE").map(String::as_str), Some("draining"));
+    assert_eq!(
+        drained.get("DEADLINE").map(String::as_str),
+        Some(end_text.as_str())
+    );
+    assert_eq!(
+        drained.get("DEADLINE_SOURCE").map(String::as_str),
+        Some("lease")
+    );
+    assert_eq!(drained.get("CLUSTER").map(String::as_str), Some("jobs"));
+    assert_eq!(
+        drained.get("INSTANCE_ID").map(String::as_str),
+        Some(id.as_str())
+    );
 }

@@ -39,28 +39,44 @@ async fn fixture(tags: &[(&str, &str)], config: &str) -> Fixture {
     let mut all = vec![("blockwatch:cluster", "jobs")];
     all.extend_from_slice(tags);
     let id = instance.launch(&all, true).await;
-    let container_instance = instance.moto().register_container_instance(&cluster_arn, &id).await.unwrap();
+    let container_instance = instance
+        .moto()
+        .register_container_instance(&cluster_arn, &id)
+        .await
+        .unwrap();
     instance.write_config(&format!(
         "poll_interval = \"1s\"\ndrain_lead = \"10s\"\ndrain_poll_interval = \"1s\"\n{config}"
     ));
-    Fixture { instance, cluster_arn, container_instance }
+    Fixture {
+        instance,
+        cluster_arn,
+        container_instance,
+    }
 }
 
 impl Fixture {
     fn start(&self) -> Agent {
         let agent = self.instance.spawn_run(&[], &[]);
-        self.instance.wait_for(&agent, Duration::from_secs(30), "watching", |s| phase(s) != "joining");
+        self.instance
+            .wait_for(&agent, Duration::from_secs(30), "watching", |s| {
+                phase(s) != "joining"
+            });
         agent
     }
 
     fn wait_draining(&self, agent: &Agent, within: Duration) -> serde_json::Value {
-        self.instance.wait_for(agent, within, "a confirmed drain", |s| {
-            s["drain"]["draining_confirmed_at"].is_string()
-        })
+        self.instance
+            .wait_for(agent, within, "a confirmed drain", |s| {
+                s["drain"]["draining_confirmed_at"].is_string()
+            })
     }
 
     async fn status_at_moto(&self) -> String {
-        self.instance.moto().container_instance_status(&self.cluster_arn, &self.container_instance).await.unwrap()
+        self.instance
+            .moto()
+            .container_instance_status(&self.cluster_arn, &self.container_instance)
+            .await
+            .unwrap()
     }
 
     fn drain_calls(&self) -> usize {
@@ -74,8 +90,14 @@ fn started_at(snapshot: &serde_json::Value) -> OffsetDateTime {
 
 fn assert_on_time(snapshot: &serde_json::Value, due: OffsetDateTime, log: &str) {
     let started = started_at(snapshot);
-    assert!(started >= due, "drained early: started {started}, due {due}\n{log}");
-    assert!(started <= due + LATE, "drained late: started {started}, due {due}\n{log}");
+    assert!(
+        started >= due,
+        "drained early: started {started}, due {due}\n{log}"
+    );
+    assert!(
+        started <= due + LATE,
+        "drained late: started {started}, due {due}\n{log}"
+    );
 }
 
 #[tokio::test]
@@ -105,7 +127,11 @@ async fn lease_duration_counts_from_pending_time() {
 
     let drained = f.wait_draining(&agent, Duration::from_secs(25));
 
-    assert_on_time(&drained, launched + time::Duration::hours(1) - LEAD, &agent.log());
+    assert_on_time(
+        &drained,
+        launched + time::Duration::hours(1) - LEAD,
+        &agent.log(),
+    );
     assert_eq!(f.status_at_moto().await, "DRAINING");
 }
 
@@ -116,15 +142,29 @@ async fn spot_notice_drains_at_once_through_the_introspection_api() {
         let body = serde_json::json!({"Cluster": "jobs", "ContainerInstanceArn": f.container_instance, "Version": "Amazon ECS Agent - v1.89.0"}).to_string();
         StubServer::start(move |_, _| (200, body.clone())).unwrap()
     };
-    let agent = f.instance.spawn_run(&["--ecs-introspection-url", &introspection.url("/v1/metadata")], &[]);
-    f.instance.wait_for(&agent, Duration::from_secs(30), "watching", |s| phase(s) == "watching");
+    let agent = f.instance.spawn_run(
+        &[
+            "--ecs-introspection-url",
+            &introspection.url("/v1/metadata"),
+        ],
+        &[],
+    );
+    f.instance
+        .wait_for(&agent, Duration::from_secs(30), "watching", |s| {
+            phase(s) == "watching"
+        });
     std::thread::sleep(POLL);
     assert_eq!(f.drain_calls(), 0);
 
     let noticed = now();
     // Real notices give 2 minutes against a 10-minute lead; here 5 s against 10 s.
     let terminates = noticed + time::Duration::seconds(5);
-    f.instance.imds.update(|s| s.spot_instance_action = Some(SpotInstanceAction { action: "terminate".into(), time: terminates }));
+    f.instance.imds.update(|s| {
+        s.spot_instance_action = Some(SpotInstanceAction {
+            action: "terminate".into(),
+            time: terminates,
+        })
+    });
     let drained = f.wait_draining(&agent, Duration::from_secs(10));
 
     // The notice is shorter than the lead: drain as soon as it is seen.
@@ -133,7 +173,11 @@ async fn spot_notice_drains_at_once_through_the_introspection_api() {
     assert_eq!(drained["deadline"]["event"]["kind"], "spot-interruption");
     assert_eq!(f.status_at_moto().await, "DRAINING");
     assert!(!introspection.received().is_empty());
-    assert_eq!(f.instance.moto().ecs_calls("ListContainerInstances"), 0, "found through introspection");
+    assert_eq!(
+        f.instance.moto().ecs_calls("ListContainerInstances"),
+        0,
+        "found through introspection"
+    );
 }
 
 #[tokio::test]
@@ -154,11 +198,20 @@ async fn scheduled_event_drains_and_its_cancel_returns_the_instance_to_active() 
 
     let drained = f.wait_draining(&agent, Duration::from_secs(25));
     assert_on_time(&drained, not_before - LEAD, &agent.log());
-    assert_eq!(drained["drain"]["reason"]["id"], "instance-event-0d59937288b749b32");
+    assert_eq!(
+        drained["drain"]["reason"]["id"],
+        "instance-event-0d59937288b749b32"
+    );
     assert_eq!(f.status_at_moto().await, "DRAINING");
 
-    f.instance.imds.update(|s| s.scheduled_events[0].state = "canceled".into());
-    let back = f.instance.wait_for(&agent, Duration::from_secs(5), "the cancel", |s| phase(s) == "watching" && !s["undrain_pending"].as_bool().unwrap_or(true));
+    f.instance
+        .imds
+        .update(|s| s.scheduled_events[0].state = "canceled".into());
+    let back = f
+        .instance
+        .wait_for(&agent, Duration::from_secs(5), "the cancel", |s| {
+            phase(s) == "watching" && !s["undrain_pending"].as_bool().unwrap_or(true)
+        });
     assert!(back["drain"].is_null());
     assert_eq!(f.status_at_moto().await, "ACTIVE");
     assert_eq!(f.drain_calls(), 2, "DRAINING once, ACTIVE once");
@@ -168,12 +221,20 @@ async fn scheduled_event_drains_and_its_cancel_returns_the_instance_to_active() 
 async fn autoscaling_terminated_drains_now() {
     let f = fixture(&[], "").await;
     let agent = f.start();
-    f.instance.imds.update(|s| s.target_lifecycle_state = Some("InService".into()));
+    f.instance
+        .imds
+        .update(|s| s.target_lifecycle_state = Some("InService".into()));
     std::thread::sleep(POLL * 2);
-    assert_eq!(phase(&f.instance.snapshot().unwrap()), "watching", "InService is not an end");
+    assert_eq!(
+        phase(&f.instance.snapshot().unwrap()),
+        "watching",
+        "InService is not an end"
+    );
 
     let seen = now();
-    f.instance.imds.update(|s| s.target_lifecycle_state = Some("Terminated".into()));
+    f.instance
+        .imds
+        .update(|s| s.target_lifecycle_state = Some("Terminated".into()));
     let drained = f.wait_draining(&agent, Duration::from_secs(10));
 
     assert_on_time(&drained, seen, &agent.log());
@@ -184,16 +245,26 @@ async fn autoscaling_terminated_drains_now() {
 async fn rebalance_drains_only_when_opted_in() {
     let off = fixture(&[], "").await;
     let agent = off.start();
-    off.instance.imds.update(|s| s.rebalance_notice_time = Some(now()));
+    off.instance
+        .imds
+        .update(|s| s.rebalance_notice_time = Some(now()));
     std::thread::sleep(POLL * 3);
     assert_eq!(phase(&off.instance.snapshot().unwrap()), "watching");
     assert_eq!(off.drain_calls(), 0);
-    assert!(agent.log().contains("rebalance recommendation seen; not draining"), "{}", agent.log());
+    assert!(
+        agent
+            .log()
+            .contains("rebalance recommendation seen; not draining"),
+        "{}",
+        agent.log()
+    );
 
     let on = fixture(&[], "drain_on_rebalance = true\n").await;
     let agent = on.start();
     let seen = now();
-    on.instance.imds.update(|s| s.rebalance_notice_time = Some(seen));
+    on.instance
+        .imds
+        .update(|s| s.rebalance_notice_time = Some(seen));
     let drained = on.wait_draining(&agent, Duration::from_secs(10));
     assert_on_time(&drained, seen, &agent.log());
     assert_eq!(drained["drain"]["reason"]["kind"], "rebalance");
@@ -205,19 +276,34 @@ async fn notify_socket_gets_ready_and_a_status_naming_the_cluster() {
     let f = fixture(&[("blockwatch:lease-end", &rfc3339(end))], "").await;
     let socket_path = f.instance.root.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let agent = f.instance.spawn_run(&[], &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())]);
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let agent = f
+        .instance
+        .spawn_run(&[], &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())]);
 
     let mut messages = Vec::new();
     let mut buffer = [0u8; 4096];
     while !messages.iter().any(|m: &String| m.contains("READY=1")) {
-        let n = socket.recv(&mut buffer).unwrap_or_else(|e| panic!("no notification: {e}\n{}", agent.log()));
+        let n = socket
+            .recv(&mut buffer)
+            .unwrap_or_else(|e| panic!("no notification: {e}\n{}", agent.log()));
         messages.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
     }
     let all = messages.join("\n");
-    let status = all.lines().find(|l| l.starts_with("STATUS=")).unwrap_or_else(|| panic!("no STATUS in {all}"));
-    assert!(status.starts_with("STATUS=cluster jobs · lease ends "), "{status}");
-    assert!(status.contains("(in 1h59m") || status.contains("(in 2h00m"), "{status}");
+    let status = all
+        .lines()
+        .find(|l| l.starts_with("STATUS="))
+        .unwrap_or_else(|| panic!("no STATUS in {all}"));
+    assert!(
+        status.starts_with("STATUS=cluster jobs · lease ends "),
+        "{status}"
+    );
+    assert!(
+        status.contains("(in 1h59m") || status.contains("(in 2h00m"),
+        "{status}"
+    );
     assert!(status.contains("· drain at "), "{status}");
 }
 
@@ -232,9 +318,22 @@ async fn no_aws_call_while_idle() {
 
     std::thread::sleep(POLL * 5);
 
-    let during: Vec<_> = f.instance.moto().requests().into_iter().skip(before).collect();
-    assert!(during.is_empty(), "AWS calls while idle: {during:?}\n{}", agent.log());
-    assert!(f.instance.imds.exchanges().len() >= polls_before + 4 * 4, "IMDS is polled every second");
+    let during: Vec<_> = f
+        .instance
+        .moto()
+        .requests()
+        .into_iter()
+        .skip(before)
+        .collect();
+    assert!(
+        during.is_empty(),
+        "AWS calls while idle: {during:?}\n{}",
+        agent.log()
+    );
+    assert!(
+        f.instance.imds.exchanges().len() >= polls_before + 4 * 4,
+        "IMDS is polled every second"
+    );
 }
 
 #[tokio::test]
@@ -246,10 +345,18 @@ async fn kill_9_mid_drain_resumes_without_a_second_drain() {
     f.instance.write_config(&format!(
         "poll_interval = \"1s\"\ndrain_lead = \"10s\"\ndrain_poll_interval = \"1s\"\non_drained = \"poweroff\"\npoweroff_command = {command:?}\n"
     ));
-    let task = f.instance.moto().start_task(&f.cluster_arn, &f.container_instance).await.unwrap();
+    let task = f
+        .instance
+        .moto()
+        .start_task(&f.cluster_arn, &f.container_instance)
+        .await
+        .unwrap();
     let mut agent = f.start();
     f.wait_draining(&agent, Duration::from_secs(10));
-    f.instance.wait_for(&agent, Duration::from_secs(10), "a task count", |s| s["drain"]["running_tasks"] == 1);
+    f.instance
+        .wait_for(&agent, Duration::from_secs(10), "a task count", |s| {
+            s["drain"]["running_tasks"] == 1
+        });
     assert_eq!(f.drain_calls(), 1);
 
     agent.kill_9();
@@ -258,15 +365,32 @@ async fn kill_9_mid_drain_resumes_without_a_second_drain() {
     let snapshot = f.instance.snapshot().unwrap();
     assert_eq!(phase(&snapshot), "draining", "{}", restarted.log());
     assert_eq!(snapshot["drains_started"], 1);
-    assert_eq!(f.drain_calls(), 1, "no second DRAINING call after the restart\n{}", restarted.log());
+    assert_eq!(
+        f.drain_calls(),
+        1,
+        "no second DRAINING call after the restart\n{}",
+        restarted.log()
+    );
     assert!(restarted.log().contains("resuming"), "{}", restarted.log());
     assert!(!powered_off.exists(), "a job is still running");
 
-    f.instance.moto().stop_task(&f.cluster_arn, &task).await.unwrap();
-    let done = f.instance.wait_for(&restarted, Duration::from_secs(10), "drained", |s| phase(s) == "drained");
+    f.instance
+        .moto()
+        .stop_task(&f.cluster_arn, &task)
+        .await
+        .unwrap();
+    let done = f
+        .instance
+        .wait_for(&restarted, Duration::from_secs(10), "drained", |s| {
+            phase(s) == "drained"
+        });
     assert_eq!(done["drains_completed"], 1);
     std::thread::sleep(POLL * 2);
-    assert_eq!(std::fs::read_to_string(&powered_off).unwrap(), "off\n", "powered off once");
+    assert_eq!(
+        std::fs::read_to_string(&powered_off).unwrap(),
+        "off\n",
+        "powered off once"
+    );
 
     // A restart after the power-off does not run it again.
     restarted.kill_9();
@@ -290,9 +414,21 @@ async fn status_reads_the_state_file_without_network() {
         .arg(f.instance.state_dir())
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    for key in ["instance_id", "cluster", "compute_environment", "phase", "deadline", "deadline_source", "drain_at"] {
+    for key in [
+        "instance_id",
+        "cluster",
+        "compute_environment",
+        "phase",
+        "deadline",
+        "deadline_source",
+        "drain_at",
+    ] {
         assert!(json.get(key).is_some(), "status --json lacks {key}: {json}");
     }
     assert_eq!(json["phase"], "watching");
@@ -301,25 +437,52 @@ async fn status_reads_the_state_file_without_network() {
     assert_eq!(json["deadline_source"], "lease");
     assert_eq!(json["drain_at"], rfc3339(end - LEAD));
 
-    let human = std::process::Command::new(common::BIN).env_clear().args(["status", "--state-dir"]).arg(f.instance.state_dir()).output().unwrap();
+    let human = std::process::Command::new(common::BIN)
+        .env_clear()
+        .args(["status", "--state-dir"])
+        .arg(f.instance.state_dir())
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&human.stdout);
-    assert!(text.contains("phase:     watching") && text.contains("cluster jobs · lease ends"), "{text}");
+    assert!(
+        text.contains("phase:     watching") && text.contains("cluster jobs · lease ends"),
+        "{text}"
+    );
 
     let empty = tempfile::tempdir().unwrap();
-    let none = std::process::Command::new(common::BIN).env_clear().args(["status", "--state-dir"]).arg(empty.path()).output().unwrap();
+    let none = std::process::Command::new(common::BIN)
+        .env_clear()
+        .args(["status", "--state-dir"])
+        .arg(empty.path())
+        .output()
+        .unwrap();
     assert!(!none.status.success());
     assert!(String::from_utf8_lossy(&none.stderr).contains("no state in"));
 }
 
 #[tokio::test]
 async fn webhook_gets_both_events_even_when_its_first_attempts_fail() {
-    let receiver = StubServer::start(|n, _| if n < 2 { (503, "busy".into()) } else { (200, "ok".into()) }).unwrap();
+    let receiver = StubServer::start(|n, _| {
+        if n < 2 {
+            (503, "busy".into())
+        } else {
+            (200, "ok".into())
+        }
+    })
+    .unwrap();
     let url = receiver.url("/hooks/T000/secret-token?key=hunter2");
     let end = now() + time::Duration::seconds(5);
-    let f = fixture(&[("blockwatch:lease-end", &rfc3339(end))], &format!("webhook_url = {url:?}\n")).await;
+    let f = fixture(
+        &[("blockwatch:lease-end", &rfc3339(end))],
+        &format!("webhook_url = {url:?}\n"),
+    )
+    .await;
     let agent = f.start();
 
-    f.instance.wait_for(&agent, Duration::from_secs(15), "drained", |s| phase(s) == "drained");
+    f.instance
+        .wait_for(&agent, Duration::from_secs(15), "drained", |s| {
+            phase(s) == "drained"
+        });
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let events = loop {
         // Requests 0 and 1 were answered 503; only later ones were accepted.
@@ -329,32 +492,281 @@ async fn webhook_gets_both_events_even_when_its_first_attempts_fail() {
             .skip(2)
             .filter_map(|r| serde_json::from_str(&r.body).ok())
             .collect();
-        let names: Vec<_> = events.iter().map(|e| e["event"].as_str().unwrap_or_default().to_owned()).collect();
-        if names.contains(&"drain-started".to_owned()) && names.contains(&"drain-completed".to_owned()) {
+        let names: Vec<_> = events
+            .iter()
+            .map(|e| e["event"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        if names.contains(&"drain-started".to_owned())
+            && names.contains(&"drain-completed".to_owned())
+        {
             break events;
         }
-        assert!(std::time::Instant::now() < deadline, "webhook events: {names:?}\n{}", agent.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "webhook events: {names:?}\n{}",
+            agent.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
-    let started = events.iter().find(|e| e["event"] == "drain-started").unwrap();
+    let started = events
+        .iter()
+        .find(|e| e["event"] == "drain-started")
+        .unwrap();
     assert_eq!(started["cluster"], "jobs");
     assert_eq!(started["deadline"], rfc3339(end));
     assert_eq!(started["deadline_source"], "lease");
     assert!(started["instance_id"].as_str().unwrap().starts_with("i-"));
-    assert!(receiver.received().len() >= 4, "two failed attempts, then both events");
-    assert!(!agent.log().contains("secret-token") && !agent.log().contains("hunter2"), "{}", agent.log());
+    assert!(
+        receiver.received().len() >= 4,
+        "two failed attempts, then both events"
+    );
+    assert!(
+        !agent.log().contains("secret-token") && !agent.log().contains("hunter2"),
+        "{}",
+        agent.log()
+    );
 }
 
 #[tokio::test]
 async fn dry_run_logs_and_changes_nothing() {
     let end = now() + time::Duration::seconds(5);
-    let f = fixture(&[("blockwatch:lease-end", &rfc3339(end))], "dry_run = true\n").await;
+    let f = fixture(
+        &[("blockwatch:lease-end", &rfc3339(end))],
+        "dry_run = true\n",
+    )
+    .await;
     let agent = f.start();
 
-    f.instance.wait_for(&agent, Duration::from_secs(15), "a dry drain", |s| s["drain"]["draining_confirmed_at"].is_string());
+    f.instance
+        .wait_for(&agent, Duration::from_secs(15), "a dry drain", |s| {
+            s["drain"]["draining_confirmed_at"].is_string()
+        });
     std::thread::sleep(POLL);
 
     assert_eq!(f.drain_calls(), 0);
     assert_eq!(f.status_at_moto().await, "ACTIVE");
-    assert!(agent.log().contains("dry run, nothing changed: would set the container instance to DRAINING"), "{}", agent.log());
+    assert!(
+        agent
+            .log()
+            .contains("dry run, nothing changed: would set the container instance to DRAINING"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[tokio::test]
+async fn stop_grace_stops_remaining_tasks_with_a_blockwatch_reason() {
+    let end = now() + time::Duration::seconds(12);
+    let f = fixture(
+        &[("blockwatch:lease-end", &rfc3339(end))],
+        "stop_grace = \"8s\"\n",
+    )
+    .await;
+    let task = f
+        .instance
+        .moto()
+        .start_task(&f.cluster_arn, &f.container_instance)
+        .await
+        .unwrap();
+    let agent = f.start();
+
+    let drained = f
+        .instance
+        .wait_for(&agent, Duration::from_secs(20), "drained", |s| {
+            phase(s) == "drained"
+        });
+
+    let stopped_at = parse_time(drained["drain"]["tasks_stopped_at"].as_str().unwrap());
+    assert!(
+        stopped_at >= end - time::Duration::seconds(8),
+        "stopped before T - stop_grace: {stopped_at}"
+    );
+    assert!(
+        stopped_at <= end - time::Duration::seconds(8) + LATE,
+        "stopped late: {stopped_at}"
+    );
+    let reason = f
+        .instance
+        .moto()
+        .task_stopped_reason(&f.cluster_arn, &task)
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert!(reason.starts_with("blockwatch:"), "{reason}");
+}
+
+#[tokio::test]
+async fn metrics_file_follows_the_phase() {
+    let end = now() + time::Duration::seconds(13);
+    let metrics = tempfile::tempdir().unwrap();
+    let path = metrics.path().join("blockwatch.prom");
+    let f = fixture(
+        &[("blockwatch:lease-end", &rfc3339(end))],
+        &format!("metrics_file = {:?}\n", path.to_str().unwrap()),
+    )
+    .await;
+    let agent = f.start();
+    let watching = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        watching.contains("blockwatch_phase{phase=\"watching\"} 1"),
+        "{watching}"
+    );
+    assert!(
+        watching.contains(&format!(
+            "blockwatch_deadline_timestamp_seconds {}",
+            end.unix_timestamp()
+        )),
+        "{watching}"
+    );
+    assert!(
+        watching.contains("blockwatch_drains_started_total 0"),
+        "{watching}"
+    );
+
+    f.instance
+        .wait_for(&agent, Duration::from_secs(20), "drained", |s| {
+            phase(s) == "drained"
+        });
+    let drained = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        drained.contains("blockwatch_phase{phase=\"drained\"} 1"),
+        "{drained}"
+    );
+    assert!(
+        drained.contains("blockwatch_drains_started_total 1"),
+        "{drained}"
+    );
+    assert!(
+        drained.contains("blockwatch_drains_completed_total 1"),
+        "{drained}"
+    );
+    assert!(
+        drained.contains("# TYPE blockwatch_errors_total counter"),
+        "{drained}"
+    );
+}
+
+/// moto has neither legacy spot blocks nor Capacity Blocks, so these come
+/// from a stub EC2 endpoint (`AWS_ENDPOINT_URL_EC2`) that answers the three
+/// calls in EC2's XML, read by the real SDK.
+fn ec2_stub(
+    instance_id: String,
+    block_minutes: Option<u32>,
+    capacity_block_end: Option<OffsetDateTime>,
+) -> StubServer {
+    StubServer::start(move |_, request| {
+        let action = request.body.split('&').find_map(|kv| kv.strip_prefix("Action=")).unwrap_or_default().to_owned();
+        let body = match action.as_str() {
+            "DescribeInstances" => format!(
+                "<DescribeInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><reservationSet><item><reservationId>r-1</reservationId><instancesSet><item><instanceId>{instance_id}</instanceId>{}{}</item></instancesSet></item></reservationSet></DescribeInstancesResponse>",
+                block_minutes.map(|_| "<spotInstanceRequestId>sir-0123abcd</spotInstanceRequestId>").unwrap_or_default(),
+                capacity_block_end.map(|_| "<capacityReservationId>cr-0123abcd</capacityReservationId>").unwrap_or_default(),
+            ),
+            "DescribeSpotInstanceRequests" => format!(
+                "<DescribeSpotInstanceRequestsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><spotInstanceRequestSet><item><spotInstanceRequestId>sir-0123abcd</spotInstanceRequestId><blockDurationMinutes>{}</blockDurationMinutes></item></spotInstanceRequestSet></DescribeSpotInstanceRequestsResponse>",
+                block_minutes.unwrap_or_default()
+            ),
+            "DescribeCapacityReservations" => format!(
+                "<DescribeCapacityReservationsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><capacityReservationSet><item><capacityReservationId>cr-0123abcd</capacityReservationId><reservationType>capacity-block</reservationType><endDate>{}</endDate></item></capacityReservationSet></DescribeCapacityReservationsResponse>",
+                capacity_block_end.map(rfc3339).unwrap_or_default()
+            ),
+            _ => return (400, format!("<Response><Errors><Error><Code>InvalidAction</Code><Message>{action}</Message></Error></Errors></Response>")),
+        };
+        (200, body)
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn legacy_spot_block_ends_at_launch_plus_block_duration() {
+    let f = fixture(&[], "").await;
+    let launched = now() - time::Duration::minutes(60) + time::Duration::seconds(15);
+    let instance_id = f.instance.imds.state().instance_id;
+    f.instance.imds.update(|s| s.pending_time = launched);
+    let ec2 = ec2_stub(instance_id, Some(60), None);
+    let agent = f
+        .instance
+        .spawn_run(&[], &[("AWS_ENDPOINT_URL_EC2", &ec2.url(""))]);
+
+    let drained = f.wait_draining(&agent, Duration::from_secs(25));
+
+    assert_on_time(
+        &drained,
+        launched + time::Duration::minutes(60) - LEAD,
+        &agent.log(),
+    );
+    assert_eq!(drained["drain"]["reason"]["kind"], "legacy-spot-block");
+    assert_eq!(drained["drain"]["reason"]["id"], "sir-0123abcd");
+}
+
+#[tokio::test]
+async fn capacity_block_ends_thirty_minutes_before_its_end_date() {
+    let f = fixture(&[], "").await;
+    let end_date = now() + time::Duration::minutes(30) + time::Duration::seconds(15);
+    let ec2 = ec2_stub(f.instance.imds.state().instance_id, None, Some(end_date));
+    let agent = f
+        .instance
+        .spawn_run(&[], &[("AWS_ENDPOINT_URL_EC2", &ec2.url(""))]);
+
+    let drained = f.wait_draining(&agent, Duration::from_secs(25));
+
+    assert_on_time(
+        &drained,
+        end_date - time::Duration::minutes(30) - LEAD,
+        &agent.log(),
+    );
+    assert_eq!(drained["drain"]["reason"]["kind"], "capacity-block");
+}
+
+#[tokio::test]
+async fn a_denied_ec2_lookup_is_logged_once_and_never_fatal() {
+    let end = now() + time::Duration::seconds(15);
+    let f = fixture(&[("blockwatch:lease-end", &rfc3339(end))], "").await;
+    let denied = StubServer::start(|_, _| {
+        (403, "<Response><Errors><Error><Code>UnauthorizedOperation</Code><Message>You are not authorized to perform: ec2:DescribeInstances</Message></Error></Errors><RequestID>r</RequestID></Response>".into())
+    })
+    .unwrap();
+    let agent = f
+        .instance
+        .spawn_run(&[], &[("AWS_ENDPOINT_URL_EC2", &denied.url(""))]);
+
+    let drained = f.wait_draining(&agent, Duration::from_secs(25));
+
+    assert_on_time(&drained, end - LEAD, &agent.log());
+    let log = agent.log();
+    assert_eq!(
+        log.matches("ec2:DescribeInstances: UnauthorizedOperation")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(denied.received().len(), 1, "asked once, at start");
+}
+
+#[tokio::test]
+async fn with_moto_the_ec2_lookups_find_no_block_and_the_lease_still_rules() {
+    let end = now() + time::Duration::hours(1);
+    let f = fixture(&[("blockwatch:lease-end", &rfc3339(end))], "").await;
+    let seeded = f.instance.moto().requests().len();
+    let agent = f.start();
+    assert_eq!(
+        f.instance.snapshot().unwrap()["deadline"]["event"]["kind"],
+        "lease",
+        "{}",
+        agent.log()
+    );
+    // EC2's query protocol: a POST with no X-Amz-Target.
+    let ec2_calls = f
+        .instance
+        .moto()
+        .requests()
+        .iter()
+        .skip(seeded)
+        .filter(|r| r.method == "POST" && r.target.is_none())
+        .count();
+    assert_eq!(
+        ec2_calls, 1,
+        "one DescribeInstances at start, nothing more for an on-demand instance"
+    );
+    assert!(!agent.log().contains("not checked"), "{}", agent.log());
 }

@@ -70,7 +70,13 @@ impl MotoServer {
             match Self::spawn(&program) {
                 Ok((child, addr, log, recording)) => {
                     let sdk = sdk_config(&format!("http://{addr}")).await;
-                    return Ok(Self { child, addr, log, recording, sdk });
+                    return Ok(Self {
+                        child,
+                        addr,
+                        log,
+                        recording,
+                        sdk,
+                    });
                 }
                 Err(err) => last_error = err,
             }
@@ -142,7 +148,10 @@ impl MotoServer {
             .map(|entry| {
                 let target = entry["headers"]
                     .as_object()
-                    .and_then(|h| h.iter().find(|(k, _)| k.eq_ignore_ascii_case("x-amz-target")))
+                    .and_then(|h| {
+                        h.iter()
+                            .find(|(k, _)| k.eq_ignore_ascii_case("x-amz-target"))
+                    })
                     .and_then(|(_, v)| v.as_str())
                     .map(str::to_owned);
                 RecordedRequest {
@@ -158,14 +167,23 @@ impl MotoServer {
     pub fn ecs_calls(&self, operation: &str) -> usize {
         self.requests()
             .iter()
-            .filter(|r| r.target.as_deref().is_some_and(|t| t.ends_with(&format!(".{operation}"))))
+            .filter(|r| {
+                r.target
+                    .as_deref()
+                    .is_some_and(|t| t.ends_with(&format!(".{operation}")))
+            })
             .count()
     }
 
     /// Creates an ECS cluster; returns its ARN.
     pub async fn create_cluster(&self, name: &str) -> Result<String, MotoError> {
         let ecs = aws_sdk_ecs::Client::new(&self.sdk);
-        let created = ecs.create_cluster().cluster_name(name).send().await.map_err(aws("ecs:CreateCluster"))?;
+        let created = ecs
+            .create_cluster()
+            .cluster_name(name)
+            .send()
+            .await
+            .map_err(aws("ecs:CreateCluster"))?;
         created
             .cluster()
             .and_then(|c| c.cluster_arn())
@@ -174,7 +192,11 @@ impl MotoServer {
     }
 
     /// Starts one task on `container_instance`, as Batch would place a job; returns its ARN.
-    pub async fn start_task(&self, cluster: &str, container_instance: &str) -> Result<String, MotoError> {
+    pub async fn start_task(
+        &self,
+        cluster: &str,
+        container_instance: &str,
+    ) -> Result<String, MotoError> {
         let ecs = aws_sdk_ecs::Client::new(&self.sdk);
         let container = aws_sdk_ecs::types::ContainerDefinition::builder()
             .name("job")
@@ -206,12 +228,43 @@ impl MotoServer {
     /// Ends a task, as a finished job would.
     pub async fn stop_task(&self, cluster: &str, task: &str) -> Result<(), MotoError> {
         let ecs = aws_sdk_ecs::Client::new(&self.sdk);
-        ecs.stop_task().cluster(cluster).task(task).reason("job finished").send().await.map_err(aws("ecs:StopTask"))?;
+        ecs.stop_task()
+            .cluster(cluster)
+            .task(task)
+            .reason("job finished")
+            .send()
+            .await
+            .map_err(aws("ecs:StopTask"))?;
         Ok(())
     }
 
+    /// Why a task stopped, once it has.
+    pub async fn task_stopped_reason(
+        &self,
+        cluster: &str,
+        task: &str,
+    ) -> Result<Option<String>, MotoError> {
+        let ecs = aws_sdk_ecs::Client::new(&self.sdk);
+        let described = ecs
+            .describe_tasks()
+            .cluster(cluster)
+            .tasks(task)
+            .send()
+            .await
+            .map_err(aws("ecs:DescribeTasks"))?;
+        Ok(described
+            .tasks()
+            .first()
+            .and_then(|t| t.stopped_reason())
+            .map(str::to_owned))
+    }
+
     /// `ACTIVE` or `DRAINING`.
-    pub async fn container_instance_status(&self, cluster: &str, container_instance: &str) -> Result<String, MotoError> {
+    pub async fn container_instance_status(
+        &self,
+        cluster: &str,
+        container_instance: &str,
+    ) -> Result<String, MotoError> {
         let ecs = aws_sdk_ecs::Client::new(&self.sdk);
         let described = ecs
             .describe_container_instances()

@@ -27,15 +27,22 @@ pub struct StubServer {
 
 impl std::fmt::Debug for StubServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StubServer").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("StubServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
 impl StubServer {
     /// `respond(n, request)` gives the status and body of the `n`th request (from 0).
-    pub fn start(respond: impl Fn(usize, &Received) -> (u16, String) + Send + Sync + 'static) -> std::io::Result<Self> {
+    pub fn start(
+        respond: impl Fn(usize, &Received) -> (u16, String) + Send + Sync + 'static,
+    ) -> std::io::Result<Self> {
         let server = Arc::new(Server::http("127.0.0.1:0").map_err(std::io::Error::other)?);
-        let addr = server.server_addr().to_ip().ok_or_else(|| std::io::Error::other("not an IP address"))?;
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| std::io::Error::other("not an IP address"))?;
         let received = Arc::new(Mutex::new(Vec::new()));
         let respond: Arc<Responder> = Arc::new(respond);
         let thread = {
@@ -44,9 +51,15 @@ impl StubServer {
                 for mut request in server.incoming_requests() {
                     let mut body = String::new();
                     let _ = request.as_reader().read_to_string(&mut body);
-                    let seen = Received { method: request.method().to_string(), path: request.url().to_owned(), body };
+                    let seen = Received {
+                        method: request.method().to_string(),
+                        path: request.url().to_owned(),
+                        body,
+                    };
                     let n = {
-                        let mut all = received.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let mut all = received
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
                         all.push(seen.clone());
                         all.len() - 1
                     };
@@ -55,7 +68,12 @@ impl StubServer {
                 }
             })
         };
-        Ok(Self { addr, server, received, thread: Some(thread) })
+        Ok(Self {
+            addr,
+            server,
+            received,
+            thread: Some(thread),
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -63,7 +81,10 @@ impl StubServer {
     }
 
     pub fn received(&self) -> Vec<Received> {
-        self.received.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.received
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 

@@ -206,12 +206,21 @@ impl Instance {
     /// Starts `blockwatch run` with the scratch paths; `extra_env` lets a
     /// test add e.g. `NOTIFY_SOCKET`.
     pub fn spawn_run(&self, extra_args: &[&str], extra_env: &[(&str, &str)]) -> Agent {
-        let stderr = self.root.path().join(format!("run-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+        let stderr = self.root.path().join(format!(
+            "run-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
         let mut command = self.command();
         command.arg("run").arg("--state-dir").arg(self.state_dir());
         if !extra_args.contains(&"--ecs-introspection-url") {
             // Hermetic: nothing answers there, so the API fallback is used.
-            command.args(["--ecs-introspection-url", &format!("{}/v1/metadata", closed_port_endpoint())]);
+            command.args([
+                "--ecs-introspection-url",
+                &format!("{}/v1/metadata", closed_port_endpoint()),
+            ]);
         }
         if self.config_file().exists() {
             command.arg("--config").arg(self.config_file());
@@ -220,7 +229,10 @@ impl Instance {
         for (k, v) in extra_env {
             command.env(k, v);
         }
-        let child = command.stderr(std::fs::File::create(&stderr).unwrap()).spawn().expect("spawn blockwatch run");
+        let child = command
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawn blockwatch run");
         Agent { child, stderr }
     }
 
@@ -230,7 +242,13 @@ impl Instance {
     }
 
     /// Waits until the state file satisfies `done`, or panics after `within`.
-    pub fn wait_for(&self, agent: &Agent, within: std::time::Duration, what: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub fn wait_for(
+        &self,
+        agent: &Agent,
+        within: std::time::Duration,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let deadline = std::time::Instant::now() + within;
         loop {
             if let Some(snapshot) = self.snapshot() {
@@ -239,7 +257,11 @@ impl Instance {
                 }
             }
             if std::time::Instant::now() > deadline {
-                panic!("timed out waiting for {what}; state: {:?}\nlog:\n{}", self.snapshot(), agent.log());
+                panic!(
+                    "timed out waiting for {what}; state: {:?}\nlog:\n{}",
+                    self.snapshot(),
+                    agent.log()
+                );
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
