@@ -206,6 +206,11 @@ pub async fn run(request: &RunRequest, imds: &Imds, aws: &Aws) -> Result<(), Age
     Ok(())
 }
 
+/// Decisions and records keep whole seconds, as tags and notices do.
+fn whole_seconds(at: OffsetDateTime) -> OffsetDateTime {
+    at.replace_nanosecond(0).unwrap_or(at)
+}
+
 fn rfc3339(at: OffsetDateTime) -> String {
     at.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
@@ -261,7 +266,7 @@ impl Agent<'_> {
     }
 
     async fn step(&mut self) {
-        let now = OffsetDateTime::now_utc();
+        let now = whole_seconds(OffsetDateTime::now_utc());
         if self.observed.rebalance_notice.is_some()
             && !self.policy.drain_on_rebalance
             && !self.rebalance_noted
