@@ -183,9 +183,20 @@ pub async fn run(request: &RunRequest, imds: &Imds, aws: &Aws) -> Result<(), Age
         .map_err(|e| AgentError::Internal(format!("signal handler: {e}")))?;
     let mut interrupt = signal(SignalKind::interrupt())
         .map_err(|e| AgentError::Internal(format!("signal handler: {e}")))?;
+    // Without a watchdog this timer idles at a day and does nothing.
+    let mut watchdog = tokio::time::interval(
+        notifier
+            .watchdog_interval()
+            .unwrap_or(Duration::from_secs(86_400)),
+    );
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            _ = watchdog.tick() => {
+                notifier.watchdog();
+                continue;
+            }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }

@@ -279,13 +279,18 @@ async fn notify_socket_gets_ready_and_a_status_naming_the_cluster() {
     socket
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let agent = f
-        .instance
-        .spawn_run(&[], &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())]);
+    let agent = f.instance.spawn_run(
+        &[],
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "3000000"),
+        ],
+    );
 
     let mut messages = Vec::new();
     let mut buffer = [0u8; 4096];
-    while !messages.iter().any(|m: &String| m.contains("READY=1")) {
+    let fed = |messages: &Vec<String>| messages.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    while !messages.iter().any(|m: &String| m.contains("READY=1")) || fed(&messages) < 3 {
         let n = socket
             .recv(&mut buffer)
             .unwrap_or_else(|e| panic!("no notification: {e}\n{}", agent.log()));
@@ -305,6 +310,62 @@ async fn notify_socket_gets_ready_and_a_status_naming_the_cluster() {
         "{status}"
     );
     assert!(status.contains("· drain at "), "{status}");
+    assert!(
+        all.lines().filter(|l| *l == "WATCHDOG=1").count() >= 3,
+        "the watchdog is fed: {all}"
+    );
+}
+
+#[tokio::test]
+async fn waits_for_the_container_instance_to_register_before_draining() {
+    let instance = Instance::with_moto().await;
+    let cluster_arn = instance.moto().create_cluster("jobs").await.unwrap();
+    let end = now() + time::Duration::seconds(5);
+    let id = instance
+        .launch(
+            &[
+                ("blockwatch:cluster", "jobs"),
+                ("blockwatch:lease-end", &rfc3339(end)),
+            ],
+            true,
+        )
+        .await;
+    instance.write_config("poll_interval = \"1s\"\ndrain_lead = \"10s\"\n");
+    let agent = instance.spawn_run(&[], &[]);
+    instance.wait_for(&agent, Duration::from_secs(15), "a drain decision", |s| {
+        phase(s) == "draining"
+    });
+    std::thread::sleep(POLL * 2);
+    assert!(
+        agent.log().contains(&format!(
+            "waiting for {id} to register as a container instance"
+        )),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(
+        instance.snapshot().unwrap()["drain"]["draining_confirmed_at"],
+        serde_json::Value::Null
+    );
+
+    // The ECS agent registers late; blockwatch finds it on a later retry.
+    let container_instance = instance
+        .moto()
+        .register_container_instance(&cluster_arn, &id)
+        .await
+        .unwrap();
+    instance.wait_for(&agent, Duration::from_secs(20), "a confirmed drain", |s| {
+        s["drain"]["draining_confirmed_at"].is_string()
+    });
+    assert_eq!(
+        instance
+            .moto()
+            .container_instance_status(&cluster_arn, &container_instance)
+            .await
+            .unwrap(),
+        "DRAINING"
+    );
+    assert_eq!(instance.moto().ecs_calls(DRAINS), 1);
 }
 
 #[tokio::test]

@@ -50,6 +50,14 @@ impl Notifier {
         self.last_status = status.to_owned();
     }
 
+    /// Feeds the watchdog between polls, for a `WatchdogSec` shorter than
+    /// the poll interval.
+    pub fn watchdog(&self) {
+        if self.watchdog.is_some() {
+            let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+        }
+    }
+
     pub fn stopping(&self) {
         let _ = sd_notify::notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
     }

@@ -39,7 +39,10 @@ fn blockwatch_binary() -> Result<PathBuf, String> {
     if bin.exists() {
         Ok(bin)
     } else {
-        Err(format!("{} not found: build it with `cargo build -p blockwatch`", bin.display()))
+        Err(format!(
+            "{} not found: build it with `cargo build -p blockwatch`",
+            bin.display()
+        ))
     }
 }
 
@@ -71,7 +74,10 @@ impl Scene {
             .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &self.imds)
             .env("AWS_ENDPOINT_URL", &self.aws)
             .env("AWS_CONFIG_FILE", self.scratch.join("no-aws-config"))
-            .env("AWS_SHARED_CREDENTIALS_FILE", self.scratch.join("no-aws-credentials"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                self.scratch.join("no-aws-credentials"),
+            )
             .args(args)
             .arg("--config")
             .arg(self.config())
@@ -84,13 +90,20 @@ impl Scene {
 
     fn status_line(&self) -> String {
         let output = self.blockwatch(&["status"]).output();
-        let text = output.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-        text.lines().find_map(|l| l.strip_prefix("status:").map(str::trim).map(str::to_owned)).unwrap_or_else(|| "(no state yet)".into())
+        let text = output
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("status:").map(str::trim).map(str::to_owned))
+            .unwrap_or_else(|| "(no state yet)".into())
     }
 
     fn phase(&self) -> String {
         let text = std::fs::read_to_string(self.state_dir().join("state.json")).unwrap_or_default();
-        serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["phase"].as_str().map(str::to_owned)).unwrap_or_default()
+        serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["phase"].as_str().map(str::to_owned))
+            .unwrap_or_default()
     }
 }
 
@@ -111,11 +124,22 @@ async fn demo() -> Result<(), String> {
 
     say("== 1. AWS (moto) and the instance (IMDS simulator), on 127.0.0.1");
     let moto = MotoServer::start().await.map_err(|e| err(&e))?;
-    let cluster_arn = moto.create_unmanaged_ce("demo-ce", true).await.map_err(|e| err(&e))?;
-    say(&format!("   UNMANAGED compute environment demo-ce; Batch created its ECS cluster {cluster_arn}"));
-    let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).map_err(|e| err(&e))?;
+    let cluster_arn = moto
+        .create_unmanaged_ce("demo-ce", true)
+        .await
+        .map_err(|e| err(&e))?;
+    say(&format!(
+        "   UNMANAGED compute environment demo-ce; Batch created its ECS cluster {cluster_arn}"
+    ));
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .map_err(|e| err(&e))?;
     let lease_end = rfc3339(now + time::Duration::seconds(LEASE));
-    let tags = [("blockwatch:compute-environment", "demo-ce"), ("blockwatch:lease-end", lease_end.as_str()), ("Name", "demo")];
+    let tags = [
+        ("blockwatch:compute-environment", "demo-ce"),
+        ("blockwatch:lease-end", lease_end.as_str()),
+        ("Name", "demo"),
+    ];
     let instance_id = moto.launch_instance(&tags).await.map_err(|e| err(&e))?;
     say(&format!("   launched {instance_id}, no user data, tagged blockwatch:compute-environment=demo-ce blockwatch:lease-end={lease_end}"));
     let imds = ImdsSimulator::start(InstanceState {
@@ -123,15 +147,29 @@ async fn demo() -> Result<(), String> {
         region: REGION.to_owned(),
         availability_zone: format!("{REGION}a"),
         pending_time: now,
-        tags: Some(tags.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
+        tags: Some(
+            tags.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        ),
         ..InstanceState::default()
     })
     .map_err(|e| err(&e))?;
-    let scene = Scene { blockwatch: blockwatch_binary()?, scratch: scratch.clone(), imds: imds.endpoint(), aws: moto.endpoint() };
+    let scene = Scene {
+        blockwatch: blockwatch_binary()?,
+        scratch: scratch.clone(),
+        imds: imds.endpoint(),
+        aws: moto.endpoint(),
+    };
     std::fs::create_dir_all(scene.config().parent().unwrap_or(&scratch)).map_err(|e| err(&e))?;
     std::fs::write(scene.config(), CONFIG).map_err(|e| err(&e))?;
-    std::fs::create_dir_all(scene.ecs_config().parent().unwrap_or(&scratch)).map_err(|e| err(&e))?;
-    std::fs::write(scene.ecs_config(), "ECS_ENABLE_TASK_IAM_ROLE=true\r\nECS_CLUSTER=\"stale\"\r\n").map_err(|e| err(&e))?;
+    std::fs::create_dir_all(scene.ecs_config().parent().unwrap_or(&scratch))
+        .map_err(|e| err(&e))?;
+    std::fs::write(
+        scene.ecs_config(),
+        "ECS_ENABLE_TASK_IAM_ROLE=true\r\nECS_CLUSTER=\"stale\"\r\n",
+    )
+    .map_err(|e| err(&e))?;
 
     say("\n== 2. boot: blockwatch join (before ecs.service)");
     let joined = scene.blockwatch(&["join"]).status().map_err(|e| err(&e))?;
@@ -139,13 +177,27 @@ async fn demo() -> Result<(), String> {
         return Err(format!("blockwatch join exited with {joined}"));
     }
     show(&scene.ecs_config())?;
-    let container_instance = moto.register_container_instance(&cluster_arn, &instance_id).await.map_err(|e| err(&e))?;
+    let container_instance = moto
+        .register_container_instance(&cluster_arn, &instance_id)
+        .await
+        .map_err(|e| err(&e))?;
     say(&format!("   the ECS agent registered {container_instance}"));
-    let task = moto.start_task(&cluster_arn, &container_instance).await.map_err(|e| err(&e))?;
+    let task = moto
+        .start_task(&cluster_arn, &container_instance)
+        .await
+        .map_err(|e| err(&e))?;
     say(&format!("   Batch placed a job on it: task {task}"));
 
     say("\n== 3. blockwatch run: watch, count down, drain at lease end - 20s");
-    let run = scene.blockwatch(&["run", "--ecs-introspection-url", "http://127.0.0.1:9/v1/metadata"]).stdin(Stdio::null()).spawn().map_err(|e| err(&e))?;
+    let run = scene
+        .blockwatch(&[
+            "run",
+            "--ecs-introspection-url",
+            "http://127.0.0.1:9/v1/metadata",
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| err(&e))?;
     let _run = Running(run);
     let mut job_finished = false;
     let mut draining_since: Option<Instant> = None;
@@ -162,8 +214,11 @@ async fn demo() -> Result<(), String> {
             say(&format!("   [blockwatch status] {}", scene.status_line()));
             say("   DRAINING: Batch places no new job here; the running job carries on");
         }
-        if !job_finished && draining_since.is_some_and(|at| at.elapsed() >= Duration::from_secs(6)) {
-            moto.stop_task(&cluster_arn, &task).await.map_err(|e| err(&e))?;
+        if !job_finished && draining_since.is_some_and(|at| at.elapsed() >= Duration::from_secs(6))
+        {
+            moto.stop_task(&cluster_arn, &task)
+                .await
+                .map_err(|e| err(&e))?;
             say("   the job finished");
             job_finished = true;
         }
@@ -174,13 +229,24 @@ async fn demo() -> Result<(), String> {
             return Err("the lease did not drain within the demo's time".into());
         }
     }
-    let status = moto.container_instance_status(&cluster_arn, &container_instance).await.map_err(|e| err(&e))?;
-    say(&format!("\n== 4. drained: the container instance is {status} at ECS and has no job left"));
+    let status = moto
+        .container_instance_status(&cluster_arn, &container_instance)
+        .await
+        .map_err(|e| err(&e))?;
+    say(&format!(
+        "\n== 4. drained: the container instance is {status} at ECS and has no job left"
+    ));
     say("\n$ blockwatch status");
-    let human = scene.blockwatch(&["status"]).output().map_err(|e| err(&e))?;
+    let human = scene
+        .blockwatch(&["status"])
+        .output()
+        .map_err(|e| err(&e))?;
     say(String::from_utf8_lossy(&human.stdout).trim_end());
     say("\n$ blockwatch status --json");
-    let json = scene.blockwatch(&["status", "--json"]).output().map_err(|e| err(&e))?;
+    let json = scene
+        .blockwatch(&["status", "--json"])
+        .output()
+        .map_err(|e| err(&e))?;
     say(String::from_utf8_lossy(&json.stdout).trim_end());
     say(&format!("\ndone in {}s", started.elapsed().as_secs()));
     drop(_run);

@@ -42,14 +42,23 @@ impl Drop for Running {
 fn cpu_ticks(pid: u32) -> Result<u64, String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
     // Fields after the command name (which may hold spaces) start at ") ".
-    let rest = stat.rsplit_once(") ").map(|(_, r)| r).ok_or("bad /proc stat")?;
+    let rest = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r)
+        .ok_or("bad /proc stat")?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).ok_or("bad /proc stat field");
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .ok_or("bad /proc stat field")
+    };
     Ok(tick(11)? + tick(12)?)
 }
 
 fn rss_kib(pid: u32) -> Result<u64, String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -59,7 +68,12 @@ fn rss_kib(pid: u32) -> Result<u64, String> {
 }
 
 fn clock_ticks_per_second() -> u64 {
-    Command::new("getconf").arg("CLK_TCK").output().ok().and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(100)
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100)
 }
 
 fn spawn(binary: &Path, scratch: &Path, imds: &str, aws: &str) -> Result<Running, String> {
@@ -69,7 +83,12 @@ fn spawn(binary: &Path, scratch: &Path, imds: &str, aws: &str) -> Result<Running
         .env("AWS_ENDPOINT_URL", aws)
         .env("AWS_CONFIG_FILE", "/nonexistent")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-        .args(["run", "--ecs-introspection-url", "http://127.0.0.1:9/v1/metadata", "--config"])
+        .args([
+            "run",
+            "--ecs-introspection-url",
+            "http://127.0.0.1:9/v1/metadata",
+            "--config",
+        ])
         .arg(scratch.join("blockwatch.toml"))
         .arg("--state-dir")
         .arg(scratch.join("state"))
@@ -92,20 +111,34 @@ fn wait_for_state(scratch: &Path) -> Result<(), String> {
 
 async fn bench() -> Result<(), String> {
     let mut args = std::env::args().skip(1);
-    let binary = args.next().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target/release/blockwatch"));
+    let binary = args
+        .next()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/release/blockwatch"));
     let idle: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(30);
     let reps: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
     if !binary.exists() {
         return Err(format!("{} not found", binary.display()));
     }
     let moto = MotoServer::start().await.map_err(|e| e.to_string())?;
-    let cluster = moto.create_cluster("bench").await.map_err(|e| e.to_string())?;
-    say(&format!("binary: {} (poll_interval 1s, loopback peers)", binary.display()));
+    let cluster = moto
+        .create_cluster("bench")
+        .await
+        .map_err(|e| e.to_string())?;
+    say(&format!(
+        "binary: {} (poll_interval 1s, loopback peers)",
+        binary.display()
+    ));
 
     let mut latencies = Vec::new();
     for rep in 0..=reps {
-        let instance_id = moto.launch_instance(&[("blockwatch:cluster", "bench")]).await.map_err(|e| e.to_string())?;
-        moto.register_container_instance(&cluster, &instance_id).await.map_err(|e| e.to_string())?;
+        let instance_id = moto
+            .launch_instance(&[("blockwatch:cluster", "bench")])
+            .await
+            .map_err(|e| e.to_string())?;
+        moto.register_container_instance(&cluster, &instance_id)
+            .await
+            .map_err(|e| e.to_string())?;
         let imds = ImdsSimulator::start(InstanceState {
             instance_id,
             region: REGION.to_owned(),
@@ -114,9 +147,11 @@ async fn bench() -> Result<(), String> {
             ..InstanceState::default()
         })
         .map_err(|e| e.to_string())?;
-        let scratch = std::env::temp_dir().join(format!("blockwatch-run-bench-{}-{rep}", std::process::id()));
+        let scratch =
+            std::env::temp_dir().join(format!("blockwatch-run-bench-{}-{rep}", std::process::id()));
         std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
-        std::fs::write(scratch.join("blockwatch.toml"), "poll_interval = \"1s\"\n").map_err(|e| e.to_string())?;
+        std::fs::write(scratch.join("blockwatch.toml"), "poll_interval = \"1s\"\n")
+            .map_err(|e| e.to_string())?;
         let agent = spawn(&binary, &scratch, &imds.endpoint(), &moto.endpoint())?;
         wait_for_state(&scratch)?;
 
@@ -144,7 +179,10 @@ async fn bench() -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(137 * rep as u64 % 1000));
         let notice_at = Instant::now();
         imds.update(|s| {
-            s.spot_instance_action = Some(SpotInstanceAction { action: "terminate".into(), time: time::OffsetDateTime::now_utc() + time::Duration::minutes(2) })
+            s.spot_instance_action = Some(SpotInstanceAction {
+                action: "terminate".into(),
+                time: time::OffsetDateTime::now_utc() + time::Duration::minutes(2),
+            })
         });
         loop {
             if moto.ecs_calls("UpdateContainerInstancesState") > drains_before {
