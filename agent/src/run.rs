@@ -25,9 +25,9 @@ use crate::join::{resolve, ResolveOptions, Resolved};
 use crate::sources::aws::Aws;
 use crate::sources::ec2::InstanceCapacity;
 use crate::sources::imds::Imds;
-use crate::sources::{notices, SourceError};
+use crate::sources::{notices, AwsFailure, SourceError};
 
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// The reason given to tasks stopped at `stop_grace`; Batch retry rules
 /// match it with `onReason: "blockwatch:*"`.
@@ -85,7 +85,18 @@ struct Agent<'a> {
     failing: BTreeMap<&'static str, bool>,
     waiting_logged: bool,
     rebalance_noted: bool,
+    /// The EC2 end-date lookup, while it still has to succeed.
+    ec2_lookup: Option<Ec2Lookup>,
 }
+
+/// Retries of the start-up EC2 lookup after transient failures.
+#[derive(Debug, Clone, Copy)]
+struct Ec2Lookup {
+    attempts: u32,
+    next: Instant,
+}
+
+const EC2_LOOKUP_ATTEMPTS: u32 = 8;
 
 pub async fn run(request: &RunRequest, imds: &Imds, aws: &Aws) -> Result<(), AgentError> {
     let mut notifier = Notifier::new();
@@ -116,41 +127,28 @@ pub async fn run(request: &RunRequest, imds: &Imds, aws: &Aws) -> Result<(), Age
     let mut observed = Observations::default();
     if let Some(lease) = &settings.lease {
         let end = lease.value.end(identity.pending_time);
-        log::info!(
-            "lease {} ({}): ends {}",
-            lease.value,
-            lease.origin,
-            rfc3339(end)
-        );
-        observed.lease_end = Some((end, lease.origin.kind().to_owned()));
-    }
-    let mut errors = BTreeMap::new();
-    // Asked once: EC2's own end dates. Never fatal.
-    match aws
-        .ec2_deadlines(&identity.instance_id, identity.pending_time)
-        .await
-    {
-        Ok(found) => {
-            if let Some((end, id)) = &found.legacy_spot_block_end {
-                log::info!("legacy spot block {id}: ends {}", rfc3339(*end));
+        match lease.value {
+            crate::core::config::Lease::Ends(_) => {
+                log::info!("lease ends {} ({})", rfc3339(end), lease.origin)
             }
-            if let Some((end, id)) = &found.capacity_block_end {
+            crate::core::config::Lease::LastsFromLaunch(_) => {
                 log::info!(
-                    "Capacity Block {id}: EndDate {} (EC2 terminates 30 min earlier)",
-                    rfc3339(*end)
+                    "lease of {} ({}): ends {}",
+                    lease.value,
+                    lease.origin,
+                    rfc3339(end)
                 );
             }
-            observed.legacy_spot_block_end = found.legacy_spot_block_end;
-            observed.capacity_block_end = found.capacity_block_end;
         }
-        Err(err) => {
-            log::warn!("{err}; spot block and Capacity Block end dates are not checked");
-            errors.insert("ec2", 1);
-        }
+        observed.lease_end = Some((end, lease.origin.kind().to_owned()));
     }
+    let errors = BTreeMap::new();
 
     let previous = state::read_snapshot(&request.state_dir).unwrap_or_else(|err| {
-        log::warn!("starting afresh: {err}");
+        // Kept aside for a human; the agent must still watch this instance.
+        let aside = state::state_path(&request.state_dir).with_extension("json.unreadable");
+        let _ = std::fs::rename(state::state_path(&request.state_dir), &aside);
+        log::error!("{err}; moved it to {} and starting afresh", aside.display());
         None
     });
     let state = match previous {
@@ -175,7 +173,13 @@ pub async fn run(request: &RunRequest, imds: &Imds, aws: &Aws) -> Result<(), Age
         failing: BTreeMap::new(),
         waiting_logged: false,
         rebalance_noted: false,
+        ec2_lookup: Some(Ec2Lookup {
+            attempts: 0,
+            next: Instant::now(),
+        }),
     };
+    let identity_for_lookup = identity.clone();
+    agent.lookup_ec2_deadlines(&identity_for_lookup).await;
     let poll = settings.poll_interval.value.max(Duration::from_millis(100));
     let mut ticker = tokio::time::interval(poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -200,7 +204,13 @@ pub async fn run(request: &RunRequest, imds: &Imds, aws: &Aws) -> Result<(), Age
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
-        let errors = notices::poll(imds, &mut agent.observed).await;
+        agent.lookup_ec2_deadlines(&identity).await;
+        let errors = notices::poll(
+            imds,
+            &mut agent.observed,
+            whole_seconds(OffsetDateTime::now_utc()),
+        )
+        .await;
         agent.note_notice_errors(errors);
         agent.step().await;
         notifier.tick(
@@ -228,6 +238,63 @@ fn rfc3339(at: OffsetDateTime) -> String {
 }
 
 impl Agent<'_> {
+    /// EC2's own end dates (legacy spot block, Capacity Block): asked at
+    /// start, retried with backoff only after transient failures, never fatal.
+    async fn lookup_ec2_deadlines(&mut self, identity: &crate::sources::imds::IdentityDocument) {
+        let Some(lookup) = self.ec2_lookup else {
+            return;
+        };
+        if Instant::now() < lookup.next {
+            return;
+        }
+        match self
+            .aws
+            .ec2_deadlines(&identity.instance_id, identity.pending_time)
+            .await
+        {
+            Ok(found) => {
+                if let Some((end, id)) = &found.legacy_spot_block_end {
+                    log::info!("legacy spot block {id}: ends {}", rfc3339(*end));
+                }
+                if let Some((end, id)) = &found.capacity_block_end {
+                    log::info!(
+                        "Capacity Block {id}: EndDate {} (EC2 terminates 30 min earlier)",
+                        rfc3339(*end)
+                    );
+                }
+                self.observed.legacy_spot_block_end = found.legacy_spot_block_end;
+                self.observed.capacity_block_end = found.capacity_block_end;
+                self.ec2_lookup = None;
+            }
+            Err(err) => {
+                self.count_error("ec2");
+                let attempts = lookup.attempts + 1;
+                let transient = matches!(
+                    err,
+                    SourceError::Aws {
+                        kind: AwsFailure::Transient,
+                        ..
+                    } | SourceError::Imds { .. }
+                );
+                if transient && attempts < EC2_LOOKUP_ATTEMPTS {
+                    let wait = Duration::from_secs(5 * 2u64.pow(attempts - 1))
+                        .min(Duration::from_secs(300));
+                    log::warn!(
+                        "{err}; will ask again in {}",
+                        humantime::format_duration(wait)
+                    );
+                    self.ec2_lookup = Some(Ec2Lookup {
+                        attempts,
+                        next: Instant::now() + wait,
+                    });
+                } else {
+                    log::warn!("{err}; spot block and Capacity Block end dates are not checked");
+                    self.ec2_lookup = None;
+                }
+            }
+        }
+    }
+
     fn cluster(&self) -> String {
         self.resolved.cluster.to_string()
     }
@@ -291,14 +358,20 @@ impl Agent<'_> {
         let decision = decide(now, &self.observed, &self.state, &self.policy);
         let before = self.state.clone();
         self.state = decision.state;
+        // The decision is on disk before anything acts on it, so a crash
+        // between the two neither forgets nor repeats it.
+        if self.state != before {
+            self.persist(now);
+        }
         for event in &decision.events {
             self.report(event, now);
         }
         for action in decision.actions {
+            let before_action = self.state.clone();
             self.act(action, now).await;
-        }
-        if self.state != before {
-            self.persist(now);
+            if self.state != before_action {
+                self.persist(now);
+            }
         }
     }
 
@@ -415,7 +488,19 @@ impl Agent<'_> {
                             "container instance set back to ACTIVE"
                         });
                     }
-                    Err(err) => self.aws_failed("ecs", &err),
+                    Err(err) => {
+                        // A rejection may mean the ECS agent registered again under a new ARN.
+                        if matches!(
+                            err,
+                            SourceError::Aws {
+                                kind: AwsFailure::Rejected,
+                                ..
+                            }
+                        ) {
+                            self.container_instance = None;
+                        }
+                        self.aws_failed("ecs", &err);
+                    }
                 }
             }
             Action::StopTasks => {
@@ -450,7 +535,14 @@ impl Agent<'_> {
                 if let Some(drain) = self.state.drain.as_mut() {
                     drain.poweroff_at = Some(now);
                 }
-                self.persist(now);
+                if !self.persist(now) {
+                    // Unrecorded, a restart could power off a second time.
+                    if let Some(drain) = self.state.drain.as_mut() {
+                        drain.poweroff_at = None;
+                    }
+                    log::error!("not powering off until the state file can be written");
+                    return;
+                }
                 let command = self.resolved.settings.poweroff_command.value.clone();
                 self.log_decision(&format!("drained; powering off with {command:?}"));
                 if let Err(err) = poweroff::run(&command).await {
@@ -585,15 +677,20 @@ impl Agent<'_> {
         }
     }
 
-    fn persist(&mut self, now: OffsetDateTime) {
+    /// Writes the state file (and metrics); false when the state could not be saved.
+    fn persist(&mut self, now: OffsetDateTime) -> bool {
         let snapshot = self.snapshot(now);
-        if let Err(err) = state::write_snapshot(&self.request.state_dir, &snapshot) {
-            self.count_error("state");
-            log::error!(
-                "cannot write {}: {err}",
-                state::state_path(&self.request.state_dir).display()
-            );
-        }
+        let saved = match state::write_snapshot(&self.request.state_dir, &snapshot) {
+            Ok(()) => true,
+            Err(err) => {
+                self.count_error("state");
+                log::error!(
+                    "cannot write {}: {err}",
+                    state::state_path(&self.request.state_dir).display()
+                );
+                false
+            }
+        };
         if let Some(path) = self
             .resolved
             .settings
@@ -606,5 +703,6 @@ impl Agent<'_> {
                 log::warn!("cannot write metrics to {}: {err}", path.display());
             }
         }
+        saved
     }
 }

@@ -24,6 +24,10 @@ pub const TAG_KEYS: [&str; 4] = [
 pub const DEFAULT_DRAIN_LEAD: Duration = Duration::from_secs(10 * 60);
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_POWEROFF_COMMAND: &str = "systemctl poweroff";
+/// The longest duration any setting or tag may hold.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+/// The shortest poll interval: IMDS is not to be hammered.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_DRAIN_POLL_INTERVAL: Duration = Duration::from_secs(15);
 
 /// `/etc/blockwatch/blockwatch.toml`. Unknown keys are an error, so a typo
@@ -84,9 +88,13 @@ pub struct HumanDuration(pub Duration);
 impl std::str::FromStr for HumanDuration {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
-        humantime::parse_duration(text.trim())
-            .map(Self)
-            .map_err(|e| format!("{text:?} is not a duration like 10m or 1h30m ({e})"))
+        let parsed = humantime::parse_duration(text.trim())
+            .map_err(|e| format!("{text:?} is not a duration like 10m or 1h30m ({e})"))?;
+        // Bounded so that no date arithmetic can overflow.
+        if parsed > MAX_DURATION {
+            return Err(format!("{text:?} is longer than a year"));
+        }
+        Ok(Self(parsed))
     }
 }
 
@@ -397,7 +405,10 @@ impl Settings {
                 .map_or(Sourced::new(false, Origin::Default), |v| {
                     Sourced::new(v, in_file())
                 }),
-            poll_interval: or_default(file.poll_interval.map(|d| d.0), DEFAULT_POLL_INTERVAL),
+            poll_interval: or_default(
+                file.poll_interval.map(|d| d.0.max(MIN_POLL_INTERVAL)),
+                DEFAULT_POLL_INTERVAL,
+            ),
             on_drained: file
                 .on_drained
                 .map_or(Sourced::new(OnDrained::None, Origin::Default), |v| {

@@ -92,7 +92,13 @@ pub struct Observations {
     pub capacity_block_end: Option<(OffsetDateTime, String)>,
     pub spot_action: Option<SpotAction>,
     pub scheduled_events: Vec<ScheduledEvent>,
+    /// Whether `scheduled_events` comes from a successful read; until then an
+    /// absent event proves nothing (for example right after a restart).
+    pub scheduled_events_known: bool,
     pub target_lifecycle_state: Option<String>,
+    /// When `Terminated` was first seen: Auto Scaling gives no time, and a
+    /// deadline that moved with every poll would churn.
+    pub terminated_seen_at: Option<OffsetDateTime>,
     pub rebalance_notice: Option<OffsetDateTime>,
     /// Tasks still running on our container instance; only read while draining.
     pub running_tasks: Option<usize>,
@@ -118,7 +124,10 @@ impl Observations {
         }
         if let Some((end, reservation)) = &self.capacity_block_end {
             push(
-                *end - CAPACITY_BLOCK_TERMINATION_LEAD,
+                end.saturating_sub(
+                    time::Duration::try_from(CAPACITY_BLOCK_TERMINATION_LEAD)
+                        .unwrap_or(time::Duration::ZERO),
+                ),
                 SourceKind::CapacityBlock,
                 reservation.clone(),
             );
@@ -138,7 +147,11 @@ impl Observations {
             );
         }
         if self.target_lifecycle_state.as_deref() == Some("Terminated") {
-            push(now, SourceKind::AutoScaling, "Terminated".to_owned());
+            push(
+                self.terminated_seen_at.unwrap_or(now),
+                SourceKind::AutoScaling,
+                "Terminated".to_owned(),
+            );
         }
         if let (Some(notice), true) = (self.rebalance_notice, drain_on_rebalance) {
             push(
@@ -150,12 +163,13 @@ impl Observations {
         found
     }
 
-    /// Whether the scheduled event `id` is over: canceled, completed, or gone.
+    /// Whether the scheduled event `id` is over: canceled, completed, or gone
+    /// from a list that was actually read.
     pub fn scheduled_event_ended(&self, id: &str) -> bool {
-        self.scheduled_events
-            .iter()
-            .find(|e| e.id == id)
-            .is_none_or(|e| !e.is_active())
+        match self.scheduled_events.iter().find(|e| e.id == id) {
+            Some(event) => !event.is_active(),
+            None => self.scheduled_events_known,
+        }
     }
 }
 

@@ -152,14 +152,15 @@ pub fn decide(
     if let Some(drain) = &state.drain {
         let another_is_due = candidates
             .iter()
-            .any(|c| c.key != drain.reason && now >= c.at - lead);
+            .any(|c| c.key != drain.reason && now >= c.at.saturating_sub(lead));
         if drain.reason.kind == SourceKind::ScheduledEvent
             && observed.scheduled_event_ended(&drain.reason.id)
             && !another_is_due
         {
             state.phase = Phase::Watching;
+            // Only an instance that ECS set to DRAINING needs setting back.
+            state.undrain_pending = drain.draining_confirmed_at.is_some();
             state.drain = None;
-            state.undrain_pending = true;
             events.push(Event::DrainCanceled);
         }
     }
@@ -167,8 +168,8 @@ pub fn decide(
     match state.phase {
         Phase::Joining | Phase::Watching => {
             state.deadline = first.map(Deadline::from);
-            state.drain_at = first.map(|c| c.at - lead);
-            if let Some(due) = first.filter(|c| now >= c.at - lead) {
+            state.drain_at = first.map(|c| c.at.saturating_sub(lead));
+            if let Some(due) = first.filter(|c| now >= c.at.saturating_sub(lead)) {
                 state.phase = Phase::Draining;
                 state.drains_started += 1;
                 state.undrain_pending = false;
@@ -189,6 +190,11 @@ pub fn decide(
     }
 
     if let Some(drain) = state.drain.as_mut() {
+        // The signal that started the drain may move (a postponed event);
+        // follow it while it is there.
+        if let Some(same) = candidates.iter().find(|c| c.key == drain.reason) {
+            drain.deadline = same.at;
+        }
         // A notice that vanishes does not bring the instance back; an earlier
         // one moves the end forward.
         let end = first.map_or(drain.deadline, |c| c.at.min(drain.deadline));
@@ -212,7 +218,7 @@ pub fn decide(
                 state.drains_completed += 1;
                 events.push(Event::DrainCompleted);
             } else if let Some(grace) = policy.stop_grace {
-                if now >= end - duration(grace) && drain.tasks_stopped_at.is_none() {
+                if now >= end.saturating_sub(duration(grace)) && drain.tasks_stopped_at.is_none() {
                     actions.push(Action::StopTasks);
                 }
             }
@@ -668,5 +674,109 @@ mod tests {
         let first = a.candidates(T0, false);
         let later = a.candidates(T0 + minutes(1), false);
         assert_eq!(first[0].key, later[0].key);
+    }
+
+    #[test]
+    fn an_unread_event_list_never_cancels_a_drain() {
+        let active = Observations {
+            scheduled_events: vec![event("e1", T0 + minutes(5), "active")],
+            scheduled_events_known: true,
+            ..Observations::default()
+        };
+        let mut draining = run(&[(T0, active)], &policy())[0].state.clone();
+        if let Some(d) = draining.drain.as_mut() {
+            d.draining_confirmed_at = Some(T0);
+        }
+        // Restarted: nothing read yet, so the event's absence proves nothing.
+        let unread = decide(
+            T0 + minutes(1),
+            &Observations::default(),
+            &draining,
+            &policy(),
+        );
+        assert_eq!(unread.state.phase, Phase::Draining);
+        assert!(unread.actions.is_empty());
+        // A successful read without the event: it is over.
+        let read = Observations {
+            scheduled_events_known: true,
+            ..Observations::default()
+        };
+        let gone = decide(T0 + minutes(2), &read, &unread.state, &policy());
+        assert_eq!(gone.state.phase, Phase::Watching);
+        assert_eq!(gone.actions, vec![Action::Undrain]);
+    }
+
+    #[test]
+    fn a_canceled_drain_that_never_reached_ecs_needs_no_undrain() {
+        let active = Observations {
+            scheduled_events: vec![event("e1", T0 + minutes(5), "active")],
+            ..Observations::default()
+        };
+        let started = decide(T0, &active, &AgentState::default(), &policy());
+        let canceled = Observations {
+            scheduled_events: vec![event("e1", T0 + minutes(5), "canceled")],
+            ..Observations::default()
+        };
+        let d = decide(T0 + minutes(1), &canceled, &started.state, &policy());
+        assert_eq!(d.state.phase, Phase::Watching);
+        assert!(d.actions.is_empty(), "{:?}", d.actions);
+    }
+
+    #[test]
+    fn autoscaling_deadline_is_when_terminated_was_first_seen() {
+        let seen = Observations {
+            target_lifecycle_state: Some("Terminated".into()),
+            terminated_seen_at: Some(T0),
+            ..lease(T0 + minutes(60))
+        };
+        let d = run(
+            &[
+                (T0, seen.clone()),
+                (T0 + minutes(1), seen.clone()),
+                (T0 + minutes(2), seen),
+            ],
+            &policy(),
+        );
+        assert_eq!(d[2].state.deadline.as_ref().map(|x| x.at), Some(T0));
+        assert!(!d[2].events.contains(&Event::DeadlineChanged), "no churn");
+    }
+
+    #[test]
+    fn a_postponed_event_moves_the_drains_deadline() {
+        let grace = Policy {
+            stop_grace: Some(Duration::from_secs(60)),
+            ..policy()
+        };
+        let at = |t| Observations {
+            scheduled_events: vec![event("e1", t, "active")],
+            ..Observations::default()
+        };
+        let d = run(
+            &[
+                (T0, at(T0 + minutes(5))),
+                (T0 + minutes(1), at(T0 + minutes(30))),
+                (T0 + minutes(4), at(T0 + minutes(30))),
+            ],
+            &grace,
+        );
+        assert_eq!(
+            d[1].state.drain.as_ref().map(|x| x.deadline),
+            Some(T0 + minutes(30))
+        );
+        assert!(
+            !d[2].actions.contains(&Action::StopTasks),
+            "tasks are not stopped for the old time"
+        );
+    }
+
+    #[test]
+    fn extreme_values_do_not_panic() {
+        let huge = Policy {
+            drain_lead: Duration::from_secs(u64::MAX / 4),
+            stop_grace: Some(Duration::from_secs(u64::MAX / 4)),
+            ..policy()
+        };
+        let d = decide(T0, &lease(T0 + minutes(5)), &AgentState::default(), &huge);
+        assert_eq!(d.state.phase, Phase::Draining);
     }
 }

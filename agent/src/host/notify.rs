@@ -23,7 +23,8 @@ impl Notifier {
 
     /// How often the watchdog must be fed, if the unit set `WatchdogSec`.
     pub fn watchdog_interval(&self) -> Option<Duration> {
-        self.watchdog.map(|w| w / 2)
+        self.watchdog
+            .map(|w| (w / 2).max(Duration::from_millis(100)))
     }
 
     /// Sends `STATUS=` (when it changed), `READY=1` the first time, and

@@ -60,7 +60,9 @@ pub fn parse_spot_action(text: &str) -> Result<SpotAction, String> {
     })
 }
 
-pub fn parse_scheduled_events(text: &str) -> Result<Vec<ScheduledEvent>, String> {
+/// The events that parse, and why the first bad one did not: one odd entry
+/// must not hide the others.
+pub fn parse_scheduled_events(text: &str) -> Result<(Vec<ScheduledEvent>, Option<String>), String> {
     #[derive(Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Raw {
@@ -69,23 +71,34 @@ pub fn parse_scheduled_events(text: &str) -> Result<Vec<ScheduledEvent>, String>
         event_id: String,
         state: Option<String>,
     }
-    let raw: Vec<Raw> = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    raw.into_iter()
-        .map(|e| {
-            let not_before = parse_gmt(&e.not_before).ok_or_else(|| {
-                format!(
-                    "NotBefore {:?} is not like 21 Jan 2019 09:00:43 GMT",
-                    e.not_before
-                )
-            })?;
-            Ok(ScheduledEvent {
-                id: e.event_id,
-                code: e.code.unwrap_or_default(),
-                not_before,
-                state: e.state.unwrap_or_else(|| "active".to_owned()),
-            })
-        })
-        .collect()
+    let entries: Vec<serde_json::Value> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let mut skipped = None;
+    let mut events = Vec::new();
+    for entry in entries {
+        let parsed = serde_json::from_value::<Raw>(entry)
+            .map_err(|e| e.to_string())
+            .and_then(|e| {
+                let not_before = parse_gmt(&e.not_before).ok_or_else(|| {
+                    format!(
+                        "NotBefore {:?} is not like 21 Jan 2019 09:00:43 GMT",
+                        e.not_before
+                    )
+                })?;
+                Ok(ScheduledEvent {
+                    id: e.event_id,
+                    code: e.code.unwrap_or_default(),
+                    not_before,
+                    state: e.state.unwrap_or_else(|| "active".to_owned()),
+                })
+            });
+        match parsed {
+            Ok(event) => events.push(event),
+            Err(reason) => {
+                skipped.get_or_insert(reason);
+            }
+        }
+    }
+    Ok((events, skipped))
 }
 
 pub fn parse_rebalance(text: &str) -> Result<OffsetDateTime, String> {
@@ -100,7 +113,11 @@ pub fn parse_rebalance(text: &str) -> Result<OffsetDateTime, String> {
 
 /// Reads every notice into `observed`. A path that fails keeps its previous
 /// value (an IMDS hiccup must not cancel a drain); its error is returned.
-pub async fn poll(imds: &Imds, observed: &mut Observations) -> Vec<NoticeError> {
+pub async fn poll(
+    imds: &Imds,
+    observed: &mut Observations,
+    now: OffsetDateTime,
+) -> Vec<NoticeError> {
     let mut errors = Vec::new();
     let mut fail = |source, error| errors.push(NoticeError { source, error });
 
@@ -113,9 +130,21 @@ pub async fn poll(imds: &Imds, observed: &mut Observations) -> Vec<NoticeError> 
         Err(e) => fail("spot", e),
     }
     match imds.get_optional(SCHEDULED_EVENTS).await {
-        Ok(None) => observed.scheduled_events.clear(),
+        Ok(None) => {
+            observed.scheduled_events.clear();
+            observed.scheduled_events_known = true;
+        }
         Ok(Some(text)) => match parse_scheduled_events(&text) {
-            Ok(events) => observed.scheduled_events = events,
+            Ok((events, skipped)) => {
+                observed.scheduled_events = events;
+                observed.scheduled_events_known = true;
+                if let Some(reason) = skipped {
+                    fail(
+                        "scheduled-events",
+                        unreadable(SCHEDULED_EVENTS, "scheduled event (skipped)", reason),
+                    );
+                }
+            }
             Err(e) => fail(
                 "scheduled-events",
                 unreadable(SCHEDULED_EVENTS, "scheduled events", e),
@@ -124,7 +153,15 @@ pub async fn poll(imds: &Imds, observed: &mut Observations) -> Vec<NoticeError> 
         Err(e) => fail("scheduled-events", e),
     }
     match imds.get_optional(TARGET_LIFECYCLE_STATE).await {
-        Ok(state) => observed.target_lifecycle_state = state.map(|s| s.trim().to_owned()),
+        Ok(state) => {
+            let state = state.map(|s| s.trim().to_owned());
+            if state.as_deref() == Some("Terminated") {
+                observed.terminated_seen_at.get_or_insert(now);
+            } else {
+                observed.terminated_seen_at = None;
+            }
+            observed.target_lifecycle_state = state;
+        }
         Err(e) => fail("autoscaling", e),
     }
     match imds.get_optional(REBALANCE).await {
@@ -171,12 +208,19 @@ mod tests {
             r#"[{"NotBefore":"21 Jan 2019 09:00:43 GMT","Code":"system-reboot","Description":"x","EventId":"instance-event-1","NotAfter":"21 Jan 2019 09:17:23 GMT","State":"active"}]"#,
         );
         assert_eq!(
-            events.map(|e| (e[0].id.clone(), e[0].not_before)),
+            events.map(|(e, skipped)| (e[0].id.clone(), e[0].not_before, skipped)),
             Ok((
                 "instance-event-1".into(),
-                datetime!(2019-01-21 09:00:43 UTC)
+                datetime!(2019-01-21 09:00:43 UTC),
+                None
             ))
         );
+        let mixed = parse_scheduled_events(
+            r#"[{"NotBefore":"soon","EventId":"bad"},{"NotBefore":"1 Feb 2019 09:00:43 GMT","EventId":"good","State":"active"}]"#,
+        );
+        let (events, skipped) = mixed.unwrap_or_default();
+        assert_eq!(events.len(), 1, "a bad entry does not hide the good one");
+        assert!(skipped.is_some_and(|s| s.contains("soon")));
         assert_eq!(
             parse_rebalance(r#"{"noticeTime":"2020-10-27T08:22:00Z"}"#),
             Ok(datetime!(2020-10-27 08:22:00 UTC))
