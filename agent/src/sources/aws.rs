@@ -67,7 +67,7 @@ const DENIED_CODES: &[&str] = &[
 
 /// Turns an SDK error into a one-line [`SourceError`] that knows whether a
 /// retry could help.
-pub(crate) fn classify<E>(api: &'static str, err: &SdkError<E, HttpResponse>) -> SourceError
+pub fn classify<E>(api: &'static str, err: &SdkError<E, HttpResponse>) -> SourceError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
