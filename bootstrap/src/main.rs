@@ -1,0 +1,169 @@
+//! The `blockwatch-launch` binary: parse, validate, launch, print.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use blockwatch_launch::launch::{launch, wait, LaunchError};
+use blockwatch_launch::output::{self, Output};
+use blockwatch_launch::plan::{Market, Request, UserDataMode};
+use clap::Parser;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0   launched (or dry run accepted)
+  1   internal error
+  2   invalid request (flags, duration, count, price, combination)
+  3   compute environment refused (not found, MANAGED)
+  4   insufficient capacity: fewer instances than --min-count
+  5   AWS denied a call (the message names the action)
+  6   EC2 refused the request (price too low, spot blocks retired, not a Capacity Block)
+  7   AWS rejected the request for another reason
+  8   --wait timed out
+  75  transient: AWS unreachable or throttled after retries";
+
+/// Request a block of instances that join an AWS Batch UNMANAGED compute environment by themselves.
+///
+/// The instances carry tags (blockwatch:compute-environment, blockwatch:lease-duration or
+/// blockwatch:lease-end) that the blockwatch agent baked into the AMI reads at boot: no user data
+/// is needed. Spot blocks (defined-duration Spot) were retired on 2022-12-31, so a block is an
+/// ordinary Spot or On-Demand instance with a lease the agent enforces (it drains the instance
+/// before the lease ends), or an EC2 Capacity Block.
+#[derive(Debug, Parser)]
+#[command(name = "blockwatch-launch", version, after_help = EXIT_CODES)]
+struct Args {
+    /// The UNMANAGED compute environment to join (name or ARN)
+    #[arg(long, value_name = "NAME")]
+    compute_environment: String,
+    /// How many instances
+    #[arg(long, value_name = "N")]
+    count: u32,
+    /// Launch even if only this many are available [default: --count]
+    #[arg(long, value_name = "N")]
+    min_count: Option<u32>,
+    /// How long the block lasts, like 3h or 90m (the lease counts from each instance's launch)
+    #[arg(long, value_name = "DUR")]
+    duration: String,
+    /// Instance type; repeat to let EC2 fall back to others [default: m6i.large]
+    #[arg(long = "instance-type", value_name = "T")]
+    instance_types: Vec<String>,
+    /// Subnet; repeat to try several
+    #[arg(long = "subnet", value_name = "S")]
+    subnets: Vec<String>,
+    /// Security group; repeatable
+    #[arg(long = "security-group", value_name = "G")]
+    security_groups: Vec<String>,
+    /// Instance profile (name or ARN) with the agent's policy (bootstrap/iam/agent-policy.json)
+    #[arg(long, value_name = "NAME")]
+    instance_profile: Option<String>,
+    /// AMI [default: the ECS-optimized Amazon Linux 2023 AMI from SSM, arm64 for Graviton types]
+    #[arg(long, value_name = "ID")]
+    ami: Option<String>,
+    /// Purchase option
+    #[arg(long, value_enum, default_value_t = Market::Spot)]
+    market: Market,
+    /// Highest Spot price in USD per hour [default: the On-Demand price]
+    #[arg(long, value_name = "USD")]
+    max_price: Option<String>,
+    /// The Capacity Block's reservation id (with --market capacity-block)
+    #[arg(long, value_name = "ID")]
+    capacity_reservation_id: Option<String>,
+    /// Also send BlockDurationMinutes (retired by AWS on 2022-12-31; for emulators or old accounts)
+    #[arg(long)]
+    legacy_spot_block: bool,
+    /// EC2 key pair for SSH
+    #[arg(long, value_name = "K")]
+    key_name: Option<String>,
+    /// The Name tag [default: blockwatch-<compute environment>]
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// User data to send
+    #[arg(long, value_enum, default_value_t = UserDataMode::None)]
+    user_data_mode: UserDataMode,
+    /// Check permissions with EC2's DryRun and print the plan; launch nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Wait until the instances run
+    #[arg(long)]
+    wait: bool,
+    /// With --wait, also wait until they registered as container instances in the cluster
+    #[arg(long, requires = "wait")]
+    wait_registered: bool,
+    /// Give up waiting after this long
+    #[arg(long, value_name = "DUR", default_value = "10m")]
+    wait_timeout: humantime::Duration,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[allow(clippy::print_stdout)]
+fn print(text: &str) {
+    println!("{text}");
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let request = Request {
+        compute_environment: args.compute_environment.clone(),
+        count: args.count,
+        min_count: args.min_count,
+        duration: args.duration.clone(),
+        instance_types: args.instance_types.clone(),
+        subnets: args.subnets.clone(),
+        security_groups: args.security_groups.clone(),
+        instance_profile: args.instance_profile.clone(),
+        ami: args.ami.clone(),
+        market: Some(args.market),
+        max_price: args.max_price.clone(),
+        capacity_reservation_id: args.capacity_reservation_id.clone(),
+        legacy_spot_block: args.legacy_spot_block,
+        key_name: args.key_name.clone(),
+        name: args.name.clone(),
+        user_data_mode: args.user_data_mode,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("blockwatch-launch: error: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(&args, &request)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if let LaunchError::Shortfall { report, .. } = &err {
+                // What was launched must not be lost: print it before failing.
+                print(&match args.output {
+                    Output::Json => output::json(report),
+                    Output::Text => output::text(report),
+                });
+            }
+            eprintln!("blockwatch-launch: error: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+async fn run(args: &Args, request: &Request) -> Result<(), LaunchError> {
+    // Everything checkable without AWS is checked before the first call.
+    let plan = request.validate()?;
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let mut report = launch(&sdk, &plan, args.dry_run, time::OffsetDateTime::now_utc()).await?;
+    if args.wait && !args.dry_run {
+        wait(
+            &sdk,
+            &mut report,
+            args.wait_registered,
+            Duration::from(args.wait_timeout),
+        )
+        .await?;
+    }
+    print(&match args.output {
+        Output::Json => output::json(&report),
+        Output::Text => output::text(&report),
+    });
+    Ok(())
+}

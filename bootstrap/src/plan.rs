@@ -1,0 +1,492 @@
+//! What to launch, validated before any API call. Pure: no IO.
+
+use std::fmt;
+use std::time::Duration;
+
+use blockwatch::core::config::HumanDuration;
+use serde::Serialize;
+
+pub const AMI_PARAMETER_X86: &str =
+    "/aws/service/ecs/optimized-ami/amazon-linux-2023/recommended/image_id";
+pub const AMI_PARAMETER_ARM64: &str =
+    "/aws/service/ecs/optimized-ami/amazon-linux-2023/arm64/recommended/image_id";
+pub const DEFAULT_INSTANCE_TYPE: &str = "m6i.large";
+pub const MAX_COUNT: u32 = 1000;
+const ECS_CONFIG_TEMPLATE: &str = include_str!("../user-data/ecs-config.sh");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Market {
+    /// One-time Spot, terminated on interruption, with an agent-enforced lease
+    Spot,
+    /// On-Demand, with an agent-enforced lease
+    OnDemand,
+    /// An EC2 Capacity Block for ML (needs --capacity-reservation-id)
+    CapacityBlock,
+}
+
+impl fmt::Display for Market {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Spot => "spot",
+            Self::OnDemand => "on-demand",
+            Self::CapacityBlock => "capacity-block",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum UserDataMode {
+    /// No user data: the blockwatch agent baked into the AMI needs none
+    #[default]
+    None,
+    /// A one-line script that appends ECS_CLUSTER (for stock ECS AMIs without blockwatch)
+    EcsConfig,
+}
+
+/// Everything the operator asked for, before validation.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub compute_environment: String,
+    pub count: u32,
+    pub min_count: Option<u32>,
+    pub duration: String,
+    pub instance_types: Vec<String>,
+    pub subnets: Vec<String>,
+    pub security_groups: Vec<String>,
+    pub instance_profile: Option<String>,
+    pub ami: Option<String>,
+    pub market: Option<Market>,
+    pub max_price: Option<String>,
+    pub capacity_reservation_id: Option<String>,
+    pub legacy_spot_block: bool,
+    pub key_name: Option<String>,
+    pub name: Option<String>,
+    pub user_data_mode: UserDataMode,
+}
+
+/// A request that passed every check that needs no AWS call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub compute_environment: String,
+    pub count: u32,
+    pub min_count: u32,
+    pub duration: Duration,
+    pub duration_text: String,
+    pub instance_types: Vec<String>,
+    pub arm64: bool,
+    pub subnets: Vec<String>,
+    pub security_groups: Vec<String>,
+    pub instance_profile: Option<String>,
+    pub ami: Option<String>,
+    pub market: Market,
+    pub max_price: Option<String>,
+    pub capacity_reservation_id: Option<String>,
+    /// `BlockDurationMinutes`, for `--legacy-spot-block`.
+    pub block_duration_minutes: Option<i32>,
+    pub key_name: Option<String>,
+    pub name: String,
+    pub user_data_mode: UserDataMode,
+}
+
+/// A request refused before any API call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("--compute-environment is empty")]
+    NoComputeEnvironment,
+    #[error("--count must be between 1 and {MAX_COUNT}, not {0}")]
+    Count(u32),
+    #[error("--min-count must be between 1 and --count ({count}), not {min}")]
+    MinCount { min: u32, count: u32 },
+    #[error("--duration {0:?} is not a duration like 3h or 90m")]
+    Duration(String),
+    #[error("--duration must be longer than zero")]
+    ZeroDuration,
+    #[error("--max-price {0:?} is not a positive price in USD per hour, like 0.12")]
+    Price(String),
+    #[error("--max-price only applies to --market spot")]
+    PriceWithoutSpot,
+    #[error("--market capacity-block needs --capacity-reservation-id (the Capacity Block's reservation)")]
+    CapacityBlockWithoutReservation,
+    #[error("--capacity-reservation-id only applies to --market capacity-block")]
+    ReservationWithoutCapacityBlock,
+    #[error("--legacy-spot-block only applies to --market spot")]
+    LegacyBlockWithoutSpot,
+    #[error("--legacy-spot-block needs a --duration of 60 to 360 minutes in steps of 60 (BlockDurationMinutes), not {0}")]
+    LegacyBlockDuration(String),
+    #[error("instance types {arm} (Graviton, arm64) and {x86} (x86_64) need different AMIs; launch them separately")]
+    MixedArchitectures { arm: String, x86: String },
+    #[error("instance type {0:?} is not like m6i.large")]
+    InstanceType(String),
+}
+
+/// Graviton (arm64) instance types: `a1`, or a family whose attributes after
+/// the generation digit include `g` (`m7g`, `c6gn`, `t4g`, `x2gd`, `g5g`).
+pub fn is_graviton(instance_type: &str) -> bool {
+    let family = instance_type.split('.').next().unwrap_or_default();
+    if family == "a1" {
+        return true;
+    }
+    let attributes = family
+        .trim_start_matches(|c: char| c.is_ascii_lowercase())
+        .trim_start_matches(|c: char| c.is_ascii_digit());
+    attributes.contains('g')
+}
+
+fn valid_price(text: &str) -> bool {
+    let digits_and_one_dot =
+        text.chars().all(|c| c.is_ascii_digit() || c == '.') && text.matches('.').count() <= 1;
+    digits_and_one_dot && text.parse::<f64>().is_ok_and(|p| p > 0.0 && p.is_finite())
+}
+
+impl Request {
+    pub fn validate(&self) -> Result<Plan, Invalid> {
+        if self.compute_environment.trim().is_empty() {
+            return Err(Invalid::NoComputeEnvironment);
+        }
+        if !(1..=MAX_COUNT).contains(&self.count) {
+            return Err(Invalid::Count(self.count));
+        }
+        let min_count = self.min_count.unwrap_or(self.count);
+        if !(1..=self.count).contains(&min_count) {
+            return Err(Invalid::MinCount {
+                min: min_count,
+                count: self.count,
+            });
+        }
+        let duration = self
+            .duration
+            .parse::<HumanDuration>()
+            .map_err(|_| Invalid::Duration(self.duration.clone()))?
+            .0;
+        if duration.is_zero() {
+            return Err(Invalid::ZeroDuration);
+        }
+        let market = self.market.unwrap_or(Market::Spot);
+        if let Some(price) = &self.max_price {
+            if !valid_price(price) {
+                return Err(Invalid::Price(price.clone()));
+            }
+            if market != Market::Spot {
+                return Err(Invalid::PriceWithoutSpot);
+            }
+        }
+        match (market, &self.capacity_reservation_id) {
+            (Market::CapacityBlock, None) => return Err(Invalid::CapacityBlockWithoutReservation),
+            (Market::Spot | Market::OnDemand, Some(_)) => {
+                return Err(Invalid::ReservationWithoutCapacityBlock)
+            }
+            _ => {}
+        }
+        let block_duration_minutes = if self.legacy_spot_block {
+            if market != Market::Spot {
+                return Err(Invalid::LegacyBlockWithoutSpot);
+            }
+            let minutes = duration.as_secs() / 60;
+            if duration.as_secs() % 3600 != 0 || !(60..=360).contains(&minutes) {
+                return Err(Invalid::LegacyBlockDuration(self.duration.clone()));
+            }
+            i32::try_from(minutes).ok()
+        } else {
+            None
+        };
+        let instance_types = if self.instance_types.is_empty() {
+            vec![DEFAULT_INSTANCE_TYPE.to_owned()]
+        } else {
+            self.instance_types.clone()
+        };
+        for t in &instance_types {
+            let ok = t.split_once('.').is_some_and(|(family, size)| {
+                !family.is_empty()
+                    && !size.is_empty()
+                    && t.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-'
+                    })
+            });
+            if !ok {
+                return Err(Invalid::InstanceType(t.clone()));
+            }
+        }
+        let arm = instance_types.iter().find(|t| is_graviton(t));
+        let x86 = instance_types.iter().find(|t| !is_graviton(t));
+        if let (Some(arm), Some(x86)) = (arm, x86) {
+            return Err(Invalid::MixedArchitectures {
+                arm: arm.clone(),
+                x86: x86.clone(),
+            });
+        }
+        Ok(Plan {
+            compute_environment: self.compute_environment.trim().to_owned(),
+            count: self.count,
+            min_count,
+            duration,
+            duration_text: humantime::format_duration(duration).to_string(),
+            arm64: arm.is_some(),
+            instance_types,
+            subnets: self.subnets.clone(),
+            security_groups: self.security_groups.clone(),
+            instance_profile: self.instance_profile.clone(),
+            ami: self.ami.clone(),
+            market,
+            max_price: self.max_price.clone(),
+            capacity_reservation_id: self.capacity_reservation_id.clone(),
+            block_duration_minutes,
+            key_name: self.key_name.clone(),
+            name: self
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("blockwatch-{}", self.compute_environment.trim())),
+            user_data_mode: self.user_data_mode,
+        })
+    }
+}
+
+impl Plan {
+    /// The SSM parameter holding the ECS-optimized AL2023 AMI for this architecture.
+    pub fn ami_parameter(&self) -> &'static str {
+        if self.arm64 {
+            AMI_PARAMETER_ARM64
+        } else {
+            AMI_PARAMETER_X86
+        }
+    }
+
+    /// (instance type, subnet) pairs, tried in order until the count is met.
+    pub fn placements(&self) -> Vec<(String, Option<String>)> {
+        let subnets: Vec<Option<String>> = if self.subnets.is_empty() {
+            vec![None]
+        } else {
+            self.subnets.iter().cloned().map(Some).collect()
+        };
+        self.instance_types
+            .iter()
+            .flat_map(|t| subnets.iter().map(move |s| (t.clone(), s.clone())))
+            .collect()
+    }
+
+    /// The user data to send, if any (not yet base64).
+    pub fn user_data(&self, cluster: &str) -> Option<String> {
+        match self.user_data_mode {
+            UserDataMode::None => None,
+            UserDataMode::EcsConfig => Some(ECS_CONFIG_TEMPLATE.replace("{{cluster}}", cluster)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> Request {
+        Request {
+            compute_environment: "ce".into(),
+            count: 2,
+            duration: "3h".into(),
+            ..Request::default()
+        }
+    }
+
+    #[test]
+    fn defaults_to_spot_with_the_whole_count() {
+        let plan = request().validate().unwrap();
+        assert_eq!(
+            (plan.market, plan.min_count, plan.duration),
+            (Market::Spot, 2, Duration::from_secs(3 * 3600))
+        );
+        assert_eq!(plan.instance_types, vec![DEFAULT_INSTANCE_TYPE.to_owned()]);
+        assert_eq!(plan.name, "blockwatch-ce");
+        assert_eq!(plan.user_data("c"), None);
+    }
+
+    #[test]
+    fn refuses_bad_durations_counts_and_prices() {
+        let cases: Vec<(Request, Invalid)> = vec![
+            (
+                Request {
+                    duration: "0s".into(),
+                    ..request()
+                },
+                Invalid::ZeroDuration,
+            ),
+            (
+                Request {
+                    duration: "-3h".into(),
+                    ..request()
+                },
+                Invalid::Duration("-3h".into()),
+            ),
+            (
+                Request {
+                    duration: "soon".into(),
+                    ..request()
+                },
+                Invalid::Duration("soon".into()),
+            ),
+            (
+                Request {
+                    count: 0,
+                    ..request()
+                },
+                Invalid::Count(0),
+            ),
+            (
+                Request {
+                    min_count: Some(3),
+                    ..request()
+                },
+                Invalid::MinCount { min: 3, count: 2 },
+            ),
+            (
+                Request {
+                    max_price: Some("-1".into()),
+                    ..request()
+                },
+                Invalid::Price("-1".into()),
+            ),
+            (
+                Request {
+                    max_price: Some("1e3".into()),
+                    ..request()
+                },
+                Invalid::Price("1e3".into()),
+            ),
+            (
+                Request {
+                    max_price: Some("0.1".into()),
+                    market: Some(Market::OnDemand),
+                    ..request()
+                },
+                Invalid::PriceWithoutSpot,
+            ),
+            (
+                Request {
+                    market: Some(Market::CapacityBlock),
+                    ..request()
+                },
+                Invalid::CapacityBlockWithoutReservation,
+            ),
+            (
+                Request {
+                    capacity_reservation_id: Some("cr-1".into()),
+                    ..request()
+                },
+                Invalid::ReservationWithoutCapacityBlock,
+            ),
+            (
+                Request {
+                    instance_types: vec!["large".into()],
+                    ..request()
+                },
+                Invalid::InstanceType("large".into()),
+            ),
+        ];
+        for (bad, expected) in cases {
+            assert_eq!(bad.validate(), Err(expected));
+        }
+    }
+
+    #[test]
+    fn legacy_spot_block_takes_60_to_360_minutes_in_steps_of_60() {
+        for ok in ["1h", "60m", "6h", "360m"] {
+            let plan = Request {
+                legacy_spot_block: true,
+                duration: ok.into(),
+                ..request()
+            }
+            .validate();
+            assert!(
+                plan.is_ok_and(|p| p.block_duration_minutes.is_some()),
+                "{ok}"
+            );
+        }
+        for bad in ["30m", "90m", "7h", "2h30m"] {
+            let refused = Request {
+                legacy_spot_block: true,
+                duration: bad.into(),
+                ..request()
+            }
+            .validate();
+            assert_eq!(
+                refused,
+                Err(Invalid::LegacyBlockDuration(bad.into())),
+                "{bad}"
+            );
+        }
+        let on_demand = Request {
+            legacy_spot_block: true,
+            market: Some(Market::OnDemand),
+            ..request()
+        };
+        assert_eq!(on_demand.validate(), Err(Invalid::LegacyBlockWithoutSpot));
+    }
+
+    #[test]
+    fn graviton_types_pick_the_arm64_ami_and_cannot_mix() {
+        for arm in [
+            "m7g.large",
+            "c6gn.xlarge",
+            "t4g.micro",
+            "x2gd.large",
+            "g5g.xlarge",
+            "a1.medium",
+            "r8g.large",
+        ] {
+            assert!(is_graviton(arm), "{arm}");
+        }
+        for x86 in [
+            "m6i.large",
+            "g5.xlarge",
+            "c7a.large",
+            "p5.48xlarge",
+            "inf2.xlarge",
+            "trn1.2xlarge",
+        ] {
+            assert!(!is_graviton(x86), "{x86}");
+        }
+        let plan = Request {
+            instance_types: vec!["m7g.large".into()],
+            ..request()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(plan.ami_parameter(), AMI_PARAMETER_ARM64);
+        let mixed = Request {
+            instance_types: vec!["m7g.large".into(), "m6i.large".into()],
+            ..request()
+        };
+        assert!(matches!(
+            mixed.validate(),
+            Err(Invalid::MixedArchitectures { .. })
+        ));
+    }
+
+    #[test]
+    fn placements_try_every_type_in_every_subnet() {
+        let plan = Request {
+            instance_types: vec!["m6i.large".into(), "m5.large".into()],
+            subnets: vec!["subnet-a".into(), "subnet-b".into()],
+            ..request()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(plan.placements().len(), 4);
+        assert_eq!(
+            plan.placements()[1],
+            ("m6i.large".into(), Some("subnet-b".into()))
+        );
+    }
+
+    #[test]
+    fn ecs_config_user_data_carries_the_cluster() {
+        let plan = Request {
+            user_data_mode: UserDataMode::EcsConfig,
+            ..request()
+        }
+        .validate()
+        .unwrap();
+        let script = plan.user_data("ce_Batch_123").unwrap();
+        assert!(script.starts_with("#!/bin/bash"));
+        assert!(script.contains("echo \"ECS_CLUSTER=ce_Batch_123\" >> /etc/ecs/ecs.config"));
+    }
+}

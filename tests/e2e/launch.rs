@@ -1,0 +1,700 @@
+//! `blockwatch-launch` end to end: the real binary against moto.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use blockwatch_testkit::imds::{ImdsSimulator, InstanceState};
+use blockwatch_testkit::moto::{MotoServer, REGION};
+use blockwatch_testkit::stub::StubServer;
+
+const LAUNCHER: &str = env!("CARGO_BIN_EXE_blockwatch-launch");
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn launcher(endpoint: &str, args: &[&str]) -> Run {
+    let output = Command::new(LAUNCHER)
+        .env_clear()
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_REGION", REGION)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .args(args)
+        .output()
+        .unwrap();
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+async fn moto_with_ce() -> (MotoServer, String) {
+    let moto = MotoServer::start().await.unwrap();
+    let cluster_arn = moto.create_unmanaged_ce("research", true).await.unwrap();
+    (moto, cluster_arn.rsplit('/').next().unwrap().to_owned())
+}
+
+/// All instances moto holds, as (id, instance).
+async fn instances(moto: &MotoServer) -> Vec<aws_sdk_ec2::types::Instance> {
+    let described = aws_sdk_ec2::Client::new(moto.sdk())
+        .describe_instances()
+        .send()
+        .await
+        .unwrap();
+    described
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances().to_vec())
+        .collect()
+}
+
+fn tag<'a>(instance: &'a aws_sdk_ec2::types::Instance, key: &str) -> Option<&'a str> {
+    instance
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
+async fn user_data(moto: &MotoServer, id: &str) -> Option<String> {
+    let attribute = aws_sdk_ec2::Client::new(moto.sdk())
+        .describe_instance_attribute()
+        .instance_id(id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .send()
+        .await
+        .unwrap();
+    attribute
+        .user_data()
+        .and_then(|u| u.value())
+        .map(|v| String::from_utf8(aws_smithy_types::base64::decode(v).unwrap()).unwrap())
+}
+
+/// moto ships the public ECS-optimized AMI parameters.
+async fn ami_from_ssm(moto: &MotoServer, arm64: bool) -> String {
+    let name = if arm64 {
+        blockwatch_launch::plan::AMI_PARAMETER_ARM64
+    } else {
+        blockwatch_launch::plan::AMI_PARAMETER_X86
+    };
+    let ssm = aws_sdk_ssm::Client::new(moto.sdk());
+    ssm.get_parameter()
+        .name(name)
+        .send()
+        .await
+        .unwrap()
+        .parameter()
+        .unwrap()
+        .value()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn spot_market_launches_tagged_spot_instances_with_imdsv2_and_no_user_data() {
+    let (moto, cluster) = moto_with_ce().await;
+    let run = launcher(
+        &moto.endpoint(),
+        &[
+            "--compute-environment",
+            "research",
+            "--count",
+            "2",
+            "--duration",
+            "3h",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["cluster"], cluster);
+    assert_eq!(report["market"], "spot");
+
+    let all = instances(&moto).await;
+    assert_eq!(all.len(), 2);
+    let expected_ami = ami_from_ssm(&moto, false).await;
+    for instance in &all {
+        assert_eq!(
+            tag(instance, "blockwatch:compute-environment"),
+            Some("research")
+        );
+        assert_eq!(tag(instance, "blockwatch:lease-duration"), Some("3h"));
+        assert_eq!(tag(instance, "Name"), Some("blockwatch-research"));
+        assert_eq!(
+            instance.instance_lifecycle().map(|l| l.as_str()),
+            Some("spot")
+        );
+        assert_eq!(instance.image_id(), Some(expected_ami.as_str()));
+        let metadata = instance.metadata_options().unwrap();
+        assert_eq!(metadata.http_tokens().map(|t| t.as_str()), Some("required"));
+        assert_eq!(
+            metadata.instance_metadata_tags().map(|t| t.as_str()),
+            Some("enabled")
+        );
+        assert_eq!(metadata.http_put_response_hop_limit(), Some(2));
+        assert_eq!(
+            user_data(&moto, instance.instance_id().unwrap()).await,
+            None,
+            "no user data by default"
+        );
+    }
+    // --output json matches what moto holds.
+    let mut reported: Vec<String> = report["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["instance_id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut held: Vec<String> = all
+        .iter()
+        .map(|i| i.instance_id().unwrap().to_owned())
+        .collect();
+    reported.sort();
+    held.sort();
+    assert_eq!(reported, held);
+    for entry in report["instances"].as_array().unwrap() {
+        let instance = all
+            .iter()
+            .find(|i| i.instance_id() == entry["instance_id"].as_str())
+            .unwrap();
+        let launched =
+            time::OffsetDateTime::from_unix_timestamp(instance.launch_time().unwrap().secs())
+                .unwrap();
+        let lease_end = time::OffsetDateTime::parse(
+            entry["lease_end"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        assert_eq!(lease_end - launched, time::Duration::hours(3));
+        assert_eq!(entry["instance_type"], "m6i.large");
+    }
+}
+
+#[tokio::test]
+async fn on_demand_market_and_graviton_types_use_the_arm64_ami() {
+    let (moto, _) = moto_with_ce().await;
+    let run = launcher(
+        &moto.endpoint(),
+        &[
+            "--compute-environment",
+            "research",
+            "--count",
+            "1",
+            "--duration",
+            "90m",
+            "--market",
+            "on-demand",
+            "--instance-type",
+            "m7g.large",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let all = instances(&moto).await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        all[0].instance_lifecycle(),
+        None,
+        "on-demand has no lifecycle"
+    );
+    assert_eq!(
+        all[0].image_id(),
+        Some(ami_from_ssm(&moto, true).await.as_str())
+    );
+    assert_eq!(tag(&all[0], "blockwatch:lease-duration"), Some("1h 30m"));
+    assert!(run.stdout.contains("launched 1 of 1"), "{}", run.stdout);
+}
+
+#[tokio::test]
+async fn ecs_config_user_data_carries_the_resolved_cluster() {
+    let (moto, cluster) = moto_with_ce().await;
+    let run = launcher(
+        &moto.endpoint(),
+        &[
+            "--compute-environment",
+            "research",
+            "--count",
+            "1",
+            "--duration",
+            "1h",
+            "--user-data-mode",
+            "ecs-config",
+            "--ami",
+            "ami-0123456789abcdef0",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let all = instances(&moto).await;
+    assert_eq!(
+        all[0].image_id(),
+        Some("ami-0123456789abcdef0"),
+        "--ami wins over SSM"
+    );
+    let script = user_data(&moto, all[0].instance_id().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        script.contains(&format!(
+            "echo \"ECS_CLUSTER={cluster}\" >> /etc/ecs/ecs.config"
+        )),
+        "{script}"
+    );
+}
+
+async fn assert_refused_and_nothing_launched(
+    moto: &MotoServer,
+    args: &[&str],
+    code: i32,
+    needle: &str,
+) {
+    let before = moto.requests().len();
+    let run = launcher(&moto.endpoint(), args);
+    assert_eq!(run.code, code, "{args:?}: {}", run.stderr);
+    assert!(run.stderr.contains(needle), "{args:?}: {}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "one line: {}", run.stderr);
+    assert!(
+        instances(moto).await.is_empty(),
+        "{args:?} launched something"
+    );
+    let _ = before;
+}
+
+#[tokio::test]
+async fn unknown_managed_and_bad_requests_are_refused_and_nothing_launches() {
+    let (moto, _) = moto_with_ce().await;
+    moto.create_managed_ce("managed-ce").await.unwrap();
+    let base = |ce: &'static str, duration: &'static str| {
+        vec![
+            "--compute-environment",
+            ce,
+            "--count",
+            "1",
+            "--duration",
+            duration,
+        ]
+    };
+
+    assert_refused_and_nothing_launched(
+        &moto,
+        &base("no-such-ce", "3h"),
+        3,
+        "compute environment \"no-such-ce\" not found",
+    )
+    .await;
+    assert_refused_and_nothing_launched(&moto, &base("managed-ce", "3h"), 3, "is MANAGED").await;
+
+    // Refused before any AWS call at all.
+    let before = moto.requests().len();
+    for (duration, needle) in [("0s", "longer than zero"), ("soon", "is not a duration")] {
+        assert_refused_and_nothing_launched(&moto, &base("research", duration), 2, needle).await;
+    }
+    let negative = [
+        "--compute-environment",
+        "research",
+        "--count",
+        "1",
+        "--duration=-3h",
+    ];
+    assert_refused_and_nothing_launched(&moto, &negative, 2, "\"-3h\" is not a duration").await;
+    let mut legacy = base("research", "90m");
+    legacy.push("--legacy-spot-block");
+    assert_refused_and_nothing_launched(&moto, &legacy, 2, "60 to 360 minutes in steps of 60")
+        .await;
+    let mut legacy = base("research", "7h");
+    legacy.push("--legacy-spot-block");
+    assert_refused_and_nothing_launched(&moto, &legacy, 2, "60 to 360 minutes").await;
+    let mut price = base("research", "3h");
+    price.extend(["--market", "on-demand", "--max-price", "0.1"]);
+    assert_refused_and_nothing_launched(
+        &moto,
+        &price,
+        2,
+        "--max-price only applies to --market spot",
+    )
+    .await;
+    let mut block = base("research", "3h");
+    block.extend(["--market", "capacity-block"]);
+    assert_refused_and_nothing_launched(&moto, &block, 2, "needs --capacity-reservation-id").await;
+    let zero = launcher(
+        &moto.endpoint(),
+        &[
+            "--compute-environment",
+            "research",
+            "--count",
+            "0",
+            "--duration",
+            "3h",
+        ],
+    );
+    assert_eq!(zero.code, 2, "{}", zero.stderr);
+    // Only the test's own DescribeInstances reached moto: validation made no call.
+    let made = moto.requests().len() - before;
+    assert_eq!(
+        made, 7,
+        "one DescribeInstances per refused request checked above, nothing else"
+    );
+}
+
+#[tokio::test]
+async fn dry_run_launches_nothing_and_prints_the_plan() {
+    let (moto, cluster) = moto_with_ce().await;
+    let run = launcher(
+        &moto.endpoint(),
+        &[
+            "--compute-environment",
+            "research",
+            "--count",
+            "3",
+            "--duration",
+            "2h",
+            "--dry-run",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!(plan["cluster"], cluster);
+    assert_eq!(plan["requested"], 3);
+    assert!(plan["instances"].as_array().unwrap().is_empty());
+    assert!(instances(&moto).await.is_empty());
+
+    let text = launcher(
+        &moto.endpoint(),
+        &[
+            "--compute-environment",
+            "research",
+            "--count",
+            "3",
+            "--duration",
+            "2h",
+            "--dry-run",
+        ],
+    );
+    assert!(
+        text.stdout.contains("would launch 3 x m6i.large (spot)"),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout.contains("nothing was launched"),
+        "{}",
+        text.stdout
+    );
+}
+
+#[tokio::test]
+async fn retired_spot_blocks_get_a_clear_message() {
+    let (moto, _) = moto_with_ce().await;
+    // EC2 as it answers today; Batch and SSM still go to moto.
+    let ec2 = StubServer::start(|_, _| {
+        (400, "<Response><Errors><Error><Code>InvalidParameterValue</Code><Message>The parameter BlockDurationMinutes is not a valid parameter.</Message></Error></Errors><RequestID>r</RequestID></Response>".into())
+    })
+    .unwrap();
+    let output = Command::new(LAUNCHER)
+        .env_clear()
+        .env("AWS_ENDPOINT_URL", moto.endpoint())
+        .env("AWS_ENDPOINT_URL_EC2", ec2.url(""))
+        .env("AWS_REGION", REGION)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .args([
+            "--compute-environment",
+            "research",
+            "--count",
+            "1",
+            "--duration",
+            "2h",
+            "--legacy-spot-block",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(6), "{stderr}");
+    assert!(
+        stderr.contains("retired on 2022-12-31")
+            && stderr.contains("--market spot with the same --duration 2h"),
+        "{stderr}"
+    );
+    assert!(
+        ec2.received()[0].body.contains("BlockDurationMinutes=120"),
+        "{:?}",
+        ec2.received()
+    );
+}
+
+#[tokio::test]
+async fn agent_derives_the_lease_end_the_launcher_printed() {
+    let (moto, cluster) = moto_with_ce().await;
+    let run = launcher(
+        &moto.endpoint(),
+        &[
+            "--compute-environment",
+            "research",
+            "--count",
+            "1",
+            "--duration",
+            "4h",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let printed = report["instances"][0]["lease_end"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let id = report["instances"][0]["instance_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The instance as IMDS would show it: its launch time and its tags.
+    let instance = instances(&moto)
+        .await
+        .into_iter()
+        .find(|i| i.instance_id() == Some(id.as_str()))
+        .unwrap();
+    let launched =
+        time::OffsetDateTime::from_unix_timestamp(instance.launch_time().unwrap().secs()).unwrap();
+    let imds = ImdsSimulator::start(InstanceState {
+        instance_id: id.clone(),
+        region: REGION.to_owned(),
+        pending_time: launched,
+        tags: Some(
+            instance
+                .tags()
+                .iter()
+                .map(|t| (t.key().unwrap().to_owned(), t.value().unwrap().to_owned()))
+                .collect(),
+        ),
+        ..InstanceState::default()
+    })
+    .unwrap();
+    let state_dir = tempfile::tempdir().unwrap();
+    let agent = agent_binary();
+    let mut child = Command::new(&agent)
+        .env_clear()
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.endpoint())
+        .env("AWS_ENDPOINT_URL", moto.endpoint())
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .args([
+            "run",
+            "--ecs-introspection-url",
+            "http://127.0.0.1:9/v1/metadata",
+            "--state-dir",
+        ])
+        .arg(state_dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = state_dir.path().join("state.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !state.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let snapshot: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(snapshot["cluster"], cluster);
+    assert_eq!(
+        snapshot["deadline"]["at"].as_str(),
+        Some(printed.as_str()),
+        "agent and launcher agree on the lease end"
+    );
+    assert_eq!(snapshot["deadline"]["event"]["kind"], "lease");
+}
+
+/// The agent binary, built by `cargo build --workspace --bins` (tests/run-tests does).
+fn agent_binary() -> PathBuf {
+    let me = std::env::current_exe().unwrap();
+    let bin = me
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("blockwatch");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build --workspace --bins` first (tests/run-tests does)",
+        bin.display()
+    );
+    bin
+}
+
+#[tokio::test]
+async fn wait_returns_once_the_instances_run_with_a_quiet_line_when_piped() {
+    let (moto, _) = moto_with_ce().await;
+    let run = launcher(
+        &moto.endpoint(),
+        &[
+            "--compute-environment",
+            "research",
+            "--count",
+            "2",
+            "--duration",
+            "1h",
+            "--wait",
+            "--wait-timeout",
+            "30s",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stderr.trim(),
+        "waiting: 2/2 running",
+        "one line, no redraws, when piped"
+    );
+    assert!(run.stdout.contains("running"), "{}", run.stdout);
+}
+
+/// Runs the launcher with Batch and SSM at moto and EC2 at `ec2`.
+fn launcher_with_ec2(moto: &MotoServer, ec2: &StubServer, args: &[&str]) -> Run {
+    let output = Command::new(LAUNCHER)
+        .env_clear()
+        .env("AWS_ENDPOINT_URL", moto.endpoint())
+        .env("AWS_ENDPOINT_URL_EC2", ec2.url(""))
+        .env("AWS_REGION", REGION)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .args(args)
+        .output()
+        .unwrap();
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn ec2_error(code: &str, message: &str) -> String {
+    format!("<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>r</RequestID></Response>")
+}
+
+#[tokio::test]
+async fn capacity_shortfall_price_and_access_denied_get_specific_errors() {
+    let (moto, _) = moto_with_ce().await;
+    let args = [
+        "--compute-environment",
+        "research",
+        "--count",
+        "2",
+        "--duration",
+        "1h",
+        "--instance-type",
+        "p5.48xlarge",
+        "--instance-type",
+        "m6i.large",
+    ];
+
+    // The first type has no capacity; the second gives one instance, then no more.
+    let partial = StubServer::start(|n, _| {
+        if n != 1 {
+            (500, ec2_error("InsufficientInstanceCapacity", "We currently do not have sufficient p5.48xlarge capacity."))
+        } else {
+            (200, "<RunInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><reservationId>r-1</reservationId><instancesSet><item><instanceId>i-0aaaaaaaaaaaaaaa1</instanceId><instanceType>m6i.large</instanceType><launchTime>2026-11-29T12:00:00.000Z</launchTime><instanceState><code>0</code><name>pending</name></instanceState></item></instancesSet></RunInstancesResponse>".into())
+        }
+    })
+    .unwrap();
+    let run = launcher_with_ec2(&moto, &partial, &args);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("insufficient capacity: launched 1 of 2")
+            && run
+                .stderr
+                .contains("p5.48xlarge: InsufficientInstanceCapacity"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stdout.contains("i-0aaaaaaaaaaaaaaa1"),
+        "what launched is still reported: {}",
+        run.stdout
+    );
+
+    // With --min-count 1, the same is a success with a warning.
+    let partial_ok = StubServer::start(|n, _| {
+        if n != 1 {
+            (500, ec2_error("InsufficientInstanceCapacity", "no capacity"))
+        } else {
+            (200, "<RunInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><instancesSet><item><instanceId>i-0aaaaaaaaaaaaaaa2</instanceId></item></instancesSet></RunInstancesResponse>".into())
+        }
+    })
+    .unwrap();
+    let mut lenient = args.to_vec();
+    lenient.extend(["--min-count", "1"]);
+    let run = launcher_with_ec2(&moto, &partial_ok, &lenient);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains("warning: partial capacity: launched 1 of 2"),
+        "{}",
+        run.stdout
+    );
+
+    let low = StubServer::start(|_, _| (400, ec2_error("SpotMaxPriceTooLow", "Your Spot request price of 0.001 is lower than the minimum required Spot request fulfillment price of 0.05."))).unwrap();
+    let mut priced = args.to_vec();
+    priced.extend(["--max-price", "0.001"]);
+    let run = launcher_with_ec2(&moto, &low, &priced);
+    assert_eq!(run.code, 6, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("spot price too low") && run.stderr.contains("--max-price"),
+        "{}",
+        run.stderr
+    );
+
+    let denied = StubServer::start(|_, _| {
+        (
+            403,
+            ec2_error(
+                "UnauthorizedOperation",
+                "You are not authorized to perform this operation.",
+            ),
+        )
+    })
+    .unwrap();
+    let run = launcher_with_ec2(&moto, &denied, &args);
+    assert_eq!(run.code, 5, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("AccessDenied: the caller may not call ec2:RunInstances"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn launch_help_explains_itself() {
+    let output = Command::new(LAUNCHER).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    for needle in [
+        "--compute-environment",
+        "--duration",
+        "--market",
+        "capacity-block",
+        "--legacy-spot-block",
+        "retired",
+        "--wait",
+        "Exit codes",
+    ] {
+        assert!(help.contains(needle), "help lacks {needle}:\n{help}");
+    }
+}
