@@ -6,8 +6,9 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${BLOCKWATCH_MOTO_VENV:-$repo/.venv}"
-# Pinned so a moto release cannot change the emulator under the tests.
+# Pinned so a release cannot change the emulator or the linter under the tests.
 moto_spec='moto[server]==5.2.5'
+cfn_lint_spec='cfn-lint==1.58.0'
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -30,6 +31,10 @@ if [[ ! -x "$venv/bin/moto_server" ]] || ! "$venv/bin/python" -c 'import moto, f
     "$venv/bin/pip" install --quiet --disable-pip-version-check "$moto_spec"
 fi
 log "moto server: $venv/bin/moto_server ($("$venv/bin/python" -c 'import moto; print(moto.__version__)'))"
+if [[ "$("$venv/bin/cfn-lint" --version 2>/dev/null)" != "cfn-lint ${cfn_lint_spec#cfn-lint==}" ]]; then
+    log "installing $cfn_lint_spec"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$cfn_lint_spec"
+fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     log "installing cargo-nextest"

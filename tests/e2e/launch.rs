@@ -698,3 +698,80 @@ fn launch_help_explains_itself() {
         assert!(help.contains(needle), "help lacks {needle}:\n{help}");
     }
 }
+
+#[tokio::test]
+async fn capacity_block_market_carries_the_reservation_and_its_end_minus_thirty_minutes() {
+    let (moto, _) = moto_with_ce().await;
+    let end_date = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap()
+        + time::Duration::hours(3);
+    let end_text = blockwatch_testkit::imds::rfc3339(end_date);
+    // moto has no Capacity Blocks: answer DescribeCapacityReservations here
+    // and pass every other EC2 call through to moto.
+    let upstream = moto.addr();
+    let ec2 = StubServer::start(move |_, request| {
+        if request.body.contains("Action=DescribeCapacityReservations") {
+            (200, format!("<DescribeCapacityReservationsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><capacityReservationSet><item><capacityReservationId>cr-0123abcd</capacityReservationId><instanceType>p5.48xlarge</instanceType><reservationType>capacity-block</reservationType><endDate>{end_text}</endDate></item></capacityReservationSet></DescribeCapacityReservationsResponse>"))
+        } else {
+            blockwatch_testkit::stub::forward(upstream, request)
+        }
+    })
+    .unwrap();
+    let run = launcher_with_ec2(
+        &moto,
+        &ec2,
+        &[
+            "--compute-environment",
+            "research",
+            "--count",
+            "1",
+            "--duration",
+            "6h",
+            "--market",
+            "capacity-block",
+            "--capacity-reservation-id",
+            "cr-0123abcd",
+            "--instance-type",
+            "p5.48xlarge",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let lease_end = blockwatch_testkit::imds::rfc3339(end_date - time::Duration::minutes(30));
+    assert_eq!(report["market"], "capacity-block");
+    assert_eq!(
+        report["instances"][0]["lease_end"].as_str(),
+        Some(lease_end.as_str()),
+        "EndDate - 30 min, shorter than --duration"
+    );
+
+    let all = instances(&moto).await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        tag(&all[0], "blockwatch:lease-end"),
+        Some(lease_end.as_str())
+    );
+    assert_eq!(tag(&all[0], "blockwatch:lease-duration"), None);
+    let run_instances = moto
+        .requests()
+        .into_iter()
+        .find(|r| r.body.contains("Action=RunInstances"))
+        .unwrap();
+    assert!(
+        run_instances
+            .body
+            .contains("InstanceMarketOptions.MarketType=capacity-block"),
+        "{}",
+        run_instances.body
+    );
+    assert!(
+        run_instances
+            .body
+            .contains("CapacityReservationTarget.CapacityReservationId=cr-0123abcd"),
+        "{}",
+        run_instances.body
+    );
+}

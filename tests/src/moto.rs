@@ -56,6 +56,8 @@ pub struct RecordedRequest {
     pub url: String,
     /// `X-Amz-Target` for JSON protocols (ECS, Batch uses REST paths).
     pub target: Option<String>,
+    /// The body, decoded (EC2's query protocol puts the action here).
+    pub body: String,
 }
 
 impl MotoServer {
@@ -122,6 +124,10 @@ impl MotoServer {
         Err(format!("not listening on {addr} after 60 s"))
     }
 
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// `http://127.0.0.1:<port>`, for `AWS_ENDPOINT_URL`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
@@ -154,10 +160,19 @@ impl MotoServer {
                     })
                     .and_then(|(_, v)| v.as_str())
                     .map(str::to_owned);
+                let raw = entry["body"].as_str().unwrap_or_default();
+                let body = if entry["body_encoded"].as_bool().unwrap_or(false) {
+                    aws_smithy_types::base64::decode(raw)
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                        .unwrap_or_default()
+                } else {
+                    raw.to_owned()
+                };
                 RecordedRequest {
                     method: entry["method"].as_str().unwrap_or_default().to_owned(),
                     url: entry["url"].as_str().unwrap_or_default().to_owned(),
                     target,
+                    body,
                 }
             })
             .collect()

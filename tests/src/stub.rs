@@ -12,6 +12,7 @@ use tiny_http::{Response, Server};
 pub struct Received {
     pub method: String,
     pub path: String,
+    pub headers: Vec<(String, String)>,
     pub body: String,
 }
 
@@ -51,9 +52,20 @@ impl StubServer {
                 for mut request in server.incoming_requests() {
                     let mut body = String::new();
                     let _ = request.as_reader().read_to_string(&mut body);
+                    let headers = request
+                        .headers()
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.field.as_str().as_str().to_owned(),
+                                h.value.as_str().to_owned(),
+                            )
+                        })
+                        .collect();
                     let seen = Received {
                         method: request.method().to_string(),
                         path: request.url().to_owned(),
+                        headers,
                         body,
                     };
                     let n = {
@@ -94,5 +106,27 @@ impl Drop for StubServer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// Forwards `request` to `upstream` as it came (the SDK's signature is not
+/// checked by moto) and returns the upstream's status and body.
+pub fn forward(upstream: SocketAddr, request: &Received) -> (u16, String) {
+    let skip = ["host", "content-length", "connection", "expect"];
+    let headers: Vec<(&str, &str)> = request
+        .headers
+        .iter()
+        .filter(|(name, _)| !skip.contains(&name.to_ascii_lowercase().as_str()))
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    match crate::http::request(
+        upstream,
+        &request.method,
+        &request.path,
+        &headers,
+        &request.body,
+    ) {
+        Ok(response) => (response.status, response.body),
+        Err(err) => (502, format!("forwarding failed: {err}")),
     }
 }
