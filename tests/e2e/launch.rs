@@ -775,3 +775,130 @@ async fn capacity_block_market_carries_the_reservation_and_its_end_minus_thirty_
         run_instances.body
     );
 }
+
+#[tokio::test]
+async fn network_profile_and_key_reach_the_instances() {
+    let (moto, _) = moto_with_ce().await;
+    let profile_arn = moto
+        .create_instance_profile("research-blockwatch-instance")
+        .await
+        .unwrap();
+    let (subnet, group) = moto.default_network().await.unwrap();
+    aws_sdk_ec2::Client::new(moto.sdk())
+        .create_key_pair()
+        .key_name("ops")
+        .send()
+        .await
+        .unwrap();
+    let run = launcher(
+        &moto.endpoint(),
+        &[
+            "--compute-environment",
+            "research",
+            "--count",
+            "1",
+            "--duration",
+            "2h",
+            "--subnet",
+            &subnet,
+            "--security-group",
+            &group,
+            "--instance-profile",
+            "research-blockwatch-instance",
+            "--key-name",
+            "ops",
+            "--name",
+            "gpu-block",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let all = instances(&moto).await;
+    assert_eq!(all[0].subnet_id(), Some(subnet.as_str()));
+    assert!(all[0]
+        .security_groups()
+        .iter()
+        .any(|g| g.group_id() == Some(group.as_str())));
+    assert_eq!(
+        all[0].iam_instance_profile().and_then(|p| p.arn()),
+        Some(profile_arn.as_str())
+    );
+    assert_eq!(all[0].key_name(), Some("ops"));
+    assert_eq!(tag(&all[0], "Name"), Some("gpu-block"));
+}
+
+#[tokio::test]
+async fn wait_registered_waits_for_container_instances_and_times_out_without_them() {
+    let (moto, _) = moto_with_ce().await;
+    let cluster_arn = moto.create_unmanaged_ce("second", true).await.unwrap();
+    let child = Command::new(LAUNCHER)
+        .env_clear()
+        .env("AWS_ENDPOINT_URL", moto.endpoint())
+        .env("AWS_REGION", REGION)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .args([
+            "--compute-environment",
+            "second",
+            "--count",
+            "2",
+            "--duration",
+            "1h",
+            "--wait",
+            "--wait-registered",
+            "--wait-timeout",
+            "60s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Play the ECS agents: register each instance once it exists.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut registered = Vec::new();
+    while registered.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the launcher launched nothing"
+        );
+        for instance in instances(&moto).await {
+            let id = instance.instance_id().unwrap().to_owned();
+            if !registered.contains(&id) {
+                moto.register_container_instance(&cluster_arn, &id)
+                    .await
+                    .unwrap();
+                registered.push(id);
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("2/2 registered"), "{stderr}");
+
+    // Nobody registers these: --wait gives up after its timeout.
+    let run = launcher(
+        &moto.endpoint(),
+        &[
+            "--compute-environment",
+            "second",
+            "--count",
+            "1",
+            "--duration",
+            "1h",
+            "--wait",
+            "--wait-registered",
+            "--wait-timeout",
+            "3s",
+        ],
+    );
+    assert_eq!(run.code, 8, "{}", run.stderr);
+    assert!(run.stderr.contains("timed out after 3s"), "{}", run.stderr);
+    assert!(
+        run.stdout.contains("launched 1 of 1"),
+        "the launched instance is still reported: {}",
+        run.stdout
+    );
+}

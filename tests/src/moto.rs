@@ -320,6 +320,62 @@ impl MotoServer {
             .ok_or_else(|| MotoError::Aws("iam:CreateRole returned no role".into()))
     }
 
+    /// Creates an instance profile (with a role) for instances to launch with.
+    pub async fn create_instance_profile(&self, name: &str) -> Result<String, MotoError> {
+        let iam = aws_sdk_iam::Client::new(&self.sdk);
+        let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+        iam.create_role()
+            .role_name(name)
+            .assume_role_policy_document(policy)
+            .send()
+            .await
+            .map_err(aws("iam:CreateRole"))?;
+        let profile = iam
+            .create_instance_profile()
+            .instance_profile_name(name)
+            .send()
+            .await
+            .map_err(aws("iam:CreateInstanceProfile"))?;
+        iam.add_role_to_instance_profile()
+            .instance_profile_name(name)
+            .role_name(name)
+            .send()
+            .await
+            .map_err(aws("iam:AddRoleToInstanceProfile"))?;
+        profile
+            .instance_profile()
+            .map(|p| p.arn().to_owned())
+            .ok_or_else(|| MotoError::Aws("iam:CreateInstanceProfile returned no profile".into()))
+    }
+
+    /// The default VPC's first subnet and security group.
+    pub async fn default_network(&self) -> Result<(String, String), MotoError> {
+        let ec2 = aws_sdk_ec2::Client::new(&self.sdk);
+        let subnets = ec2
+            .describe_subnets()
+            .send()
+            .await
+            .map_err(aws("ec2:DescribeSubnets"))?;
+        let subnet = subnets
+            .subnets()
+            .first()
+            .and_then(|s| s.subnet_id())
+            .unwrap_or_default()
+            .to_owned();
+        let groups = ec2
+            .describe_security_groups()
+            .send()
+            .await
+            .map_err(aws("ec2:DescribeSecurityGroups"))?;
+        let group = groups
+            .security_groups()
+            .first()
+            .and_then(|g| g.group_id())
+            .unwrap_or_default()
+            .to_owned();
+        Ok((subnet, group))
+    }
+
     /// Creates an UNMANAGED compute environment; returns its ECS cluster ARN.
     pub async fn create_unmanaged_ce(
         &self,
