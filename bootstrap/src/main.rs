@@ -152,18 +152,16 @@ async fn run(args: &Args, request: &Request) -> Result<(), LaunchError> {
     let plan = request.validate()?;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let mut report = launch(&sdk, &plan, args.dry_run, time::OffsetDateTime::now_utc()).await?;
-    if args.wait && !args.dry_run {
-        wait(
-            &sdk,
-            &mut report,
-            args.wait_registered,
-            Duration::from(args.wait_timeout),
-        )
-        .await?;
-    }
+    let waited = if args.wait && !args.dry_run {
+        let timeout = Duration::from(args.wait_timeout);
+        wait(&sdk, &mut report, args.wait_registered, timeout).await
+    } else {
+        Ok(())
+    };
+    // The instances exist even if waiting failed: always say which.
     print(&match args.output {
         Output::Json => output::json(&report),
         Output::Text => output::text(&report),
     });
-    Ok(())
+    waited
 }
