@@ -213,11 +213,8 @@ pub async fn run(request: &RunRequest, imds: &Imds, aws: &Aws) -> Result<(), Age
         .await;
         agent.note_notice_errors(errors);
         agent.step().await;
-        notifier.tick(
-            &agent
-                .snapshot(OffsetDateTime::now_utc())
-                .status_line(OffsetDateTime::now_utc()),
-        );
+        let now = whole_seconds(OffsetDateTime::now_utc());
+        notifier.tick(&agent.snapshot(now).status_line(now));
     }
     log::info!(
         "stopping; state kept in {}",

@@ -426,7 +426,7 @@ impl Settings {
                 .clone()
                 .map(|v| Sourced::new(v, in_file())),
             drain_poll_interval: or_default(
-                file.drain_poll_interval.map(|d| d.0),
+                file.drain_poll_interval.map(|d| d.0.max(MIN_POLL_INTERVAL)),
                 DEFAULT_DRAIN_POLL_INTERVAL,
             ),
         };

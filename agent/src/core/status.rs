@@ -149,11 +149,11 @@ impl Snapshot {
             }
         }
         lines.push(format!("status:    {}", self.status_line(now)));
-        lines.push(format!(
-            "updated:   {} ({} ago)",
-            rfc3339(self.updated_at),
-            countdown(self.updated_at, now)
-        ));
+        let age = match countdown(self.updated_at, now).as_str() {
+            "now" => "just now".to_owned(),
+            ago => format!("{ago} ago"),
+        };
+        lines.push(format!("updated:   {} ({age})", rfc3339(self.updated_at)));
         lines.join("\n")
     }
 }
