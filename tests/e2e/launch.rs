@@ -902,3 +902,30 @@ async fn wait_registered_waits_for_container_instances_and_times_out_without_the
         run.stdout
     );
 }
+
+#[tokio::test]
+async fn wait_redraws_its_progress_on_a_tty() {
+    let (moto, _) = moto_with_ce().await;
+    // util-linux `script` gives the launcher a pseudo-terminal.
+    let command = format!(
+        "{LAUNCHER} --compute-environment research --count 1 --duration 1h --wait --wait-timeout 30s"
+    );
+    let output = Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("AWS_ENDPOINT_URL", moto.endpoint())
+        .env("AWS_REGION", REGION)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .output()
+        .expect("util-linux script (apt-get install bsdutils)");
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{screen}");
+    assert!(
+        screen.contains("\rwaiting: 1/1 running\x1b[K"),
+        "redrawn in place on a TTY: {screen:?}"
+    );
+}
