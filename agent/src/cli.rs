@@ -143,4 +143,9 @@ pub struct JoinArgs {
     /// Print what would be written to ecs.config, and change nothing
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Keep retrying transient failures (exit 75: IMDS or AWS not reachable yet, as early in
+    /// boot) with backoff for this long; terminal errors still fail at once
+    #[arg(long, value_name = "DUR", default_value = "0s")]
+    pub retry_for: humantime::Duration,
 }

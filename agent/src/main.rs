@@ -34,7 +34,7 @@ fn main() -> ExitCode {
                 state_dir: cli.common.state_dir,
                 dry_run: args.dry_run,
             };
-            runtime.block_on(run_join(&request))
+            runtime.block_on(run_join(&request, args.retry_for.into()))
         }
         Command::Run(args) => {
             let (config_path, config_path_explicit) = cli.common.config_path();
@@ -79,11 +79,24 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run_join(request: &JoinRequest) -> Result<(), AgentError> {
-    let imds = Imds::new();
-    let aws = Aws::new(imds.clone());
-    join(request, &imds, &aws, &aws, time::OffsetDateTime::now_utc()).await?;
-    Ok(())
+/// Joins; transient failures are retried with backoff for `retry_for`.
+async fn run_join(request: &JoinRequest, retry_for: std::time::Duration) -> Result<(), AgentError> {
+    let started = std::time::Instant::now();
+    let mut backoff = std::time::Duration::from_secs(1);
+    loop {
+        // Fresh clients each attempt: a failed IMDS session is not reused.
+        let imds = Imds::new();
+        let aws = Aws::new(imds.clone());
+        match join(request, &imds, &aws, &aws, time::OffsetDateTime::now_utc()).await {
+            Ok(_) => return Ok(()),
+            Err(err) if err.is_transient() && started.elapsed() + backoff <= retry_for => {
+                log::warn!("{err}; retrying in {}", humantime::format_duration(backoff));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+            }
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 #[allow(clippy::print_stdout)]

@@ -1,0 +1,4 @@
+# blockwatch (rpm %postun): reload units after erase or upgrade.
+if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload >/dev/null 2>&1 || :
+fi
