@@ -9,6 +9,7 @@ venv="${BLOCKWATCH_MOTO_VENV:-$repo/.venv}"
 # Pinned so a release cannot change the emulator or the linter under the tests.
 moto_spec='moto[server]==5.2.5'
 cfn_lint_spec='cfn-lint==1.58.0'
+hcl2_spec='python-hcl2==8.1.4'
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -34,6 +35,24 @@ log "moto server: $venv/bin/moto_server ($("$venv/bin/python" -c 'import moto; p
 if [[ "$("$venv/bin/cfn-lint" --version 2>/dev/null)" != "cfn-lint ${cfn_lint_spec#cfn-lint==}" ]]; then
     log "installing $cfn_lint_spec"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "$cfn_lint_spec"
+fi
+
+if ! "$venv/bin/python" -c 'import hcl2' >/dev/null 2>&1; then
+    log "installing $hcl2_spec"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$hcl2_spec"
+fi
+
+# Debian packages: shellcheck for the scripts; debootstrap, systemd-nspawn and
+# rpm for the package tests.
+missing=()
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+command -v systemd-nspawn >/dev/null 2>&1 || missing+=(systemd-container)
+command -v rpm >/dev/null 2>&1 || missing+=(rpm)
+if ((${#missing[@]})); then
+    log "installing ${missing[*]} with apt-get"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

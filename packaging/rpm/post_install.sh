@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # blockwatch (rpm %post): $1 is 1 on install, 2 on upgrade. Enable through the
 # presets on install without starting (image builds); restart on upgrade.
 if [ "$1" -eq 1 ]; then

@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # blockwatch (rpm %preun): $1 is 0 on erase. Stop the daemon and disable both
 # units; the finished join is not stopped, since ecs.service requires it.
 if [ "$1" -eq 0 ]; then
