@@ -495,10 +495,17 @@ async fn retry_for_waits_out_an_imds_that_is_not_up_yet() {
     let instance = Instance::without_aws();
     // A port the simulator will take two seconds from now, as IMDS may be
     // unreachable early in boot.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut command = instance.command();
     command
-        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", format!("http://127.0.0.1:{port}"))
+        .env(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        )
         .args(["join", "--retry-for", "30s", "--ecs-config"])
         .arg(instance.ecs_config())
         .arg("--state-dir")
@@ -508,7 +515,10 @@ async fn retry_for_waits_out_an_imds_that_is_not_up_yet() {
     std::thread::sleep(std::time::Duration::from_secs(2));
     let late = blockwatch_testkit::imds::ImdsSimulator::start_on(
         &format!("127.0.0.1:{port}"),
-        blockwatch_testkit::imds::InstanceState { tags: tags(&[(CLUSTER, "late-cluster")]), ..Default::default() },
+        blockwatch_testkit::imds::InstanceState {
+            tags: tags(&[(CLUSTER, "late-cluster")]),
+            ..Default::default()
+        },
         false,
     )
     .unwrap();
@@ -517,11 +527,16 @@ async fn retry_for_waits_out_an_imds_that_is_not_up_yet() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("retrying in"), "{stderr}");
-    assert_eq!(text(instance.read_ecs_config()), "ECS_CLUSTER=late-cluster\n");
+    assert_eq!(
+        text(instance.read_ecs_config()),
+        "ECS_CLUSTER=late-cluster\n"
+    );
     drop(late);
 
     // A terminal error is not retried, however long --retry-for is.
-    instance.imds.update(|s| s.tags = tags(&[("Name", "no-source")]));
+    instance
+        .imds
+        .update(|s| s.tags = tags(&[("Name", "no-source")]));
     let started = std::time::Instant::now();
     let run = instance.join(&["--retry-for", "30s"]);
     assert_eq!(run.code, 3, "{}", run.stderr);

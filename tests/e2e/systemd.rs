@@ -4,7 +4,12 @@
 //! The container shares the host's network, so the units reach moto and the
 //! IMDS simulator on 127.0.0.1 through drop-ins.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
 
 mod common;
 
@@ -28,16 +33,27 @@ fn package(extension: &str) -> PathBuf {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == extension))
         .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
-    found.unwrap_or_else(|| panic!("no .{extension} in {}: run packaging/build.sh (tests/run-tests does)", dir.display()))
+    found.unwrap_or_else(|| {
+        panic!(
+            "no .{extension} in {}: run packaging/build.sh (tests/run-tests does)",
+            dir.display()
+        )
+    })
 }
 
 fn run(command: &mut Command) -> Output {
-    let output = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
     output
 }
 
 fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 /// A booted container; shut down (by the PID of our nspawn) and removed on drop.
@@ -51,12 +67,23 @@ impl Container {
     /// Copies the cached base root and installs the package with `dpkg -i`.
     fn prepare(name: &str) -> Self {
         let base = repo().join("target/nspawn/bookworm");
-        assert!(base.join("usr/lib/systemd/systemd").exists(), "{} missing: run tests/nspawn-base.sh (tests/run-tests does)", base.display());
+        assert!(
+            base.join("usr/lib/systemd/systemd").exists(),
+            "{} missing: run tests/nspawn-base.sh (tests/run-tests does)",
+            base.display()
+        );
         let root = repo().join(format!("target/nspawn/run-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        let copied = run(Command::new("cp").args(["-a", "--reflink=auto"]).arg(&base).arg(&root));
+        let copied = run(Command::new("cp")
+            .args(["-a", "--reflink=auto"])
+            .arg(&base)
+            .arg(&root));
         assert!(copied.status.success(), "{}", text(&copied));
-        let container = Self { root, nspawn: None, leader: 0 };
+        let container = Self {
+            root,
+            nspawn: None,
+            leader: 0,
+        };
         container.install(&package("deb"));
         container
     }
@@ -78,7 +105,10 @@ impl Container {
         let output = if self.leader != 0 {
             self.exec(&["dpkg", "-i", "/tmp/blockwatch.deb"])
         } else {
-            run(Command::new("systemd-nspawn").args(["-q", "--register=no", "-D"]).arg(&self.root).args(["dpkg", "-i", "/tmp/blockwatch.deb"]))
+            run(Command::new("systemd-nspawn")
+                .args(["-q", "--register=no", "-D"])
+                .arg(&self.root)
+                .args(["dpkg", "-i", "/tmp/blockwatch.deb"]))
         };
         assert!(output.status.success(), "dpkg -i: {}", text(&output));
         output
@@ -91,14 +121,21 @@ impl Container {
             "/etc/systemd/system/ecs.service",
             "[Unit]\nDescription=stand-in ECS agent (test)\nAfter=cloud-final.service\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/cp /etc/ecs/ecs.config /run/ecs.config.at-start\n\n[Install]\nWantedBy=multi-user.target\n",
         );
-        std::os::unix::fs::symlink("/etc/systemd/system/ecs.service", self.path("/etc/systemd/system/multi-user.target.wants/ecs.service")).unwrap();
+        std::os::unix::fs::symlink(
+            "/etc/systemd/system/ecs.service",
+            self.path("/etc/systemd/system/multi-user.target.wants/ecs.service"),
+        )
+        .unwrap();
         let environment = format!(
             "[Service]\nEnvironment=AWS_EC2_METADATA_SERVICE_ENDPOINT={}\nEnvironment=AWS_ENDPOINT_URL={}\n",
             instance.imds.endpoint(),
             instance.aws_endpoint
         );
         for unit in ["blockwatch-join.service", "blockwatch.service"] {
-            self.write(&format!("/etc/systemd/system/{unit}.d/50-simulated-instance.conf"), &environment);
+            self.write(
+                &format!("/etc/systemd/system/{unit}.d/50-simulated-instance.conf"),
+                &environment,
+            );
         }
         self.write("/etc/blockwatch/blockwatch.toml", config);
     }
@@ -119,8 +156,14 @@ impl Container {
         while self.leader == 0 {
             assert!(Instant::now() < deadline, "no systemd in the container");
             let children = run(Command::new("ps").args(["-o", "pid=", "--ppid", &pid.to_string()]));
-            if let Some(leader) = String::from_utf8_lossy(&children.stdout).split_whitespace().next().and_then(|p| p.parse().ok()) {
-                if std::fs::read_to_string(format!("/proc/{leader}/comm")).is_ok_and(|c| c.trim() == "systemd") {
+            if let Some(leader) = String::from_utf8_lossy(&children.stdout)
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok())
+            {
+                if std::fs::read_to_string(format!("/proc/{leader}/comm"))
+                    .is_ok_and(|c| c.trim() == "systemd")
+                {
                     self.leader = leader;
                 }
             }
@@ -129,13 +172,18 @@ impl Container {
         // Until boot has finished (degraded is fine: the failure tests want it).
         self.wait_for("boot", Duration::from_secs(60), |c| {
             let state = c.exec(&["systemctl", "is-system-running"]);
-            matches!(String::from_utf8_lossy(&state.stdout).trim(), "running" | "degraded")
+            matches!(
+                String::from_utf8_lossy(&state.stdout).trim(),
+                "running" | "degraded"
+            )
         });
     }
 
     /// Runs a command inside the container, in all its namespaces.
     fn exec(&self, args: &[&str]) -> Output {
-        run(Command::new("nsenter").args(["-t", &self.leader.to_string(), "-a", "--"]).args(args))
+        run(Command::new("nsenter")
+            .args(["-t", &self.leader.to_string(), "-a", "--"])
+            .args(args))
     }
 
     fn property(&self, unit: &str, name: &str) -> String {
@@ -159,7 +207,9 @@ impl Drop for Container {
     fn drop(&mut self) {
         if let Some(mut child) = self.nspawn.take() {
             // SIGTERM makes nspawn shut the container down cleanly.
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
                 std::thread::sleep(Duration::from_millis(200));
@@ -176,52 +226,104 @@ const CONFIG: &str = "# edited by the test\npoll_interval = \"1s\"\ndrain_lead =
 
 fn assert_root() {
     let uid = run(Command::new("id").arg("-u"));
-    assert_eq!(String::from_utf8_lossy(&uid.stdout).trim(), "0", "systemd-nspawn needs root");
+    assert_eq!(
+        String::from_utf8_lossy(&uid.stdout).trim(),
+        "0",
+        "systemd-nspawn needs root"
+    );
 }
 
 #[tokio::test]
 async fn the_package_joins_before_ecs_watches_drains_upgrades_and_uninstalls() {
     assert_root();
     let instance = Instance::with_moto().await;
-    let cluster_arn = instance.moto().create_unmanaged_ce("research", true).await.unwrap();
+    let cluster_arn = instance
+        .moto()
+        .create_unmanaged_ce("research", true)
+        .await
+        .unwrap();
     let cluster = cluster_arn.rsplit('/').next().unwrap().to_owned();
-    let id = instance.launch(&[("blockwatch:compute-environment", "research")], true).await;
+    let id = instance
+        .launch(&[("blockwatch:compute-environment", "research")], true)
+        .await;
     let mut container = Container::prepare("happy");
     container.simulate_instance(&instance, CONFIG);
     container.boot();
 
     // The stand-in ECS agent started with ECS_CLUSTER already written.
-    container.wait_for("ecs.service", Duration::from_secs(60), |c| c.property("ecs.service", "ActiveState") == "active");
-    let at_start = std::fs::read_to_string(container.path("/run/ecs.config.at-start")).unwrap_or_default();
+    container.wait_for("ecs.service", Duration::from_secs(60), |c| {
+        c.property("ecs.service", "ActiveState") == "active"
+    });
+    let at_start =
+        std::fs::read_to_string(container.path("/run/ecs.config.at-start")).unwrap_or_default();
     assert_eq!(at_start, format!("ECS_CLUSTER={cluster}\n"));
-    assert_eq!(container.property("blockwatch-join.service", "Result"), "success");
+    assert_eq!(
+        container.property("blockwatch-join.service", "Result"),
+        "success"
+    );
 
     // blockwatch.service runs, with a status line naming the cluster.
-    container.wait_for("blockwatch.service", Duration::from_secs(60), |c| c.property("blockwatch.service", "ActiveState") == "active");
+    container.wait_for("blockwatch.service", Duration::from_secs(60), |c| {
+        c.property("blockwatch.service", "ActiveState") == "active"
+    });
     let status = container.property("blockwatch.service", "StatusText");
-    assert!(status.starts_with(&format!("cluster {cluster} ·")), "{status}");
+    assert!(
+        status.starts_with(&format!("cluster {cluster} ·")),
+        "{status}"
+    );
 
     // journald holds blockwatch's own fields.
-    let journal = container.exec(&["journalctl", "-u", "blockwatch-join.service", "-o", "json", "--no-pager"]);
-    let entries: Vec<serde_json::Value> = String::from_utf8_lossy(&journal.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let decision = entries.iter().find(|e| e["CLUSTER"] == cluster.as_str() && e["SOURCE"] == "discovered").unwrap_or_else(|| panic!("{entries:?}"));
+    let journal = container.exec(&[
+        "journalctl",
+        "-u",
+        "blockwatch-join.service",
+        "-o",
+        "json",
+        "--no-pager",
+    ]);
+    let entries: Vec<serde_json::Value> = String::from_utf8_lossy(&journal.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let decision = entries
+        .iter()
+        .find(|e| e["CLUSTER"] == cluster.as_str() && e["SOURCE"] == "discovered")
+        .unwrap_or_else(|| panic!("{entries:?}"));
     assert_eq!(decision["INSTANCE_ID"], id.as_str());
 
     // A spot notice drains the container instance at moto.
-    let container_instance = instance.moto().register_container_instance(&cluster_arn, &id).await.unwrap();
+    let container_instance = instance
+        .moto()
+        .register_container_instance(&cluster_arn, &id)
+        .await
+        .unwrap();
     instance.imds.update(|s| {
-        s.spot_instance_action = Some(SpotInstanceAction { action: "terminate".into(), time: time::OffsetDateTime::now_utc() + time::Duration::seconds(5) })
+        s.spot_instance_action = Some(SpotInstanceAction {
+            action: "terminate".into(),
+            time: time::OffsetDateTime::now_utc() + time::Duration::seconds(5),
+        })
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let state = instance.moto().container_instance_status(&cluster_arn, &container_instance).await.unwrap();
+        let state = instance
+            .moto()
+            .container_instance_status(&cluster_arn, &container_instance)
+            .await
+            .unwrap();
         if state == "DRAINING" {
             break;
         }
-        assert!(Instant::now() < deadline, "not drained; {}", text(&container.exec(&["journalctl", "-u", "blockwatch", "--no-pager", "-n", "30"])));
+        assert!(
+            Instant::now() < deadline,
+            "not drained; {}",
+            text(&container.exec(&["journalctl", "-u", "blockwatch", "--no-pager", "-n", "30"]))
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    container.wait_for("a draining status", Duration::from_secs(10), |c| c.property("blockwatch.service", "StatusText").starts_with("draining"));
+    container.wait_for("a draining status", Duration::from_secs(10), |c| {
+        c.property("blockwatch.service", "StatusText")
+            .starts_with("draining")
+    });
 
     // The hardening is measured, not guessed.
     for unit in ["blockwatch.service", "blockwatch-join.service"] {
@@ -235,13 +337,19 @@ async fn the_package_joins_before_ecs_watches_drains_upgrades_and_uninstalls() {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("{output}"));
         println!("systemd-analyze security {unit}: {exposure}");
-        assert!(exposure <= 3.0, "{unit}: exposure {exposure} > 3.0\n{output}");
+        assert!(
+            exposure <= 3.0,
+            "{unit}: exposure {exposure} > 3.0\n{output}"
+        );
     }
 
     // An upgrade keeps the edited config and restarts the daemon.
     let before = container.property("blockwatch.service", "ExecMainPID");
     container.install(&package("deb"));
-    assert_eq!(std::fs::read_to_string(container.path("/etc/blockwatch/blockwatch.toml")).unwrap(), CONFIG);
+    assert_eq!(
+        std::fs::read_to_string(container.path("/etc/blockwatch/blockwatch.toml")).unwrap(),
+        CONFIG
+    );
     container.wait_for("a restart", Duration::from_secs(20), |c| {
         let pid = c.property("blockwatch.service", "ExecMainPID");
         pid != before && pid != "0" && c.property("blockwatch.service", "ActiveState") == "active"
@@ -250,8 +358,19 @@ async fn the_package_joins_before_ecs_watches_drains_upgrades_and_uninstalls() {
     // Removal leaves no running blockwatch unit.
     let removed = container.exec(&["dpkg", "-r", "blockwatch"]);
     assert!(removed.status.success(), "{}", text(&removed));
-    let units = container.exec(&["systemctl", "list-units", "--state=running", "--no-legend", "blockwatch*"]);
-    assert_eq!(String::from_utf8_lossy(&units.stdout).trim(), "", "{}", text(&units));
+    let units = container.exec(&[
+        "systemctl",
+        "list-units",
+        "--state=running",
+        "--no-legend",
+        "blockwatch*",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&units.stdout).trim(),
+        "",
+        "{}",
+        text(&units)
+    );
     assert!(!container.path("/usr/bin/blockwatch").exists());
 }
 
@@ -259,18 +378,42 @@ async fn the_package_joins_before_ecs_watches_drains_upgrades_and_uninstalls() {
 async fn an_unknown_compute_environment_never_starts_ecs() {
     assert_root();
     let instance = Instance::with_moto().await;
-    instance.launch(&[("blockwatch:compute-environment", "no-such-ce")], true).await;
+    instance
+        .launch(&[("blockwatch:compute-environment", "no-such-ce")], true)
+        .await;
     let mut container = Container::prepare("unknown-ce");
     container.simulate_instance(&instance, CONFIG);
     container.boot();
 
-    container.wait_for("the join to fail", Duration::from_secs(60), |c| c.property("blockwatch-join.service", "ActiveState") == "failed");
-    let status = text(&container.exec(&["systemctl", "status", "--no-pager", "-n", "20", "blockwatch-join.service"]));
-    assert!(status.contains("compute environment \"no-such-ce\" not found"), "{status}");
-    assert!(status.contains("status=4"), "a terminal exit code, not retried: {status}");
-    assert_eq!(container.property("ecs.service", "ActiveState"), "inactive", "ecs.service must not start");
+    container.wait_for("the join to fail", Duration::from_secs(60), |c| {
+        c.property("blockwatch-join.service", "ActiveState") == "failed"
+    });
+    let status = text(&container.exec(&[
+        "systemctl",
+        "status",
+        "--no-pager",
+        "-n",
+        "20",
+        "blockwatch-join.service",
+    ]));
+    assert!(
+        status.contains("compute environment \"no-such-ce\" not found"),
+        "{status}"
+    );
+    assert!(
+        status.contains("status=4"),
+        "a terminal exit code, not retried: {status}"
+    );
+    assert_eq!(
+        container.property("ecs.service", "ActiveState"),
+        "inactive",
+        "ecs.service must not start"
+    );
     assert!(!container.path("/run/ecs.config.at-start").exists());
-    assert_eq!(container.property("blockwatch-join.service", "NRestarts"), "0");
+    assert_eq!(
+        container.property("blockwatch-join.service", "NRestarts"),
+        "0"
+    );
 }
 
 #[test]
@@ -289,18 +432,45 @@ fn the_rpm_carries_the_same_payload_and_systemd_handling() {
     ] {
         assert!(files.lines().any(|l| l == path), "{path} not in {files}");
     }
-    assert!(!files.contains("/etc/ecs/ecs.config"), "ecs-init owns ecs.config");
-    assert!(!files.contains("blockwatch-launch"), "the launcher is not in the instance package");
+    assert!(
+        !files.contains("/etc/ecs/ecs.config"),
+        "ecs-init owns ecs.config"
+    );
+    assert!(
+        !files.contains("blockwatch-launch"),
+        "the launcher is not in the instance package"
+    );
     let config = run(Command::new("rpm").args(["-qpc"]).arg(&rpm));
-    assert!(String::from_utf8_lossy(&config.stdout).contains("/etc/blockwatch/blockwatch.toml"), "a %config file");
-    let scripts = text(&run(Command::new("rpm").args(["-qp", "--scripts"]).arg(&rpm)));
-    assert!(scripts.contains("systemctl --no-reload preset blockwatch-join.service blockwatch.service"), "{scripts}");
-    assert!(scripts.contains("try-restart blockwatch.service"), "{scripts}");
-    assert!(scripts.contains("disable blockwatch.service blockwatch-join.service"), "{scripts}");
+    assert!(
+        String::from_utf8_lossy(&config.stdout).contains("/etc/blockwatch/blockwatch.toml"),
+        "a %config file"
+    );
+    let scripts = text(&run(Command::new("rpm")
+        .args(["-qp", "--scripts"])
+        .arg(&rpm)));
+    assert!(
+        scripts.contains("systemctl --no-reload preset blockwatch-join.service blockwatch.service"),
+        "{scripts}"
+    );
+    assert!(
+        scripts.contains("try-restart blockwatch.service"),
+        "{scripts}"
+    );
+    assert!(
+        scripts.contains("disable blockwatch.service blockwatch-join.service"),
+        "{scripts}"
+    );
 
     let scratch = tempfile::tempdir().unwrap();
-    let installed = run(Command::new("rpm").arg("--root").arg(scratch.path()).args(["-i", "--nodeps", "--noscripts"]).arg(&rpm));
+    let installed = run(Command::new("rpm")
+        .arg("--root")
+        .arg(scratch.path())
+        .args(["-i", "--nodeps", "--noscripts"])
+        .arg(&rpm));
     assert!(installed.status.success(), "{}", text(&installed));
     assert!(scratch.path().join("usr/bin/blockwatch").exists());
-    assert!(scratch.path().join("usr/lib/systemd/system/ecs.service.d/10-blockwatch.conf").exists());
+    assert!(scratch
+        .path()
+        .join("usr/lib/systemd/system/ecs.service.d/10-blockwatch.conf")
+        .exists());
 }
