@@ -101,14 +101,14 @@ impl Container {
     /// `dpkg -i` the package: inside the booted system once booted, else in
     /// the root through a non-booting nspawn.
     fn install(&self, deb: &Path) -> Output {
-        std::fs::copy(deb, self.path("/tmp/blockwatch.deb")).unwrap();
+        std::fs::copy(deb, self.path("/root/blockwatch.deb")).unwrap();
         let output = if self.leader != 0 {
-            self.exec(&["dpkg", "-i", "/tmp/blockwatch.deb"])
+            self.exec(&["dpkg", "-i", "/root/blockwatch.deb"])
         } else {
             run(Command::new("systemd-nspawn")
-                .args(["-q", "--register=no", "-D"])
+                .args(["-q", "--register=no", "--keep-unit", "-D"])
                 .arg(&self.root)
-                .args(["dpkg", "-i", "/tmp/blockwatch.deb"]))
+                .args(["dpkg", "-i", "/root/blockwatch.deb"]))
         };
         assert!(output.status.success(), "dpkg -i: {}", text(&output));
         output
@@ -254,9 +254,10 @@ async fn the_package_joins_before_ecs_watches_drains_upgrades_and_uninstalls() {
     container.wait_for("ecs.service", Duration::from_secs(60), |c| {
         c.property("ecs.service", "ActiveState") == "active"
     });
-    let at_start =
-        std::fs::read_to_string(container.path("/run/ecs.config.at-start")).unwrap_or_default();
-    assert_eq!(at_start, format!("ECS_CLUSTER={cluster}\n"));
+    // /run is the container's own tmpfs: read it from inside.
+    let read = container.exec(&["cat", "/run/ecs.config.at-start"]);
+    let at_start = String::from_utf8_lossy(&read.stdout).into_owned();
+    assert_eq!(at_start, format!("ECS_CLUSTER={cluster}\n"), "{}", text(&read));
     assert_eq!(
         container.property("blockwatch-join.service", "Result"),
         "success"
@@ -409,7 +410,7 @@ async fn an_unknown_compute_environment_never_starts_ecs() {
         "inactive",
         "ecs.service must not start"
     );
-    assert!(!container.path("/run/ecs.config.at-start").exists());
+    assert!(!container.exec(&["test", "-e", "/run/ecs.config.at-start"]).status.success());
     assert_eq!(
         container.property("blockwatch-join.service", "NRestarts"),
         "0"
