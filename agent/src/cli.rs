@@ -9,16 +9,17 @@ use crate::host::state::DEFAULT_STATE_DIR;
 use crate::sources::config_file::DEFAULT_CONFIG_PATH;
 
 const EXIT_CODES: &str = "\
-Exit codes:
+Exit codes (sysexits, as systemctl status names them):
   0   success (written, already correct, or dry run)
-  1   internal error
   2   usage error
-  3   configuration error (config file, no cluster source, invalid cluster)
-  4   compute environment refused (not found, MANAGED, no ECS cluster)
-  5   AWS denied a request (IAM permission or credentials)
-  6   ecs.config could not be read or written
-  7   AWS rejected a request for another reason
-  75  transient: IMDS or AWS unreachable after retries; try again";
+  65  DATAERR: compute environment refused (not found, MANAGED, no ECS cluster)
+  66  NOINPUT: status has no state to show yet
+  69  UNAVAILABLE: AWS rejected a request for another reason
+  70  SOFTWARE: internal error
+  74  IOERR: ecs.config could not be read or written
+  75  TEMPFAIL: IMDS or AWS unreachable after retries; try again
+  77  NOPERM: AWS denied a request (IAM permission or credentials)
+  78  CONFIG: configuration error (config file, no cluster source, invalid cluster)";
 
 /// Node agent for AWS Batch unmanaged compute environments.
 ///

@@ -1,17 +1,21 @@
 //! Exit codes. The table is also in README.md; systemd units use it to
 //! retry transient failures and give up on terminal ones.
 //!
-//! | code | meaning | retry helps? |
-//! |---|---|---|
-//! | 0  | success (written, already correct, or dry run) | - |
-//! | 1  | internal error | no |
-//! | 2  | usage error (bad flags) | no |
-//! | 3  | configuration error: unreadable or invalid config file, no cluster source, invalid cluster value | no |
-//! | 4  | compute environment refused: not found, MANAGED, or without a usable ECS cluster | no |
-//! | 5  | AWS denied a request: missing IAM permission or credentials | no |
-//! | 6  | ecs.config could not be read or written | no |
-//! | 7  | AWS rejected a request for another reason | no |
-//! | 75 | transient: IMDS or AWS unreachable, throttled or failing after retries (EX_TEMPFAIL) | yes |
+//! The codes follow sysexits(3), so `systemctl status` names them sensibly
+//! (status=78/CONFIG, status=65/DATAERR, ...).
+//!
+//! | code | name | meaning | retry helps? |
+//! |---|---|---|---|
+//! | 0  | | success (written, already correct, or dry run) | - |
+//! | 2  | | usage error (bad flags) | no |
+//! | 65 | DATAERR | compute environment refused: not found, MANAGED, or without a usable ECS cluster | no |
+//! | 66 | NOINPUT | `status`: no state to show yet | no |
+//! | 69 | UNAVAILABLE | AWS rejected a request for another reason | no |
+//! | 70 | SOFTWARE | internal error | no |
+//! | 74 | IOERR | ecs.config could not be read or written | no |
+//! | 75 | TEMPFAIL | transient: IMDS or AWS unreachable, throttled or failing after retries | yes |
+//! | 77 | NOPERM | AWS denied a request: missing IAM permission or credentials | no |
+//! | 78 | CONFIG | configuration error: unreadable or invalid config file, no cluster source, invalid cluster value | no |
 
 use crate::actions::ecs_config::WriteError;
 use crate::core::cluster::InvalidCluster;
@@ -19,14 +23,15 @@ use crate::core::compute_environment::Refusal;
 use crate::core::config::{ConfigFileError, NoClusterSource, Origin};
 use crate::sources::{AwsFailure, SourceError};
 
-pub const INTERNAL: u8 = 1;
 pub const USAGE: u8 = 2;
-pub const CONFIG: u8 = 3;
-pub const COMPUTE_ENVIRONMENT: u8 = 4;
-pub const AWS_DENIED: u8 = 5;
-pub const ECS_CONFIG_IO: u8 = 6;
-pub const AWS_REJECTED: u8 = 7;
+pub const COMPUTE_ENVIRONMENT: u8 = 65;
+pub const NO_STATE: u8 = 66;
+pub const AWS_REJECTED: u8 = 69;
+pub const INTERNAL: u8 = 70;
+pub const ECS_CONFIG_IO: u8 = 74;
 pub const TRANSIENT: u8 = 75;
+pub const AWS_DENIED: u8 = 77;
+pub const CONFIG: u8 = 78;
 
 /// Everything that can stop `blockwatch join` or `run`, each as one line.
 #[derive(Debug, thiserror::Error)]

@@ -61,7 +61,7 @@ fn main() -> ExitCode {
                 }
                 Err(err) => {
                     log::error!("{err}");
-                    ExitCode::from(exit::CONFIG)
+                    ExitCode::from(exit::NO_STATE)
                 }
             };
         }

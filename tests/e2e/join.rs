@@ -196,7 +196,7 @@ async fn unknown_compute_environment_leaves_the_file_untouched() {
 
     let run = instance.join(&[]);
 
-    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert_eq!(run.code, 65, "{}", run.stderr);
     assert!(
         run.stderr
             .contains("compute environment \"no-such-ce\" not found"),
@@ -218,7 +218,7 @@ async fn managed_compute_environment_is_refused() {
 
     let run = instance.join(&[]);
 
-    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert_eq!(run.code, 65, "{}", run.stderr);
     assert!(
         run.stderr.contains("\"managed-ce\" is MANAGED"),
         "{}",
@@ -258,7 +258,7 @@ async fn no_source_at_all_fails_and_writes_nothing() {
 
     let run = instance.join(&[]);
 
-    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert_eq!(run.code, 78, "{}", run.stderr);
     assert!(run.stderr.contains("no cluster source"), "{}", run.stderr);
     assert_eq!(
         instance.read_ecs_config(),
@@ -276,7 +276,7 @@ async fn a_newline_in_a_tag_cannot_smuggle_a_key_into_ecs_config() {
 
     let run = instance.join(&[]);
 
-    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert_eq!(run.code, 78, "{}", run.stderr);
     assert!(
         run.stderr.contains("good\\nECS_ENABLE_TASK_IAM_ROLE=false"),
         "value shown escaped: {}",
@@ -302,7 +302,7 @@ async fn a_newline_in_the_compute_environment_tag_is_only_ever_a_lookup_key() {
 
     let run = instance.join(&[]);
 
-    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert_eq!(run.code, 65, "{}", run.stderr);
     assert_eq!(instance.read_ecs_config(), None);
 }
 
@@ -449,12 +449,12 @@ async fn a_named_config_file_must_exist_and_parse() {
         .output()
         .unwrap()
         .into();
-    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert_eq!(run.code, 78, "{}", run.stderr);
     assert!(run.stderr.contains("nope.toml"), "{}", run.stderr);
 
     instance.write_config("clustr = \"typo\"\n");
     let run = instance.join(&[]);
-    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert_eq!(run.code, 78, "{}", run.stderr);
     assert!(
         run.stderr.contains("unknown field `clustr`"),
         "{}",
@@ -539,6 +539,6 @@ async fn retry_for_waits_out_an_imds_that_is_not_up_yet() {
         .update(|s| s.tags = tags(&[("Name", "no-source")]));
     let started = std::time::Instant::now();
     let run = instance.join(&["--retry-for", "30s"]);
-    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert_eq!(run.code, 78, "{}", run.stderr);
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }

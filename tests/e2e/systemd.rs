@@ -257,7 +257,12 @@ async fn the_package_joins_before_ecs_watches_drains_upgrades_and_uninstalls() {
     // /run is the container's own tmpfs: read it from inside.
     let read = container.exec(&["cat", "/run/ecs.config.at-start"]);
     let at_start = String::from_utf8_lossy(&read.stdout).into_owned();
-    assert_eq!(at_start, format!("ECS_CLUSTER={cluster}\n"), "{}", text(&read));
+    assert_eq!(
+        at_start,
+        format!("ECS_CLUSTER={cluster}\n"),
+        "{}",
+        text(&read)
+    );
     assert_eq!(
         container.property("blockwatch-join.service", "Result"),
         "success"
@@ -291,6 +296,18 @@ async fn the_package_joins_before_ecs_watches_drains_upgrades_and_uninstalls() {
         .find(|e| e["CLUSTER"] == cluster.as_str() && e["SOURCE"] == "discovered")
         .unwrap_or_else(|| panic!("{entries:?}"));
     assert_eq!(decision["INSTANCE_ID"], id.as_str());
+    // What an operator sees (printed for the README's example session).
+    println!(
+        "{}",
+        text(&container.exec(&[
+            "systemctl",
+            "status",
+            "--no-pager",
+            "-n",
+            "5",
+            "blockwatch.service"
+        ]))
+    );
 
     // A spot notice drains the container instance at moto.
     let container_instance = instance
@@ -325,6 +342,26 @@ async fn the_package_joins_before_ecs_watches_drains_upgrades_and_uninstalls() {
         c.property("blockwatch.service", "StatusText")
             .starts_with("draining")
     });
+    let drained = container.exec(&[
+        "journalctl",
+        "-u",
+        "blockwatch",
+        "-o",
+        "verbose",
+        "--no-pager",
+        "PHASE=draining",
+    ]);
+    assert!(
+        text(&drained).contains("DEADLINE_SOURCE=spot-interruption"),
+        "{}",
+        text(&drained)
+    );
+    println!("{}", text(&drained));
+    // The package does not own ecs.config: ecs-init does.
+    assert!(!container
+        .exec(&["dpkg", "-S", "/etc/ecs/ecs.config"])
+        .status
+        .success());
 
     // The hardening is measured, not guessed.
     for unit in ["blockwatch.service", "blockwatch-join.service"] {
@@ -402,15 +439,19 @@ async fn an_unknown_compute_environment_never_starts_ecs() {
         "{status}"
     );
     assert!(
-        status.contains("status=4"),
+        status.contains("status=65/DATAERR"),
         "a terminal exit code, not retried: {status}"
     );
+    println!("{status}");
     assert_eq!(
         container.property("ecs.service", "ActiveState"),
         "inactive",
         "ecs.service must not start"
     );
-    assert!(!container.exec(&["test", "-e", "/run/ecs.config.at-start"]).status.success());
+    assert!(!container
+        .exec(&["test", "-e", "/run/ecs.config.at-start"])
+        .status
+        .success());
     assert_eq!(
         container.property("blockwatch-join.service", "NRestarts"),
         "0"
