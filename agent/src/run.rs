@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
 
-use crate::actions::ecs::{introspect, ContainerService};
+use crate::actions::ecs::{agent_metadata, introspect, ContainerService};
 use crate::actions::{poweroff, webhook};
 use crate::core::config::OnDrained;
 use crate::core::deadline::Observations;
@@ -85,6 +85,10 @@ struct Agent<'a> {
     failing: BTreeMap<&'static str, bool>,
     waiting_logged: bool,
     rebalance_noted: bool,
+    /// Whether the local ECS agent answered its introspection API lately:
+    /// blockwatch keeps running when ecs.service fails, and says so.
+    ecs_agent_answers: Option<bool>,
+    next_ecs_agent_check: Instant,
     /// The EC2 end-date lookup, while it still has to succeed.
     ec2_lookup: Option<Ec2Lookup>,
 }
@@ -97,6 +101,7 @@ struct Ec2Lookup {
 }
 
 const EC2_LOOKUP_ATTEMPTS: u32 = 8;
+const ECS_AGENT_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
 pub async fn run(request: &RunRequest, imds: &Imds, aws: &Aws) -> Result<(), AgentError> {
     let mut notifier = Notifier::new();
@@ -173,6 +178,8 @@ pub async fn run(request: &RunRequest, imds: &Imds, aws: &Aws) -> Result<(), Age
         failing: BTreeMap::new(),
         waiting_logged: false,
         rebalance_noted: false,
+        ecs_agent_answers: None,
+        next_ecs_agent_check: Instant::now(),
         ec2_lookup: Some(Ec2Lookup {
             attempts: 0,
             next: Instant::now(),
@@ -214,7 +221,8 @@ pub async fn run(request: &RunRequest, imds: &Imds, aws: &Aws) -> Result<(), Age
         agent.note_notice_errors(errors);
         agent.step().await;
         let now = whole_seconds(OffsetDateTime::now_utc());
-        notifier.tick(&agent.snapshot(now).status_line(now));
+        agent.check_ecs_agent().await;
+        notifier.tick(&agent.status_line(now));
     }
     log::info!(
         "stopping; state kept in {}",
@@ -290,6 +298,35 @@ impl Agent<'_> {
                 }
             }
         }
+    }
+
+    /// Every 30 s, a local (no AWS) look at whether the ECS agent answers.
+    async fn check_ecs_agent(&mut self) {
+        if Instant::now() < self.next_ecs_agent_check {
+            return;
+        }
+        self.next_ecs_agent_check = Instant::now() + ECS_AGENT_CHECK_INTERVAL;
+        let answers = agent_metadata(&self.request.introspection_url)
+            .await
+            .is_some();
+        match (self.ecs_agent_answers, answers) {
+            (Some(true) | None, false) => log::warn!(
+                "the ECS agent does not answer at {}: is ecs.service running? blockwatch keeps watching",
+                self.request.introspection_url
+            ),
+            (Some(false), true) => log::info!("the ECS agent answers again"),
+            _ => {}
+        }
+        self.ecs_agent_answers = Some(answers);
+    }
+
+    /// The systemd STATUS line, with a warning when the ECS agent is down.
+    fn status_line(&self, now: OffsetDateTime) -> String {
+        let mut line = self.snapshot(now).status_line(now);
+        if self.ecs_agent_answers == Some(false) {
+            line.push_str(" · ECS agent not answering");
+        }
+        line
     }
 
     fn cluster(&self) -> String {

@@ -310,6 +310,13 @@ async fn notify_socket_gets_ready_and_a_status_naming_the_cluster() {
         "{status}"
     );
     assert!(status.contains("· drain at "), "{status}");
+    // Nothing answers at the test's introspection URL: the ECS agent is "down".
+    assert!(status.ends_with("· ECS agent not answering"), "{status}");
+    assert!(
+        agent.log().contains("the ECS agent does not answer"),
+        "{}",
+        agent.log()
+    );
     assert!(
         all.lines().filter(|l| *l == "WATCHDOG=1").count() >= 3,
         "the watchdog is fed: {all}"

@@ -219,7 +219,31 @@ impl Drop for Container {
         }
         let _ = std::fs::remove_dir_all(&self.root);
         let _ = std::fs::remove_file(self.root.with_extension("console.log"));
+        let _ = std::fs::remove_file(self.root.with_extension("newer.deb"));
     }
+}
+
+/// The same package with a newer version (0.1.0-2), repacked with dpkg-deb:
+/// an upgrade "from a previous build" without building twice.
+fn newer_build(deb: &Path, scratch: &Path) -> PathBuf {
+    let _ = std::fs::remove_dir_all(scratch);
+    let unpacked = run(Command::new("dpkg-deb").arg("-R").arg(deb).arg(scratch));
+    assert!(unpacked.status.success(), "{}", text(&unpacked));
+    let control = scratch.join("DEBIAN/control");
+    let text_before = std::fs::read_to_string(&control).unwrap();
+    std::fs::write(
+        &control,
+        text_before.replace("Version: 0.1.0-1", "Version: 0.1.0-2"),
+    )
+    .unwrap();
+    let newer = scratch.with_extension("newer.deb");
+    let built = run(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-b"])
+        .arg(scratch)
+        .arg(&newer));
+    assert!(built.status.success(), "{}", text(&built));
+    let _ = std::fs::remove_dir_all(scratch);
+    newer
 }
 
 const CONFIG: &str = "# edited by the test\npoll_interval = \"1s\"\ndrain_lead = \"10s\"\ndrain_poll_interval = \"1s\"\n";
@@ -277,6 +301,8 @@ async fn the_package_joins_before_ecs_watches_drains_upgrades_and_uninstalls() {
         status.starts_with(&format!("cluster {cluster} ·")),
         "{status}"
     );
+    // The stand-in ECS agent serves no introspection API: blockwatch says so.
+    assert!(status.ends_with("· ECS agent not answering"), "{status}");
 
     // journald holds blockwatch's own fields.
     let journal = container.exec(&[
@@ -381,9 +407,15 @@ async fn the_package_joins_before_ecs_watches_drains_upgrades_and_uninstalls() {
         );
     }
 
-    // An upgrade keeps the edited config and restarts the daemon.
+    // An upgrade to a newer build keeps the edited config and restarts the daemon.
     let before = container.property("blockwatch.service", "ExecMainPID");
-    container.install(&package("deb"));
+    let newer = newer_build(&package("deb"), &container.root.with_extension("newer"));
+    let upgraded = container.install(&newer);
+    assert!(
+        text(&upgraded).contains("over (0.1.0-1)"),
+        "an upgrade, not a reinstall: {}",
+        text(&upgraded)
+    );
     assert_eq!(
         std::fs::read_to_string(container.path("/etc/blockwatch/blockwatch.toml")).unwrap(),
         CONFIG
@@ -487,6 +519,15 @@ fn the_rpm_carries_the_same_payload_and_systemd_handling() {
         String::from_utf8_lossy(&config.stdout).contains("/etc/blockwatch/blockwatch.toml"),
         "a %config file"
     );
+    let flags = run(Command::new("rpm")
+        .args(["-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\\n]"])
+        .arg(&rpm));
+    let flags = String::from_utf8_lossy(&flags.stdout);
+    let toml = flags
+        .lines()
+        .find(|l| l.starts_with("/etc/blockwatch/blockwatch.toml "))
+        .unwrap_or_default();
+    assert!(toml.ends_with(" cn"), "%config(noreplace): {toml:?}");
     let scripts = text(&run(Command::new("rpm")
         .args(["-qp", "--scripts"])
         .arg(&rpm)));

@@ -41,21 +41,29 @@ pub trait ContainerService {
     ) -> impl Future<Output = Result<(), SourceError>> + Send;
 }
 
-/// Asks the local ECS agent which container instance it registered. `None`
-/// when it is not running (yet) or names another cluster.
-pub async fn introspect(url: &str, cluster: &str) -> Option<String> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "PascalCase")]
-    struct Metadata {
-        cluster: Option<String>,
-        container_instance_arn: Option<String>,
-    }
+/// What the local ECS agent says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AgentMetadata {
+    pub cluster: Option<String>,
+    pub container_instance_arn: Option<String>,
+}
+
+/// Asks the local ECS agent's introspection API; `None` when it does not
+/// answer (ecs.service not running, or not yet).
+pub async fn agent_metadata(url: &str) -> Option<AgentMetadata> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(1))
         .build()
         .ok()?;
     let body = client.get(url).send().await.ok()?.bytes().await.ok()?;
-    let metadata: Metadata = serde_json::from_slice(&body).ok()?;
+    serde_json::from_slice(&body).ok()
+}
+
+/// Our container instance as the local ECS agent registered it, or `None`
+/// when it does not answer or names another cluster.
+pub async fn introspect(url: &str, cluster: &str) -> Option<String> {
+    let metadata = agent_metadata(url).await?;
     let same_cluster = metadata
         .cluster
         .as_deref()
