@@ -51,17 +51,23 @@ pub struct Imds {
     identity: Arc<tokio::sync::OnceCell<IdentityDocument>>,
 }
 
+fn plain_http_builder() -> aws_config::imds::client::Builder {
+    let http = aws_smithy_http_client::Builder::new().build_http();
+    let config = aws_config::provider_config::ProviderConfig::default().with_http_client(http);
+    aws_config::imds::Client::builder().configure(&config)
+}
+
 impl Imds {
     pub fn new() -> Self {
         Self {
-            client: aws_config::imds::Client::builder().build(),
+            client: plain_http_builder().build(),
             identity: Arc::default(),
         }
     }
 
     /// An IMDS at `endpoint` (a URL) instead of the SDK's resolution.
     pub fn with_endpoint(endpoint: &str) -> Result<Self, String> {
-        let builder = aws_config::imds::Client::builder()
+        let builder = plain_http_builder()
             .endpoint(endpoint)
             .map_err(|e| e.to_string())?;
         Ok(Self {
