@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::actions::ecs::{agent_metadata, introspect, ContainerService};
 use crate::actions::{poweroff, webhook};
-use crate::core::config::OnDrained;
+use crate::core::config::{rfc3339, OnDrained};
 use crate::core::deadline::Observations;
 use crate::core::state::{decide, Action, AgentState, Event, Phase, Policy};
 use crate::core::status::Snapshot;
@@ -235,11 +235,6 @@ pub async fn run(request: &RunRequest, imds: &Imds, aws: &Aws) -> Result<(), Age
 /// Decisions and records keep whole seconds, as tags and notices do.
 fn whole_seconds(at: OffsetDateTime) -> OffsetDateTime {
     at.replace_nanosecond(0).unwrap_or(at)
-}
-
-fn rfc3339(at: OffsetDateTime) -> String {
-    at.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 impl Agent<'_> {
@@ -496,7 +491,9 @@ impl Agent<'_> {
             Action::Drain | Action::Undrain => {
                 let draining = action == Action::Drain;
                 let Some(container_instance) = self.container_instance().await else {
-                    if self.container_instance.is_none() && self.backoff.ready() {
+                    // Not registered yet: ask again after a backoff (an AWS
+                    // error has already started one).
+                    if self.backoff.ready() {
                         self.backoff.failed();
                     }
                     return;

@@ -14,9 +14,11 @@ use aws_sdk_ec2::types::{
 };
 use aws_sdk_ec2::Client as Ec2;
 use blockwatch::core::compute_environment::{cluster_of, Refusal};
+use blockwatch::core::config::rfc3339;
 use blockwatch::core::config::{TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_DURATION, TAG_LEASE_END};
 use blockwatch::core::deadline::CAPACITY_BLOCK_TERMINATION_LEAD;
 use blockwatch::sources::aws::classify;
+use blockwatch::sources::ec2::to_time;
 use blockwatch::sources::{AwsFailure, SourceError};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -31,7 +33,7 @@ pub enum LaunchError {
     #[error(transparent)]
     ComputeEnvironment(#[from] Refusal),
     #[error(transparent)]
-    Aws(#[from] SourceError),
+    Aws(SourceError),
     #[error("AccessDenied: the caller may not call {action}; grant it (see bootstrap/iam/launcher-policy.json)")]
     Denied {
         action: &'static str,
@@ -57,6 +59,24 @@ pub enum LaunchError {
     WaitTimeout(String),
 }
 
+/// Every AWS failure comes through here, so that a denial anywhere names
+/// the missing action the same way.
+impl From<SourceError> for LaunchError {
+    fn from(err: SourceError) -> Self {
+        match err {
+            SourceError::Aws {
+                api,
+                kind: AwsFailure::Denied,
+                detail,
+            } => Self::Denied {
+                action: api,
+                detail,
+            },
+            other => Self::Aws(other),
+        }
+    }
+}
+
 impl LaunchError {
     /// Exit codes: 2 bad request, 3 compute environment refused, 4 not enough
     /// capacity, 5 denied, 6 refused by EC2 (price, retired spot blocks), 7
@@ -66,11 +86,7 @@ impl LaunchError {
             Self::Invalid(_) => 2,
             Self::ComputeEnvironment(_) => 3,
             Self::Shortfall { .. } => 4,
-            Self::Denied { .. }
-            | Self::Aws(SourceError::Aws {
-                kind: AwsFailure::Denied,
-                ..
-            }) => 5,
+            Self::Denied { .. } => 5,
             Self::SpotBlocksRetired { .. }
             | Self::PriceTooLow { .. }
             | Self::NoReservation(_)
@@ -120,37 +136,6 @@ pub struct Report {
     pub warnings: Vec<String>,
 }
 
-fn to_time(at: &aws_smithy_types::DateTime) -> Option<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp(at.secs()).ok()
-}
-
-fn rfc3339(at: OffsetDateTime) -> String {
-    at.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
-/// Maps an EC2 error to the launcher's specific messages.
-fn ec2_error<E>(
-    action: &'static str,
-    err: &aws_sdk_ec2::error::SdkError<E, aws_sdk_ec2::config::http::HttpResponse>,
-) -> LaunchError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    let classified = classify(action, err);
-    match &classified {
-        SourceError::Aws {
-            kind: AwsFailure::Denied,
-            detail,
-            ..
-        } => LaunchError::Denied {
-            action,
-            detail: detail.clone(),
-        },
-        _ => classified.into(),
-    }
-}
-
 /// Runs the whole launch. `dry_run` checks permissions with EC2's `DryRun`
 /// and launches nothing.
 pub async fn launch(
@@ -162,18 +147,7 @@ pub async fn launch(
     // 1. The compute environment must exist and be UNMANAGED.
     let batch = aws_sdk_batch::Client::new(sdk);
     let info = blockwatch::sources::batch::describe(&batch, &plan.compute_environment)
-        .await
-        .map_err(|e| match e {
-            SourceError::Aws {
-                kind: AwsFailure::Denied,
-                detail,
-                ..
-            } => LaunchError::Denied {
-                action: "batch:DescribeComputeEnvironments",
-                detail,
-            },
-            other => other.into(),
-        })?
+        .await?
         .ok_or_else(|| Refusal::NotFound(plan.compute_environment.clone()))?;
     let (cluster, warnings) = cluster_of(&info)?;
 
@@ -188,20 +162,7 @@ pub async fn launch(
                 .name(parameter)
                 .send()
                 .await
-                .map_err(|e| {
-                    let classified = classify("ssm:GetParameter", &e);
-                    match classified {
-                        SourceError::Aws {
-                            kind: AwsFailure::Denied,
-                            detail,
-                            ..
-                        } => LaunchError::Denied {
-                            action: "ssm:GetParameter",
-                            detail,
-                        },
-                        other => other.into(),
-                    }
-                })?;
+                .map_err(|e| classify("ssm:GetParameter", &e))?;
             let value = found
                 .parameter()
                 .and_then(|p| p.value())
@@ -348,7 +309,7 @@ pub async fn launch(
                             failures.push(format!("{instance_type}{place}: {code}"));
                             break;
                         }
-                        _ => return Err(ec2_error("ec2:RunInstances", &err)),
+                        _ => return Err(classify("ec2:RunInstances", &err).into()),
                     }
                 }
             }
@@ -469,7 +430,7 @@ async fn capacity_block_end(ec2: &Ec2, id: &str) -> Result<OffsetDateTime, Launc
         .capacity_reservation_ids(id)
         .send()
         .await
-        .map_err(|e| ec2_error("ec2:DescribeCapacityReservations", &e))?;
+        .map_err(|e| classify("ec2:DescribeCapacityReservations", &e))?;
     let reservation = described
         .capacity_reservations()
         .first()
@@ -511,7 +472,7 @@ pub async fn wait(
             .set_instance_ids(Some(ids.clone()))
             .send()
             .await
-            .map_err(|e| ec2_error("ec2:DescribeInstances", &e))?;
+            .map_err(|e| classify("ec2:DescribeInstances", &e))?;
         for instance in described.reservations().iter().flat_map(|r| r.instances()) {
             if let Some(ours) = report
                 .instances
@@ -578,7 +539,7 @@ async fn registered_count(
         .cluster(cluster)
         .send()
         .await
-        .map_err(|e| LaunchError::from(classify("ecs:ListContainerInstances", &e)))?;
+        .map_err(|e| classify("ecs:ListContainerInstances", &e))?;
     if listed.container_instance_arns().is_empty() {
         return Ok(0);
     }
@@ -588,7 +549,7 @@ async fn registered_count(
         .set_container_instances(Some(listed.container_instance_arns().to_vec()))
         .send()
         .await
-        .map_err(|e| LaunchError::from(classify("ecs:DescribeContainerInstances", &e)))?;
+        .map_err(|e| classify("ecs:DescribeContainerInstances", &e))?;
     Ok(described
         .container_instances()
         .iter()

@@ -136,10 +136,7 @@ fn main() -> ExitCode {
         Err(err) => {
             if let LaunchError::Shortfall { report, .. } = &err {
                 // What was launched must not be lost: print it before failing.
-                print(&match args.output {
-                    Output::Json => output::json(report),
-                    Output::Text => output::text(report),
-                });
+                print(&output::render(report, args.output));
             }
             eprintln!("blockwatch-launch: error: {err}");
             ExitCode::from(err.exit_code())
@@ -159,9 +156,6 @@ async fn run(args: &Args, request: &Request) -> Result<(), LaunchError> {
         Ok(())
     };
     // The instances exist even if waiting failed: always say which.
-    print(&match args.output {
-        Output::Json => output::json(&report),
-        Output::Text => output::text(&report),
-    });
+    print(&output::render(&report, args.output));
     waited
 }

@@ -9,12 +9,16 @@ pub enum Output {
     Json,
 }
 
-fn rfc3339(at: Option<time::OffsetDateTime>) -> String {
-    at.and_then(|t| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .ok()
-    })
-    .unwrap_or_else(|| "-".into())
+fn rfc3339_or_dash(at: Option<time::OffsetDateTime>) -> String {
+    at.map_or_else(|| "-".into(), blockwatch::core::config::rfc3339)
+}
+
+/// The report in the chosen format.
+pub fn render(report: &Report, format: Output) -> String {
+    match format {
+        Output::Json => json(report),
+        Output::Text => text(report),
+    }
 }
 
 /// The JSON document: instance ids, market, lease end per instance, cluster.
@@ -78,7 +82,7 @@ pub fn text(report: &Report) -> String {
                 i.instance_type,
                 i.subnet.as_deref().unwrap_or("-"),
                 i.state.as_deref().unwrap_or("-"),
-                rfc3339(i.lease_end)
+                rfc3339_or_dash(i.lease_end)
             ));
         }
     }

@@ -17,8 +17,11 @@ struct Run {
     stderr: String,
 }
 
-fn launcher(endpoint: &str, args: &[&str]) -> Run {
-    let output = Command::new(LAUNCHER)
+/// The launcher with only AWS at `endpoint` in its environment: fixed test
+/// credentials, a region, and nothing of the host's.
+fn launcher_command(endpoint: &str) -> Command {
+    let mut command = Command::new(LAUNCHER);
+    command
         .env_clear()
         .env("AWS_ENDPOINT_URL", endpoint)
         .env("AWS_REGION", REGION)
@@ -26,15 +29,21 @@ fn launcher(endpoint: &str, args: &[&str]) -> Run {
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env("AWS_CONFIG_FILE", "/nonexistent")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .args(args)
-        .output()
-        .unwrap();
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    command
+}
+
+fn finished(command: &mut Command) -> Run {
+    let output = command.output().unwrap();
     Run {
         code: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
+}
+
+fn launcher(endpoint: &str, args: &[&str]) -> Run {
+    finished(launcher_command(endpoint).args(args))
 }
 
 async fn moto_with_ce() -> (MotoServer, String) {
@@ -401,15 +410,8 @@ async fn retired_spot_blocks_get_a_clear_message() {
         (400, "<Response><Errors><Error><Code>InvalidParameterValue</Code><Message>The parameter BlockDurationMinutes is not a valid parameter.</Message></Error></Errors><RequestID>r</RequestID></Response>".into())
     })
     .unwrap();
-    let output = Command::new(LAUNCHER)
-        .env_clear()
-        .env("AWS_ENDPOINT_URL", moto.endpoint())
+    let output = launcher_command(&moto.endpoint())
         .env("AWS_ENDPOINT_URL_EC2", ec2.url(""))
-        .env("AWS_REGION", REGION)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_CONFIG_FILE", "/nonexistent")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
         .args([
             "--compute-environment",
             "research",
@@ -564,24 +566,12 @@ async fn wait_returns_once_the_instances_run_with_a_quiet_line_when_piped() {
 
 /// Runs the launcher with Batch and SSM at moto and EC2 at `ec2`.
 fn launcher_with_ec2(moto: &MotoServer, ec2: &StubServer, args: &[&str]) -> Run {
-    let output = Command::new(LAUNCHER)
-        .env_clear()
-        .env("AWS_ENDPOINT_URL", moto.endpoint())
-        .env("AWS_ENDPOINT_URL_EC2", ec2.url(""))
-        .env("AWS_REGION", REGION)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_CONFIG_FILE", "/nonexistent")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-        .env("AWS_MAX_ATTEMPTS", "1")
-        .args(args)
-        .output()
-        .unwrap();
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    finished(
+        launcher_command(&moto.endpoint())
+            .env("AWS_ENDPOINT_URL_EC2", ec2.url(""))
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .args(args),
+    )
 }
 
 fn ec2_error(code: &str, message: &str) -> String {
@@ -830,14 +820,7 @@ async fn network_profile_and_key_reach_the_instances() {
 async fn wait_registered_waits_for_container_instances_and_times_out_without_them() {
     let (moto, _) = moto_with_ce().await;
     let cluster_arn = moto.create_unmanaged_ce("second", true).await.unwrap();
-    let child = Command::new(LAUNCHER)
-        .env_clear()
-        .env("AWS_ENDPOINT_URL", moto.endpoint())
-        .env("AWS_REGION", REGION)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_CONFIG_FILE", "/nonexistent")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    let child = launcher_command(&moto.endpoint())
         .args([
             "--compute-environment",
             "second",

@@ -404,29 +404,7 @@ impl MotoServer {
     pub async fn create_managed_ce(&self, name: &str) -> Result<String, MotoError> {
         let role = self.batch_service_role().await?;
         // moto checks the network: use its default VPC's subnet and group.
-        let ec2 = aws_sdk_ec2::Client::new(&self.sdk);
-        let subnets = ec2
-            .describe_subnets()
-            .send()
-            .await
-            .map_err(aws("ec2:DescribeSubnets"))?;
-        let subnet = subnets
-            .subnets()
-            .first()
-            .and_then(|s| s.subnet_id())
-            .unwrap_or_default()
-            .to_owned();
-        let groups = ec2
-            .describe_security_groups()
-            .send()
-            .await
-            .map_err(aws("ec2:DescribeSecurityGroups"))?;
-        let group = groups
-            .security_groups()
-            .first()
-            .and_then(|g| g.group_id())
-            .unwrap_or_default()
-            .to_owned();
+        let (subnet, group) = self.default_network().await?;
         let batch = aws_sdk_batch::Client::new(&self.sdk);
         let resources = ComputeResource::builder()
             .r#type(CrType::Fargate)

@@ -141,15 +141,15 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
+/// `2026-01-31T15:00:00Z`: how every instant is written in logs, state and output.
+pub fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self
-            .0
-            .format(&time::format_description::well_known::Rfc3339)
-        {
-            Ok(text) => f.write_str(&text),
-            Err(_) => write!(f, "{:?}", self.0),
-        }
+        f.write_str(&rfc3339(self.0))
     }
 }
 

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::config::rfc3339;
 use super::state::{AgentState, Phase};
 
 /// The state file (`<state-dir>/state.json`).
@@ -16,11 +17,6 @@ pub struct Snapshot {
     pub agent: AgentState,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
-}
-
-fn rfc3339(at: OffsetDateTime) -> String {
-    at.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 fn clock(at: OffsetDateTime) -> String {

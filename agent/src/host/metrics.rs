@@ -7,62 +7,74 @@ use std::path::Path;
 use crate::core::state::{AgentState, Phase};
 use crate::host::atomic_file;
 
+/// One metric family: its HELP and TYPE lines, then `(labels, value)` samples.
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, i64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// Renders the metrics; `errors` counts failures by source.
 pub fn render(state: &AgentState, errors: &BTreeMap<&'static str, u64>) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "# HELP blockwatch_deadline_timestamp_seconds When this instance ends (Unix time); 0 when no end is announced.");
-    let _ = writeln!(out, "# TYPE blockwatch_deadline_timestamp_seconds gauge");
     let deadline = state.deadline.as_ref().map_or(0, |d| d.at.unix_timestamp());
-    let _ = writeln!(out, "blockwatch_deadline_timestamp_seconds {deadline}");
-    let _ = writeln!(
-        out,
-        "# HELP blockwatch_phase The agent's phase (1 for the current one)."
+    family(
+        &mut out,
+        "blockwatch_deadline_timestamp_seconds",
+        "gauge",
+        "When this instance ends (Unix time); 0 when no end is announced.",
+        &[(String::new(), deadline)],
     );
-    let _ = writeln!(out, "# TYPE blockwatch_phase gauge");
-    for phase in [
+    let phases = [
         Phase::Joining,
         Phase::Watching,
         Phase::Draining,
         Phase::Drained,
-    ] {
-        let _ = writeln!(
-            out,
-            "blockwatch_phase{{phase=\"{}\"}} {}",
-            phase.name(),
-            u8::from(state.phase == phase)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP blockwatch_drains_started_total Drains started."
+    ]
+    .map(|phase| {
+        (
+            format!("{{phase=\"{}\"}}", phase.name()),
+            i64::from(state.phase == phase),
+        )
+    });
+    family(
+        &mut out,
+        "blockwatch_phase",
+        "gauge",
+        "The agent's phase (1 for the current one).",
+        &phases,
     );
-    let _ = writeln!(out, "# TYPE blockwatch_drains_started_total counter");
-    let _ = writeln!(
-        out,
-        "blockwatch_drains_started_total {}",
-        state.drains_started
+    family(
+        &mut out,
+        "blockwatch_drains_started_total",
+        "counter",
+        "Drains started.",
+        &[(String::new(), count(state.drains_started))],
     );
-    let _ = writeln!(
-        out,
-        "# HELP blockwatch_drains_completed_total Drains that ended with no task left."
+    family(
+        &mut out,
+        "blockwatch_drains_completed_total",
+        "counter",
+        "Drains that ended with no task left.",
+        &[(String::new(), count(state.drains_completed))],
     );
-    let _ = writeln!(out, "# TYPE blockwatch_drains_completed_total counter");
-    let _ = writeln!(
-        out,
-        "blockwatch_drains_completed_total {}",
-        state.drains_completed
+    let by_source: Vec<_> = errors
+        .iter()
+        .map(|(source, n)| (format!("{{source=\"{source}\"}}"), count(*n)))
+        .collect();
+    family(
+        &mut out,
+        "blockwatch_errors_total",
+        "counter",
+        "Failed reads or calls, by source.",
+        &by_source,
     );
-    let _ = writeln!(
-        out,
-        "# HELP blockwatch_errors_total Failed reads or calls, by source."
-    );
-    let _ = writeln!(out, "# TYPE blockwatch_errors_total counter");
-    for (source, count) in errors {
-        let _ = writeln!(
-            out,
-            "blockwatch_errors_total{{source=\"{source}\"}} {count}"
-        );
-    }
     out
 }
 

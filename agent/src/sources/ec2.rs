@@ -70,7 +70,8 @@ pub trait InstanceCapacity {
     ) -> impl Future<Output = Result<Ec2Deadlines, SourceError>> + Send;
 }
 
-fn to_time(at: &aws_sdk_ec2::primitives::DateTime) -> Option<time::OffsetDateTime> {
+/// An SDK timestamp as an `OffsetDateTime` (whole seconds).
+pub fn to_time(at: &aws_sdk_ec2::primitives::DateTime) -> Option<time::OffsetDateTime> {
     time::OffsetDateTime::from_unix_timestamp(at.secs()).ok()
 }
 

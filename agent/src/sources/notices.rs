@@ -7,6 +7,7 @@ use time::{OffsetDateTime, PrimitiveDateTime};
 
 use super::imds::Imds;
 use super::SourceError;
+use crate::core::config::Timestamp;
 use crate::core::deadline::{Observations, ScheduledEvent, SpotAction};
 
 pub const SPOT_INSTANCE_ACTION: &str = "/latest/meta-data/spot/instance-action";
@@ -29,10 +30,6 @@ fn unreadable(path: &str, what: &str, err: impl std::fmt::Display) -> SourceErro
     }
 }
 
-fn rfc3339(text: &str) -> Result<OffsetDateTime, time::error::Parse> {
-    OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-}
-
 /// `21 Jan 2019 09:00:43 GMT`, with or without a leading zero on the day.
 pub fn parse_gmt(text: &str) -> Option<OffsetDateTime> {
     let padded =
@@ -53,7 +50,11 @@ pub fn parse_spot_action(text: &str) -> Result<SpotAction, String> {
         time: String,
     }
     let raw: Raw = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    let time = rfc3339(&raw.time).map_err(|e| format!("time {:?}: {e}", raw.time))?;
+    let time = raw
+        .time
+        .parse::<Timestamp>()
+        .map_err(|e| format!("time: {e}"))?
+        .0;
     Ok(SpotAction {
         action: raw.action,
         time,
@@ -108,7 +109,10 @@ pub fn parse_rebalance(text: &str) -> Result<OffsetDateTime, String> {
         notice_time: String,
     }
     let raw: Raw = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    rfc3339(&raw.notice_time).map_err(|e| format!("noticeTime {:?}: {e}", raw.notice_time))
+    raw.notice_time
+        .parse::<Timestamp>()
+        .map(|t| t.0)
+        .map_err(|e| format!("noticeTime: {e}"))
 }
 
 /// Reads every notice into `observed`. A path that fails keeps its previous
