@@ -1,0 +1,1 @@
+//! Fault matrix family `aws_run`.
