@@ -1,6 +1,7 @@
 //! Launching: check the compute environment, pick the AMI, run the instances,
 //! and optionally wait for them.
 
+use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
@@ -57,6 +58,12 @@ pub enum LaunchError {
     NotACapacityBlock { id: String, kind: String },
     #[error("timed out after {0} waiting for the instances")]
     WaitTimeout(String),
+    #[error("EC2 still does not know {ids} {after} after launching them (ec2:DescribeInstances: InvalidInstanceID.NotFound: {detail}); look for them in the EC2 console")]
+    StillNotFound {
+        ids: String,
+        after: String,
+        detail: String,
+    },
 }
 
 /// Every AWS failure comes through here, so that a denial anywhere names
@@ -94,7 +101,8 @@ impl LaunchError {
             Self::Aws(SourceError::Aws {
                 kind: AwsFailure::Rejected,
                 ..
-            }) => 7,
+            })
+            | Self::StillNotFound { .. } => 7,
             Self::Aws(_) => 75,
             Self::WaitTimeout(_) => 8,
         }
@@ -131,6 +139,9 @@ pub struct Report {
     pub subnets: Vec<String>,
     pub tags: Vec<(String, String)>,
     pub user_data: bool,
+    /// `HttpPutResponseHopLimit`: 1 keeps IMDS (and the instance role's
+    /// credentials) out of reach of containers on a bridge network.
+    pub imds_hop_limit: i32,
     pub dry_run: bool,
     pub instances: Vec<Launched>,
     pub warnings: Vec<String>,
@@ -216,6 +227,7 @@ pub async fn launch(
         subnets: plan.subnets.clone(),
         tags: tags.clone(),
         user_data: plan.user_data(cluster.as_str()).is_some(),
+        imds_hop_limit: plan.imds_hop_limit,
         dry_run,
         instances: Vec::new(),
         warnings,
@@ -360,7 +372,7 @@ fn run_instances(
         .http_tokens(HttpTokensState::Required)
         .http_endpoint(InstanceMetadataEndpointState::Enabled)
         .instance_metadata_tags(InstanceMetadataTagsState::Enabled)
-        .http_put_response_hop_limit(2)
+        .http_put_response_hop_limit(plan.imds_hop_limit)
         .build();
     let mut request = ec2
         .run_instances()
@@ -448,14 +460,37 @@ async fn capacity_block_end(ec2: &Ec2, id: &str) -> Result<OffsetDateTime, Launc
     }
 }
 
+/// How [`wait`] waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitOptions {
+    /// Also wait until each instance is a container instance in the cluster.
+    pub registered: bool,
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// How long `InvalidInstanceID.NotFound` means "not yet": EC2 is
+    /// eventually consistent right after RunInstances.
+    pub not_found_grace: Duration,
+    pub poll_interval: Duration,
+}
+
+impl WaitOptions {
+    pub const DEFAULT_NOT_FOUND_GRACE: Duration = Duration::from_secs(60);
+    pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
+}
+
+/// ECS cluster query expressions are at most 2000 characters: 50 quoted
+/// instance ids and the rest of the expression stay well under.
+const INSTANCE_IDS_PER_FILTER: usize = 50;
+/// DescribeContainerInstances takes at most 100 container instances.
+const CONTAINER_INSTANCES_PER_DESCRIBE: usize = 100;
+
 /// Waits until every instance runs, and with `registered` until each is a
 /// container instance in `cluster`. Progress goes to stderr, redrawn on a
 /// TTY and only at the end otherwise.
 pub async fn wait(
     sdk: &aws_config::SdkConfig,
     report: &mut Report,
-    registered: bool,
-    timeout: Duration,
+    options: WaitOptions,
 ) -> Result<(), LaunchError> {
     let ec2 = Ec2::new(sdk);
     let ecs = aws_sdk_ecs::Client::new(sdk);
@@ -465,15 +500,37 @@ pub async fn wait(
         .iter()
         .map(|i| i.instance_id.clone())
         .collect();
-    let deadline = tokio::time::Instant::now() + timeout;
+    let started = tokio::time::Instant::now();
+    let deadline = started + options.timeout;
     loop {
-        let described = ec2
+        let described = match ec2
             .describe_instances()
             .set_instance_ids(Some(ids.clone()))
             .send()
             .await
-            .map_err(|e| classify("ec2:DescribeInstances", &e))?;
-        for instance in described.reservations().iter().flat_map(|r| r.instances()) {
+        {
+            Ok(described) => Some(described),
+            Err(err) if err.code() == Some("InvalidInstanceID.NotFound") => {
+                if started.elapsed() >= options.not_found_grace {
+                    if tty {
+                        let _ = writeln!(std::io::stderr());
+                    }
+                    return Err(LaunchError::StillNotFound {
+                        ids: ids.join(", "),
+                        after: humantime::format_duration(options.not_found_grace).to_string(),
+                        detail: err.message().unwrap_or("no message").replace('\n', " "),
+                    });
+                }
+                // Not yet: EC2 has not caught up with its own RunInstances.
+                None
+            }
+            Err(err) => return Err(classify("ec2:DescribeInstances", &err).into()),
+        };
+        let instances = described
+            .iter()
+            .flat_map(|d| d.reservations())
+            .flat_map(|r| r.instances());
+        for instance in instances {
             if let Some(ours) = report
                 .instances
                 .iter_mut()
@@ -490,13 +547,13 @@ pub async fn wait(
             .iter()
             .filter(|i| i.state.as_deref() == Some(InstanceStateName::Running.as_str()))
             .count();
-        let joined = if registered && running == ids.len() {
+        let joined = if options.registered && running == ids.len() {
             registered_count(&ecs, &report.cluster, &ids).await?
         } else {
             0
         };
-        let done = running == ids.len() && (!registered || joined == ids.len());
-        let line = if registered {
+        let done = running == ids.len() && (!options.registered || joined == ids.len());
+        let line = if options.registered {
             format!(
                 "waiting: {running}/{} running, {joined}/{} registered in {}",
                 ids.len(),
@@ -522,40 +579,79 @@ pub async fn wait(
                 let _ = writeln!(std::io::stderr());
             }
             return Err(LaunchError::WaitTimeout(
-                humantime::format_duration(timeout).to_string(),
+                humantime::format_duration(options.timeout).to_string(),
             ));
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(options.poll_interval).await;
     }
 }
 
+/// The cluster query that lists only these instances' container instances.
+fn instance_filter(ids: &[String]) -> String {
+    let quoted: Vec<String> = ids.iter().map(|id| format!("'{id}'")).collect();
+    format!("ec2InstanceId in [{}]", quoted.join(", "))
+}
+
+/// How many of `ids` are container instances in `cluster`. Asks ECS for
+/// these instances only, page by page, and checks the ids itself rather
+/// than trust the filter: a cluster in a real account holds many others.
 async fn registered_count(
     ecs: &aws_sdk_ecs::Client,
     cluster: &str,
     ids: &[String],
 ) -> Result<usize, LaunchError> {
-    let listed = ecs
-        .list_container_instances()
-        .cluster(cluster)
-        .send()
-        .await
-        .map_err(|e| classify("ecs:ListContainerInstances", &e))?;
-    if listed.container_instance_arns().is_empty() {
-        return Ok(0);
+    let mut arns = BTreeSet::new();
+    for chunk in ids.chunks(INSTANCE_IDS_PER_FILTER) {
+        let mut pages = ecs
+            .list_container_instances()
+            .cluster(cluster)
+            .filter(instance_filter(chunk))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("ecs:ListContainerInstances", &e))?;
+            arns.extend(page.container_instance_arns().iter().cloned());
+        }
     }
-    let described = ecs
-        .describe_container_instances()
-        .cluster(cluster)
-        .set_container_instances(Some(listed.container_instance_arns().to_vec()))
-        .send()
-        .await
-        .map_err(|e| classify("ecs:DescribeContainerInstances", &e))?;
-    Ok(described
-        .container_instances()
-        .iter()
-        .filter(|ci| {
-            ci.ec2_instance_id()
-                .is_some_and(|id| ids.iter().any(|i| i == id))
-        })
-        .count())
+    let arns: Vec<String> = arns.into_iter().collect();
+    let mut found = BTreeSet::new();
+    for chunk in arns.chunks(CONTAINER_INSTANCES_PER_DESCRIBE) {
+        let described = ecs
+            .describe_container_instances()
+            .cluster(cluster)
+            .set_container_instances(Some(chunk.to_vec()))
+            .send()
+            .await
+            .map_err(|e| classify("ecs:DescribeContainerInstances", &e))?;
+        found.extend(
+            described
+                .container_instances()
+                .iter()
+                .filter_map(|ci| ci.ec2_instance_id())
+                .filter(|id| ids.iter().any(|i| i == id))
+                .map(str::to_owned),
+        );
+    }
+    Ok(found.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_instance_filter_quotes_each_id_and_stays_under_ecs_limit() {
+        let ids = vec![
+            "i-0123456789abcdef0".to_owned(),
+            "i-0fedcba9876543210".to_owned(),
+        ];
+        assert_eq!(
+            instance_filter(&ids),
+            "ec2InstanceId in ['i-0123456789abcdef0', 'i-0fedcba9876543210']"
+        );
+        let many: Vec<String> = (0..INSTANCE_IDS_PER_FILTER)
+            .map(|n| format!("i-{n:017x}"))
+            .collect();
+        assert!(instance_filter(&many).len() < 2000);
+    }
 }

@@ -3,9 +3,9 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use blockwatch_launch::launch::{launch, wait, LaunchError};
+use blockwatch_launch::launch::{launch, wait, LaunchError, WaitOptions};
 use blockwatch_launch::output::{self, Output};
-use blockwatch_launch::plan::{Market, Request, UserDataMode};
+use blockwatch_launch::plan::{Market, Request, UserDataMode, DEFAULT_IMDS_HOP_LIMIT};
 use clap::Parser;
 
 const EXIT_CODES: &str = "\
@@ -79,6 +79,11 @@ struct Args {
     /// User data to send
     #[arg(long, value_enum, default_value_t = UserDataMode::None)]
     user_data_mode: UserDataMode,
+    /// IMDS hop limit, 1 to 64. 1: only the host reaches IMDS (blockwatch and the ECS agent run
+    /// there). 2: any container on a bridge network can reach IMDS and take the instance role's
+    /// credentials
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_IMDS_HOP_LIMIT)]
+    imds_hop_limit: u32,
     /// Check permissions with EC2's DryRun and print the plan; launch nothing
     #[arg(long)]
     dry_run: bool,
@@ -91,6 +96,11 @@ struct Args {
     /// Give up waiting after this long
     #[arg(long, value_name = "DUR", default_value = "10m")]
     wait_timeout: humantime::Duration,
+    /// How long EC2 may answer InvalidInstanceID.NotFound for instances it just launched
+    /// (eventual consistency) before --wait gives up; for tests
+    #[arg(long, value_name = "DUR", hide = true,
+          default_value_t = WaitOptions::DEFAULT_NOT_FOUND_GRACE.into())]
+    not_found_grace: humantime::Duration,
     /// Output format
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
@@ -120,6 +130,7 @@ fn main() -> ExitCode {
         key_name: args.key_name.clone(),
         name: args.name.clone(),
         user_data_mode: args.user_data_mode,
+        imds_hop_limit: Some(args.imds_hop_limit),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -150,8 +161,13 @@ async fn run(args: &Args, request: &Request) -> Result<(), LaunchError> {
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let mut report = launch(&sdk, &plan, args.dry_run, time::OffsetDateTime::now_utc()).await?;
     let waited = if args.wait && !args.dry_run {
-        let timeout = Duration::from(args.wait_timeout);
-        wait(&sdk, &mut report, args.wait_registered, timeout).await
+        let options = WaitOptions {
+            registered: args.wait_registered,
+            timeout: Duration::from(args.wait_timeout),
+            not_found_grace: Duration::from(args.not_found_grace),
+            poll_interval: WaitOptions::DEFAULT_POLL_INTERVAL,
+        };
+        wait(&sdk, &mut report, options).await
     } else {
         Ok(())
     };

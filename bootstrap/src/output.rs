@@ -57,7 +57,8 @@ pub fn text(report: &Report) -> String {
         .collect();
     lines.push(format!("tags: {}", tags.join(" ")));
     lines.push(format!(
-        "metadata: IMDSv2 required, tags in metadata, hop limit 2; user data: {}",
+        "metadata: IMDSv2 required, tags in metadata, hop limit {}; user data: {}",
+        report.imds_hop_limit,
         if report.user_data {
             "ECS_CLUSTER script"
         } else {

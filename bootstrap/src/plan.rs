@@ -12,6 +12,11 @@ pub const AMI_PARAMETER_ARM64: &str =
     "/aws/service/ecs/optimized-ami/amazon-linux-2023/arm64/recommended/image_id";
 pub const DEFAULT_INSTANCE_TYPE: &str = "m6i.large";
 pub const MAX_COUNT: u32 = 1000;
+/// IMDS answers only the host's own network namespace: blockwatch and the ECS
+/// agent run there; a container on Docker's bridge network is one hop further.
+pub const DEFAULT_IMDS_HOP_LIMIT: u32 = 1;
+/// EC2's limits for `HttpPutResponseHopLimit`.
+pub const IMDS_HOP_LIMITS: std::ops::RangeInclusive<u32> = 1..=64;
 const ECS_CONFIG_TEMPLATE: &str = include_str!("../user-data/ecs-config.sh");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -64,6 +69,8 @@ pub struct Request {
     pub key_name: Option<String>,
     pub name: Option<String>,
     pub user_data_mode: UserDataMode,
+    /// `HttpPutResponseHopLimit` [default: 1].
+    pub imds_hop_limit: Option<u32>,
 }
 
 /// A request that passed every check that needs no AWS call.
@@ -88,6 +95,7 @@ pub struct Plan {
     pub key_name: Option<String>,
     pub name: String,
     pub user_data_mode: UserDataMode,
+    pub imds_hop_limit: i32,
 }
 
 /// A request refused before any API call.
@@ -119,6 +127,8 @@ pub enum Invalid {
     MixedArchitectures { arm: String, x86: String },
     #[error("instance type {0:?} is not like m6i.large")]
     InstanceType(String),
+    #[error("--imds-hop-limit must be between 1 and 64, not {0}")]
+    ImdsHopLimit(u32),
 }
 
 /// Graviton (arm64) instance types: `a1`, or a family whose attributes after
@@ -208,6 +218,11 @@ impl Request {
                 return Err(Invalid::InstanceType(t.clone()));
             }
         }
+        let hop_limit = self.imds_hop_limit.unwrap_or(DEFAULT_IMDS_HOP_LIMIT);
+        let imds_hop_limit = match i32::try_from(hop_limit) {
+            Ok(limit) if IMDS_HOP_LIMITS.contains(&hop_limit) => limit,
+            _ => return Err(Invalid::ImdsHopLimit(hop_limit)),
+        };
         let arm = instance_types.iter().find(|t| is_graviton(t));
         let x86 = instance_types.iter().find(|t| !is_graviton(t));
         if let (Some(arm), Some(x86)) = (arm, x86) {
@@ -238,6 +253,7 @@ impl Request {
                 .clone()
                 .unwrap_or_else(|| format!("blockwatch-{}", self.compute_environment.trim())),
             user_data_mode: self.user_data_mode,
+            imds_hop_limit,
         })
     }
 }
@@ -297,6 +313,27 @@ mod tests {
         assert_eq!(plan.instance_types, vec![DEFAULT_INSTANCE_TYPE.to_owned()]);
         assert_eq!(plan.name, "blockwatch-ce");
         assert_eq!(plan.user_data("c"), None);
+        assert_eq!(plan.imds_hop_limit, 1);
+    }
+
+    #[test]
+    fn imds_hop_limit_takes_1_to_64() {
+        for ok in [1, 2, 64] {
+            let plan = Request {
+                imds_hop_limit: Some(ok),
+                ..request()
+            }
+            .validate();
+            assert_eq!(plan.map(|p| p.imds_hop_limit), Ok(ok as i32));
+        }
+        for bad in [0, 65, u32::MAX] {
+            let refused = Request {
+                imds_hop_limit: Some(bad),
+                ..request()
+            }
+            .validate();
+            assert_eq!(refused, Err(Invalid::ImdsHopLimit(bad)));
+        }
     }
 
     #[test]

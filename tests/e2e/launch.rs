@@ -150,7 +150,11 @@ async fn spot_market_launches_tagged_spot_instances_with_imdsv2_and_no_user_data
             metadata.instance_metadata_tags().map(|t| t.as_str()),
             Some("enabled")
         );
-        assert_eq!(metadata.http_put_response_hop_limit(), Some(2));
+        assert_eq!(
+            metadata.http_put_response_hop_limit(),
+            Some(1),
+            "containers on a bridge network cannot reach IMDS by default"
+        );
         assert_eq!(
             user_data(&moto, instance.instance_id().unwrap()).await,
             None,
@@ -910,5 +914,434 @@ async fn wait_redraws_its_progress_on_a_tty() {
     assert!(
         screen.contains("\rwaiting: 1/1 running\x1b[K"),
         "redrawn in place on a TTY: {screen:?}"
+    );
+}
+
+#[tokio::test]
+async fn imds_hop_limit_defaults_to_1_reaches_ec2_and_the_plan_and_is_validated() {
+    let (moto, _) = moto_with_ce().await;
+    let base = [
+        "--compute-environment",
+        "research",
+        "--count",
+        "1",
+        "--duration",
+        "1h",
+    ];
+
+    let mut two = base.to_vec();
+    two.extend(["--imds-hop-limit", "2", "--output", "json"]);
+    let run = launcher(&moto.endpoint(), &two);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["imds_hop_limit"], 2);
+    let all = instances(&moto).await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        all[0]
+            .metadata_options()
+            .and_then(|m| m.http_put_response_hop_limit()),
+        Some(2),
+        "--imds-hop-limit 2 reaches EC2"
+    );
+
+    // The plan shows the default.
+    let mut dry = base.to_vec();
+    dry.extend(["--dry-run", "--output", "json"]);
+    let plan: serde_json::Value =
+        serde_json::from_str(&launcher(&moto.endpoint(), &dry).stdout).unwrap();
+    assert_eq!(plan["imds_hop_limit"], 1);
+    let mut dry_text = base.to_vec();
+    dry_text.push("--dry-run");
+    let text = launcher(&moto.endpoint(), &dry_text);
+    assert!(text.stdout.contains("hop limit 1"), "{}", text.stdout);
+
+    for bad in ["0", "65"] {
+        let mut refused = base.to_vec();
+        refused.extend(["--imds-hop-limit", bad]);
+        let before = instances(&moto).await.len();
+        let run = launcher(&moto.endpoint(), &refused);
+        assert_eq!(run.code, 2, "{bad}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(&format!(
+                "--imds-hop-limit must be between 1 and 64, not {bad}"
+            )),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(instances(&moto).await.len(), before, "nothing launched");
+    }
+}
+
+/// A proxy in front of moto that records every request (with its headers).
+fn recording_proxy(moto: &MotoServer) -> StubServer {
+    let upstream = moto.addr();
+    StubServer::start(move |_, request| blockwatch_testkit::stub::forward(upstream, request))
+        .unwrap()
+}
+
+fn header<'a>(request: &'a blockwatch_testkit::stub::Received, name: &str) -> Option<&'a str> {
+    request
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// The launcher with nothing but an AWS profile: no keys in the environment,
+/// no instance metadata, `AWS_CONFIG_FILE` and `AWS_PROFILE` naming the profile.
+fn launcher_with_profile(endpoint: &str, home: &std::path::Path, profile: &str) -> Command {
+    let mut command = Command::new(LAUNCHER);
+    command
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", home)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_REGION", REGION)
+        .env("AWS_CONFIG_FILE", home.join("config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .env("AWS_PROFILE", profile)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .args([
+            "--compute-environment",
+            "research",
+            "--count",
+            "1",
+            "--duration",
+            "1h",
+            "--dry-run",
+        ]);
+    command
+}
+
+fn assert_signed_by(proxy: &StubServer, access_key: &str) {
+    let received = proxy.received();
+    assert!(!received.is_empty(), "nothing reached AWS");
+    for request in &received {
+        let authorization = header(request, "authorization").unwrap_or_default();
+        assert!(
+            authorization.contains(&format!("Credential={access_key}/")),
+            "{} signed with {authorization:?}",
+            request.path
+        );
+    }
+}
+
+#[tokio::test]
+async fn credential_process_profile_is_honoured() {
+    let (moto, _) = moto_with_ce().await;
+    let proxy = recording_proxy(&moto);
+    let home = tempfile::tempdir().unwrap();
+    let script = home.path().join("credentials.sh");
+    let ran = home.path().join("ran");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ntouch '{}'\necho '{{\"Version\": 1, \"AccessKeyId\": \"AKIDFROMPROCESS\", \"SecretAccessKey\": \"secret\", \"SessionToken\": \"token\"}}'\n",
+            ran.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &script,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(
+        home.path().join("config"),
+        format!("[profile ops]\ncredential_process = {}\n", script.display()),
+    )
+    .unwrap();
+
+    let run = finished(&mut launcher_with_profile(
+        &proxy.url(""),
+        home.path(),
+        "ops",
+    ));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("nothing was launched"),
+        "{}",
+        run.stdout
+    );
+    assert!(ran.exists(), "the credential_process ran");
+    assert_signed_by(&proxy, "AKIDFROMPROCESS");
+}
+
+#[tokio::test]
+async fn sso_profile_with_a_cached_token_is_honoured() {
+    let (moto, _) = moto_with_ce().await;
+    let proxy = recording_proxy(&moto);
+    // The SSO portal: GetRoleCredentials for the cached token.
+    let portal = StubServer::start(|_, request| {
+        if request.path.starts_with("/federation/credentials") {
+            (200, "{\"roleCredentials\":{\"accessKeyId\":\"ASIAFROMSSO\",\"secretAccessKey\":\"secret\",\"sessionToken\":\"token\",\"expiration\":4102444800000}}".into())
+        } else {
+            (404, "{}".into())
+        }
+    })
+    .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    // Where the AWS CLI caches the token of `aws sso login`: the SHA-1 of the
+    // start URL (this URL's hash is the one aws-config's own tests use).
+    let start_url = "https://d-92671207e4.awsapps.com/start";
+    let cache = home.path().join(".aws/sso/cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(
+        cache.join("13f9d35043871d073ab260e020f0ffde092cb14b.json"),
+        format!("{{\"accessToken\": \"cached-sso-token\", \"expiresAt\": \"2099-01-01T00:00:00Z\", \"region\": \"{REGION}\", \"startUrl\": \"{start_url}\"}}"),
+    )
+    .unwrap();
+    std::fs::write(
+        home.path().join("config"),
+        format!(
+            "[profile ops-sso]\nsso_start_url = {start_url}\nsso_region = {REGION}\nsso_account_id = 123456789012\nsso_role_name = BlockwatchLauncher\n"
+        ),
+    )
+    .unwrap();
+
+    let run = finished(
+        launcher_with_profile(&proxy.url(""), home.path(), "ops-sso")
+            .env("AWS_ENDPOINT_URL_SSO", portal.url("")),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let asked = portal.received();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(
+        asked[0].path.contains("role_name=BlockwatchLauncher")
+            && asked[0].path.contains("account_id=123456789012"),
+        "{}",
+        asked[0].path
+    );
+    assert_eq!(
+        header(&asked[0], "x-amz-sso_bearer_token"),
+        Some("cached-sso-token")
+    );
+    assert_signed_by(&proxy, "ASIAFROMSSO");
+}
+
+/// ECS as a real account answers: ListContainerInstances gives pages of at
+/// most 100 ARNs (moto gives all at once), listing `first` before the rest
+/// (the real order is unspecified), and DescribeContainerInstances refuses
+/// more than 100. Everything else goes to moto.
+fn paginating_ecs(moto: &MotoServer, first: Vec<String>) -> StubServer {
+    let upstream = moto.addr();
+    StubServer::start(move |_, request| {
+        let target = header(request, "x-amz-target").unwrap_or_default().to_owned();
+        let asked: serde_json::Value = serde_json::from_str(&request.body).unwrap_or_default();
+        if target.ends_with(".DescribeContainerInstances")
+            && asked["containerInstances"]
+                .as_array()
+                .is_some_and(|a| a.len() > 100)
+        {
+            return (
+                400,
+                serde_json::json!({"__type": "InvalidParameterException", "message": "containerInstances: at most 100"}).to_string(),
+            );
+        }
+        let (status, text) = blockwatch_testkit::stub::forward(upstream, request);
+        if !target.ends_with(".ListContainerInstances") || status != 200 {
+            return (status, text);
+        }
+        let listed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let all: Vec<String> = listed["containerInstanceArns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect();
+        let mut ordered: Vec<&String> = all.iter().filter(|a| first.contains(a)).collect();
+        ordered.extend(all.iter().filter(|a| !first.contains(a)));
+        let start: usize = asked["nextToken"]
+            .as_str()
+            .map_or(0, |t| t.parse().unwrap());
+        let size = asked["maxResults"]
+            .as_u64()
+            .map_or(100, |m| m.min(100) as usize);
+        let end = (start + size).min(ordered.len());
+        let next = (end < ordered.len()).then(|| end.to_string());
+        (
+            200,
+            serde_json::json!({"containerInstanceArns": ordered[start.min(end)..end], "nextToken": next})
+                .to_string(),
+        )
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn wait_registered_finds_ours_past_the_first_page_of_a_busy_cluster() {
+    let (moto, _) = moto_with_ce().await;
+    let cluster_arn = moto.create_unmanaged_ce("busy", true).await.unwrap();
+    // 110 container instances that are not ours, listed first (moto
+    // registers only instances that exist).
+    let launched = aws_sdk_ec2::Client::new(moto.sdk())
+        .run_instances()
+        .image_id("ami-0abcdef1234567890")
+        .min_count(110)
+        .max_count(110)
+        .send()
+        .await
+        .unwrap();
+    let not_ours: Vec<String> = launched
+        .instances()
+        .iter()
+        .map(|i| i.instance_id().unwrap().to_owned())
+        .collect();
+    let mut others = Vec::new();
+    for id in &not_ours {
+        others.push(
+            moto.register_container_instance(&cluster_arn, id)
+                .await
+                .unwrap(),
+        );
+    }
+    let ecs = paginating_ecs(&moto, others);
+    let child = launcher_command(&moto.endpoint())
+        .env("AWS_ENDPOINT_URL_ECS", ecs.url(""))
+        .args([
+            "--compute-environment",
+            "busy",
+            "--count",
+            "2",
+            "--duration",
+            "1h",
+            "--wait",
+            "--wait-registered",
+            "--wait-timeout",
+            "40s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Play the ECS agents of our instances.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut ours = Vec::new();
+    while ours.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the launcher launched nothing"
+        );
+        for instance in instances(&moto).await {
+            let id = instance.instance_id().unwrap().to_owned();
+            if !ours.contains(&id) && !not_ours.contains(&id) {
+                moto.register_container_instance(&cluster_arn, &id)
+                    .await
+                    .unwrap();
+                ours.push(id);
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("2/2 registered"), "{stderr}");
+    // It asked ECS for our instances by id, not for the whole cluster.
+    let filtered = ecs.received().into_iter().any(|r| {
+        header(&r, "x-amz-target").is_some_and(|t| t.ends_with(".ListContainerInstances"))
+            && ours.iter().all(|id| r.body.contains(&format!("'{id}'")))
+            && r.body.contains("ec2InstanceId in [")
+    });
+    assert!(filtered, "{:?}", ecs.received());
+}
+
+/// EC2 in front of moto that answers the first `not_found` DescribeInstances
+/// calls with InvalidInstanceID.NotFound, as EC2 does right after RunInstances.
+fn eventually_consistent_ec2(moto: &MotoServer, not_found: usize) -> StubServer {
+    let upstream = moto.addr();
+    let described = std::sync::atomic::AtomicUsize::new(0);
+    StubServer::start(move |_, request| {
+        if request.body.contains("Action=DescribeInstances")
+            && described.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < not_found
+        {
+            return (
+                400,
+                ec2_error(
+                    "InvalidInstanceID.NotFound",
+                    "The instance ID 'i-0123456789abcdef0' does not exist",
+                ),
+            );
+        }
+        blockwatch_testkit::stub::forward(upstream, request)
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn instances_ec2_does_not_know_yet_are_waited_for_not_refused() {
+    let (moto, _) = moto_with_ce().await;
+    let ec2 = eventually_consistent_ec2(&moto, 2);
+    let run = launcher_with_ec2(
+        &moto,
+        &ec2,
+        &[
+            "--compute-environment",
+            "research",
+            "--count",
+            "1",
+            "--duration",
+            "1h",
+            "--wait",
+            "--wait-timeout",
+            "60s",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("waiting: 1/1 running"),
+        "{}",
+        run.stderr
+    );
+    let described = ec2
+        .received()
+        .iter()
+        .filter(|r| r.body.contains("Action=DescribeInstances"))
+        .count();
+    assert_eq!(described, 3, "two NotFound answers, then the instance");
+}
+
+#[tokio::test]
+async fn instances_ec2_never_knows_are_refused_after_a_bounded_while() {
+    let (moto, _) = moto_with_ce().await;
+    let ec2 = eventually_consistent_ec2(&moto, usize::MAX);
+    let started = std::time::Instant::now();
+    let run = launcher_with_ec2(
+        &moto,
+        &ec2,
+        &[
+            "--compute-environment",
+            "research",
+            "--count",
+            "1",
+            "--duration",
+            "1h",
+            "--wait",
+            "--wait-timeout",
+            "60s",
+            "--not-found-grace",
+            "3s",
+        ],
+    );
+    assert_eq!(run.code, 7, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("InvalidInstanceID.NotFound") && run.stderr.contains("3s"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(40),
+        "gave up after the grace, not the wait timeout"
+    );
+    assert!(
+        run.stdout.contains("launched 1 of 1"),
+        "the launched instance is still reported: {}",
+        run.stdout
+    );
+    let help = Command::new(LAUNCHER).arg("--help").output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&help.stdout).contains("--not-found-grace"),
+        "a test knob, not an operator's flag"
     );
 }

@@ -38,27 +38,39 @@ fn api_calls_in(dir: &Path) -> BTreeSet<String> {
     found
 }
 
-fn actions_in_json(path: &Path) -> BTreeSet<String> {
+fn statements_in_json(path: &Path) -> Vec<serde_json::Value> {
     let policy: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    policy["Statement"].as_array().unwrap().clone()
+}
+
+fn actions_of(statement: &serde_json::Value) -> Vec<String> {
+    match &statement["Action"] {
+        serde_json::Value::String(a) => vec![a.clone()],
+        serde_json::Value::Array(list) => list
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect(),
+        other => panic!("unexpected Action {other}"),
+    }
+}
+
+/// What the policy allows (its Deny guards are checked apart).
+fn actions_in_json(path: &Path) -> BTreeSet<String> {
     let mut actions = BTreeSet::new();
-    for statement in policy["Statement"].as_array().unwrap() {
-        assert_eq!(statement["Effect"], "Allow");
-        match &statement["Action"] {
-            serde_json::Value::String(a) => {
-                actions.insert(a.clone());
-            }
-            serde_json::Value::Array(list) => {
-                actions.extend(list.iter().map(|a| a.as_str().unwrap().to_owned()))
-            }
-            other => panic!("unexpected Action {other}"),
+    for statement in statements_in_json(path) {
+        match statement["Effect"].as_str() {
+            Some("Allow") => actions.extend(actions_of(&statement)),
+            Some("Deny") => {}
+            other => panic!("unexpected Effect {other:?}"),
         }
     }
     actions
 }
 
-/// The actions listed in the quickstart between `from` and `to`.
-fn actions_in_template(from: &str, to: &str) -> BTreeSet<String> {
+/// The statements of the quickstart between `from` and `to`, as text blocks
+/// each starting at its `- Sid:` line.
+fn statements_in_template(from: &str, to: &str) -> Vec<String> {
     let text =
         std::fs::read_to_string(repo().join("bootstrap/cloudformation/quickstart.yaml")).unwrap();
     let start = text
@@ -68,7 +80,21 @@ fn actions_in_template(from: &str, to: &str) -> BTreeSet<String> {
         + text[start..]
             .find(to)
             .unwrap_or_else(|| panic!("{to} not after {from}"));
-    text[start..end]
+    let mut blocks: Vec<String> = Vec::new();
+    for line in text[start..end].lines() {
+        if line.trim_start().starts_with("- Sid:") {
+            blocks.push(String::new());
+        }
+        if let Some(block) = blocks.last_mut() {
+            block.push_str(line);
+            block.push('\n');
+        }
+    }
+    blocks
+}
+
+fn actions_in_block(block: &str) -> BTreeSet<String> {
+    block
         .lines()
         .map(str::trim)
         .filter_map(|line| {
@@ -77,9 +103,22 @@ fn actions_in_template(from: &str, to: &str) -> BTreeSet<String> {
                 .map(str::trim)
         })
         .filter(|a| {
-            a.contains(':') && !a.contains(' ') && !a.starts_with("arn") && !a.starts_with('!')
+            a.contains(':')
+                && !a.contains(' ')
+                && !a.starts_with("arn")
+                && !a.starts_with('!')
+                && !a.starts_with("Sid:")
         })
         .map(str::to_owned)
+        .collect()
+}
+
+/// The actions the quickstart allows between `from` and `to`.
+fn actions_in_template(from: &str, to: &str) -> BTreeSet<String> {
+    statements_in_template(from, to)
+        .iter()
+        .filter(|block| !block.contains("Effect: Deny"))
+        .flat_map(|block| actions_in_block(block))
         .collect()
 }
 
@@ -137,4 +176,94 @@ fn the_quickstart_retries_host_deaths_and_blockwatch_stops_then_exits() {
         "RETRY rules come before the catch-all EXIT"
     );
     assert!(text.contains("Type: UNMANAGED"));
+}
+
+/// The ECS actions that change another team's work: drain its instances, stop its jobs.
+const ECS_WRITES: [&str; 2] = ["ecs:UpdateContainerInstancesState", "ecs:StopTask"];
+/// The compute environment's cluster, as the policy file shows it (a placeholder to replace).
+const CLUSTER_PLACEHOLDER: &str = "arn:aws:ecs:*:*:cluster/COMPUTE_ENVIRONMENT_Batch_*";
+/// The same in the quickstart, for the compute environment it creates.
+const CLUSTER_IN_QUICKSTART: &str = "ecs:cluster: !Sub \"arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:cluster/${EnvironmentName}-unmanaged_Batch_*\"";
+
+#[test]
+fn agent_policy_scopes_every_ecs_call_to_the_compute_environments_cluster() {
+    let statements = statements_in_json(&repo().join("bootstrap/iam/agent-policy.json"));
+    let allows = |action: &str| {
+        statements
+            .iter()
+            .filter(|s| s["Effect"] == "Allow" && actions_of(s).iter().any(|a| a == action))
+            .collect::<Vec<_>>()
+    };
+    for write in ECS_WRITES {
+        assert!(!allows(write).is_empty(), "{write} not allowed at all");
+    }
+    // Every ECS call, write or read, only on the compute environment's
+    // cluster: by the ecs:cluster condition, or by the cluster's ARN where
+    // the action takes the cluster as its resource (ListContainerInstances).
+    for statement in statements.iter().filter(|s| s["Effect"] == "Allow") {
+        let ecs: Vec<String> = actions_of(statement)
+            .into_iter()
+            .filter(|a| a.starts_with("ecs:"))
+            .collect();
+        if ecs.is_empty() {
+            continue;
+        }
+        let by_condition = statement["Resource"] == "*"
+            && statement["Condition"]["ArnLike"]["ecs:cluster"] == CLUSTER_PLACEHOLDER;
+        let by_resource =
+            statement["Resource"] == CLUSTER_PLACEHOLDER && statement["Condition"].is_null();
+        assert!(
+            by_condition || by_resource,
+            "{ecs:?} not scoped to the cluster: {statement}"
+        );
+        if by_resource {
+            assert_eq!(ecs, ["ecs:ListContainerInstances"], "{statement}");
+        }
+    }
+    // AmazonEC2ContainerServiceforEC2Role, which the ECS agent needs, allows
+    // UpdateContainerInstancesState on every cluster: a Deny caps it.
+    let guard = statements
+        .iter()
+        .find(|s| s["Effect"] == "Deny")
+        .expect("a Deny for the ECS writes outside the cluster");
+    let denied = actions_of(guard);
+    for write in ECS_WRITES {
+        assert!(denied.iter().any(|a| a == write), "{write} not capped");
+    }
+    assert_eq!(guard["Resource"], "*");
+    assert_eq!(
+        guard["Condition"]["ArnNotLike"]["ecs:cluster"],
+        CLUSTER_PLACEHOLDER
+    );
+
+    // The quickstart: the same statements, for the compute environment it makes.
+    let blocks = statements_in_template("PolicyName: blockwatch-agent", "InstanceProfile:");
+    for block in &blocks {
+        let ecs: Vec<String> = actions_in_block(block)
+            .into_iter()
+            .filter(|a| a.starts_with("ecs:"))
+            .collect();
+        if ecs.is_empty() {
+            continue;
+        }
+        let lines: Vec<&str> = block.lines().map(str::trim).collect();
+        let conditioned = lines.contains(&"Resource: \"*\"")
+            && lines.contains(&CLUSTER_IN_QUICKSTART)
+            && (lines.contains(&"ArnLike:") || lines.contains(&"ArnNotLike:"));
+        let by_resource = ecs == ["ecs:ListContainerInstances"]
+            && lines.iter().any(|l| {
+                l.starts_with("Resource: !Sub")
+                    && l.ends_with(":cluster/${EnvironmentName}-unmanaged_Batch_*\"")
+            });
+        assert!(conditioned || by_resource, "not scoped:\n{block}");
+        let deny = lines.contains(&"Effect: Deny");
+        assert_eq!(deny, lines.contains(&"ArnNotLike:"), "{block}");
+    }
+    let deny = blocks
+        .iter()
+        .find(|b| b.contains("Effect: Deny"))
+        .expect("the quickstart caps the managed policy too");
+    for write in ECS_WRITES {
+        assert!(actions_in_block(deny).contains(write), "{deny}");
+    }
 }
