@@ -160,7 +160,13 @@ pub async fn launch(
     let info = blockwatch::sources::batch::describe(&batch, &plan.compute_environment)
         .await?
         .ok_or_else(|| Refusal::NotFound(plan.compute_environment.clone()))?;
-    let (cluster, warnings) = cluster_of(&info)?;
+    let (cluster, mut warnings) = cluster_of(&info)?;
+    if plan.imds_hop_limit > 1 {
+        warnings.push(format!(
+            "IMDS hop limit {}: containers on a bridge network can reach IMDS and take the instance role's credentials",
+            plan.imds_hop_limit
+        ));
+    }
 
     // 2. The AMI.
     let (ami, ami_source) = match &plan.ami {

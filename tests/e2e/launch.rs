@@ -935,6 +935,13 @@ async fn imds_hop_limit_defaults_to_1_reaches_ec2_and_the_plan_and_is_validated(
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(report["imds_hop_limit"], 2);
+    assert!(
+        report["warnings"].as_array().unwrap().iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains("take the instance role's credentials")),
+        "{report}"
+    );
     let all = instances(&moto).await;
     assert_eq!(all.len(), 1);
     assert_eq!(
@@ -951,6 +958,7 @@ async fn imds_hop_limit_defaults_to_1_reaches_ec2_and_the_plan_and_is_validated(
     let plan: serde_json::Value =
         serde_json::from_str(&launcher(&moto.endpoint(), &dry).stdout).unwrap();
     assert_eq!(plan["imds_hop_limit"], 1);
+    assert_eq!(plan["warnings"], serde_json::json!([]), "no warning at 1");
     let mut dry_text = base.to_vec();
     dry_text.push("--dry-run");
     let text = launcher(&moto.endpoint(), &dry_text);
