@@ -38,11 +38,12 @@ source "amazon-ebs" "ecs_al2023" {
   # The current ECS-optimized AL2023 AMI, from its public SSM parameter.
   source_ami = "resolve:ssm:/aws/service/ecs/optimized-ami/amazon-linux-2023/recommended/image_id"
 
-  # IMDSv2 only, hop limit 2 (containers), for the build instance and the image.
+  # IMDSv2 only, hop limit 1: only host-network processes (blockwatch, the ECS
+  # agent) reach IMDS; jobs that need AWS use a job role.
   metadata_options {
     http_endpoint               = "enabled"
     http_tokens                 = "required"
-    http_put_response_hop_limit = 2
+    http_put_response_hop_limit = 1
     instance_metadata_tags      = "enabled"
   }
   imds_support = "v2.0"

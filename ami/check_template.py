@@ -30,8 +30,8 @@ if "/aws/service/ecs/optimized-ami/amazon-linux-2023/recommended/image_id" not i
 metadata = source.get("metadata_options", [{}])[0]
 if unquote(metadata.get("http_tokens")) != "required":
     fail("metadata_options.http_tokens must be required (IMDSv2)")
-if int(metadata.get("http_put_response_hop_limit", 0)) != 2:
-    fail("metadata_options.http_put_response_hop_limit must be 2")
+if int(metadata.get("http_put_response_hop_limit", 0)) != 1:
+    fail("metadata_options.http_put_response_hop_limit must be 1 (2 lets job containers take the instance role)")
 build = parsed.get("build", [{}])[0]
 scripts = [unquote(s) for p in build.get("provisioner", []) for s in p.get('"shell"', p.get("shell", {})).get("scripts", [])]
 for needed in ("install.sh", "cleanup.sh"):
