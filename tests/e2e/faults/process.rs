@@ -367,7 +367,7 @@ fn a_state_directory_that_is_a_file_exits_74() {
 
 /// `blockwatch run` in a private mount namespace where the state directory
 /// is a read-only bind mount of itself.
-fn spawn_with_read_only_state(instance: &Instance, notify: &Path) -> Agent {
+fn spawn_with_read_only_state(instance: &Instance, notify: Option<&Path>) -> Agent {
     let log = instance.root.path().join("run-read-only.log");
     let model = instance.command();
     let mut command = Command::new("unshare");
@@ -377,8 +377,10 @@ fn spawn_with_read_only_state(instance: &Instance, notify: &Path) -> Agent {
             command.env(key, value);
         }
     }
+    if let Some(socket) = notify {
+        command.env("NOTIFY_SOCKET", socket);
+    }
     command
-        .env("NOTIFY_SOCKET", notify)
         .args(["-m", "--", "sh", "-c"])
         .arg(r#"mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@""#)
         .arg(instance.state_dir())
@@ -414,7 +416,7 @@ async fn a_read_only_state_directory_drains_but_never_powers_off_unrecorded() {
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
 
-    let mut agent = spawn_with_read_only_state(&r.instance, &socket_path);
+    let mut agent = spawn_with_read_only_state(&r.instance, Some(&socket_path));
 
     // Draining needs no record (a second DRAINING is harmless), so it happens.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -554,4 +556,36 @@ fn an_idle_agent_keeps_a_heartbeat_and_a_killed_one_is_called_stale() {
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert!(json["last_heard"].is_string(), "{json}");
     assert_eq!(json["heartbeat_stale"], true, "{json}");
+}
+
+#[test]
+fn a_corrupted_state_file_that_cannot_be_moved_is_said_so_truly() {
+    let instance = offline("");
+    let corrupted = b"{\"phase\": \"draining\", \"drain\": {";
+    std::fs::write(state_file(&instance), corrupted).unwrap();
+
+    let mut agent = spawn_with_read_only_state(&instance, None);
+    let log = wait_log(
+        &agent,
+        Duration::from_secs(20),
+        "cannot write the state file",
+    );
+
+    let line = log
+        .lines()
+        .find(|l| l.contains("is not a blockwatch state"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("could not be moved to") && line.contains("Read-only file system"),
+        "{line}"
+    );
+    assert!(
+        !log.contains("moved it to"),
+        "a move that did not happen:\n{log}"
+    );
+    assert_eq!(std::fs::read(state_file(&instance)).unwrap(), corrupted);
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "still watching\n{log}"
+    );
 }
