@@ -12,7 +12,7 @@
 //! | 66 | NOINPUT | `status`: no state to show yet | no |
 //! | 69 | UNAVAILABLE | AWS rejected a request for another reason | no |
 //! | 70 | SOFTWARE | internal error | no |
-//! | 74 | IOERR | ecs.config could not be read or written | no |
+//! | 74 | IOERR | ecs.config could not be read or written; `run`: the state file could not be read | no (`run`: systemd retries) |
 //! | 75 | TEMPFAIL | transient: IMDS or AWS unreachable, throttled or failing after retries | yes |
 //! | 77 | NOPERM | AWS denied a request: missing IAM permission or credentials | no |
 //! | 78 | CONFIG | configuration error: unreadable or invalid config file, no cluster source, invalid cluster value | no |
@@ -51,6 +51,8 @@ pub enum AgentError {
     Source(#[from] SourceError),
     #[error("ecs.config {0}")]
     EcsConfig(#[from] WriteError),
+    #[error(transparent)]
+    State(#[from] crate::host::state::StateError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -66,7 +68,7 @@ impl AgentError {
                 AwsFailure::Denied => AWS_DENIED,
                 AwsFailure::Rejected => AWS_REJECTED,
             },
-            Self::EcsConfig(_) => ECS_CONFIG_IO,
+            Self::EcsConfig(_) | Self::State(_) => ECS_CONFIG_IO,
             Self::Internal(_) => INTERNAL,
         }
     }

@@ -20,7 +20,7 @@ use crate::core::state::{decide, Action, AgentState, Event, Phase, Policy};
 use crate::core::status::Snapshot;
 use crate::exit::AgentError;
 use crate::host::notify::Notifier;
-use crate::host::{metrics, state};
+use crate::host::state;
 use crate::join::{resolve, ResolveOptions, Resolved};
 use crate::sources::aws::Aws;
 use crate::sources::ec2::InstanceCapacity;
@@ -91,6 +91,7 @@ struct Agent<'a> {
     next_ecs_agent_check: Instant,
     /// The EC2 end-date lookup, while it still has to succeed.
     ec2_lookup: Option<Ec2Lookup>,
+    records: state::Records,
 }
 
 /// Retries of the start-up EC2 lookup after transient failures.
@@ -149,20 +150,9 @@ pub async fn run(request: &RunRequest, imds: &Imds, aws: &Aws) -> Result<(), Age
     }
     let errors = BTreeMap::new();
 
-    let previous = state::read_snapshot(&request.state_dir).unwrap_or_else(|err| {
-        // Kept aside for a human; the agent must still watch this instance.
-        let aside = state::state_path(&request.state_dir).with_extension("json.unreadable");
-        let _ = std::fs::rename(state::state_path(&request.state_dir), &aside);
-        log::error!("{err}; moved it to {} and starting afresh", aside.display());
-        None
-    });
-    let state = match previous {
-        Some(snapshot) if snapshot.instance_id == identity.instance_id => {
-            log::info!(PHASE = snapshot.agent.phase.name(); "resuming from {}: phase {}", state::state_path(&request.state_dir).display(), snapshot.agent.phase.name());
-            snapshot.agent
-        }
-        _ => AgentState::default(),
-    };
+    let metrics_file = settings.metrics_file.as_ref().map(|p| p.value.clone());
+    let (records, state) =
+        state::Records::open(&request.state_dir, &identity.instance_id, metrics_file)?;
 
     let mut agent = Agent {
         request,
@@ -184,6 +174,7 @@ pub async fn run(request: &RunRequest, imds: &Imds, aws: &Aws) -> Result<(), Age
             attempts: 0,
             next: Instant::now(),
         }),
+        records,
     };
     let identity_for_lookup = identity.clone();
     agent.lookup_ec2_deadlines(&identity_for_lookup).await;
@@ -222,6 +213,7 @@ pub async fn run(request: &RunRequest, imds: &Imds, aws: &Aws) -> Result<(), Age
         agent.step().await;
         let now = whole_seconds(OffsetDateTime::now_utc());
         agent.check_ecs_agent().await;
+        agent.records.tick(agent.snapshot(now), &agent.errors, now);
         notifier.tick(&agent.status_line(now));
     }
     log::info!(
@@ -321,6 +313,10 @@ impl Agent<'_> {
         if self.ecs_agent_answers == Some(false) {
             line.push_str(" · ECS agent not answering");
         }
+        if let Some(problem) = self.records.problem() {
+            line.push_str(" · ");
+            line.push_str(problem);
+        }
         line
     }
 
@@ -339,6 +335,7 @@ impl Agent<'_> {
                 .map(|ce| ce.value.clone()),
             agent: self.state.clone(),
             updated_at: now,
+            heartbeat: Default::default(),
         }
     }
 
@@ -710,30 +707,6 @@ impl Agent<'_> {
 
     /// Writes the state file (and metrics); false when the state could not be saved.
     fn persist(&mut self, now: OffsetDateTime) -> bool {
-        let snapshot = self.snapshot(now);
-        let saved = match state::write_snapshot(&self.request.state_dir, &snapshot) {
-            Ok(()) => true,
-            Err(err) => {
-                self.count_error("state");
-                log::error!(
-                    "cannot write {}: {err}",
-                    state::state_path(&self.request.state_dir).display()
-                );
-                false
-            }
-        };
-        if let Some(path) = self
-            .resolved
-            .settings
-            .metrics_file
-            .as_ref()
-            .map(|p| p.value.clone())
-        {
-            if let Err(err) = metrics::write(&path, &metrics::render(&self.state, &self.errors)) {
-                self.count_error("metrics");
-                log::warn!("cannot write metrics to {}: {err}", path.display());
-            }
-        }
-        saved
+        self.records.save(self.snapshot(now), &self.errors, now)
     }
 }

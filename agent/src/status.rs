@@ -9,6 +9,8 @@ use crate::host::state;
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
     #[error("{0}")]
+    State(#[from] state::StateError),
+    #[error("cannot read the join record: {0}")]
     Read(#[from] std::io::Error),
     #[error("no state in {0}: blockwatch has not run on this instance (is blockwatch-join.service enabled?)")]
     Nothing(String),
@@ -18,7 +20,7 @@ pub enum StatusError {
 pub fn render(state_dir: &Path, json: bool, now: OffsetDateTime) -> Result<String, StatusError> {
     if let Some(snapshot) = state::read_snapshot(state_dir)? {
         return Ok(if json {
-            serde_json::to_string_pretty(&snapshot.status_json()).unwrap_or_default()
+            serde_json::to_string_pretty(&snapshot.status_json(now)).unwrap_or_default()
         } else {
             snapshot.summary(now)
         });

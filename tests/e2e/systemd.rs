@@ -557,3 +557,60 @@ fn the_rpm_carries_the_same_payload_and_systemd_handling() {
         .join("usr/lib/systemd/system/ecs.service.d/10-blockwatch.conf")
         .exists());
 }
+
+/// The count of `blockwatch_errors_total{source="…"}` in a metrics file.
+fn errors_total(metrics: &str, source: &str) -> u64 {
+    let prefix = format!("blockwatch_errors_total{{source=\"{source}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn metrics_are_written_under_the_units_hardening_and_errors_move_while_idle() {
+    assert_root();
+    // No AWS: the join needs none (explicit cluster), and the agent's EC2
+    // end-date lookup keeps failing while it is otherwise idle.
+    let instance = Instance::without_aws();
+    let mut container = Container::prepare("metrics");
+    // What node_exporter's package creates.
+    std::fs::create_dir_all(container.path("/var/lib/node_exporter/textfile_collector")).unwrap();
+    // A minbase root has no CA bundle (an instance has one), and the AWS SDK
+    // panics building its HTTPS client without one.
+    let bundle = container.path("/etc/ssl/certs/ca-certificates.crt");
+    if !bundle.exists() {
+        std::fs::create_dir_all(bundle.parent().unwrap()).unwrap();
+        std::fs::copy("/etc/ssl/certs/ca-certificates.crt", &bundle).unwrap();
+    }
+    let metrics = "/var/lib/node_exporter/textfile_collector/blockwatch.prom";
+    container.simulate_instance(
+        &instance,
+        &format!("{CONFIG}cluster = \"jobs\"\nmetrics_file = \"{metrics}\"\n"),
+    );
+    // Refreshed every 2 s rather than every minute.
+    container.write(
+        "/etc/systemd/system/blockwatch.service.d/60-quick-heartbeat.conf",
+        "[Service]\nEnvironment=BLOCKWATCH_HEARTBEAT_INTERVAL=2s\n",
+    );
+    container.boot();
+    container.wait_for("blockwatch.service", Duration::from_secs(60), |c| {
+        c.property("blockwatch.service", "ActiveState") == "active"
+    });
+
+    let read = |c: &Container| std::fs::read_to_string(c.path(metrics)).unwrap_or_default();
+    container.wait_for("the metrics file", Duration::from_secs(30), |c| {
+        read(c).contains("blockwatch_phase{phase=\"watching\"} 1")
+    });
+    let first = errors_total(&read(&container), "ec2");
+    container.wait_for(
+        "blockwatch_errors_total to move while idle",
+        Duration::from_secs(45),
+        |c| errors_total(&read(c), "ec2") > first,
+    );
+    let journal = text(&container.exec(&["journalctl", "-u", "blockwatch", "--no-pager"]));
+    assert!(!journal.contains("cannot write metrics"), "{journal}");
+    assert_eq!(container.property("blockwatch.service", "NRestarts"), "0");
+    println!("{}", read(&container));
+}

@@ -85,6 +85,14 @@ pub struct AgentState {
     pub drains_started: u64,
     #[serde(default)]
     pub drains_completed: u64,
+    /// When Auto Scaling's `Terminated` was first seen: its deadline, kept
+    /// so that a restart does not restart its clock.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub terminated_seen_at: Option<OffsetDateTime>,
 }
 
 /// How the agent acts on deadlines.
@@ -128,6 +136,24 @@ fn duration(d: Duration) -> time::Duration {
     time::Duration::try_from(d).unwrap_or(time::Duration::MAX)
 }
 
+/// When Auto Scaling's `Terminated` was first seen, by this process or one
+/// before it. Another lifecycle state clears it; an unread one (IMDS down,
+/// or not polled yet after a restart) keeps it.
+fn terminated_seen_at(
+    now: OffsetDateTime,
+    observed: &Observations,
+    previous: &AgentState,
+) -> Option<OffsetDateTime> {
+    match observed.target_lifecycle_state.as_deref() {
+        Some("Terminated") => previous
+            .terminated_seen_at
+            .or(observed.terminated_seen_at)
+            .or(Some(now)),
+        Some(_) => None,
+        None => previous.terminated_seen_at,
+    }
+}
+
 /// One step: given `now`, what the sources say, and what has been done,
 /// returns the new state, the actions to take and the events to report.
 /// No IO and no clock: the same inputs always give the same decision.
@@ -138,9 +164,14 @@ pub fn decide(
     policy: &Policy,
 ) -> Decision {
     let lead = duration(policy.drain_lead);
+    let mut state = previous.clone();
+    state.terminated_seen_at = terminated_seen_at(now, observed, previous);
+    let observed = &Observations {
+        terminated_seen_at: state.terminated_seen_at,
+        ..observed.clone()
+    };
     let candidates = observed.candidates(now, policy.drain_on_rebalance);
     let first = earliest(&candidates);
-    let mut state = previous.clone();
     let mut actions = Vec::new();
     let mut events = Vec::new();
     if state.phase == Phase::Joining {
@@ -739,6 +770,59 @@ mod tests {
         );
         assert_eq!(d[2].state.deadline.as_ref().map(|x| x.at), Some(T0));
         assert!(!d[2].events.contains(&Event::DeadlineChanged), "no churn");
+    }
+
+    #[test]
+    fn the_autoscaling_deadline_survives_a_restart() {
+        let terminated = |seen| Observations {
+            target_lifecycle_state: Some("Terminated".into()),
+            terminated_seen_at: Some(seen),
+            ..Observations::default()
+        };
+        let first = decide(T0, &terminated(T0), &AgentState::default(), &policy());
+        assert_eq!(first.state.phase, Phase::Draining);
+        // Written to the state file and read back by a restarted agent, whose
+        // own polls first see `Terminated` three minutes later.
+        let persisted: AgentState =
+            serde_json::from_str(&serde_json::to_string(&first.state).unwrap()).unwrap();
+        let later = T0 + minutes(3);
+        let again = decide(later, &terminated(later), &persisted, &policy());
+        assert_eq!(again.state.deadline.as_ref().map(|d| d.at), Some(T0));
+        assert_eq!(again.state.drain.as_ref().map(|d| d.deadline), Some(T0));
+        assert!(again.events.is_empty(), "{:?}", again.events);
+        assert_eq!(again.state.drains_started, 1);
+    }
+
+    #[test]
+    fn autoscaling_back_in_service_forgets_when_terminated_was_seen() {
+        let terminated = Observations {
+            target_lifecycle_state: Some("Terminated".into()),
+            terminated_seen_at: Some(T0),
+            ..Observations::default()
+        };
+        let watching = AgentState {
+            phase: Phase::Watching,
+            ..AgentState::default()
+        };
+        let seen = decide(T0, &terminated, &watching, &policy());
+        let in_service = Observations {
+            target_lifecycle_state: Some("InService".into()),
+            ..Observations::default()
+        };
+        let d = decide(T0 + minutes(1), &in_service, &seen.state, &policy());
+        // A later `Terminated` is a new one, with its own time.
+        let later = T0 + minutes(5);
+        let again = Observations {
+            terminated_seen_at: Some(later),
+            ..terminated
+        };
+        let restarted = AgentState {
+            phase: Phase::Watching,
+            drain: None,
+            ..d.state
+        };
+        let d = decide(later, &again, &restarted, &policy());
+        assert_eq!(d.state.deadline.as_ref().map(|x| x.at), Some(later));
     }
 
     #[test]

@@ -15,8 +15,41 @@ pub struct Snapshot {
     pub compute_environment: Option<String>,
     #[serde(flatten)]
     pub agent: AgentState,
+    /// When the agent's state last changed.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    #[serde(flatten)]
+    pub heartbeat: Heartbeat,
+}
+
+/// Proof of life: the running agent rewrites the state file at least every
+/// `heartbeat_seconds`, even when nothing changes, so that `status` can tell
+/// an idle agent from a dead one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Heartbeat {
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub last_heard: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub heartbeat_seconds: Option<u64>,
+}
+
+/// A heartbeat is stale after this many missed beats.
+const MISSED_BEATS: i32 = 3;
+/// The interval assumed for a state file that does not say.
+const DEFAULT_HEARTBEAT_SECONDS: u64 = 60;
+
+impl Heartbeat {
+    /// How long the agent has been silent, when that is longer than
+    /// `MISSED_BEATS` heartbeats.
+    pub fn stale_for(&self, now: OffsetDateTime) -> Option<time::Duration> {
+        let every = self
+            .heartbeat_seconds
+            .unwrap_or(DEFAULT_HEARTBEAT_SECONDS)
+            .max(1);
+        let every = time::Duration::seconds(i64::try_from(every).unwrap_or(i64::MAX / 8));
+        let silent = now - self.last_heard?;
+        (silent > every.saturating_mul(MISSED_BEATS)).then_some(silent)
+    }
 }
 
 fn clock(at: OffsetDateTime) -> String {
@@ -40,7 +73,7 @@ pub fn countdown(from: OffsetDateTime, to: OffsetDateTime) -> String {
 
 impl Snapshot {
     /// The object `blockwatch status --json` prints (DESIGN.md's contract).
-    pub fn status_json(&self) -> serde_json::Value {
+    pub fn status_json(&self, now: OffsetDateTime) -> serde_json::Value {
         let a = &self.agent;
         let drain = a.drain.as_ref();
         serde_json::json!({
@@ -59,6 +92,8 @@ impl Snapshot {
             "drains_started": a.drains_started,
             "drains_completed": a.drains_completed,
             "updated_at": rfc3339(self.updated_at),
+            "last_heard": self.heartbeat.last_heard.map(rfc3339),
+            "heartbeat_stale": self.heartbeat.stale_for(now).is_some(),
         })
     }
 
@@ -145,12 +180,38 @@ impl Snapshot {
             }
         }
         lines.push(format!("status:    {}", self.status_line(now)));
-        let age = match countdown(self.updated_at, now).as_str() {
-            "now" => "just now".to_owned(),
-            ago => format!("{ago} ago"),
-        };
-        lines.push(format!("updated:   {} ({age})", rfc3339(self.updated_at)));
+        lines.push(format!(
+            "last change: {} ({})",
+            rfc3339(self.updated_at),
+            ago(self.updated_at, now)
+        ));
+        lines.push(match self.heartbeat.last_heard {
+            None => "last heard:  unknown (this state file has no heartbeat)".to_owned(),
+            Some(heard) => {
+                let mut line = format!("last heard:  {} ({})", rfc3339(heard), ago(heard, now));
+                if let Some(silent) = self.heartbeat.stale_for(now) {
+                    let every = self
+                        .heartbeat
+                        .heartbeat_seconds
+                        .unwrap_or(DEFAULT_HEARTBEAT_SECONDS);
+                    line.push_str(&format!(
+                        " · STALE: silent for {} (it writes every {}s): blockwatch run is stopped or stuck, see systemctl status blockwatch; everything above may be out of date",
+                        countdown(now - silent, now),
+                        every
+                    ));
+                }
+                line
+            }
+        });
         lines.join("\n")
+    }
+}
+
+/// `12s ago`, `just now`.
+fn ago(at: OffsetDateTime, now: OffsetDateTime) -> String {
+    match countdown(at, now).as_str() {
+        "now" => "just now".to_owned(),
+        ago => format!("{ago} ago"),
     }
 }
 
@@ -180,6 +241,10 @@ mod tests {
                 ..AgentState::default()
             },
             updated_at: datetime!(2026-11-29 12:47 UTC),
+            heartbeat: Heartbeat {
+                last_heard: Some(datetime!(2026-11-29 12:50 UTC)),
+                heartbeat_seconds: Some(60),
+            },
         }
     }
 
@@ -194,7 +259,7 @@ mod tests {
 
     #[test]
     fn status_json_has_the_contract_keys() {
-        let json = snapshot(Phase::Watching).status_json();
+        let json = snapshot(Phase::Watching).status_json(datetime!(2026-11-29 12:51 UTC));
         for key in [
             "instance_id",
             "cluster",
@@ -209,6 +274,61 @@ mod tests {
         assert_eq!(json["deadline"], "2026-11-29T15:00:00Z");
         assert_eq!(json["deadline_source"], "lease");
         assert_eq!(json["phase"], "watching");
+    }
+
+    #[test]
+    fn status_shows_last_change_and_last_heard() {
+        let text = snapshot(Phase::Watching).summary(datetime!(2026-11-29 12:51 UTC));
+        assert!(
+            text.contains("last change: 2026-11-29T12:47:00Z (4m00s ago)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("last heard:  2026-11-29T12:50:00Z (1m00s ago)"),
+            "{text}"
+        );
+        assert!(!text.contains("STALE"), "{text}");
+        let json = snapshot(Phase::Watching).status_json(datetime!(2026-11-29 12:51 UTC));
+        assert_eq!(json["last_heard"], "2026-11-29T12:50:00Z");
+        assert_eq!(json["heartbeat_stale"], false);
+    }
+
+    #[test]
+    fn a_heartbeat_three_beats_old_is_called_stale() {
+        let s = snapshot(Phase::Draining);
+        // Last heard 12:50, every 60 s: fine at 12:53, stale after.
+        assert!(s
+            .heartbeat
+            .stale_for(datetime!(2026-11-29 12:53 UTC))
+            .is_none());
+        let late = datetime!(2026-11-29 12:53:01 UTC);
+        assert_eq!(
+            s.heartbeat.stale_for(late),
+            Some(time::Duration::seconds(181))
+        );
+        let text = s.summary(late);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("last heard:"))
+            .unwrap_or_default();
+        assert_eq!(
+            line,
+            "last heard:  2026-11-29T12:50:00Z (3m01s ago) · STALE: silent for 3m01s (it writes every 60s): blockwatch run is stopped or stuck, see systemctl status blockwatch; everything above may be out of date"
+        );
+        assert_eq!(s.status_json(late)["heartbeat_stale"], true);
+    }
+
+    #[test]
+    fn an_old_state_file_without_a_heartbeat_still_reads() {
+        let mut json = serde_json::to_value(snapshot(Phase::Watching)).unwrap();
+        let object = json.as_object_mut().unwrap();
+        object.remove("last_heard");
+        object.remove("heartbeat_seconds");
+        let old: Snapshot = serde_json::from_value(json).unwrap();
+        assert_eq!(old.heartbeat, Heartbeat::default());
+        let text = old.summary(datetime!(2026-11-29 12:51 UTC));
+        assert!(text.contains("last heard:  unknown"), "{text}");
+        assert!(!text.contains("STALE"), "{text}");
     }
 
     #[test]

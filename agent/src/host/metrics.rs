@@ -2,10 +2,20 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use time::OffsetDateTime;
 
 use crate::core::state::{AgentState, Phase};
 use crate::host::atomic_file;
+
+/// The one directory the shipped unit lets blockwatch write metrics to
+/// (`ReadWritePaths=-…`): node_exporter's textfile collector.
+pub const TEXTFILE_DIRECTORY: &str = "/var/lib/node_exporter/textfile_collector";
+/// New error counts are written at most this often (and at once when the
+/// state changes), so that a source failing every poll is not a write loop.
+const MIN_GAP: Duration = Duration::from_secs(10);
 
 /// One metric family: its HELP and TYPE lines, then `(labels, value)` samples.
 fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, i64)]) {
@@ -80,4 +90,115 @@ pub fn render(state: &AgentState, errors: &BTreeMap<&'static str, u64>) -> Strin
 
 pub fn write(path: &Path, text: &str) -> std::io::Result<()> {
     atomic_file::replace(path, text.as_bytes(), 0o644)
+}
+
+/// The metrics file of a running agent: rewritten when the state changes,
+/// when the error counts change (at most every `MIN_GAP`), and every
+/// `refresh` in any case, so that its mtime shows the agent is alive.
+#[derive(Debug)]
+pub struct MetricsFile {
+    path: PathBuf,
+    refresh: Duration,
+    written: Option<(String, OffsetDateTime)>,
+    failing: bool,
+}
+
+impl MetricsFile {
+    pub fn new(path: PathBuf, refresh: Duration) -> Self {
+        Self {
+            path,
+            refresh,
+            written: None,
+            failing: false,
+        }
+    }
+
+    /// Writes the metrics if due; false when a write failed (logged once
+    /// until it works again).
+    pub fn refresh(
+        &mut self,
+        state: &AgentState,
+        errors: &BTreeMap<&'static str, u64>,
+        now: OffsetDateTime,
+        state_changed: bool,
+    ) -> bool {
+        let text = render(state, errors);
+        let since = |gap: Duration| {
+            self.written.as_ref().is_none_or(|(_, at)| {
+                now - *at >= time::Duration::try_from(gap).unwrap_or(time::Duration::MAX)
+            })
+        };
+        let differs = self.written.as_ref().is_none_or(|(old, _)| *old != text);
+        let due =
+            state_changed || since(self.refresh) || (differs && since(MIN_GAP.min(self.refresh)));
+        if !due {
+            return true;
+        }
+        match write(&self.path, &text) {
+            Ok(()) => {
+                if self.failing {
+                    log::info!("metrics written to {} again", self.path.display());
+                    self.failing = false;
+                }
+                self.written = Some((text, now));
+                true
+            }
+            Err(err) => {
+                if !self.failing {
+                    log::warn!(
+                        "cannot write metrics to {}: {err}; under blockwatch.service only {TEXTFILE_DIRECTORY}/ is writable for them (logged once until it works)",
+                        self.path.display()
+                    );
+                    self.failing = true;
+                }
+                // Try again at the next gap, not every poll.
+                self.written = Some((text, now));
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    const T0: OffsetDateTime = datetime!(2026-11-29 12:00:00 UTC);
+
+    fn errors(n: u64) -> BTreeMap<&'static str, u64> {
+        BTreeMap::from([("spot", n)])
+    }
+
+    #[test]
+    fn error_counts_reach_the_file_while_nothing_else_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blockwatch.prom");
+        let mut file = MetricsFile::new(path.clone(), Duration::from_secs(60));
+        let state = AgentState::default();
+        let read = || std::fs::read_to_string(&path).unwrap();
+        assert!(file.refresh(&state, &errors(1), T0, true));
+        assert!(read().contains("blockwatch_errors_total{source=\"spot\"} 1"));
+        // A new count within the gap waits; after it, it is written.
+        file.refresh(&state, &errors(2), T0 + time::Duration::seconds(5), false);
+        assert!(read().contains("{source=\"spot\"} 1"));
+        file.refresh(&state, &errors(3), T0 + time::Duration::seconds(10), false);
+        assert!(read().contains("{source=\"spot\"} 3"), "{}", read());
+        // The same content is rewritten only on the timer.
+        std::fs::remove_file(&path).unwrap();
+        file.refresh(&state, &errors(3), T0 + time::Duration::seconds(59), false);
+        assert!(!path.exists());
+        file.refresh(&state, &errors(3), T0 + time::Duration::seconds(70), false);
+        assert!(path.exists());
+    }
+
+    #[test]
+    fn an_unwritable_path_is_reported_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("file");
+        std::fs::write(&blocker, b"").unwrap();
+        let mut file = MetricsFile::new(blocker.join("blockwatch.prom"), Duration::from_secs(60));
+        assert!(!file.refresh(&AgentState::default(), &errors(0), T0, true));
+    }
 }
