@@ -105,8 +105,6 @@ struct Agent<'a> {
     aws_updates: watch::Sender<Arc<Aws>>,
     /// Consecutive polls on which IMDS failed.
     imds_failing_polls: u32,
-    /// Fresh IMDS sessions started in the current run of failures.
-    imds_renewals: u32,
     resolved: Resolved,
     policy: Policy,
     observed: Observations,
@@ -135,6 +133,7 @@ const UNDRAINING: &str = "setting the container instance back to ACTIVE";
 const COUNTING: &str = "counting the tasks still running";
 const STOPPING: &str = "stopping the remaining tasks";
 const EC2_LOOKUP: &str = "looking up EC2 end dates";
+const IMDS_SESSION: &str = "keeping an IMDS session";
 
 /// SIGTERM and SIGINT.
 struct Signals {
@@ -368,7 +367,6 @@ pub async fn run(request: &RunRequest, imds: Imds) -> Result<(), AgentError> {
         aws,
         aws_updates,
         imds_failing_polls: 0,
-        imds_renewals: 0,
         resolved,
         policy,
         observed,
@@ -472,36 +470,29 @@ impl Agent<'_> {
             .iter()
             .any(|e| e.failure != NoticeFailure::Unreadable);
         if !failing {
-            if self.imds_renewals > 0 {
-                log::info!(
-                    "IMDS answers again (after {} fresh session(s))",
-                    self.imds_renewals
-                );
-            }
             self.imds_failing_polls = 0;
-            self.imds_renewals = 0;
             return;
         }
         self.imds_failing_polls += 1;
         if !refused && self.imds_failing_polls < IMDS_RENEW_AFTER {
             return;
         }
-        if self.imds_renewals == 0 {
-            let why = if refused {
-                "IMDS refused our session token".to_owned()
-            } else {
-                format!("IMDS failed {} polls in a row", self.imds_failing_polls)
-            };
-            log::warn!(
-                "{why}: starting a fresh IMDS session and AWS credential chain (at {}); repeats are not logged",
-                self.imds.endpoint()
-            );
+        let why = if refused {
+            "IMDS refused our session token (HTTP 401)".to_owned()
+        } else {
+            format!("IMDS failed {} polls in a row", self.imds_failing_polls)
+        };
+        let error = format!("{why} at {}", self.imds.endpoint());
+        let then = "starting a fresh IMDS session and AWS credential chain";
+        // A token that IMDS forgets every few minutes is summarised too.
+        let now = Instant::now().into_std();
+        if let Some(line) = self.failures.failed(IMDS_SESSION, &error, then, now) {
+            emit(line);
         }
         self.imds = self.imds.renewed();
         self.aws = Arc::new(Aws::new(self.imds.clone()));
         self.aws_updates.send_replace(Arc::clone(&self.aws));
         self.imds_failing_polls = 0;
-        self.imds_renewals += 1;
     }
 
     fn note_ec2_lookup(&mut self, report: Ec2Report) {
@@ -609,6 +600,10 @@ impl Agent<'_> {
         let failing_now: Vec<&'static str> = errors.iter().map(|e| e.source).collect();
         for err in errors {
             self.count_error(err.source);
+            if err.failure == NoticeFailure::TokenRefused {
+                // Healed at once by a fresh session, which says so itself.
+                continue;
+            }
             let then = match err.failure {
                 NoticeFailure::Unreadable => "not acted upon; keeping its last known value",
                 _ => "keeping its last known value",
