@@ -844,6 +844,10 @@ impl Agent<'_> {
                 }
             }
             Action::PowerOff => {
+                // The drain-completed webhook was just sent: give it a chance.
+                // Before the record, so that a SIGTERM while waiting leaves
+                // the power-off to the next start.
+                self.deliveries.settle(WEBHOOK_GRACE, "powering off").await;
                 // Recorded first: a restart must never power off twice.
                 if let Some(drain) = self.state.drain.as_mut() {
                     drain.poweroff_at = Some(now);
@@ -856,8 +860,6 @@ impl Agent<'_> {
                     log::error!("not powering off until the state file can be written");
                     return;
                 }
-                // The drain-completed webhook was just sent: give it a chance.
-                self.deliveries.settle(WEBHOOK_GRACE, "powering off").await;
                 let command = self.resolved.settings.poweroff_command.value.clone();
                 self.log_decision(&format!("drained; powering off with {command:?}"));
                 if let Err(err) = poweroff::run(&command).await {

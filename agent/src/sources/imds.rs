@@ -331,3 +331,86 @@ impl Imds {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use blockwatch_testkit::imds::{Fault, Faults, ImdsSimulator, InstanceState};
+
+    use super::*;
+
+    const SPOT: &str = "/latest/meta-data/spot/instance-action";
+
+    /// One attempt per request: no retry backoff to wait for.
+    fn client(sim: &ImdsSimulator) -> Imds {
+        Imds::from_recipe(Recipe {
+            endpoint: Some(sim.endpoint()),
+            max_attempts: Some(1),
+        })
+    }
+
+    async fn failure(faults: Faults) -> (ImdsFault, String) {
+        let sim = ImdsSimulator::start(InstanceState::default()).unwrap();
+        sim.set_faults(faults);
+        let imds = client(&sim);
+        let fault = imds.get(SPOT).await.expect_err("a fault");
+        (fault, sim.endpoint())
+    }
+
+    #[tokio::test]
+    async fn failures_read_as_one_sentence_with_the_path_and_the_endpoint() {
+        let (fault, endpoint) = failure(Faults {
+            paths: [("*".to_owned(), Fault::Status(500))].into(),
+            ..Faults::default()
+        })
+        .await;
+        assert_eq!(
+            fault.error.to_string(),
+            format!(
+                "instance metadata {SPOT}: HTTP 500 Internal Server Error from IMDS at {endpoint}"
+            )
+        );
+        assert!(!fault.token_refused);
+
+        let (fault, endpoint) = failure(Faults {
+            token: Some(Fault::Status(403)),
+            ..Faults::default()
+        })
+        .await;
+        let text = fault.error.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "instance metadata {SPOT}: no IMDSv2 session token from IMDS at {endpoint}: PUT /latest/api/token answered HTTP 403 Forbidden"
+            )),
+            "{text}"
+        );
+
+        let (fault, endpoint) = failure(Faults {
+            all: Some(Fault::Gone),
+            ..Faults::default()
+        })
+        .await;
+        let text = fault.error.to_string();
+        assert!(text.contains(&endpoint), "{text}");
+        for dump in ["SdkBody", "{ ", "DispatchFailure"] {
+            assert!(!text.contains(dump), "{text}");
+        }
+        assert!(!text.contains('\n'));
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_token_is_told_apart_and_a_renewed_client_heals_it() {
+        let sim = ImdsSimulator::start(InstanceState::default()).unwrap();
+        let imds = client(&sim);
+        assert_eq!(imds.get(SPOT).await.unwrap(), None);
+        sim.expire_tokens();
+        let fault = imds.get(SPOT).await.expect_err("the cached token is gone");
+        assert!(fault.token_refused, "{}", fault.error);
+        assert!(
+            imds.get(SPOT).await.is_err(),
+            "aws-config keeps the forgotten token"
+        );
+        assert_eq!(imds.renewed().get(SPOT).await.unwrap(), None);
+    }
+}
