@@ -42,10 +42,10 @@ use crate::sources::{notices, AwsFailure, SourceError};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-/// The longest the loop waits for one AWS call (with the SDK's own retries)
-/// before it counts as a transient failure: a backstop should the SDK's own
-/// timeouts not fire.
-pub const AWS_CALL_LIMIT: Duration = Duration::from_secs(60);
+/// The longest the loop waits for one AWS step (a call or two, with the
+/// SDK's own retries) before it counts as a transient failure: a backstop
+/// above the SDK's operation timeouts, should they not fire.
+pub const AWS_CALL_LIMIT: Duration = Duration::from_secs(90);
 /// How long shutdown and power-off wait for webhook deliveries in flight.
 pub const WEBHOOK_GRACE: Duration = Duration::from_secs(5);
 /// Consecutive polls with IMDS failing before its client is built afresh
