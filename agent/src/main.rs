@@ -45,9 +45,7 @@ fn main() -> ExitCode {
                 dry_run: args.dry_run,
                 introspection_url: args.ecs_introspection_url,
             };
-            let imds = Imds::new();
-            let aws = Aws::new(imds.clone());
-            runtime.block_on(run(&request, &imds, &aws))
+            runtime.block_on(run(&request, Imds::for_polling()))
         }
         Command::Status(args) => {
             return match status::render(

@@ -3,19 +3,31 @@
 //! The loop is thin: poll IMDS, ask the pure core what to do, do it, record
 //! it. AWS is called at start, at drain time and while draining; never while
 //! idle.
+//!
+//! Nothing may hang the loop: every tick runs beside the signals and the
+//! watchdog (SIGTERM is served while an AWS call is in flight), every AWS
+//! call the loop makes has a time limit of its own, and the start-up EC2
+//! lookup runs on a task of its own so that it never delays IMDS polling,
+//! `READY=1` or the first state file. When IMDS keeps failing (or refuses
+//! our session token), the IMDS client and the AWS credential chain that
+//! shares it are built afresh.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::time::Instant;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, Interval};
 
 use crate::actions::ecs::{agent_metadata, introspect, ContainerService};
 use crate::actions::{poweroff, webhook};
 use crate::core::config::{rfc3339, OnDrained};
 use crate::core::deadline::Observations;
+use crate::core::failures::{FailureLog, Line};
 use crate::core::state::{decide, Action, AgentState, Event, Phase, Policy};
 use crate::core::status::Snapshot;
 use crate::exit::AgentError;
@@ -23,12 +35,25 @@ use crate::host::notify::Notifier;
 use crate::host::state;
 use crate::join::{resolve, ResolveOptions, Resolved};
 use crate::sources::aws::Aws;
-use crate::sources::ec2::InstanceCapacity;
-use crate::sources::imds::Imds;
+use crate::sources::ec2::{Ec2Deadlines, InstanceCapacity};
+use crate::sources::imds::{IdentityDocument, Imds};
+use crate::sources::notices::{NoticeError, NoticeFailure};
 use crate::sources::{notices, AwsFailure, SourceError};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest the loop waits for one AWS step (a call or two, with the
+/// SDK's own retries) before it counts as a transient failure: a backstop
+/// above the SDK's operation timeouts, should they not fire.
+pub const AWS_CALL_LIMIT: Duration = Duration::from_secs(90);
+/// How long shutdown and power-off wait for webhook deliveries in flight.
+pub const WEBHOOK_GRACE: Duration = Duration::from_secs(5);
+/// Consecutive polls with IMDS failing before its client is built afresh
+/// (at once when IMDS refuses our token).
+const IMDS_RENEW_AFTER: u32 = 3;
+/// The watchdog is fed while a tick is in flight, but only this long: a
+/// tick that runs longer is stuck, and systemd should restart us.
+const TICK_LIMIT: Duration = Duration::from_secs(600);
 /// The reason given to tasks stopped at `stop_grace`; Batch retry rules
 /// match it with `onReason: "blockwatch:*"`.
 pub const STOP_REASON_PREFIX: &str = "blockwatch:";
@@ -73,7 +98,13 @@ impl Backoff {
 /// Everything the loop carries between ticks.
 struct Agent<'a> {
     request: &'a RunRequest,
-    aws: &'a Aws,
+    /// IMDS and AWS clients; both are replaced when IMDS needs a fresh session.
+    imds: Imds,
+    aws: Arc<Aws>,
+    /// Tells the EC2 lookup task about a fresh `aws`.
+    aws_updates: watch::Sender<Arc<Aws>>,
+    /// Consecutive polls on which IMDS failed.
+    imds_failing_polls: u32,
     resolved: Resolved,
     policy: Policy,
     observed: Observations,
@@ -82,30 +113,181 @@ struct Agent<'a> {
     backoff: Backoff,
     next_task_count: Instant,
     errors: BTreeMap<&'static str, u64>,
-    failing: BTreeMap<&'static str, bool>,
+    failures: FailureLog,
     waiting_logged: bool,
     rebalance_noted: bool,
     /// Whether the local ECS agent answered its introspection API lately:
     /// blockwatch keeps running when ecs.service fails, and says so.
     ecs_agent_answers: Option<bool>,
     next_ecs_agent_check: Instant,
-    /// The EC2 end-date lookup, while it still has to succeed.
-    ec2_lookup: Option<Ec2Lookup>,
     records: state::Records,
-}
-
-/// Retries of the start-up EC2 lookup after transient failures.
-#[derive(Debug, Clone, Copy)]
-struct Ec2Lookup {
-    attempts: u32,
-    next: Instant,
+    deliveries: webhook::Deliveries,
 }
 
 const EC2_LOOKUP_ATTEMPTS: u32 = 8;
 const ECS_AGENT_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
-pub async fn run(request: &RunRequest, imds: &Imds, aws: &Aws) -> Result<(), AgentError> {
-    let mut notifier = Notifier::new();
+/// What the activities that can fail repeatedly are called in the logs.
+const FINDING: &str = "finding the container instance";
+const DRAINING: &str = "setting the container instance to DRAINING";
+const UNDRAINING: &str = "setting the container instance back to ACTIVE";
+const COUNTING: &str = "counting the tasks still running";
+const STOPPING: &str = "stopping the remaining tasks";
+const EC2_LOOKUP: &str = "looking up EC2 end dates";
+const IMDS_SESSION: &str = "keeping an IMDS session";
+
+/// SIGTERM and SIGINT.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self, AgentError> {
+        let install = |kind| {
+            signal(kind).map_err(|e| AgentError::Internal(format!("cannot handle signals: {e}")))
+        };
+        Ok(Self {
+            terminate: install(SignalKind::terminate())?,
+            interrupt: install(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
+}
+
+/// The signals, the watchdog and its timer: what must be served while the
+/// agent works.
+struct Service {
+    signals: Signals,
+    notifier: Notifier,
+    watchdog: Interval,
+}
+
+/// How a piece of work ended.
+enum Served<T> {
+    Done(T),
+    /// SIGTERM or SIGINT came first; the work was dropped.
+    Stopped,
+}
+
+impl Service {
+    fn new() -> Result<Self, AgentError> {
+        let notifier = Notifier::new();
+        // Without a watchdog this timer idles at a day and does nothing.
+        let mut watchdog = tokio::time::interval(
+            notifier
+                .watchdog_interval()
+                .unwrap_or(Duration::from_secs(86_400)),
+        );
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(Self {
+            signals: Signals::new()?,
+            notifier,
+            watchdog,
+        })
+    }
+
+    /// Runs `work` to its end while feeding the watchdog (for up to
+    /// [`TICK_LIMIT`]) and listening for SIGTERM and SIGINT, which drop it.
+    async fn serve<T>(&mut self, work: impl Future<Output = T>) -> Served<T> {
+        let started = Instant::now();
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                done = &mut work => return Served::Done(done),
+                _ = self.watchdog.tick() => {
+                    if started.elapsed() < TICK_LIMIT {
+                        self.notifier.watchdog();
+                    }
+                }
+                () = self.signals.recv() => return Served::Stopped,
+            }
+        }
+    }
+}
+
+/// Runs an AWS call with [`AWS_CALL_LIMIT`]; past it, a transient failure.
+/// The call is boxed: SDK futures are large.
+fn bounded<'a, T: 'a>(
+    api: &'static str,
+    call: impl Future<Output = Result<T, SourceError>> + 'a,
+) -> impl Future<Output = Result<T, SourceError>> + 'a {
+    let call = Box::pin(call);
+    async move {
+        tokio::time::timeout(AWS_CALL_LIMIT, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(SourceError::Aws {
+                    api,
+                    kind: AwsFailure::Transient,
+                    detail: format!(
+                        "no answer within {}",
+                        humantime::format_duration(AWS_CALL_LIMIT)
+                    ),
+                })
+            })
+    }
+}
+
+/// What the EC2 lookup task reports to the loop.
+#[derive(Debug)]
+enum Ec2Report {
+    Found(Ec2Deadlines),
+    /// A failure; `retry_in` is `None` when the lookup gives up.
+    Failed {
+        error: SourceError,
+        retry_in: Option<Duration>,
+    },
+}
+
+/// EC2's own end dates (legacy spot block, Capacity Block), asked at start
+/// on a task of its own and retried with backoff only after transient
+/// failures; never fatal. Each attempt uses the current AWS clients.
+async fn look_up_ec2_deadlines(
+    aws: watch::Receiver<Arc<Aws>>,
+    identity: IdentityDocument,
+    report: mpsc::UnboundedSender<Ec2Report>,
+) {
+    for attempt in 1..=EC2_LOOKUP_ATTEMPTS {
+        let current = Arc::clone(&aws.borrow());
+        let result = bounded(
+            "ec2:DescribeInstances",
+            current.ec2_deadlines(&identity.instance_id, identity.pending_time),
+        )
+        .await;
+        let error = match result {
+            Ok(found) => {
+                let _ = report.send(Ec2Report::Found(found));
+                return;
+            }
+            Err(error) => error,
+        };
+        let transient = matches!(
+            error,
+            SourceError::Aws {
+                kind: AwsFailure::Transient,
+                ..
+            } | SourceError::Imds { .. }
+        );
+        let retry_in = (transient && attempt < EC2_LOOKUP_ATTEMPTS)
+            .then(|| Duration::from_secs(5 * 2u64.pow(attempt - 1)).min(Duration::from_secs(300)));
+        let _ = report.send(Ec2Report::Failed { error, retry_in });
+        match retry_in {
+            Some(wait) => tokio::time::sleep(wait).await,
+            None => return,
+        }
+    }
+}
+
+pub async fn run(request: &RunRequest, imds: Imds) -> Result<(), AgentError> {
+    let mut service = Service::new()?;
+    let aws = Arc::new(Aws::new(imds.clone()));
     let known = state::read_join_record(&request.state_dir).unwrap_or_else(|err| {
         log::warn!("ignoring the join record: {err}");
         None
@@ -117,7 +299,22 @@ pub async fn run(request: &RunRequest, imds: &Imds, aws: &Aws) -> Result<(), Age
         always_read_tags: true,
         known: known.as_ref(),
     };
-    let resolved = resolve(options, imds, aws, aws).await?;
+    let resolved = match service
+        .serve(Box::pin(resolve(
+            options,
+            &imds,
+            aws.as_ref(),
+            aws.as_ref(),
+        )))
+        .await
+    {
+        Served::Done(resolved) => resolved?,
+        Served::Stopped => {
+            log::info!("stopping before the start-up finished");
+            service.notifier.stopping();
+            return Ok(());
+        }
+    };
     let identity = resolved
         .identity
         .clone()
@@ -148,15 +345,18 @@ pub async fn run(request: &RunRequest, imds: &Imds, aws: &Aws) -> Result<(), Age
         }
         observed.lease_end = Some((end, lease.origin.kind().to_owned()));
     }
-    let errors = BTreeMap::new();
 
     let metrics_file = settings.metrics_file.as_ref().map(|p| p.value.clone());
     let (records, state) =
         state::Records::open(&request.state_dir, &identity.instance_id, metrics_file)?;
 
+    let (aws_updates, aws_for_lookup) = watch::channel(Arc::clone(&aws));
     let mut agent = Agent {
         request,
+        imds,
         aws,
+        aws_updates,
+        imds_failing_polls: 0,
         resolved,
         policy,
         observed,
@@ -164,64 +364,69 @@ pub async fn run(request: &RunRequest, imds: &Imds, aws: &Aws) -> Result<(), Age
         container_instance: None,
         backoff: Backoff::new(),
         next_task_count: Instant::now(),
-        errors,
-        failing: BTreeMap::new(),
+        errors: BTreeMap::new(),
+        failures: FailureLog::default(),
         waiting_logged: false,
         rebalance_noted: false,
         ecs_agent_answers: None,
         next_ecs_agent_check: Instant::now(),
-        ec2_lookup: Some(Ec2Lookup {
-            attempts: 0,
-            next: Instant::now(),
-        }),
         records,
+        deliveries: webhook::Deliveries::default(),
     };
-    let identity_for_lookup = identity.clone();
-    agent.lookup_ec2_deadlines(&identity_for_lookup).await;
+    let (report, mut ec2_reports) = mpsc::unbounded_channel();
+    tokio::spawn(look_up_ec2_deadlines(aws_for_lookup, identity, report));
+
     let poll = settings.poll_interval.value.max(Duration::from_millis(100));
     let mut ticker = tokio::time::interval(poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut terminate = signal(SignalKind::terminate())
-        .map_err(|e| AgentError::Internal(format!("signal handler: {e}")))?;
-    let mut interrupt = signal(SignalKind::interrupt())
-        .map_err(|e| AgentError::Internal(format!("signal handler: {e}")))?;
-    // Without a watchdog this timer idles at a day and does nothing.
-    let mut watchdog = tokio::time::interval(
-        notifier
-            .watchdog_interval()
-            .unwrap_or(Duration::from_secs(86_400)),
-    );
-    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = watchdog.tick() => {
-                notifier.watchdog();
+            _ = service.watchdog.tick() => {
+                service.notifier.watchdog();
                 continue;
             }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            () = service.signals.recv() => break,
+            Some(found) = ec2_reports.recv() => {
+                agent.note_ec2_lookup(found);
+                continue;
+            }
         }
-        agent.lookup_ec2_deadlines(&identity).await;
-        let errors = notices::poll(
-            imds,
-            &mut agent.observed,
-            whole_seconds(OffsetDateTime::now_utc()),
-        )
-        .await;
-        agent.note_notice_errors(errors);
-        agent.step().await;
+        match service.serve(Box::pin(agent.tick())).await {
+            Served::Done(()) => {}
+            Served::Stopped => break,
+        }
         let now = whole_seconds(OffsetDateTime::now_utc());
-        agent.check_ecs_agent().await;
         agent.records.tick(agent.snapshot(now), &agent.errors, now);
-        notifier.tick(&agent.status_line(now));
+        service.notifier.tick(&agent.status_line(now));
     }
     log::info!(
         "stopping; state kept in {}",
         state::state_path(&request.state_dir).display()
     );
-    notifier.stopping();
+    service.notifier.stopping();
+    let stopping = "blockwatch is stopping";
+    if let Served::Stopped = service
+        .serve(agent.deliveries.settle(WEBHOOK_GRACE, stopping))
+        .await
+    {
+        agent
+            .deliveries
+            .abandon("blockwatch was told again to stop");
+    }
     Ok(())
+}
+
+fn emit(line: Line) {
+    match line {
+        Line::Warn(text) => log::warn!("{text}"),
+        Line::Info(text) => log::info!("{text}"),
+    }
+}
+
+/// `reading spot notices`, as failures of a notice source are called.
+fn notice_kind(source: &str) -> String {
+    format!("reading {source} notices")
 }
 
 /// Decisions and records keep whole seconds, as tags and notices do.
@@ -230,21 +435,65 @@ fn whole_seconds(at: OffsetDateTime) -> OffsetDateTime {
 }
 
 impl Agent<'_> {
-    /// EC2's own end dates (legacy spot block, Capacity Block): asked at
-    /// start, retried with backoff only after transient failures, never fatal.
-    async fn lookup_ec2_deadlines(&mut self, identity: &crate::sources::imds::IdentityDocument) {
-        let Some(lookup) = self.ec2_lookup else {
-            return;
-        };
-        if Instant::now() < lookup.next {
+    /// One poll: read the notices, decide, act, record.
+    async fn tick(&mut self) {
+        let errors = notices::poll(
+            &self.imds,
+            &mut self.observed,
+            whole_seconds(OffsetDateTime::now_utc()),
+        )
+        .await;
+        self.heal_imds(&errors);
+        self.note_notice_errors(errors);
+        self.step().await;
+        self.check_ecs_agent().await;
+    }
+
+    /// aws-config's IMDS client keeps its session token for hours and
+    /// retries a 401 with the same token, so a token IMDS has forgotten would
+    /// blind the agent. A refused token, or IMDS failing on several polls in
+    /// a row, starts a fresh session: a new IMDS client, and new AWS clients
+    /// whose credential chain uses it.
+    fn heal_imds(&mut self, errors: &[NoticeError]) {
+        let refused = errors
+            .iter()
+            .any(|e| e.failure == NoticeFailure::TokenRefused);
+        let failing = errors
+            .iter()
+            .any(|e| e.failure != NoticeFailure::Unreadable);
+        if !failing {
+            self.imds_failing_polls = 0;
             return;
         }
-        match self
-            .aws
-            .ec2_deadlines(&identity.instance_id, identity.pending_time)
-            .await
-        {
-            Ok(found) => {
+        self.imds_failing_polls += 1;
+        if !refused && self.imds_failing_polls < IMDS_RENEW_AFTER {
+            return;
+        }
+        let why = if refused {
+            "IMDS refused our session token (HTTP 401)".to_owned()
+        } else {
+            format!("IMDS failed {} polls in a row", self.imds_failing_polls)
+        };
+        let error = format!("{why} at {}", self.imds.endpoint());
+        let then = "starting a fresh IMDS session and AWS credential chain";
+        // A token that IMDS forgets every few minutes is summarised too.
+        let now = Instant::now().into_std();
+        if let Some(line) = self.failures.failed(IMDS_SESSION, &error, then, now) {
+            emit(line);
+        }
+        self.imds = self.imds.renewed();
+        self.aws = Arc::new(Aws::new(self.imds.clone()));
+        self.aws_updates.send_replace(Arc::clone(&self.aws));
+        self.imds_failing_polls = 0;
+    }
+
+    fn note_ec2_lookup(&mut self, report: Ec2Report) {
+        let now = Instant::now().into_std();
+        match report {
+            Ec2Report::Found(found) => {
+                if let Some(line) = self.failures.succeeded(EC2_LOOKUP, now) {
+                    emit(line);
+                }
                 if let Some((end, id)) = &found.legacy_spot_block_end {
                     log::info!("legacy spot block {id}: ends {}", rfc3339(*end));
                 }
@@ -256,33 +505,27 @@ impl Agent<'_> {
                 }
                 self.observed.legacy_spot_block_end = found.legacy_spot_block_end;
                 self.observed.capacity_block_end = found.capacity_block_end;
-                self.ec2_lookup = None;
             }
-            Err(err) => {
+            Ec2Report::Failed {
+                error,
+                retry_in: Some(wait),
+            } => {
                 self.count_error("ec2");
-                let attempts = lookup.attempts + 1;
-                let transient = matches!(
-                    err,
-                    SourceError::Aws {
-                        kind: AwsFailure::Transient,
-                        ..
-                    } | SourceError::Imds { .. }
-                );
-                if transient && attempts < EC2_LOOKUP_ATTEMPTS {
-                    let wait = Duration::from_secs(5 * 2u64.pow(attempts - 1))
-                        .min(Duration::from_secs(300));
-                    log::warn!(
-                        "{err}; will ask again in {}",
-                        humantime::format_duration(wait)
-                    );
-                    self.ec2_lookup = Some(Ec2Lookup {
-                        attempts,
-                        next: Instant::now() + wait,
-                    });
-                } else {
-                    log::warn!("{err}; spot block and Capacity Block end dates are not checked");
-                    self.ec2_lookup = None;
+                let then = format!("will ask again in {}", humantime::format_duration(wait));
+                if let Some(line) = self
+                    .failures
+                    .failed(EC2_LOOKUP, &error.to_string(), &then, now)
+                {
+                    emit(line);
                 }
+            }
+            Ec2Report::Failed {
+                error,
+                retry_in: None,
+            } => {
+                self.count_error("ec2");
+                let _ = self.failures.succeeded(EC2_LOOKUP, now);
+                log::warn!("{error}; spot block and Capacity Block end dates are not checked");
             }
         }
     }
@@ -347,24 +590,34 @@ impl Agent<'_> {
         *self.errors.entry(source).or_default() += 1;
     }
 
-    /// Logs a failing source once when it starts failing and once when it
-    /// recovers, not every second.
-    fn note_notice_errors(&mut self, errors: Vec<notices::NoticeError>) {
+    /// Logs a failing notice source when it starts failing, a count at
+    /// most every few minutes, and once when it recovers; not every second.
+    fn note_notice_errors(&mut self, errors: Vec<NoticeError>) {
+        let now = Instant::now().into_std();
         let failing_now: Vec<&'static str> = errors.iter().map(|e| e.source).collect();
         for err in errors {
             self.count_error(err.source);
-            if !self.failing.get(err.source).copied().unwrap_or(false) {
-                log::warn!(
-                    "{} (keeping its last known value; logged once until it recovers)",
-                    err.error
-                );
-                self.failing.insert(err.source, true);
+            if err.failure == NoticeFailure::TokenRefused {
+                // Healed at once by a fresh session, which says so itself.
+                continue;
+            }
+            let then = match err.failure {
+                NoticeFailure::Unreadable => "not acted upon; keeping its last known value",
+                _ => "keeping its last known value",
+            };
+            let kind = notice_kind(err.source);
+            if let Some(line) = self
+                .failures
+                .failed(&kind, &err.error.to_string(), then, now)
+            {
+                emit(line);
             }
         }
-        for (source, failing) in self.failing.iter_mut() {
-            if *failing && !failing_now.contains(source) {
-                log::info!("{source} notices readable again");
-                *failing = false;
+        for source in notices::SOURCES {
+            if !failing_now.contains(&source) {
+                if let Some(line) = self.failures.succeeded(&notice_kind(source), now) {
+                    emit(line);
+                }
             }
         }
     }
@@ -419,18 +672,21 @@ impl Agent<'_> {
         let Some(container_instance) = self.container_instance().await else {
             return;
         };
-        match self
-            .aws
-            .running_tasks(&self.cluster(), &container_instance)
-            .await
+        let aws = Arc::clone(&self.aws);
+        match bounded(
+            "ecs:ListTasks",
+            aws.running_tasks(&self.cluster(), &container_instance),
+        )
+        .await
         {
             Ok(tasks) => {
+                self.aws_worked(COUNTING);
                 if self.observed.running_tasks != Some(tasks.len()) {
                     log::info!(CLUSTER = self.cluster().as_str(), PHASE = "draining"; "{} task(s) still running on {container_instance}", tasks.len());
                 }
                 self.observed.running_tasks = Some(tasks.len());
             }
-            Err(err) => self.aws_failed("ecs", &err),
+            Err(err) => self.aws_failed(COUNTING, &err),
         }
     }
 
@@ -443,14 +699,19 @@ impl Agent<'_> {
         let cluster = self.cluster();
         let mut found = introspect(&self.request.introspection_url, &cluster).await;
         if found.is_none() {
-            match self
-                .aws
-                .find_container_instance(&cluster, &self.resolved.instance_id)
-                .await
+            let aws = Arc::clone(&self.aws);
+            match bounded(
+                "ecs:ListContainerInstances",
+                aws.find_container_instance(&cluster, &self.resolved.instance_id),
+            )
+            .await
             {
-                Ok(arn) => found = arn,
+                Ok(arn) => {
+                    self.aws_worked(FINDING);
+                    found = arn;
+                }
                 Err(err) => {
-                    self.aws_failed("ecs", &err);
+                    self.aws_failed(FINDING, &err);
                     return None;
                 }
             }
@@ -470,10 +731,22 @@ impl Agent<'_> {
         found
     }
 
-    fn aws_failed(&mut self, source: &'static str, err: &SourceError) {
-        self.count_error(source);
+    /// Counts a failed AWS activity, backs off, and logs it the first time
+    /// and then as a count now and then.
+    fn aws_failed(&mut self, activity: &str, err: &SourceError) {
+        self.count_error("ecs");
         let wait = self.backoff.failed();
-        log::warn!("{err}; retrying in {}", humantime::format_duration(wait));
+        let then = format!("retrying in {}", humantime::format_duration(wait));
+        let now = Instant::now().into_std();
+        if let Some(line) = self.failures.failed(activity, &err.to_string(), &then, now) {
+            emit(line);
+        }
+    }
+
+    fn aws_worked(&mut self, activity: &str) {
+        if let Some(line) = self.failures.succeeded(activity, Instant::now().into_std()) {
+            emit(line);
+        }
     }
 
     async fn act(&mut self, action: Action, now: OffsetDateTime) {
@@ -495,13 +768,17 @@ impl Agent<'_> {
                     }
                     return;
                 };
-                match self
-                    .aws
-                    .set_draining(&self.cluster(), &container_instance, draining)
-                    .await
+                let activity = if draining { DRAINING } else { UNDRAINING };
+                let aws = Arc::clone(&self.aws);
+                match bounded(
+                    "ecs:UpdateContainerInstancesState",
+                    aws.set_draining(&self.cluster(), &container_instance, draining),
+                )
+                .await
                 {
                     Ok(()) => {
                         self.backoff.succeeded();
+                        self.aws_worked(activity);
                         if draining {
                             if let Some(drain) = self.state.drain.as_mut() {
                                 drain.draining_confirmed_at = Some(now);
@@ -527,7 +804,7 @@ impl Agent<'_> {
                         ) {
                             self.container_instance = None;
                         }
-                        self.aws_failed("ecs", &err);
+                        self.aws_failed(activity, &err);
                     }
                 }
             }
@@ -537,10 +814,14 @@ impl Agent<'_> {
                 };
                 let cluster = self.cluster();
                 let reason = self.stop_reason();
-                let result = match self.aws.running_tasks(&cluster, &container_instance).await {
-                    Ok(tasks) => self
-                        .aws
-                        .stop_tasks(&cluster, &tasks, &reason)
+                let aws = Arc::clone(&self.aws);
+                let result = match bounded(
+                    "ecs:ListTasks",
+                    aws.running_tasks(&cluster, &container_instance),
+                )
+                .await
+                {
+                    Ok(tasks) => bounded("ecs:StopTask", aws.stop_tasks(&cluster, &tasks, &reason))
                         .await
                         .map(|()| tasks.len()),
                     Err(err) => Err(err),
@@ -548,6 +829,7 @@ impl Agent<'_> {
                 match result {
                     Ok(stopped) => {
                         self.backoff.succeeded();
+                        self.aws_worked(STOPPING);
                         if let Some(drain) = self.state.drain.as_mut() {
                             drain.tasks_stopped_at = Some(now);
                         }
@@ -555,10 +837,14 @@ impl Agent<'_> {
                             "stopped {stopped} task(s) with reason {reason:?}"
                         ));
                     }
-                    Err(err) => self.aws_failed("ecs", &err),
+                    Err(err) => self.aws_failed(STOPPING, &err),
                 }
             }
             Action::PowerOff => {
+                // The drain-completed webhook was just sent: give it a chance.
+                // Before the record, so that a SIGTERM while waiting leaves
+                // the power-off to the next start.
+                self.deliveries.settle(WEBHOOK_GRACE, "powering off").await;
                 // Recorded first: a restart must never power off twice.
                 if let Some(drain) = self.state.drain.as_mut() {
                     drain.poweroff_at = Some(now);
@@ -652,7 +938,7 @@ impl Agent<'_> {
         );
     }
 
-    fn report(&self, event: &Event, now: OffsetDateTime) {
+    fn report(&mut self, event: &Event, now: OffsetDateTime) {
         let deadline = self.state.deadline.as_ref();
         let described = deadline
             .map(|d| {
@@ -700,7 +986,8 @@ impl Agent<'_> {
                     webhook::redacted(&url.value)
                 );
             } else {
-                webhook::post(url.value.clone(), payload);
+                let url = url.value.clone();
+                self.deliveries.post(url, payload);
             }
         }
     }

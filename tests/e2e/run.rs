@@ -823,15 +823,23 @@ async fn with_moto_the_ec2_lookups_find_no_block_and_the_lease_still_rules() {
         "{}",
         agent.log()
     );
-    // EC2's query protocol: a POST with no X-Amz-Target.
-    let ec2_calls = f
-        .instance
-        .moto()
-        .requests()
-        .iter()
-        .skip(seeded)
-        .filter(|r| r.method == "POST" && r.target.is_none())
-        .count();
+    // EC2's query protocol: a POST with no X-Amz-Target. The lookup runs
+    // beside the loop, so it may come after the first state file.
+    let ec2_calls = || {
+        f.instance
+            .moto()
+            .requests()
+            .iter()
+            .skip(seeded)
+            .filter(|r| r.method == "POST" && r.target.is_none())
+            .count()
+    };
+    let asked_by = std::time::Instant::now() + Duration::from_secs(15);
+    while ec2_calls() == 0 && std::time::Instant::now() < asked_by {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(2 * POLL);
+    let ec2_calls = ec2_calls();
     assert_eq!(
         ec2_calls, 1,
         "one DescribeInstances at start, nothing more for an on-demand instance"

@@ -11,8 +11,27 @@
 //!
 //! Tests change the instance while it runs through [`ImdsSimulator::update`];
 //! the `imds-sim` binary exposes the same through `/_sim/*` (no token).
+//!
+//! The normal path above is exact. On top of it, [`Faults`] make the
+//! simulator misbehave the ways a real IMDS can (set them with
+//! [`ImdsSimulator::set_faults`] or `PUT /_sim/faults`, clear them with
+//! [`ImdsSimulator::clear_faults`] or `DELETE /_sim/faults`):
+//! - [`Fault::Status`]: answer an HTTP status such as 500, 503 or 429;
+//! - [`Fault::Hang`]: read the request and never answer while the fault lasts;
+//! - [`Fault::Gone`]: answer with bytes that are not HTTP, so the client fails
+//!   at once, as when IMDS is gone (connection refused or reset);
+//! - [`Fault::Body`]: answer 200 with a given body in place of the data
+//!   (malformed JSON, an unknown spot `action`, garbage scheduled-event dates).
+//!
+//! A fault applies to every request ([`Faults::all`], IMDS gone or hanging
+//! as a whole), to the token PUT ([`Faults::token`], e.g. 403 or 405), or to
+//! metadata GETs by path or `*` ([`Faults::paths`]). [`Faults::token_lifetime_ms`]
+//! makes IMDS forget every token that soon while still answering the TTL that
+//! was asked, so a client that caches its token gets 401s until it asks for a
+//! new one; [`ImdsSimulator::expire_tokens`] forgets them once, on demand.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -105,7 +124,39 @@ pub struct ScheduledEvent {
 pub struct Exchange {
     pub method: String,
     pub path: String,
+    /// The status answered; 0 when a fault gave no HTTP answer.
     pub status: u16,
+}
+
+/// How the simulator misbehaves instead of answering normally.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// Answer with this HTTP status and no data (500, 503, 429, 403, ...).
+    Status(u16),
+    /// Read the request and never answer while the fault lasts.
+    Hang,
+    /// Answer with bytes that are not HTTP: the client fails at once, as when
+    /// the service is gone.
+    Gone,
+    /// Answer 200 with this body in place of the data.
+    Body(String),
+}
+
+/// The faults in force; the default is none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Every request, token PUT included.
+    pub all: Option<Fault>,
+    /// The token PUT (`PUT /latest/api/token`).
+    pub token: Option<Fault>,
+    /// Metadata GETs, by exact path (`/latest/meta-data/spot/instance-action`)
+    /// or `*` for every path. A `Body` fault is served only with a valid token.
+    pub paths: BTreeMap<String, Fault>,
+    /// Tokens are forgotten this many milliseconds after they are issued,
+    /// whatever TTL was asked (and answered).
+    pub token_lifetime_ms: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -113,8 +164,14 @@ struct Shared {
     state: Mutex<InstanceState>,
     tokens: Mutex<BTreeMap<String, Instant>>,
     exchanges: Mutex<Vec<Exchange>>,
+    faults: Mutex<Faults>,
+    stopping: std::sync::atomic::AtomicBool,
     control_api: bool,
 }
+
+/// The longest a hung request is held, so a forgotten fault cannot keep a
+/// thread for ever.
+const MAX_HANG: Duration = Duration::from_secs(120);
 
 /// A running simulator on a loopback port; stops when dropped.
 pub struct ImdsSimulator {
@@ -155,6 +212,8 @@ impl ImdsSimulator {
             state: Mutex::new(state),
             tokens: Mutex::new(BTreeMap::new()),
             exchanges: Mutex::new(Vec::new()),
+            faults: Mutex::new(Faults::default()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             control_api,
         });
         let thread = {
@@ -200,10 +259,33 @@ impl ImdsSimulator {
     pub fn exchanges(&self) -> Vec<Exchange> {
         lock(&self.shared.exchanges).clone()
     }
+
+    /// Replaces the faults in force.
+    pub fn set_faults(&self, faults: Faults) {
+        *lock(&self.shared.faults) = faults;
+    }
+
+    /// Changes the faults in force.
+    pub fn update_faults(&self, change: impl FnOnce(&mut Faults)) {
+        change(&mut lock(&self.shared.faults));
+    }
+
+    /// Back to normal: no faults (issued tokens stay valid).
+    pub fn clear_faults(&self) {
+        self.set_faults(Faults::default());
+    }
+
+    /// Every metadata GET gets `fault` (the token PUT still works).
+    pub fn fail_every_path(&self, fault: Fault) {
+        self.update_faults(|f| {
+            f.paths.insert("*".to_owned(), fault);
+        });
+    }
 }
 
 impl Drop for ImdsSimulator {
     fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::Relaxed);
         self.server.unblock();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -251,15 +333,24 @@ fn header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
         .map(|h| h.value.as_str())
 }
 
-fn handle(shared: &Shared, mut request: Request) {
+fn handle(shared: &Arc<Shared>, mut request: Request) {
     let path = percent_decode(request.url().split('?').next().unwrap_or(""));
     let method = request.method().clone();
     let mut body = String::new();
     let _ = request.as_reader().read_to_string(&mut body);
-    let reply = if shared.control_api && path.starts_with("/_sim/") {
-        control(shared, &method, &path, &body)
+    let is_control = shared.control_api && path.starts_with("/_sim/");
+    let fault = if is_control {
+        None
     } else {
-        serve(shared, &request, &method, &path)
+        fault_for(shared, &method, &path, header(&request, TOKEN_HEADER))
+    };
+    let reply = match fault {
+        Some(Fault::Hang) => return hang(shared, request, method, path),
+        Some(Fault::Gone) => return gone(shared, request, &method, path),
+        Some(Fault::Status(status)) => Reply::text(status, status_text(status)),
+        Some(Fault::Body(text)) => Reply::text(200, text),
+        None if is_control => control(shared, &method, &path, &body),
+        None => serve(shared, &request, &method, &path),
     };
     lock(&shared.exchanges).push(Exchange {
         method: method.to_string(),
@@ -278,6 +369,82 @@ fn handle(shared: &Shared, mut request: Request) {
     let _ = request.respond(response);
 }
 
+/// The fault for this request, if any. A `Body` fault on a path needs a
+/// valid token, as real data would.
+fn fault_for(shared: &Shared, method: &Method, path: &str, token: Option<&str>) -> Option<Fault> {
+    let faults = lock(&shared.faults);
+    if let Some(fault) = &faults.all {
+        return Some(fault.clone());
+    }
+    if path == TOKEN_PATH {
+        return faults.token.clone();
+    }
+    if *method != Method::Get {
+        return None;
+    }
+    let fault = faults.paths.get(path).or_else(|| faults.paths.get("*"))?;
+    if matches!(fault, Fault::Body(_)) && !token.is_some_and(|t| token_valid(shared, t)) {
+        return None;
+    }
+    Some(fault.clone())
+}
+
+fn record(shared: &Shared, method: &Method, path: String, status: u16) {
+    lock(&shared.exchanges).push(Exchange {
+        method: method.to_string(),
+        path,
+        status,
+    });
+}
+
+/// Holds the request, unanswered, on a thread of its own (so other requests
+/// are still served) until the fault is lifted or the simulator stops.
+fn hang(shared: &Arc<Shared>, request: Request, method: Method, path: String) {
+    record(shared, &method, path.clone(), 0);
+    let shared = Arc::clone(shared);
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        while started.elapsed() < MAX_HANG
+            && !shared.stopping.load(Ordering::Relaxed)
+            && fault_for(&shared, &method, &path, None) == Some(Fault::Hang)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The client has long given up; an answer now is harmless.
+        drop(request);
+    });
+}
+
+/// Answers with bytes that are not HTTP: the client drops the connection.
+fn gone(shared: &Shared, request: Request, method: &Method, path: String) {
+    record(shared, method, path, 0);
+    let mut writer = request.into_writer();
+    let _ = writer.write_all(b"\0\0gone\r\n\r\n");
+    let _ = writer.flush();
+}
+
+fn status_text(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Error",
+    }
+}
+
+fn token_valid(shared: &Shared, token: &str) -> bool {
+    lock(&shared.tokens)
+        .get(token)
+        .is_some_and(|expiry| Instant::now() < *expiry)
+}
+
 fn serve(shared: &Shared, request: &Request, method: &Method, path: &str) -> Reply {
     if path == TOKEN_PATH {
         return match method {
@@ -288,12 +455,7 @@ fn serve(shared: &Shared, request: &Request, method: &Method, path: &str) -> Rep
     if *method != Method::Get {
         return Reply::text(405, "Method Not Allowed");
     }
-    let valid = header(request, TOKEN_HEADER).is_some_and(|token| {
-        lock(&shared.tokens)
-            .get(token)
-            .is_some_and(|expiry| Instant::now() < *expiry)
-    });
-    if !valid {
+    if !header(request, TOKEN_HEADER).is_some_and(|token| token_valid(shared, token)) {
         return Reply::text(401, "Unauthorized");
     }
     let state = lock(&shared.state).clone();
@@ -317,7 +479,13 @@ fn issue_token(shared: &Shared, request: &Request) -> Reply {
         nanos,
         COUNTER.fetch_add(1, Ordering::Relaxed)
     );
-    lock(&shared.tokens).insert(token.clone(), Instant::now() + Duration::from_secs(ttl));
+    // A token lifetime fault shortens the life, not the TTL answered.
+    let life = lock(&shared.faults)
+        .token_lifetime_ms
+        .map_or(Duration::from_secs(ttl), |ms| {
+            Duration::from_millis(ms).min(Duration::from_secs(ttl))
+        });
+    lock(&shared.tokens).insert(token.clone(), Instant::now() + life);
     Reply {
         ttl: Some(ttl),
         ..Reply::text(200, token)
@@ -480,6 +648,20 @@ fn control(shared: &Shared, method: &Method, path: &str, body: &str) -> Reply {
             }
             Err(err) => Reply::text(400, format!("bad state: {err}")),
         },
+        (Method::Get, "/_sim/faults") => {
+            Reply::json(serde_json::to_string_pretty(&*lock(&shared.faults)).unwrap_or_default())
+        }
+        (Method::Put, "/_sim/faults") => match serde_json::from_str::<Faults>(body) {
+            Ok(faults) => {
+                *lock(&shared.faults) = faults;
+                Reply::text(200, "ok")
+            }
+            Err(err) => Reply::text(400, format!("bad faults: {err}")),
+        },
+        (Method::Delete, "/_sim/faults") => {
+            *lock(&shared.faults) = Faults::default();
+            Reply::text(200, "ok")
+        }
         (Method::Post, "/_sim/expire-tokens") => {
             lock(&shared.tokens).clear();
             Reply::text(200, "ok")

@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 
 use blockwatch_testkit::http::{request, HttpResponse};
 use blockwatch_testkit::imds::{
-    ImdsSimulator, InstanceState, ScheduledEvent, SpotInstanceAction, TOKEN_HEADER, TTL_HEADER,
+    Fault, Faults, ImdsSimulator, InstanceState, ScheduledEvent, SpotInstanceAction, TOKEN_HEADER,
+    TTL_HEADER,
 };
 use time::macros::datetime;
 
@@ -230,4 +231,145 @@ fn control_api_changes_state_and_is_off_by_default() {
             .status,
         401
     );
+}
+
+const INSTANCE_ID: &str = "/latest/meta-data/instance-id";
+const SPOT: &str = "/latest/meta-data/spot/instance-action";
+
+#[test]
+fn status_faults_answer_that_status_until_cleared() {
+    let sim = ImdsSimulator::start(InstanceState::default()).unwrap();
+    let (addr, t) = (sim.addr(), token(sim.addr()));
+    sim.fail_every_path(Fault::Status(500));
+    assert_eq!(get(addr, &t, INSTANCE_ID).status, 500);
+    assert_eq!(
+        put_token(addr, Some("60")).status,
+        200,
+        "the token PUT still works"
+    );
+    sim.set_faults(Faults {
+        paths: [(SPOT.to_owned(), Fault::Status(429))].into(),
+        ..Faults::default()
+    });
+    assert_eq!(get(addr, &t, SPOT).status, 429);
+    assert_eq!(get(addr, &t, INSTANCE_ID).status, 200, "only that path");
+    sim.set_faults(Faults {
+        token: Some(Fault::Status(403)),
+        ..Faults::default()
+    });
+    assert_eq!(put_token(addr, Some("60")).status, 403);
+    sim.clear_faults();
+    assert_eq!(put_token(addr, Some("60")).status, 200);
+    assert_eq!(
+        get(addr, &t, INSTANCE_ID).status,
+        200,
+        "tokens survive faults"
+    );
+}
+
+#[test]
+fn body_faults_replace_the_data_but_still_need_a_token() {
+    let sim = ImdsSimulator::start(InstanceState::default()).unwrap();
+    let (addr, t) = (sim.addr(), token(sim.addr()));
+    sim.set_faults(Faults {
+        paths: [(SPOT.to_owned(), Fault::Body("{not json".to_owned()))].into(),
+        ..Faults::default()
+    });
+    let reply = get(addr, &t, SPOT);
+    assert_eq!((reply.status, reply.body.as_str()), (200, "{not json"));
+    assert_eq!(get(addr, "stale", SPOT).status, 401);
+}
+
+#[test]
+fn a_hanging_request_never_answers_while_others_are_served() {
+    let sim = ImdsSimulator::start(InstanceState::default()).unwrap();
+    let (addr, t) = (sim.addr(), token(sim.addr()));
+    sim.set_faults(Faults {
+        paths: [(SPOT.to_owned(), Fault::Hang)].into(),
+        ..Faults::default()
+    });
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .unwrap();
+    use std::io::{Read, Write};
+    write!(
+        stream,
+        "GET {SPOT} HTTP/1.1\r\nHost: x\r\n{TOKEN_HEADER}: {t}\r\n\r\n"
+    )
+    .unwrap();
+    let mut buffer = [0u8; 64];
+    let read = stream.read(&mut buffer);
+    assert!(
+        matches!(&read, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "{read:?}"
+    );
+    assert_eq!(get(addr, &t, INSTANCE_ID).status, 200, "others are served");
+    sim.clear_faults();
+    assert_eq!(get(addr, &t, SPOT).status, 404);
+    let hung = sim.exchanges().iter().filter(|e| e.status == 0).count();
+    assert_eq!(hung, 1);
+}
+
+#[test]
+fn a_gone_imds_fails_every_request_at_once_then_comes_back() {
+    let sim = ImdsSimulator::start(InstanceState::default()).unwrap();
+    let addr = sim.addr();
+    sim.set_faults(Faults {
+        all: Some(Fault::Gone),
+        ..Faults::default()
+    });
+    let started = std::time::Instant::now();
+    assert!(request(addr, "PUT", "/latest/api/token", &[(TTL_HEADER, "60")], "").is_err());
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    sim.clear_faults();
+    let t = token(addr);
+    assert_eq!(get(addr, &t, INSTANCE_ID).status, 200);
+}
+
+#[test]
+fn a_token_lifetime_fault_forgets_tokens_that_still_claim_a_long_ttl() {
+    let sim = ImdsSimulator::start(InstanceState::default()).unwrap();
+    let addr = sim.addr();
+    sim.set_faults(Faults {
+        token_lifetime_ms: Some(300),
+        ..Faults::default()
+    });
+    let reply = put_token(addr, Some("21600"));
+    assert_eq!(reply.header(TTL_HEADER), Some("21600"));
+    assert_eq!(get(addr, &reply.body, INSTANCE_ID).status, 200);
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert_eq!(get(addr, &reply.body, INSTANCE_ID).status, 401);
+}
+
+#[test]
+fn control_api_sets_and_clears_faults() {
+    let sim = ImdsSimulator::start_on("127.0.0.1:0", InstanceState::default(), true).unwrap();
+    let addr = sim.addr();
+    let t = token(addr);
+    let faults = r#"{"paths": {"*": {"status": 503}}, "token": {"status": 405}}"#;
+    assert_eq!(
+        request(addr, "PUT", "/_sim/faults", &[], faults)
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(get(addr, &t, INSTANCE_ID).status, 503);
+    assert_eq!(put_token(addr, Some("60")).status, 405);
+    let shown: Faults =
+        serde_json::from_str(&request(addr, "GET", "/_sim/faults", &[], "").unwrap().body).unwrap();
+    assert_eq!(shown.token, Some(Fault::Status(405)));
+    assert_eq!(
+        request(addr, "PUT", "/_sim/faults", &[], r#"{"typo": 1}"#)
+            .unwrap()
+            .status,
+        400
+    );
+    assert_eq!(
+        request(addr, "DELETE", "/_sim/faults", &[], "")
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(get(addr, &t, INSTANCE_ID).status, 200);
 }

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime};
 
-use super::imds::Imds;
+use super::imds::{Imds, ImdsFault};
 use super::SourceError;
 use crate::core::config::Timestamp;
 use crate::core::deadline::{Observations, ScheduledEvent, SpotAction};
@@ -15,12 +15,27 @@ pub const SCHEDULED_EVENTS: &str = "/latest/meta-data/events/maintenance/schedul
 pub const TARGET_LIFECYCLE_STATE: &str = "/latest/meta-data/autoscaling/target-lifecycle-state";
 pub const REBALANCE: &str = "/latest/meta-data/events/recommendations/rebalance";
 
+/// The short names of the notice sources, as in [`NoticeError::source`].
+pub const SOURCES: [&str; 4] = ["spot", "scheduled-events", "autoscaling", "rebalance"];
+
 /// A notice path that could not be read or parsed this time.
 #[derive(Debug)]
 pub struct NoticeError {
     /// Short source name for logs and metrics.
     pub source: &'static str,
     pub error: SourceError,
+    pub failure: NoticeFailure,
+}
+
+/// Why a notice could not be read, which decides what may heal it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeFailure {
+    /// IMDS refused our session token (HTTP 401): a fresh client heals it.
+    TokenRefused,
+    /// IMDS did not answer, or answered an error status.
+    Unreachable,
+    /// IMDS answered something that is not a notice: never acted upon.
+    Unreadable,
 }
 
 fn unreadable(path: &str, what: &str, err: impl std::fmt::Display) -> SourceError {
@@ -43,6 +58,9 @@ pub fn parse_gmt(text: &str) -> Option<OffsetDateTime> {
         .map(PrimitiveDateTime::assume_utc)
 }
 
+/// The actions EC2 documents for `spot/instance-action`.
+pub const SPOT_ACTIONS: [&str; 3] = ["terminate", "stop", "hibernate"];
+
 pub fn parse_spot_action(text: &str) -> Result<SpotAction, String> {
     #[derive(Deserialize)]
     struct Raw {
@@ -50,6 +68,14 @@ pub fn parse_spot_action(text: &str) -> Result<SpotAction, String> {
         time: String,
     }
     let raw: Raw = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    // Garbage must never drain an instance: only the documented actions count.
+    if !SPOT_ACTIONS.contains(&raw.action.as_str()) {
+        return Err(format!(
+            "action {:?} is none of {}",
+            raw.action,
+            SPOT_ACTIONS.join(", ")
+        ));
+    }
     let time = raw
         .time
         .parse::<Timestamp>()
@@ -117,23 +143,49 @@ pub fn parse_rebalance(text: &str) -> Result<OffsetDateTime, String> {
 
 /// Reads every notice into `observed`. A path that fails keeps its previous
 /// value (an IMDS hiccup must not cancel a drain); its error is returned.
+/// The four paths are asked at once, so a slow IMDS costs one timeout per
+/// poll, not four.
 pub async fn poll(
     imds: &Imds,
     observed: &mut Observations,
     now: OffsetDateTime,
 ) -> Vec<NoticeError> {
+    let (spot, scheduled, lifecycle, rebalance) = tokio::join!(
+        imds.get(SPOT_INSTANCE_ACTION),
+        imds.get(SCHEDULED_EVENTS),
+        imds.get(TARGET_LIFECYCLE_STATE),
+        imds.get(REBALANCE),
+    );
     let mut errors = Vec::new();
-    let mut fail = |source, error| errors.push(NoticeError { source, error });
+    let mut unreadable_notice = |source, error| {
+        errors.push(NoticeError {
+            source,
+            error,
+            failure: NoticeFailure::Unreadable,
+        })
+    };
+    let mut failed = Vec::new();
+    let mut fail = |source, fault: ImdsFault| {
+        failed.push(NoticeError {
+            source,
+            failure: if fault.token_refused {
+                NoticeFailure::TokenRefused
+            } else {
+                NoticeFailure::Unreachable
+            },
+            error: fault.error,
+        })
+    };
 
-    match imds.get_optional(SPOT_INSTANCE_ACTION).await {
+    match spot {
         Ok(None) => observed.spot_action = None,
         Ok(Some(text)) => match parse_spot_action(&text) {
             Ok(action) => observed.spot_action = Some(action),
-            Err(e) => fail("spot", unreadable(SPOT_INSTANCE_ACTION, "spot notice", e)),
+            Err(e) => unreadable_notice("spot", unreadable(SPOT_INSTANCE_ACTION, "spot notice", e)),
         },
         Err(e) => fail("spot", e),
     }
-    match imds.get_optional(SCHEDULED_EVENTS).await {
+    match scheduled {
         Ok(None) => {
             observed.scheduled_events.clear();
             observed.scheduled_events_known = true;
@@ -143,20 +195,20 @@ pub async fn poll(
                 observed.scheduled_events = events;
                 observed.scheduled_events_known = true;
                 if let Some(reason) = skipped {
-                    fail(
+                    unreadable_notice(
                         "scheduled-events",
                         unreadable(SCHEDULED_EVENTS, "scheduled event (skipped)", reason),
                     );
                 }
             }
-            Err(e) => fail(
+            Err(e) => unreadable_notice(
                 "scheduled-events",
                 unreadable(SCHEDULED_EVENTS, "scheduled events", e),
             ),
         },
         Err(e) => fail("scheduled-events", e),
     }
-    match imds.get_optional(TARGET_LIFECYCLE_STATE).await {
+    match lifecycle {
         Ok(state) => {
             let state = state.map(|s| s.trim().to_owned());
             if state.as_deref() == Some("Terminated") {
@@ -168,14 +220,15 @@ pub async fn poll(
         }
         Err(e) => fail("autoscaling", e),
     }
-    match imds.get_optional(REBALANCE).await {
+    match rebalance {
         Ok(None) => observed.rebalance_notice = None,
         Ok(Some(text)) => match parse_rebalance(&text) {
             Ok(at) => observed.rebalance_notice = Some(at),
-            Err(e) => fail("rebalance", unreadable(REBALANCE, "rebalance notice", e)),
+            Err(e) => unreadable_notice("rebalance", unreadable(REBALANCE, "rebalance notice", e)),
         },
         Err(e) => fail("rebalance", e),
     }
+    errors.extend(failed);
     errors
 }
 
@@ -230,5 +283,12 @@ mod tests {
             Ok(datetime!(2020-10-27 08:22:00 UTC))
         );
         assert!(parse_spot_action("{}").is_err());
+        let unknown =
+            parse_spot_action(r#"{"action": "explode\nECS_X=1", "time": "2017-09-18T08:22:00Z"}"#);
+        assert_eq!(
+            unknown,
+            Err(r#"action "explode\nECS_X=1" is none of terminate, stop, hibernate"#.into()),
+            "an unknown action is refused, and shown escaped"
+        );
     }
 }

@@ -1,1 +1,353 @@
-//! Fault matrix family `imds`.
+//! Fault matrix family `imds`: the IMDS simulator misbehaves while
+//! `blockwatch run` watches. The daemon keeps running, never drains on
+//! garbage, says what failed in one sentence (path, endpoint, cause), and
+//! drains on the real notice once IMDS is back.
+//!
+//! No AWS here (`Instance::without_aws`): the decision to drain is in the
+//! state file before any AWS call, which is what these cases check.
+
+use std::time::{Duration, Instant};
+
+use blockwatch_testkit::imds::{Fault, Faults, ScheduledEvent, SpotInstanceAction};
+
+use super::aws_run::{now, sigterm, spot_notice, wait_exit, warnings, FAST};
+use crate::common::{phase, tags, Agent, Instance};
+
+const SPOT: &str = "/latest/meta-data/spot/instance-action";
+const SCHEDULED: &str = "/latest/meta-data/events/maintenance/scheduled";
+
+fn instance() -> Instance {
+    let instance = Instance::without_aws();
+    instance
+        .imds
+        .update(|s| s.tags = tags(&[("blockwatch:cluster", "jobs")]));
+    instance.write_config(FAST);
+    instance
+}
+
+fn start(instance: &Instance) -> Agent {
+    let agent = instance.spawn_run(&[], &[]);
+    instance.wait_for(&agent, Duration::from_secs(20), "watching", |s| {
+        phase(s) == "watching"
+    });
+    agent
+}
+
+/// Waits for a drain decision for a spot interruption; how long it took.
+fn drains_on_spot(instance: &Instance, agent: &Agent, within: Duration) -> Duration {
+    let started = Instant::now();
+    instance.wait_for(agent, within, "a spot drain", |s| {
+        phase(s) == "draining" && s["drain"]["reason"]["kind"] == "spot-interruption"
+    });
+    started.elapsed()
+}
+
+/// Watches for `secs` seconds: the agent stays up and does not drain.
+fn stays_watching(instance: &Instance, agent: &mut Agent, secs: u64) {
+    for _ in 0..secs * 10 {
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            agent.child.try_wait().unwrap().is_none(),
+            "the agent exited\n{}",
+            agent.log()
+        );
+        let snapshot = instance.snapshot().unwrap();
+        assert_eq!(phase(&snapshot), "watching", "{}", agent.log());
+    }
+}
+
+/// Every IMDS warning is one sentence naming the path and the endpoint,
+/// with no debug dump of the SDK's types.
+fn assert_sentences(instance: &Instance, log: &str) {
+    for line in log.lines().filter(|l| l.contains("instance metadata")) {
+        assert!(
+            !line.contains("SdkBody") && !line.contains("Response {") && !line.contains("{ "),
+            "a debug dump: {line}"
+        );
+        if line.contains("warning:") && !line.contains("unreadable") {
+            assert!(
+                line.contains(&instance.imds.endpoint()),
+                "no endpoint: {line}"
+            );
+        }
+    }
+}
+
+/// Hides the spot notice behind `fault` on every path for a while, then
+/// lifts it: the notice must drain within a few seconds.
+fn outage_then_notice(fault: Fault, cause: &str) {
+    let instance = instance();
+    let mut agent = start(&instance);
+    instance.imds.set_faults(Faults {
+        paths: [("*".to_owned(), fault)].into(),
+        ..Faults::default()
+    });
+    spot_notice(&instance);
+    stays_watching(&instance, &mut agent, 3);
+    let log = agent.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("warning:") && l.contains(SPOT) && l.contains(cause)),
+        "a warning names the path and {cause:?}\n{log}"
+    );
+    assert_sentences(&instance, &log);
+
+    instance.imds.clear_faults();
+    let took = drains_on_spot(&instance, &agent, Duration::from_secs(15));
+    assert!(
+        took < Duration::from_secs(8),
+        "drained {took:?} after IMDS came back"
+    );
+    assert!(
+        agent.log().contains("notices works again after"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn imds_500s_keep_the_daemon_watching_and_the_notice_drains_once_they_stop() {
+    outage_then_notice(Fault::Status(500), "HTTP 500 Internal Server Error");
+}
+
+#[test]
+fn imds_429s_keep_the_daemon_watching_and_the_notice_drains_once_they_stop() {
+    outage_then_notice(Fault::Status(429), "HTTP 429 Too Many Requests");
+}
+
+#[test]
+fn a_hanging_imds_keeps_the_daemon_watching_and_the_notice_drains_once_it_answers() {
+    outage_then_notice(Fault::Hang, "cannot reach IMDS at");
+}
+
+#[test]
+fn imds_gone_for_a_while_and_back_drains_on_the_notice() {
+    let instance = instance();
+    let mut agent = start(&instance);
+    instance.imds.set_faults(Faults {
+        all: Some(Fault::Gone),
+        ..Faults::default()
+    });
+    spot_notice(&instance);
+    stays_watching(&instance, &mut agent, 5);
+    let log = agent.log();
+    assert_eq!(
+        warnings(&log, "starting a fresh IMDS session"),
+        1,
+        "a fresh session is tried, and said once\n{log}"
+    );
+    assert_sentences(&instance, &log);
+
+    instance.imds.clear_faults();
+    let took = drains_on_spot(&instance, &agent, Duration::from_secs(15));
+    assert!(
+        took < Duration::from_secs(8),
+        "drained {took:?} after IMDS came back"
+    );
+    assert!(
+        agent.log().contains("notices works again after"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn tokens_forgotten_mid_run_heal_and_a_spot_notice_drains_in_the_usual_time() {
+    let instance = instance();
+    let agent = start(&instance);
+    instance.imds.expire_tokens();
+    std::thread::sleep(Duration::from_secs(2));
+
+    spot_notice(&instance);
+    let took = drains_on_spot(&instance, &agent, Duration::from_secs(20));
+    assert!(
+        took < Duration::from_secs(5),
+        "drained {took:?} after the notice"
+    );
+    let log = agent.log();
+    assert_eq!(
+        warnings(
+            &log,
+            "IMDS refused our session token (HTTP 401) at http://127.0.0.1:"
+        ),
+        1,
+        "{log}"
+    );
+    assert_eq!(warnings(&log, "HTTP 401"), 1, "healed, not repeated\n{log}");
+}
+
+#[test]
+fn tokens_forgotten_continuously_still_let_a_spot_notice_drain_in_the_usual_time() {
+    let instance = instance();
+    instance.imds.set_faults(Faults {
+        token_lifetime_ms: Some(1500),
+        ..Faults::default()
+    });
+    let agent = start(&instance);
+    std::thread::sleep(Duration::from_secs(4));
+
+    spot_notice(&instance);
+    let took = drains_on_spot(&instance, &agent, Duration::from_secs(20));
+    assert!(
+        took < Duration::from_secs(5),
+        "drained {took:?} after the notice"
+    );
+}
+
+#[test]
+fn a_refused_token_put_is_one_sentence_and_the_notice_drains_once_it_is_allowed() {
+    let instance = instance();
+    let mut agent = start(&instance);
+    instance.imds.set_faults(Faults {
+        token: Some(Fault::Status(403)),
+        ..Faults::default()
+    });
+    instance.imds.expire_tokens();
+    spot_notice(&instance);
+    stays_watching(&instance, &mut agent, 3);
+    let log = agent.log();
+    assert!(
+        log.lines().any(|l| l.contains("warning:")
+            && l.contains("no IMDSv2 session token")
+            && l.contains("PUT /latest/api/token answered HTTP 403 Forbidden")),
+        "{log}"
+    );
+    assert_sentences(&instance, &log);
+
+    instance.imds.clear_faults();
+    let took = drains_on_spot(&instance, &agent, Duration::from_secs(15));
+    assert!(
+        took < Duration::from_secs(8),
+        "drained {took:?} after the token came back"
+    );
+}
+
+#[test]
+fn a_refused_token_put_at_start_exits_75_with_one_sentence() {
+    let instance = instance();
+    instance.imds.set_faults(Faults {
+        token: Some(Fault::Status(405)),
+        ..Faults::default()
+    });
+    let mut agent = instance.spawn_run(&[], &[]);
+    let (code, _) = wait_exit(&mut agent, Duration::from_secs(20));
+    assert_eq!(
+        code,
+        Some(75),
+        "transient: systemd restarts it\n{}",
+        agent.log()
+    );
+    let log = agent.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("error:"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("/latest/dynamic/instance-identity/document")
+            && line.contains(&instance.imds.endpoint())
+            && line.contains("HTTP 405"),
+        "{line}"
+    );
+    assert_sentences(&instance, &log);
+}
+
+#[test]
+fn a_malformed_spot_notice_never_drains_and_the_real_one_does() {
+    let instance = instance();
+    let mut agent = start(&instance);
+    instance.imds.set_faults(Faults {
+        paths: [(
+            SPOT.to_owned(),
+            Fault::Body("{\"action\": \"terminate\", \"time\"".into()),
+        )]
+        .into(),
+        ..Faults::default()
+    });
+    stays_watching(&instance, &mut agent, 3);
+    let log = agent.log();
+    assert_eq!(warnings(&log, "unreadable spot notice"), 1, "{log}");
+
+    instance.imds.clear_faults();
+    spot_notice(&instance);
+    drains_on_spot(&instance, &agent, Duration::from_secs(10));
+}
+
+#[test]
+fn an_unknown_spot_action_never_drains() {
+    let instance = instance();
+    let mut agent = start(&instance);
+    instance.imds.update(|s| {
+        s.spot_instance_action = Some(SpotInstanceAction {
+            action: "explode\nECS_ENABLE_PRIVILEGED=true".into(),
+            time: now() + time::Duration::minutes(2),
+        });
+    });
+    stays_watching(&instance, &mut agent, 3);
+    let log = agent.log();
+    assert!(
+        log.contains(
+            r#"action "explode\nECS_ENABLE_PRIVILEGED=true" is none of terminate, stop, hibernate"#
+        ),
+        "named, escaped\n{log}"
+    );
+    assert!(
+        !log.lines().any(|l| l.starts_with("ECS_ENABLE_PRIVILEGED")),
+        "{log}"
+    );
+
+    spot_notice(&instance);
+    drains_on_spot(&instance, &agent, Duration::from_secs(10));
+}
+
+#[test]
+fn garbage_scheduled_event_dates_never_drain_but_a_good_event_beside_them_does() {
+    let instance = instance();
+    let mut agent = start(&instance);
+    let garbage = serde_json::json!([{
+        "NotBefore": "soon", "NotAfter": "later", "Code": "system-reboot",
+        "Description": "x", "EventId": "instance-event-bad", "State": "active"
+    }]);
+    instance.imds.set_faults(Faults {
+        paths: [(SCHEDULED.to_owned(), Fault::Body(garbage.to_string()))].into(),
+        ..Faults::default()
+    });
+    stays_watching(&instance, &mut agent, 3);
+    assert_eq!(
+        warnings(&agent.log(), "NotBefore \"soon\""),
+        1,
+        "{}",
+        agent.log()
+    );
+
+    instance.imds.clear_faults();
+    let not_before = now() + time::Duration::seconds(5);
+    instance.imds.update(|s| {
+        s.scheduled_events = vec![ScheduledEvent {
+            code: "system-reboot".into(),
+            description: "scheduled reboot".into(),
+            event_id: "instance-event-good".into(),
+            not_before,
+            not_after: not_before + time::Duration::minutes(15),
+            state: "active".into(),
+        }]
+    });
+    let drained = instance.wait_for(&agent, Duration::from_secs(10), "a drain", |s| {
+        phase(s) == "draining"
+    });
+    assert_eq!(drained["drain"]["reason"]["id"], "instance-event-good");
+}
+
+#[test]
+fn sigterm_while_imds_hangs_exits_at_once() {
+    let instance = instance();
+    let mut agent = start(&instance);
+    instance.imds.set_faults(Faults {
+        all: Some(Fault::Hang),
+        ..Faults::default()
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    sigterm(&agent);
+    let (code, took) = wait_exit(&mut agent, Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{}", agent.log());
+    assert!(took < Duration::from_secs(2), "SIGTERM took {took:?}");
+}

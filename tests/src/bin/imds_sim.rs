@@ -1,6 +1,17 @@
 //! `imds-sim`: the IMDS simulator as a standalone server, for trying
 //! blockwatch by hand. Change the instance with `PUT /_sim/state` (JSON, as
 //! `GET /_sim/state` shows it); `POST /_sim/expire-tokens`; `GET /_sim/requests`.
+//! Inject faults with `PUT /_sim/faults` (JSON, as `GET /_sim/faults` shows
+//! it) and lift them with `DELETE /_sim/faults`, for example:
+//!
+//! ```text
+//! curl -X PUT localhost:8111/_sim/faults -d '{"paths": {"*": {"status": 500}}}'
+//! curl -X PUT localhost:8111/_sim/faults -d '{"all": "hang"}'
+//! curl -X PUT localhost:8111/_sim/faults -d '{"token": {"status": 403}}'
+//! curl -X PUT localhost:8111/_sim/faults -d '{"token_lifetime_ms": 2000}'
+//! curl -X PUT localhost:8111/_sim/faults \
+//!   -d '{"paths": {"/latest/meta-data/spot/instance-action": {"body": "{oops"}}}'
+//! ```
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
