@@ -1,6 +1,7 @@
 //! Real peers for blockwatch's tests: an IMDS simulator that follows the EC2
 //! documentation, and moto's server seeded through the Rust SDK.
 
+pub mod aws_proxy;
 pub mod http;
 pub mod imds;
 pub mod moto;
