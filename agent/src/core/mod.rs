@@ -5,5 +5,6 @@ pub mod compute_environment;
 pub mod config;
 pub mod deadline;
 pub mod ecs_config;
+pub mod escape;
 pub mod state;
 pub mod status;
