@@ -66,9 +66,12 @@ impl FileConfig {
     /// Parses the TOML text of the file at `path` (used in messages).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigFileError> {
         toml::from_str(text).map_err(|err| {
-            let line = err
-                .span()
-                .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+            // serde reports an unknown key against the whole table: find
+            // the key's own line instead.
+            let line = unknown_key_line(text, err.message()).or_else(|| {
+                err.span()
+                    .map(|span| text[..span.start.min(text.len())].lines().count().max(1))
+            });
             let message = super::escape::escape(&err.message().replace('\n', " "));
             ConfigFileError {
                 path: path.to_owned(),
@@ -108,6 +111,17 @@ pub fn writable_by_others(is_dir: bool, mode: u32, owner: u32, euid: u32) -> Opt
         (false, false) => return None,
     };
     Some(format!("is {who} ({shown})"))
+}
+
+/// The line of the key an "unknown field `key`" message names.
+fn unknown_key_line(text: &str, message: &str) -> Option<usize> {
+    let key = message.strip_prefix("unknown field `")?.split('`').next()?;
+    text.lines()
+        .position(|line| {
+            line.split_once('=')
+                .is_some_and(|(k, _)| k.trim().trim_matches('"') == key)
+        })
+        .map(|index| index + 1)
 }
 
 /// A humantime duration such as `10m` or `1h 30m`.
@@ -637,6 +651,7 @@ mod tests {
     fn unknown_keys_and_bad_values_are_one_line_errors_naming_the_file() {
         for (text, needle) in [
             ("clustr = \"x\"", "clustr"),
+            ("cluster = \"c\"\n\n  typo = 1", "line 3"),
             ("drain_lead = \"soon\"", "soon"),
             ("\n\non_drained = \"explode\"", "line 3"),
             ("lease_end = \"tomorrow\"", "RFC 3339"),
