@@ -64,15 +64,17 @@ fn write_then_rename(
         .mode(mode & 0o777)
         .open(temp)?;
     file.write_all(bytes)?;
+    // The umask may have narrowed the mode given at creation.
+    file.set_permissions(Permissions::from_mode(mode))?;
+    // Mode first: once the file is another user's, changing its mode would
+    // take CAP_FOWNER. Only a different owner costs a chown (CAP_CHOWN), and
+    // set-id bits do not survive it (ecs.config has no use for them).
     if let Some((uid, gid)) = owner {
         let created = file.metadata()?;
         if (created.uid(), created.gid()) != (uid, gid) {
             std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
         }
     }
-    // The umask may have narrowed the mode given at creation; a chown
-    // clears set-id bits, so the mode is set after it.
-    file.set_permissions(Permissions::from_mode(mode))?;
     file.sync_all()?;
     drop(file);
     fs::rename(temp, path)?;
