@@ -17,6 +17,8 @@
 //! | 77 | NOPERM | AWS denied a request: missing IAM permission or credentials | no |
 //! | 78 | CONFIG | configuration error: unreadable or invalid config file, no cluster source, invalid cluster value | no |
 
+use std::time::Duration;
+
 use crate::actions::ecs_config::WriteError;
 use crate::core::cluster::InvalidCluster;
 use crate::core::compute_environment::Refusal;
@@ -55,6 +57,13 @@ pub enum AgentError {
     State(#[from] crate::host::state::StateError),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("{what} did not finish within {}", humantime::format_duration(*after))]
+    TimedOut { what: &'static str, after: Duration },
+    #[error("gave up after {} of retries (--retry-for): {last}", humantime::format_duration(Duration::from_secs(after.as_secs())))]
+    GaveUp {
+        after: Duration,
+        last: Box<AgentError>,
+    },
 }
 
 impl AgentError {
@@ -70,6 +79,8 @@ impl AgentError {
             },
             Self::EcsConfig(_) | Self::State(_) => ECS_CONFIG_IO,
             Self::Internal(_) => INTERNAL,
+            Self::TimedOut { .. } => TRANSIENT,
+            Self::GaveUp { last, .. } => last.exit_code(),
         }
     }
 

@@ -10,6 +10,7 @@ use crate::core::compute_environment::{cluster_of, Refusal};
 use crate::core::config::{
     choose_cluster_target, ClusterTarget, InstanceTags, Origin, Settings, Sourced, TagChannel,
 };
+use crate::core::escape::{escape, escaped, quoted};
 use crate::exit::AgentError;
 use crate::host::state::{self, JoinRecord};
 use crate::sources::batch::ComputeEnvironments;
@@ -116,8 +117,8 @@ where
     let (target, overridden) = choose_cluster_target(&file, config_path, tags.as_ref())?;
     for value in overridden {
         log::info!(
-            "ignoring {:?} from {}: a higher-precedence source decides the cluster",
-            value.value,
+            "ignoring {} from {}: a higher-precedence source decides the cluster",
+            quoted(&value.value),
             value.origin
         );
     }
@@ -137,7 +138,7 @@ where
             (cluster, origin, None)
         }
         ClusterTarget::ComputeEnvironment(ce) => {
-            log::info!("compute_environment={} ({})", ce.value, ce.origin);
+            log::info!("compute_environment={} ({})", escaped(&ce.value), ce.origin);
             let remembered = options.known.filter(|k| {
                 k.instance_id.as_deref() == Some(instance_id.as_str())
                     && k.compute_environment.as_deref() == Some(ce.value.as_str())
@@ -168,18 +169,22 @@ where
     };
 
     let mut effective = vec![
-        format!("instance_id={instance_id}"),
+        format!("instance_id={}", escaped(&instance_id)),
         format!("cluster={cluster} ({origin})"),
     ];
     if let Some(ce) = &compute_environment {
-        effective.push(format!("compute_environment={} ({})", ce.value, ce.origin));
+        effective.push(format!(
+            "compute_environment={} ({})",
+            escaped(&ce.value),
+            ce.origin
+        ));
     }
     effective.extend(settings.describe());
     if tags.is_none() {
         effective.push("instance tags not read (the config file names the cluster)".to_owned());
     }
     log::info!(
-        INSTANCE_ID = instance_id.as_str(), CLUSTER = cluster.as_str(), SOURCE = origin.kind();
+        INSTANCE_ID = escape(&instance_id).as_str(), CLUSTER = cluster.as_str(), SOURCE = origin.kind();
         "effective configuration: {}", effective.join(", ")
     );
     Ok(Resolved {
@@ -282,13 +287,13 @@ async fn read_tags<M: InstanceMetadata, T: TagDirectory>(
 }
 
 fn log_identity(identity: &IdentityDocument) {
+    let instance_id = escape(&identity.instance_id);
     log::info!(
-        INSTANCE_ID = identity.instance_id.as_str();
-        "instance {} ({}) in {} ({}), launched {}",
-        identity.instance_id,
-        identity.instance_type,
-        identity.availability_zone,
-        identity.region,
+        INSTANCE_ID = instance_id.as_str();
+        "instance {instance_id} ({}) in {} ({}), launched {}",
+        escaped(&identity.instance_type),
+        escaped(&identity.availability_zone),
+        escaped(&identity.region),
         crate::core::config::Timestamp(identity.pending_time)
     );
 }
@@ -323,7 +328,7 @@ fn log_outcome(
         Outcome::Updated {
             previous_cluster: Some(old),
         } if old != cluster.as_str() => {
-            format!("set ECS_CLUSTER={cluster} in {path} (was {old})")
+            format!("set ECS_CLUSTER={cluster} in {path} (was {})", escaped(old))
         }
         Outcome::Updated { .. } => format!("set ECS_CLUSTER={cluster} in {path}"),
     };
@@ -332,8 +337,9 @@ fn log_outcome(
     } else {
         ""
     };
+    let instance_id = escape(instance_id);
     log::info!(
-        INSTANCE_ID = instance_id, CLUSTER = cluster.as_str(), SOURCE = origin.kind(), DRY_RUN = dry_run;
+        INSTANCE_ID = instance_id.as_str(), CLUSTER = cluster.as_str(), SOURCE = origin.kind(), DRY_RUN = dry_run;
         "{prefix}{what} (cluster: {origin})"
     );
 }

@@ -1,12 +1,13 @@
 //! The `blockwatch` binary: parse arguments, build the adapters, run.
 
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use blockwatch::cli::{Cli, Command};
 use blockwatch::exit::{self, AgentError};
 use blockwatch::join::{join, JoinRequest};
 use blockwatch::run::{run, RunRequest};
-use blockwatch::sources::aws::Aws;
+use blockwatch::sources::aws::{Aws, AwsTimeouts};
 use blockwatch::sources::imds::Imds;
 use blockwatch::status;
 use clap::Parser;
@@ -78,19 +79,46 @@ fn main() -> ExitCode {
 }
 
 /// Joins; transient failures are retried with backoff for `retry_for`.
-async fn run_join(request: &JoinRequest, retry_for: std::time::Duration) -> Result<(), AgentError> {
-    let started = std::time::Instant::now();
-    let mut backoff = std::time::Duration::from_secs(1);
+///
+/// Nothing hangs the join: every AWS call has attempt and operation
+/// timeouts fitted to `retry_for`, and each attempt as a whole is cut off one
+/// operation timeout after the end of `retry_for`, so the join ends by then.
+async fn run_join(request: &JoinRequest, retry_for: Duration) -> Result<(), AgentError> {
+    let timeouts = if retry_for.is_zero() {
+        AwsTimeouts::DEFAULT
+    } else {
+        AwsTimeouts::within(retry_for)
+    };
+    let started = Instant::now();
+    let deadline = started + retry_for;
+    let mut backoff = Duration::from_secs(1);
     loop {
         // Fresh clients each attempt: a failed IMDS session is not reused.
         let imds = Imds::new();
-        let aws = Aws::new(imds.clone());
-        match join(request, &imds, &aws, &aws, time::OffsetDateTime::now_utc()).await {
-            Ok(_) => return Ok(()),
+        let aws = Aws::with_timeouts(imds.clone(), timeouts);
+        // The calls' own timeouts end an attempt first, with their cause;
+        // this only stops what they do not cover.
+        let budget = deadline.saturating_duration_since(Instant::now()) + timeouts.operation;
+        let attempt = join(request, &imds, &aws, &aws, time::OffsetDateTime::now_utc());
+        let result = match tokio::time::timeout(budget, attempt).await {
+            Ok(result) => result.map(|_| ()),
+            Err(_) => Err(AgentError::TimedOut {
+                what: "join attempt",
+                after: budget,
+            }),
+        };
+        match result {
+            Ok(()) => return Ok(()),
             Err(err) if err.is_transient() && started.elapsed() + backoff <= retry_for => {
                 log::warn!("{err}; retrying in {}", humantime::format_duration(backoff));
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(err) if err.is_transient() && !retry_for.is_zero() => {
+                return Err(AgentError::GaveUp {
+                    after: started.elapsed(),
+                    last: Box::new(err),
+                })
             }
             Err(err) => return Err(err),
         }

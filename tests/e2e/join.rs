@@ -542,3 +542,41 @@ async fn retry_for_waits_out_an_imds_that_is_not_up_yet() {
     assert_eq!(run.code, 78, "{}", run.stderr);
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+#[test]
+fn the_join_unit_lets_the_join_give_up_before_systemd_kills_it_and_keeps_ecs_down() {
+    let packaging = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd");
+    let unit = std::fs::read_to_string(packaging.join("blockwatch-join.service")).unwrap();
+    let setting = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("{key} missing:\n{unit}"))
+            .trim()
+            .to_owned()
+    };
+    let exec = setting("ExecStart=");
+    let retry_for = exec
+        .split_once("--retry-for ")
+        .map(|(_, rest)| rest.split_whitespace().next().unwrap())
+        .unwrap();
+    let retry_for = humantime::parse_duration(retry_for).unwrap();
+    let start_timeout = humantime::parse_duration(&setting("TimeoutStartSec=")).unwrap();
+    // The join ends by --retry-for plus one AWS call's timeout; systemd's
+    // limit only catches what nothing else bounds.
+    let join_bound = retry_for + blockwatch::sources::aws::AwsTimeouts::DEFAULT.operation;
+    assert!(
+        start_timeout >= join_bound + std::time::Duration::from_secs(30),
+        "TimeoutStartSec {start_timeout:?} leaves no room after {join_bound:?}"
+    );
+    assert!(
+        start_timeout <= join_bound * 2,
+        "TimeoutStartSec {start_timeout:?} is far beyond the join's own bound"
+    );
+    let dropin =
+        std::fs::read_to_string(packaging.join("ecs.service.d/10-blockwatch.conf")).unwrap();
+    assert!(
+        dropin.contains("Requires=blockwatch-join.service"),
+        "{dropin}"
+    );
+    assert!(dropin.contains("After=blockwatch-join.service"), "{dropin}");
+}

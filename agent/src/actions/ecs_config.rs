@@ -1,8 +1,14 @@
 //! Writing `ECS_CLUSTER` into ecs.config on disk.
+//!
+//! ecs.config may hold secrets (`ECS_ENGINE_AUTH_DATA`), so a rewrite keeps
+//! the file's mode, owner and group; only a new file gets 0644. Other lines
+//! keep their bytes. A symlinked ecs.config is written through: the link's
+//! final target is replaced atomically and the link stays a link. A link to
+//! nothing, or a path that is not a regular file, is refused.
 
-use std::fs::{self, Permissions};
+use std::fs::{self, Metadata};
 use std::io::{self, ErrorKind};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::core::cluster::ClusterName;
@@ -10,7 +16,8 @@ use crate::core::ecs_config::{current_cluster, set_cluster, Rewrite};
 use crate::host::atomic_file;
 
 pub const DEFAULT_ECS_CONFIG_PATH: &str = "/etc/ecs/ecs.config";
-const MODE: u32 = 0o644;
+/// The mode of an ecs.config that blockwatch creates.
+const NEW_FILE_MODE: u32 = 0o644;
 
 /// What the writer did, or would do in a dry run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,34 +30,107 @@ pub enum Outcome {
 /// The plan for one ecs.config: its current and its wanted content.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// The path as given (`--ecs-config`).
     pub path: PathBuf,
-    existing: Option<Vec<u8>>,
+    /// The file that is read and replaced: `path`, or its symlink's target.
+    pub target: PathBuf,
+    existing: Option<Existing>,
     rewrite: Rewrite,
 }
 
+#[derive(Debug, Clone)]
+struct Existing {
+    bytes: Vec<u8>,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+/// Why ecs.config could not be read or written; each names the file.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {source}")]
-pub struct WriteError {
-    pub path: String,
-    pub source: io::Error,
+pub enum WriteError {
+    #[error("{path}: could not {action}: {source}")]
+    Io {
+        path: String,
+        action: &'static str,
+        source: io::Error,
+    },
+    #[error("{path} is a symlink to {target}, which does not exist; refusing to create a file through a dangling link (create the target, or replace the link with a file)")]
+    DanglingLink { path: String, target: String },
+    #[error("{path} is {kind}, not a regular file; refusing to replace it")]
+    NotAFile { path: String, kind: &'static str },
+}
+
+fn io_error(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> WriteError {
+    let path = path.display().to_string();
+    move |source| WriteError::Io {
+        path,
+        action,
+        source,
+    }
+}
+
+fn kind_of(meta: &Metadata) -> &'static str {
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_symlink() {
+        "a symlink"
+    } else {
+        "a special file"
+    }
+}
+
+/// The file to read and replace for `path`: itself, or the final target of
+/// a symlink. `None` when nothing exists there yet.
+fn resolve_target(path: &Path) -> Result<(PathBuf, Option<Metadata>), WriteError> {
+    let link = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == ErrorKind::NotFound => return Ok((path.to_owned(), None)),
+        Err(source) => return Err(io_error(path, "inspect it")(source)),
+    };
+    let target = if link.file_type().is_symlink() {
+        match fs::canonicalize(path) {
+            Ok(target) => target,
+            Err(err) if err.kind() == ErrorKind::NotFound => {
+                let target = fs::read_link(path).map_err(io_error(path, "read the symlink"))?;
+                return Err(WriteError::DanglingLink {
+                    path: path.display().to_string(),
+                    target: crate::core::escape::escape(&target.display().to_string()),
+                });
+            }
+            Err(source) => return Err(io_error(path, "resolve the symlink")(source)),
+        }
+    } else {
+        path.to_owned()
+    };
+    let meta = fs::metadata(&target).map_err(io_error(&target, "inspect it"))?;
+    if !meta.is_file() {
+        return Err(WriteError::NotAFile {
+            path: target.display().to_string(),
+            kind: kind_of(&meta),
+        });
+    }
+    Ok((target, Some(meta)))
 }
 
 impl Plan {
     /// Reads the file (absent is fine) and works out its new content.
     pub fn new(path: &Path, cluster: &ClusterName) -> Result<Self, WriteError> {
-        let existing = match fs::read(path) {
-            Ok(bytes) => Some(bytes),
-            Err(err) if err.kind() == ErrorKind::NotFound => None,
-            Err(source) => {
-                return Err(WriteError {
-                    path: path.display().to_string(),
-                    source,
-                })
-            }
+        let (target, meta) = resolve_target(path)?;
+        let existing = match meta {
+            None => None,
+            Some(meta) => Some(Existing {
+                bytes: fs::read(&target).map_err(io_error(&target, "read it"))?,
+                mode: meta.permissions().mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+            }),
         };
-        let rewrite = set_cluster(existing.as_deref(), cluster);
+        let rewrite = set_cluster(existing.as_ref().map(|e| e.bytes.as_slice()), cluster);
         Ok(Self {
             path: path.to_owned(),
+            target,
             existing,
             rewrite,
         })
@@ -61,7 +141,7 @@ impl Plan {
             (_, Rewrite::Unchanged) => Outcome::AlreadyCorrect,
             (None, Rewrite::Replace(_)) => Outcome::Created,
             (Some(old), Rewrite::Replace(_)) => Outcome::Updated {
-                previous_cluster: current_cluster(old),
+                previous_cluster: current_cluster(&old.bytes),
             },
         }
     }
@@ -70,27 +150,24 @@ impl Plan {
     pub fn content(&self) -> &[u8] {
         match &self.rewrite {
             Rewrite::Replace(bytes) => bytes,
-            Rewrite::Unchanged => self.existing.as_deref().unwrap_or_default(),
+            Rewrite::Unchanged => self
+                .existing
+                .as_ref()
+                .map(|e| e.bytes.as_slice())
+                .unwrap_or_default(),
         }
     }
 
-    /// Writes the file atomically, unless it is already right. A right file
-    /// with the wrong mode only gets its mode fixed.
+    /// Writes the file atomically with its old mode, owner and group, unless
+    /// it is already right; a file that is already right is not touched.
     pub fn apply(&self) -> Result<Outcome, WriteError> {
-        let fail = |source| WriteError {
-            path: self.path.display().to_string(),
-            source,
-        };
-        match &self.rewrite {
-            Rewrite::Replace(bytes) => {
-                atomic_file::replace(&self.path, bytes, MODE).map_err(fail)?
-            }
-            Rewrite::Unchanged => {
-                let mode = fs::metadata(&self.path).map_err(fail)?.permissions().mode() & 0o7777;
-                if mode != MODE {
-                    fs::set_permissions(&self.path, Permissions::from_mode(MODE)).map_err(fail)?;
-                }
-            }
+        if let Rewrite::Replace(bytes) = &self.rewrite {
+            let (mode, owner) = match &self.existing {
+                Some(old) => (old.mode, Some((old.uid, old.gid))),
+                None => (NEW_FILE_MODE, None),
+            };
+            atomic_file::replace_owned(&self.target, bytes, mode, owner)
+                .map_err(io_error(&self.target, "write it"))?;
         }
         Ok(self.outcome())
     }
@@ -99,6 +176,7 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::Permissions;
 
     fn cluster(name: &str) -> ClusterName {
         ClusterName::parse(name).unwrap_or_else(|e| panic!("{e}"))
@@ -116,22 +194,18 @@ mod tests {
                 previous_cluster: Some("\"old\"".into())
             }
         );
-        let inode = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&path)?);
+        let inode = fs::metadata(&path)?.ino();
         assert_eq!(
             Plan::new(&path, &cluster("new"))?.apply()?,
             Outcome::AlreadyCorrect
         );
-        assert_eq!(
-            std::os::unix::fs::MetadataExt::ino(&fs::metadata(&path)?),
-            inode,
-            "not rewritten"
-        );
+        assert_eq!(fs::metadata(&path)?.ino(), inode, "not rewritten");
         assert_eq!(fs::read_to_string(&path)?, "X=1\nECS_CLUSTER=new\n");
         Ok(())
     }
 
     #[test]
-    fn fixes_only_the_mode_of_a_right_file() -> Result<(), Box<dyn std::error::Error>> {
+    fn a_right_file_keeps_its_mode() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("ecs.config");
         fs::write(&path, "ECS_CLUSTER=c\n")?;
@@ -140,7 +214,60 @@ mod tests {
             Plan::new(&path, &cluster("c"))?.apply()?,
             Outcome::AlreadyCorrect
         );
-        assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o777, 0o644);
+        assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
+        Ok(())
+    }
+
+    #[test]
+    fn a_rewritten_file_keeps_its_mode_and_a_new_one_gets_0644(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("ecs.config");
+        fs::write(&path, "ECS_ENGINE_AUTH_DATA={}\n")?;
+        fs::set_permissions(&path, Permissions::from_mode(0o640))?;
+        Plan::new(&path, &cluster("c"))?.apply()?;
+        assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o7777, 0o640);
+
+        let fresh = dir.path().join("new.config");
+        assert_eq!(Plan::new(&fresh, &cluster("c"))?.apply()?, Outcome::Created);
+        assert_eq!(fs::metadata(&fresh)?.permissions().mode() & 0o7777, 0o644);
+        Ok(())
+    }
+
+    #[test]
+    fn a_symlink_is_written_through_and_stays_a_link() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let real = dir.path().join("real.config");
+        fs::write(&real, "A=1\n")?;
+        let link = dir.path().join("ecs.config");
+        std::os::unix::fs::symlink("real.config", &link)?;
+        Plan::new(&link, &cluster("c"))?.apply()?;
+        assert!(fs::symlink_metadata(&link)?.file_type().is_symlink());
+        assert_eq!(fs::read_to_string(&real)?, "A=1\nECS_CLUSTER=c\n");
+        Ok(())
+    }
+
+    #[test]
+    fn a_dangling_link_and_a_directory_are_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let link = dir.path().join("ecs.config");
+        std::os::unix::fs::symlink("missing.config", &link)?;
+        let err = Plan::new(&link, &cluster("c")).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("missing.config, which does not exist")),
+            "{err:?}"
+        );
+        assert!(fs::symlink_metadata(&link)?.file_type().is_symlink());
+
+        let err = Plan::new(dir.path(), &cluster("c"))
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("is a directory, not a regular file")),
+            "{err:?}"
+        );
         Ok(())
     }
 }

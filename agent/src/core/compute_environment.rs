@@ -67,7 +67,7 @@ pub fn cluster_of(ce: &ComputeEnvironmentInfo) -> Result<(ClusterName, Vec<Strin
         warnings.push(format!(
             "compute environment {:?} is INVALID ({}): jobs may not be placed",
             ce.name,
-            ce.status_reason.as_deref().unwrap_or("no reason given")
+            super::escape::escaped(ce.status_reason.as_deref().unwrap_or("no reason given"))
         ));
     }
     Ok((cluster, warnings))

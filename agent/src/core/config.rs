@@ -66,10 +66,13 @@ impl FileConfig {
     /// Parses the TOML text of the file at `path` (used in messages).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigFileError> {
         toml::from_str(text).map_err(|err| {
-            let line = err
-                .span()
-                .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
-            let message = err.message().replace('\n', " ");
+            // serde reports an unknown key against the whole table: find
+            // the key's own line instead.
+            let line = unknown_key_line(text, err.message()).or_else(|| {
+                err.span()
+                    .map(|span| text[..span.start.min(text.len())].lines().count().max(1))
+            });
+            let message = super::escape::escape(&err.message().replace('\n', " "));
             ConfigFileError {
                 path: path.to_owned(),
                 reason: match line {
@@ -79,6 +82,46 @@ impl FileConfig {
             }
         })
     }
+}
+
+/// Why a file (or a directory above it) that blockwatch trusts could be
+/// changed by someone other than root or blockwatch's own user, as sshd's
+/// StrictModes judges it; `None` when it is safe.
+///
+/// The config file names `poweroff_command`, which runs as root, so a file
+/// others can write is a local privilege escalation. A directory others can
+/// write lets them replace the file, unless its sticky bit (as on /tmp) keeps
+/// them from renaming entries they do not own.
+pub fn writable_by_others(is_dir: bool, mode: u32, owner: u32, euid: u32) -> Option<String> {
+    let shown = format!("mode {:04o}", mode & 0o7777);
+    if owner != 0 && owner != euid {
+        let allowed = if euid == 0 {
+            "root".to_owned()
+        } else {
+            format!("root or uid {euid}")
+        };
+        return Some(format!("is owned by uid {owner}, not {allowed} ({shown})"));
+    }
+    let sticky = is_dir && mode & 0o1000 != 0;
+    let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+        _ if sticky => return None,
+        (true, true) => "group- and world-writable",
+        (true, false) => "group-writable",
+        (false, true) => "world-writable",
+        (false, false) => return None,
+    };
+    Some(format!("is {who} ({shown})"))
+}
+
+/// The line of the key an "unknown field `key`" message names.
+fn unknown_key_line(text: &str, message: &str) -> Option<usize> {
+    let key = message.strip_prefix("unknown field `")?.split('`').next()?;
+    text.lines()
+        .position(|line| {
+            line.split_once('=')
+                .is_some_and(|(k, _)| k.trim().trim_matches('"') == key)
+        })
+        .map(|index| index + 1)
 }
 
 /// A humantime duration such as `10m` or `1h 30m`.
@@ -543,6 +586,36 @@ mod tests {
     }
 
     #[test]
+    fn a_file_or_directory_others_can_write_is_not_trusted() {
+        assert_eq!(writable_by_others(false, 0o100644, 0, 0), None);
+        assert_eq!(writable_by_others(false, 0o100600, 0, 0), None);
+        assert_eq!(
+            writable_by_others(false, 0o100664, 0, 0).as_deref(),
+            Some("is group-writable (mode 0664)")
+        );
+        assert_eq!(
+            writable_by_others(false, 0o100646, 0, 0).as_deref(),
+            Some("is world-writable (mode 0646)")
+        );
+        assert_eq!(
+            writable_by_others(false, 0o100666, 0, 0).as_deref(),
+            Some("is group- and world-writable (mode 0666)")
+        );
+        assert_eq!(
+            writable_by_others(false, 0o100644, 1000, 0).as_deref(),
+            Some("is owned by uid 1000, not root (mode 0644)")
+        );
+        // Running as uid 1000, the user's own file is fine.
+        assert_eq!(writable_by_others(false, 0o100644, 1000, 1000), None);
+        // /tmp: world-writable but sticky.
+        assert_eq!(writable_by_others(true, 0o41777, 0, 0), None);
+        assert_eq!(
+            writable_by_others(true, 0o40777, 0, 0).as_deref(),
+            Some("is group- and world-writable (mode 0777)")
+        );
+    }
+
+    #[test]
     fn parses_every_contract_key() {
         let c = parse(
             r#"
@@ -578,6 +651,7 @@ mod tests {
     fn unknown_keys_and_bad_values_are_one_line_errors_naming_the_file() {
         for (text, needle) in [
             ("clustr = \"x\"", "clustr"),
+            ("cluster = \"c\"\n\n  typo = 1", "line 3"),
             ("drain_lead = \"soon\"", "soon"),
             ("\n\non_drained = \"explode\"", "line 3"),
             ("lease_end = \"tomorrow\"", "RFC 3339"),

@@ -17,55 +17,71 @@ pub enum Rewrite {
     Replace(Vec<u8>),
 }
 
-/// The value ecs-init would read for `ECS_CLUSTER`, if any (the last one wins).
+/// The value ecs-init would read for `ECS_CLUSTER`, if any (the last one
+/// wins), with any byte that is not UTF-8 shown as U+FFFD.
 pub fn current_cluster(existing: &[u8]) -> Option<String> {
-    String::from_utf8_lossy(existing)
-        .lines()
+    lines(existing)
         .rev()
-        .filter_map(|line| line.trim().split_once('='))
+        .filter_map(key_value)
         .find(|(key, _)| is_cluster_key(key))
-        .map(|(_, value)| value.to_owned())
+        .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
 }
 
 /// Sets `ECS_CLUSTER=<cluster>` in `existing` (`None` when the file is absent).
 ///
 /// Every line whose key is `ECS_CLUSTER` (quoted, CRLF, duplicated, or with
 /// spaces around the `=`) is replaced by a single plain line at the place of
-/// the first one; other lines keep their text and order. Line endings become
-/// LF and the file ends with a newline.
+/// the first one; other lines keep their bytes and order, whether or not
+/// they are UTF-8. Line endings become LF and the file ends with a newline.
 pub fn set_cluster(existing: Option<&[u8]>, cluster: &ClusterName) -> Rewrite {
     let ours = format!("{CLUSTER_KEY}={cluster}");
-    let text = existing.map(String::from_utf8_lossy).unwrap_or_default();
-    let mut lines: Vec<&str> = Vec::new();
+    let mut rendered = Vec::with_capacity(existing.map_or(0, <[u8]>::len) + ours.len() + 1);
     let mut placed = false;
-    for line in text.split_terminator('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        let is_ours = line
-            .trim()
-            .split_once('=')
-            .is_some_and(|(key, _)| is_cluster_key(key));
+    for line in existing.map(lines).into_iter().flatten() {
+        let is_ours = key_value(line).is_some_and(|(key, _)| is_cluster_key(key));
         if !is_ours {
-            lines.push(line);
+            rendered.extend_from_slice(line);
+            rendered.push(b'\n');
         } else if !placed {
-            lines.push(&ours);
+            rendered.extend_from_slice(ours.as_bytes());
+            rendered.push(b'\n');
             placed = true;
         }
     }
     if !placed {
-        lines.push(&ours);
+        rendered.extend_from_slice(ours.as_bytes());
+        rendered.push(b'\n');
     }
-    let mut rendered = lines.join("\n").into_bytes();
-    rendered.push(b'\n');
     match existing {
         Some(bytes) if bytes == rendered.as_slice() => Rewrite::Unchanged,
         _ => Rewrite::Replace(rendered),
     }
 }
 
-/// ecs-init keeps `KEY = v` as the key `"KEY "`; we still treat it as ours so
-/// that no line that looks like a cluster setting survives next to ours.
-fn is_cluster_key(key: &str) -> bool {
-    key.trim() == CLUSTER_KEY
+/// The lines of `bytes`, without their `\n` or `\r\n`; an empty file has none.
+fn lines(bytes: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let empty = bytes.is_empty();
+    body.split(|b| *b == b'\n')
+        .filter(move |_| !empty)
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+}
+
+/// ecs-init's reading of a line: trimmed, split at the first `=`.
+fn key_value(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    let line = line.trim_ascii();
+    let at = line.iter().position(|b| *b == b'=')?;
+    Some((&line[..at], &line[at + 1..]))
+}
+
+const UTF8_BOM: &[u8] = b"\xef\xbb\xbf";
+
+/// ecs-init keeps `KEY = v` as the key `"KEY "`, and a byte order mark as
+/// part of the first key; we still treat both as ours so that no line that
+/// looks like a cluster setting survives next to ours.
+fn is_cluster_key(key: &[u8]) -> bool {
+    let key = key.strip_prefix(UTF8_BOM).unwrap_or(key);
+    key.trim_ascii() == CLUSTER_KEY.as_bytes()
 }
 
 #[cfg(test)]
@@ -145,6 +161,37 @@ mod tests {
             set_cluster(Some(once.as_bytes()), &cluster("c")),
             Rewrite::Unchanged
         );
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_survive_in_other_lines() {
+        let before: &[u8] = b"A=caf\xe9\nECS_CLUSTER=old\nB=\xff\xfe\n";
+        assert_eq!(
+            set_cluster(Some(before), &cluster("new")),
+            Rewrite::Replace(b"A=caf\xe9\nECS_CLUSTER=new\nB=\xff\xfe\n".to_vec())
+        );
+        assert_eq!(
+            current_cluster(b"ECS_CLUSTER=\xff\n"),
+            Some("\u{fffd}".into())
+        );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_kept_before_another_key_and_replaced_with_ours() {
+        assert_eq!(
+            rewritten(Some("\u{feff}A=1\n"), "c"),
+            "\u{feff}A=1\nECS_CLUSTER=c\n"
+        );
+        assert_eq!(
+            rewritten(Some("\u{feff}ECS_CLUSTER=old\nA=1\n"), "c"),
+            "ECS_CLUSTER=c\nA=1\n"
+        );
+    }
+
+    #[test]
+    fn empty_and_blank_files() {
+        assert_eq!(rewritten(Some(""), "c"), "ECS_CLUSTER=c\n");
+        assert_eq!(rewritten(Some("\n"), "c"), "\nECS_CLUSTER=c\n");
     }
 
     #[test]

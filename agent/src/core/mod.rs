@@ -5,6 +5,7 @@ pub mod compute_environment;
 pub mod config;
 pub mod deadline;
 pub mod ecs_config;
+pub mod escape;
 pub mod failures;
 pub mod state;
 pub mod status;

@@ -3,7 +3,7 @@
 
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` with `mode`: a temp file in the same directory,
@@ -11,6 +11,19 @@ use std::path::{Path, PathBuf};
 /// directories are created with mode 0755. On error the target is untouched
 /// and the temp file is removed.
 pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    replace_owned(path, bytes, mode, None)
+}
+
+/// Like [`replace`], and the new file also gets `owner` (uid, gid) before it
+/// takes the old one's place, so a replaced file keeps its owner. The temp
+/// file is created with `mode` (less any set-id bits) from the start, so a
+/// private file is never readable by others, not even for a moment.
+pub fn replace_owned(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
         _ => PathBuf::from("."),
@@ -24,7 +37,7 @@ pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         file_name.to_string_lossy(),
         std::process::id()
     ));
-    let result = write_then_rename(&temp, path, &dir, bytes, mode);
+    let result = write_then_rename(&temp, path, &dir, bytes, mode, owner);
     if result.is_err() {
         // Best effort: the error that matters is the one we return.
         let _ = fs::remove_file(&temp);
@@ -38,6 +51,7 @@ fn write_then_rename(
     dir: &Path,
     bytes: &[u8],
     mode: u32,
+    owner: Option<(u32, u32)>,
 ) -> io::Result<()> {
     // A temp file left by a crashed run with the same PID is ours to replace.
     match fs::remove_file(temp) {
@@ -47,11 +61,20 @@ fn write_then_rename(
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(mode)
+        .mode(mode & 0o777)
         .open(temp)?;
     file.write_all(bytes)?;
     // The umask may have narrowed the mode given at creation.
     file.set_permissions(Permissions::from_mode(mode))?;
+    // Mode first: once the file is another user's, changing its mode would
+    // take CAP_FOWNER. Only a different owner costs a chown (CAP_CHOWN), and
+    // set-id bits do not survive it (ecs.config has no use for them).
+    if let Some((uid, gid)) = owner {
+        let created = file.metadata()?;
+        if (created.uid(), created.gid()) != (uid, gid) {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+        }
+    }
     file.sync_all()?;
     drop(file);
     fs::rename(temp, path)?;
@@ -74,6 +97,19 @@ mod tests {
             1,
             "no temp file left"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn replace_owned_gives_the_new_file_the_owner_and_mode() -> io::Result<()> {
+        let root = tempfile::tempdir()?;
+        let path = root.path().join("secret");
+        // Our own uid and gid: a chown any user may do.
+        let me = fs::metadata(root.path())?;
+        replace_owned(&path, b"S=1\n", 0o600, Some((me.uid(), me.gid())))?;
+        let meta = fs::metadata(&path)?;
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+        assert_eq!((meta.uid(), meta.gid()), (me.uid(), me.gid()));
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use super::aws::{classify, Aws};
+use super::aws::{classify_at, endpoint_of, Aws};
 use super::SourceError;
 use crate::core::compute_environment::ComputeEnvironmentInfo;
 
@@ -35,7 +35,10 @@ pub async fn describe(
         .compute_environments(name)
         .send()
         .await
-        .map_err(|e| classify("batch:DescribeComputeEnvironments", &e))?;
+        .map_err(|e| {
+            let endpoint = endpoint_of("batch", client.config().region());
+            classify_at("batch:DescribeComputeEnvironments", Some(&endpoint), &e)
+        })?;
     Ok(output
         .compute_environments()
         .iter()

@@ -5,7 +5,10 @@ use std::future::Future;
 
 use aws_sdk_ec2::types::Filter;
 
-use super::aws::{classify, Aws};
+use aws_sdk_ec2::config::http::HttpResponse;
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+
+use super::aws::{classify_at, endpoint_of, Aws};
 use super::SourceError;
 use crate::core::config::TAG_KEYS;
 
@@ -40,7 +43,7 @@ impl TagDirectory for Aws {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| classify("ec2:DescribeTags", &e))?;
+            let page = page.map_err(|e| failed(&client, "ec2:DescribeTags", &e))?;
             for tag in page.tags() {
                 if let (Some(key), Some(value)) = (tag.key(), tag.value()) {
                     tags.insert(key.to_owned(), value.to_owned());
@@ -49,6 +52,19 @@ impl TagDirectory for Aws {
         }
         Ok(tags)
     }
+}
+
+/// An EC2 call's failure, naming the endpoint it went to.
+fn failed<E>(
+    client: &aws_sdk_ec2::Client,
+    api: &'static str,
+    err: &SdkError<E, HttpResponse>,
+) -> SourceError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let endpoint = endpoint_of("ec2", client.config().region());
+    classify_at(api, Some(&endpoint), err)
 }
 
 /// End dates EC2 itself knows: a legacy spot block, or a Capacity Block.
@@ -87,7 +103,7 @@ impl InstanceCapacity for Aws {
             .instance_ids(instance_id)
             .send()
             .await
-            .map_err(|e| classify("ec2:DescribeInstances", &e))?;
+            .map_err(|e| failed(&client, "ec2:DescribeInstances", &e))?;
         let instance = described
             .reservations()
             .iter()
@@ -103,7 +119,7 @@ impl InstanceCapacity for Aws {
                 .spot_instance_request_ids(request_id)
                 .send()
                 .await
-                .map_err(|e| classify("ec2:DescribeSpotInstanceRequests", &e))?;
+                .map_err(|e| failed(&client, "ec2:DescribeSpotInstanceRequests", &e))?;
             let minutes = requests
                 .spot_instance_requests()
                 .iter()
@@ -121,7 +137,7 @@ impl InstanceCapacity for Aws {
                 .capacity_reservation_ids(reservation_id)
                 .send()
                 .await
-                .map_err(|e| classify("ec2:DescribeCapacityReservations", &e))?;
+                .map_err(|e| failed(&client, "ec2:DescribeCapacityReservations", &e))?;
             let end = reservations
                 .capacity_reservations()
                 .iter()
