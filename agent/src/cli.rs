@@ -16,10 +16,10 @@ Exit codes (sysexits, as systemctl status names them):
   66  NOINPUT: status has no state to show yet
   69  UNAVAILABLE: AWS rejected a request for another reason
   70  SOFTWARE: internal error
-  74  IOERR: ecs.config could not be read or written
+  74  IOERR: ecs.config could not be read or written; run: the state file could not be read
   75  TEMPFAIL: IMDS or AWS unreachable after retries; try again
-  77  NOPERM: AWS denied a request (IAM permission or credentials)
-  78  CONFIG: configuration error (config file, no cluster source, invalid cluster)";
+  77  NOPERM: AWS denied a request, or no AWS credentials were found
+  78  CONFIG: configuration error (config file invalid or writable by others, no cluster source, invalid cluster)";
 
 /// Node agent for AWS Batch unmanaged compute environments.
 ///

@@ -14,8 +14,8 @@
 //! | 70 | SOFTWARE | internal error | no |
 //! | 74 | IOERR | ecs.config could not be read or written; `run`: the state file could not be read | no (`run`: systemd retries) |
 //! | 75 | TEMPFAIL | transient: IMDS or AWS unreachable, throttled or failing after retries | yes |
-//! | 77 | NOPERM | AWS denied a request: missing IAM permission or credentials | no |
-//! | 78 | CONFIG | configuration error: unreadable or invalid config file, no cluster source, invalid cluster value | no |
+//! | 77 | NOPERM | AWS denied a request (missing IAM permission), or no credentials were found in the default chain | no |
+//! | 78 | CONFIG | configuration error: unreadable, invalid or untrusted (writable by others) config file, no cluster source, invalid cluster value | no |
 
 use std::time::Duration;
 
