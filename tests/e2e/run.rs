@@ -263,16 +263,10 @@ async fn rebalance_drains_only_when_opted_in() {
     off.instance
         .imds
         .update(|s| s.rebalance_notice_time = Some(now()));
-    std::thread::sleep(POLL * 3);
+    agent.wait_for_log("rebalance recommendation seen; not draining", PATIENCE);
+    std::thread::sleep(POLL * 2);
     assert_eq!(phase(&off.instance.snapshot().unwrap()), "watching");
     assert_eq!(off.drain_calls(), 0);
-    assert!(
-        agent
-            .log()
-            .contains("rebalance recommendation seen; not draining"),
-        "{}",
-        agent.log()
-    );
 
     let on = fixture(&[], "drain_on_rebalance = true\n").await;
     let agent = on.start();
@@ -355,13 +349,9 @@ async fn waits_for_the_container_instance_to_register_before_draining() {
     instance.wait_for(&agent, PATIENCE, "a drain decision", |s| {
         phase(s) == "draining"
     });
-    std::thread::sleep(POLL * 2);
-    assert!(
-        agent.log().contains(&format!(
-            "waiting for {id} to register as a container instance"
-        )),
-        "{}",
-        agent.log()
+    agent.wait_for_log(
+        &format!("waiting for {id} to register as a container instance"),
+        PATIENCE,
     );
     assert_eq!(
         instance.snapshot().unwrap()["drain"]["draining_confirmed_at"],
@@ -440,8 +430,20 @@ async fn kill_9_mid_drain_resumes_without_a_second_drain() {
     assert_eq!(f.drain_calls(), 1);
 
     agent.kill_9();
+    let counted = f.instance.moto().ecs_calls("ListTasks");
     let mut restarted = f.instance.spawn_run(&[], &[]);
-    std::thread::sleep(POLL * 3);
+    restarted.wait_for_log("resuming", PATIENCE);
+    // Until the restarted agent has counted tasks once: it has acted on the
+    // resumed drain, and a second DRAINING call would have been made by now.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while f.instance.moto().ecs_calls("ListTasks") <= counted {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted agent never counted tasks\n{}",
+            restarted.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let snapshot = f.instance.snapshot().unwrap();
     assert_eq!(phase(&snapshot), "draining", "{}", restarted.log());
     assert_eq!(snapshot["drains_started"], 1);
@@ -451,7 +453,6 @@ async fn kill_9_mid_drain_resumes_without_a_second_drain() {
         "no second DRAINING call after the restart\n{}",
         restarted.log()
     );
-    assert!(restarted.log().contains("resuming"), "{}", restarted.log());
     assert!(!powered_off.exists(), "a job is still running");
 
     f.instance
@@ -463,6 +464,15 @@ async fn kill_9_mid_drain_resumes_without_a_second_drain() {
         .instance
         .wait_for(&restarted, PATIENCE, "drained", |s| phase(s) == "drained");
     assert_eq!(done["drains_completed"], 1);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !powered_off.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never powered off\n{}",
+            restarted.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     std::thread::sleep(POLL * 2);
     assert_eq!(
         std::fs::read_to_string(&powered_off).unwrap(),
@@ -472,7 +482,8 @@ async fn kill_9_mid_drain_resumes_without_a_second_drain() {
 
     // A restart after the power-off does not run it again.
     restarted.kill_9();
-    let _again = f.instance.spawn_run(&[], &[]);
+    let again = f.instance.spawn_run(&[], &[]);
+    again.wait_for_log("resuming", PATIENCE);
     std::thread::sleep(POLL * 3);
     assert_eq!(std::fs::read_to_string(&powered_off).unwrap(), "off\n");
     assert_eq!(f.drain_calls(), 1);
@@ -675,11 +686,8 @@ async fn metrics_file_follows_the_phase() {
     .await;
     let end = f.lease_ends_in(STARTUP + LEAD);
     let agent = f.start();
-    let watching = std::fs::read_to_string(&path).unwrap();
-    assert!(
-        watching.contains("blockwatch_phase{phase=\"watching\"} 1"),
-        "{watching}"
-    );
+    // The metrics file is written just after the state file: wait for it.
+    let watching = metrics_once(&path, &agent, "blockwatch_phase{phase=\"watching\"} 1");
     assert!(
         watching.contains(&format!(
             "blockwatch_deadline_timestamp_seconds {}",
@@ -694,11 +702,7 @@ async fn metrics_file_follows_the_phase() {
 
     f.instance
         .wait_for(&agent, PATIENCE, "drained", |s| phase(s) == "drained");
-    let drained = std::fs::read_to_string(&path).unwrap();
-    assert!(
-        drained.contains("blockwatch_phase{phase=\"drained\"} 1"),
-        "{drained}"
-    );
+    let drained = metrics_once(&path, &agent, "blockwatch_phase{phase=\"drained\"} 1");
     assert!(
         drained.contains("blockwatch_drains_started_total 1"),
         "{drained}"
@@ -711,6 +715,24 @@ async fn metrics_file_follows_the_phase() {
         drained.contains("# TYPE blockwatch_errors_total counter"),
         "{drained}"
     );
+}
+
+/// The metrics file once it contains `line`.
+fn metrics_once(path: &std::path::Path, agent: &Agent, line: &str) -> String {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().any(|l| l == line) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {line:?} in {}: {text}\n{}",
+            path.display(),
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// moto has neither legacy spot blocks nor Capacity Blocks, so these come

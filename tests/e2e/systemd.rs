@@ -347,7 +347,7 @@ async fn the_package_joins_before_ecs_watches_drains_upgrades_and_uninstalls() {
             time: time::OffsetDateTime::now_utc() + time::Duration::seconds(5),
         })
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let state = instance
             .moto()
@@ -364,7 +364,7 @@ async fn the_package_joins_before_ecs_watches_drains_upgrades_and_uninstalls() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    container.wait_for("a draining status", Duration::from_secs(10), |c| {
+    container.wait_for("a draining status", Duration::from_secs(30), |c| {
         c.property("blockwatch.service", "StatusText")
             .starts_with("draining")
     });
@@ -420,7 +420,7 @@ async fn the_package_joins_before_ecs_watches_drains_upgrades_and_uninstalls() {
         std::fs::read_to_string(container.path("/etc/blockwatch/blockwatch.toml")).unwrap(),
         CONFIG
     );
-    container.wait_for("a restart", Duration::from_secs(20), |c| {
+    container.wait_for("a restart", Duration::from_secs(60), |c| {
         let pid = c.property("blockwatch.service", "ExecMainPID");
         pid != before && pid != "0" && c.property("blockwatch.service", "ActiveState") == "active"
     });

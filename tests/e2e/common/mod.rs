@@ -206,6 +206,22 @@ impl Agent {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// Waits until the agent's log contains `needle`, or panics after `within`.
+    pub fn wait_for_log(&self, needle: &str, within: std::time::Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {needle:?} in the log:\n{log}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     pub fn kill_9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
