@@ -1,25 +1,71 @@
 #!/usr/bin/env bash
-# Builds the release binary once and writes the .deb and .rpm of the agent
-# into target/packages/. Installs cargo-deb and cargo-generate-rpm if missing.
+# Builds the agent's .deb and .rpm from the metadata in agent/Cargo.toml.
+#
+#   packaging/build.sh                 release packages (LTO, stripped) in target/packages/
+#   packaging/build.sh --profile dev   test packages in target/packages-test/: the same
+#                                      metadata and files around the debug binary (stripped),
+#                                      which the test command has already built
+#
+# Installs pinned cargo-deb and cargo-generate-rpm when they are missing or
+# another version.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
+# Pinned: these tools shape the packages. Built with --debug: they only copy
+# and compress a few files, and their debug builds take half the CPU time of
+# release ones (measured on 2 cores: 3.5 min against 6.7 min for the two).
+cargo_deb_version=3.8.0
+cargo_generate_rpm_version=0.21.1
+
 log() { printf 'build: %s\n' "$*" >&2; }
+usage() { sed -n '2,10s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; }
 
-if ! cargo deb --version >/dev/null 2>&1; then
-    log "installing cargo-deb"
-    cargo install --locked cargo-deb
-fi
-if ! cargo generate-rpm --version >/dev/null 2>&1; then
-    log "installing cargo-generate-rpm"
-    cargo install --locked cargo-generate-rpm
-fi
+profile=release
+while (($#)); do
+    case "$1" in
+        --profile) profile="${2:?--profile needs a value, e.g. dev}"; shift 2 ;;
+        --profile=*) profile="${1#--profile=}"; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) log "unknown argument $1"; usage; exit 64 ;;
+    esac
+done
 
-out="$repo/target/packages"
-mkdir -p "$out"
-# Stripped, LTO, panic=abort: see [profile.release].
-cargo build --release --locked -p blockwatch
-cargo deb --no-build --package blockwatch --output "$out/"
-cargo generate-rpm --package agent --output "$out/"
+# `cargo install` the pinned version when `cargo <subcommand>` is missing or another version.
+ensure_tool() {
+    local crate="$1" version="$2" subcommand="$3" found
+    found="$(cargo "$subcommand" --version 2>/dev/null || true)"
+    if [[ "$found" != "$crate $version" ]]; then
+        log "installing $crate $version${found:+ (found: $found)}"
+        cargo install --locked --debug --version "$version" "$crate"
+    fi
+}
+ensure_tool cargo-deb "$cargo_deb_version" deb
+ensure_tool cargo-generate-rpm "$cargo_generate_rpm_version" generate-rpm
+
+if [[ "$profile" == release ]]; then
+    out="$repo/target/packages"
+    mkdir -p "$out"
+    # Stripped, LTO, panic=abort: see [profile.release].
+    cargo build --release --locked -p blockwatch
+    cargo deb --no-build --package blockwatch --output "$out/"
+    cargo generate-rpm --package agent --output "$out/"
+else
+    # A test package never sits beside a release one.
+    out="$repo/target/packages-test"
+    rm -rf "$out"
+    mkdir -p "$out"
+    cargo build --profile "$profile" --locked -p blockwatch
+    case "$profile" in dev | test) built="$repo/target/debug" ;; *) built="$repo/target/$profile" ;; esac
+    # The metadata names target/release/blockwatch, and cargo-deb refuses the
+    # dev profile: stage the binary, stripped as a release one is, as
+    # <stage>/release/blockwatch, and point both tools' target dir there.
+    stage="$out/stage"
+    mkdir -p "$stage/release"
+    strip -o "$stage/release/blockwatch" "$built/blockwatch"
+    # Faster compression than a release package: these are unpacked once, locally.
+    CARGO_TARGET_DIR="$stage" cargo deb --no-build --fast --package blockwatch --output "$out/"
+    CARGO_TARGET_DIR="$stage" cargo generate-rpm --payload-compress gzip --package agent --output "$out/"
+    rm -rf "$stage"
+fi
 ls -1 "$out"

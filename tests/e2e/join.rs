@@ -493,18 +493,14 @@ fn join_help_explains_itself() {
 #[tokio::test]
 async fn retry_for_waits_out_an_imds_that_is_not_up_yet() {
     let instance = Instance::without_aws();
-    // A port the simulator will take two seconds from now, as IMDS may be
-    // unreachable early in boot.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // An address the simulator will take two seconds from now, as IMDS may
+    // be unreachable early in boot.
+    let later = common::address_for_later();
     let mut command = instance.command();
     command
         .env(
             "AWS_EC2_METADATA_SERVICE_ENDPOINT",
-            format!("http://127.0.0.1:{port}"),
+            format!("http://{later}"),
         )
         .args(["join", "--retry-for", "30s", "--ecs-config"])
         .arg(instance.ecs_config())
@@ -514,7 +510,7 @@ async fn retry_for_waits_out_an_imds_that_is_not_up_yet() {
     let child = command.spawn().unwrap();
     std::thread::sleep(std::time::Duration::from_secs(2));
     let late = blockwatch_testkit::imds::ImdsSimulator::start_on(
-        &format!("127.0.0.1:{port}"),
+        &later.to_string(),
         blockwatch_testkit::imds::InstanceState {
             tags: tags(&[(CLUSTER, "late-cluster")]),
             ..Default::default()

@@ -15,8 +15,16 @@ use time::OffsetDateTime;
 
 const POLL: Duration = Duration::from_secs(1);
 const LEAD: time::Duration = time::Duration::seconds(10);
-/// A drain may start at most this late: one poll plus a second.
-const LATE: time::Duration = time::Duration::seconds(2);
+/// A drain may start at most this late: one poll plus two seconds for a
+/// loaded machine.
+const LATE: time::Duration = time::Duration::seconds(3);
+/// How long after a test's own setup (moto, the simulator, the config) a
+/// timed event is due: the agent must start and be watching before then.
+/// A start takes well under a second on an idle machine; this leaves room
+/// for a cold, loaded 2-core CI machine.
+const STARTUP: time::Duration = time::Duration::seconds(8);
+/// An upper bound for a wait that passing tests never reach.
+const PATIENCE: Duration = Duration::from_secs(60);
 const DRAINS: &str = "UpdateContainerInstancesState";
 
 struct Fixture {
@@ -55,12 +63,23 @@ async fn fixture(tags: &[(&str, &str)], config: &str) -> Fixture {
 }
 
 impl Fixture {
+    /// Tags the instance with a lease ending `from_now` from now, in IMDS
+    /// where the agent reads its tags at start; returns the end. Called
+    /// after the fixture is up, so setup time never eats into the lease.
+    fn lease_ends_in(&self, from_now: time::Duration) -> OffsetDateTime {
+        let end = now() + from_now;
+        self.instance.imds.update(|s| {
+            s.tags
+                .get_or_insert_with(Default::default)
+                .insert("blockwatch:lease-end".into(), rfc3339(end));
+        });
+        end
+    }
+
     fn start(&self) -> Agent {
         let agent = self.instance.spawn_run(&[], &[]);
         self.instance
-            .wait_for(&agent, Duration::from_secs(30), "watching", |s| {
-                phase(s) != "joining"
-            });
+            .wait_for(&agent, PATIENCE, "watching", |s| phase(s) != "joining");
         agent
     }
 
@@ -102,15 +121,15 @@ fn assert_on_time(snapshot: &serde_json::Value, due: OffsetDateTime, log: &str) 
 
 #[tokio::test]
 async fn lease_end_tag_drains_at_end_minus_lead() {
-    let end = now() + time::Duration::seconds(15);
-    let f = fixture(&[("blockwatch:lease-end", &rfc3339(end))], "").await;
+    let f = fixture(&[], "").await;
+    let end = f.lease_ends_in(STARTUP + LEAD);
     let agent = f.start();
     let watching = f.instance.snapshot().unwrap();
     assert_eq!(phase(&watching), "watching");
     assert_eq!(watching["deadline"]["at"], rfc3339(end));
     assert_eq!(f.drain_calls(), 0);
 
-    let drained = f.wait_draining(&agent, Duration::from_secs(25));
+    let drained = f.wait_draining(&agent, PATIENCE);
 
     assert_on_time(&drained, end - LEAD, &agent.log());
     assert_eq!(drained["drain"]["reason"]["kind"], "lease");
@@ -120,12 +139,12 @@ async fn lease_end_tag_drains_at_end_minus_lead() {
 
 #[tokio::test]
 async fn lease_duration_counts_from_pending_time() {
-    let launched = now() - time::Duration::hours(1) + time::Duration::seconds(15);
     let f = fixture(&[("blockwatch:lease-duration", "1h")], "").await;
+    let launched = now() - time::Duration::hours(1) + STARTUP + LEAD;
     f.instance.imds.update(|s| s.pending_time = launched);
     let agent = f.start();
 
-    let drained = f.wait_draining(&agent, Duration::from_secs(25));
+    let drained = f.wait_draining(&agent, PATIENCE);
 
     assert_on_time(
         &drained,
@@ -150,9 +169,7 @@ async fn spot_notice_drains_at_once_through_the_introspection_api() {
         &[],
     );
     f.instance
-        .wait_for(&agent, Duration::from_secs(30), "watching", |s| {
-            phase(s) == "watching"
-        });
+        .wait_for(&agent, PATIENCE, "watching", |s| phase(s) == "watching");
     std::thread::sleep(POLL);
     assert_eq!(f.drain_calls(), 0);
 
@@ -165,7 +182,7 @@ async fn spot_notice_drains_at_once_through_the_introspection_api() {
             time: terminates,
         })
     });
-    let drained = f.wait_draining(&agent, Duration::from_secs(10));
+    let drained = f.wait_draining(&agent, PATIENCE);
 
     // The notice is shorter than the lead: drain as soon as it is seen.
     assert_on_time(&drained, noticed, &agent.log());
@@ -183,7 +200,7 @@ async fn spot_notice_drains_at_once_through_the_introspection_api() {
 #[tokio::test]
 async fn scheduled_event_drains_and_its_cancel_returns_the_instance_to_active() {
     let f = fixture(&[], "").await;
-    let not_before = now() + time::Duration::seconds(15);
+    let not_before = now() + STARTUP + LEAD;
     f.instance.imds.update(|s| {
         s.scheduled_events = vec![ScheduledEvent {
             code: "system-reboot".into(),
@@ -196,7 +213,7 @@ async fn scheduled_event_drains_and_its_cancel_returns_the_instance_to_active() 
     });
     let agent = f.start();
 
-    let drained = f.wait_draining(&agent, Duration::from_secs(25));
+    let drained = f.wait_draining(&agent, PATIENCE);
     assert_on_time(&drained, not_before - LEAD, &agent.log());
     assert_eq!(
         drained["drain"]["reason"]["id"],
@@ -207,11 +224,9 @@ async fn scheduled_event_drains_and_its_cancel_returns_the_instance_to_active() 
     f.instance
         .imds
         .update(|s| s.scheduled_events[0].state = "canceled".into());
-    let back = f
-        .instance
-        .wait_for(&agent, Duration::from_secs(5), "the cancel", |s| {
-            phase(s) == "watching" && !s["undrain_pending"].as_bool().unwrap_or(true)
-        });
+    let back = f.instance.wait_for(&agent, PATIENCE, "the cancel", |s| {
+        phase(s) == "watching" && !s["undrain_pending"].as_bool().unwrap_or(true)
+    });
     assert!(back["drain"].is_null());
     assert_eq!(f.status_at_moto().await, "ACTIVE");
     assert_eq!(f.drain_calls(), 2, "DRAINING once, ACTIVE once");
@@ -235,7 +250,7 @@ async fn autoscaling_terminated_drains_now() {
     f.instance
         .imds
         .update(|s| s.target_lifecycle_state = Some("Terminated".into()));
-    let drained = f.wait_draining(&agent, Duration::from_secs(10));
+    let drained = f.wait_draining(&agent, PATIENCE);
 
     assert_on_time(&drained, seen, &agent.log());
     assert_eq!(drained["drain"]["reason"]["kind"], "autoscaling");
@@ -248,16 +263,10 @@ async fn rebalance_drains_only_when_opted_in() {
     off.instance
         .imds
         .update(|s| s.rebalance_notice_time = Some(now()));
-    std::thread::sleep(POLL * 3);
+    agent.wait_for_log("rebalance recommendation seen; not draining", PATIENCE);
+    std::thread::sleep(POLL * 2);
     assert_eq!(phase(&off.instance.snapshot().unwrap()), "watching");
     assert_eq!(off.drain_calls(), 0);
-    assert!(
-        agent
-            .log()
-            .contains("rebalance recommendation seen; not draining"),
-        "{}",
-        agent.log()
-    );
 
     let on = fixture(&[], "drain_on_rebalance = true\n").await;
     let agent = on.start();
@@ -265,20 +274,18 @@ async fn rebalance_drains_only_when_opted_in() {
     on.instance
         .imds
         .update(|s| s.rebalance_notice_time = Some(seen));
-    let drained = on.wait_draining(&agent, Duration::from_secs(10));
+    let drained = on.wait_draining(&agent, PATIENCE);
     assert_on_time(&drained, seen, &agent.log());
     assert_eq!(drained["drain"]["reason"]["kind"], "rebalance");
 }
 
 #[tokio::test]
 async fn notify_socket_gets_ready_and_a_status_naming_the_cluster() {
-    let end = now() + time::Duration::hours(2);
-    let f = fixture(&[("blockwatch:lease-end", &rfc3339(end))], "").await;
+    let f = fixture(&[], "").await;
+    f.lease_ends_in(time::Duration::hours(2));
     let socket_path = f.instance.root.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
     let agent = f.instance.spawn_run(
         &[],
         &[
@@ -339,16 +346,12 @@ async fn waits_for_the_container_instance_to_register_before_draining() {
         .await;
     instance.write_config("poll_interval = \"1s\"\ndrain_lead = \"10s\"\n");
     let agent = instance.spawn_run(&[], &[]);
-    instance.wait_for(&agent, Duration::from_secs(15), "a drain decision", |s| {
+    instance.wait_for(&agent, PATIENCE, "a drain decision", |s| {
         phase(s) == "draining"
     });
-    std::thread::sleep(POLL * 2);
-    assert!(
-        agent.log().contains(&format!(
-            "waiting for {id} to register as a container instance"
-        )),
-        "{}",
-        agent.log()
+    agent.wait_for_log(
+        &format!("waiting for {id} to register as a container instance"),
+        PATIENCE,
     );
     assert_eq!(
         instance.snapshot().unwrap()["drain"]["draining_confirmed_at"],
@@ -361,7 +364,7 @@ async fn waits_for_the_container_instance_to_register_before_draining() {
         .register_container_instance(&cluster_arn, &id)
         .await
         .unwrap();
-    instance.wait_for(&agent, Duration::from_secs(20), "a confirmed drain", |s| {
+    instance.wait_for(&agent, PATIENCE, "a confirmed drain", |s| {
         s["drain"]["draining_confirmed_at"].is_string()
     });
     assert_eq!(
@@ -420,16 +423,27 @@ async fn kill_9_mid_drain_resumes_without_a_second_drain() {
         .await
         .unwrap();
     let mut agent = f.start();
-    f.wait_draining(&agent, Duration::from_secs(10));
-    f.instance
-        .wait_for(&agent, Duration::from_secs(10), "a task count", |s| {
-            s["drain"]["running_tasks"] == 1
-        });
+    f.wait_draining(&agent, PATIENCE);
+    f.instance.wait_for(&agent, PATIENCE, "a task count", |s| {
+        s["drain"]["running_tasks"] == 1
+    });
     assert_eq!(f.drain_calls(), 1);
 
     agent.kill_9();
+    let counted = f.instance.moto().ecs_calls("ListTasks");
     let mut restarted = f.instance.spawn_run(&[], &[]);
-    std::thread::sleep(POLL * 3);
+    restarted.wait_for_log("resuming", PATIENCE);
+    // Until the restarted agent has counted tasks once: it has acted on the
+    // resumed drain, and a second DRAINING call would have been made by now.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while f.instance.moto().ecs_calls("ListTasks") <= counted {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted agent never counted tasks\n{}",
+            restarted.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let snapshot = f.instance.snapshot().unwrap();
     assert_eq!(phase(&snapshot), "draining", "{}", restarted.log());
     assert_eq!(snapshot["drains_started"], 1);
@@ -439,7 +453,6 @@ async fn kill_9_mid_drain_resumes_without_a_second_drain() {
         "no second DRAINING call after the restart\n{}",
         restarted.log()
     );
-    assert!(restarted.log().contains("resuming"), "{}", restarted.log());
     assert!(!powered_off.exists(), "a job is still running");
 
     f.instance
@@ -449,10 +462,17 @@ async fn kill_9_mid_drain_resumes_without_a_second_drain() {
         .unwrap();
     let done = f
         .instance
-        .wait_for(&restarted, Duration::from_secs(10), "drained", |s| {
-            phase(s) == "drained"
-        });
+        .wait_for(&restarted, PATIENCE, "drained", |s| phase(s) == "drained");
     assert_eq!(done["drains_completed"], 1);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !powered_off.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never powered off\n{}",
+            restarted.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     std::thread::sleep(POLL * 2);
     assert_eq!(
         std::fs::read_to_string(&powered_off).unwrap(),
@@ -462,7 +482,8 @@ async fn kill_9_mid_drain_resumes_without_a_second_drain() {
 
     // A restart after the power-off does not run it again.
     restarted.kill_9();
-    let _again = f.instance.spawn_run(&[], &[]);
+    let again = f.instance.spawn_run(&[], &[]);
+    again.wait_for_log("resuming", PATIENCE);
     std::thread::sleep(POLL * 3);
     assert_eq!(std::fs::read_to_string(&powered_off).unwrap(), "off\n");
     assert_eq!(f.drain_calls(), 1);
@@ -548,10 +569,8 @@ async fn webhook_gets_both_events_even_when_its_first_attempts_fail() {
     let agent = f.start();
 
     f.instance
-        .wait_for(&agent, Duration::from_secs(15), "drained", |s| {
-            phase(s) == "drained"
-        });
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        .wait_for(&agent, PATIENCE, "drained", |s| phase(s) == "drained");
+    let deadline = std::time::Instant::now() + PATIENCE;
     let events = loop {
         // Requests 0 and 1 were answered 503; only later ones were accepted.
         let events: Vec<serde_json::Value> = receiver
@@ -605,10 +624,9 @@ async fn dry_run_logs_and_changes_nothing() {
     .await;
     let agent = f.start();
 
-    f.instance
-        .wait_for(&agent, Duration::from_secs(15), "a dry drain", |s| {
-            s["drain"]["draining_confirmed_at"].is_string()
-        });
+    f.instance.wait_for(&agent, PATIENCE, "a dry drain", |s| {
+        s["drain"]["draining_confirmed_at"].is_string()
+    });
     std::thread::sleep(POLL);
 
     assert_eq!(f.drain_calls(), 0);
@@ -624,25 +642,19 @@ async fn dry_run_logs_and_changes_nothing() {
 
 #[tokio::test]
 async fn stop_grace_stops_remaining_tasks_with_a_blockwatch_reason() {
-    let end = now() + time::Duration::seconds(12);
-    let f = fixture(
-        &[("blockwatch:lease-end", &rfc3339(end))],
-        "stop_grace = \"8s\"\n",
-    )
-    .await;
+    let f = fixture(&[], "stop_grace = \"8s\"\n").await;
     let task = f
         .instance
         .moto()
         .start_task(&f.cluster_arn, &f.container_instance)
         .await
         .unwrap();
+    let end = f.lease_ends_in(STARTUP + LEAD);
     let agent = f.start();
 
     let drained = f
         .instance
-        .wait_for(&agent, Duration::from_secs(20), "drained", |s| {
-            phase(s) == "drained"
-        });
+        .wait_for(&agent, PATIENCE, "drained", |s| phase(s) == "drained");
 
     let stopped_at = parse_time(drained["drain"]["tasks_stopped_at"].as_str().unwrap());
     assert!(
@@ -665,20 +677,17 @@ async fn stop_grace_stops_remaining_tasks_with_a_blockwatch_reason() {
 
 #[tokio::test]
 async fn metrics_file_follows_the_phase() {
-    let end = now() + time::Duration::seconds(13);
     let metrics = tempfile::tempdir().unwrap();
     let path = metrics.path().join("blockwatch.prom");
     let f = fixture(
-        &[("blockwatch:lease-end", &rfc3339(end))],
+        &[],
         &format!("metrics_file = {:?}\n", path.to_str().unwrap()),
     )
     .await;
+    let end = f.lease_ends_in(STARTUP + LEAD);
     let agent = f.start();
-    let watching = std::fs::read_to_string(&path).unwrap();
-    assert!(
-        watching.contains("blockwatch_phase{phase=\"watching\"} 1"),
-        "{watching}"
-    );
+    // The metrics file is written just after the state file: wait for it.
+    let watching = metrics_once(&path, &agent, "blockwatch_phase{phase=\"watching\"} 1");
     assert!(
         watching.contains(&format!(
             "blockwatch_deadline_timestamp_seconds {}",
@@ -692,14 +701,8 @@ async fn metrics_file_follows_the_phase() {
     );
 
     f.instance
-        .wait_for(&agent, Duration::from_secs(20), "drained", |s| {
-            phase(s) == "drained"
-        });
-    let drained = std::fs::read_to_string(&path).unwrap();
-    assert!(
-        drained.contains("blockwatch_phase{phase=\"drained\"} 1"),
-        "{drained}"
-    );
+        .wait_for(&agent, PATIENCE, "drained", |s| phase(s) == "drained");
+    let drained = metrics_once(&path, &agent, "blockwatch_phase{phase=\"drained\"} 1");
     assert!(
         drained.contains("blockwatch_drains_started_total 1"),
         "{drained}"
@@ -712,6 +715,24 @@ async fn metrics_file_follows_the_phase() {
         drained.contains("# TYPE blockwatch_errors_total counter"),
         "{drained}"
     );
+}
+
+/// The metrics file once it contains `line`.
+fn metrics_once(path: &std::path::Path, agent: &Agent, line: &str) -> String {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().any(|l| l == line) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {line:?} in {}: {text}\n{}",
+            path.display(),
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// moto has neither legacy spot blocks nor Capacity Blocks, so these come
@@ -748,7 +769,7 @@ fn ec2_stub(
 #[tokio::test]
 async fn legacy_spot_block_ends_at_launch_plus_block_duration() {
     let f = fixture(&[], "").await;
-    let launched = now() - time::Duration::minutes(60) + time::Duration::seconds(15);
+    let launched = now() - time::Duration::minutes(60) + STARTUP + LEAD;
     let instance_id = f.instance.imds.state().instance_id;
     f.instance.imds.update(|s| s.pending_time = launched);
     let ec2 = ec2_stub(instance_id, Some(60), None);
@@ -756,7 +777,7 @@ async fn legacy_spot_block_ends_at_launch_plus_block_duration() {
         .instance
         .spawn_run(&[], &[("AWS_ENDPOINT_URL_EC2", &ec2.url(""))]);
 
-    let drained = f.wait_draining(&agent, Duration::from_secs(25));
+    let drained = f.wait_draining(&agent, PATIENCE);
 
     assert_on_time(
         &drained,
@@ -770,13 +791,13 @@ async fn legacy_spot_block_ends_at_launch_plus_block_duration() {
 #[tokio::test]
 async fn capacity_block_ends_thirty_minutes_before_its_end_date() {
     let f = fixture(&[], "").await;
-    let end_date = now() + time::Duration::minutes(30) + time::Duration::seconds(15);
+    let end_date = now() + time::Duration::minutes(30) + STARTUP + LEAD;
     let ec2 = ec2_stub(f.instance.imds.state().instance_id, None, Some(end_date));
     let agent = f
         .instance
         .spawn_run(&[], &[("AWS_ENDPOINT_URL_EC2", &ec2.url(""))]);
 
-    let drained = f.wait_draining(&agent, Duration::from_secs(25));
+    let drained = f.wait_draining(&agent, PATIENCE);
 
     assert_on_time(
         &drained,
@@ -788,17 +809,17 @@ async fn capacity_block_ends_thirty_minutes_before_its_end_date() {
 
 #[tokio::test]
 async fn a_denied_ec2_lookup_is_logged_once_and_never_fatal() {
-    let end = now() + time::Duration::seconds(15);
-    let f = fixture(&[("blockwatch:lease-end", &rfc3339(end))], "").await;
+    let f = fixture(&[], "").await;
     let denied = StubServer::start(|_, _| {
         (403, "<Response><Errors><Error><Code>UnauthorizedOperation</Code><Message>You are not authorized to perform: ec2:DescribeInstances</Message></Error></Errors><RequestID>r</RequestID></Response>".into())
     })
     .unwrap();
+    let end = f.lease_ends_in(STARTUP + LEAD);
     let agent = f
         .instance
         .spawn_run(&[], &[("AWS_ENDPOINT_URL_EC2", &denied.url(""))]);
 
-    let drained = f.wait_draining(&agent, Duration::from_secs(25));
+    let drained = f.wait_draining(&agent, PATIENCE);
 
     assert_on_time(&drained, end - LEAD, &agent.log());
     let log = agent.log();

@@ -1,6 +1,8 @@
-//! The real package under real systemd: the `.deb` from packaging/build.sh
-//! installed into a Debian bookworm root (tests/nspawn-base.sh), booted with
-//! `systemd-nspawn -b --register=no --keep-unit`, inspected with `nsenter`.
+//! The real package under real systemd: the `.deb` from
+//! `packaging/build.sh --profile dev` (the release metadata and files around
+//! the debug binary) installed into a Debian bookworm root
+//! (tests/nspawn-base.sh), booted with `systemd-nspawn -b --register=no
+//! --keep-unit`, inspected with `nsenter`.
 //! The container shares the host's network, so the units reach moto and the
 //! IMDS simulator on 127.0.0.1 through drop-ins.
 
@@ -24,8 +26,10 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The test package: `packaging/build.sh --profile dev` writes it, from the
+/// debug build, into its own folder so it is never taken for a release one.
 fn package(extension: &str) -> PathBuf {
-    let dir = repo().join("target/packages");
+    let dir = repo().join("target/packages-test");
     let found = std::fs::read_dir(&dir)
         .ok()
         .into_iter()
@@ -35,7 +39,7 @@ fn package(extension: &str) -> PathBuf {
         .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
     found.unwrap_or_else(|| {
         panic!(
-            "no .{extension} in {}: run packaging/build.sh (tests/run-tests does)",
+            "no .{extension} in {}: run packaging/build.sh --profile dev (tests/run-tests does)",
             dir.display()
         )
     })
@@ -347,7 +351,7 @@ async fn the_package_joins_before_ecs_watches_drains_upgrades_and_uninstalls() {
             time: time::OffsetDateTime::now_utc() + time::Duration::seconds(5),
         })
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let state = instance
             .moto()
@@ -364,7 +368,7 @@ async fn the_package_joins_before_ecs_watches_drains_upgrades_and_uninstalls() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    container.wait_for("a draining status", Duration::from_secs(10), |c| {
+    container.wait_for("a draining status", Duration::from_secs(30), |c| {
         c.property("blockwatch.service", "StatusText")
             .starts_with("draining")
     });
@@ -420,7 +424,7 @@ async fn the_package_joins_before_ecs_watches_drains_upgrades_and_uninstalls() {
         std::fs::read_to_string(container.path("/etc/blockwatch/blockwatch.toml")).unwrap(),
         CONFIG
     );
-    container.wait_for("a restart", Duration::from_secs(20), |c| {
+    container.wait_for("a restart", Duration::from_secs(60), |c| {
         let pid = c.property("blockwatch.service", "ExecMainPID");
         pid != before && pid != "0" && c.property("blockwatch.service", "ActiveState") == "active"
     });

@@ -2,9 +2,10 @@
 //! helpers that seed it through the real Rust SDK.
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -39,7 +40,7 @@ pub fn venv() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv"))
 }
 
-/// A moto server on a free loopback port, stopped (by PID) when dropped.
+/// A moto server on a loopback port of its own, stopped (by PID) when dropped.
 #[derive(Debug)]
 pub struct MotoServer {
     child: Child,
@@ -61,46 +62,40 @@ pub struct RecordedRequest {
 }
 
 impl MotoServer {
+    /// Starts moto on a port the kernel picks (`-p 0`) and reads the port
+    /// back from moto's startup line: no port is ever picked, dropped and
+    /// bound later, so no other process can take it in between.
     pub async fn start() -> Result<Self, MotoError> {
         let program = venv().join("bin/moto_server");
         if !program.exists() {
             return Err(MotoError::NotInstalled(program));
         }
-        let mut last_error = String::new();
-        // A port picked free can be taken before moto binds it; try again.
-        for _ in 0..3 {
-            match Self::spawn(&program) {
-                Ok((child, addr, log, recording)) => {
-                    let sdk = sdk_config(&format!("http://{addr}")).await;
-                    return Ok(Self {
-                        child,
-                        addr,
-                        log,
-                        recording,
-                        sdk,
-                    });
-                }
-                Err(err) => last_error = err,
-            }
-        }
-        Err(MotoError::Start(last_error))
+        let (child, addr, log, recording) = Self::spawn(&program).map_err(MotoError::Start)?;
+        let sdk = sdk_config(&format!("http://{addr}")).await;
+        Ok(Self {
+            child,
+            addr,
+            log,
+            recording,
+            sdk,
+        })
     }
 
     fn spawn(program: &PathBuf) -> Result<(Child, SocketAddr, PathBuf, PathBuf), String> {
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?;
+        static STARTED: AtomicU64 = AtomicU64::new(0);
         let log = std::env::temp_dir().join(format!(
             "blockwatch-moto-{}-{}.log",
             std::process::id(),
-            addr.port()
+            STARTED.fetch_add(1, Ordering::Relaxed)
         ));
-        let log_file = File::create(&log).map_err(|e| e.to_string())?;
-        let log_err = log_file.try_clone().map_err(|e| e.to_string())?;
+        let log_file = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let log_err = log_file
+            .try_clone()
+            .map_err(|e| format!("{}: {e}", log.display()))?;
         let recording = log.with_extension("requests.jsonl");
         // moto's recorder logs every request it receives: tests count them.
         let mut child = Command::new(program)
-            .args(["-H", "127.0.0.1", "-p", &addr.port().to_string()])
+            .args(["-H", "127.0.0.1", "-p", "0"])
             .env("MOTO_ENABLE_RECORDING", "true")
             .env("MOTO_RECORDER_FILEPATH", &recording)
             .stdin(Stdio::null())
@@ -108,20 +103,28 @@ impl MotoServer {
             .stderr(log_err)
             .spawn()
             .map_err(|e| format!("{}: {e}", program.display()))?;
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // A cold, loaded machine can take a while to import moto.
+        let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
                 let output = std::fs::read_to_string(&log).unwrap_or_default();
                 return Err(format!("exited with {status}: {output}"));
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Ok((child, addr, log, recording));
+            let output = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(addr) = listening_on(&output) {
+                if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+                    return Ok((child, addr, log, recording));
+                }
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(50));
         }
         let _ = child.kill();
         let _ = child.wait();
-        Err(format!("not listening on {addr} after 60 s"))
+        let output = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::remove_file(&log);
+        Err(format!(
+            "not listening after 120 s (no \"Running on http://...\" line): {output}"
+        ))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -507,6 +510,17 @@ impl Drop for MotoServer {
         let _ = std::fs::remove_file(&self.log);
         let _ = std::fs::remove_file(&self.recording);
     }
+}
+
+/// The address in werkzeug's startup line ` * Running on http://127.0.0.1:PORT`
+/// (complete lines only: a line still being written could hold half a port).
+fn listening_on(output: &str) -> Option<SocketAddr> {
+    output
+        .split_inclusive('\n')
+        .filter(|line| line.ends_with('\n'))
+        .find_map(|line| line.split("Running on http://").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|addr| addr.parse().ok())
 }
 
 /// SDK configuration for talking to moto: fixed test credentials, our region.

@@ -16,7 +16,7 @@ pub struct Instance {
     pub imds: ImdsSimulator,
     pub moto: Option<MotoServer>,
     pub root: tempfile::TempDir,
-    /// Used when there is no moto: a closed port, so any AWS call fails.
+    /// Used when there is no moto: [`CLOSED_ENDPOINT`], so any AWS call fails.
     pub aws_endpoint: String,
 }
 
@@ -45,12 +45,28 @@ pub fn tags(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
     )
 }
 
-/// A port nothing listens on.
-fn closed_port_endpoint() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}")
+/// An endpoint nothing listens on, now or later: port 1 on loopback is
+/// privileged and outside the ephemeral range, so no test's moto, simulator
+/// or stub can ever be given it (a port picked free and dropped could be).
+pub const CLOSED_ENDPOINT: &str = "http://127.0.0.1:1";
+
+/// An address for a server that a test starts later (an IMDS that comes up
+/// late in boot): connections are refused until then, and no other server
+/// can take it in between. Every other test server listens on 127.0.0.1;
+/// this one gets a loopback address of its own, derived from the test's PID,
+/// and a port below the ephemeral range, which the kernel never hands out.
+pub fn address_for_later() -> std::net::SocketAddr {
+    let pid = std::process::id();
+    let ip = std::net::Ipv4Addr::new(
+        127,
+        1 + ((pid >> 16) % 250) as u8,
+        ((pid >> 8) & 0xff) as u8,
+        1 + ((pid & 0xff) % 254) as u8,
+    );
+    (20_000..20_200)
+        .map(|port| std::net::SocketAddr::from((ip, port)))
+        .find(|addr| std::net::TcpListener::bind(addr).is_ok())
+        .unwrap_or_else(|| panic!("no free port on {ip} in 20000-20199"))
 }
 
 impl Instance {
@@ -66,13 +82,13 @@ impl Instance {
         }
     }
 
-    /// An instance whose AWS endpoint is a closed port: any AWS call fails.
+    /// An instance whose AWS endpoint is [`CLOSED_ENDPOINT`]: any AWS call fails.
     pub fn without_aws() -> Self {
         Self {
             imds: ImdsSimulator::start(Self::base_state()).unwrap(),
             moto: None,
             root: tempfile::tempdir().unwrap(),
-            aws_endpoint: closed_port_endpoint(),
+            aws_endpoint: CLOSED_ENDPOINT.to_owned(),
         }
     }
 
@@ -190,6 +206,22 @@ impl Agent {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// Waits until the agent's log contains `needle`, or panics after `within`.
+    pub fn wait_for_log(&self, needle: &str, within: std::time::Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {needle:?} in the log:\n{log}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     pub fn kill_9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -219,7 +251,7 @@ impl Instance {
             // Hermetic: nothing answers there, so the API fallback is used.
             command.args([
                 "--ecs-introspection-url",
-                &format!("{}/v1/metadata", closed_port_endpoint()),
+                &format!("{CLOSED_ENDPOINT}/v1/metadata"),
             ]);
         }
         if self.config_file().exists() {
