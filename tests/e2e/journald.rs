@@ -175,7 +175,10 @@ async fn run_decisions_carry_phase_and_deadline_fields() {
         .arg(instance.config_file())
         .arg("--state-dir")
         .arg(instance.state_dir());
-    command.args(["--ecs-introspection-url", "http://127.0.0.1:9/v1/metadata"]);
+    command.args([
+        "--ecs-introspection-url",
+        &format!("{}/v1/metadata", common::CLOSED_ENDPOINT),
+    ]);
 
     let mut child = under_journal(&command, &socket_path, &stderr_path)
         .spawn()
