@@ -59,14 +59,6 @@ impl Fixture {
             })
     }
 
-    async fn status_at_moto(&self) -> String {
-        self.instance
-            .moto()
-            .container_instance_status(&self.cluster_arn, &self.container_instance)
-            .await
-            .unwrap()
-    }
-
     fn drain_calls(&self) -> usize {
         self.instance.moto().ecs_calls(DRAINS)
     }

@@ -354,6 +354,15 @@ impl Registered {
             .await
             .unwrap()
     }
+
+    /// The container instance's status as moto reports it.
+    pub async fn status_at_moto(&self) -> String {
+        self.instance
+            .moto()
+            .container_instance_status(&self.cluster_arn, &self.container_instance)
+            .await
+            .unwrap()
+    }
 }
 
 /// A webhook receiver that answers 503 to its first `refusals` requests and

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use blockwatch_testkit::imds::rfc3339;
 
-use crate::common::{
-    now, parse_time, phase, registered_in_jobs, Agent, Instance, Registered, BIN, FAST,
-};
+use crate::common::{now, parse_time, phase, registered_in_jobs, Agent, Instance, BIN, FAST};
 
 const DRAINS: &str = "UpdateContainerInstancesState";
 /// Nothing can ever listen on port 1: the ECS agent's API "is down".
@@ -33,16 +31,6 @@ fn offline(extra_config: &str) -> Instance {
     instance.write_config(&format!("cluster = \"jobs\"\n{quick}{extra_config}"));
     std::fs::create_dir_all(instance.state_dir()).unwrap();
     instance
-}
-
-impl Registered {
-    async fn status_at_moto(&self) -> String {
-        self.instance
-            .moto()
-            .container_instance_status(&self.cluster_arn, &self.container_instance)
-            .await
-            .unwrap()
-    }
 }
 
 fn spawn(instance: &Instance, env: &[(&str, &str)]) -> Agent {
