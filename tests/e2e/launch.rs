@@ -820,14 +820,31 @@ async fn network_profile_and_key_reach_the_instances() {
     assert_eq!(tag(&all[0], "Name"), Some("gpu-block"));
 }
 
-#[tokio::test]
-async fn wait_registered_waits_for_container_instances_and_times_out_without_them() {
-    let (moto, _) = moto_with_ce().await;
-    let cluster_arn = moto.create_unmanaged_ce("second", true).await.unwrap();
-    let child = launcher_command(&moto.endpoint())
+/// What `launch_two_and_register_them` saw: the launcher's output and the
+/// instances it registered.
+struct RegisteredLaunch {
+    output: std::process::Output,
+    registered: Vec<String>,
+}
+
+/// Runs `--count 2 --wait --wait-registered` against `ce` and plays the ECS
+/// agents: registers each new instance (not in `skip`) once it exists.
+async fn launch_two_and_register_them(
+    moto: &MotoServer,
+    cluster_arn: &str,
+    ce: &str,
+    wait_timeout: &str,
+    ecs_endpoint: Option<&str>,
+    skip: &[String],
+) -> RegisteredLaunch {
+    let mut command = launcher_command(&moto.endpoint());
+    if let Some(endpoint) = ecs_endpoint {
+        command.env("AWS_ENDPOINT_URL_ECS", endpoint);
+    }
+    let child = command
         .args([
             "--compute-environment",
-            "second",
+            ce,
             "--count",
             "2",
             "--duration",
@@ -835,13 +852,12 @@ async fn wait_registered_waits_for_container_instances_and_times_out_without_the
             "--wait",
             "--wait-registered",
             "--wait-timeout",
-            "60s",
+            wait_timeout,
         ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Play the ECS agents: register each instance once it exists.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut registered = Vec::new();
     while registered.len() < 2 {
@@ -849,10 +865,10 @@ async fn wait_registered_waits_for_container_instances_and_times_out_without_the
             std::time::Instant::now() < deadline,
             "the launcher launched nothing"
         );
-        for instance in instances(&moto).await {
+        for instance in instances(moto).await {
             let id = instance.instance_id().unwrap().to_owned();
-            if !registered.contains(&id) {
-                moto.register_container_instance(&cluster_arn, &id)
+            if !registered.contains(&id) && !skip.contains(&id) {
+                moto.register_container_instance(cluster_arn, &id)
                     .await
                     .unwrap();
                 registered.push(id);
@@ -860,7 +876,19 @@ async fn wait_registered_waits_for_container_instances_and_times_out_without_the
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let output = child.wait_with_output().unwrap();
+    RegisteredLaunch {
+        output: child.wait_with_output().unwrap(),
+        registered,
+    }
+}
+
+#[tokio::test]
+async fn wait_registered_waits_for_container_instances_and_times_out_without_them() {
+    let (moto, _) = moto_with_ce().await;
+    let cluster_arn = moto.create_unmanaged_ce("second", true).await.unwrap();
+    let output = launch_two_and_register_them(&moto, &cluster_arn, "second", "60s", None, &[])
+        .await
+        .output;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("2/2 registered"), "{stderr}");
@@ -1205,44 +1233,19 @@ async fn wait_registered_finds_ours_past_the_first_page_of_a_busy_cluster() {
         );
     }
     let ecs = paginating_ecs(&moto, others);
-    let child = launcher_command(&moto.endpoint())
-        .env("AWS_ENDPOINT_URL_ECS", ecs.url(""))
-        .args([
-            "--compute-environment",
-            "busy",
-            "--count",
-            "2",
-            "--duration",
-            "1h",
-            "--wait",
-            "--wait-registered",
-            "--wait-timeout",
-            "40s",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Play the ECS agents of our instances.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let mut ours = Vec::new();
-    while ours.len() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the launcher launched nothing"
-        );
-        for instance in instances(&moto).await {
-            let id = instance.instance_id().unwrap().to_owned();
-            if !ours.contains(&id) && !not_ours.contains(&id) {
-                moto.register_container_instance(&cluster_arn, &id)
-                    .await
-                    .unwrap();
-                ours.push(id);
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    let output = child.wait_with_output().unwrap();
+    let ecs_endpoint = ecs.url("");
+    let RegisteredLaunch {
+        output,
+        registered: ours,
+    } = launch_two_and_register_them(
+        &moto,
+        &cluster_arn,
+        "busy",
+        "40s",
+        Some(&ecs_endpoint),
+        &not_ours,
+    )
+    .await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("2/2 registered"), "{stderr}");
@@ -1277,25 +1280,29 @@ fn eventually_consistent_ec2(moto: &MotoServer, not_found: usize) -> StubServer 
     .unwrap()
 }
 
+/// Launches one instance into `research` through `ec2` and waits up to 60 s
+/// for it to run; `extra` arguments are added.
+fn launch_one_and_wait(moto: &MotoServer, ec2: &StubServer, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "--compute-environment",
+        "research",
+        "--count",
+        "1",
+        "--duration",
+        "1h",
+        "--wait",
+        "--wait-timeout",
+        "60s",
+    ];
+    args.extend_from_slice(extra);
+    launcher_with_ec2(moto, ec2, &args)
+}
+
 #[tokio::test]
 async fn instances_ec2_does_not_know_yet_are_waited_for_not_refused() {
     let (moto, _) = moto_with_ce().await;
     let ec2 = eventually_consistent_ec2(&moto, 2);
-    let run = launcher_with_ec2(
-        &moto,
-        &ec2,
-        &[
-            "--compute-environment",
-            "research",
-            "--count",
-            "1",
-            "--duration",
-            "1h",
-            "--wait",
-            "--wait-timeout",
-            "60s",
-        ],
-    );
+    let run = launch_one_and_wait(&moto, &ec2, &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
         run.stderr.contains("waiting: 1/1 running"),
@@ -1315,23 +1322,7 @@ async fn instances_ec2_never_knows_are_refused_after_a_bounded_while() {
     let (moto, _) = moto_with_ce().await;
     let ec2 = eventually_consistent_ec2(&moto, usize::MAX);
     let started = std::time::Instant::now();
-    let run = launcher_with_ec2(
-        &moto,
-        &ec2,
-        &[
-            "--compute-environment",
-            "research",
-            "--count",
-            "1",
-            "--duration",
-            "1h",
-            "--wait",
-            "--wait-timeout",
-            "60s",
-            "--not-found-grace",
-            "3s",
-        ],
-    );
+    let run = launch_one_and_wait(&moto, &ec2, &["--not-found-grace", "3s"]);
     assert_eq!(run.code, 7, "{}", run.stderr);
     assert!(
         run.stderr.contains("InvalidInstanceID.NotFound") && run.stderr.contains("3s"),

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use blockwatch_testkit::imds::{rfc3339, ScheduledEvent, SpotInstanceAction};
 use blockwatch_testkit::stub::StubServer;
-use common::{parse_time, phase, Agent, Instance};
+use common::{
+    now, parse_time, phase, receiver_refusing_first, registered_in_jobs, Agent, Instance,
+};
 use time::OffsetDateTime;
 
 const POLL: Duration = Duration::from_secs(1);
@@ -27,40 +29,7 @@ const STARTUP: time::Duration = time::Duration::seconds(8);
 const PATIENCE: Duration = Duration::from_secs(60);
 const DRAINS: &str = "UpdateContainerInstancesState";
 
-struct Fixture {
-    instance: Instance,
-    cluster_arn: String,
-    container_instance: String,
-}
-
-fn now() -> OffsetDateTime {
-    // Whole seconds, as tags and IMDS carry them.
-    let now = OffsetDateTime::now_utc();
-    now - time::Duration::nanoseconds(i64::from(now.nanosecond()))
-}
-
-/// An instance registered in cluster `jobs`, tagged with `tags`, and a config
-/// file with short intervals plus `config`.
-async fn fixture(tags: &[(&str, &str)], config: &str) -> Fixture {
-    let instance = Instance::with_moto().await;
-    let cluster_arn = instance.moto().create_cluster("jobs").await.unwrap();
-    let mut all = vec![("blockwatch:cluster", "jobs")];
-    all.extend_from_slice(tags);
-    let id = instance.launch(&all, true).await;
-    let container_instance = instance
-        .moto()
-        .register_container_instance(&cluster_arn, &id)
-        .await
-        .unwrap();
-    instance.write_config(&format!(
-        "poll_interval = \"1s\"\ndrain_lead = \"10s\"\ndrain_poll_interval = \"1s\"\n{config}"
-    ));
-    Fixture {
-        instance,
-        cluster_arn,
-        container_instance,
-    }
-}
+type Fixture = common::Registered;
 
 impl Fixture {
     /// Tags the instance with a lease ending `from_now` from now, in IMDS
@@ -90,14 +59,6 @@ impl Fixture {
             })
     }
 
-    async fn status_at_moto(&self) -> String {
-        self.instance
-            .moto()
-            .container_instance_status(&self.cluster_arn, &self.container_instance)
-            .await
-            .unwrap()
-    }
-
     fn drain_calls(&self) -> usize {
         self.instance.moto().ecs_calls(DRAINS)
     }
@@ -121,7 +82,7 @@ fn assert_on_time(snapshot: &serde_json::Value, due: OffsetDateTime, log: &str) 
 
 #[tokio::test]
 async fn lease_end_tag_drains_at_end_minus_lead() {
-    let f = fixture(&[], "").await;
+    let f = registered_in_jobs(&[], "").await;
     let end = f.lease_ends_in(STARTUP + LEAD);
     let agent = f.start();
     let watching = f.instance.snapshot().unwrap();
@@ -139,7 +100,7 @@ async fn lease_end_tag_drains_at_end_minus_lead() {
 
 #[tokio::test]
 async fn lease_duration_counts_from_pending_time() {
-    let f = fixture(&[("blockwatch:lease-duration", "1h")], "").await;
+    let f = registered_in_jobs(&[("blockwatch:lease-duration", "1h")], "").await;
     let launched = now() - time::Duration::hours(1) + STARTUP + LEAD;
     f.instance.imds.update(|s| s.pending_time = launched);
     let agent = f.start();
@@ -156,7 +117,7 @@ async fn lease_duration_counts_from_pending_time() {
 
 #[tokio::test]
 async fn spot_notice_drains_at_once_through_the_introspection_api() {
-    let f = fixture(&[], "").await;
+    let f = registered_in_jobs(&[], "").await;
     let introspection = {
         let body = serde_json::json!({"Cluster": "jobs", "ContainerInstanceArn": f.container_instance, "Version": "Amazon ECS Agent - v1.89.0"}).to_string();
         StubServer::start(move |_, _| (200, body.clone())).unwrap()
@@ -199,7 +160,7 @@ async fn spot_notice_drains_at_once_through_the_introspection_api() {
 
 #[tokio::test]
 async fn scheduled_event_drains_and_its_cancel_returns_the_instance_to_active() {
-    let f = fixture(&[], "").await;
+    let f = registered_in_jobs(&[], "").await;
     let not_before = now() + STARTUP + LEAD;
     f.instance.imds.update(|s| {
         s.scheduled_events = vec![ScheduledEvent {
@@ -234,7 +195,7 @@ async fn scheduled_event_drains_and_its_cancel_returns_the_instance_to_active() 
 
 #[tokio::test]
 async fn autoscaling_terminated_drains_now() {
-    let f = fixture(&[], "").await;
+    let f = registered_in_jobs(&[], "").await;
     let agent = f.start();
     f.instance
         .imds
@@ -258,7 +219,7 @@ async fn autoscaling_terminated_drains_now() {
 
 #[tokio::test]
 async fn rebalance_drains_only_when_opted_in() {
-    let off = fixture(&[], "").await;
+    let off = registered_in_jobs(&[], "").await;
     let agent = off.start();
     off.instance
         .imds
@@ -268,7 +229,7 @@ async fn rebalance_drains_only_when_opted_in() {
     assert_eq!(phase(&off.instance.snapshot().unwrap()), "watching");
     assert_eq!(off.drain_calls(), 0);
 
-    let on = fixture(&[], "drain_on_rebalance = true\n").await;
+    let on = registered_in_jobs(&[], "drain_on_rebalance = true\n").await;
     let agent = on.start();
     let seen = now();
     on.instance
@@ -281,7 +242,7 @@ async fn rebalance_drains_only_when_opted_in() {
 
 #[tokio::test]
 async fn notify_socket_gets_ready_and_a_status_naming_the_cluster() {
-    let f = fixture(&[], "").await;
+    let f = registered_in_jobs(&[], "").await;
     f.lease_ends_in(time::Duration::hours(2));
     let socket_path = f.instance.root.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
@@ -381,7 +342,7 @@ async fn waits_for_the_container_instance_to_register_before_draining() {
 #[tokio::test]
 async fn no_aws_call_while_idle() {
     let end = now() + time::Duration::hours(2);
-    let f = fixture(&[("blockwatch:lease-end", &rfc3339(end))], "").await;
+    let f = registered_in_jobs(&[("blockwatch:lease-end", &rfc3339(end))], "").await;
     let agent = f.start();
     std::thread::sleep(POLL);
     let before = f.instance.moto().requests().len();
@@ -410,18 +371,13 @@ async fn no_aws_call_while_idle() {
 #[tokio::test]
 async fn kill_9_mid_drain_resumes_without_a_second_drain() {
     let end = now() + time::Duration::seconds(5);
-    let f = fixture(&[("blockwatch:lease-end", &rfc3339(end))], "").await;
+    let f = registered_in_jobs(&[("blockwatch:lease-end", &rfc3339(end))], "").await;
     let powered_off = f.instance.root.path().join("powered-off");
     let command = format!("echo off >> {}", powered_off.display());
     f.instance.write_config(&format!(
         "poll_interval = \"1s\"\ndrain_lead = \"10s\"\ndrain_poll_interval = \"1s\"\non_drained = \"poweroff\"\npoweroff_command = {command:?}\n"
     ));
-    let task = f
-        .instance
-        .moto()
-        .start_task(&f.cluster_arn, &f.container_instance)
-        .await
-        .unwrap();
+    let task = f.start_task().await;
     let mut agent = f.start();
     f.wait_draining(&agent, PATIENCE);
     f.instance.wait_for(&agent, PATIENCE, "a task count", |s| {
@@ -492,7 +448,7 @@ async fn kill_9_mid_drain_resumes_without_a_second_drain() {
 #[tokio::test]
 async fn status_reads_the_state_file_without_network() {
     let end = now() + time::Duration::hours(3);
-    let f = fixture(&[("blockwatch:lease-end", &rfc3339(end))], "").await;
+    let f = registered_in_jobs(&[("blockwatch:lease-end", &rfc3339(end))], "").await;
     let agent = f.start();
     drop(agent);
 
@@ -551,17 +507,10 @@ async fn status_reads_the_state_file_without_network() {
 
 #[tokio::test]
 async fn webhook_gets_both_events_even_when_its_first_attempts_fail() {
-    let receiver = StubServer::start(|n, _| {
-        if n < 2 {
-            (503, "busy".into())
-        } else {
-            (200, "ok".into())
-        }
-    })
-    .unwrap();
+    let receiver = receiver_refusing_first(2);
     let url = receiver.url("/hooks/T000/secret-token?key=hunter2");
     let end = now() + time::Duration::seconds(5);
-    let f = fixture(
+    let f = registered_in_jobs(
         &[("blockwatch:lease-end", &rfc3339(end))],
         &format!("webhook_url = {url:?}\n"),
     )
@@ -617,7 +566,7 @@ async fn webhook_gets_both_events_even_when_its_first_attempts_fail() {
 #[tokio::test]
 async fn dry_run_logs_and_changes_nothing() {
     let end = now() + time::Duration::seconds(5);
-    let f = fixture(
+    let f = registered_in_jobs(
         &[("blockwatch:lease-end", &rfc3339(end))],
         "dry_run = true\n",
     )
@@ -642,13 +591,8 @@ async fn dry_run_logs_and_changes_nothing() {
 
 #[tokio::test]
 async fn stop_grace_stops_remaining_tasks_with_a_blockwatch_reason() {
-    let f = fixture(&[], "stop_grace = \"8s\"\n").await;
-    let task = f
-        .instance
-        .moto()
-        .start_task(&f.cluster_arn, &f.container_instance)
-        .await
-        .unwrap();
+    let f = registered_in_jobs(&[], "stop_grace = \"8s\"\n").await;
+    let task = f.start_task().await;
     let end = f.lease_ends_in(STARTUP + LEAD);
     let agent = f.start();
 
@@ -679,7 +623,7 @@ async fn stop_grace_stops_remaining_tasks_with_a_blockwatch_reason() {
 async fn metrics_file_follows_the_phase() {
     let metrics = tempfile::tempdir().unwrap();
     let path = metrics.path().join("blockwatch.prom");
-    let f = fixture(
+    let f = registered_in_jobs(
         &[],
         &format!("metrics_file = {:?}\n", path.to_str().unwrap()),
     )
@@ -768,7 +712,7 @@ fn ec2_stub(
 
 #[tokio::test]
 async fn legacy_spot_block_ends_at_launch_plus_block_duration() {
-    let f = fixture(&[], "").await;
+    let f = registered_in_jobs(&[], "").await;
     let launched = now() - time::Duration::minutes(60) + STARTUP + LEAD;
     let instance_id = f.instance.imds.state().instance_id;
     f.instance.imds.update(|s| s.pending_time = launched);
@@ -790,7 +734,7 @@ async fn legacy_spot_block_ends_at_launch_plus_block_duration() {
 
 #[tokio::test]
 async fn capacity_block_ends_thirty_minutes_before_its_end_date() {
-    let f = fixture(&[], "").await;
+    let f = registered_in_jobs(&[], "").await;
     let end_date = now() + time::Duration::minutes(30) + STARTUP + LEAD;
     let ec2 = ec2_stub(f.instance.imds.state().instance_id, None, Some(end_date));
     let agent = f
@@ -809,7 +753,7 @@ async fn capacity_block_ends_thirty_minutes_before_its_end_date() {
 
 #[tokio::test]
 async fn a_denied_ec2_lookup_is_logged_once_and_never_fatal() {
-    let f = fixture(&[], "").await;
+    let f = registered_in_jobs(&[], "").await;
     let denied = StubServer::start(|_, _| {
         (403, "<Response><Errors><Error><Code>UnauthorizedOperation</Code><Message>You are not authorized to perform: ec2:DescribeInstances</Message></Error></Errors><RequestID>r</RequestID></Response>".into())
     })
@@ -835,7 +779,7 @@ async fn a_denied_ec2_lookup_is_logged_once_and_never_fatal() {
 #[tokio::test]
 async fn with_moto_the_ec2_lookups_find_no_block_and_the_lease_still_rules() {
     let end = now() + time::Duration::hours(1);
-    let f = fixture(&[("blockwatch:lease-end", &rfc3339(end))], "").await;
+    let f = registered_in_jobs(&[("blockwatch:lease-end", &rfc3339(end))], "").await;
     let seeded = f.instance.moto().requests().len();
     let agent = f.start();
     assert_eq!(

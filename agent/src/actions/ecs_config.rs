@@ -182,11 +182,23 @@ mod tests {
         ClusterName::parse(name).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    #[test]
-    fn second_apply_does_not_touch_the_file() -> Result<(), Box<dyn std::error::Error>> {
+    type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+    /// An `ecs.config` in a fresh directory holding `contents`, with `mode`
+    /// if given; the directory lives as long as the returned guard.
+    fn ecs_config(contents: &str, mode: Option<u32>) -> TestResult<(tempfile::TempDir, PathBuf)> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("ecs.config");
-        fs::write(&path, "X=1\r\nECS_CLUSTER=\"old\"\r\n")?;
+        fs::write(&path, contents)?;
+        if let Some(mode) = mode {
+            fs::set_permissions(&path, Permissions::from_mode(mode))?;
+        }
+        Ok((dir, path))
+    }
+
+    #[test]
+    fn second_apply_does_not_touch_the_file() -> Result<(), Box<dyn std::error::Error>> {
+        let (_dir, path) = ecs_config("X=1\r\nECS_CLUSTER=\"old\"\r\n", None)?;
         let first = Plan::new(&path, &cluster("new"))?.apply()?;
         assert_eq!(
             first,
@@ -206,10 +218,7 @@ mod tests {
 
     #[test]
     fn a_right_file_keeps_its_mode() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("ecs.config");
-        fs::write(&path, "ECS_CLUSTER=c\n")?;
-        fs::set_permissions(&path, Permissions::from_mode(0o600))?;
+        let (_dir, path) = ecs_config("ECS_CLUSTER=c\n", Some(0o600))?;
         assert_eq!(
             Plan::new(&path, &cluster("c"))?.apply()?,
             Outcome::AlreadyCorrect
@@ -221,10 +230,7 @@ mod tests {
     #[test]
     fn a_rewritten_file_keeps_its_mode_and_a_new_one_gets_0644(
     ) -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("ecs.config");
-        fs::write(&path, "ECS_ENGINE_AUTH_DATA={}\n")?;
-        fs::set_permissions(&path, Permissions::from_mode(0o640))?;
+        let (dir, path) = ecs_config("ECS_ENGINE_AUTH_DATA={}\n", Some(0o640))?;
         Plan::new(&path, &cluster("c"))?.apply()?;
         assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o7777, 0o640);
 

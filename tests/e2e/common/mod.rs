@@ -307,3 +307,73 @@ pub fn phase(snapshot: &serde_json::Value) -> &str {
 pub fn parse_time(text: &str) -> time::OffsetDateTime {
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap()
 }
+
+/// Now, in whole seconds as tags and IMDS carry times.
+pub fn now() -> time::OffsetDateTime {
+    let now = time::OffsetDateTime::now_utc();
+    now.replace_nanosecond(0).unwrap()
+}
+
+/// Short intervals, so that `run` polls and drains quickly.
+pub const FAST: &str =
+    "poll_interval = \"1s\"\ndrain_lead = \"10s\"\ndrain_poll_interval = \"1s\"\n";
+
+/// An instance in moto, tagged with cluster `jobs` plus `tags` and
+/// registered in that cluster, with a config file of [`FAST`] plus `config`.
+pub struct Registered {
+    pub instance: Instance,
+    pub cluster_arn: String,
+    pub container_instance: String,
+}
+
+pub async fn registered_in_jobs(tags: &[(&str, &str)], config: &str) -> Registered {
+    let instance = Instance::with_moto().await;
+    let cluster_arn = instance.moto().create_cluster("jobs").await.unwrap();
+    let mut all = vec![("blockwatch:cluster", "jobs")];
+    all.extend_from_slice(tags);
+    let id = instance.launch(&all, true).await;
+    let container_instance = instance
+        .moto()
+        .register_container_instance(&cluster_arn, &id)
+        .await
+        .unwrap();
+    instance.write_config(&format!("{FAST}{config}"));
+    Registered {
+        instance,
+        cluster_arn,
+        container_instance,
+    }
+}
+
+impl Registered {
+    /// Starts a task on the instance; returns the task's ARN.
+    pub async fn start_task(&self) -> String {
+        self.instance
+            .moto()
+            .start_task(&self.cluster_arn, &self.container_instance)
+            .await
+            .unwrap()
+    }
+
+    /// The container instance's status as moto reports it.
+    pub async fn status_at_moto(&self) -> String {
+        self.instance
+            .moto()
+            .container_instance_status(&self.cluster_arn, &self.container_instance)
+            .await
+            .unwrap()
+    }
+}
+
+/// A webhook receiver that answers 503 to its first `refusals` requests and
+/// 200 after.
+pub fn receiver_refusing_first(refusals: usize) -> blockwatch_testkit::stub::StubServer {
+    blockwatch_testkit::stub::StubServer::start(move |n, _| {
+        if n < refusals {
+            (503, "busy".into())
+        } else {
+            (200, "ok".into())
+        }
+    })
+    .unwrap()
+}

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use blockwatch_testkit::aws_proxy::{AwsProxy, Fault};
 
 use crate::common::{tags, Instance, Run};
+use crate::shared::assert_one_error;
 
 const CE_TAG: &str = "blockwatch:compute-environment";
 const DESCRIBE_CE: &str = "DescribeComputeEnvironments";
@@ -35,12 +36,7 @@ async fn proxied(tags_in_imds: bool) -> (Instance, AwsProxy, String) {
 /// One error line, a sentence: no Rust debug dumps.
 fn assert_readable_failure(run: &Run, needles: &[&str]) {
     eprintln!("{}", run.stderr);
-    let errors: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("blockwatch: error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    assert_one_error(run, needles);
     for dump in [
         "SdkBody",
         "DispatchFailure(",
@@ -51,13 +47,6 @@ fn assert_readable_failure(run: &Run, needles: &[&str]) {
         assert!(
             !run.stderr.contains(dump),
             "debug dump {dump:?}: {}",
-            run.stderr
-        );
-    }
-    for needle in needles {
-        assert!(
-            errors[0].contains(needle),
-            "{needle:?} missing: {}",
             run.stderr
         );
     }

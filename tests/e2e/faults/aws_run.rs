@@ -12,22 +12,11 @@ use std::time::{Duration, Instant};
 use blockwatch_testkit::aws_proxy::{AwsProxy, Fault};
 use blockwatch_testkit::imds::SpotInstanceAction;
 use blockwatch_testkit::stub::StubServer;
-use time::OffsetDateTime;
 
-use crate::common::{phase, Agent, Instance};
+use crate::common::{now, phase, receiver_refusing_first, Agent, Instance, FAST};
 
 pub const DRAIN_CALL: &str = "UpdateContainerInstancesState";
 const LIST_CALL: &str = "ListContainerInstances";
-
-/// Now, in whole seconds as IMDS writes times.
-pub fn now() -> OffsetDateTime {
-    let now = OffsetDateTime::now_utc();
-    now.replace_nanosecond(0).unwrap_or(now)
-}
-
-/// Short intervals for every case.
-pub const FAST: &str =
-    "poll_interval = \"1s\"\ndrain_lead = \"10s\"\ndrain_poll_interval = \"1s\"\n";
 
 /// A spot interruption notice, due in less than the 10 s drain lead (as a
 /// real 2-minute notice is against the default 10-minute lead): drain at once.
@@ -390,9 +379,14 @@ fn secret_url(receiver: &StubServer) -> String {
 
 const SECRETS: [&str; 4] = ["hook-user", "hook-secret", "path-secret", "query-secret"];
 
-#[tokio::test]
-async fn sigterm_waits_for_a_webhook_delivery_in_flight() {
-    let receiver = slow_receiver(Duration::from_millis(2500));
+/// Starts draining with a webhook receiver that answers after `delay`, sends
+/// SIGTERM once the delivery is in flight and waits up to `within` for the
+/// exit: (exit code, how long the exit took, the log).
+async fn sigterm_mid_delivery(
+    delay: Duration,
+    within: Duration,
+) -> (Option<i32>, Duration, String) {
+    let receiver = slow_receiver(delay);
     let f = Fixture::new(&format!("webhook_url = {:?}\n", secret_url(&receiver))).await;
     let mut agent = f.start(&[]);
     spot_notice(&f.instance);
@@ -405,9 +399,15 @@ async fn sigterm_waits_for_a_webhook_delivery_in_flight() {
     });
 
     sigterm(&agent);
-    let (code, took) = wait_exit(&mut agent, Duration::from_secs(10));
+    let (code, took) = wait_exit(&mut agent, within);
+    (code, took, agent.log())
+}
+
+#[tokio::test]
+async fn sigterm_waits_for_a_webhook_delivery_in_flight() {
+    let (code, took, log) =
+        sigterm_mid_delivery(Duration::from_millis(2500), Duration::from_secs(10)).await;
     assert_eq!(code, Some(0));
-    let log = agent.log();
     assert!(
         log.contains("delivered \"drain-started\""),
         "delivered before exiting (took {took:?})\n{log}"
@@ -420,26 +420,13 @@ async fn sigterm_waits_for_a_webhook_delivery_in_flight() {
 
 #[tokio::test]
 async fn sigterm_drops_a_webhook_slower_than_the_grace_and_says_so() {
-    let receiver = slow_receiver(Duration::from_secs(9));
-    let f = Fixture::new(&format!("webhook_url = {:?}\n", secret_url(&receiver))).await;
-    let mut agent = f.start(&[]);
-    spot_notice(&f.instance);
-    f.instance
-        .wait_for(&agent, Duration::from_secs(15), "draining", |s| {
-            phase(s) == "draining"
-        });
-    wait_until(&agent, Duration::from_secs(5), "the delivery", || {
-        !receiver.received().is_empty()
-    });
-
-    sigterm(&agent);
-    let (code, took) = wait_exit(&mut agent, Duration::from_secs(15));
+    let (code, took, log) =
+        sigterm_mid_delivery(Duration::from_secs(9), Duration::from_secs(15)).await;
     assert_eq!(code, Some(0));
     assert!(
         took >= Duration::from_secs(4) && took < Duration::from_secs(8),
         "waited about 5 s: {took:?}"
     );
-    let log = agent.log();
     let dropped: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("dropped drain-started undelivered"))
@@ -478,14 +465,7 @@ async fn power_off_waits_for_the_drain_completed_webhook() {
 #[tokio::test]
 async fn webhook_credentials_never_appear_in_any_log_line() {
     // Refused first, so the retries and the failures are logged too.
-    let receiver = StubServer::start(|n, _| {
-        if n < 2 {
-            (503, "busy".into())
-        } else {
-            (200, "ok".into())
-        }
-    })
-    .unwrap();
+    let receiver = receiver_refusing_first(2);
     let f = Fixture::new(&format!(
         "webhook_url = {:?}\ndry_run = false\n",
         secret_url(&receiver)

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use blockwatch_testkit::imds::{Fault, Faults, ScheduledEvent, SpotInstanceAction};
 
-use super::aws_run::{now, sigterm, spot_notice, wait_exit, warnings, FAST};
-use crate::common::{phase, tags, Agent, Instance};
+use super::aws_run::{sigterm, spot_notice, wait_exit, warnings};
+use crate::common::{now, phase, tags, Agent, Instance, FAST};
 
 const SPOT: &str = "/latest/meta-data/spot/instance-action";
 const SCHEDULED: &str = "/latest/meta-data/events/maintenance/scheduled";
@@ -73,23 +73,17 @@ fn assert_sentences(instance: &Instance, log: &str) {
     }
 }
 
-/// Hides the spot notice behind `fault` on every path for a while, then
-/// lifts it: the notice must drain within a few seconds.
-fn outage_then_notice(fault: Fault, cause: &str) {
+/// Hides the spot notice behind `faults` for `secs` seconds, in which the
+/// daemon keeps watching and `says_so` checks its log, then lifts them: the
+/// notice must drain within a few seconds.
+fn outage_then_notice_with(faults: Faults, secs: u64, says_so: impl Fn(&str)) {
     let instance = instance();
     let mut agent = start(&instance);
-    instance.imds.set_faults(Faults {
-        paths: [("*".to_owned(), fault)].into(),
-        ..Faults::default()
-    });
+    instance.imds.set_faults(faults);
     spot_notice(&instance);
-    stays_watching(&instance, &mut agent, 3);
+    stays_watching(&instance, &mut agent, secs);
     let log = agent.log();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("warning:") && l.contains(SPOT) && l.contains(cause)),
-        "a warning names the path and {cause:?}\n{log}"
-    );
+    says_so(&log);
     assert_sentences(&instance, &log);
 
     instance.imds.clear_faults();
@@ -103,6 +97,22 @@ fn outage_then_notice(fault: Fault, cause: &str) {
         "{}",
         agent.log()
     );
+}
+
+/// Hides the spot notice behind `fault` on every path for a while, then
+/// lifts it: the notice must drain within a few seconds.
+fn outage_then_notice(fault: Fault, cause: &str) {
+    let faults = Faults {
+        paths: [("*".to_owned(), fault)].into(),
+        ..Faults::default()
+    };
+    outage_then_notice_with(faults, 3, |log| {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("warning:") && l.contains(SPOT) && l.contains(cause)),
+            "a warning names the path and {cause:?}\n{log}"
+        );
+    });
 }
 
 #[test]
@@ -122,33 +132,17 @@ fn a_hanging_imds_keeps_the_daemon_watching_and_the_notice_drains_once_it_answer
 
 #[test]
 fn imds_gone_for_a_while_and_back_drains_on_the_notice() {
-    let instance = instance();
-    let mut agent = start(&instance);
-    instance.imds.set_faults(Faults {
+    let faults = Faults {
         all: Some(Fault::Gone),
         ..Faults::default()
+    };
+    outage_then_notice_with(faults, 5, |log| {
+        assert_eq!(
+            warnings(log, "starting a fresh IMDS session"),
+            1,
+            "a fresh session is tried, and said once\n{log}"
+        );
     });
-    spot_notice(&instance);
-    stays_watching(&instance, &mut agent, 5);
-    let log = agent.log();
-    assert_eq!(
-        warnings(&log, "starting a fresh IMDS session"),
-        1,
-        "a fresh session is tried, and said once\n{log}"
-    );
-    assert_sentences(&instance, &log);
-
-    instance.imds.clear_faults();
-    let took = drains_on_spot(&instance, &agent, Duration::from_secs(15));
-    assert!(
-        took < Duration::from_secs(8),
-        "drained {took:?} after IMDS came back"
-    );
-    assert!(
-        agent.log().contains("notices works again after"),
-        "{}",
-        agent.log()
-    );
 }
 
 #[test]

@@ -6,35 +6,9 @@
 use std::process::Command;
 
 use crate::common::{tags, Instance, Run};
+use crate::shared::{assert_one_error, cluster_tag, joined_over};
 
 const CE_TAG: &str = "blockwatch:compute-environment";
-const CLUSTER_TAG: &str = "blockwatch:cluster";
-
-fn cluster_tag(instance: &Instance, value: &str) {
-    instance
-        .imds
-        .update(|s| s.tags = tags(&[(CLUSTER_TAG, value)]));
-}
-
-fn error_lines(run: &Run) -> Vec<&str> {
-    run.stderr
-        .lines()
-        .filter(|l| l.starts_with("blockwatch: error:"))
-        .collect()
-}
-
-/// Exactly one error line, containing every needle.
-fn assert_error(run: &Run, needles: &[&str]) {
-    let errors = error_lines(run);
-    assert_eq!(errors.len(), 1, "{}", run.stderr);
-    for needle in needles {
-        assert!(
-            errors[0].contains(needle),
-            "{needle:?} missing: {}",
-            run.stderr
-        );
-    }
-}
 
 #[tokio::test]
 async fn hostile_compute_environment_tag_values_are_only_lookup_keys() {
@@ -53,7 +27,7 @@ async fn hostile_compute_environment_tag_values_are_only_lookup_keys() {
         instance.imds.update(|s| s.tags = tags(&[(CE_TAG, value)]));
         let run = instance.join(&[]);
         assert_eq!(run.code, 65, "{value:?}: {}", run.stderr);
-        assert_error(&run, &["not found"]);
+        assert_one_error(&run, &["not found"]);
         assert!(
             run.stderr.lines().all(|l| l.starts_with("blockwatch: ")),
             "every line is ours: {}",
@@ -77,7 +51,7 @@ async fn a_cluster_tag_of_default_is_refused_with_78() {
     let run = instance.join(&[]);
 
     assert_eq!(run.code, 78, "{}", run.stderr);
-    assert_error(
+    assert_one_error(
         &run,
         &["\"default\" is refused", "instance tag blockwatch:cluster"],
     );
@@ -93,7 +67,7 @@ async fn an_unknown_compute_environment_exits_65_and_leaves_the_file() {
     let run = instance.join(&[]);
 
     assert_eq!(run.code, 65, "{}", run.stderr);
-    assert_error(&run, &["compute environment \"nowhere\" not found"]);
+    assert_one_error(&run, &["compute environment \"nowhere\" not found"]);
     assert_eq!(
         instance.read_ecs_config(),
         Some(b"ECS_CLUSTER=previous\n".to_vec())
@@ -109,7 +83,7 @@ async fn a_managed_compute_environment_exits_65_and_writes_nothing() {
     let run = instance.join(&[]);
 
     assert_eq!(run.code, 65, "{}", run.stderr);
-    assert_error(&run, &["\"managed\" is MANAGED"]);
+    assert_one_error(&run, &["\"managed\" is MANAGED"]);
     assert_eq!(instance.read_ecs_config(), None);
 }
 
@@ -122,7 +96,7 @@ async fn a_config_file_with_an_unknown_key_exits_78_naming_the_key() {
     let run = instance.join(&[]);
 
     assert_eq!(run.code, 78, "{}", run.stderr);
-    assert_error(
+    assert_one_error(
         &run,
         &[&path.display().to_string(), "line 2", "poweroff_comand"],
     );
@@ -137,7 +111,7 @@ async fn a_config_file_with_a_wrong_type_exits_78_naming_the_line() {
     let run = instance.join(&[]);
 
     assert_eq!(run.code, 78, "{}", run.stderr);
-    assert_error(&run, &["line 2", "invalid type"]);
+    assert_one_error(&run, &["line 2", "invalid type"]);
     assert_eq!(instance.read_ecs_config(), None);
 }
 
@@ -150,7 +124,7 @@ async fn a_config_file_that_is_not_utf8_exits_78_naming_the_line() {
     let run = instance.join(&[]);
 
     assert_eq!(run.code, 78, "{}", run.stderr);
-    assert_error(&run, &["line 2", "not UTF-8"]);
+    assert_one_error(&run, &["line 2", "not UTF-8"]);
     assert_eq!(instance.read_ecs_config(), None);
 }
 
@@ -189,19 +163,13 @@ async fn a_config_path_that_is_a_directory_exits_78() {
         .into();
 
     assert_eq!(run.code, 78, "{}", run.stderr);
-    assert_error(&run, &["conf.d", "is a directory"]);
+    assert_one_error(&run, &["conf.d", "is a directory"]);
     assert_eq!(instance.read_ecs_config(), None);
 }
 
 #[tokio::test]
 async fn ecs_config_with_crlf_line_endings_gets_lf_and_keeps_every_other_line() {
-    let instance = Instance::without_aws();
-    cluster_tag(&instance, "c1");
-    instance.write_ecs_config(b"A=1\r\nECS_CLUSTER=old\r\nB=2\r\n");
-
-    let run = instance.join(&[]);
-
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let (instance, _) = joined_over(b"A=1\r\nECS_CLUSTER=old\r\nB=2\r\n");
     assert_eq!(
         instance.read_ecs_config(),
         Some(b"A=1\nECS_CLUSTER=c1\nB=2\n".to_vec())
@@ -210,13 +178,7 @@ async fn ecs_config_with_crlf_line_endings_gets_lf_and_keeps_every_other_line() 
 
 #[tokio::test]
 async fn ecs_config_with_a_byte_order_mark_keeps_it_before_another_key() {
-    let instance = Instance::without_aws();
-    cluster_tag(&instance, "c1");
-    instance.write_ecs_config(b"\xef\xbb\xbfECS_LOGLEVEL=info\n");
-
-    let run = instance.join(&[]);
-
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let (instance, _) = joined_over(b"\xef\xbb\xbfECS_LOGLEVEL=info\n");
     assert_eq!(
         instance.read_ecs_config(),
         Some(b"\xef\xbb\xbfECS_LOGLEVEL=info\nECS_CLUSTER=c1\n".to_vec())
@@ -234,13 +196,7 @@ async fn ecs_config_with_a_byte_order_mark_keeps_it_before_another_key() {
 
 #[tokio::test]
 async fn ecs_config_without_a_final_newline_gets_one() {
-    let instance = Instance::without_aws();
-    cluster_tag(&instance, "c1");
-    instance.write_ecs_config(b"A=1");
-
-    let run = instance.join(&[]);
-
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let (instance, _) = joined_over(b"A=1");
     assert_eq!(
         instance.read_ecs_config(),
         Some(b"A=1\nECS_CLUSTER=c1\n".to_vec())
@@ -249,15 +205,9 @@ async fn ecs_config_without_a_final_newline_gets_one() {
 
 #[tokio::test]
 async fn ecs_config_with_quoted_and_duplicate_cluster_keys_ends_with_one_plain_line() {
-    let instance = Instance::without_aws();
-    cluster_tag(&instance, "c1");
-    instance.write_ecs_config(
+    let (instance, run) = joined_over(
         b"ECS_CLUSTER=\"c1\"\nA=\"quoted value\"\n ECS_CLUSTER = spaced \nECS_CLUSTER=last\n",
     );
-
-    let run = instance.join(&[]);
-
-    assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(
         instance.read_ecs_config(),
         Some(b"ECS_CLUSTER=c1\nA=\"quoted value\"\n".to_vec())
@@ -299,7 +249,7 @@ async fn ecs_config_that_is_a_directory_exits_74() {
     let run = instance.join(&[]);
 
     assert_eq!(run.code, 74, "{}", run.stderr);
-    assert_error(&run, &["is a directory, not a regular file"]);
+    assert_one_error(&run, &["is a directory, not a regular file"]);
     assert!(instance.ecs_config().is_dir());
 }
 
@@ -388,7 +338,7 @@ async fn ecs_config_on_a_read_only_filesystem_exits_74_and_is_untouched() {
     let (run, after, listing) = join_on_a_tiny_tmpfs(&instance, &setup);
 
     assert_eq!(run.code, 74, "{}", run.stderr);
-    assert_error(
+    assert_one_error(
         &run,
         &["ecs.config", "could not write it", "Read-only file system"],
     );
@@ -407,7 +357,7 @@ async fn ecs_config_on_a_full_disk_exits_74_and_is_untouched() {
     let (run, after, listing) = join_on_a_tiny_tmpfs(&instance, &setup);
 
     assert_eq!(run.code, 74, "{}", run.stderr);
-    assert_error(
+    assert_one_error(
         &run,
         &[
             "ecs.config",

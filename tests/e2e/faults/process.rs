@@ -10,70 +10,27 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use blockwatch_testkit::imds::rfc3339;
-use time::OffsetDateTime;
 
-use crate::common::{parse_time, phase, Agent, Instance, BIN};
+use crate::common::{now, parse_time, phase, registered_in_jobs, Agent, Instance, BIN, FAST};
 
 const DRAINS: &str = "UpdateContainerInstancesState";
 /// Nothing can ever listen on port 1: the ECS agent's API "is down".
 const NO_INTROSPECTION: &str = "http://127.0.0.1:1/v1/metadata";
 /// The simulator's instance id when there is no moto.
 const SIMULATED_ID: &str = "i-0123456789abcdef0";
-const QUICK: &str = "poll_interval = \"1s\"\ndrain_lead = \"10s\"\ndrain_poll_interval = \"1s\"\n";
-
-fn now() -> OffsetDateTime {
-    let now = OffsetDateTime::now_utc();
-    now.replace_nanosecond(0).unwrap()
-}
 
 /// An instance with no AWS behind it, configured with an explicit cluster so
 /// that `run` needs only IMDS.
 fn offline(extra_config: &str) -> Instance {
     let instance = Instance::without_aws();
     let quick = if extra_config.contains("poll_interval") {
-        QUICK.replace("poll_interval = \"1s\"\n", "")
+        FAST.replace("poll_interval = \"1s\"\n", "")
     } else {
-        QUICK.to_owned()
+        FAST.to_owned()
     };
     instance.write_config(&format!("cluster = \"jobs\"\n{quick}{extra_config}"));
     std::fs::create_dir_all(instance.state_dir()).unwrap();
     instance
-}
-
-/// An instance registered in moto's cluster `jobs`, tagged with `tags`.
-struct Registered {
-    instance: Instance,
-    cluster_arn: String,
-    container_instance: String,
-}
-
-async fn registered(tags: &[(&str, &str)], extra_config: &str) -> Registered {
-    let instance = Instance::with_moto().await;
-    let cluster_arn = instance.moto().create_cluster("jobs").await.unwrap();
-    let mut all = vec![("blockwatch:cluster", "jobs")];
-    all.extend_from_slice(tags);
-    let id = instance.launch(&all, true).await;
-    let container_instance = instance
-        .moto()
-        .register_container_instance(&cluster_arn, &id)
-        .await
-        .unwrap();
-    instance.write_config(&format!("{QUICK}{extra_config}"));
-    Registered {
-        instance,
-        cluster_arn,
-        container_instance,
-    }
-}
-
-impl Registered {
-    async fn status_at_moto(&self) -> String {
-        self.instance
-            .moto()
-            .container_instance_status(&self.cluster_arn, &self.container_instance)
-            .await
-            .unwrap()
-    }
 }
 
 fn spawn(instance: &Instance, env: &[(&str, &str)]) -> Agent {
@@ -168,13 +125,8 @@ fn status(state_dir: &Path, json: bool) -> (i32, String) {
 
 #[tokio::test]
 async fn sigkill_mid_drain_resumes_without_a_second_draining_call() {
-    let r = registered(&[], "").await;
-    let task = r
-        .instance
-        .moto()
-        .start_task(&r.cluster_arn, &r.container_instance)
-        .await
-        .unwrap();
+    let r = registered_in_jobs(&[], "").await;
+    let task = r.start_task().await;
     let mut agent = spawn(&r.instance, &[]);
     watching(&r.instance, &agent);
     r.instance.imds.update(|s| {
@@ -401,7 +353,7 @@ async fn a_read_only_state_directory_drains_but_never_powers_off_unrecorded() {
     let powered_off = tempfile::tempdir().unwrap();
     let marker = powered_off.path().join("powered-off");
     let end = now() + time::Duration::seconds(5);
-    let r = registered(
+    let r = registered_in_jobs(
         &[("blockwatch:lease-end", &rfc3339(end))],
         &format!(
             "on_drained = \"poweroff\"\npoweroff_command = {:?}\n",
@@ -479,12 +431,8 @@ fn state_from_another_instance_is_named_and_not_resumed() {
 
 #[tokio::test]
 async fn the_autoscaling_deadline_survives_a_restart() {
-    let r = registered(&[], "").await;
-    r.instance
-        .moto()
-        .start_task(&r.cluster_arn, &r.container_instance)
-        .await
-        .unwrap();
+    let r = registered_in_jobs(&[], "").await;
+    r.start_task().await;
     let mut agent = spawn(&r.instance, &[]);
     watching(&r.instance, &agent);
     r.instance

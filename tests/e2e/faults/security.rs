@@ -8,15 +8,9 @@ use std::path::Path;
 use blockwatch_testkit::aws_proxy::{AwsProxy, Fault};
 
 use crate::common::{tags, Instance, Run};
+use crate::shared::{assert_one_error, cluster_tag, joined_over};
 
-const CLUSTER_TAG: &str = "blockwatch:cluster";
 const CE_TAG: &str = "blockwatch:compute-environment";
-
-fn cluster_tag(instance: &Instance, value: &str) {
-    instance
-        .imds
-        .update(|s| s.tags = tags(&[(CLUSTER_TAG, value)]));
-}
 
 /// Every stderr line is one of ours: nothing from outside started a line.
 fn assert_no_forged_line(run: &Run) {
@@ -100,15 +94,9 @@ async fn a_right_ecs_config_with_a_narrow_mode_is_left_alone() {
 
 #[tokio::test]
 async fn a_non_utf8_byte_in_another_line_is_kept() {
-    let instance = Instance::without_aws();
-    cluster_tag(&instance, "c1");
-    instance.write_ecs_config(
+    let (instance, _) = joined_over(
         b"ECS_INSTANCE_ATTRIBUTES={\"site\":\"caf\xe9\"}\nECS_CLUSTER=old\n\xff\xfe=odd\n",
     );
-
-    let run = instance.join(&[]);
-
-    assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(
         instance.read_ecs_config(),
         Some(
@@ -174,19 +162,7 @@ fn config(instance: &Instance) -> std::path::PathBuf {
 fn assert_config_refused(instance: &Instance, needles: &[&str]) {
     let run = instance.join(&[]);
     assert_eq!(run.code, 78, "{}", run.stderr);
-    let errors: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("blockwatch: error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "{}", run.stderr);
-    for needle in needles {
-        assert!(
-            errors[0].contains(needle),
-            "{needle:?} missing: {}",
-            run.stderr
-        );
-    }
+    assert_one_error(&run, needles);
     assert_eq!(instance.read_ecs_config(), None, "nothing written");
 }
 
