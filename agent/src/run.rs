@@ -133,6 +133,7 @@ const DRAINING: &str = "setting the container instance to DRAINING";
 const UNDRAINING: &str = "setting the container instance back to ACTIVE";
 const COUNTING: &str = "counting the tasks still running";
 const STOPPING: &str = "stopping the remaining tasks";
+const POWERING_OFF: &str = "recording the power-off";
 const EC2_LOOKUP: &str = "looking up EC2 end dates";
 const IMDS_SESSION: &str = "keeping an IMDS session";
 
@@ -854,8 +855,19 @@ impl Agent<'_> {
                     if let Some(drain) = self.state.drain.as_mut() {
                         drain.poweroff_at = None;
                     }
-                    log::error!("not powering off until the state file can be written");
+                    let now = Instant::now().into_std();
+                    let unrecorded = "the power-off cannot be recorded in the state file";
+                    let then = "not powering off until it can";
+                    if let Some(line) = self.failures.failed(POWERING_OFF, unrecorded, then, now) {
+                        emit(line);
+                    }
                     return;
+                }
+                if let Some(line) = self
+                    .failures
+                    .succeeded(POWERING_OFF, Instant::now().into_std())
+                {
+                    emit(line);
                 }
                 let command = self.resolved.settings.poweroff_command.value.clone();
                 self.log_decision(&format!("drained; powering off with {command:?}"));

@@ -379,7 +379,7 @@ async fn a_read_only_state_directory_drains_but_never_powers_off_unrecorded() {
     let log = wait_log(
         &agent,
         Duration::from_secs(20),
-        "not powering off until the state file can be written",
+        "the power-off cannot be recorded in the state file; not powering off until it can",
     );
     // The STATUS line says so too.
     let mut buffer = [0u8; 4096];
@@ -405,6 +405,11 @@ async fn a_read_only_state_directory_drains_but_never_powers_off_unrecorded() {
         .collect();
     assert_eq!(failures.len(), 1, "logged once, not every second:\n{log}");
     assert!(failures[0].contains("Read-only file system"), "{log}");
+    let held_back = log
+        .lines()
+        .filter(|l| l.contains("the power-off cannot be recorded"))
+        .count();
+    assert_eq!(held_back, 1, "logged once, not every poll:\n{log}");
     assert_eq!(r.instance.moto().ecs_calls(DRAINS), 1);
 }
 
