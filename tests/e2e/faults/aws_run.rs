@@ -13,7 +13,9 @@ use blockwatch_testkit::aws_proxy::{AwsProxy, Fault};
 use blockwatch_testkit::imds::SpotInstanceAction;
 use blockwatch_testkit::stub::StubServer;
 
-use crate::common::{now, phase, receiver_refusing_first, Agent, Instance, FAST};
+use crate::common::{
+    now, phase, receiver_refusing_first, registered_in_jobs, Agent, Instance, Registered, FAST,
+};
 
 pub const DRAIN_CALL: &str = "UpdateContainerInstancesState";
 const LIST_CALL: &str = "ListContainerInstances";
@@ -142,33 +144,24 @@ impl Drop for NotifySocket {
 
 /// An instance registered in cluster `jobs`, with AWS behind a fault proxy.
 pub struct Fixture {
-    pub instance: Instance,
+    registered: Registered,
     pub proxy: AwsProxy,
-    cluster_arn: String,
-    container_instance: String,
+}
+
+/// The instance, its cluster and `status_at_moto` come from [`Registered`].
+impl std::ops::Deref for Fixture {
+    type Target = Registered;
+    fn deref(&self) -> &Registered {
+        &self.registered
+    }
 }
 
 impl Fixture {
     pub async fn new(config: &str) -> Self {
-        let mut instance = Instance::with_moto().await;
-        let cluster_arn = instance.moto().create_cluster("jobs").await.unwrap();
-        let id = instance
-            .launch(&[("blockwatch:cluster", "jobs")], true)
-            .await;
-        let container_instance = instance
-            .moto()
-            .register_container_instance(&cluster_arn, &id)
-            .await
-            .unwrap();
-        let proxy = AwsProxy::start(instance.moto().addr()).unwrap();
-        instance.aws_endpoint = proxy.endpoint();
-        instance.write_config(&format!("{FAST}{config}"));
-        Self {
-            instance,
-            proxy,
-            cluster_arn,
-            container_instance,
-        }
+        let mut registered = registered_in_jobs(&[], config).await;
+        let proxy = AwsProxy::start(registered.instance.moto().addr()).unwrap();
+        registered.instance.aws_endpoint = proxy.endpoint();
+        Self { registered, proxy }
     }
 
     /// Starts `run` and waits for its first state file.
@@ -179,14 +172,6 @@ impl Fixture {
                 phase(s) == "watching"
             });
         agent
-    }
-
-    pub async fn status_at_moto(&self) -> String {
-        self.instance
-            .moto()
-            .container_instance_status(&self.cluster_arn, &self.container_instance)
-            .await
-            .unwrap()
     }
 
     fn wait_draining(&self, agent: &Agent, within: Duration) {
@@ -330,11 +315,11 @@ async fn a_hung_start_up_ec2_lookup_delays_neither_ready_nor_the_state_file_nor_
     wait_until(&agent, Duration::from_secs(10), "READY=1", || {
         notify.count_since("READY=1", started) == 1
     });
-    assert_eq!(
-        f.proxy.seen("DescribeInstances"),
-        1,
-        "the lookup is still hanging"
-    );
+    // The lookup runs on its own task, so on a loaded machine READY=1 may
+    // even come before its request: wait for it to hang, then notice.
+    wait_until(&agent, Duration::from_secs(10), "the EC2 lookup", || {
+        f.proxy.seen("DescribeInstances") >= 1
+    });
 
     spot_notice(&f.instance);
     f.wait_draining(&agent, Duration::from_secs(15));
