@@ -13,7 +13,7 @@ use aws_sdk_batch::error::{ConnectorError, ProvideErrorMetadata, SdkError};
 use tokio::sync::OnceCell;
 
 use super::imds::{Imds, InstanceMetadata};
-use super::{AwsFailure, SourceError};
+use super::{chain, AwsFailure, SourceError};
 use crate::core::escape::escape;
 
 /// How long one AWS call may take. Every call the agent makes is small, so
@@ -313,25 +313,9 @@ fn credentials_failure(err: Option<&CredentialsError>) -> (AwsFailure, String) {
     }
 }
 
-/// `err` and each of its sources.
-fn chain<'a>(
-    err: &'a (dyn StdError + 'static),
-) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
-    std::iter::successors(Some(err), |e: &&'a (dyn StdError + 'static)| (*e).source())
-}
-
 /// Every message in `err`'s chain, joined with `: `, repeats dropped; one line.
 pub fn causes(err: &(dyn StdError + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for e in chain(err) {
-        let text = e.to_string().replace('\n', " ");
-        let text = text.trim();
-        // Wrappers often repeat their source's text; keep each once.
-        if !text.is_empty() && !parts.iter().any(|p| p.contains(text)) {
-            parts.push(text.to_owned());
-        }
-    }
-    parts.join(": ")
+    super::causes_except(err, &[])
 }
 
 /// The innermost message of `err`'s chain: the actual cause.

@@ -265,27 +265,19 @@ fn causes(err: &(dyn std::error::Error + 'static)) -> String {
         "timeout",
         "response error",
     ];
-    let mut parts: Vec<String> = Vec::new();
-    let mut timed_out = false;
-    let mut current = Some(err);
-    while let Some(e) = current {
+    let found = super::causes_except(err, GENERIC);
+    if !found.is_empty() {
+        return found;
+    }
+    let timed_out = super::chain(err).any(|e| {
         let text = e.to_string();
-        if text.contains("timeout") || text.contains("timed out") {
-            timed_out = true;
-        }
-        if !GENERIC.contains(&text.as_str()) && !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        current = e.source();
+        text.contains("timeout") || text.contains("timed out")
+    });
+    if timed_out {
+        "no answer in time".to_owned()
+    } else {
+        "connection failed".to_owned()
     }
-    if parts.is_empty() {
-        return if timed_out {
-            "no answer in time".to_owned()
-        } else {
-            "connection failed".to_owned()
-        };
-    }
-    parts.join(": ")
 }
 
 impl InstanceMetadata for Imds {

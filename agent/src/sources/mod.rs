@@ -34,3 +34,28 @@ pub enum AwsFailure {
     /// The request was refused for a reason retrying will not fix.
     Rejected,
 }
+
+/// Every message in `err`'s chain that is not one of `generic` (wrappers
+/// such as "dispatch failure"), joined with `: `, repeats dropped, on one
+/// line. Empty when every message was generic.
+pub fn causes_except(err: &(dyn std::error::Error + 'static), generic: &[&str]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for e in chain(err) {
+        let text = e.to_string().replace(['\n', '\r'], " ");
+        let text = text.trim();
+        // Wrappers often repeat their source's text; keep each once.
+        if !text.is_empty() && !generic.contains(&text) && !parts.iter().any(|p| p.contains(text)) {
+            parts.push(text.to_owned());
+        }
+    }
+    parts.join(": ")
+}
+
+/// `err` and its sources, outermost first.
+pub fn chain<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |e: &&'a (dyn std::error::Error + 'static)| {
+        (*e).source()
+    })
+}
