@@ -56,7 +56,9 @@ else
     rm -rf "$out"
     mkdir -p "$out"
     cargo build --profile "$profile" --locked -p blockwatch
-    case "$profile" in dev | test) built="$repo/target/debug" ;; *) built="$repo/target/$profile" ;; esac
+    # Where cargo put it: CARGO_TARGET_DIR when set (CI may point it elsewhere).
+    target_dir="${CARGO_TARGET_DIR:-$repo/target}"
+    case "$profile" in dev | test) built="$target_dir/debug" ;; *) built="$target_dir/$profile" ;; esac
     # The metadata names target/release/blockwatch, and cargo-deb refuses the
     # dev profile: stage the binary, stripped as a release one is, as
     # <stage>/release/blockwatch, and point both tools' target dir there.
