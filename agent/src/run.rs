@@ -590,6 +590,9 @@ impl Agent<'_> {
                         rfc3339(*end)
                     );
                 }
+                if found == Ec2Deadlines::default() {
+                    log::info!("EC2 knows no spot block or Capacity Block for this instance");
+                }
                 self.observed.legacy_spot_block_end = found.legacy_spot_block_end;
                 self.observed.capacity_block_end = found.capacity_block_end;
             }
@@ -1180,7 +1183,10 @@ impl Agent<'_> {
             (Phase::Drained, Some((at, kind))) if now < at => {
                 format!("drained before the {kind} ends at {}", rfc3339(at))
             }
-            (Phase::Drained, _) => "drained".to_owned(),
+            (Phase::Drained, Some((at, kind))) => {
+                format!("the {kind} ended at {}; no task is left", rfc3339(at))
+            }
+            (Phase::Drained, None) => "drained".to_owned(),
             (_, Some((at, kind))) => format!(
                 "the {kind} ended at {}; tasks still running had {} to stop",
                 rfc3339(at),

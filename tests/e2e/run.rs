@@ -11,74 +11,9 @@ use std::time::Duration;
 use blockwatch_testkit::imds::{rfc3339, ScheduledEvent, SpotInstanceAction};
 use blockwatch_testkit::stub::StubServer;
 use common::{
-    now, parse_time, phase, receiver_refusing_first, registered_in_jobs, Agent, Instance,
+    assert_on_time, ec2_stub, now, parse_time, phase, receiver_refusing_first, registered_in_jobs,
+    Agent, Instance, DRAINS, LATE, LEAD, PATIENCE, POLL, STARTUP,
 };
-use time::OffsetDateTime;
-
-const POLL: Duration = Duration::from_secs(1);
-const LEAD: time::Duration = time::Duration::seconds(10);
-/// A drain may start at most this late: one poll plus two seconds for a
-/// loaded machine.
-const LATE: time::Duration = time::Duration::seconds(3);
-/// How long after a test's own setup (moto, the simulator, the config) a
-/// timed event is due: the agent must start and be watching before then.
-/// A start takes well under a second on an idle machine; this leaves room
-/// for a cold, loaded 2-core CI machine.
-const STARTUP: time::Duration = time::Duration::seconds(8);
-/// An upper bound for a wait that passing tests never reach.
-const PATIENCE: Duration = Duration::from_secs(60);
-const DRAINS: &str = "UpdateContainerInstancesState";
-
-type Fixture = common::Registered;
-
-impl Fixture {
-    /// Tags the instance with a lease ending `from_now` from now, in IMDS
-    /// where the agent reads its tags at start; returns the end. Called
-    /// after the fixture is up, so setup time never eats into the lease.
-    fn lease_ends_in(&self, from_now: time::Duration) -> OffsetDateTime {
-        let end = now() + from_now;
-        self.instance.imds.update(|s| {
-            s.tags
-                .get_or_insert_with(Default::default)
-                .insert("blockwatch:lease-end".into(), rfc3339(end));
-        });
-        end
-    }
-
-    fn start(&self) -> Agent {
-        let agent = self.instance.spawn_run(&[], &[]);
-        self.instance
-            .wait_for(&agent, PATIENCE, "watching", |s| phase(s) != "joining");
-        agent
-    }
-
-    fn wait_draining(&self, agent: &Agent, within: Duration) -> serde_json::Value {
-        self.instance
-            .wait_for(agent, within, "a confirmed drain", |s| {
-                s["drain"]["draining_confirmed_at"].is_string()
-            })
-    }
-
-    fn drain_calls(&self) -> usize {
-        self.instance.moto().ecs_calls(DRAINS)
-    }
-}
-
-fn started_at(snapshot: &serde_json::Value) -> OffsetDateTime {
-    parse_time(snapshot["drain"]["started_at"].as_str().unwrap())
-}
-
-fn assert_on_time(snapshot: &serde_json::Value, due: OffsetDateTime, log: &str) {
-    let started = started_at(snapshot);
-    assert!(
-        started >= due,
-        "drained early: started {started}, due {due}\n{log}"
-    );
-    assert!(
-        started <= due + LATE,
-        "drained late: started {started}, due {due}\n{log}"
-    );
-}
 
 #[tokio::test]
 async fn lease_end_tag_drains_at_end_minus_lead() {
@@ -679,44 +614,13 @@ fn metrics_once(path: &std::path::Path, agent: &Agent, line: &str) -> String {
     }
 }
 
-/// moto has neither legacy spot blocks nor Capacity Blocks, so these come
-/// from a stub EC2 endpoint (`AWS_ENDPOINT_URL_EC2`) that answers the three
-/// calls in EC2's XML, read by the real SDK.
-fn ec2_stub(
-    instance_id: String,
-    block_minutes: Option<u32>,
-    capacity_block_end: Option<OffsetDateTime>,
-) -> StubServer {
-    StubServer::start(move |_, request| {
-        let action = request.body.split('&').find_map(|kv| kv.strip_prefix("Action=")).unwrap_or_default().to_owned();
-        let body = match action.as_str() {
-            "DescribeInstances" => format!(
-                "<DescribeInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><reservationSet><item><reservationId>r-1</reservationId><instancesSet><item><instanceId>{instance_id}</instanceId>{}{}</item></instancesSet></item></reservationSet></DescribeInstancesResponse>",
-                block_minutes.map(|_| "<spotInstanceRequestId>sir-0123abcd</spotInstanceRequestId>").unwrap_or_default(),
-                capacity_block_end.map(|_| "<capacityReservationId>cr-0123abcd</capacityReservationId>").unwrap_or_default(),
-            ),
-            "DescribeSpotInstanceRequests" => format!(
-                "<DescribeSpotInstanceRequestsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><spotInstanceRequestSet><item><spotInstanceRequestId>sir-0123abcd</spotInstanceRequestId><blockDurationMinutes>{}</blockDurationMinutes></item></spotInstanceRequestSet></DescribeSpotInstanceRequestsResponse>",
-                block_minutes.unwrap_or_default()
-            ),
-            "DescribeCapacityReservations" => format!(
-                "<DescribeCapacityReservationsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><capacityReservationSet><item><capacityReservationId>cr-0123abcd</capacityReservationId><reservationType>capacity-block</reservationType><endDate>{}</endDate></item></capacityReservationSet></DescribeCapacityReservationsResponse>",
-                capacity_block_end.map(rfc3339).unwrap_or_default()
-            ),
-            _ => return (400, format!("<Response><Errors><Error><Code>InvalidAction</Code><Message>{action}</Message></Error></Errors></Response>")),
-        };
-        (200, body)
-    })
-    .unwrap()
-}
-
 #[tokio::test]
 async fn legacy_spot_block_ends_at_launch_plus_block_duration() {
     let f = registered_in_jobs(&[], "").await;
     let launched = now() - time::Duration::minutes(60) + STARTUP + LEAD;
     let instance_id = f.instance.imds.state().instance_id;
     f.instance.imds.update(|s| s.pending_time = launched);
-    let ec2 = ec2_stub(instance_id, Some(60), None);
+    let ec2 = ec2_stub(instance_id, Some(60), common::fixed_end(None));
     let agent = f
         .instance
         .spawn_run(&[], &[("AWS_ENDPOINT_URL_EC2", &ec2.url(""))]);
@@ -736,7 +640,11 @@ async fn legacy_spot_block_ends_at_launch_plus_block_duration() {
 async fn capacity_block_ends_thirty_minutes_before_its_end_date() {
     let f = registered_in_jobs(&[], "").await;
     let end_date = now() + time::Duration::minutes(30) + STARTUP + LEAD;
-    let ec2 = ec2_stub(f.instance.imds.state().instance_id, None, Some(end_date));
+    let ec2 = ec2_stub(
+        f.instance.imds.state().instance_id,
+        None,
+        common::fixed_end(Some(end_date)),
+    );
     let agent = f
         .instance
         .spawn_run(&[], &[("AWS_ENDPOINT_URL_EC2", &ec2.url(""))]);

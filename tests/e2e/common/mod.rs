@@ -378,3 +378,113 @@ pub fn receiver_refusing_first(refusals: usize) -> blockwatch_testkit::stub::Stu
     })
     .unwrap()
 }
+
+pub const POLL: std::time::Duration = std::time::Duration::from_secs(1);
+pub const LEAD: time::Duration = time::Duration::seconds(10);
+/// A drain may start at most this late: one poll plus two seconds for a
+/// loaded machine.
+pub const LATE: time::Duration = time::Duration::seconds(3);
+/// How long after a test's own setup (moto, the simulator, the config) a
+/// timed event is due: the agent must start and be watching before then.
+/// A start takes well under a second on an idle machine; this leaves room
+/// for a cold, loaded 2-core CI machine.
+pub const STARTUP: time::Duration = time::Duration::seconds(8);
+/// An upper bound for a wait that passing tests never reach.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+pub const DRAINS: &str = "UpdateContainerInstancesState";
+
+impl Registered {
+    /// Tags the instance with a lease ending `from_now` from now, in IMDS
+    /// where the agent reads its tags; returns the end. Called after the
+    /// fixture is up, so setup time never eats into the lease.
+    pub fn lease_ends_in(&self, from_now: time::Duration) -> time::OffsetDateTime {
+        let end = now() + from_now;
+        self.instance.imds.update(|s| {
+            s.tags.get_or_insert_with(Default::default).insert(
+                "blockwatch:lease-end".into(),
+                blockwatch_testkit::imds::rfc3339(end),
+            );
+        });
+        end
+    }
+
+    pub fn start(&self) -> Agent {
+        let agent = self.instance.spawn_run(&[], &[]);
+        self.instance
+            .wait_for(&agent, PATIENCE, "watching", |s| phase(s) != "joining");
+        agent
+    }
+
+    pub fn wait_draining(&self, agent: &Agent, within: std::time::Duration) -> serde_json::Value {
+        self.instance
+            .wait_for(agent, within, "a confirmed drain", |s| {
+                s["drain"]["draining_confirmed_at"].is_string()
+            })
+    }
+
+    pub fn drain_calls(&self) -> usize {
+        self.instance.moto().ecs_calls(DRAINS)
+    }
+}
+
+pub fn started_at(snapshot: &serde_json::Value) -> time::OffsetDateTime {
+    parse_time(snapshot["drain"]["started_at"].as_str().unwrap())
+}
+
+/// The drain in `snapshot` started at `due`, and at most [`LATE`] after.
+pub fn assert_on_time(snapshot: &serde_json::Value, due: time::OffsetDateTime, log: &str) {
+    let started = started_at(snapshot);
+    assert!(
+        started >= due,
+        "drained early: started {started}, due {due}\n{log}"
+    );
+    assert!(
+        started <= due + LATE,
+        "drained late: started {started}, due {due}\n{log}"
+    );
+}
+
+/// A Capacity Block end that a test may move while the agent runs.
+pub type MovableEnd = std::sync::Arc<std::sync::Mutex<Option<time::OffsetDateTime>>>;
+
+/// moto has neither legacy spot blocks nor Capacity Blocks, so these come
+/// from a stub EC2 endpoint (`AWS_ENDPOINT_URL_EC2`) that answers the calls
+/// in EC2's XML, read by the real SDK. `capacity_block_end` is read at each
+/// `DescribeCapacityReservations`, so a test can extend the block.
+pub fn ec2_stub(
+    instance_id: String,
+    block_minutes: Option<u32>,
+    capacity_block_end: MovableEnd,
+) -> blockwatch_testkit::stub::StubServer {
+    use blockwatch_testkit::imds::rfc3339;
+    blockwatch_testkit::stub::StubServer::start(move |_, request| {
+        let end = *capacity_block_end.lock().unwrap();
+        let action = request.body.split('&').find_map(|kv| kv.strip_prefix("Action=")).unwrap_or_default().to_owned();
+        let body = match action.as_str() {
+            "DescribeInstances" => format!(
+                "<DescribeInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><reservationSet><item><reservationId>r-1</reservationId><instancesSet><item><instanceId>{instance_id}</instanceId>{}{}</item></instancesSet></item></reservationSet></DescribeInstancesResponse>",
+                block_minutes.map(|_| "<spotInstanceRequestId>sir-0123abcd</spotInstanceRequestId>").unwrap_or_default(),
+                end.map(|_| "<capacityReservationId>cr-0123abcd</capacityReservationId>").unwrap_or_default(),
+            ),
+            "DescribeSpotInstanceRequests" => format!(
+                "<DescribeSpotInstanceRequestsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><spotInstanceRequestSet><item><spotInstanceRequestId>sir-0123abcd</spotInstanceRequestId><blockDurationMinutes>{}</blockDurationMinutes></item></spotInstanceRequestSet></DescribeSpotInstanceRequestsResponse>",
+                block_minutes.unwrap_or_default()
+            ),
+            "DescribeCapacityReservations" => format!(
+                "<DescribeCapacityReservationsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><capacityReservationSet><item><capacityReservationId>cr-0123abcd</capacityReservationId><reservationType>capacity-block</reservationType><endDate>{}</endDate></item></capacityReservationSet></DescribeCapacityReservationsResponse>",
+                end.map(rfc3339).unwrap_or_default()
+            ),
+            "DescribeInstanceAttribute" => format!(
+                "<DescribeInstanceAttributeResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><instanceId>{instance_id}</instanceId><instanceInitiatedShutdownBehavior><value>terminate</value></instanceInitiatedShutdownBehavior></DescribeInstanceAttributeResponse>"
+            ),
+            _ => return (400, format!("<Response><Errors><Error><Code>InvalidAction</Code><Message>{action}</Message></Error></Errors></Response>")),
+        };
+        (200, body)
+    })
+    .unwrap()
+}
+
+/// A fixed end for [`ec2_stub`].
+pub fn fixed_end(end: Option<time::OffsetDateTime>) -> MovableEnd {
+    std::sync::Arc::new(std::sync::Mutex::new(end))
+}

@@ -1,0 +1,463 @@
+//! A block ends when it says it does: the real `blockwatch run` against
+//! moto and the IMDS simulator, enforcing the lease end (stop what still
+//! runs, power off once, retry a failing power-off) and following deadlines
+//! that move (lease tags, Capacity Block extensions, a stop and start).
+//! `poweroff_command` is always a harmless command that records its runs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use blockwatch_testkit::imds::{rfc3339, SpotInstanceAction};
+use common::{
+    assert_on_time, ec2_stub, now, parse_time, phase, receiver_refusing_first, registered_in_jobs,
+    Agent, Registered, LATE, LEAD, PATIENCE, POLL, STARTUP,
+};
+use time::OffsetDateTime;
+
+/// Polls every second; the drain lead is each test's.
+const QUICK: &str = "poll_interval = \"1s\"\ndrain_poll_interval = \"1s\"\n";
+/// Lease tags and `pendingTime` are read again every second here.
+const REFRESH: &str = "lease_refresh_interval = \"1s\"\n";
+
+/// A fixture whose `poweroff_command` appends a line to a file.
+struct Block {
+    f: Registered,
+    powered_off: PathBuf,
+}
+
+async fn block(config: &str) -> Block {
+    let f = registered_in_jobs(&[], "").await;
+    let powered_off = f.instance.root.path().join("powered-off");
+    let command = format!("echo off >> {}", powered_off.display());
+    let lead = if config.contains("drain_lead") {
+        ""
+    } else {
+        "drain_lead = \"10s\"\n"
+    };
+    f.instance.write_config(&format!(
+        "{QUICK}{lead}poweroff_command = {command:?}\n{config}"
+    ));
+    Block { f, powered_off }
+}
+
+impl Block {
+    fn power_offs(&self) -> usize {
+        std::fs::read_to_string(&self.powered_off)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    }
+
+    fn wait_powered_off(&self, agent: &Agent) -> serde_json::Value {
+        self.f
+            .instance
+            .wait_for(agent, PATIENCE, "a recorded power-off", |s| {
+                s["drain"]["poweroff_at"].is_string()
+            })
+    }
+
+    fn set_lease_end(&self, end: OffsetDateTime) {
+        self.f.instance.imds.update(|s| {
+            s.tags
+                .get_or_insert_with(Default::default)
+                .insert("blockwatch:lease-end".into(), rfc3339(end));
+        });
+    }
+
+    async fn stop_reason(&self, task: &str) -> Option<String> {
+        self.f
+            .instance
+            .moto()
+            .task_stopped_reason(&self.f.cluster_arn, task)
+            .await
+            .unwrap()
+            // moto answers "" for a task still running.
+            .filter(|reason| !reason.is_empty())
+    }
+}
+
+fn time_at(snapshot: &serde_json::Value, pointer: &str) -> OffsetDateTime {
+    parse_time(
+        snapshot
+            .pointer(pointer)
+            .and_then(|v| v.as_str())
+            .unwrap_or_else(|| panic!("no {pointer} in {snapshot}")),
+    )
+}
+
+#[tokio::test]
+async fn a_job_running_at_the_lease_end_is_stopped_at_the_end_then_the_instance_powers_off_once() {
+    let b = block("").await;
+    let task = b.f.start_task().await;
+    let end = b.f.lease_ends_in(STARTUP + LEAD);
+    let agent = b.f.start();
+    b.f.wait_draining(&agent, PATIENCE);
+    assert_eq!(b.stop_reason(&task).await, None, "not stopped at the drain");
+
+    let off = b.wait_powered_off(&agent);
+
+    let stopped = time_at(&off, "/drain/end_stop_at");
+    assert!(stopped >= end, "stopped before the end {end}: {stopped}");
+    assert!(stopped <= end + LATE, "stopped late: {stopped}, end {end}");
+    let reason = b.stop_reason(&task).await.unwrap_or_default();
+    assert!(
+        reason.starts_with("blockwatch: lease ended"),
+        "the evaluateOnExit rule matches blockwatch:*: {reason}"
+    );
+    assert!(time_at(&off, "/drain/poweroff_at") >= stopped);
+    assert_eq!(off["drain"]["poweroff_attempts"], 1);
+    std::thread::sleep(POLL * 3);
+    assert_eq!(b.power_offs(), 1, "powered off once\n{}", agent.log());
+    let log = agent.log();
+    assert!(
+        log.contains("the lease ended at") && log.contains("powering off with"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn drained_before_the_lease_end_the_instance_powers_off_at_once() {
+    // A lead of 30 s: drained at once, the power-off must not wait for T.
+    let b = block("drain_lead = \"30s\"\n").await;
+    let end = b.f.lease_ends_in(STARTUP + time::Duration::seconds(30));
+    let agent = b.f.start();
+
+    let off = b.wait_powered_off(&agent);
+
+    let drained = time_at(&off, "/drain/drained_at");
+    let powered = time_at(&off, "/drain/poweroff_at");
+    assert!(powered >= drained);
+    assert!(
+        powered < end - time::Duration::seconds(20),
+        "powered off {powered}, long before the end {end}"
+    );
+    assert_eq!(phase(&off), "drained");
+    std::thread::sleep(POLL * 2);
+    assert_eq!(b.power_offs(), 1);
+    assert!(
+        agent.log().contains("drained before the lease ends at"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[tokio::test]
+async fn with_on_lease_end_none_nothing_is_stopped_and_nothing_powers_off() {
+    let b = block("on_lease_end = \"none\"\n").await;
+    let task = b.f.start_task().await;
+    let end = b.f.lease_ends_in(STARTUP + LEAD);
+    let agent = b.f.start();
+    agent.wait_for_log("on_lease_end=none (config file", PATIENCE);
+    b.f.wait_draining(&agent, PATIENCE);
+
+    // Past the end, with time for a stop and a power-off to have happened.
+    while now() < end + LATE + time::Duration::seconds(2) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let snapshot = b.f.instance.snapshot().unwrap();
+    assert_eq!(phase(&snapshot), "draining", "{}", agent.log());
+    assert!(snapshot["drain"]["end_stop_at"].is_null());
+    assert_eq!(b.stop_reason(&task).await, None, "the job still runs");
+    assert_eq!(b.power_offs(), 0);
+}
+
+#[tokio::test]
+async fn a_failing_power_off_is_retried_and_recorded_only_once_it_succeeds() {
+    let f = registered_in_jobs(&[], "").await;
+    let tries = f.instance.root.path().join("tries");
+    // Fails twice, then succeeds.
+    let command = format!(
+        "n=$(($(cat {0} 2>/dev/null || echo 0) + 1)); echo $n > {0}; [ $n -ge 3 ]",
+        tries.display()
+    );
+    f.instance.write_config(&format!(
+        "{QUICK}drain_lead = \"30s\"\npoweroff_command = {command:?}\n"
+    ));
+    f.lease_ends_in(STARTUP + time::Duration::seconds(60));
+    let agent = f.start();
+
+    let failed_once = f
+        .instance
+        .wait_for(&agent, PATIENCE, "a failed attempt", |s| {
+            s["drain"]["poweroff_attempts"] == 1
+                && std::fs::read_to_string(&tries).is_ok_and(|t| t.trim() == "1")
+        });
+    assert!(
+        failed_once["drain"]["poweroff_at"].is_null(),
+        "a failed power-off is not recorded as done"
+    );
+    let status = f
+        .instance
+        .command()
+        .arg("status")
+        .arg("--state-dir")
+        .arg(f.instance.state_dir())
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(
+        status.contains("power-off: 1 attempt(s) failed"),
+        "{status}"
+    );
+
+    let done = f
+        .instance
+        .wait_for(&agent, PATIENCE, "a recorded power-off", |s| {
+            s["drain"]["poweroff_at"].is_string()
+        });
+
+    assert_eq!(done["drain"]["poweroff_attempts"], 3);
+    let first = time_at(&failed_once, "/drain/poweroff_attempted_at");
+    let last = time_at(&done, "/drain/poweroff_attempted_at");
+    assert!(
+        last - first >= time::Duration::seconds(14),
+        "backoff 5 s then 10 s: {first} .. {last}"
+    );
+    std::thread::sleep(POLL * 3);
+    assert_eq!(std::fs::read_to_string(&tries).unwrap().trim(), "3");
+    let log = agent.log();
+    assert!(log.contains("exited with"), "{log}");
+    assert!(log.contains("retrying in 5s"), "{log}");
+}
+
+#[tokio::test]
+async fn a_lease_tag_moved_while_watching_moves_the_drain_and_an_earlier_end_drains_then() {
+    let b = block(REFRESH).await;
+    b.f.lease_ends_in(time::Duration::hours(1));
+    let agent = b.f.start();
+
+    let later = now() + time::Duration::hours(2);
+    b.set_lease_end(later);
+    let moved = b.f.instance.wait_for(
+        &agent,
+        Duration::from_secs(20),
+        "the drain time to move",
+        |s| s["drain_at"] == rfc3339(later - LEAD),
+    );
+    assert_eq!(phase(&moved), "watching");
+    assert_eq!(moved["deadline"]["at"], rfc3339(later));
+
+    // Shortened: the drain starts at the new time, within one refresh.
+    let sooner = now() + STARTUP + LEAD;
+    b.set_lease_end(sooner);
+    let drained = b.f.wait_draining(&agent, PATIENCE);
+    assert_on_time(&drained, sooner - LEAD, &agent.log());
+    assert!(agent.log().contains("lease moved"), "{}", agent.log());
+}
+
+#[tokio::test]
+async fn a_lease_extended_while_draining_returns_the_instance_to_active() {
+    let hook = receiver_refusing_first(0);
+    let b = block(&format!("{REFRESH}webhook_url = {:?}\n", hook.url("/hook"))).await;
+    let task = b.f.start_task().await;
+    b.f.lease_ends_in(STARTUP + LEAD);
+    let agent = b.f.start();
+    b.f.wait_draining(&agent, PATIENCE);
+    assert_eq!(b.f.status_at_moto().await, "DRAINING");
+
+    let extended = now() + time::Duration::hours(1);
+    b.set_lease_end(extended);
+
+    let back =
+        b.f.instance
+            .wait_for(&agent, Duration::from_secs(20), "ACTIVE again", |s| {
+                phase(s) == "watching" && s["undrain_pending"] == false
+            });
+    assert_eq!(back["drain_at"], rfc3339(extended - LEAD));
+    assert_eq!(b.f.status_at_moto().await, "ACTIVE");
+    assert_eq!(b.stop_reason(&task).await, None, "the job was left alone");
+    assert_eq!(b.power_offs(), 0);
+    let log = agent.log();
+    assert!(
+        log.contains("drain canceled: its deadline moved later"),
+        "{log}"
+    );
+    let deadline = Instant::now() + PATIENCE;
+    let canceled = loop {
+        let found = hook
+            .received()
+            .into_iter()
+            .find(|r| r.body.contains("\"drain-canceled\""));
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no drain-canceled webhook\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        canceled.body.contains("\"cause\":\"deadline-moved\""),
+        "{}",
+        canceled.body
+    );
+}
+
+#[tokio::test]
+async fn a_capacity_block_extension_moves_the_deadline_and_undoes_its_drain() {
+    let b = block("capacity_block_refresh_interval = \"1s\"\n").await;
+    let end_date = now() + time::Duration::minutes(30) + STARTUP + LEAD;
+    let movable = common::fixed_end(Some(end_date));
+    let ec2 = ec2_stub(
+        b.f.instance.imds.state().instance_id,
+        None,
+        std::sync::Arc::clone(&movable),
+    );
+    let task = b.f.start_task().await;
+    let agent =
+        b.f.instance
+            .spawn_run(&[], &[("AWS_ENDPOINT_URL_EC2", &ec2.url(""))]);
+    let drained = b.f.wait_draining(&agent, PATIENCE);
+    assert_eq!(drained["drain"]["reason"]["kind"], "capacity-block");
+
+    let extended = end_date + time::Duration::hours(2);
+    *movable.lock().unwrap() = Some(extended);
+
+    let back =
+        b.f.instance
+            .wait_for(&agent, Duration::from_secs(20), "the extension", |s| {
+                phase(s) == "watching" && s["undrain_pending"] == false
+            });
+    assert_eq!(
+        back["deadline"]["at"],
+        rfc3339(extended - time::Duration::minutes(30))
+    );
+    assert_eq!(back["deadline"]["event"]["kind"], "capacity-block");
+    assert_eq!(b.f.status_at_moto().await, "ACTIVE");
+    assert_eq!(b.stop_reason(&task).await, None);
+    let log = agent.log();
+    assert!(log.contains("EndDate is now"), "{log}");
+}
+
+#[tokio::test]
+async fn a_drain_from_before_a_stop_and_start_is_finished_and_the_instance_is_active_again() {
+    let b = block("").await;
+    b.f.lease_ends_in(time::Duration::hours(3));
+    let mut agent = b.f.start();
+    let interrupted = now() + time::Duration::seconds(5);
+    b.f.instance.imds.update(|s| {
+        s.spot_instance_action = Some(SpotInstanceAction {
+            action: "stop".into(),
+            time: interrupted,
+        });
+    });
+    b.f.wait_draining(&agent, PATIENCE);
+    assert_eq!(b.f.status_at_moto().await, "DRAINING");
+
+    // EC2 stops the instance (the agent with it) and starts it again later:
+    // a new pendingTime, and no notice any more.
+    agent.kill_9();
+    std::thread::sleep(Duration::from_millis(1100));
+    let started_again = now();
+    b.f.instance.imds.update(|s| {
+        s.spot_instance_action = None;
+        s.pending_time = started_again;
+    });
+    let restarted = b.f.instance.spawn_run(&[], &[]);
+
+    let back =
+        b.f.instance
+            .wait_for(&restarted, PATIENCE, "a new life", |s| {
+                phase(s) == "watching" && s["undrain_pending"] == false
+            });
+    assert!(back["drain"].is_null());
+    assert_eq!(b.f.status_at_moto().await, "ACTIVE");
+    assert_eq!(back["drains_started"], 1);
+    assert_eq!(b.power_offs(), 0);
+    assert!(
+        restarted.log().contains("the instance was started again"),
+        "{}",
+        restarted.log()
+    );
+}
+
+#[tokio::test]
+async fn a_hibernated_instance_that_resumes_is_watched_again_without_a_restart() {
+    let b = block(REFRESH).await;
+    b.f.lease_ends_in(time::Duration::hours(3));
+    let agent = b.f.start();
+    b.f.instance.imds.update(|s| {
+        s.spot_instance_action = Some(SpotInstanceAction {
+            action: "hibernate".into(),
+            time: now() + time::Duration::seconds(5),
+        });
+    });
+    b.f.wait_draining(&agent, PATIENCE);
+
+    std::thread::sleep(Duration::from_millis(1100));
+    b.f.instance.imds.update(|s| {
+        s.spot_instance_action = None;
+        s.pending_time = now();
+    });
+
+    b.f.instance
+        .wait_for(&agent, Duration::from_secs(20), "a new life", |s| {
+            phase(s) == "watching" && s["undrain_pending"] == false
+        });
+    assert_eq!(b.f.status_at_moto().await, "ACTIVE");
+}
+
+#[tokio::test]
+async fn no_aws_request_while_watching_a_lease_over_several_tag_refreshes() {
+    let b = block(REFRESH).await;
+    let end = b.f.lease_ends_in(time::Duration::hours(2));
+    let agent = b.f.start();
+    // The two start-up calls (DescribeInstances, DescribeInstanceAttribute)
+    // run beside the loop: wait for both answers before the quiet window.
+    agent.wait_for_log("EC2 knows no spot block", PATIENCE);
+    agent.wait_for_log("shutdown behaviour is `stop`", PATIENCE);
+    std::thread::sleep(POLL);
+    let before = b.f.instance.moto().requests().len();
+    let exchanges_before = b.f.instance.imds.exchanges().len();
+
+    std::thread::sleep(POLL * 4);
+
+    let during: Vec<_> =
+        b.f.instance
+            .moto()
+            .requests()
+            .into_iter()
+            .skip(before)
+            .collect();
+    assert!(during.is_empty(), "AWS calls while idle: {during:?}");
+    let refreshes: Vec<_> =
+        b.f.instance
+            .imds
+            .exchanges()
+            .into_iter()
+            .skip(exchanges_before)
+            .filter(|e| e.path == "/latest/meta-data/tags/instance/blockwatch:lease-end")
+            .collect();
+    assert!(refreshes.len() >= 2, "tags read from IMDS: {refreshes:?}");
+    assert_eq!(
+        b.f.instance.snapshot().unwrap()["deadline"]["at"],
+        rfc3339(end)
+    );
+
+    // moto launches with the default shutdown behaviour, `stop`: said once.
+    let log = agent.log();
+    assert_eq!(
+        log.matches("shutdown behaviour is `stop`").count(),
+        1,
+        "{log}"
+    );
+    let status =
+        b.f.instance
+            .command()
+            .arg("status")
+            .arg("--state-dir")
+            .arg(b.f.instance.state_dir())
+            .output()
+            .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(
+        status.contains("WARNING:   instance-initiated shutdown behaviour is `stop`"),
+        "{status}"
+    );
+}
