@@ -254,7 +254,7 @@ pub struct Extension {
 /// Why `extend` leaves an instance alone.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("not in compute environment {compute_environment:?} (its {TAG_COMPUTE_ENVIRONMENT} tag is {tag})")]
+    #[error("is not in compute environment {compute_environment:?} (its {TAG_COMPUTE_ENVIRONMENT} tag is {tag})")]
     OtherComputeEnvironment {
         compute_environment: String,
         tag: String,

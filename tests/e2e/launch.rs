@@ -1445,8 +1445,7 @@ async fn every_market_launches_instances_that_terminate_when_they_power_off() {
     let dry_run_request = moto
         .requests()
         .into_iter()
-        .filter(|r| r.body.contains("Action=RunInstances") && r.body.contains("DryRun=true"))
-        .last()
+        .rfind(|r| r.body.contains("Action=RunInstances") && r.body.contains("DryRun=true"))
         .unwrap();
     assert!(
         dry_run_request
