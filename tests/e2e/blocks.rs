@@ -821,3 +821,86 @@ async fn extend_moves_lease_ends_and_refuses_what_it_must_not_touch() {
         .count();
     assert!(pages >= 2, "ten instances in pages of 5");
 }
+
+#[test]
+fn list_and_extend_explain_themselves_beside_launching() {
+    let help = |args: &[&str]| {
+        let output = Command::new(LAUNCHER).args(args).output().unwrap();
+        assert!(output.status.success(), "{args:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let top = help(&["--help"]);
+    for needle in [
+        "list",
+        "extend",
+        "--count",
+        "InstanceInitiatedShutdownBehavior=terminate",
+        "9   extend refused",
+    ] {
+        assert!(top.contains(needle), "--help lacks {needle}:\n{top}");
+    }
+    let extend = help(&["extend", "--help"]);
+    for needle in [
+        "--instance <ID>",
+        "--all",
+        "--by <DUR>",
+        "--until <TIME>",
+        "--dry-run",
+        "Capacity Blocks",
+    ] {
+        assert!(
+            extend.contains(needle),
+            "extend --help lacks {needle}:\n{extend}"
+        );
+    }
+    for text in [&extend, &help(&["list", "--help"])] {
+        assert!(
+            !text.contains("--page-size"),
+            "a test knob, not an operator's flag"
+        );
+    }
+}
+
+/// `extend` may write tags after launch, which `TagOnlyAtLaunch` does not
+/// allow: the statement that does keeps it to the lease tags of instances
+/// that carry a compute environment tag.
+#[test]
+fn the_launchers_tag_writes_after_launch_touch_only_lease_tags_of_blockwatch_instances() {
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let policy: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo.join("bootstrap/iam/launcher-policy.json")).unwrap(),
+    )
+    .unwrap();
+    let writes_tags = |s: &&serde_json::Value| {
+        s["Action"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|x| x == "ec2:CreateTags" || x == "ec2:DeleteTags")
+        }) || s["Action"] == "ec2:CreateTags"
+            || s["Action"] == "ec2:DeleteTags"
+    };
+    let statements = policy["Statement"].as_array().unwrap();
+    let tag_writes: Vec<&serde_json::Value> = statements.iter().filter(writes_tags).collect();
+    assert_eq!(tag_writes.len(), 2, "{tag_writes:?}");
+    for statement in tag_writes {
+        let at_launch =
+            statement["Condition"]["StringEquals"]["ec2:CreateAction"] == "RunInstances";
+        let leases_only = statement["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"]
+            == serde_json::json!([LEASE_END, LEASE_DURATION])
+            && statement["Condition"]["Null"][format!("aws:ResourceTag/{CE_TAG}")] == "false"
+            && statement["Resource"] == "arn:aws:ec2:*:*:instance/*";
+        assert!(at_launch || leases_only, "unscoped tag writes: {statement}");
+    }
+    let template =
+        std::fs::read_to_string(repo.join("bootstrap/cloudformation/quickstart.yaml")).unwrap();
+    let extend = &template[template
+        .find("- Sid: ExtendLeasesOfBlockwatchInstances")
+        .unwrap()..];
+    let extend = &extend[..extend.find("Outputs:").unwrap()];
+    for line in [
+        "aws:ResourceTag/blockwatch:compute-environment: \"false\"",
+        "aws:TagKeys: [\"blockwatch:lease-end\", \"blockwatch:lease-duration\"]",
+        "Resource: !Sub \"arn:${AWS::Partition}:ec2:*:${AWS::AccountId}:instance/*\"",
+    ] {
+        assert!(extend.contains(line), "quickstart lacks {line}:\n{extend}");
+    }
+}
