@@ -25,10 +25,14 @@ use tokio::time::{Instant, Interval};
 
 use crate::actions::ecs::{agent_metadata, introspect, ContainerService};
 use crate::actions::{poweroff, webhook};
-use crate::core::config::{rfc3339, OnDrained};
-use crate::core::deadline::Observations;
+use crate::core::config::{
+    rfc3339, InstanceTags, Lease, OnDrained, OnLeaseEnd, Settings, Sourced, TagChannel,
+};
+use crate::core::deadline::{capacity_block_recheck_in, Observations};
 use crate::core::failures::{FailureLog, Line};
-use crate::core::state::{decide, Action, AgentState, Event, Phase, Policy};
+use crate::core::state::{
+    decide, poweroff_retry_after, Action, AgentState, CancelCause, Event, Phase, Policy, StopCause,
+};
 use crate::core::status::Snapshot;
 use crate::exit::AgentError;
 use crate::host::notify::Notifier;
@@ -36,7 +40,7 @@ use crate::host::state;
 use crate::join::{resolve, ResolveOptions, Resolved};
 use crate::sources::aws::Aws;
 use crate::sources::ec2::{Ec2Deadlines, InstanceCapacity};
-use crate::sources::imds::{IdentityDocument, Imds};
+use crate::sources::imds::{IdentityDocument, Imds, InstanceMetadata};
 use crate::sources::notices::{NoticeError, NoticeFailure};
 use crate::sources::{notices, AwsFailure, SourceError};
 
@@ -54,8 +58,8 @@ const IMDS_RENEW_AFTER: u32 = 3;
 /// The watchdog is fed while a tick is in flight, but only this long: a
 /// tick that runs longer is stuck, and systemd should restart us.
 const TICK_LIMIT: Duration = Duration::from_secs(600);
-/// The reason given to tasks stopped at `stop_grace`; Batch retry rules
-/// match it with `onReason: "blockwatch:*"`.
+/// The reason given to the tasks blockwatch stops; Batch retry rules match
+/// it with `onReason: "blockwatch:*"`.
 pub const STOP_REASON_PREFIX: &str = "blockwatch:";
 
 #[derive(Debug, Clone)]
@@ -122,9 +126,16 @@ struct Agent<'a> {
     next_ecs_agent_check: Instant,
     records: state::Records,
     deliveries: webhook::Deliveries,
+    /// The lease in force (tags are read again every `lease_refresh_interval`).
+    lease: Option<Sourced<Lease>>,
+    next_lease_refresh: Instant,
+    /// The last lease tags problem logged, so that it is logged once.
+    lease_problem: Option<String>,
 }
 
 const EC2_LOOKUP_ATTEMPTS: u32 = 8;
+/// How the shutdown-behaviour warning starts, in the journal and in status.
+const SHUTDOWN_WARNING: &str = "instance-initiated shutdown behaviour is `stop`";
 const ECS_AGENT_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
 /// What the activities that can fail repeatedly are called in the logs.
@@ -133,7 +144,9 @@ const DRAINING: &str = "setting the container instance to DRAINING";
 const UNDRAINING: &str = "setting the container instance back to ACTIVE";
 const COUNTING: &str = "counting the tasks still running";
 const STOPPING: &str = "stopping the remaining tasks";
-const POWERING_OFF: &str = "recording the power-off";
+const RECORDING_POWER_OFF: &str = "recording the power-off";
+const POWERING_OFF: &str = "powering off";
+const READING_LEASE: &str = "reading the lease tags";
 const EC2_LOOKUP: &str = "looking up EC2 end dates";
 const IMDS_SESSION: &str = "keeping an IMDS session";
 
@@ -240,6 +253,10 @@ fn bounded<'a, T: 'a>(
 #[derive(Debug)]
 enum Ec2Report {
     Found(Ec2Deadlines),
+    /// A Capacity Block's `EndDate`, asked again.
+    CapacityBlock((OffsetDateTime, String)),
+    /// `InstanceInitiatedShutdownBehavior`, read once at start.
+    ShutdownBehavior(Result<Option<String>, SourceError>),
     /// A failure; `retry_in` is `None` when the lookup gives up.
     Failed {
         error: SourceError,
@@ -249,10 +266,13 @@ enum Ec2Report {
 
 /// EC2's own end dates (legacy spot block, Capacity Block), asked at start
 /// on a task of its own and retried with backoff only after transient
-/// failures; never fatal. Each attempt uses the current AWS clients.
+/// failures; never fatal. Each attempt uses the current AWS clients. A
+/// Capacity Block's end is then asked again on a schedule, since a block
+/// can be extended.
 async fn look_up_ec2_deadlines(
     aws: watch::Receiver<Arc<Aws>>,
     identity: IdentityDocument,
+    capacity_block_refresh: Duration,
     report: mpsc::UnboundedSender<Ec2Report>,
 ) {
     for attempt in 1..=EC2_LOOKUP_ATTEMPTS {
@@ -264,7 +284,13 @@ async fn look_up_ec2_deadlines(
         .await;
         let error = match result {
             Ok(found) => {
-                let _ = report.send(Ec2Report::Found(found));
+                let block = found.capacity_block_end.clone();
+                if report.send(Ec2Report::Found(found)).is_err() {
+                    return;
+                }
+                if let Some(block) = block {
+                    follow_capacity_block(aws, block, capacity_block_refresh, report).await;
+                }
                 return;
             }
             Err(error) => error,
@@ -284,6 +310,60 @@ async fn look_up_ec2_deadlines(
             None => return,
         }
     }
+}
+
+/// Asks for the Capacity Block's `EndDate` every `refresh` (more often near
+/// its end) for as long as the agent runs; a failure waits for the next turn.
+async fn follow_capacity_block(
+    aws: watch::Receiver<Arc<Aws>>,
+    (mut end, reservation): (OffsetDateTime, String),
+    refresh: Duration,
+    report: mpsc::UnboundedSender<Ec2Report>,
+) {
+    loop {
+        let wait = capacity_block_recheck_in(OffsetDateTime::now_utc(), end, refresh);
+        tokio::time::sleep(wait).await;
+        let current = Arc::clone(&aws.borrow());
+        let asked = bounded(
+            "ec2:DescribeCapacityReservations",
+            current.capacity_block_end(&reservation),
+        )
+        .await;
+        let sent = match asked {
+            Ok(Some(now_ends)) => {
+                end = now_ends;
+                report.send(Ec2Report::CapacityBlock((end, reservation.clone())))
+            }
+            // No longer answered as a Capacity Block: keep the end we know.
+            Ok(None) => Ok(()),
+            Err(error) => report.send(Ec2Report::Failed {
+                error,
+                retry_in: Some(capacity_block_recheck_in(
+                    OffsetDateTime::now_utc(),
+                    end,
+                    refresh,
+                )),
+            }),
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads the instance's shutdown behaviour once: a power-off of an instance
+/// whose behaviour is `stop` leaves it stopped, still paying for its volumes.
+async fn read_shutdown_behavior(
+    aws: Arc<Aws>,
+    instance_id: String,
+    report: mpsc::UnboundedSender<Ec2Report>,
+) {
+    let read = bounded(
+        "ec2:DescribeInstanceAttribute",
+        aws.shutdown_behavior(&instance_id),
+    )
+    .await;
+    let _ = report.send(Ec2Report::ShutdownBehavior(read));
 }
 
 pub async fn run(request: &RunRequest, imds: Imds) -> Result<(), AgentError> {
@@ -326,30 +406,19 @@ pub async fn run(request: &RunRequest, imds: Imds) -> Result<(), AgentError> {
         drain_on_rebalance: settings.drain_on_rebalance.value,
         stop_grace: settings.stop_grace.as_ref().map(|g| g.value),
         power_off_when_drained: settings.on_drained.value == OnDrained::Poweroff,
+        enforce_lease_end: settings.on_lease_end.value == OnLeaseEnd::Poweroff,
     };
 
-    let mut observed = Observations::default();
-    if let Some(lease) = &settings.lease {
-        let end = lease.value.end(identity.pending_time);
-        match lease.value {
-            crate::core::config::Lease::Ends(_) => {
-                log::info!("lease ends {} ({})", rfc3339(end), lease.origin)
-            }
-            crate::core::config::Lease::LastsFromLaunch(_) => {
-                log::info!(
-                    "lease of {} ({}): ends {}",
-                    lease.value,
-                    lease.origin,
-                    rfc3339(end)
-                );
-            }
-        }
-        observed.lease_end = Some((end, lease.origin.kind().to_owned()));
-    }
-
     let metrics_file = settings.metrics_file.as_ref().map(|p| p.value.clone());
-    let (records, state) =
+    let (records, mut state) =
         state::Records::open(&request.state_dir, &identity.instance_id, metrics_file)?;
+    // A lease duration counts from the first launch, not from a restart
+    // after a stop.
+    state.first_launched_at.get_or_insert(identity.pending_time);
+    let observed = Observations {
+        launched_at: Some(identity.pending_time),
+        ..Observations::default()
+    };
 
     let (aws_updates, aws_for_lookup) = watch::channel(Arc::clone(&aws));
     let mut agent = Agent {
@@ -373,9 +442,25 @@ pub async fn run(request: &RunRequest, imds: Imds) -> Result<(), AgentError> {
         next_ecs_agent_check: Instant::now(),
         records,
         deliveries: webhook::Deliveries::default(),
+        lease: None,
+        next_lease_refresh: Instant::now() + settings.lease_refresh_interval.value,
+        lease_problem: None,
     };
+    agent.follow_lease(settings.lease.clone());
     let (report, mut ec2_reports) = mpsc::unbounded_channel();
-    tokio::spawn(look_up_ec2_deadlines(aws_for_lookup, identity, report));
+    if settings.powers_off() {
+        tokio::spawn(read_shutdown_behavior(
+            Arc::clone(&agent.aws),
+            identity.instance_id.clone(),
+            report.clone(),
+        ));
+    }
+    tokio::spawn(look_up_ec2_deadlines(
+        aws_for_lookup,
+        identity,
+        settings.capacity_block_refresh_interval.value,
+        report,
+    ));
 
     let poll = settings.poll_interval.value.max(Duration::from_millis(100));
     let mut ticker = tokio::time::interval(poll);
@@ -446,6 +531,7 @@ impl Agent<'_> {
         .await;
         self.heal_imds(&errors);
         self.note_notice_errors(errors);
+        self.refresh_lease_if_due().await;
         self.step().await;
         self.check_ecs_agent().await;
     }
@@ -507,6 +593,21 @@ impl Agent<'_> {
                 self.observed.legacy_spot_block_end = found.legacy_spot_block_end;
                 self.observed.capacity_block_end = found.capacity_block_end;
             }
+            Ec2Report::CapacityBlock((end, id)) => {
+                if let Some(line) = self.failures.succeeded(EC2_LOOKUP, now) {
+                    emit(line);
+                }
+                let known = self.observed.capacity_block_end.as_ref().map(|(at, _)| *at);
+                if known != Some(end) {
+                    log::info!(
+                        "Capacity Block {id}: EndDate is now {} (was {}); EC2 terminates 30 min earlier",
+                        rfc3339(end),
+                        known.map_or_else(|| "unknown".to_owned(), rfc3339)
+                    );
+                }
+                self.observed.capacity_block_end = Some((end, id));
+            }
+            Ec2Report::ShutdownBehavior(read) => self.note_shutdown_behavior(read),
             Ec2Report::Failed {
                 error,
                 retry_in: Some(wait),
@@ -527,6 +628,148 @@ impl Agent<'_> {
                 self.count_error("ec2");
                 let _ = self.failures.succeeded(EC2_LOOKUP, now);
                 log::warn!("{error}; spot block and Capacity Block end dates are not checked");
+            }
+        }
+    }
+
+    /// Puts `lease` in force: its end becomes the lease deadline. A lease
+    /// that is gone (`None`) keeps the last one: removing a tag is not a way
+    /// to cancel a lease, and an unreadable tag must not cancel a drain.
+    fn follow_lease(&mut self, lease: Option<Sourced<Lease>>) {
+        let Some(lease) = lease else {
+            return;
+        };
+        if self.lease.as_ref().map(|l| l.value) == Some(lease.value) {
+            return;
+        }
+        let launched = self
+            .state
+            .first_launched_at
+            .or(self.observed.launched_at)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let end = lease.value.end(launched);
+        let previous_end = self.observed.lease_end.as_ref().map(|(at, _)| *at);
+        match (previous_end, lease.value) {
+            (Some(was), _) => log::info!(
+                "lease moved: {} ({}): ends {} (was {})",
+                lease.value,
+                lease.origin,
+                rfc3339(end),
+                rfc3339(was)
+            ),
+            (None, Lease::Ends(_)) => {
+                log::info!("lease ends {} ({})", rfc3339(end), lease.origin);
+            }
+            (None, Lease::LastsFromLaunch(_)) => log::info!(
+                "lease of {} ({}): ends {}",
+                lease.value,
+                lease.origin,
+                rfc3339(end)
+            ),
+        }
+        self.observed.lease_end = Some((end, lease.origin.kind().to_owned()));
+        self.lease = Some(lease);
+    }
+
+    /// Every `lease_refresh_interval`: `pendingTime` (a stop and start, or a
+    /// hibernation, changes it) and the lease tags, from IMDS only: no AWS
+    /// call while idle. A lease from the config file is not re-read.
+    async fn refresh_lease_if_due(&mut self) {
+        if Instant::now() < self.next_lease_refresh {
+            return;
+        }
+        self.next_lease_refresh =
+            Instant::now() + self.resolved.settings.lease_refresh_interval.value;
+        let read = async {
+            let identity = self.imds.fresh_identity().await?;
+            let tags = if self.resolved.settings.lease_is_from_file() {
+                None
+            } else {
+                self.imds.tags().await?
+            };
+            Ok::<_, SourceError>((identity, tags))
+        };
+        let (identity, tags) = match read.await {
+            Ok(read) => read,
+            Err(err) => {
+                self.count_error("imds");
+                let then = "keeping the lease and launch time known";
+                let now = Instant::now().into_std();
+                if let Some(line) = self
+                    .failures
+                    .failed(READING_LEASE, &err.to_string(), then, now)
+                {
+                    emit(line);
+                }
+                return;
+            }
+        };
+        if let Some(line) = self
+            .failures
+            .succeeded(READING_LEASE, Instant::now().into_std())
+        {
+            emit(line);
+        }
+        if let Some(was) = self.observed.launched_at {
+            if identity.pending_time != was {
+                log::info!(
+                    "pendingTime is now {} (was {}): the instance was started again",
+                    rfc3339(identity.pending_time),
+                    rfc3339(was)
+                );
+            }
+        }
+        self.observed.launched_at = Some(identity.pending_time);
+        // Tags not in IMDS: moving a lease would need an AWS call; the lease
+        // read at start stays.
+        let Some(values) = tags else {
+            return;
+        };
+        let tags = InstanceTags {
+            values,
+            channel: TagChannel::Imds,
+        };
+        let (lease, problems) = Settings::lease_from_tags(&tags);
+        let problem = match (&lease, problems.first(), &self.lease) {
+            (None, Some(p), _) => Some(format!(
+                "ignoring instance tag {}: {}; keeping the lease known",
+                p.key, p.reason
+            )),
+            (None, None, Some(_)) => {
+                Some("the lease tags are gone; keeping the lease known".to_owned())
+            }
+            _ => None,
+        };
+        if problem.is_some() && problem != self.lease_problem {
+            if let Some(text) = &problem {
+                log::warn!("{text}");
+            }
+        }
+        self.lease_problem = problem;
+        self.follow_lease(lease);
+    }
+
+    /// A `stop` shutdown behaviour makes every power-off a stop: warned
+    /// about once in the journal and kept for `blockwatch status`.
+    fn note_shutdown_behavior(&mut self, read: Result<Option<String>, SourceError>) {
+        self.state
+            .warnings
+            .retain(|w| !w.starts_with(SHUTDOWN_WARNING));
+        match read {
+            Ok(Some(behavior)) if behavior == "stop" => {
+                let warning = format!(
+                    "{SHUTDOWN_WARNING}: a power-off stops this instance instead of terminating it, and its volumes stay billed; launch with InstanceInitiatedShutdownBehavior=terminate (blockwatch-launch does) or change it with ec2:ModifyInstanceAttribute"
+                );
+                log::warn!("{warning}");
+                self.state.warnings.push(warning);
+            }
+            Ok(Some(behavior)) => log::info!("instance-initiated shutdown behaviour: {behavior}"),
+            Ok(None) => {}
+            Err(err) => {
+                self.count_error("ec2");
+                log::warn!(
+                    "{err}; cannot tell whether a power-off terminates this instance or only stops it"
+                );
             }
         }
     }
@@ -809,12 +1052,15 @@ impl Agent<'_> {
                     }
                 }
             }
-            Action::StopTasks => {
+            Action::StopTasks(cause) => {
                 let Some(container_instance) = self.container_instance().await else {
+                    if self.backoff.ready() {
+                        self.backoff.failed();
+                    }
                     return;
                 };
                 let cluster = self.cluster();
-                let reason = self.stop_reason();
+                let reason = self.stop_reason(cause);
                 let aws = Arc::clone(&self.aws);
                 let result = match bounded(
                     "ecs:ListTasks",
@@ -832,8 +1078,13 @@ impl Agent<'_> {
                         self.backoff.succeeded();
                         self.aws_worked(STOPPING);
                         if let Some(drain) = self.state.drain.as_mut() {
-                            drain.tasks_stopped_at = Some(now);
+                            match cause {
+                                StopCause::Grace => drain.tasks_stopped_at = Some(now),
+                                StopCause::LeaseEnded => drain.end_stop_at = Some(now),
+                            }
                         }
+                        // Count again soon: the power-off waits for them.
+                        self.next_task_count = Instant::now();
                         self.log_decision(&format!(
                             "stopped {stopped} task(s) with reason {reason:?}"
                         ));
@@ -841,27 +1092,56 @@ impl Agent<'_> {
                     Err(err) => self.aws_failed(STOPPING, &err),
                 }
             }
-            Action::PowerOff => {
-                // The drain-completed webhook was just sent: give it a chance.
-                // Before the record, so that a SIGTERM while waiting leaves
-                // the power-off to the next start.
-                self.deliveries.settle(WEBHOOK_GRACE, "powering off").await;
-                // Recorded first: a restart must never power off twice.
+            Action::PowerOff => self.power_off(now).await,
+        }
+    }
+
+    /// Runs `poweroff_command`. The attempt is on disk first (a state the
+    /// agent cannot write never allows a power-off it could repeat); it
+    /// counts as done only once the command succeeded, and a failure is
+    /// retried with backoff (the core times the retries).
+    async fn power_off(&mut self, now: OffsetDateTime) {
+        // The drain-completed webhook was just sent: give it a chance.
+        // Before the record, so that a SIGTERM while waiting leaves the
+        // power-off to the next start.
+        self.deliveries.settle(WEBHOOK_GRACE, "powering off").await;
+        let why = self.power_off_cause(now);
+        let Some(drain) = self.state.drain.as_mut() else {
+            return;
+        };
+        drain.poweroff_attempts += 1;
+        drain.poweroff_attempted_at = Some(now);
+        let attempts = drain.poweroff_attempts;
+        if !self.persist(now) {
+            if let Some(drain) = self.state.drain.as_mut() {
+                drain.poweroff_attempts -= 1;
+                drain.poweroff_attempted_at = None;
+            }
+            let now = Instant::now().into_std();
+            let unrecorded = "the power-off cannot be recorded in the state file";
+            let then = "not powering off until it can";
+            if let Some(line) = self
+                .failures
+                .failed(RECORDING_POWER_OFF, unrecorded, then, now)
+            {
+                emit(line);
+            }
+            return;
+        }
+        if let Some(line) = self
+            .failures
+            .succeeded(RECORDING_POWER_OFF, Instant::now().into_std())
+        {
+            emit(line);
+        }
+        let command = self.resolved.settings.poweroff_command.value.clone();
+        if attempts == 1 {
+            self.log_decision(&format!("{why}; powering off with {command:?}"));
+        }
+        match poweroff::run(&command).await {
+            Ok(()) => {
                 if let Some(drain) = self.state.drain.as_mut() {
                     drain.poweroff_at = Some(now);
-                }
-                if !self.persist(now) {
-                    // Unrecorded, a restart could power off a second time.
-                    if let Some(drain) = self.state.drain.as_mut() {
-                        drain.poweroff_at = None;
-                    }
-                    let now = Instant::now().into_std();
-                    let unrecorded = "the power-off cannot be recorded in the state file";
-                    let then = "not powering off until it can";
-                    if let Some(line) = self.failures.failed(POWERING_OFF, unrecorded, then, now) {
-                        emit(line);
-                    }
-                    return;
                 }
                 if let Some(line) = self
                     .failures
@@ -869,13 +1149,44 @@ impl Agent<'_> {
                 {
                     emit(line);
                 }
-                let command = self.resolved.settings.poweroff_command.value.clone();
-                self.log_decision(&format!("drained; powering off with {command:?}"));
-                if let Err(err) = poweroff::run(&command).await {
-                    self.count_error("poweroff");
-                    log::error!("power off failed: {err}");
+                self.log_decision(&format!(
+                    "power-off requested: {command:?} succeeded (attempt {attempts})"
+                ));
+            }
+            Err(err) => {
+                self.count_error("poweroff");
+                let then = format!(
+                    "retrying in {}",
+                    humantime::format_duration(poweroff_retry_after(attempts))
+                );
+                let now = Instant::now().into_std();
+                if let Some(line) = self.failures.failed(POWERING_OFF, &err, &then, now) {
+                    emit(line);
                 }
             }
+        }
+    }
+
+    /// Why the instance powers off now, for the journal.
+    fn power_off_cause(&self, now: OffsetDateTime) -> String {
+        let lease_end = self
+            .observed
+            .candidates(now, self.policy.drain_on_rebalance)
+            .into_iter()
+            .filter(|c| c.key.kind.is_lease())
+            .map(|c| (c.at, c.key.kind))
+            .min();
+        match (self.state.phase, lease_end) {
+            (Phase::Drained, Some((at, kind))) if now < at => {
+                format!("drained before the {kind} ends at {}", rfc3339(at))
+            }
+            (Phase::Drained, _) => "drained".to_owned(),
+            (_, Some((at, kind))) => format!(
+                "the {kind} ended at {}; tasks still running had {} to stop",
+                rfc3339(at),
+                humantime::format_duration(crate::core::state::LEASE_END_STOP_WAIT)
+            ),
+            (_, None) => "the end has come".to_owned(),
         }
     }
 
@@ -894,17 +1205,22 @@ impl Agent<'_> {
                 self.state.undrain_pending = false;
                 "set the container instance back to ACTIVE".to_owned()
             }
-            Action::StopTasks => {
+            Action::StopTasks(cause) => {
                 if let Some(drain) = self.state.drain.as_mut() {
-                    drain.tasks_stopped_at = Some(now);
+                    match cause {
+                        StopCause::Grace => drain.tasks_stopped_at = Some(now),
+                        StopCause::LeaseEnded => drain.end_stop_at = Some(now),
+                    }
                 }
                 format!(
                     "stop the remaining tasks with reason {:?}",
-                    self.stop_reason()
+                    self.stop_reason(cause)
                 )
             }
             Action::PowerOff => {
                 if let Some(drain) = self.state.drain.as_mut() {
+                    drain.poweroff_attempts += 1;
+                    drain.poweroff_attempted_at = Some(now);
                     drain.poweroff_at = Some(now);
                 }
                 format!("run {:?}", self.resolved.settings.poweroff_command.value)
@@ -913,7 +1229,24 @@ impl Agent<'_> {
         self.log_decision(&format!("dry run, nothing changed: would {what}"));
     }
 
-    fn stop_reason(&self) -> String {
+    fn stop_reason(&self, cause: StopCause) -> String {
+        if cause == StopCause::LeaseEnded {
+            let kind = self
+                .state
+                .drain
+                .as_ref()
+                .map(|d| d.reason.kind)
+                .filter(|k| k.is_lease())
+                .unwrap_or(crate::core::deadline::SourceKind::Lease);
+            let ended = match kind {
+                crate::core::deadline::SourceKind::CapacityBlock => "Capacity Block ended",
+                _ => "lease ended",
+            };
+            return format!(
+                "{STOP_REASON_PREFIX} {ended} (instance {})",
+                self.resolved.instance_id
+            );
+        }
         let ends = self
             .state
             .deadline
@@ -972,9 +1305,19 @@ impl Agent<'_> {
                 "drain-completed",
                 "drained: no task left on this instance".to_owned(),
             ),
-            Event::DrainCanceled => (
+            Event::DrainCanceled(cause) => (
                 "drain-canceled",
-                format!("drain canceled: its scheduled event is over; now {described}"),
+                format!(
+                    "drain canceled: {}; watching again: {described}",
+                    match cause {
+                        CancelCause::EventEnded => "its scheduled event is over".to_owned(),
+                        CancelCause::DeadlineMoved => "its deadline moved later".to_owned(),
+                        CancelCause::NewLife => format!(
+                            "the instance was started again (pendingTime {}) after the drain began",
+                            self.observed.launched_at.map(rfc3339).unwrap_or_default()
+                        ),
+                    }
+                ),
             ),
             Event::DeadlineChanged => ("deadline-changed", format!("deadline: {described}")),
         };
@@ -990,6 +1333,13 @@ impl Agent<'_> {
                 "phase": self.state.phase.name(),
                 "deadline": deadline.map(|d| rfc3339(d.at)),
                 "deadline_source": deadline.map(|d| d.event.kind.name()),
+                "drain_at": self.state.drain_at.map(rfc3339),
+                "cause": match event {
+                    Event::DrainCanceled(CancelCause::EventEnded) => Some("event-ended"),
+                    Event::DrainCanceled(CancelCause::DeadlineMoved) => Some("deadline-moved"),
+                    Event::DrainCanceled(CancelCause::NewLife) => Some("started-again"),
+                    _ => None,
+                },
                 "at": rfc3339(now),
             });
             if self.dry_run() {

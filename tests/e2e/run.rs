@@ -773,7 +773,23 @@ async fn a_denied_ec2_lookup_is_logged_once_and_never_fatal() {
         1,
         "{log}"
     );
-    assert_eq!(denied.received().len(), 1, "asked once, at start");
+    let asked = |action: &str| {
+        denied
+            .received()
+            .iter()
+            .filter(|r| r.body.contains(&format!("Action={action}")))
+            .count()
+    };
+    assert_eq!(asked("DescribeInstances"), 1, "asked once, at start");
+    // The shutdown behaviour is read once too; its denial is a warning.
+    assert_eq!(asked("DescribeInstanceAttribute"), 1);
+    assert_eq!(denied.received().len(), 2);
+    assert_eq!(
+        log.matches("cannot tell whether a power-off terminates this instance")
+            .count(),
+        1,
+        "{log}"
+    );
 }
 
 #[tokio::test]
@@ -797,17 +813,38 @@ async fn with_moto_the_ec2_lookups_find_no_block_and_the_lease_still_rules() {
             .iter()
             .skip(seeded)
             .filter(|r| r.method == "POST" && r.target.is_none())
-            .count()
+            .map(|r| {
+                r.body
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("Action="))
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect::<std::collections::BTreeSet<_>>()
     };
     let asked_by = std::time::Instant::now() + Duration::from_secs(15);
-    while ec2_calls() == 0 && std::time::Instant::now() < asked_by {
+    while ec2_calls().len() < 2 && std::time::Instant::now() < asked_by {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(2 * POLL);
-    let ec2_calls = ec2_calls();
+    let seen: Vec<_> = f
+        .instance
+        .moto()
+        .requests()
+        .into_iter()
+        .skip(seeded)
+        .filter(|r| r.method == "POST" && r.target.is_none())
+        .collect();
     assert_eq!(
-        ec2_calls, 1,
-        "one DescribeInstances at start, nothing more for an on-demand instance"
+        ec2_calls().into_iter().collect::<Vec<_>>(),
+        ["DescribeInstanceAttribute", "DescribeInstances"],
+        "one DescribeInstances and one DescribeInstanceAttribute at start, nothing more for an on-demand instance"
     );
-    assert!(!agent.log().contains("not checked"), "{}", agent.log());
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let log = agent.log();
+    assert!(!log.contains("not checked"), "{log}");
+    assert!(
+        log.contains("instance-initiated shutdown behaviour is `stop`"),
+        "moto's instance was launched with the default, stop: {log}"
+    );
 }

@@ -29,6 +29,10 @@ pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 /// The shortest poll interval: IMDS is not to be hammered.
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_DRAIN_POLL_INTERVAL: Duration = Duration::from_secs(15);
+/// How often the lease tags (and `pendingTime`) are read again from IMDS.
+pub const DEFAULT_LEASE_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+/// How often a Capacity Block's `EndDate` is asked again while far off.
+pub const DEFAULT_CAPACITY_BLOCK_REFRESH_INTERVAL: Duration = Duration::from_secs(30 * 60);
 
 /// `/etc/blockwatch/blockwatch.toml`. Unknown keys are an error, so a typo
 /// never silently falls back to a default.
@@ -52,6 +56,13 @@ pub struct FileConfig {
     pub metrics_file: Option<PathBuf>,
     /// How often running tasks are counted while draining (default 15s).
     pub drain_poll_interval: Option<HumanDuration>,
+    /// What a lease's (or Capacity Block's) end does (default poweroff).
+    pub on_lease_end: Option<OnLeaseEnd>,
+    /// How often lease tags are read again from IMDS (default 1m).
+    pub lease_refresh_interval: Option<HumanDuration>,
+    /// How often a Capacity Block's end is asked again (default 30m; at
+    /// most 5m within its last 2 hours).
+    pub capacity_block_refresh_interval: Option<HumanDuration>,
 }
 
 /// A config file that could not be used, as one line naming the file.
@@ -209,6 +220,27 @@ impl fmt::Display for OnDrained {
         f.write_str(match self {
             Self::None => "none",
             Self::Poweroff => "poweroff",
+        })
+    }
+}
+
+/// What happens at the end of a lease or a Capacity Block.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLeaseEnd {
+    /// Stop what still runs at the end and power off; power off at once
+    /// when drained before it.
+    #[default]
+    Poweroff,
+    /// Drain only; the instance keeps running (and billing).
+    None,
+}
+
+impl fmt::Display for OnLeaseEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Poweroff => "poweroff",
+            Self::None => "none",
         })
     }
 }
@@ -407,6 +439,9 @@ pub struct Settings {
     pub stop_grace: Option<Sourced<Duration>>,
     pub metrics_file: Option<Sourced<PathBuf>>,
     pub drain_poll_interval: Sourced<Duration>,
+    pub on_lease_end: Sourced<OnLeaseEnd>,
+    pub lease_refresh_interval: Sourced<Duration>,
+    pub capacity_block_refresh_interval: Sourced<Duration>,
 }
 
 /// A tag value that does not parse; the tag is ignored with a warning.
@@ -472,6 +507,21 @@ impl Settings {
                 file.drain_poll_interval.map(|d| d.0.max(MIN_POLL_INTERVAL)),
                 DEFAULT_DRAIN_POLL_INTERVAL,
             ),
+            on_lease_end: file
+                .on_lease_end
+                .map_or(Sourced::new(OnLeaseEnd::Poweroff, Origin::Default), |v| {
+                    Sourced::new(v, in_file())
+                }),
+            lease_refresh_interval: or_default(
+                file.lease_refresh_interval
+                    .map(|d| d.0.max(MIN_POLL_INTERVAL)),
+                DEFAULT_LEASE_REFRESH_INTERVAL,
+            ),
+            capacity_block_refresh_interval: or_default(
+                file.capacity_block_refresh_interval
+                    .map(|d| d.0.max(MIN_POLL_INTERVAL)),
+                DEFAULT_CAPACITY_BLOCK_REFRESH_INTERVAL,
+            ),
         };
         (settings, problems)
     }
@@ -510,6 +560,32 @@ impl Settings {
         None
     }
 
+    /// Whether `poweroff_command` may run: when drained, or at a lease's end.
+    pub fn powers_off(&self) -> bool {
+        self.on_drained.value == OnDrained::Poweroff
+            || self.on_lease_end.value == OnLeaseEnd::Poweroff
+    }
+
+    /// The lease the tags alone give (the config file is not consulted):
+    /// what a refresh of the tags reads.
+    pub fn lease_from_tags(tags: &InstanceTags) -> (Option<Sourced<Lease>>, Vec<TagProblem>) {
+        let mut problems = Vec::new();
+        let lease = Self::lease(
+            &FileConfig::default(),
+            Some(tags),
+            Origin::Default,
+            &mut problems,
+        );
+        (lease, problems)
+    }
+
+    /// Whether the config file sets the lease (then tags cannot move it).
+    pub fn lease_is_from_file(&self) -> bool {
+        self.lease
+            .as_ref()
+            .is_some_and(|l| matches!(l.origin, Origin::ConfigFile(_)))
+    }
+
     /// One `key=value (origin)` item per setting, for the startup log line.
     /// The webhook URL is never shown: it may carry a secret.
     pub fn describe(&self) -> Vec<String> {
@@ -536,7 +612,11 @@ impl Settings {
             "on_drained={} ({})",
             self.on_drained.value, self.on_drained.origin
         ));
-        if self.on_drained.value == OnDrained::Poweroff {
+        items.push(format!(
+            "on_lease_end={} ({})",
+            self.on_lease_end.value, self.on_lease_end.origin
+        ));
+        if self.powers_off() {
             items.push(format!(
                 "poweroff_command={:?} ({})",
                 self.poweroff_command.value, self.poweroff_command.origin

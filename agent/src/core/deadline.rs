@@ -36,6 +36,22 @@ impl SourceKind {
             Self::Rebalance => "rebalance",
         }
     }
+
+    /// A lease or a Capacity Block: an end the instance keeps by itself
+    /// (with `on_lease_end = "poweroff"`). AWS ends the others itself.
+    pub fn is_lease(self) -> bool {
+        matches!(self, Self::Lease | Self::CapacityBlock)
+    }
+
+    /// Whether a drain this source started is undone when the source moves
+    /// its end later. A spot notice, a rebalance recommendation or an Auto
+    /// Scaling termination never takes itself back.
+    pub fn can_move_later(self) -> bool {
+        matches!(
+            self,
+            Self::Lease | Self::CapacityBlock | Self::LegacySpotBlock | Self::ScheduledEvent
+        )
+    }
 }
 
 impl fmt::Display for SourceKind {
@@ -102,6 +118,9 @@ pub struct Observations {
     pub rebalance_notice: Option<OffsetDateTime>,
     /// Tasks still running on our container instance; only read while draining.
     pub running_tasks: Option<usize>,
+    /// The instance's current `pendingTime`: newer than a drain's start, it
+    /// says the instance was stopped (or hibernated) and started again.
+    pub launched_at: Option<OffsetDateTime>,
 }
 
 impl Observations {
@@ -179,4 +198,59 @@ pub fn earliest(candidates: &[Candidate]) -> Option<&Candidate> {
     candidates
         .iter()
         .min_by(|a, b| (a.at, a.key.kind, &a.key.id).cmp(&(b.at, b.key.kind, &b.key.id)))
+}
+
+/// Within this long of a Capacity Block's `EndDate`, its end is asked again
+/// more often: an extension bought late must still be seen in time.
+pub const CAPACITY_BLOCK_NEAR_END: Duration = Duration::from_secs(2 * 3600);
+/// How often it is asked within [`CAPACITY_BLOCK_NEAR_END`], at most.
+pub const CAPACITY_BLOCK_NEAR_REFRESH: Duration = Duration::from_secs(5 * 60);
+
+/// How long until a Capacity Block's `EndDate` is asked again: `base` while
+/// the end is far, at most 5 minutes within its last 2 hours, and never
+/// sleeping past the moment it becomes near.
+pub fn capacity_block_recheck_in(
+    now: OffsetDateTime,
+    end_date: OffsetDateTime,
+    base: Duration,
+) -> Duration {
+    let near_from = end_date.saturating_sub(
+        time::Duration::try_from(CAPACITY_BLOCK_NEAR_END).unwrap_or(time::Duration::ZERO),
+    );
+    if now >= near_from {
+        return base.min(CAPACITY_BLOCK_NEAR_REFRESH);
+    }
+    let until_near = Duration::try_from(near_from - now).unwrap_or(Duration::ZERO);
+    base.min(until_near.max(CAPACITY_BLOCK_NEAR_REFRESH))
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    #[test]
+    fn a_capacity_block_is_asked_every_30_min_then_every_5_min_in_its_last_2_hours() {
+        let end = datetime!(2026-12-01 12:00 UTC);
+        let base = Duration::from_secs(30 * 60);
+        let at = |h: i64, m: i64| end - time::Duration::hours(h) - time::Duration::minutes(m);
+        assert_eq!(capacity_block_recheck_in(at(5, 0), end, base), base);
+        assert_eq!(
+            capacity_block_recheck_in(at(2, 10), end, base),
+            Duration::from_secs(10 * 60),
+            "wakes when the end becomes near"
+        );
+        assert_eq!(
+            capacity_block_recheck_in(at(1, 0), end, base),
+            CAPACITY_BLOCK_NEAR_REFRESH
+        );
+        assert_eq!(
+            capacity_block_recheck_in(end + time::Duration::hours(1), end, base),
+            CAPACITY_BLOCK_NEAR_REFRESH
+        );
+        let fast = Duration::from_secs(2);
+        assert_eq!(capacity_block_recheck_in(at(1, 0), end, fast), fast);
+        assert_eq!(capacity_block_recheck_in(at(9, 0), end, fast), fast);
+    }
 }

@@ -64,8 +64,54 @@ pub struct Drain {
     pub tasks_stopped_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub drained_at: Option<OffsetDateTime>,
+    /// When the tasks still running at a lease's end were stopped.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub end_stop_at: Option<OffsetDateTime>,
+    /// Power-off attempts started so far, and when the last one started:
+    /// recorded before the command runs, so a failing command is retried
+    /// with backoff, never in a tight loop.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub poweroff_attempts: u32,
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub poweroff_attempted_at: Option<OffsetDateTime>,
+    /// When the power-off command succeeded; until then it is retried.
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub poweroff_at: Option<OffsetDateTime>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl Drain {
+    fn new(reason: EventKey, deadline: OffsetDateTime, now: OffsetDateTime) -> Self {
+        Self {
+            reason,
+            deadline,
+            started_at: now,
+            draining_confirmed_at: None,
+            running_tasks: None,
+            tasks_stopped_at: None,
+            drained_at: None,
+            end_stop_at: None,
+            poweroff_attempts: 0,
+            poweroff_attempted_at: None,
+            poweroff_at: None,
+        }
+    }
+
+    /// Whether a power-off was started: from then on the drain is never undone.
+    pub fn powering_off(&self) -> bool {
+        self.poweroff_attempts > 0 || self.poweroff_at.is_some()
+    }
 }
 
 /// What the agent knows and has done.
@@ -93,6 +139,32 @@ pub struct AgentState {
         skip_serializing_if = "Option::is_none"
     )]
     pub terminated_seen_at: Option<OffsetDateTime>,
+    /// The first `pendingTime` seen on this instance: a lease duration
+    /// counts from it, so that a stop and start does not lengthen the lease.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub first_launched_at: Option<OffsetDateTime>,
+    /// Things an operator should fix, shown by `blockwatch status`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// How long tasks still running at a lease's end have to stop before the
+/// instance is powered off whatever happens.
+pub const LEASE_END_STOP_WAIT: Duration = Duration::from_secs(120);
+/// The wait after a first failed power-off; it doubles up to the maximum.
+pub const POWEROFF_RETRY_FIRST: Duration = Duration::from_secs(5);
+pub const POWEROFF_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// How long to wait after `failed` power-off attempts before the next one.
+pub fn poweroff_retry_after(failed: u32) -> Duration {
+    let doublings = failed.saturating_sub(1).min(16);
+    POWEROFF_RETRY_FIRST
+        .saturating_mul(1 << doublings)
+        .min(POWEROFF_RETRY_MAX)
 }
 
 /// How the agent acts on deadlines.
@@ -102,6 +174,9 @@ pub struct Policy {
     pub drain_on_rebalance: bool,
     pub stop_grace: Option<Duration>,
     pub power_off_when_drained: bool,
+    /// `on_lease_end = "poweroff"`: a lease or a Capacity Block ends the
+    /// instance at its end, whatever still runs.
+    pub enforce_lease_end: bool,
 }
 
 /// Something the IO side must do.
@@ -109,11 +184,32 @@ pub struct Policy {
 pub enum Action {
     /// Set the container instance to DRAINING (until confirmed).
     Drain,
-    /// Set it back to ACTIVE (a canceled scheduled event).
+    /// Set it back to ACTIVE (a drain undone).
     Undrain,
-    /// Stop the remaining tasks (`stop_grace`).
-    StopTasks,
+    /// Stop the remaining tasks.
+    StopTasks(StopCause),
+    /// Run the power-off command (until it succeeds).
     PowerOff,
+}
+
+/// Why remaining tasks are stopped; their stop reason says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopCause {
+    /// `stop_grace` before the end.
+    Grace,
+    /// The lease (or Capacity Block) ended with tasks still running.
+    LeaseEnded,
+}
+
+/// Why a drain was undone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelCause {
+    /// The scheduled event that started it was canceled or completed.
+    EventEnded,
+    /// Its deadline moved later, and the new drain time is in the future.
+    DeadlineMoved,
+    /// The instance was stopped (or hibernated) and started again: a new life.
+    NewLife,
 }
 
 /// Something worth telling operators once.
@@ -121,7 +217,7 @@ pub enum Action {
 pub enum Event {
     DrainStarted,
     DrainCompleted,
-    DrainCanceled,
+    DrainCanceled(CancelCause),
     DeadlineChanged,
 }
 
@@ -154,6 +250,48 @@ fn terminated_seen_at(
     }
 }
 
+/// The earliest end that the instance keeps by itself (a lease or a
+/// Capacity Block), when `on_lease_end = "poweroff"`.
+fn lease_end(candidates: &[Candidate], drain: &Drain) -> Option<OffsetDateTime> {
+    candidates
+        .iter()
+        .filter(|c| c.key.kind.is_lease())
+        .map(|c| c.at)
+        .chain(Some(drain.deadline).filter(|_| drain.reason.kind.is_lease()))
+        .min()
+}
+
+/// Why the drain in `state` should be undone now, if it should: its
+/// scheduled event is over, or its deadline moved later with the new drain
+/// time still ahead; and no other signal is due. Never once a power-off
+/// started.
+fn cancel_cause(
+    now: OffsetDateTime,
+    lead: time::Duration,
+    drain: &Drain,
+    candidates: &[Candidate],
+    observed: &Observations,
+) -> Option<CancelCause> {
+    if drain.powering_off() {
+        return None;
+    }
+    let another_is_due = candidates
+        .iter()
+        .any(|c| c.key != drain.reason && now >= c.at.saturating_sub(lead));
+    if another_is_due {
+        return None;
+    }
+    let reason = &drain.reason;
+    if reason.kind == SourceKind::ScheduledEvent && observed.scheduled_event_ended(&reason.id) {
+        return Some(CancelCause::EventEnded);
+    }
+    let moved_later = reason.kind.can_move_later()
+        && candidates
+            .iter()
+            .any(|c| c.key == *reason && c.at > drain.deadline && c.at.saturating_sub(lead) > now);
+    moved_later.then_some(CancelCause::DeadlineMoved)
+}
+
 /// One step: given `now`, what the sources say, and what has been done,
 /// returns the new state, the actions to take and the events to report.
 /// No IO and no clock: the same inputs always give the same decision.
@@ -165,35 +303,38 @@ pub fn decide(
 ) -> Decision {
     let lead = duration(policy.drain_lead);
     let mut state = previous.clone();
-    state.terminated_seen_at = terminated_seen_at(now, observed, previous);
+    let mut actions = Vec::new();
+    let mut events = Vec::new();
+
+    // Started again after a stop or a hibernation: the drain belonged to the
+    // instance's last life, and ECS may still have it DRAINING.
+    let new_life = state
+        .drain
+        .as_ref()
+        .zip(observed.launched_at)
+        .is_some_and(|(drain, launched)| launched > drain.started_at);
+    if new_life {
+        end_drain(&mut state, CancelCause::NewLife, &mut events);
+        state.terminated_seen_at = None;
+    }
+
+    state.terminated_seen_at = terminated_seen_at(now, observed, &state);
     let observed = &Observations {
         terminated_seen_at: state.terminated_seen_at,
         ..observed.clone()
     };
     let candidates = observed.candidates(now, policy.drain_on_rebalance);
     let first = earliest(&candidates);
-    let mut actions = Vec::new();
-    let mut events = Vec::new();
     if state.phase == Phase::Joining {
         state.phase = Phase::Watching;
     }
 
-    // A canceled or completed scheduled event that alone started the drain
-    // returns the instance to service, unless another signal is due.
-    if let Some(drain) = &state.drain {
-        let another_is_due = candidates
-            .iter()
-            .any(|c| c.key != drain.reason && now >= c.at.saturating_sub(lead));
-        if drain.reason.kind == SourceKind::ScheduledEvent
-            && observed.scheduled_event_ended(&drain.reason.id)
-            && !another_is_due
-        {
-            state.phase = Phase::Watching;
-            // Only an instance that ECS set to DRAINING needs setting back.
-            state.undrain_pending = drain.draining_confirmed_at.is_some();
-            state.drain = None;
-            events.push(Event::DrainCanceled);
-        }
+    if let Some(cause) = state
+        .drain
+        .as_ref()
+        .and_then(|drain| cancel_cause(now, lead, drain, &candidates, observed))
+    {
+        end_drain(&mut state, cause, &mut events);
     }
 
     match state.phase {
@@ -204,16 +345,7 @@ pub fn decide(
                 state.phase = Phase::Draining;
                 state.drains_started += 1;
                 state.undrain_pending = false;
-                state.drain = Some(Drain {
-                    reason: due.key.clone(),
-                    deadline: due.at,
-                    started_at: now,
-                    draining_confirmed_at: None,
-                    running_tasks: None,
-                    tasks_stopped_at: None,
-                    drained_at: None,
-                    poweroff_at: None,
-                });
+                state.drain = Some(Drain::new(due.key.clone(), due.at, now));
                 events.push(Event::DrainStarted);
             }
         }
@@ -221,8 +353,8 @@ pub fn decide(
     }
 
     if let Some(drain) = state.drain.as_mut() {
-        // The signal that started the drain may move (a postponed event);
-        // follow it while it is there.
+        // The signal that started the drain may move; follow it while it is
+        // there.
         if let Some(same) = candidates.iter().find(|c| c.key == drain.reason) {
             drain.deadline = same.at;
         }
@@ -240,6 +372,8 @@ pub fn decide(
         if let Some(tasks) = observed.running_tasks {
             drain.running_tasks = Some(tasks);
         }
+        let lease_end = lease_end(&candidates, drain).filter(|_| policy.enforce_lease_end);
+        let lease_ended = lease_end.is_some_and(|at| now >= at);
         if state.phase == Phase::Draining {
             if drain.draining_confirmed_at.is_none() {
                 actions.push(Action::Drain);
@@ -248,16 +382,37 @@ pub fn decide(
                 drain.drained_at = Some(now);
                 state.drains_completed += 1;
                 events.push(Event::DrainCompleted);
+            }
+        }
+        if state.phase == Phase::Draining {
+            if lease_ended {
+                if drain.end_stop_at.is_none() {
+                    actions.push(Action::StopTasks(StopCause::LeaseEnded));
+                }
             } else if let Some(grace) = policy.stop_grace {
-                if now >= end.saturating_sub(duration(grace)) && drain.tasks_stopped_at.is_none() {
-                    actions.push(Action::StopTasks);
+                let confirmed = drain.draining_confirmed_at.is_some();
+                if confirmed
+                    && now >= end.saturating_sub(duration(grace))
+                    && drain.tasks_stopped_at.is_none()
+                {
+                    actions.push(Action::StopTasks(StopCause::Grace));
                 }
             }
         }
-        if state.phase == Phase::Drained
-            && policy.power_off_when_drained
-            && drain.poweroff_at.is_none()
-        {
+        // Drained for a lease, or drained after it ended: nothing is left to
+        // do, and every idle minute is paid for. Past the end plus the stop
+        // wait, power off whatever still runs.
+        let drained = state.phase == Phase::Drained;
+        let for_the_lease = drained && (drain.reason.kind.is_lease() || lease_ended);
+        let out_of_time =
+            lease_end.is_some_and(|at| now >= at.saturating_add(duration(LEASE_END_STOP_WAIT)));
+        let wanted = (drained && policy.power_off_when_drained)
+            || (lease_end.is_some() && for_the_lease)
+            || out_of_time;
+        let retry_due = drain.poweroff_attempted_at.is_none_or(|at| {
+            now >= at.saturating_add(duration(poweroff_retry_after(drain.poweroff_attempts)))
+        });
+        if wanted && drain.poweroff_at.is_none() && retry_due {
             actions.push(Action::PowerOff);
         }
     }
@@ -271,6 +426,16 @@ pub fn decide(
         state,
         actions,
         events,
+    }
+}
+
+/// Undoes the drain in `state`: back to watching, and back to ACTIVE when
+/// ECS had accepted DRAINING.
+fn end_drain(state: &mut AgentState, cause: CancelCause, events: &mut Vec<Event>) {
+    if let Some(drain) = state.drain.take() {
+        state.phase = Phase::Watching;
+        state.undrain_pending |= drain.draining_confirmed_at.is_some();
+        events.push(Event::DrainCanceled(cause));
     }
 }
 
@@ -293,6 +458,7 @@ mod tests {
             drain_on_rebalance: false,
             stop_grace: None,
             power_off_when_drained: false,
+            enforce_lease_end: false,
         }
     }
 
@@ -570,7 +736,10 @@ mod tests {
         assert_eq!(d[0].state.phase, Phase::Draining);
         assert_eq!(d[1].state.phase, Phase::Watching);
         assert_eq!(d[1].actions, vec![Action::Undrain]);
-        assert_eq!(d[1].events.first(), Some(&Event::DrainCanceled));
+        assert_eq!(
+            d[1].events.first(),
+            Some(&Event::DrainCanceled(CancelCause::EventEnded))
+        );
         assert_eq!(
             d[1].state.deadline.as_ref().map(|x| x.event.kind),
             Some(SourceKind::Lease)
@@ -672,8 +841,8 @@ mod tests {
             ],
             &p,
         );
-        assert!(!d[1].actions.contains(&Action::StopTasks));
-        assert_eq!(d[2].actions, vec![Action::StopTasks]);
+        assert!(!d[1].actions.contains(&Action::StopTasks(StopCause::Grace)));
+        assert_eq!(d[2].actions, vec![Action::StopTasks(StopCause::Grace)]);
     }
 
     #[test]
@@ -826,7 +995,7 @@ mod tests {
     }
 
     #[test]
-    fn a_postponed_event_moves_the_drains_deadline() {
+    fn a_postponed_event_still_due_moves_the_drains_deadline() {
         let grace = Policy {
             stop_grace: Some(Duration::from_secs(60)),
             ..policy()
@@ -838,19 +1007,390 @@ mod tests {
         let d = run(
             &[
                 (T0, at(T0 + minutes(5))),
-                (T0 + minutes(1), at(T0 + minutes(30))),
-                (T0 + minutes(4), at(T0 + minutes(30))),
+                (T0 + minutes(1), at(T0 + minutes(8))),
+                (T0 + minutes(4), at(T0 + minutes(8))),
             ],
             &grace,
         );
         assert_eq!(
+            d[1].state.phase,
+            Phase::Draining,
+            "8 min away is within the lead"
+        );
+        assert_eq!(
             d[1].state.drain.as_ref().map(|x| x.deadline),
-            Some(T0 + minutes(30))
+            Some(T0 + minutes(8))
         );
         assert!(
-            !d[2].actions.contains(&Action::StopTasks),
+            !d[2].actions.contains(&Action::StopTasks(StopCause::Grace)),
             "tasks are not stopped for the old time"
         );
+    }
+
+    #[test]
+    fn a_deadline_moved_past_the_lead_undoes_the_drain_then_drains_at_the_new_time() {
+        for (name, before, after) in [
+            (
+                "scheduled event postponed",
+                Observations {
+                    scheduled_events: vec![event("e1", T0 + minutes(5), "active")],
+                    ..Observations::default()
+                },
+                Observations {
+                    scheduled_events: vec![event("e1", T0 + minutes(30), "active")],
+                    ..Observations::default()
+                },
+            ),
+            (
+                "lease extended",
+                lease(T0 + minutes(5)),
+                lease(T0 + minutes(30)),
+            ),
+            (
+                "capacity block extended",
+                capacity_block(T0 + minutes(35)),
+                capacity_block(T0 + minutes(60)),
+            ),
+        ] {
+            let d = run(
+                &[
+                    (T0, before),
+                    (T0 + minutes(1), after.clone()),
+                    (T0 + minutes(2), after.clone()),
+                    (T0 + minutes(20), after),
+                ],
+                &policy(),
+            );
+            assert_eq!(d[0].state.phase, Phase::Draining, "{name}");
+            assert_eq!(d[1].state.phase, Phase::Watching, "{name}");
+            assert_eq!(d[1].actions, vec![Action::Undrain], "{name}");
+            assert_eq!(
+                d[1].events.first(),
+                Some(&Event::DrainCanceled(CancelCause::DeadlineMoved)),
+                "{name}"
+            );
+            assert_eq!(d[1].state.drain_at, Some(T0 + minutes(20)), "{name}");
+            assert!(d[2].actions.is_empty(), "{name}: ACTIVE is set once");
+            assert_eq!(d[3].state.phase, Phase::Draining, "{name}: drains again");
+            assert_eq!(d[3].state.drains_started, 2, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_deadline_moved_later_with_its_drain_time_passed_keeps_draining() {
+        let d = run(
+            &[
+                (T0, lease(T0 + minutes(5))),
+                (T0 + minutes(1), lease(T0 + minutes(8))),
+            ],
+            &policy(),
+        );
+        assert_eq!(d[1].state.phase, Phase::Draining);
+        assert!(d[1].actions.is_empty(), "{:?}", d[1].actions);
+        assert_eq!(
+            d[1].state.deadline.as_ref().map(|x| x.at),
+            Some(T0 + minutes(8))
+        );
+    }
+
+    #[test]
+    fn a_lease_moved_earlier_drains_at_the_new_time() {
+        let d = run(
+            &[
+                (T0, lease(T0 + minutes(60))),
+                (T0 + minutes(1), lease(T0 + minutes(20))),
+                (T0 + minutes(10), lease(T0 + minutes(20))),
+            ],
+            &policy(),
+        );
+        assert_eq!(d[1].state.phase, Phase::Watching);
+        assert_eq!(d[1].state.drain_at, Some(T0 + minutes(10)));
+        assert_eq!(d[1].events, vec![Event::DeadlineChanged]);
+        assert_eq!(d[2].state.phase, Phase::Draining);
+    }
+
+    #[test]
+    fn a_spot_notice_never_undoes_a_drain() {
+        let d = run(
+            &[
+                (
+                    T0,
+                    Observations {
+                        spot_action: spot(T0 + minutes(2)),
+                        ..Observations::default()
+                    },
+                ),
+                (
+                    T0 + minutes(1),
+                    Observations {
+                        spot_action: spot(T0 + minutes(60)),
+                        ..Observations::default()
+                    },
+                ),
+            ],
+            &policy(),
+        );
+        assert_eq!(d[1].state.phase, Phase::Draining);
+        assert!(!d[1].actions.contains(&Action::Undrain));
+    }
+
+    fn capacity_block(end_date: OffsetDateTime) -> Observations {
+        Observations {
+            capacity_block_end: Some((end_date, "cr-1".into())),
+            ..Observations::default()
+        }
+    }
+
+    fn enforcing() -> Policy {
+        Policy {
+            enforce_lease_end: true,
+            ..policy()
+        }
+    }
+
+    /// Runs `steps` like `run`, with an executor whose actions all succeed
+    /// at once (a power-off included) and tasks counted as given.
+    fn run_enforced(steps: &[(OffsetDateTime, Observations)], policy: &Policy) -> Vec<Decision> {
+        let mut state = AgentState::default();
+        steps
+            .iter()
+            .map(|(now, observed)| {
+                let decision = decide(*now, observed, &state, policy);
+                state = decision.state.clone();
+                for action in &decision.actions {
+                    let Some(drain) = state.drain.as_mut() else {
+                        continue;
+                    };
+                    match action {
+                        Action::Drain => drain.draining_confirmed_at = Some(*now),
+                        Action::StopTasks(StopCause::Grace) => drain.tasks_stopped_at = Some(*now),
+                        Action::StopTasks(StopCause::LeaseEnded) => {
+                            drain.end_stop_at = Some(*now);
+                        }
+                        Action::PowerOff => {
+                            drain.poweroff_attempts += 1;
+                            drain.poweroff_attempted_at = Some(*now);
+                            drain.poweroff_at = Some(*now);
+                        }
+                        Action::Undrain => {}
+                    }
+                }
+                decision
+            })
+            .collect()
+    }
+
+    fn with_tasks(observed: Observations, n: usize) -> Observations {
+        Observations {
+            running_tasks: Some(n),
+            ..observed
+        }
+    }
+
+    fn count(decisions: &[Decision], action: Action) -> usize {
+        decisions
+            .iter()
+            .map(|d| d.actions.iter().filter(|a| **a == action).count())
+            .sum()
+    }
+
+    #[test]
+    fn drained_before_the_lease_end_powers_off_at_once() {
+        let end = T0 + minutes(10);
+        let d = run_enforced(
+            &[
+                (T0, lease(end)),
+                (T0 + minutes(1), with_tasks(lease(end), 0)),
+                (T0 + minutes(2), with_tasks(lease(end), 0)),
+            ],
+            &enforcing(),
+        );
+        assert_eq!(d[1].state.phase, Phase::Drained);
+        assert_eq!(d[1].actions, vec![Action::PowerOff], "before the end");
+        assert_eq!(count(&d, Action::PowerOff), 1);
+    }
+
+    #[test]
+    fn at_the_lease_end_running_tasks_are_stopped_then_the_instance_powers_off() {
+        let end = T0 + minutes(10);
+        let stop = Action::StopTasks(StopCause::LeaseEnded);
+        let d = run_enforced(
+            &[
+                (T0, lease(end)),
+                (T0 + minutes(1), with_tasks(lease(end), 1)),
+                (end - time::Duration::SECOND, with_tasks(lease(end), 1)),
+                (end, with_tasks(lease(end), 1)),
+                (end + time::Duration::seconds(5), with_tasks(lease(end), 1)),
+                (end + time::Duration::seconds(10), with_tasks(lease(end), 0)),
+                (end + minutes(5), with_tasks(lease(end), 0)),
+            ],
+            &enforcing(),
+        );
+        assert!(!d[2].actions.contains(&stop), "not before the end");
+        assert_eq!(d[3].actions, vec![stop], "at the end");
+        assert!(d[4].actions.is_empty(), "stopped once: {:?}", d[4].actions);
+        assert_eq!(d[5].actions, vec![Action::PowerOff], "once they stopped");
+        assert_eq!(count(&d, stop), 1);
+        assert_eq!(count(&d, Action::PowerOff), 1);
+    }
+
+    #[test]
+    fn past_the_lease_end_and_the_stop_wait_the_instance_powers_off_whatever_runs() {
+        let end = T0 + minutes(10);
+        let wait = time::Duration::try_from(LEASE_END_STOP_WAIT).unwrap();
+        let d = run_enforced(
+            &[
+                (T0, lease(end)),
+                (end, with_tasks(lease(end), 3)),
+                (
+                    end + wait - time::Duration::SECOND,
+                    with_tasks(lease(end), 3),
+                ),
+                (end + wait, with_tasks(lease(end), 3)),
+            ],
+            &enforcing(),
+        );
+        assert!(!d[2].actions.contains(&Action::PowerOff));
+        assert_eq!(d[3].actions, vec![Action::PowerOff]);
+    }
+
+    #[test]
+    fn a_capacity_block_is_enforced_like_a_lease() {
+        let end_date = T0 + minutes(40); // EC2 ends it 30 min earlier
+        let d = run_enforced(
+            &[
+                (T0, capacity_block(end_date)),
+                (T0 + minutes(10), with_tasks(capacity_block(end_date), 1)),
+            ],
+            &enforcing(),
+        );
+        assert_eq!(d[1].actions, vec![Action::StopTasks(StopCause::LeaseEnded)]);
+    }
+
+    #[test]
+    fn on_lease_end_none_neither_stops_nor_powers_off() {
+        let end = T0 + minutes(10);
+        let d = run_enforced(
+            &[
+                (T0, lease(end)),
+                (end, with_tasks(lease(end), 1)),
+                (end + minutes(10), with_tasks(lease(end), 1)),
+                (end + minutes(11), with_tasks(lease(end), 0)),
+            ],
+            &policy(),
+        );
+        assert_eq!(d[3].state.phase, Phase::Drained);
+        assert!(d
+            .iter()
+            .all(|x| x.actions.is_empty() || x.actions == [Action::Drain]));
+    }
+
+    #[test]
+    fn a_spot_interruption_is_left_to_aws() {
+        let d = run_enforced(
+            &[
+                (
+                    T0,
+                    Observations {
+                        spot_action: spot(T0 + minutes(2)),
+                        ..lease(T0 + minutes(300))
+                    },
+                ),
+                (
+                    T0 + minutes(3),
+                    Observations {
+                        spot_action: spot(T0 + minutes(2)),
+                        running_tasks: Some(0),
+                        ..lease(T0 + minutes(300))
+                    },
+                ),
+            ],
+            &enforcing(),
+        );
+        assert_eq!(d[1].state.phase, Phase::Drained);
+        assert!(d[1].actions.is_empty(), "{:?}", d[1].actions);
+    }
+
+    #[test]
+    fn a_failed_power_off_is_retried_with_backoff_until_it_succeeds() {
+        let end = T0 + minutes(10);
+        let drained = with_tasks(lease(end), 0);
+        let mut state = run_enforced(&[(T0, lease(end))], &enforcing())[0]
+            .state
+            .clone();
+        if let Some(d) = state.drain.as_mut() {
+            d.draining_confirmed_at = Some(T0);
+        }
+        let mut attempts_at = Vec::new();
+        for second in 0..60 {
+            let now = T0 + minutes(1) + time::Duration::seconds(second);
+            let d = decide(now, &drained, &state, &enforcing());
+            state = d.state;
+            if d.actions.contains(&Action::PowerOff) {
+                attempts_at.push(second);
+                // The executor records the attempt; the command fails.
+                let drain = state.drain.as_mut().unwrap();
+                drain.poweroff_attempts += 1;
+                drain.poweroff_attempted_at = Some(now);
+            }
+        }
+        assert_eq!(attempts_at, vec![0, 5, 15, 35], "5 s, then doubling");
+        let drain = state.drain.clone().unwrap();
+        assert_eq!(drain.poweroff_at, None, "not done until it succeeds");
+        // A success ends the retries.
+        state.drain.as_mut().unwrap().poweroff_at = Some(T0 + minutes(2));
+        let d = decide(T0 + minutes(30), &drained, &state, &enforcing());
+        assert!(d.actions.is_empty());
+        assert_eq!(poweroff_retry_after(40), POWEROFF_RETRY_MAX);
+    }
+
+    #[test]
+    fn a_drain_is_never_undone_once_a_power_off_started() {
+        let end = T0 + minutes(10);
+        let d = run_enforced(
+            &[
+                (T0, lease(end)),
+                (T0 + minutes(1), with_tasks(lease(end), 0)),
+                (T0 + minutes(2), lease(T0 + minutes(300))),
+            ],
+            &enforcing(),
+        );
+        assert_eq!(d[1].actions, vec![Action::PowerOff]);
+        assert_eq!(d[2].state.phase, Phase::Drained);
+        assert!(d[2].actions.is_empty());
+    }
+
+    #[test]
+    fn a_drain_from_before_the_instance_started_again_is_finished() {
+        let spotted = Observations {
+            spot_action: Some(SpotAction {
+                action: "stop".into(),
+                time: T0 + minutes(2),
+            }),
+            launched_at: Some(T0 - minutes(60)),
+            ..lease(T0 + minutes(300))
+        };
+        let d = run(&[(T0, spotted)], &policy());
+        assert_eq!(d[0].state.phase, Phase::Draining);
+        let mut draining = d[0].state.clone();
+        draining.drain.as_mut().unwrap().draining_confirmed_at = Some(T0);
+        // Stopped at T0 + 2 min, started again at T0 + 30 min; the notice is gone.
+        let resumed = Observations {
+            launched_at: Some(T0 + minutes(30)),
+            ..lease(T0 + minutes(300))
+        };
+        let again = decide(T0 + minutes(31), &resumed, &draining, &policy());
+        assert_eq!(again.state.phase, Phase::Watching);
+        assert_eq!(again.actions, vec![Action::Undrain], "ECS had it DRAINING");
+        assert_eq!(
+            again.events.first(),
+            Some(&Event::DrainCanceled(CancelCause::NewLife))
+        );
+        assert_eq!(again.state.drain, None);
+        // The same life goes on: nothing more.
+        let later = decide(T0 + minutes(32), &resumed, &again.state, &policy());
+        assert_eq!(later.state.phase, Phase::Watching);
+        assert!(later.events.is_empty(), "{:?}", later.events);
     }
 
     #[test]

@@ -94,6 +94,10 @@ impl Snapshot {
             "updated_at": rfc3339(self.updated_at),
             "last_heard": self.heartbeat.last_heard.map(rfc3339),
             "heartbeat_stale": self.heartbeat.stale_for(now).is_some(),
+            "end_stop_at": drain.and_then(|d| d.end_stop_at).map(rfc3339),
+            "poweroff_attempts": drain.map_or(0, |d| d.poweroff_attempts),
+            "poweroff_at": drain.and_then(|d| d.poweroff_at).map(rfc3339),
+            "warnings": a.warnings,
         })
     }
 
@@ -178,6 +182,21 @@ impl Snapshot {
             if let Some(at) = drain.drained_at {
                 lines.push(format!("drained:   {}", rfc3339(at)));
             }
+        }
+        if let Some(drain) = &a.drain {
+            if let Some(at) = drain.end_stop_at {
+                lines.push(format!("stopped:   {} (the end came)", rfc3339(at)));
+            }
+            match (drain.poweroff_at, drain.poweroff_attempts) {
+                (Some(at), _) => lines.push(format!("power-off: requested {}", rfc3339(at))),
+                (None, 0) => {}
+                (None, n) => lines.push(format!(
+                    "power-off: {n} attempt(s) failed; retrying (see the journal)"
+                )),
+            }
+        }
+        for warning in &a.warnings {
+            lines.push(format!("WARNING:   {warning}"));
         }
         lines.push(format!("status:    {}", self.status_line(now)));
         lines.push(format!(
@@ -274,6 +293,42 @@ mod tests {
         assert_eq!(json["deadline"], "2026-11-29T15:00:00Z");
         assert_eq!(json["deadline_source"], "lease");
         assert_eq!(json["phase"], "watching");
+    }
+
+    #[test]
+    fn status_shows_the_shutdown_warning_and_the_power_off_retries() {
+        let mut shown = snapshot(Phase::Drained);
+        shown.agent.warnings = vec!["instance-initiated shutdown behaviour is `stop`".into()];
+        shown.agent.drain = Some(crate::core::state::Drain {
+            reason: EventKey {
+                kind: SourceKind::Lease,
+                id: "tag".into(),
+            },
+            deadline: datetime!(2026-11-29 15:00 UTC),
+            started_at: datetime!(2026-11-29 14:50 UTC),
+            draining_confirmed_at: None,
+            running_tasks: Some(0),
+            tasks_stopped_at: None,
+            drained_at: None,
+            end_stop_at: None,
+            poweroff_attempts: 2,
+            poweroff_attempted_at: Some(datetime!(2026-11-29 14:52 UTC)),
+            poweroff_at: None,
+        });
+        let now = datetime!(2026-11-29 14:53 UTC);
+        let text = shown.summary(now);
+        assert!(
+            text.contains("WARNING:   instance-initiated shutdown behaviour is `stop`"),
+            "{text}"
+        );
+        assert!(text.contains("power-off: 2 attempt(s) failed"), "{text}");
+        let json = shown.status_json(now);
+        assert_eq!(
+            json["warnings"][0],
+            "instance-initiated shutdown behaviour is `stop`"
+        );
+        assert_eq!(json["poweroff_attempts"], 2);
+        assert_eq!(json["poweroff_at"], serde_json::Value::Null);
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! `ec2:DescribeTags`, the fallback when tags are not exposed in IMDS.
+//! EC2 lookups: `ec2:DescribeTags` (the fallback when tags are not exposed in
+//! IMDS), EC2's own end dates (legacy spot block, Capacity Block), and the
+//! instance's shutdown behaviour.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -84,6 +86,19 @@ pub trait InstanceCapacity {
         instance_id: &str,
         launched: time::OffsetDateTime,
     ) -> impl Future<Output = Result<Ec2Deadlines, SourceError>> + Send;
+
+    /// The `EndDate` of Capacity Block `reservation_id` as EC2 says now (an
+    /// extension moves it); `None` when it is not a Capacity Block.
+    fn capacity_block_end(
+        &self,
+        reservation_id: &str,
+    ) -> impl Future<Output = Result<Option<time::OffsetDateTime>, SourceError>> + Send;
+
+    /// `InstanceInitiatedShutdownBehavior`: `stop` or `terminate`.
+    fn shutdown_behavior(
+        &self,
+        instance_id: &str,
+    ) -> impl Future<Output = Result<Option<String>, SourceError>> + Send;
 }
 
 /// An SDK timestamp as an `OffsetDateTime` (whole seconds).
@@ -132,22 +147,45 @@ impl InstanceCapacity for Aws {
             }
         }
         if let Some(reservation_id) = instance.capacity_reservation_id() {
-            let reservations = client
-                .describe_capacity_reservations()
-                .capacity_reservation_ids(reservation_id)
-                .send()
-                .await
-                .map_err(|e| failed(&client, "ec2:DescribeCapacityReservations", &e))?;
-            let end = reservations
-                .capacity_reservations()
-                .iter()
-                .filter(|r| {
-                    r.reservation_type()
-                        == Some(&aws_sdk_ec2::types::CapacityReservationType::CapacityBlock)
-                })
-                .find_map(|r| r.end_date().and_then(to_time));
+            let end = self.capacity_block_end(reservation_id).await?;
             found.capacity_block_end = end.map(|end| (end, reservation_id.to_owned()));
         }
         Ok(found)
+    }
+
+    async fn capacity_block_end(
+        &self,
+        reservation_id: &str,
+    ) -> Result<Option<time::OffsetDateTime>, SourceError> {
+        let client = aws_sdk_ec2::Client::new(self.config().await?);
+        let reservations = client
+            .describe_capacity_reservations()
+            .capacity_reservation_ids(reservation_id)
+            .send()
+            .await
+            .map_err(|e| failed(&client, "ec2:DescribeCapacityReservations", &e))?;
+        Ok(reservations
+            .capacity_reservations()
+            .iter()
+            .filter(|r| {
+                r.reservation_type()
+                    == Some(&aws_sdk_ec2::types::CapacityReservationType::CapacityBlock)
+            })
+            .find_map(|r| r.end_date().and_then(to_time)))
+    }
+
+    async fn shutdown_behavior(&self, instance_id: &str) -> Result<Option<String>, SourceError> {
+        let client = aws_sdk_ec2::Client::new(self.config().await?);
+        let described = client
+            .describe_instance_attribute()
+            .instance_id(instance_id)
+            .attribute(aws_sdk_ec2::types::InstanceAttributeName::InstanceInitiatedShutdownBehavior)
+            .send()
+            .await
+            .map_err(|e| failed(&client, "ec2:DescribeInstanceAttribute", &e))?;
+        Ok(described
+            .instance_initiated_shutdown_behavior()
+            .and_then(|v| v.value())
+            .map(str::to_owned))
     }
 }

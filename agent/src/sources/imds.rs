@@ -309,6 +309,12 @@ impl InstanceMetadata for Imds {
 }
 
 impl Imds {
+    /// The identity document as IMDS serves it now, not the cached one: its
+    /// `pendingTime` changes when the instance is stopped and started again.
+    pub async fn fresh_identity(&self) -> Result<IdentityDocument, SourceError> {
+        self.fetch_identity().await
+    }
+
     async fn fetch_identity(&self) -> Result<IdentityDocument, SourceError> {
         let text =
             self.get_optional(IDENTITY_DOCUMENT)

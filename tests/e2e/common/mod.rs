@@ -152,6 +152,7 @@ impl Instance {
         let mut command = Command::new(BIN);
         command
             .env_clear()
+            .env("PATH", blockwatch_testkit::host_guard::path())
             .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", self.imds.endpoint())
             .env("AWS_ENDPOINT_URL", &self.aws_endpoint)
             .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")

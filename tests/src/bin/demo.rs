@@ -70,7 +70,7 @@ impl Scene {
         let mut command = Command::new(&self.blockwatch);
         command
             .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("PATH", blockwatch_testkit::host_guard::path())
             .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &self.imds)
             .env("AWS_ENDPOINT_URL", &self.aws)
             .env("AWS_CONFIG_FILE", self.scratch.join("no-aws-config"))

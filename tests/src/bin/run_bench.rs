@@ -79,6 +79,7 @@ fn clock_ticks_per_second() -> u64 {
 fn spawn(binary: &Path, scratch: &Path, imds: &str, aws: &str) -> Result<Running, String> {
     let child = Command::new(binary)
         .env_clear()
+        .env("PATH", blockwatch_testkit::host_guard::path())
         .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds)
         .env("AWS_ENDPOINT_URL", aws)
         .env("AWS_CONFIG_FILE", "/nonexistent")
