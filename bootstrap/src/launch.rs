@@ -10,8 +10,8 @@ use aws_sdk_ec2::types::{
     CapacityReservationSpecification, CapacityReservationTarget, HttpTokensState,
     IamInstanceProfileSpecification, InstanceInterruptionBehavior, InstanceMarketOptionsRequest,
     InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceMetadataTagsState,
-    InstanceStateName, MarketType, ResourceType, SpotInstanceType, SpotMarketOptions, Tag,
-    TagSpecification,
+    InstanceStateName, MarketType, ResourceType, ShutdownBehavior, SpotInstanceType,
+    SpotMarketOptions, Tag, TagSpecification,
 };
 use aws_sdk_ec2::Client as Ec2;
 use blockwatch::core::compute_environment::{cluster_of, Refusal};
@@ -25,6 +25,11 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::plan::{Market, Plan};
+
+/// Every instance the launcher starts ends when it powers itself off: the
+/// default, `stop`, would keep billing its volumes, and a stopped Capacity
+/// Block instance cannot start again once the block has ended.
+pub const SHUTDOWN_BEHAVIOR: ShutdownBehavior = ShutdownBehavior::Terminate;
 
 /// Why a launch failed, each as one line.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +147,9 @@ pub struct Report {
     /// `HttpPutResponseHopLimit`: 1 keeps IMDS (and the instance role's
     /// credentials) out of reach of containers on a bridge network.
     pub imds_hop_limit: i32,
+    /// `InstanceInitiatedShutdownBehavior`: a power-off from inside the
+    /// instance ends it (and its billing) instead of leaving it stopped.
+    pub shutdown_behavior: String,
     pub dry_run: bool,
     pub instances: Vec<Launched>,
     pub warnings: Vec<String>,
@@ -234,6 +242,7 @@ pub async fn launch(
         tags: tags.clone(),
         user_data: plan.user_data(cluster.as_str()).is_some(),
         imds_hop_limit: plan.imds_hop_limit,
+        shutdown_behavior: SHUTDOWN_BEHAVIOR.as_str().to_owned(),
         dry_run,
         instances: Vec::new(),
         warnings,
@@ -388,6 +397,7 @@ fn run_instances(
         .max_count(i32::try_from(count).unwrap_or(i32::MAX))
         .tag_specifications(spec.build())
         .metadata_options(metadata)
+        .instance_initiated_shutdown_behavior(SHUTDOWN_BEHAVIOR)
         .dry_run(dry_run)
         .set_subnet_id(subnet.map(str::to_owned))
         .set_key_name(plan.key_name.clone());

@@ -2,6 +2,8 @@
 //! unmanaged compute environment by themselves (through blockwatch's tags),
 //! with the block's end carried as a lease the agent enforces.
 
+pub mod blocks;
+pub mod inventory;
 pub mod launch;
 pub mod output;
 pub mod plan;

@@ -1,5 +1,6 @@
-//! The launch report as text (default) or JSON (`--output json`).
+//! The launch report, `list` and `extend` as text (default) or JSON (`--output json`).
 
+use crate::inventory::{ExtendReport, ListReport};
 use crate::launch::Report;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -65,6 +66,10 @@ pub fn text(report: &Report) -> String {
             "none"
         }
     ));
+    lines.push(format!(
+        "on shutdown: {} (InstanceInitiatedShutdownBehavior): a power-off from the instance ends it and its billing",
+        report.shutdown_behavior
+    ));
     for warning in &report.warnings {
         lines.push(format!("warning: {warning}"));
     }
@@ -86,6 +91,133 @@ pub fn text(report: &Report) -> String {
                 rfc3339_or_dash(i.lease_end)
             ));
         }
+    }
+    lines.join("\n")
+}
+
+/// `list` as a table (text) or a JSON document.
+pub fn render_list(report: &ListReport, format: Output) -> String {
+    match format {
+        Output::Json => serde_json::to_string_pretty(report).unwrap_or_default(),
+        Output::Text => list_text(report),
+    }
+}
+
+fn list_text(report: &ListReport) -> String {
+    let mut rows = vec![[
+        "INSTANCE".to_owned(),
+        "TYPE".to_owned(),
+        "MARKET".to_owned(),
+        "STATE".to_owned(),
+        "LEASE END".to_owned(),
+        "LEFT".to_owned(),
+        "ECS".to_owned(),
+        "JOBS".to_owned(),
+    ]];
+    for i in &report.instances {
+        rows.push([
+            i.instance_id.clone(),
+            i.instance_type.clone(),
+            i.market.to_string(),
+            i.state.clone(),
+            rfc3339_or_dash(i.lease_end),
+            i.seconds_left
+                .map_or_else(|| "-".to_owned(), crate::blocks::time_left),
+            i.ecs_status
+                .clone()
+                .unwrap_or_else(|| "not registered".to_owned()),
+            i.running_jobs
+                .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+        ]);
+    }
+    let mut widths = [0usize; 8];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut lines = vec![format!(
+        "compute environment {} -> ECS cluster {} at {}",
+        report.compute_environment,
+        report.cluster,
+        blockwatch::core::config::rfc3339(report.listed_at)
+    )];
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        lines.push(cells.join("  ").trim_end().to_owned());
+    }
+    lines.push(match report.instances.len() {
+        1 => "1 instance".to_owned(),
+        n => format!("{n} instances"),
+    });
+    lines.join("\n")
+}
+
+/// `extend`'s changes as text or JSON.
+pub fn render_extend(report: &ExtendReport, format: Output) -> String {
+    match format {
+        Output::Json => serde_json::to_string_pretty(report).unwrap_or_default(),
+        Output::Text => extend_text(report),
+    }
+}
+
+fn signed(delta: time::Duration) -> String {
+    let sign = if delta.is_negative() { "-" } else { "+" };
+    let magnitude = std::time::Duration::from_secs(delta.whole_seconds().unsigned_abs());
+    format!("{sign}{}", humantime::format_duration(magnitude))
+}
+
+fn extend_text(report: &ExtendReport) -> String {
+    let mut lines = Vec::new();
+    if report.extended.is_empty() {
+        lines.push(format!(
+            "compute environment {}: no instance to extend",
+            report.compute_environment
+        ));
+    }
+    for e in &report.extended {
+        let old = match (e.old_end, e.old_source) {
+            (Some(end), Some(source)) => {
+                format!("{} ({})", rfc3339_or_dash(Some(end)), source.tag())
+            }
+            _ => "no lease".to_owned(),
+        };
+        let delta = e
+            .old_end
+            .map(|old| format!("  ({})", signed(e.new_end - old)))
+            .unwrap_or_default();
+        lines.push(format!(
+            "{}  {old} -> {}{delta}",
+            e.instance_id,
+            rfc3339_or_dash(Some(e.new_end))
+        ));
+        if e.removes_lease_duration {
+            lines.push(format!(
+                "  {} replaces blockwatch:lease-duration",
+                blockwatch::core::config::TAG_LEASE_END
+            ));
+        }
+        if let Some(warning) = &e.warning {
+            lines.push(format!("  warning: {warning}"));
+        }
+    }
+    for s in &report.skipped {
+        lines.push(format!("skipped {} {}", s.instance_id, s.reason));
+    }
+    if report.dry_run {
+        lines.push(format!(
+            "dry run: {} lease end(s) would change; nothing was written",
+            report.extended.len()
+        ));
+    } else if !report.extended.is_empty() {
+        lines.push(format!(
+            "moved {} lease end(s); running agents pick up the new end within a minute",
+            report.extended.len()
+        ));
     }
     lines.join("\n")
 }

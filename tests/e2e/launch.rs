@@ -693,6 +693,22 @@ fn launch_help_explains_itself() {
     }
 }
 
+/// EC2 with one Capacity Block, `cr-0123abcd`, ending at `end_date`: moto
+/// has no Capacity Blocks, so DescribeCapacityReservations is answered here
+/// and every other EC2 call passes through to moto.
+fn capacity_block_ec2(moto: &MotoServer, end_date: time::OffsetDateTime) -> StubServer {
+    let end_text = blockwatch_testkit::imds::rfc3339(end_date);
+    let upstream = moto.addr();
+    StubServer::start(move |_, request| {
+        if request.body.contains("Action=DescribeCapacityReservations") {
+            (200, format!("<DescribeCapacityReservationsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><capacityReservationSet><item><capacityReservationId>cr-0123abcd</capacityReservationId><instanceType>p5.48xlarge</instanceType><reservationType>capacity-block</reservationType><endDate>{end_text}</endDate></item></capacityReservationSet></DescribeCapacityReservationsResponse>"))
+        } else {
+            blockwatch_testkit::stub::forward(upstream, request)
+        }
+    })
+    .unwrap()
+}
+
 #[tokio::test]
 async fn capacity_block_market_carries_the_reservation_and_its_end_minus_thirty_minutes() {
     let (moto, _) = moto_with_ce().await;
@@ -700,18 +716,7 @@ async fn capacity_block_market_carries_the_reservation_and_its_end_minus_thirty_
         .replace_nanosecond(0)
         .unwrap()
         + time::Duration::hours(3);
-    let end_text = blockwatch_testkit::imds::rfc3339(end_date);
-    // moto has no Capacity Blocks: answer DescribeCapacityReservations here
-    // and pass every other EC2 call through to moto.
-    let upstream = moto.addr();
-    let ec2 = StubServer::start(move |_, request| {
-        if request.body.contains("Action=DescribeCapacityReservations") {
-            (200, format!("<DescribeCapacityReservationsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><capacityReservationSet><item><capacityReservationId>cr-0123abcd</capacityReservationId><instanceType>p5.48xlarge</instanceType><reservationType>capacity-block</reservationType><endDate>{end_text}</endDate></item></capacityReservationSet></DescribeCapacityReservationsResponse>"))
-        } else {
-            blockwatch_testkit::stub::forward(upstream, request)
-        }
-    })
-    .unwrap();
+    let ec2 = capacity_block_ec2(&moto, end_date);
     let run = launcher_with_ec2(
         &moto,
         &ec2,
@@ -1342,5 +1347,111 @@ async fn instances_ec2_never_knows_are_refused_after_a_bounded_while() {
     assert!(
         !String::from_utf8_lossy(&help.stdout).contains("--not-found-grace"),
         "a test knob, not an operator's flag"
+    );
+}
+
+/// `InstanceInitiatedShutdownBehavior` as moto recorded it for `id`.
+async fn shutdown_behavior(moto: &MotoServer, id: &str) -> Option<String> {
+    let attribute = aws_sdk_ec2::Client::new(moto.sdk())
+        .describe_instance_attribute()
+        .instance_id(id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::InstanceInitiatedShutdownBehavior)
+        .send()
+        .await
+        .unwrap();
+    attribute
+        .instance_initiated_shutdown_behavior()
+        .and_then(|b| b.value())
+        .map(str::to_owned)
+}
+
+fn launched_ids(run: &Run) -> Vec<String> {
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["shutdown_behavior"], "terminate", "{report}");
+    report["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["instance_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn every_market_launches_instances_that_terminate_when_they_power_off() {
+    let (moto, _) = moto_with_ce().await;
+    let base = [
+        "--compute-environment",
+        "research",
+        "--count",
+        "1",
+        "--duration",
+        "2h",
+        "--output",
+        "json",
+    ];
+    let mut launched = Vec::new();
+    for market in [
+        &["--market", "spot"][..],
+        &["--market", "on-demand"],
+        &["--market", "spot", "--legacy-spot-block"],
+    ] {
+        let mut args = base.to_vec();
+        args.extend_from_slice(market);
+        let ids = launched_ids(&launcher(&moto.endpoint(), &args));
+        launched.extend(ids.into_iter().map(|id| (market.join(" "), id)));
+    }
+    let block_end = time::OffsetDateTime::now_utc() + time::Duration::hours(3);
+    let ec2 = capacity_block_ec2(&moto, block_end);
+    let mut args = base.to_vec();
+    args.extend([
+        "--market",
+        "capacity-block",
+        "--capacity-reservation-id",
+        "cr-0123abcd",
+    ]);
+    let ids = launched_ids(&launcher_with_ec2(&moto, &ec2, &args));
+    launched.extend(ids.into_iter().map(|id| ("capacity-block".to_owned(), id)));
+
+    assert_eq!(launched.len(), 4, "{launched:?}");
+    for (market, id) in &launched {
+        assert_eq!(
+            shutdown_behavior(&moto, id).await.as_deref(),
+            Some("terminate"),
+            "{market}: a power-off must end the instance, not stop it"
+        );
+    }
+    let run_instances = moto
+        .requests()
+        .into_iter()
+        .filter(|r| r.body.contains("Action=RunInstances"))
+        .count();
+    assert_eq!(run_instances, 4);
+
+    // The plan says so before anything is launched.
+    let mut dry = base.to_vec();
+    dry.push("--dry-run");
+    let plan: serde_json::Value =
+        serde_json::from_str(&launcher(&moto.endpoint(), &dry).stdout).unwrap();
+    assert_eq!(plan["shutdown_behavior"], "terminate");
+    let mut dry_text = base[..6].to_vec();
+    dry_text.push("--dry-run");
+    let text = launcher(&moto.endpoint(), &dry_text);
+    assert!(
+        text.stdout.contains("on shutdown: terminate"),
+        "{}",
+        text.stdout
+    );
+    let dry_run_request = moto
+        .requests()
+        .into_iter()
+        .rfind(|r| r.body.contains("Action=RunInstances") && r.body.contains("DryRun=true"))
+        .unwrap();
+    assert!(
+        dry_run_request
+            .body
+            .contains("InstanceInitiatedShutdownBehavior=terminate"),
+        "the DryRun checks the request that would be sent: {}",
+        dry_run_request.body
     );
 }
