@@ -81,8 +81,12 @@ instance in time, so Batch places no new jobs on an instance that is going away.
 
 Deadline sources (the earliest wins):
   lease            config lease_end / lease_duration, or tags blockwatch:lease-end
-                   (RFC 3339) / blockwatch:lease-duration (counted from launch)
-  legacy spot block, Capacity Block   asked of EC2 once at start (EndDate - 30 min)
+                   (RFC 3339) / blockwatch:lease-duration (counted from the first
+                   launch); tags are read again from IMDS every
+                   lease_refresh_interval (default 1m), so a changed tag moves the end
+  legacy spot block, Capacity Block   asked of EC2 at start (EndDate - 30 min); a
+                   Capacity Block's EndDate is asked again every 30m, every 5m in
+                   its last 2 hours (capacity_block_refresh_interval)
   spot interruption, scheduled events (active ones), Auto Scaling Terminated,
   rebalance recommendation (only with drain_on_rebalance = true)
                    polled from IMDS every poll_interval (default 1s)
@@ -92,10 +96,24 @@ running jobs keep running, no new ones arrive. Running tasks are counted every
 drain_poll_interval (default 15s) until none is left; then the instance is
 drained and, with on_drained = \"poweroff\", poweroff_command runs. With
 stop_grace set, tasks still running at deadline - stop_grace are stopped with a
-reason starting \"blockwatch:\". A canceled or completed scheduled event that alone
-caused a drain sets the instance back to ACTIVE.
+reason starting \"blockwatch:\".
 
-While nothing is due only IMDS is polled: no AWS API call. State is kept in
+A block ends when it says it does. With on_lease_end = \"poweroff\" (the default),
+for a lease or a Capacity Block: drained before the end, the instance powers off
+at once; at the end, tasks still running are stopped with the reason
+\"blockwatch: lease ended ...\" and the instance powers off once they have stopped,
+or 2 minutes after the end whatever runs. A failing poweroff_command is retried
+with backoff. AWS ends spot-interrupted, scheduled-event and Auto Scaling
+instances itself. on_lease_end = \"none\" only drains.
+
+A drain is undone (the instance set back to ACTIVE) when the deadline that caused
+it moves later and the new drain time is still ahead (an extended lease or
+Capacity Block, a postponed or canceled scheduled event), and when the instance
+was stopped or hibernated and started again since the drain began. A spot
+interruption notice never undoes a drain.
+
+While nothing is due only IMDS is polled: no AWS API call (a Capacity Block's
+EndDate excepted, as above). State is kept in
 <state-dir>/state.json, so a restart resumes a drain without repeating it.
 Under systemd (Type=notify) it reports READY, a STATUS line and the watchdog.";
 

@@ -494,6 +494,7 @@ async fn agent_derives_the_lease_end_the_launcher_printed() {
     let agent = agent_binary();
     let mut child = Command::new(&agent)
         .env_clear()
+        .env("PATH", blockwatch_testkit::host_guard::path())
         .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.endpoint())
         .env("AWS_ENDPOINT_URL", moto.endpoint())
         .env("AWS_CONFIG_FILE", "/nonexistent")
