@@ -209,21 +209,13 @@ fn capacity_block_ec2(
     .unwrap()
 }
 
-fn header<'a>(request: &'a blockwatch_testkit::stub::Received, name: &str) -> Option<&'a str> {
-    request
-        .headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
 /// ECS as a real account answers: ListContainerInstances in pages of
 /// `maxResults` (moto gives all at once), and DescribeContainerInstances
 /// refuses more than the page the launcher was given.
 fn paginating_ecs(moto: &MotoServer, page: usize) -> StubServer {
     let upstream = moto.addr();
     StubServer::start(move |_, request| {
-        let target = header(request, "x-amz-target").unwrap_or_default().to_owned();
+        let target = request.header("x-amz-target").unwrap_or_default().to_owned();
         let asked: serde_json::Value = serde_json::from_str(&request.body).unwrap_or_default();
         if target.ends_with(".DescribeContainerInstances")
             && asked["containerInstances"]
@@ -405,7 +397,8 @@ async fn list_shows_every_instance_of_the_compute_environment_across_pages() {
         .received()
         .into_iter()
         .filter(|r| {
-            header(r, "x-amz-target").is_some_and(|t| t.ends_with(".ListContainerInstances"))
+            r.header("x-amz-target")
+                .is_some_and(|t| t.ends_with(".ListContainerInstances"))
         })
         .count();
     assert!(

@@ -1022,14 +1022,6 @@ fn recording_proxy(moto: &MotoServer) -> StubServer {
         .unwrap()
 }
 
-fn header<'a>(request: &'a blockwatch_testkit::stub::Received, name: &str) -> Option<&'a str> {
-    request
-        .headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
 /// The launcher with nothing but an AWS profile: no keys in the environment,
 /// no instance metadata, `AWS_CONFIG_FILE` and `AWS_PROFILE` naming the profile.
 fn launcher_with_profile(endpoint: &str, home: &std::path::Path, profile: &str) -> Command {
@@ -1060,7 +1052,7 @@ fn assert_signed_by(proxy: &StubServer, access_key: &str) {
     let received = proxy.received();
     assert!(!received.is_empty(), "nothing reached AWS");
     for request in &received {
-        let authorization = header(request, "authorization").unwrap_or_default();
+        let authorization = request.header("authorization").unwrap_or_default();
         assert!(
             authorization.contains(&format!("Credential={access_key}/")),
             "{} signed with {authorization:?}",
@@ -1156,7 +1148,7 @@ async fn sso_profile_with_a_cached_token_is_honoured() {
         asked[0].path
     );
     assert_eq!(
-        header(&asked[0], "x-amz-sso_bearer_token"),
+        asked[0].header("x-amz-sso_bearer_token"),
         Some("cached-sso-token")
     );
     assert_signed_by(&proxy, "ASIAFROMSSO");
@@ -1169,7 +1161,7 @@ async fn sso_profile_with_a_cached_token_is_honoured() {
 fn paginating_ecs(moto: &MotoServer, first: Vec<String>) -> StubServer {
     let upstream = moto.addr();
     StubServer::start(move |_, request| {
-        let target = header(request, "x-amz-target").unwrap_or_default().to_owned();
+        let target = request.header("x-amz-target").unwrap_or_default().to_owned();
         let asked: serde_json::Value = serde_json::from_str(&request.body).unwrap_or_default();
         if target.ends_with(".DescribeContainerInstances")
             && asked["containerInstances"]
@@ -1257,7 +1249,8 @@ async fn wait_registered_finds_ours_past_the_first_page_of_a_busy_cluster() {
     assert!(stderr.contains("2/2 registered"), "{stderr}");
     // It asked ECS for our instances by id, not for the whole cluster.
     let filtered = ecs.received().into_iter().any(|r| {
-        header(&r, "x-amz-target").is_some_and(|t| t.ends_with(".ListContainerInstances"))
+        r.header("x-amz-target")
+            .is_some_and(|t| t.ends_with(".ListContainerInstances"))
             && ours.iter().all(|id| r.body.contains(&format!("'{id}'")))
             && r.body.contains("ec2InstanceId in [")
     });

@@ -16,6 +16,16 @@ pub struct Received {
     pub body: String,
 }
 
+impl Received {
+    /// The value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 type Responder = dyn Fn(usize, &Received) -> (u16, String) + Send + Sync;
 
 /// Stops when dropped.
