@@ -130,7 +130,21 @@ impl Snapshot {
                 };
                 format!("draining · {tasks} · {}", ends.unwrap_or_default())
             }
-            Phase::Drained => format!("drained · no jobs left · {}", ends.unwrap_or_default()),
+            Phase::Drained => {
+                let powering_off = match a
+                    .drain
+                    .as_ref()
+                    .map(|d| (d.poweroff_at, d.poweroff_attempts))
+                {
+                    Some((Some(_), _)) => " · powering off",
+                    Some((None, n)) if n > 0 => " · power-off failing, retrying",
+                    _ => "",
+                };
+                format!(
+                    "drained · no jobs left · {}{powering_off}",
+                    ends.unwrap_or_default()
+                )
+            }
         }
     }
 
@@ -322,6 +336,13 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("power-off: 2 attempt(s) failed"), "{text}");
+        assert!(
+            shown
+                .status_line(now)
+                .ends_with(" · power-off failing, retrying"),
+            "{}",
+            shown.status_line(now)
+        );
         let json = shown.status_json(now);
         assert_eq!(
             json["warnings"][0],
