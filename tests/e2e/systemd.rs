@@ -793,6 +793,41 @@ fn the_rpm_carries_the_same_payload_and_systemd_handling() {
         .exists());
 }
 
+/// The shipped sample config with every example line uncommented: each key
+/// is one the agent knows (unknown keys are an error), each example parses,
+/// and the lease-end keys are documented with their defaults.
+#[test]
+fn every_example_in_the_sample_config_is_a_valid_setting_and_shows_its_default() {
+    use blockwatch::core::config::{FileConfig, HumanDuration, OnLeaseEnd};
+    let path = repo().join("packaging/blockwatch.toml");
+    let sample = std::fs::read_to_string(&path).unwrap();
+    // "#key = value": an example; "# text": prose.
+    let examples: String = sample
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_lowercase()) && l.contains(" = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let parsed = FileConfig::parse(&examples, &path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(parsed.on_lease_end, Some(OnLeaseEnd::Poweroff));
+    assert_eq!(
+        parsed.poweroff_command.as_deref(),
+        Some(blockwatch::core::config::DEFAULT_POWEROFF_COMMAND)
+    );
+    assert_eq!(
+        parsed.lease_refresh_interval,
+        Some(HumanDuration(
+            blockwatch::core::config::DEFAULT_LEASE_REFRESH_INTERVAL
+        ))
+    );
+    assert_eq!(
+        parsed.capacity_block_refresh_interval,
+        Some(HumanDuration(
+            blockwatch::core::config::DEFAULT_CAPACITY_BLOCK_REFRESH_INTERVAL
+        ))
+    );
+}
+
 /// The count of `blockwatch_errors_total{source="…"}` in a metrics file.
 fn errors_total(metrics: &str, source: &str) -> u64 {
     let prefix = format!("blockwatch_errors_total{{source=\"{source}\"}} ");
