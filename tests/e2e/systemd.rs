@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use blockwatch_testkit::imds::SpotInstanceAction;
+use blockwatch_testkit::imds::{rfc3339, SpotInstanceAction};
 use common::Instance;
 
 fn repo() -> PathBuf {
@@ -60,7 +60,8 @@ fn text(output: &Output) -> String {
     )
 }
 
-/// A booted container; shut down (by the PID of our nspawn) and removed on drop.
+/// A booted container; shut down (by the PID of our nspawn) and removed on
+/// drop. One that powered itself off is only removed.
 struct Container {
     root: PathBuf,
     nspawn: Option<Child>,
@@ -70,6 +71,13 @@ struct Container {
 impl Container {
     /// Copies the cached base root and installs the package with `dpkg -i`.
     fn prepare(name: &str) -> Self {
+        let container = Self::bare(name);
+        container.install(&package("deb"));
+        container
+    }
+
+    /// A copy of the cached base root, without the package.
+    fn bare(name: &str) -> Self {
         let base = repo().join("target/nspawn/bookworm");
         assert!(
             base.join("usr/lib/systemd/systemd").exists(),
@@ -83,13 +91,11 @@ impl Container {
             .arg(&base)
             .arg(&root));
         assert!(copied.status.success(), "{}", text(&copied));
-        let container = Self {
+        Self {
             root,
             nspawn: None,
             leader: 0,
-        };
-        container.install(&package("deb"));
-        container
+        }
     }
 
     fn path(&self, inside: &str) -> PathBuf {
@@ -183,8 +189,59 @@ impl Container {
         });
     }
 
-    /// Runs a command inside the container, in all its namespaces.
+    /// Whether the booted container's systemd is still the child of our
+    /// nspawn. Our nspawn is never reaped while it runs, so its PID, and so
+    /// this test, cannot name another process.
+    fn booted(&self) -> bool {
+        let Some(nspawn) = self.nspawn.as_ref() else {
+            return false;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces, so from the last ')'.
+        std::fs::read_to_string(format!("/proc/{}/stat", self.leader))
+            .ok()
+            .and_then(|stat| {
+                let fields = stat.rsplit_once(')')?.1.to_owned();
+                fields.split_whitespace().nth(1)?.parse::<u32>().ok()
+            })
+            .is_some_and(|ppid| self.leader != 0 && ppid == nspawn.id())
+    }
+
+    /// Waits up to `within` for nspawn to end on its own (the container
+    /// shut itself down); its exit status, or `None` while it still runs.
+    fn wait_for_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        let nspawn = self.nspawn.as_mut()?;
+        loop {
+            if let Some(status) = nspawn.try_wait().unwrap() {
+                // Reaped: the PIDs may be reused, so nothing may target them.
+                self.nspawn = None;
+                self.leader = 0;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Runs a command in the root of a container that is not running
+    /// (`systemd-nspawn` without boot), e.g. to read its journal.
+    fn offline(&self, args: &[&str]) -> Output {
+        assert!(self.nspawn.is_none(), "the container still runs");
+        run(Command::new("systemd-nspawn")
+            .args(["-q", "--register=no", "--keep-unit", "-D"])
+            .arg(&self.root)
+            .args(args))
+    }
+
+    /// Runs a command inside the container, in all its namespaces. Never
+    /// anywhere else: a container that is gone is a test failure.
     fn exec(&self, args: &[&str]) -> Output {
+        assert!(
+            self.booted(),
+            "the container is not running; not running {args:?}"
+        );
         run(Command::new("nsenter")
             .args(["-t", &self.leader.to_string(), "-a", "--"])
             .args(args))
@@ -199,6 +256,7 @@ impl Container {
         let deadline = Instant::now() + within;
         while !done(self) {
             if Instant::now() > deadline {
+                assert!(self.booted(), "the container stopped waiting for {what}");
                 let journal = self.exec(&["journalctl", "-b", "--no-pager", "-n", "80"]);
                 panic!("timed out waiting for {what}\n{}", text(&journal));
             }
@@ -210,16 +268,21 @@ impl Container {
 impl Drop for Container {
     fn drop(&mut self) {
         if let Some(mut child) = self.nspawn.take() {
-            // SIGTERM makes nspawn shut the container down cleanly.
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
-                std::thread::sleep(Duration::from_millis(200));
+            // A container that shut itself down is only reaped: once reaped,
+            // its PID may belong to someone else, so it is never signalled.
+            if child.try_wait().ok().flatten().is_none() {
+                // SIGTERM makes nspawn shut the container down cleanly.
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                // std sends nothing to a child it has already reaped.
+                let _ = child.kill();
+                let _ = child.wait();
             }
-            let _ = child.kill();
-            let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.root);
         let _ = std::fs::remove_file(self.root.with_extension("console.log"));
@@ -494,6 +557,174 @@ async fn an_unknown_compute_environment_never_starts_ecs() {
     );
 }
 
+/// `lastStatus` and `stoppedReason` of `task` once it was stopped, or `None`
+/// while it runs. ListTasks first: each DescribeTasks of a running task moves
+/// it one step towards STOPPED in moto.
+async fn stopped_at_moto(
+    instance: &Instance,
+    cluster: &str,
+    task: &str,
+) -> Option<(String, Option<String>)> {
+    let ecs = aws_sdk_ecs::Client::new(instance.moto().sdk());
+    let stopped = ecs
+        .list_tasks()
+        .cluster(cluster)
+        .desired_status(aws_sdk_ecs::types::DesiredStatus::Stopped)
+        .send()
+        .await
+        .unwrap();
+    if !stopped.task_arns().iter().any(|t| t == task) {
+        return None;
+    }
+    let described = ecs
+        .describe_tasks()
+        .cluster(cluster)
+        .tasks(task)
+        .send()
+        .await
+        .unwrap();
+    let found = described.tasks().first().unwrap();
+    Some((
+        found.last_status().unwrap_or_default().to_owned(),
+        found.stopped_reason().map(str::to_owned),
+    ))
+}
+
+/// The one test that runs the shipped `poweroff_command` (`systemctl
+/// poweroff`) from inside the hardened unit: safe only in a booted
+/// container. A lease ends ~30 s after boot with a task still running.
+#[tokio::test]
+async fn at_the_lease_end_the_last_task_stops_and_the_container_really_powers_off() {
+    assert_root();
+    let instance = Instance::with_moto().await;
+    let cluster_arn = instance
+        .moto()
+        .create_unmanaged_ce("research", true)
+        .await
+        .unwrap();
+    let id = instance
+        .launch(&[("blockwatch:compute-environment", "research")], true)
+        .await;
+    let container_instance = instance
+        .moto()
+        .register_container_instance(&cluster_arn, &id)
+        .await
+        .unwrap();
+    let task = instance
+        .moto()
+        .start_task(&cluster_arn, &container_instance)
+        .await
+        .unwrap();
+
+    // Booted beside it on the same host: the power-off must not reach it.
+    let mut neighbour = Container::bare("neighbour");
+    neighbour.boot();
+
+    let mut container = Container::prepare("lease-end");
+    // A persistent journal, read after the container is gone.
+    std::fs::create_dir_all(container.path("/var/log/journal")).unwrap();
+    // Neither poweroff_command nor on_lease_end: the shipped defaults.
+    container.simulate_instance(&instance, CONFIG);
+    let lease_end = common::now() + time::Duration::seconds(30);
+    instance.imds.update(|s| {
+        s.tags
+            .get_or_insert_with(Default::default)
+            .insert("blockwatch:lease-end".into(), rfc3339(lease_end));
+    });
+    container.boot();
+    container.wait_for("blockwatch.service", Duration::from_secs(60), |c| {
+        c.property("blockwatch.service", "ActiveState") == "active"
+    });
+
+    // DRAINING before the end; the task stopped at the end, not before.
+    let mut drained_before_end = false;
+    let give_up = Instant::now() + Duration::from_secs(120);
+    let reason = loop {
+        let before_asking = common::now();
+        if let Some((status, reason)) = stopped_at_moto(&instance, &cluster_arn, &task).await {
+            let reason = reason.unwrap_or_default();
+            assert!(
+                before_asking >= lease_end - time::Duration::seconds(1),
+                "stopped before the lease end {lease_end}: {reason}"
+            );
+            assert_eq!(status, "STOPPED", "{reason}");
+            break reason;
+        }
+        if before_asking < lease_end {
+            drained_before_end |= instance
+                .moto()
+                .container_instance_status(&cluster_arn, &container_instance)
+                .await
+                .unwrap()
+                == "DRAINING";
+        }
+        assert!(
+            Instant::now() < give_up,
+            "the task was not stopped; {}",
+            text(&container.exec(&["journalctl", "-u", "blockwatch", "--no-pager", "-n", "40"]))
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(drained_before_end, "not DRAINING before the lease end");
+    assert!(reason.starts_with("blockwatch: lease ended"), "{reason}");
+    println!("task stopped at moto: {reason}");
+
+    // The container shuts itself down: nspawn exits on its own.
+    let Some(exited) = container.wait_for_exit(Duration::from_secs(180)) else {
+        panic!(
+            "the container did not power off; {}",
+            text(&container.exec(&["journalctl", "-b", "--no-pager", "-n", "80"]))
+        );
+    };
+    let journal = text(&container.offline(&[
+        "journalctl",
+        "--no-pager",
+        "-o",
+        "short-precise",
+        "-u",
+        "blockwatch.service",
+    ]));
+    println!("{journal}");
+    assert!(exited.success(), "nspawn: {exited}\n{journal}");
+    assert!(
+        journal.contains("powering off with \"systemctl poweroff\""),
+        "{journal}"
+    );
+    // systemd itself took the request: a power-off, not a crash or a kill.
+    let system = text(&container.offline(&["journalctl", "--no-pager", "_PID=1"]));
+    assert!(
+        system.contains("Reached target poweroff.target"),
+        "{system}"
+    );
+    let console = std::fs::read_to_string(container.root.with_extension("console.log")).unwrap();
+    assert!(console.contains("Powering off."), "{console}");
+
+    // Recorded as done: the command succeeded before the agent was stopped.
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(container.path("/var/lib/blockwatch/state.json")).unwrap(),
+    )
+    .unwrap();
+    let drain = &state["drain"];
+    assert!(drain["poweroff_at"].is_string(), "{state:#}");
+    assert_eq!(drain["poweroff_attempts"], 1, "{state:#}");
+    assert!(
+        common::parse_time(drain["poweroff_at"].as_str().unwrap()) >= lease_end,
+        "{state:#}"
+    );
+
+    // Only this container: the neighbour still runs.
+    assert!(neighbour.booted(), "the neighbour container stopped");
+    let running = neighbour.exec(&["systemctl", "is-system-running"]);
+    assert!(
+        matches!(
+            String::from_utf8_lossy(&running.stdout).trim(),
+            "running" | "degraded"
+        ),
+        "{}",
+        text(&running)
+    );
+}
+
 #[test]
 fn the_rpm_carries_the_same_payload_and_systemd_handling() {
     assert_root();
@@ -560,6 +791,41 @@ fn the_rpm_carries_the_same_payload_and_systemd_handling() {
         .path()
         .join("usr/lib/systemd/system/ecs.service.d/10-blockwatch.conf")
         .exists());
+}
+
+/// The shipped sample config with every example line uncommented: each key
+/// is one the agent knows (unknown keys are an error), each example parses,
+/// and the lease-end keys are documented with their defaults.
+#[test]
+fn every_example_in_the_sample_config_is_a_valid_setting_and_shows_its_default() {
+    use blockwatch::core::config::{FileConfig, HumanDuration, OnLeaseEnd};
+    let path = repo().join("packaging/blockwatch.toml");
+    let sample = std::fs::read_to_string(&path).unwrap();
+    // "#key = value": an example; "# text": prose.
+    let examples: String = sample
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_lowercase()) && l.contains(" = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let parsed = FileConfig::parse(&examples, &path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(parsed.on_lease_end, Some(OnLeaseEnd::Poweroff));
+    assert_eq!(
+        parsed.poweroff_command.as_deref(),
+        Some(blockwatch::core::config::DEFAULT_POWEROFF_COMMAND)
+    );
+    assert_eq!(
+        parsed.lease_refresh_interval,
+        Some(HumanDuration(
+            blockwatch::core::config::DEFAULT_LEASE_REFRESH_INTERVAL
+        ))
+    );
+    assert_eq!(
+        parsed.capacity_block_refresh_interval,
+        Some(HumanDuration(
+            blockwatch::core::config::DEFAULT_CAPACITY_BLOCK_REFRESH_INTERVAL
+        ))
+    );
 }
 
 /// The count of `blockwatch_errors_total{source="…"}` in a metrics file.

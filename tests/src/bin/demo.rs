@@ -1,21 +1,28 @@
-//! The README's first command: a whole short lease on a simulated instance.
+//! The README's first command: a whole short block on a simulated instance.
 //!
 //! moto plays AWS and the IMDS simulator plays the instance. An UNMANAGED
-//! compute environment is created and an instance is launched with a 45 s
+//! compute environment is created and an instance is launched with a 35 s
 //! lease. Then the real binary runs: `blockwatch join` writes ECS_CLUSTER,
-//! the "ECS agent" registers and Batch places a job, and `blockwatch run`
-//! counts down, drains at the lease end minus `drain_lead`, waits for the job
-//! to finish, and reports drained. `blockwatch status` is shown along the way.
+//! the "ECS agent" registers and Batch places two jobs, and `blockwatch run`
+//! counts down and drains at the lease end minus `drain_lead`. One job
+//! finishes while draining; the other outlasts the lease, so at the end
+//! blockwatch stops it with a `blockwatch:` reason (read back from moto) and
+//! powers off, once. The power-off command is a harmless stand-in for
+//! `systemctl poweroff` that appends a line to a log, which the demo shows.
+//! `blockwatch status` is shown along the way.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use aws_smithy_types::error::display::DisplayErrorContext;
 use blockwatch_testkit::imds::{rfc3339, ImdsSimulator, InstanceState};
 use blockwatch_testkit::moto::{MotoServer, REGION};
 
-const LEASE: i64 = 45;
-const CONFIG: &str = "# The demo's short lease needs short intervals.\npoll_interval = \"1s\"\ndrain_lead = \"20s\"\ndrain_poll_interval = \"2s\"\n";
+const LEASE: i64 = 35;
+const DRAIN_LEAD: &str = "15s";
+/// How long the demo watches after the power-off, to show it ran once.
+const AFTER_POWEROFF: Duration = Duration::from_secs(3);
 
 #[allow(clippy::print_stdout)]
 fn say(text: &str) {
@@ -64,6 +71,29 @@ impl Scene {
     fn config(&self) -> PathBuf {
         self.scratch.join("etc/blockwatch/blockwatch.toml")
     }
+    fn poweroff_log(&self) -> PathBuf {
+        self.scratch.join("poweroff.log")
+    }
+
+    /// The demo's config: short intervals for a short lease, and a power-off
+    /// that only appends a line to [`Scene::poweroff_log`].
+    fn config_text(&self) -> String {
+        let log = self
+            .poweroff_log()
+            .display()
+            .to_string()
+            .replace('\'', "'\\''");
+        let command = format!("date -u '+%FT%TZ power-off requested' >> '{log}'");
+        format!(
+            "# The demo's short lease needs short intervals.\n\
+             poll_interval = \"1s\"\n\
+             drain_lead = \"{DRAIN_LEAD}\"\n\
+             drain_poll_interval = \"2s\"\n\
+             # on_lease_end = \"poweroff\" is the default; the demo's power-off only writes a line.\n\
+             poweroff_command = {}\n",
+            toml_string(&command)
+        )
+    }
 
     /// `blockwatch <args>` with the instance's environment only.
     fn blockwatch(&self, args: &[&str]) -> Command {
@@ -98,13 +128,45 @@ impl Scene {
             .unwrap_or_else(|| "(no state yet)".into())
     }
 
-    fn phase(&self) -> String {
+    fn state(&self) -> serde_json::Value {
         let text = std::fs::read_to_string(self.state_dir().join("state.json")).unwrap_or_default();
-        serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v["phase"].as_str().map(str::to_owned))
-            .unwrap_or_default()
+        serde_json::from_str(&text).unwrap_or_default()
     }
+
+    fn phase(&self) -> String {
+        self.state()["phase"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Whether the power-off command has succeeded, as the state file says.
+    fn powered_off(&self) -> bool {
+        self.state()["drain"]["poweroff_at"].is_string()
+    }
+
+    fn poweroff_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(self.poweroff_log())
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// A TOML basic string holding `text`.
+fn toml_string(text: &str) -> String {
+    let mut quoted = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            c if c.is_control() => quoted.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
 }
 
 struct Running(Child);
@@ -141,7 +203,20 @@ async fn demo() -> Result<(), String> {
         ("Name", "demo"),
     ];
     let instance_id = moto.launch_instance(&tags).await.map_err(|e| err(&e))?;
-    say(&format!("   launched {instance_id}, no user data, tagged blockwatch:compute-environment=demo-ce blockwatch:lease-end={lease_end}"));
+    // What blockwatch-launch sets at launch: a power-off ends the instance
+    // (and its billing) instead of leaving it stopped.
+    aws_sdk_ec2::Client::new(moto.sdk())
+        .modify_instance_attribute()
+        .instance_id(&instance_id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::InstanceInitiatedShutdownBehavior)
+        .value("terminate")
+        .send()
+        .await
+        .map_err(|e| format!("ec2:ModifyInstanceAttribute: {}", DisplayErrorContext(&e)))?;
+    say(&format!(
+        "   launched {instance_id}, no user data, InstanceInitiatedShutdownBehavior=terminate,"
+    ));
+    say(&format!("   tagged blockwatch:compute-environment=demo-ce blockwatch:lease-end={lease_end} (in {LEASE}s)"));
     let imds = ImdsSimulator::start(InstanceState {
         instance_id: instance_id.clone(),
         region: REGION.to_owned(),
@@ -162,7 +237,7 @@ async fn demo() -> Result<(), String> {
         aws: moto.endpoint(),
     };
     std::fs::create_dir_all(scene.config().parent().unwrap_or(&scratch)).map_err(|e| err(&e))?;
-    std::fs::write(scene.config(), CONFIG).map_err(|e| err(&e))?;
+    std::fs::write(scene.config(), scene.config_text()).map_err(|e| err(&e))?;
     std::fs::create_dir_all(scene.ecs_config().parent().unwrap_or(&scratch))
         .map_err(|e| err(&e))?;
     std::fs::write(
@@ -182,13 +257,28 @@ async fn demo() -> Result<(), String> {
         .await
         .map_err(|e| err(&e))?;
     say(&format!("   the ECS agent registered {container_instance}"));
-    let task = moto
+    let short_job = moto
         .start_task(&cluster_arn, &container_instance)
         .await
         .map_err(|e| err(&e))?;
-    say(&format!("   Batch placed a job on it: task {task}"));
+    let long_job = moto
+        .start_task(&cluster_arn, &container_instance)
+        .await
+        .map_err(|e| err(&e))?;
+    say(&format!(
+        "   Batch placed two jobs on it: a short one, task {short_job}"
+    ));
+    say(&format!(
+        "   and one that outlasts the lease, task {long_job}"
+    ));
 
-    say("\n== 3. blockwatch run: watch, count down, drain at lease end - 20s");
+    say(&format!(
+        "\n== 3. blockwatch run: watch, count down, drain at the lease end - {DRAIN_LEAD}"
+    ));
+    say(&format!("   {}:", scene.config().display()));
+    for line in scene.config_text().lines() {
+        say(&format!("   | {line}"));
+    }
     let run = scene
         .blockwatch(&[
             "run",
@@ -198,12 +288,16 @@ async fn demo() -> Result<(), String> {
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| err(&e))?;
-    let _run = Running(run);
-    let mut job_finished = false;
+    let mut run = Running(run);
+    let mut short_job_done = false;
     let mut draining_since: Option<Instant> = None;
+    let mut lease_end_said = false;
     let mut last_print = Instant::now() - Duration::from_secs(10);
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Ok(Some(exit)) = run.0.try_wait() {
+            return Err(format!("blockwatch run exited early with {exit}"));
+        }
         let phase = scene.phase();
         if last_print.elapsed() >= Duration::from_secs(5) {
             say(&format!("   [blockwatch status] {}", scene.status_line()));
@@ -212,31 +306,61 @@ async fn demo() -> Result<(), String> {
         if phase == "draining" && draining_since.is_none() {
             draining_since = Some(Instant::now());
             say(&format!("   [blockwatch status] {}", scene.status_line()));
-            say("   DRAINING: Batch places no new job here; the running job carries on");
+            say("   DRAINING: Batch places no new job here; the running jobs carry on");
         }
-        if !job_finished && draining_since.is_some_and(|at| at.elapsed() >= Duration::from_secs(6))
+        if !short_job_done
+            && draining_since.is_some_and(|at| at.elapsed() >= Duration::from_secs(5))
         {
-            moto.stop_task(&cluster_arn, &task)
+            moto.stop_task(&cluster_arn, &short_job)
                 .await
                 .map_err(|e| err(&e))?;
-            say("   the job finished");
-            job_finished = true;
+            say("   the short job finished; the other one is still running");
+            short_job_done = true;
         }
-        if phase == "drained" {
+        if !lease_end_said
+            && time::OffsetDateTime::now_utc() >= now + time::Duration::seconds(LEASE)
+        {
+            say(&format!(
+                "\n== 4. {lease_end}: the lease ends with a job still running"
+            ));
+            lease_end_said = true;
+        }
+        if scene.powered_off() {
             break;
         }
         if started.elapsed() > Duration::from_secs(110) {
-            return Err("the lease did not drain within the demo's time".into());
+            return Err("the lease did not end in a power-off within the demo's time".into());
         }
     }
-    let status = moto
-        .container_instance_status(&cluster_arn, &container_instance)
-        .await
-        .map_err(|e| err(&e))?;
+    // A real instance is gone now. Here blockwatch keeps running a moment,
+    // to show that the power-off is not repeated.
+    tokio::time::sleep(AFTER_POWEROFF).await;
+    drop(run);
+
+    let (status, reason) = task_status(&moto, &cluster_arn, &long_job).await?;
     say(&format!(
-        "\n== 4. drained: the container instance is {status} at ECS and has no job left"
+        "   the last job, as ECS reports it: {status}, stoppedReason {reason:?}"
     ));
-    say("\n$ blockwatch status");
+    if status != "STOPPED" || !reason.starts_with("blockwatch:") {
+        return Err(format!(
+            "the last job was not stopped by blockwatch: {status} {reason:?}"
+        ));
+    }
+    let lines = scene.poweroff_lines();
+    say(&format!("   {}:", scene.poweroff_log().display()));
+    for line in &lines {
+        say(&format!("   | {line}"));
+    }
+    if lines.len() != 1 {
+        return Err(format!(
+            "the power-off command ran {} times, not once",
+            lines.len()
+        ));
+    }
+    say("   the power-off command ran once (on an instance: systemctl poweroff, and EC2 terminates it)");
+
+    say("\n== 5. what an operator sees");
+    say("$ blockwatch status");
     let human = scene
         .blockwatch(&["status"])
         .output()
@@ -249,9 +373,33 @@ async fn demo() -> Result<(), String> {
         .map_err(|e| err(&e))?;
     say(String::from_utf8_lossy(&json.stdout).trim_end());
     say(&format!("\ndone in {}s", started.elapsed().as_secs()));
-    drop(_run);
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
+}
+
+/// `lastStatus` and `stoppedReason` of a task, read back from ECS (moto).
+/// Only for a stopped task: moto moves a running task one step towards
+/// STOPPED at each DescribeTasks.
+async fn task_status(
+    moto: &MotoServer,
+    cluster: &str,
+    task: &str,
+) -> Result<(String, String), String> {
+    let described = aws_sdk_ecs::Client::new(moto.sdk())
+        .describe_tasks()
+        .cluster(cluster)
+        .tasks(task)
+        .send()
+        .await
+        .map_err(|e| format!("ecs:DescribeTasks: {}", DisplayErrorContext(&e)))?;
+    let found = described
+        .tasks()
+        .first()
+        .ok_or_else(|| format!("ecs:DescribeTasks: no task {task}"))?;
+    Ok((
+        found.last_status().unwrap_or_default().to_owned(),
+        found.stopped_reason().unwrap_or_default().to_owned(),
+    ))
 }
 
 /// Each line quoted, so CR and quotes are visible.
