@@ -16,20 +16,32 @@ pub const GUARDED: [&str; 5] = ["systemctl", "poweroff", "shutdown", "reboot", "
 /// The PATH the guarded host directories follow.
 const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// One directory for every test process of this user (nextest runs each
+/// test in a process of its own): each stand-in is written to a temporary
+/// file and renamed into place, so a process never runs a half-written one.
 #[allow(clippy::panic)]
 fn guard_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("blockwatch-host-guard-{}", std::process::id()));
+        let uid = std::fs::metadata("/proc/self").map_or(0, |m| {
+            use std::os::unix::fs::MetadataExt;
+            m.uid()
+        });
+        let dir = std::env::temp_dir().join(format!("blockwatch-host-guard-{uid}"));
         let made = std::fs::create_dir_all(&dir).and_then(|()| {
             for name in GUARDED {
-                let path = dir.join(name);
                 let script = format!(
                     "#!/bin/sh\necho \"{name} $*\" >> '{}'\necho 'blocked by the test host guard: {name} $*' >&2\nexit 1\n",
                     dir.join("calls.log").display()
                 );
-                std::fs::write(&path, script)?;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+                let path = dir.join(name);
+                if std::fs::read_to_string(&path).is_ok_and(|s| s == script) {
+                    continue;
+                }
+                let temp = dir.join(format!(".{name}.{}", std::process::id()));
+                std::fs::write(&temp, script)?;
+                std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o755))?;
+                std::fs::rename(&temp, &path)?;
             }
             Ok(())
         });

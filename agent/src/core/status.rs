@@ -165,9 +165,13 @@ impl Snapshot {
         ];
         match &a.deadline {
             Some(d) => lines.push(format!(
-                "deadline:  {} (in {}) from {} [{}]",
+                "deadline:  {} ({}) from {} [{}]",
                 rfc3339(d.at),
-                countdown(now, d.at),
+                if d.at > now {
+                    format!("in {}", countdown(now, d.at))
+                } else {
+                    "passed".to_owned()
+                },
                 d.event.kind,
                 d.event.id
             )),
