@@ -131,6 +131,9 @@ struct Agent<'a> {
     next_lease_refresh: Instant,
     /// The last lease tags problem logged, so that it is logged once.
     lease_problem: Option<String>,
+    /// A power-off attempt on disk whose command is still to run (when, and
+    /// which attempt).
+    power_off_recorded: Option<(OffsetDateTime, u32)>,
 }
 
 const EC2_LOOKUP_ATTEMPTS: u32 = 8;
@@ -445,6 +448,7 @@ pub async fn run(request: &RunRequest, imds: Imds) -> Result<(), AgentError> {
         lease: None,
         next_lease_refresh: Instant::now() + settings.lease_refresh_interval.value,
         lease_problem: None,
+        power_off_recorded: None,
     };
     agent.follow_lease(settings.lease.clone());
     let (report, mut ec2_reports) = mpsc::unbounded_channel();
@@ -482,6 +486,9 @@ pub async fn run(request: &RunRequest, imds: Imds) -> Result<(), AgentError> {
             Served::Done(()) => {}
             Served::Stopped => break,
         }
+        // Outside `serve`: the power-off makes systemd send SIGTERM, which
+        // must not drop the command's outcome before it is recorded.
+        agent.run_power_off().await;
         let now = whole_seconds(OffsetDateTime::now_utc());
         agent.records.tick(agent.snapshot(now), &agent.errors, now);
         service.notifier.tick(&agent.status_line(now));
@@ -1095,15 +1102,15 @@ impl Agent<'_> {
                     Err(err) => self.aws_failed(STOPPING, &err),
                 }
             }
-            Action::PowerOff => self.power_off(now).await,
+            Action::PowerOff => self.record_power_off(now).await,
         }
     }
 
-    /// Runs `poweroff_command`. The attempt is on disk first (a state the
-    /// agent cannot write never allows a power-off it could repeat); it
-    /// counts as done only once the command succeeded, and a failure is
-    /// retried with backoff (the core times the retries).
-    async fn power_off(&mut self, now: OffsetDateTime) {
+    /// Records a power-off attempt before [`Self::run_power_off`] runs
+    /// `poweroff_command`: a state the agent cannot write never allows a
+    /// power-off it could repeat. It counts as done only once the command
+    /// succeeded; a failure is retried with backoff (the core times it).
+    async fn record_power_off(&mut self, now: OffsetDateTime) {
         // The drain-completed webhook was just sent: give it a chance.
         // Before the record, so that a SIGTERM while waiting leaves the
         // power-off to the next start.
@@ -1141,6 +1148,17 @@ impl Agent<'_> {
         if attempts == 1 {
             self.log_decision(&format!("{why}; powering off with {command:?}"));
         }
+        self.power_off_recorded = Some((now, attempts));
+    }
+
+    /// Runs the power-off the tick recorded, and records its outcome. Not
+    /// interrupted by SIGTERM (the loop sees it next), and bounded by
+    /// [`poweroff::COMMAND_LIMIT`].
+    async fn run_power_off(&mut self) {
+        let Some((now, attempts)) = self.power_off_recorded.take() else {
+            return;
+        };
+        let command = self.resolved.settings.poweroff_command.value.clone();
         match poweroff::run(&command).await {
             Ok(()) => {
                 if let Some(drain) = self.state.drain.as_mut() {
@@ -1155,6 +1173,7 @@ impl Agent<'_> {
                 self.log_decision(&format!(
                     "power-off requested: {command:?} succeeded (attempt {attempts})"
                 ));
+                self.persist(now);
             }
             Err(err) => {
                 self.count_error("poweroff");

@@ -461,3 +461,43 @@ async fn no_aws_request_while_watching_a_lease_over_several_tag_refreshes() {
         "{status}"
     );
 }
+
+#[tokio::test]
+async fn the_sigterm_a_power_off_brings_does_not_lose_its_record() {
+    // `systemctl poweroff` makes systemd stop blockwatch.service at once;
+    // here the command sends SIGTERM to the agent itself ($PPID of sh -c).
+    let f = registered_in_jobs(&[], "").await;
+    let ran = f.instance.root.path().join("ran");
+    let command = format!("kill -TERM $PPID; sleep 1; echo off >> {}", ran.display());
+    f.instance.write_config(&format!(
+        "{QUICK}drain_lead = \"30s\"\npoweroff_command = {command:?}\n"
+    ));
+    f.lease_ends_in(STARTUP + time::Duration::seconds(30));
+    let mut agent = f.start();
+
+    let status = {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = agent.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "never stopped\n{}", agent.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    assert!(status.success(), "{status:?}\n{}", agent.log());
+    let snapshot = f.instance.snapshot().unwrap();
+    assert!(
+        snapshot["drain"]["poweroff_at"].is_string(),
+        "the command succeeded: recorded before stopping\n{snapshot:#}\n{}",
+        agent.log()
+    );
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "off\n");
+    // Started again in the same life: nothing runs a second time.
+    let again = f.instance.spawn_run(&[], &[]);
+    again.wait_for_log("resuming", PATIENCE);
+    std::thread::sleep(POLL * 3);
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "off\n");
+    agent.kill_9();
+}
