@@ -58,9 +58,7 @@ const IMDS_RENEW_AFTER: u32 = 3;
 /// The watchdog is fed while a tick is in flight, but only this long: a
 /// tick that runs longer is stuck, and systemd should restart us.
 const TICK_LIMIT: Duration = Duration::from_secs(600);
-/// The reason given to the tasks blockwatch stops; Batch retry rules match
-/// it with `onReason: "blockwatch:*"`.
-pub const STOP_REASON_PREFIX: &str = "blockwatch:";
+pub use crate::core::state::STOP_REASON_PREFIX;
 
 #[derive(Debug, Clone)]
 pub struct RunRequest {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use blockwatch::core::config::{
+use blockwatch_core::config::{
     rfc3339, HumanDuration, Timestamp, DEFAULT_DRAIN_LEAD, TAG_COMPUTE_ENVIRONMENT,
     TAG_LEASE_DURATION, TAG_LEASE_END,
 };

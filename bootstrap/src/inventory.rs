@@ -6,13 +6,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{Filter, Tag};
 use aws_sdk_ec2::Client as Ec2;
-use blockwatch::core::compute_environment::{cluster_of, ComputeEnvironmentInfo, Refusal};
-use blockwatch::core::config::{
+use blockwatch_aws::classify;
+use blockwatch_aws::to_time;
+use blockwatch_aws::{AwsFailure, SourceError};
+use blockwatch_core::compute_environment::{cluster_of, ComputeEnvironmentInfo, Refusal};
+use blockwatch_core::config::{
     rfc3339, TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_DURATION, TAG_LEASE_END,
 };
-use blockwatch::sources::aws::classify;
-use blockwatch::sources::ec2::to_time;
-use blockwatch::sources::{AwsFailure, SourceError};
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -148,7 +148,7 @@ async fn compute_environment(
     name: &str,
 ) -> Result<ComputeEnvironmentInfo, BlocksError> {
     let batch = aws_sdk_batch::Client::new(sdk);
-    Ok(blockwatch::sources::batch::describe(&batch, name)
+    Ok(blockwatch_aws::batch::describe(&batch, name)
         .await?
         .ok_or_else(|| Refusal::NotFound(name.to_owned()))?)
 }

@@ -101,10 +101,7 @@ pub trait InstanceCapacity {
     ) -> impl Future<Output = Result<Option<String>, SourceError>> + Send;
 }
 
-/// An SDK timestamp as an `OffsetDateTime` (whole seconds).
-pub fn to_time(at: &aws_sdk_ec2::primitives::DateTime) -> Option<time::OffsetDateTime> {
-    time::OffsetDateTime::from_unix_timestamp(at.secs()).ok()
-}
+pub use blockwatch_aws::to_time;
 
 impl InstanceCapacity for Aws {
     async fn ec2_deadlines(
