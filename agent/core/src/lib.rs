@@ -4,6 +4,7 @@
 //! are serde, serde_json, time, toml, humantime and thiserror, none of which
 //! does IO. The agent and the launcher both build on it.
 
+pub mod backoff;
 pub mod cluster;
 pub mod compute_environment;
 pub mod config;
