@@ -219,3 +219,53 @@ async fn run_decisions_carry_phase_and_deadline_fields() {
         Some(id.as_str())
     );
 }
+
+#[tokio::test]
+async fn the_log_level_decides_what_reaches_the_journal() {
+    assert_root();
+    let instance = Instance::without_aws();
+    instance
+        .imds
+        .update(|s| s.tags = tags(&[("blockwatch:cluster", "journal-cluster")]));
+    // The entries' priorities, from a join at `level` (None: the default).
+    let priorities = |level: Option<&str>| {
+        let socket_path = instance.root.path().join("journal.socket");
+        let _ = std::fs::remove_file(&socket_path);
+        let socket = UnixDatagram::bind(&socket_path).unwrap();
+        let stderr_path = instance.root.path().join("stderr");
+        let mut command = instance.command();
+        command
+            .arg("join")
+            .arg("--ecs-config")
+            .arg(instance.ecs_config())
+            .arg("--state-dir")
+            .arg(instance.state_dir());
+        command.args(level.map(|l| ["--log-level", l]).iter().flatten());
+        let status = under_journal(&command, &socket_path, &stderr_path)
+            .status()
+            .unwrap();
+        let stderr_text = std::fs::read_to_string(&stderr_path).unwrap();
+        assert!(status.success(), "{status}: {stderr_text}");
+        let entries = drain_entries(&socket);
+        assert!(
+            !entries.is_empty() || level == Some("warn"),
+            "nothing reached the journal; stderr: {stderr_text}"
+        );
+        entries
+            .iter()
+            .map(|e| e.get("PRIORITY").cloned().unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+
+    // systemd-journal-logger maps Info to 5 (notice) and Debug to 6 (info).
+    let default = priorities(None);
+    assert!(default.iter().any(|p| p == "5"), "{default:?}");
+    assert!(!default.iter().any(|p| p == "6"), "{default:?}");
+    let debug = priorities(Some("debug"));
+    assert!(debug.iter().any(|p| p == "6"), "{debug:?}");
+    let warn = priorities(Some("warn"));
+    assert!(
+        warn.iter().all(|p| p.as_str() < "5"),
+        "no info or debug entry at warn: {warn:?}"
+    );
+}
