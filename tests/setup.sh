@@ -3,20 +3,20 @@
 # from the package registries only. Safe to run again: each step is skipped
 # when its result is already there.
 #
-#   tests/setup.sh                        everything
-#   tests/setup.sh --without-cargo-deny   everything but cargo-deny
-#   tests/setup.sh --cargo-deny           the pinned toolchain and cargo-deny
-#
-# (tests/run-tests builds cargo-deny in the background, beside the code.)
+#   tests/setup.sh               the pinned toolchain and all the tests and
+#                                the demo need, but cargo-deny
+#   tests/setup.sh --cargo-deny  the pinned toolchain and cargo-deny, which
+#                                only the test command's dependency check
+#                                needs (tests/run-tests builds it in the
+#                                background, beside the code)
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 case "${1:-}" in
-    "") want_deny=yes want_rest=yes ;;
-    --without-cargo-deny) want_deny=no want_rest=yes ;;
-    --cargo-deny) want_deny=yes want_rest=no ;;
+    "") want_deny=no ;;
+    --cargo-deny) want_deny=yes ;;
     *)
-        echo "usage: tests/setup.sh [--without-cargo-deny | --cargo-deny]" >&2
+        echo "usage: tests/setup.sh [--cargo-deny]" >&2
         exit 2
         ;;
 esac
@@ -60,11 +60,13 @@ fi
 # Pinned: deny.toml's format follows cargo-deny's releases. Built with
 # --debug (half the compile time; the checks take well under a second).
 deny_version=0.20.2
-if [[ "$want_deny" == yes && "$(cargo deny --version 2>/dev/null)" != "cargo-deny $deny_version" ]]; then
-    log "installing cargo-deny $deny_version"
-    cargo install --locked --debug --version "$deny_version" cargo-deny
+if [[ "$want_deny" == yes ]]; then
+    if [[ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $deny_version" ]]; then
+        log "installing cargo-deny $deny_version"
+        cargo install --locked --debug --version "$deny_version" cargo-deny
+    fi
+    exit 0
 fi
-[[ "$want_rest" == yes ]] || exit 0
 
 python="${PYTHON:-python3}"
 if ! "$python" -c 'import venv, ensurepip' >/dev/null 2>&1; then
