@@ -16,7 +16,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    blockwatch::host::logging::init(log::LevelFilter::Info);
+    blockwatch::host::logging::init(
+        cli.common.log_level,
+        std::env::var_os("RUST_LOG").as_deref(),
+    );
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
