@@ -266,3 +266,44 @@ impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(kind: AwsFailure) -> SourceError {
+        SourceError::Aws {
+            api: "ec2:DescribeInstances",
+            kind,
+            detail: "scripted".into(),
+        }
+    }
+
+    #[test]
+    fn ec2_lookups_retry_transient_failures_with_a_jittered_capped_backoff_then_give_up() {
+        let now = Instant::now();
+        let throttled = failure(AwsFailure::Transient);
+        let mut backoff = Backoff::new(EC2_RETRY_FIRST, EC2_RETRY_MAX);
+        let ceilings: Vec<u64> = (1..EC2_LOOKUP_ATTEMPTS)
+            .map(|attempt| next_attempt_in(&throttled, attempt, &mut backoff, now, u64::MAX))
+            .map(|wait| wait.unwrap().as_secs())
+            .collect();
+        assert_eq!(ceilings, [5, 10, 20, 40, 80, 160, 300]);
+        let last = next_attempt_in(&throttled, EC2_LOOKUP_ATTEMPTS, &mut backoff, now, 0);
+        assert_eq!(last, None, "gives up after {EC2_LOOKUP_ATTEMPTS} attempts");
+
+        let mut backoff = Backoff::new(EC2_RETRY_FIRST, EC2_RETRY_MAX);
+        let jittered = next_attempt_in(&throttled, 1, &mut backoff, now, u64::MAX / 2);
+        assert_eq!(
+            jittered.map(|w| w.as_millis()),
+            Some(2499),
+            "half the window"
+        );
+
+        for permanent in [AwsFailure::Denied, AwsFailure::Rejected] {
+            let mut backoff = Backoff::new(EC2_RETRY_FIRST, EC2_RETRY_MAX);
+            let wait = next_attempt_in(&failure(permanent), 1, &mut backoff, now, u64::MAX);
+            assert_eq!(wait, None, "{permanent:?} is not retried");
+        }
+    }
+}

@@ -37,6 +37,11 @@ mod reporter;
 mod service;
 mod store;
 
+#[cfg(test)]
+mod fakes;
+#[cfg(test)]
+mod tests;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,0 +1,243 @@
+//! Fakes for the run loop's unit tests: a container service with scripted
+//! answers that keeps what ECS would hold, and a clock moved by hand.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+
+use super::Clock;
+use crate::actions::ecs::ContainerService;
+use crate::sources::{AwsFailure, SourceError};
+
+/// A clock that stands still until the test moves it; its random numbers
+/// are scripted (the top of the jitter window when none is).
+#[derive(Debug, Clone)]
+pub struct FakeClock(Arc<Mutex<ClockState>>);
+
+#[derive(Debug)]
+struct ClockState {
+    instant: Instant,
+    utc: OffsetDateTime,
+    randoms: VecDeque<u64>,
+}
+
+impl FakeClock {
+    pub fn at(utc: OffsetDateTime) -> Self {
+        Self(Arc::new(Mutex::new(ClockState {
+            instant: Instant::now(),
+            utc,
+            randoms: VecDeque::new(),
+        })))
+    }
+
+    fn state(&self) -> MutexGuard<'_, ClockState> {
+        self.0.lock().unwrap()
+    }
+
+    pub fn advance(&self, by: Duration) {
+        let mut state = self.state();
+        state.instant += by;
+        state.utc += by;
+    }
+
+    /// The next `random()` returns `number`.
+    pub fn will_draw(&self, number: u64) {
+        self.state().randoms.push_back(number);
+    }
+}
+
+impl Clock for FakeClock {
+    fn instant(&self) -> Instant {
+        self.state().instant
+    }
+    fn utc(&self) -> OffsetDateTime {
+        self.state().utc
+    }
+    fn random(&self) -> u64 {
+        self.state().randoms.pop_front().unwrap_or(u64::MAX)
+    }
+}
+
+/// A call the executor made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Find,
+    SetDraining { arn: String, draining: bool },
+    ListTasks { arn: String },
+    StopTasks { tasks: Vec<String>, reason: String },
+}
+
+/// How a scripted call goes instead of the normal answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scripted {
+    Fail(AwsFailure),
+    /// ECS did it, but its answer never came back.
+    AnswerLost,
+}
+
+/// ECS as the fake holds it: the registered container instance, its
+/// status, its tasks; and the calls made.
+#[derive(Debug, Default)]
+pub struct EcsState {
+    pub calls: Vec<Call>,
+    pub registered: Option<String>,
+    pub status: &'static str,
+    pub tasks: Vec<String>,
+    pub agent_answers: bool,
+    script: BTreeMap<&'static str, VecDeque<Scripted>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FakeEcs(Arc<Mutex<EcsState>>);
+
+impl FakeEcs {
+    /// Registered as `arn`, ACTIVE, with `tasks` running.
+    pub fn registered(arn: &str, tasks: &[&str]) -> Self {
+        let fake = Self::default();
+        {
+            let mut state = fake.state();
+            state.registered = Some(arn.to_owned());
+            state.status = "ACTIVE";
+            state.tasks = tasks.iter().map(|t| (*t).to_owned()).collect();
+            state.agent_answers = true;
+        }
+        fake
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, EcsState> {
+        self.0.lock().unwrap()
+    }
+
+    /// The next calls of `api` (`find`, `set_draining`, `list_tasks`,
+    /// `stop_tasks`) go as `how`, in order.
+    pub fn script(&self, api: &'static str, how: &[Scripted]) {
+        self.state()
+            .script
+            .entry(api)
+            .or_default()
+            .extend(how.iter().copied());
+    }
+
+    /// The ECS agent registered again under `arn` (the old ARN is gone).
+    pub fn register_again(&self, arn: &str) {
+        let mut state = self.state();
+        state.registered = Some(arn.to_owned());
+        state.status = "ACTIVE";
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.state().calls.clone()
+    }
+
+    pub fn drain_calls(&self) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|c| matches!(c, Call::SetDraining { .. }))
+            .collect()
+    }
+
+    /// Records `call`; then the scripted outcome of `api`, if any.
+    fn called(&self, api: &'static str, call: Call) -> Option<Scripted> {
+        let mut state = self.state();
+        state.calls.push(call);
+        state.script.get_mut(api).and_then(VecDeque::pop_front)
+    }
+}
+
+fn failure(api: &'static str, kind: AwsFailure) -> SourceError {
+    SourceError::Aws {
+        api,
+        kind,
+        detail: format!("scripted {kind:?}"),
+    }
+}
+
+/// What a lost answer looks like: the call timed out.
+fn lost(api: &'static str) -> SourceError {
+    failure(api, AwsFailure::Transient)
+}
+
+impl ContainerService for FakeEcs {
+    async fn find_container_instance(
+        &self,
+        _cluster: &str,
+        _instance_id: &str,
+    ) -> Result<Option<String>, SourceError> {
+        let api = "ecs:ListContainerInstances";
+        match self.called("find", Call::Find) {
+            Some(Scripted::Fail(kind)) => Err(failure(api, kind)),
+            Some(Scripted::AnswerLost) => Err(lost(api)),
+            None => Ok(self.state().registered.clone()),
+        }
+    }
+
+    async fn set_draining(
+        &self,
+        _cluster: &str,
+        container_instance: &str,
+        draining: bool,
+    ) -> Result<(), SourceError> {
+        let api = "ecs:UpdateContainerInstancesState";
+        let call = Call::SetDraining {
+            arn: container_instance.to_owned(),
+            draining,
+        };
+        let scripted = self.called("set_draining", call);
+        if let Some(Scripted::Fail(kind)) = scripted {
+            return Err(failure(api, kind));
+        }
+        let mut state = self.state();
+        if state.registered.as_deref() != Some(container_instance) {
+            return Err(failure(api, AwsFailure::Rejected));
+        }
+        state.status = if draining { "DRAINING" } else { "ACTIVE" };
+        match scripted {
+            Some(Scripted::AnswerLost) => Err(lost(api)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn running_tasks(
+        &self,
+        _cluster: &str,
+        container_instance: &str,
+    ) -> Result<Vec<String>, SourceError> {
+        let api = "ecs:ListTasks";
+        let call = Call::ListTasks {
+            arn: container_instance.to_owned(),
+        };
+        match self.called("list_tasks", call) {
+            Some(Scripted::Fail(kind)) => Err(failure(api, kind)),
+            Some(Scripted::AnswerLost) => Err(lost(api)),
+            None => Ok(self.state().tasks.clone()),
+        }
+    }
+
+    async fn stop_tasks(
+        &self,
+        _cluster: &str,
+        tasks: &[String],
+        reason: &str,
+    ) -> Result<(), SourceError> {
+        let api = "ecs:StopTask";
+        let call = Call::StopTasks {
+            tasks: tasks.to_vec(),
+            reason: reason.to_owned(),
+        };
+        let scripted = self.called("stop_tasks", call);
+        if let Some(Scripted::Fail(kind)) = scripted {
+            return Err(failure(api, kind));
+        }
+        self.state().tasks.retain(|t| !tasks.contains(t));
+        match scripted {
+            Some(Scripted::AnswerLost) => Err(lost(api)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn agent_answers(&self) -> bool {
+        self.state().agent_answers
+    }
+}
