@@ -452,3 +452,46 @@ async fn an_ecs_agent_that_stops_answering_shows_in_the_status_line_checked_ever
     h.agent.check_ecs_agent().await;
     assert!(!h.agent.record_tick().contains("ECS agent not answering"));
 }
+
+#[tokio::test]
+async fn after_a_success_the_backoff_starts_over_from_its_first_wait() {
+    let config = "stop_grace = \"10m\"\n";
+    let ecs = FakeEcs::registered(ARN, &["task-1"]);
+    ecs.script("set_draining", &[THROTTLED]);
+    ecs.script("stop_tasks", &[THROTTLED]);
+    let mut h = Harness::new(config, ecs);
+    h.spot_notice();
+    h.step_after(Duration::ZERO).await;
+    h.step_after(secs(1)).await;
+    assert_eq!(h.confirmed_at(), at(secs(1)), "after one failure");
+    h.step_after(secs(1)).await;
+    let stops = |h: &Harness| h.count_calls(|c| matches!(c, Call::StopTasks { .. }));
+    assert_eq!(stops(&h), 1, "throttled");
+    h.step_after(secs(1)).await;
+    assert_eq!(stops(&h), 2, "retried after 1 s, not 2 s");
+    assert_eq!(
+        h.state().drain.as_ref().unwrap().tasks_stopped_at,
+        at(secs(3))
+    );
+}
+
+#[tokio::test]
+async fn a_second_drain_counts_its_tasks_at_once_once_confirmed() {
+    let config = "drain_poll_interval = \"1m\"\non_lease_end = \"none\"\n";
+    let mut h = Harness::new(config, FakeEcs::registered(ARN, &["task-1"]));
+    h.lease_ending_soon();
+    h.step_after(Duration::ZERO).await;
+    h.step_after(secs(1)).await;
+    assert_eq!(h.list_calls(), 1);
+    // The lease moves two hours later: the drain is undone …
+    h.agent.books.observed.lease_end = Some((T0 + time::Duration::hours(2), "tag".into()));
+    h.step_after(secs(1)).await;
+    assert_eq!(h.state().phase, Phase::Watching);
+    assert_eq!(h.ecs.state().status, "ACTIVE");
+    // … and a spot notice starts another one.
+    h.spot_notice();
+    h.step_after(secs(1)).await;
+    assert_eq!(h.confirmed_at(), at(secs(3)));
+    h.step_after(secs(1)).await;
+    assert_eq!(h.list_calls(), 2, "not a minute after the last count");
+}
