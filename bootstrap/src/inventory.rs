@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 
 use crate::blocks::{
     self, Change, Extension, InvalidChange, Listed, Observed, Registration,
-    CAPACITY_BLOCK_LIFECYCLE, CAPACITY_BLOCK_RESERVATION, EXTENDABLE_STATES,
+    CAPACITY_BLOCK_LIFECYCLE, EXTENDABLE_STATES,
 };
 
 /// Every state but `terminated`: what `list` shows.
@@ -291,7 +291,9 @@ async fn capacity_blocks(
             page.capacity_reservations()
                 .iter()
                 .filter(|r| {
-                    r.reservation_type().map(|t| t.as_str()) == Some(CAPACITY_BLOCK_RESERVATION)
+                    blockwatch_core::deadline::is_capacity_block(
+                        r.reservation_type().map(|t| t.as_str()),
+                    )
                 })
                 .filter_map(|r| r.capacity_reservation_id())
                 .map(str::to_owned),
