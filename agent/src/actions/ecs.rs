@@ -112,8 +112,10 @@ impl Ecs {
         Self { aws, introspection }
     }
 
-    fn aws(&self) -> Arc<Aws> {
-        Arc::clone(&self.aws.borrow())
+    /// An ECS client on the current AWS configuration.
+    async fn client(&self) -> Result<aws_sdk_ecs::Client, SourceError> {
+        let aws = Arc::clone(&self.aws.borrow());
+        Ok(aws_sdk_ecs::Client::new(aws.config().await?))
     }
 }
 
@@ -126,7 +128,7 @@ impl ContainerService for Ecs {
         if let Some(arn) = self.introspection.container_instance(cluster).await {
             return Ok(Some(arn));
         }
-        list_container_instance(&self.aws(), cluster, instance_id).await
+        list_container_instance(&self.client().await?, cluster, instance_id).await
     }
 
     async fn set_draining(
@@ -135,7 +137,7 @@ impl ContainerService for Ecs {
         container_instance: &str,
         draining: bool,
     ) -> Result<(), SourceError> {
-        update_state(&self.aws(), cluster, container_instance, draining).await
+        update_state(&self.client().await?, cluster, container_instance, draining).await
     }
 
     async fn running_tasks(
@@ -143,7 +145,7 @@ impl ContainerService for Ecs {
         cluster: &str,
         container_instance: &str,
     ) -> Result<Vec<String>, SourceError> {
-        list_running_tasks(&self.aws(), cluster, container_instance).await
+        list_running_tasks(&self.client().await?, cluster, container_instance).await
     }
 
     async fn stop_tasks(
@@ -152,7 +154,7 @@ impl ContainerService for Ecs {
         tasks: &[String],
         reason: &str,
     ) -> Result<(), SourceError> {
-        stop_each(&self.aws(), cluster, tasks, reason).await
+        stop_each(&self.client().await?, cluster, tasks, reason).await
     }
 
     async fn agent_answers(&self) -> bool {
@@ -163,11 +165,10 @@ impl ContainerService for Ecs {
 /// `ecs:ListContainerInstances` filtered on the instance id, checked with
 /// `ecs:DescribeContainerInstances`.
 async fn list_container_instance(
-    aws: &Aws,
+    client: &aws_sdk_ecs::Client,
     cluster: &str,
     instance_id: &str,
 ) -> Result<Option<String>, SourceError> {
-    let client = aws_sdk_ecs::Client::new(aws.config().await?);
     let listed = client
         .list_container_instances()
         .cluster(cluster)
@@ -198,12 +199,11 @@ async fn list_container_instance(
 /// `ecs:UpdateContainerInstancesState`; a failure ECS lists in its answer
 /// is a rejection.
 async fn update_state(
-    aws: &Aws,
+    client: &aws_sdk_ecs::Client,
     cluster: &str,
     container_instance: &str,
     draining: bool,
 ) -> Result<(), SourceError> {
-    let client = aws_sdk_ecs::Client::new(aws.config().await?);
     let status = if draining {
         ContainerInstanceStatus::Draining
     } else {
@@ -233,11 +233,10 @@ async fn update_state(
 }
 
 async fn list_running_tasks(
-    aws: &Aws,
+    client: &aws_sdk_ecs::Client,
     cluster: &str,
     container_instance: &str,
 ) -> Result<Vec<String>, SourceError> {
-    let client = aws_sdk_ecs::Client::new(aws.config().await?);
     let mut tasks = Vec::new();
     let mut pages = client
         .list_tasks()
@@ -254,12 +253,11 @@ async fn list_running_tasks(
 }
 
 async fn stop_each(
-    aws: &Aws,
+    client: &aws_sdk_ecs::Client,
     cluster: &str,
     tasks: &[String],
     reason: &str,
 ) -> Result<(), SourceError> {
-    let client = aws_sdk_ecs::Client::new(aws.config().await?);
     for task in tasks {
         client
             .stop_task()

@@ -60,6 +60,11 @@ impl Clock for FakeClock {
     }
 }
 
+pub const FIND: &str = "ecs:ListContainerInstances";
+pub const SET_DRAINING: &str = "ecs:UpdateContainerInstancesState";
+pub const LIST_TASKS: &str = "ecs:ListTasks";
+pub const STOP_TASKS: &str = "ecs:StopTask";
+
 /// A call the executor made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
@@ -110,8 +115,7 @@ impl FakeEcs {
         self.0.lock().unwrap()
     }
 
-    /// The next calls of `api` (`find`, `set_draining`, `list_tasks`,
-    /// `stop_tasks`) go as `how`, in order.
+    /// The next calls of `api` ([`SET_DRAINING`], …) go as `how`, in order.
     pub fn script(&self, api: &'static str, how: &[Scripted]) {
         self.state()
             .script
@@ -138,11 +142,26 @@ impl FakeEcs {
             .collect()
     }
 
-    /// Records `call`; then the scripted outcome of `api`, if any.
-    fn called(&self, api: &'static str, call: Call) -> Option<Scripted> {
+    /// Records `call`, then answers as scripted for `api`, else as ECS
+    /// would (`answer`, which may change what ECS holds). A lost answer is
+    /// given once ECS has done the work.
+    fn answer<T>(
+        &self,
+        api: &'static str,
+        call: Call,
+        answer: impl FnOnce(&mut EcsState) -> Result<T, SourceError>,
+    ) -> Result<T, SourceError> {
         let mut state = self.state();
         state.calls.push(call);
-        state.script.get_mut(api).and_then(VecDeque::pop_front)
+        let scripted = state.script.get_mut(api).and_then(VecDeque::pop_front);
+        if let Some(Scripted::Fail(kind)) = scripted {
+            return Err(failure(api, kind));
+        }
+        let answered = answer(&mut state)?;
+        match scripted {
+            Some(Scripted::AnswerLost) => Err(failure(api, AwsFailure::Transient)),
+            _ => Ok(answered),
+        }
     }
 }
 
@@ -154,23 +173,13 @@ fn failure(api: &'static str, kind: AwsFailure) -> SourceError {
     }
 }
 
-/// What a lost answer looks like: the call timed out.
-fn lost(api: &'static str) -> SourceError {
-    failure(api, AwsFailure::Transient)
-}
-
 impl ContainerService for FakeEcs {
     async fn find_container_instance(
         &self,
         _cluster: &str,
         _instance_id: &str,
     ) -> Result<Option<String>, SourceError> {
-        let api = "ecs:ListContainerInstances";
-        match self.called("find", Call::Find) {
-            Some(Scripted::Fail(kind)) => Err(failure(api, kind)),
-            Some(Scripted::AnswerLost) => Err(lost(api)),
-            None => Ok(self.state().registered.clone()),
-        }
+        self.answer(FIND, Call::Find, |ecs| Ok(ecs.registered.clone()))
     }
 
     async fn set_draining(
@@ -179,24 +188,18 @@ impl ContainerService for FakeEcs {
         container_instance: &str,
         draining: bool,
     ) -> Result<(), SourceError> {
-        let api = "ecs:UpdateContainerInstancesState";
+        let arn = container_instance.to_owned();
         let call = Call::SetDraining {
-            arn: container_instance.to_owned(),
+            arn: arn.clone(),
             draining,
         };
-        let scripted = self.called("set_draining", call);
-        if let Some(Scripted::Fail(kind)) = scripted {
-            return Err(failure(api, kind));
-        }
-        let mut state = self.state();
-        if state.registered.as_deref() != Some(container_instance) {
-            return Err(failure(api, AwsFailure::Rejected));
-        }
-        state.status = if draining { "DRAINING" } else { "ACTIVE" };
-        match scripted {
-            Some(Scripted::AnswerLost) => Err(lost(api)),
-            _ => Ok(()),
-        }
+        self.answer(SET_DRAINING, call, |ecs| {
+            if ecs.registered != Some(arn) {
+                return Err(failure(SET_DRAINING, AwsFailure::Rejected));
+            }
+            ecs.status = if draining { "DRAINING" } else { "ACTIVE" };
+            Ok(())
+        })
     }
 
     async fn running_tasks(
@@ -204,15 +207,10 @@ impl ContainerService for FakeEcs {
         _cluster: &str,
         container_instance: &str,
     ) -> Result<Vec<String>, SourceError> {
-        let api = "ecs:ListTasks";
-        let call = Call::ListTasks {
-            arn: container_instance.to_owned(),
-        };
-        match self.called("list_tasks", call) {
-            Some(Scripted::Fail(kind)) => Err(failure(api, kind)),
-            Some(Scripted::AnswerLost) => Err(lost(api)),
-            None => Ok(self.state().tasks.clone()),
-        }
+        let arn = container_instance.to_owned();
+        self.answer(LIST_TASKS, Call::ListTasks { arn }, |ecs| {
+            Ok(ecs.tasks.clone())
+        })
     }
 
     async fn stop_tasks(
@@ -221,20 +219,14 @@ impl ContainerService for FakeEcs {
         tasks: &[String],
         reason: &str,
     ) -> Result<(), SourceError> {
-        let api = "ecs:StopTask";
         let call = Call::StopTasks {
             tasks: tasks.to_vec(),
             reason: reason.to_owned(),
         };
-        let scripted = self.called("stop_tasks", call);
-        if let Some(Scripted::Fail(kind)) = scripted {
-            return Err(failure(api, kind));
-        }
-        self.state().tasks.retain(|t| !tasks.contains(t));
-        match scripted {
-            Some(Scripted::AnswerLost) => Err(lost(api)),
-            _ => Ok(()),
-        }
+        self.answer(STOP_TASKS, call, |ecs| {
+            ecs.tasks.retain(|t| !tasks.contains(t));
+            Ok(())
+        })
     }
 
     async fn agent_answers(&self) -> bool {

@@ -10,7 +10,7 @@ use time::macros::datetime;
 use time::OffsetDateTime;
 
 use super::agent::{Agent, Books};
-use super::fakes::{Call, FakeClock, FakeEcs, Scripted};
+use super::fakes::{Call, FakeClock, FakeEcs, Scripted, SET_DRAINING, STOP_TASKS};
 use super::store::Store;
 use super::Node;
 use crate::actions::webhook::Deliveries;
@@ -144,7 +144,7 @@ fn at(after: Duration) -> Option<OffsetDateTime> {
 #[tokio::test]
 async fn throttled_draining_backs_off_and_is_retried_until_ecs_confirms() {
     let ecs = FakeEcs::registered(ARN, &[]);
-    ecs.script("set_draining", &[THROTTLED, THROTTLED]);
+    ecs.script(SET_DRAINING, &[THROTTLED, THROTTLED]);
     let mut h = Harness::new("", ecs);
     h.spot_notice();
 
@@ -178,7 +178,7 @@ async fn the_drain_backoff_is_jittered_so_a_fleet_does_not_retry_in_lockstep() {
     // they retry at different times: anywhere from 0.1 s to the ceiling.
     for (drawn, retry_after) in [(0, ms(100)), (u64::MAX / 4, ms(250)), (u64::MAX, ms(1000))] {
         let ecs = FakeEcs::registered(ARN, &[]);
-        ecs.script("set_draining", &[THROTTLED]);
+        ecs.script(SET_DRAINING, &[THROTTLED]);
         let mut h = Harness::new("", ecs);
         h.spot_notice();
         h.clock.will_draw(drawn);
@@ -198,7 +198,7 @@ async fn the_drain_backoff_is_jittered_so_a_fleet_does_not_retry_in_lockstep() {
 #[tokio::test]
 async fn a_rejected_container_instance_is_forgotten_and_found_again() {
     let ecs = FakeEcs::registered(ARN, &[]);
-    ecs.script("set_draining", &[THROTTLED]);
+    ecs.script(SET_DRAINING, &[THROTTLED]);
     let mut h = Harness::new("", ecs);
     h.spot_notice();
 
@@ -225,14 +225,19 @@ async fn a_rejected_container_instance_is_forgotten_and_found_again() {
     assert_eq!(h.ecs.state().status, "DRAINING");
 }
 
-#[tokio::test]
-async fn a_lost_draining_answer_is_retried_once_harmlessly_and_recorded_once() {
+/// A spot notice drains; ECS sets DRAINING but its answer is lost.
+async fn draining_with_its_answer_lost() -> Harness {
     let ecs = FakeEcs::registered(ARN, &[]);
-    ecs.script("set_draining", &[Scripted::AnswerLost]);
+    ecs.script(SET_DRAINING, &[Scripted::AnswerLost]);
     let mut h = Harness::new("", ecs);
     h.spot_notice();
-
     h.step_after(Duration::ZERO).await;
+    h
+}
+
+#[tokio::test]
+async fn a_lost_draining_answer_is_retried_once_harmlessly_and_recorded_once() {
+    let mut h = draining_with_its_answer_lost().await;
     assert_eq!(h.ecs.state().status, "DRAINING", "ECS did it");
     assert_eq!(h.confirmed_at(), None, "but we do not know");
 
@@ -252,11 +257,7 @@ async fn a_lost_draining_answer_is_retried_once_harmlessly_and_recorded_once() {
 
 #[tokio::test]
 async fn a_restart_between_drain_requested_and_confirmed_sets_draining_again_not_a_second_drain() {
-    let ecs = FakeEcs::registered(ARN, &[]);
-    ecs.script("set_draining", &[Scripted::AnswerLost]);
-    let mut first = Harness::new("", ecs);
-    first.spot_notice();
-    first.step_after(Duration::ZERO).await;
+    let first = draining_with_its_answer_lost().await;
     let requested = first.on_disk();
     assert_eq!(requested.phase, Phase::Draining);
     assert_eq!(
@@ -387,7 +388,7 @@ async fn a_dry_run_confirms_each_action_without_changing_ecs_or_powering_off() {
 #[tokio::test]
 async fn tasks_are_counted_once_draining_is_confirmed_then_every_drain_poll_interval() {
     let ecs = FakeEcs::registered(ARN, &["task-1"]);
-    ecs.script("set_draining", &[THROTTLED]);
+    ecs.script(SET_DRAINING, &[THROTTLED]);
     let mut h = Harness::new("drain_poll_interval = \"5s\"\n", ecs);
     h.spot_notice();
     h.step_after(Duration::ZERO).await;
@@ -457,8 +458,8 @@ async fn an_ecs_agent_that_stops_answering_shows_in_the_status_line_checked_ever
 async fn after_a_success_the_backoff_starts_over_from_its_first_wait() {
     let config = "stop_grace = \"10m\"\n";
     let ecs = FakeEcs::registered(ARN, &["task-1"]);
-    ecs.script("set_draining", &[THROTTLED]);
-    ecs.script("stop_tasks", &[THROTTLED]);
+    ecs.script(SET_DRAINING, &[THROTTLED]);
+    ecs.script(STOP_TASKS, &[THROTTLED]);
     let mut h = Harness::new(config, ecs);
     h.spot_notice();
     h.step_after(Duration::ZERO).await;
