@@ -2,9 +2,24 @@
 # Installs everything the tests and the local demo need on a clean machine,
 # from the package registries only. Safe to run again: each step is skipped
 # when its result is already there.
+#
+#   tests/setup.sh               the pinned toolchain and all the tests and
+#                                the demo need, but cargo-deny
+#   tests/setup.sh --cargo-deny  the pinned toolchain and cargo-deny, which
+#                                only the test command's dependency check
+#                                needs (tests/run-tests builds it in the
+#                                background, beside the code)
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+case "${1:-}" in
+    "") want_deny=no ;;
+    --cargo-deny) want_deny=yes ;;
+    *)
+        echo "usage: tests/setup.sh [--cargo-deny]" >&2
+        exit 2
+        ;;
+esac
 venv="${BLOCKWATCH_MOTO_VENV:-$repo/.venv}"
 # Pinned so a release cannot change the emulator or the linter under the tests.
 moto_spec='moto[server]==5.2.5'
@@ -16,6 +31,41 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 if ! command -v cargo >/dev/null 2>&1; then
     log "cargo not found: install the Rust toolchain (rustup) first"
     exit 1
+fi
+
+# The toolchain rust-toolchain.toml pins. The machine's one Rust is rustup's
+# `stable`: when that is the pinned version, the pinned name is made to
+# point at it, so that no cargo call below tries to download a toolchain.
+# A symlink, as `rustup toolchain link` refuses release names like 1.95.0.
+# Otherwise rustup installs the pinned one (and fails loudly where it can't).
+# rustup is asked from outside the repo and with auto-install off: inside,
+# even `rustup toolchain list` installs the pinned toolchain when it can.
+toolchain="$(sed -n 's/^channel *= *"\([^"]*\)".*/\1/p' "$repo/rust-toolchain.toml")"
+rustup_outside() { (cd / && RUSTUP_AUTO_INSTALL=0 rustup "$@"); }
+if command -v rustup >/dev/null 2>&1 && ! rustup_outside toolchain list | grep -q "^$toolchain-"; then
+    stable="$(rustup_outside toolchain list | sed -n 's/^\(stable-[^ ]*\).*/\1/p')"
+    if [[ -n "$stable" && "$(rustup_outside run "$stable" rustc --version)" == "rustc $toolchain "* ]]; then
+        log "Rust $toolchain (rust-toolchain.toml) is the installed $stable: naming it so"
+        ln -s "$stable" "$(rustup_outside show home)/toolchains/$toolchain-${stable#stable-}"
+    else
+        log "installing Rust $toolchain (rust-toolchain.toml)"
+        rustup_outside toolchain install "$toolchain" --profile minimal --component rustfmt,clippy
+    fi
+fi
+if [[ "$(cd "$repo" && rustc --version)" != "rustc $toolchain "* ]]; then
+    log "rustc in $repo is not $toolchain (rust-toolchain.toml): $(cd "$repo" && rustc --version)"
+    exit 1
+fi
+
+# Pinned: deny.toml's format follows cargo-deny's releases. Built with
+# --debug (half the compile time; the checks take well under a second).
+deny_version=0.20.2
+if [[ "$want_deny" == yes ]]; then
+    if [[ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $deny_version" ]]; then
+        log "installing cargo-deny $deny_version"
+        cargo install --locked --debug --version "$deny_version" cargo-deny
+    fi
+    exit 0
 fi
 
 python="${PYTHON:-python3}"

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::actions::ecs_config::DEFAULT_ECS_CONFIG_PATH;
 use crate::host::state::DEFAULT_STATE_DIR;
@@ -49,6 +49,33 @@ pub struct CommonArgs {
     /// Where blockwatch records what it has done
     #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
+
+    /// How much to log; wins over RUST_LOG, which takes the same names [default: info]
+    #[arg(long, global = true, value_name = "LEVEL", value_enum)]
+    pub log_level: Option<LogLevel>,
+}
+
+/// The levels `--log-level` and `RUST_LOG` name: each shows itself and every
+/// level above it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<LogLevel> for log::LevelFilter {
+    fn from(level: LogLevel) -> Self {
+        match level {
+            LogLevel::Error => Self::Error,
+            LogLevel::Warn => Self::Warn,
+            LogLevel::Info => Self::Info,
+            LogLevel::Debug => Self::Debug,
+            LogLevel::Trace => Self::Trace,
+        }
+    }
 }
 
 impl CommonArgs {

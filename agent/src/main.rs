@@ -4,7 +4,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use blockwatch::cli::{Cli, Command};
+use blockwatch::core::backoff::Backoff;
 use blockwatch::exit::{self, AgentError};
+use blockwatch::host::entropy::random_u64;
 use blockwatch::join::{join, JoinRequest};
 use blockwatch::run::{run, RunRequest};
 use blockwatch::sources::aws::{Aws, AwsTimeouts};
@@ -14,7 +16,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    blockwatch::host::logging::init(log::LevelFilter::Info);
+    blockwatch::host::logging::init(
+        cli.common.log_level,
+        std::env::var_os("RUST_LOG").as_deref(),
+    );
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -83,6 +88,10 @@ fn main() -> ExitCode {
 /// Nothing hangs the join: every AWS call has attempt and operation
 /// timeouts fitted to `retry_for`, and each attempt as a whole is cut off one
 /// operation timeout after the end of `retry_for`, so the join ends by then.
+/// The join's retries: 1 s at first, doubling up to 30 s, jittered.
+const JOIN_RETRY_FIRST: Duration = Duration::from_secs(1);
+const JOIN_RETRY_MAX: Duration = Duration::from_secs(30);
+
 async fn run_join(request: &JoinRequest, retry_for: Duration) -> Result<(), AgentError> {
     let timeouts = if retry_for.is_zero() {
         AwsTimeouts::DEFAULT
@@ -91,7 +100,7 @@ async fn run_join(request: &JoinRequest, retry_for: Duration) -> Result<(), Agen
     };
     let started = Instant::now();
     let deadline = started + retry_for;
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = Backoff::new(JOIN_RETRY_FIRST, JOIN_RETRY_MAX);
     loop {
         // Fresh clients each attempt: a failed IMDS session is not reused.
         let imds = Imds::new();
@@ -107,20 +116,23 @@ async fn run_join(request: &JoinRequest, retry_for: Duration) -> Result<(), Agen
                 after: budget,
             }),
         };
-        match result {
+        let err = match result {
             Ok(()) => return Ok(()),
-            Err(err) if err.is_transient() && started.elapsed() + backoff <= retry_for => {
-                log::warn!("{err}; retrying in {}", humantime::format_duration(backoff));
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-            Err(err) if err.is_transient() && !retry_for.is_zero() => {
-                return Err(AgentError::GaveUp {
-                    after: started.elapsed(),
-                    last: Box::new(err),
-                })
-            }
+            Err(err) if err.is_transient() => err,
             Err(err) => return Err(err),
+        };
+        // Jittered: a fleet booting at once must not retry in lockstep.
+        let wait = backoff.failed(Instant::now(), random_u64());
+        if started.elapsed() + wait <= retry_for {
+            log::warn!("{err}; retrying in {}", humantime::format_duration(wait));
+            tokio::time::sleep(wait).await;
+        } else if retry_for.is_zero() {
+            return Err(err);
+        } else {
+            return Err(AgentError::GaveUp {
+                after: started.elapsed(),
+                last: Box::new(err),
+            });
         }
     }
 }

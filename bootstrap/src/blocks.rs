@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use blockwatch::core::config::{
+use blockwatch_core::config::{
     rfc3339, HumanDuration, Timestamp, DEFAULT_DRAIN_LEAD, TAG_COMPUTE_ENVIRONMENT,
     TAG_LEASE_DURATION, TAG_LEASE_END,
 };
@@ -15,8 +15,6 @@ use crate::plan::Market;
 
 /// EC2's `InstanceLifecycle` of a Capacity Block instance.
 pub const CAPACITY_BLOCK_LIFECYCLE: &str = "capacity-block";
-/// A capacity reservation's `ReservationType` for a Capacity Block.
-pub const CAPACITY_BLOCK_RESERVATION: &str = "capacity-block";
 /// Where an operator extends a Capacity Block: EC2 itself, not a tag.
 pub const CAPACITY_BLOCK_EXTENSION_HINT: &str = "a Capacity Block ends when EC2 says: extend the block itself with `aws ec2 describe-capacity-block-extension-offerings` and `aws ec2 purchase-capacity-block-extension` (EC2 User Guide, \"Extend a Capacity Block\"); the agent follows the new EndDate";
 

@@ -6,19 +6,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{Filter, Tag};
 use aws_sdk_ec2::Client as Ec2;
-use blockwatch::core::compute_environment::{cluster_of, ComputeEnvironmentInfo, Refusal};
-use blockwatch::core::config::{
+use blockwatch_aws::classify;
+use blockwatch_aws::to_time;
+use blockwatch_aws::{AwsFailure, SourceError};
+use blockwatch_core::compute_environment::{cluster_of, ComputeEnvironmentInfo, Refusal};
+use blockwatch_core::config::{
     rfc3339, TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_DURATION, TAG_LEASE_END,
 };
-use blockwatch::sources::aws::classify;
-use blockwatch::sources::ec2::to_time;
-use blockwatch::sources::{AwsFailure, SourceError};
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::blocks::{
     self, Change, Extension, InvalidChange, Listed, Observed, Registration,
-    CAPACITY_BLOCK_LIFECYCLE, CAPACITY_BLOCK_RESERVATION, EXTENDABLE_STATES,
+    CAPACITY_BLOCK_LIFECYCLE, EXTENDABLE_STATES,
 };
 
 /// Every state but `terminated`: what `list` shows.
@@ -148,7 +148,7 @@ async fn compute_environment(
     name: &str,
 ) -> Result<ComputeEnvironmentInfo, BlocksError> {
     let batch = aws_sdk_batch::Client::new(sdk);
-    Ok(blockwatch::sources::batch::describe(&batch, name)
+    Ok(blockwatch_aws::batch::describe(&batch, name)
         .await?
         .ok_or_else(|| Refusal::NotFound(name.to_owned()))?)
 }
@@ -291,7 +291,9 @@ async fn capacity_blocks(
             page.capacity_reservations()
                 .iter()
                 .filter(|r| {
-                    r.reservation_type().map(|t| t.as_str()) == Some(CAPACITY_BLOCK_RESERVATION)
+                    blockwatch_core::deadline::is_capacity_block(
+                        r.reservation_type().map(|t| t.as_str()),
+                    )
                 })
                 .filter_map(|r| r.capacity_reservation_id())
                 .map(str::to_owned),

@@ -14,13 +14,13 @@ use aws_sdk_ec2::types::{
     SpotMarketOptions, Tag, TagSpecification,
 };
 use aws_sdk_ec2::Client as Ec2;
-use blockwatch::core::compute_environment::{cluster_of, Refusal};
-use blockwatch::core::config::rfc3339;
-use blockwatch::core::config::{TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_DURATION, TAG_LEASE_END};
-use blockwatch::core::deadline::CAPACITY_BLOCK_TERMINATION_LEAD;
-use blockwatch::sources::aws::classify;
-use blockwatch::sources::ec2::to_time;
-use blockwatch::sources::{AwsFailure, SourceError};
+use blockwatch_aws::classify;
+use blockwatch_aws::to_time;
+use blockwatch_aws::{AwsFailure, SourceError};
+use blockwatch_core::compute_environment::{cluster_of, Refusal};
+use blockwatch_core::config::rfc3339;
+use blockwatch_core::config::{TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_DURATION, TAG_LEASE_END};
+use blockwatch_core::deadline::CAPACITY_BLOCK_TERMINATION_LEAD;
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -165,7 +165,7 @@ pub async fn launch(
 ) -> Result<Report, LaunchError> {
     // 1. The compute environment must exist and be UNMANAGED.
     let batch = aws_sdk_batch::Client::new(sdk);
-    let info = blockwatch::sources::batch::describe(&batch, &plan.compute_environment)
+    let info = blockwatch_aws::batch::describe(&batch, &plan.compute_environment)
         .await?
         .ok_or_else(|| Refusal::NotFound(plan.compute_environment.clone()))?;
     let (cluster, mut warnings) = cluster_of(&info)?;
@@ -277,7 +277,7 @@ pub async fn launch(
                         let lease_end = match capacity_block_end {
                             Some(_) => lease_tag
                                 .1
-                                .parse::<blockwatch::core::config::Timestamp>()
+                                .parse::<blockwatch_core::config::Timestamp>()
                                 .ok()
                                 .map(|t| t.0),
                             None => launch_time.map(|t| {

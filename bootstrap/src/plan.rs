@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use blockwatch::core::config::HumanDuration;
+use blockwatch_core::config::HumanDuration;
 use serde::Serialize;
 
 pub const AMI_PARAMETER_X86: &str =

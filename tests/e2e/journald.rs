@@ -86,14 +86,14 @@ fn drain_entries(socket: &UnixDatagram) -> Vec<BTreeMap<String, String>> {
     entries
 }
 
-#[tokio::test]
-async fn join_sends_structured_fields_to_the_journal() {
-    assert_root();
-    let instance = Instance::without_aws();
-    instance
-        .imds
-        .update(|s| s.tags = tags(&[("blockwatch:cluster", "journal-cluster")]));
+/// `blockwatch join <extra>` under the journal, which must succeed: its
+/// journal entries and its stderr.
+fn join_under_journal(
+    instance: &Instance,
+    extra: &[&str],
+) -> (Vec<BTreeMap<String, String>>, String) {
     let socket_path = instance.root.path().join("journal.socket");
+    let _ = std::fs::remove_file(&socket_path);
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     let stderr_path = instance.root.path().join("stderr");
     let mut command = instance.command();
@@ -102,7 +102,8 @@ async fn join_sends_structured_fields_to_the_journal() {
         .arg("--ecs-config")
         .arg(instance.ecs_config())
         .arg("--state-dir")
-        .arg(instance.state_dir());
+        .arg(instance.state_dir())
+        .args(extra);
 
     let status = under_journal(&command, &socket_path, &stderr_path)
         .status()
@@ -110,7 +111,19 @@ async fn join_sends_structured_fields_to_the_journal() {
 
     let stderr_text = std::fs::read_to_string(&stderr_path).unwrap();
     assert!(status.success(), "{status}: {stderr_text}");
-    let entries = drain_entries(&socket);
+    (drain_entries(&socket), stderr_text)
+}
+
+#[tokio::test]
+async fn join_sends_structured_fields_to_the_journal() {
+    assert_root();
+    let instance = Instance::without_aws();
+    instance
+        .imds
+        .update(|s| s.tags = tags(&[("blockwatch:cluster", "journal-cluster")]));
+
+    let (entries, stderr_text) = join_under_journal(&instance, &[]);
+
     assert!(
         !entries.is_empty(),
         "nothing reached the journal; stderr: {stderr_text}"
@@ -217,5 +230,33 @@ async fn run_decisions_carry_phase_and_deadline_fields() {
     assert_eq!(
         drained.get("INSTANCE_ID").map(String::as_str),
         Some(id.as_str())
+    );
+}
+
+#[tokio::test]
+async fn the_log_level_decides_what_reaches_the_journal() {
+    assert_root();
+    let instance = Instance::without_aws();
+    instance
+        .imds
+        .update(|s| s.tags = tags(&[("blockwatch:cluster", "journal-cluster")]));
+    let priorities = |extra: &[&str]| -> Vec<String> {
+        let (entries, _) = join_under_journal(&instance, extra);
+        entries
+            .iter()
+            .map(|e| e.get("PRIORITY").cloned().unwrap_or_default())
+            .collect()
+    };
+
+    // systemd-journal-logger maps Info to 5 (notice) and Debug to 6 (info).
+    let default = priorities(&[]);
+    assert!(default.iter().any(|p| p == "5"), "{default:?}");
+    assert!(!default.iter().any(|p| p == "6"), "{default:?}");
+    let debug = priorities(&["--log-level", "debug"]);
+    assert!(debug.iter().any(|p| p == "6"), "{debug:?}");
+    let warn = priorities(&["--log-level", "warn"]);
+    assert!(
+        warn.iter().all(|p| p.as_str() < "5"),
+        "no info or debug entry at warn: {warn:?}"
     );
 }

@@ -124,7 +124,9 @@ fn actions_in_template(from: &str, to: &str) -> BTreeSet<String> {
 
 #[test]
 fn agent_policy_allows_exactly_the_calls_the_agent_makes() {
-    let calls = api_calls_in(&repo().join("agent/src"));
+    // The agent's own code and the AWS glue it shares with the launcher.
+    let mut calls = api_calls_in(&repo().join("agent/src"));
+    calls.extend(api_calls_in(&repo().join("agent/aws/src")));
     let policy = actions_in_json(&repo().join("bootstrap/iam/agent-policy.json"));
     assert!(
         calls.contains("ecs:UpdateContainerInstancesState")
@@ -142,7 +144,7 @@ fn agent_policy_allows_exactly_the_calls_the_agent_makes() {
 #[test]
 fn launcher_policy_covers_the_launchers_calls() {
     let mut calls = api_calls_in(&repo().join("bootstrap/src"));
-    // Through the agent's shared lookup.
+    // Through the shared compute environment lookup (blockwatch-aws).
     calls.insert("batch:DescribeComputeEnvironments".to_owned());
     let policy = actions_in_json(&repo().join("bootstrap/iam/launcher-policy.json"));
     let missing: Vec<_> = calls.difference(&policy).collect();
@@ -167,7 +169,7 @@ fn the_quickstart_retries_host_deaths_and_blockwatch_stops_then_exits() {
     let ours = retry
         .find(&format!(
             "OnStatusReason: \"{}*\"",
-            blockwatch::run::STOP_REASON_PREFIX
+            blockwatch_core::state::STOP_REASON_PREFIX
         ))
         .unwrap();
     let exit = retry.find("OnReason: \"*\"").unwrap();
@@ -266,4 +268,47 @@ fn agent_policy_scopes_every_ecs_call_to_the_compute_environments_cluster() {
     for write in ECS_WRITES {
         assert!(actions_in_block(deny).contains(write), "{deny}");
     }
+}
+
+/// `blockwatch-core` is pure by construction: nothing it links does IO.
+#[test]
+fn the_core_crate_links_nothing_that_does_io() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = std::process::Command::new(cargo)
+        .current_dir(repo())
+        .args([
+            "tree",
+            "--offline",
+            "--locked",
+            "-p",
+            "blockwatch-core",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let tree = String::from_utf8_lossy(&output.stdout);
+    let crates: BTreeSet<&str> = tree
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    assert!(
+        crates.contains("serde") && crates.contains("time"),
+        "{tree}"
+    );
+    let io: Vec<_> = crates
+        .iter()
+        .filter(|c| {
+            ["tokio", "hyper", "reqwest", "mio", "socket2", "sd-notify"].contains(c)
+                || c.starts_with("aws-")
+        })
+        .collect();
+    assert!(io.is_empty(), "blockwatch-core links {io:?}:\n{tree}");
 }

@@ -2,6 +2,7 @@
 //! documentation, and moto's server seeded through the Rust SDK.
 
 pub mod aws_proxy;
+pub mod fake_sources;
 pub mod host_guard;
 pub mod http;
 pub mod imds;

@@ -4,9 +4,15 @@
 
 use std::time::Duration;
 
+use crate::core::backoff::Backoff;
+use crate::host::entropy::random_u64;
+
 const ATTEMPTS: u32 = 4;
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// Retries wait up to 0.5 s, 1 s, then 2 s, jittered: receivers behind one
+/// endpoint are not hit by a fleet in lockstep.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The URL as it may be logged: scheme and host only, since paths, queries
 /// and user info often carry tokens.
@@ -23,8 +29,10 @@ pub fn redacted(url: &str) -> String {
 
 /// Webhook deliveries still in flight, so that shutdown and power-off can
 /// wait for them (bounded) instead of losing them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Deliveries {
+    /// The agent's one HTTP client; each delivery has its own timeout.
+    client: reqwest::Client,
     pending: Vec<Delivery>,
 }
 
@@ -36,12 +44,19 @@ struct Delivery {
 }
 
 impl Deliveries {
+    pub fn new(client: reqwest::Client) -> Self {
+        Self {
+            client,
+            pending: Vec::new(),
+        }
+    }
+
     /// Sends `event` on a spawned task with a timeout and retries with backoff.
     pub fn post(&mut self, url: String, event: serde_json::Value) {
         self.pending.retain(|d| !d.task.is_finished());
         let name = event["event"].as_str().unwrap_or("event").to_owned();
         let shown = redacted(&url);
-        let task = tokio::spawn(deliver(url, event));
+        let task = tokio::spawn(deliver(self.client.clone(), url, event));
         self.pending.push(Delivery {
             event: name,
             shown,
@@ -106,20 +121,14 @@ impl Deliveries {
     }
 }
 
-async fn deliver(url: String, event: serde_json::Value) {
+async fn deliver(client: reqwest::Client, url: String, event: serde_json::Value) {
     let shown = redacted(&url);
-    let client = match reqwest::Client::builder().timeout(TIMEOUT).build() {
-        Ok(client) => client,
-        Err(err) => {
-            log::warn!("webhook {shown}: cannot build an HTTP client: {err}");
-            return;
-        }
-    };
     let body = event.to_string();
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     for attempt in 1..=ATTEMPTS {
         let sent = client
             .post(&url)
+            .timeout(TIMEOUT)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body.clone())
             .send()
@@ -143,12 +152,14 @@ async fn deliver(url: String, event: serde_json::Value) {
             );
             return;
         }
+        let wait = backoff.failed(std::time::Instant::now(), random_u64());
+        // Whole milliseconds: the jitter's nanoseconds say nothing to a reader.
+        let wait = Duration::from_millis(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
         log::info!(
             "webhook {shown}: attempt {attempt} failed ({outcome}); retrying in {}",
-            humantime::format_duration(backoff)
+            humantime::format_duration(wait)
         );
-        tokio::time::sleep(backoff).await;
-        backoff *= 2;
+        tokio::time::sleep(wait).await;
     }
 }
 

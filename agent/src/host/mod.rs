@@ -2,6 +2,7 @@
 //! state directory.
 
 pub mod atomic_file;
+pub mod entropy;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

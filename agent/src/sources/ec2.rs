@@ -13,6 +13,7 @@ use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use super::aws::{classify_at, endpoint_of, Aws};
 use super::SourceError;
 use crate::core::config::TAG_KEYS;
+use crate::core::deadline::{is_capacity_block, legacy_spot_block_end};
 
 pub trait TagDirectory {
     /// The `blockwatch:*` tags of `instance_id`.
@@ -101,10 +102,7 @@ pub trait InstanceCapacity {
     ) -> impl Future<Output = Result<Option<String>, SourceError>> + Send;
 }
 
-/// An SDK timestamp as an `OffsetDateTime` (whole seconds).
-pub fn to_time(at: &aws_sdk_ec2::primitives::DateTime) -> Option<time::OffsetDateTime> {
-    time::OffsetDateTime::from_unix_timestamp(at.secs()).ok()
-}
+pub use blockwatch_aws::to_time;
 
 impl InstanceCapacity for Aws {
     async fn ec2_deadlines(
@@ -139,12 +137,8 @@ impl InstanceCapacity for Aws {
                 .spot_instance_requests()
                 .iter()
                 .find_map(|r| r.block_duration_minutes());
-            if let Some(minutes) = minutes.filter(|m| *m > 0) {
-                found.legacy_spot_block_end = Some((
-                    launched + time::Duration::minutes(i64::from(minutes)),
-                    request_id.to_owned(),
-                ));
-            }
+            found.legacy_spot_block_end =
+                legacy_spot_block_end(launched, minutes).map(|end| (end, request_id.to_owned()));
         }
         if let Some(reservation_id) = instance.capacity_reservation_id() {
             let end = self.capacity_block_end(reservation_id).await?;
@@ -167,10 +161,7 @@ impl InstanceCapacity for Aws {
         Ok(reservations
             .capacity_reservations()
             .iter()
-            .filter(|r| {
-                r.reservation_type()
-                    == Some(&aws_sdk_ec2::types::CapacityReservationType::CapacityBlock)
-            })
+            .filter(|r| is_capacity_block(r.reservation_type().map(|t| t.as_str())))
             .find_map(|r| r.end_date().and_then(to_time)))
     }
 

@@ -1,4 +1,6 @@
 //! Instance metadata through aws-config's IMDS client (IMDSv2 only).
+//! (About 410 lines with its tests against the simulator, kept beside the
+//! client they check.)
 //!
 //! One method per datum. A 404 means "absent" and becomes `None`; only a
 //! service that does not answer is an error.

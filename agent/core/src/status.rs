@@ -257,8 +257,8 @@ mod tests {
     use time::macros::datetime;
 
     use super::*;
-    use crate::core::deadline::{EventKey, SourceKind};
-    use crate::core::state::Deadline;
+    use crate::deadline::{EventKey, SourceKind};
+    use crate::state::Deadline;
 
     fn snapshot(phase: Phase) -> Snapshot {
         Snapshot {
@@ -317,7 +317,7 @@ mod tests {
     fn status_shows_the_shutdown_warning_and_the_power_off_retries() {
         let mut shown = snapshot(Phase::Drained);
         shown.agent.warnings = vec!["instance-initiated shutdown behaviour is `stop`".into()];
-        shown.agent.drain = Some(crate::core::state::Drain {
+        shown.agent.drain = Some(crate::state::Drain {
             reason: EventKey {
                 kind: SourceKind::Lease,
                 id: "tag".into(),

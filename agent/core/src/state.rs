@@ -192,6 +192,10 @@ pub enum Action {
     PowerOff,
 }
 
+/// How the reason given to the tasks blockwatch stops begins; Batch retry
+/// rules match it with `onStatusReason: "blockwatch:*"`.
+pub const STOP_REASON_PREFIX: &str = "blockwatch:";
+
 /// Why remaining tasks are stopped; their stop reason says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopCause {
@@ -444,7 +448,7 @@ mod tests {
     use time::macros::datetime;
 
     use super::*;
-    use crate::core::deadline::{ScheduledEvent, SpotAction};
+    use crate::deadline::{ScheduledEvent, SpotAction};
 
     const T0: OffsetDateTime = datetime!(2026-11-29 12:00:00 UTC);
 

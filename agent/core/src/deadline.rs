@@ -200,6 +200,26 @@ pub fn earliest(candidates: &[Candidate]) -> Option<&Candidate> {
         .min_by(|a, b| (a.at, a.key.kind, &a.key.id).cmp(&(b.at, b.key.kind, &b.key.id)))
 }
 
+/// A legacy spot block's end: the launch plus `BlockDurationMinutes`, when
+/// the request had a block duration at all.
+pub fn legacy_spot_block_end(
+    launched: OffsetDateTime,
+    block_duration_minutes: Option<i32>,
+) -> Option<OffsetDateTime> {
+    block_duration_minutes
+        .filter(|m| *m > 0)
+        .map(|m| launched.saturating_add(time::Duration::minutes(i64::from(m))))
+}
+
+/// How EC2 names a Capacity Block's reservation type; other capacity
+/// reservations have no end of their own.
+pub const CAPACITY_BLOCK_RESERVATION_TYPE: &str = "capacity-block";
+
+/// Whether a capacity reservation of `reservation_type` is a Capacity Block.
+pub fn is_capacity_block(reservation_type: Option<&str>) -> bool {
+    reservation_type == Some(CAPACITY_BLOCK_RESERVATION_TYPE)
+}
+
 /// Within this long of a Capacity Block's `EndDate`, its end is asked again
 /// more often: an extension bought late must still be seen in time.
 pub const CAPACITY_BLOCK_NEAR_END: Duration = Duration::from_secs(2 * 3600);
@@ -229,6 +249,20 @@ mod tests {
     use time::macros::datetime;
 
     use super::*;
+
+    #[test]
+    fn a_legacy_spot_block_ends_its_minutes_after_launch() {
+        let launched = datetime!(2026-12-01 12:00 UTC);
+        assert_eq!(
+            legacy_spot_block_end(launched, Some(60)),
+            Some(datetime!(2026-12-01 13:00 UTC))
+        );
+        assert_eq!(legacy_spot_block_end(launched, Some(0)), None);
+        assert_eq!(legacy_spot_block_end(launched, None), None);
+        assert!(is_capacity_block(Some("capacity-block")));
+        assert!(!is_capacity_block(Some("default")));
+        assert!(!is_capacity_block(None));
+    }
 
     #[test]
     fn a_capacity_block_is_asked_every_30_min_then_every_5_min_in_its_last_2_hours() {

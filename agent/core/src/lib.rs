@@ -1,5 +1,10 @@
 //! The pure part of blockwatch: values in, decisions out. No IO, no clock.
+//!
+//! A crate of its own so that the compiler keeps it pure: its dependencies
+//! are serde, serde_json, time, toml, humantime and thiserror, none of which
+//! does IO. The agent and the launcher both build on it.
 
+pub mod backoff;
 pub mod cluster;
 pub mod compute_environment;
 pub mod config;

@@ -1,0 +1,65 @@
+//! What the agent and the launcher share about AWS: typed, one-line errors
+//! of the SDK's calls ([`SourceError`], [`classify`]), the compute
+//! environment lookup, and SDK timestamps. It links the AWS SDK, so it is
+//! apart from `blockwatch-core`, which does no IO.
+
+pub mod batch;
+pub mod classify;
+
+pub use classify::{classify, classify_at, endpoint_of};
+
+/// A source that could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// IMDS did not answer (after the client's retries), or answered garbage.
+    #[error("instance metadata {path}: {detail}")]
+    Imds { path: String, detail: String },
+    /// An AWS API call failed.
+    #[error("{api}: {detail}")]
+    Aws {
+        api: &'static str,
+        kind: AwsFailure,
+        detail: String,
+    },
+}
+
+/// How an AWS call failed, which decides whether retrying later can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AwsFailure {
+    /// Network, timeout, throttling or a server error, after the SDK's retries.
+    Transient,
+    /// Missing permission or credentials.
+    Denied,
+    /// The request was refused for a reason retrying will not fix.
+    Rejected,
+}
+
+/// Every message in `err`'s chain that is not one of `generic` (wrappers
+/// such as "dispatch failure"), joined with `: `, repeats dropped, on one
+/// line. Empty when every message was generic.
+pub fn causes_except(err: &(dyn std::error::Error + 'static), generic: &[&str]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for e in chain(err) {
+        let text = e.to_string().replace(['\n', '\r'], " ");
+        let text = text.trim();
+        // Wrappers often repeat their source's text; keep each once.
+        if !text.is_empty() && !generic.contains(&text) && !parts.iter().any(|p| p.contains(text)) {
+            parts.push(text.to_owned());
+        }
+    }
+    parts.join(": ")
+}
+
+/// `err` and its sources, outermost first.
+pub fn chain<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |e: &&'a (dyn std::error::Error + 'static)| {
+        (*e).source()
+    })
+}
+
+/// An SDK timestamp as an `OffsetDateTime` (whole seconds).
+pub fn to_time(at: &aws_smithy_types::DateTime) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::from_unix_timestamp(at.secs()).ok()
+}

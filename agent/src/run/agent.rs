@@ -1,0 +1,182 @@
+//! A tick's decision, which needs no IMDS: the pure core decides from what
+//! was observed, the new state is recorded before anything acts on it,
+//! events are reported, and the executor carries out the actions.
+
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+
+use super::executor::Executor;
+use super::reporter::Reporter;
+use super::store::Store;
+use super::{whole_seconds, Clock, Node};
+use crate::actions::ecs::ContainerService;
+use crate::actions::webhook::Deliveries;
+use crate::core::config::{OnDrained, OnLeaseEnd, Settings};
+use crate::core::deadline::Observations;
+use crate::core::state::{decide, AgentState, Policy};
+
+const ECS_AGENT_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+
+/// What the agent knows and keeps, which every part reads or writes: the
+/// core's inputs and state, the reporter, and the state store.
+#[derive(Debug)]
+pub struct Books {
+    pub policy: Policy,
+    pub observed: Observations,
+    pub state: AgentState,
+    pub reporter: Reporter,
+    pub store: Store,
+}
+
+impl Books {
+    pub fn new(
+        settings: &Settings,
+        node: &Node,
+        store: Store,
+        state: AgentState,
+        observed: Observations,
+        deliveries: Deliveries,
+    ) -> Self {
+        Self {
+            policy: Policy {
+                drain_lead: settings.drain_lead.value,
+                drain_on_rebalance: settings.drain_on_rebalance.value,
+                stop_grace: settings.stop_grace.as_ref().map(|g| g.value),
+                power_off_when_drained: settings.on_drained.value == OnDrained::Poweroff,
+                enforce_lease_end: settings.on_lease_end.value == OnLeaseEnd::Poweroff,
+            },
+            observed,
+            state,
+            reporter: Reporter::new(settings, node, deliveries),
+            store,
+        }
+    }
+
+    /// Writes the state file (and metrics); false when the state could not
+    /// be saved.
+    pub fn persist(&mut self, now: OffsetDateTime) -> bool {
+        self.store.save(&self.state, self.reporter.errors(), now)
+    }
+
+    /// A decision, logged with the journald fields of the current state.
+    pub fn decision(&self, message: &str) {
+        self.reporter.decision(&self.state, message);
+    }
+}
+
+#[derive(Debug)]
+pub struct Agent<S, K> {
+    pub books: Books,
+    executor: Executor<S, K>,
+    pub(super) clock: K,
+    rebalance_noted: bool,
+    /// Whether the local ECS agent answered its introspection API lately
+    /// (at `ecs_agent_url`): blockwatch keeps running when ecs.service
+    /// fails, and says so.
+    ecs_agent_answers: Option<bool>,
+    ecs_agent_url: String,
+    next_ecs_agent_check: Instant,
+}
+
+impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
+    pub fn new(
+        books: Books,
+        settings: &Settings,
+        node: &Node,
+        service: S,
+        clock: K,
+        ecs_agent_url: String,
+    ) -> Self {
+        Self {
+            books,
+            executor: Executor::new(service, clock.clone(), settings, node),
+            next_ecs_agent_check: clock.instant(),
+            clock,
+            rebalance_noted: false,
+            ecs_agent_answers: None,
+            ecs_agent_url,
+        }
+    }
+
+    /// Decides, records, reports and acts.
+    pub async fn step(&mut self) {
+        let now = whole_seconds(self.clock.utc());
+        let books = &mut self.books;
+        if books.observed.rebalance_notice.is_some()
+            && !books.policy.drain_on_rebalance
+            && !self.rebalance_noted
+        {
+            log::info!(
+                "rebalance recommendation seen; not draining for it (drain_on_rebalance = false)"
+            );
+            self.rebalance_noted = true;
+        }
+        self.executor.count_tasks_if_due(books).await;
+        let decision = decide(now, &books.observed, &books.state, &books.policy);
+        let before = std::mem::replace(&mut books.state, decision.state);
+        // The decision is on disk before anything acts on it, so a crash
+        // between the two neither forgets nor repeats it.
+        if books.state != before {
+            books.persist(now);
+        }
+        for event in &decision.events {
+            books
+                .reporter
+                .event(event, &books.state, &books.observed, now);
+        }
+        for action in decision.actions {
+            let before_action = books.state.clone();
+            self.executor.act(action, now, books).await;
+            if books.state != before_action {
+                books.persist(now);
+            }
+        }
+    }
+
+    /// Every 30 s, a local (no AWS) look at whether the ECS agent answers.
+    pub async fn check_ecs_agent(&mut self) {
+        if self.clock.instant() < self.next_ecs_agent_check {
+            return;
+        }
+        self.next_ecs_agent_check = self.clock.instant() + ECS_AGENT_CHECK_INTERVAL;
+        let answers = self.executor.service().agent_answers().await;
+        match (self.ecs_agent_answers, answers) {
+            (Some(true) | None, false) => log::warn!(
+                "the ECS agent does not answer at {}: is ecs.service running? blockwatch keeps watching",
+                self.ecs_agent_url
+            ),
+            (Some(false), true) => log::info!("the ECS agent answers again"),
+            _ => {}
+        }
+        self.ecs_agent_answers = Some(answers);
+    }
+
+    /// Runs the power-off a tick recorded, if any.
+    pub async fn run_power_off(&mut self) {
+        self.executor.run_power_off(&mut self.books).await;
+    }
+
+    /// After each tick: the heartbeat, a save that failed before, the
+    /// metrics; returns the systemd STATUS line.
+    pub fn record_tick(&mut self) -> String {
+        let now = whole_seconds(self.clock.utc());
+        let books = &mut self.books;
+        books.store.tick(&books.state, books.reporter.errors(), now);
+        self.status_line(now)
+    }
+
+    /// The systemd STATUS line, with a warning when the ECS agent is down.
+    fn status_line(&self, now: OffsetDateTime) -> String {
+        let books = &self.books;
+        let mut line = books.store.snapshot(&books.state, now).status_line(now);
+        if self.ecs_agent_answers == Some(false) {
+            line.push_str(" · ECS agent not answering");
+        }
+        if let Some(problem) = books.store.problem() {
+            line.push_str(" · ");
+            line.push_str(problem);
+        }
+        line
+    }
+}

@@ -1,0 +1,346 @@
+//! The executor: carries out the core's actions over a [`ContainerService`]
+//! and records what they did in the state.
+//!
+//! It owns the container instance's ARN (found once, forgotten when ECS
+//! rejects it), the one backoff every failing ECS call shares (exponential,
+//! capped, jittered), and the task-count schedule. Its time and randomness
+//! come from a [`Clock`]; the wall time of a decision is passed in. The
+//! power-off protocol is in [`super::power_off`].
+
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+
+use super::agent::Books;
+use super::{bounded, shown, Clock, Node};
+use crate::actions::ecs::ContainerService;
+use crate::core::backoff::Backoff;
+use crate::core::config::{rfc3339, Settings};
+use crate::core::deadline::SourceKind;
+use crate::core::state::{Action, AgentState, Phase, StopCause, STOP_REASON_PREFIX};
+use crate::sources::{AwsFailure, SourceError};
+
+/// Failed ECS calls are retried after up to 1 s, doubling to 30 s.
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What the activities that can fail repeatedly are called in the logs.
+const FINDING: &str = "finding the container instance";
+const DRAINING: &str = "setting the container instance to DRAINING";
+const UNDRAINING: &str = "setting the container instance back to ACTIVE";
+const COUNTING: &str = "counting the tasks still running";
+const STOPPING: &str = "stopping the remaining tasks";
+
+#[derive(Debug)]
+pub struct Executor<S, K> {
+    service: S,
+    pub(super) clock: K,
+    pub(super) node: Node,
+    dry_run: bool,
+    drain_poll_interval: Duration,
+    pub(super) poweroff_command: String,
+    /// Our container instance's ARN, once found.
+    container_instance: Option<String>,
+    backoff: Backoff,
+    next_task_count: Instant,
+    /// Whether "waiting for … to register" was logged.
+    waiting_logged: bool,
+    /// A power-off attempt on disk whose command is still to run (when, and
+    /// which attempt).
+    pub(super) power_off_recorded: Option<(OffsetDateTime, u32)>,
+}
+
+impl<S: ContainerService, K: Clock> Executor<S, K> {
+    pub fn new(service: S, clock: K, settings: &Settings, node: &Node) -> Self {
+        Self {
+            next_task_count: clock.instant(),
+            service,
+            clock,
+            node: node.clone(),
+            dry_run: settings.dry_run.value,
+            drain_poll_interval: settings.drain_poll_interval.value,
+            poweroff_command: settings.poweroff_command.value.clone(),
+            container_instance: None,
+            backoff: Backoff::new(FIRST_BACKOFF, MAX_BACKOFF),
+            waiting_logged: false,
+            power_off_recorded: None,
+        }
+    }
+
+    pub fn service(&self) -> &S {
+        &self.service
+    }
+
+    /// While draining, once ECS confirmed DRAINING, counts the running tasks
+    /// every `drain_poll_interval` (at once after DRAINING is confirmed and
+    /// after tasks were stopped) into the core's observations.
+    pub async fn count_tasks_if_due(&mut self, books: &mut Books) {
+        let confirmed = books
+            .state
+            .drain
+            .as_ref()
+            .is_some_and(|d| d.draining_confirmed_at.is_some());
+        if books.state.phase != Phase::Draining || !confirmed {
+            books.observed.running_tasks = None;
+            return;
+        }
+        if self.clock.instant() < self.next_task_count {
+            return;
+        }
+        self.next_task_count = self.clock.instant() + self.drain_poll_interval;
+        let Some(container_instance) = self.container_instance(books).await else {
+            return;
+        };
+        let cluster = &self.node.cluster;
+        let counted = bounded(
+            "ecs:ListTasks",
+            self.service.running_tasks(cluster, &container_instance),
+        )
+        .await;
+        match counted {
+            Ok(tasks) => {
+                self.worked(COUNTING, books);
+                if books.observed.running_tasks != Some(tasks.len()) {
+                    log::info!(CLUSTER = self.node.cluster.as_str(), PHASE = "draining"; "{} task(s) still running on {container_instance}", tasks.len());
+                }
+                books.observed.running_tasks = Some(tasks.len());
+            }
+            Err(err) => self.failed(COUNTING, &err, books),
+        }
+    }
+
+    /// Carries out `action`, decided at `now`, and records its outcome in
+    /// the state. A failed ECS call is retried when the core asks again
+    /// after the backoff; until then the action is skipped.
+    pub async fn act(&mut self, action: Action, now: OffsetDateTime, books: &mut Books) {
+        if self.dry_run {
+            self.act_dry(action, now, books);
+            return;
+        }
+        if action != Action::PowerOff && !self.backoff.ready(self.clock.instant()) {
+            return;
+        }
+        match action {
+            Action::Drain => self.set_draining(true, now, books).await,
+            Action::Undrain => self.set_draining(false, now, books).await,
+            Action::StopTasks(cause) => self.stop_tasks(cause, now, books).await,
+            Action::PowerOff => self.record_power_off(now, books).await,
+        }
+    }
+
+    /// DRAINING (a drain) or ACTIVE (a drain undone).
+    async fn set_draining(&mut self, draining: bool, now: OffsetDateTime, books: &mut Books) {
+        let Some(container_instance) = self.container_instance(books).await else {
+            // Not registered yet: ask again after a backoff (an AWS error
+            // has already started one).
+            self.back_off_unless_waiting();
+            return;
+        };
+        let activity = if draining { DRAINING } else { UNDRAINING };
+        let set = bounded(
+            "ecs:UpdateContainerInstancesState",
+            self.service
+                .set_draining(&self.node.cluster, &container_instance, draining),
+        )
+        .await;
+        if let Err(err) = set {
+            // A rejection may mean the ECS agent registered again under a new ARN.
+            if matches!(
+                err,
+                SourceError::Aws {
+                    kind: AwsFailure::Rejected,
+                    ..
+                }
+            ) {
+                self.container_instance = None;
+            }
+            self.failed(activity, &err, books);
+            return;
+        }
+        self.backoff.succeeded();
+        self.worked(activity, books);
+        if draining {
+            if let Some(drain) = books.state.drain.as_mut() {
+                drain.draining_confirmed_at = Some(now);
+            }
+            self.next_task_count = self.clock.instant();
+        } else {
+            books.state.undrain_pending = false;
+        }
+        books.decision(if draining {
+            "container instance set to DRAINING: no new jobs are placed here"
+        } else {
+            "container instance set back to ACTIVE"
+        });
+    }
+
+    async fn stop_tasks(&mut self, cause: StopCause, now: OffsetDateTime, books: &mut Books) {
+        let Some(container_instance) = self.container_instance(books).await else {
+            self.back_off_unless_waiting();
+            return;
+        };
+        let cluster = &self.node.cluster;
+        let reason = stop_reason(cause, &books.state, &self.node);
+        let result = match bounded(
+            "ecs:ListTasks",
+            self.service.running_tasks(cluster, &container_instance),
+        )
+        .await
+        {
+            Ok(tasks) => bounded(
+                "ecs:StopTask",
+                self.service.stop_tasks(cluster, &tasks, &reason),
+            )
+            .await
+            .map(|()| tasks.len()),
+            Err(err) => Err(err),
+        };
+        let stopped = match result {
+            Ok(stopped) => stopped,
+            Err(err) => return self.failed(STOPPING, &err, books),
+        };
+        self.backoff.succeeded();
+        self.worked(STOPPING, books);
+        if let Some(drain) = books.state.drain.as_mut() {
+            match cause {
+                StopCause::Grace => drain.tasks_stopped_at = Some(now),
+                StopCause::LeaseEnded => drain.end_stop_at = Some(now),
+            }
+        }
+        // Count again soon: the power-off waits for them.
+        self.next_task_count = self.clock.instant();
+        books.decision(&format!("stopped {stopped} task(s) with reason {reason:?}"));
+    }
+
+    /// Dry run: nothing is asked of ECS or run; each action is confirmed at
+    /// once, so that the drain goes on as it would.
+    fn act_dry(&mut self, action: Action, now: OffsetDateTime, books: &mut Books) {
+        let what = match action {
+            Action::Drain => {
+                if let Some(drain) = books.state.drain.as_mut() {
+                    drain.draining_confirmed_at = Some(now);
+                    // Nothing was drained, so there is nothing to wait for.
+                    drain.running_tasks = Some(0);
+                }
+                books.observed.running_tasks = Some(0);
+                "set the container instance to DRAINING".to_owned()
+            }
+            Action::Undrain => {
+                books.state.undrain_pending = false;
+                "set the container instance back to ACTIVE".to_owned()
+            }
+            Action::StopTasks(cause) => {
+                if let Some(drain) = books.state.drain.as_mut() {
+                    match cause {
+                        StopCause::Grace => drain.tasks_stopped_at = Some(now),
+                        StopCause::LeaseEnded => drain.end_stop_at = Some(now),
+                    }
+                }
+                format!(
+                    "stop the remaining tasks with reason {:?}",
+                    stop_reason(cause, &books.state, &self.node)
+                )
+            }
+            Action::PowerOff => {
+                if let Some(drain) = books.state.drain.as_mut() {
+                    drain.poweroff_attempts += 1;
+                    drain.poweroff_attempted_at = Some(now);
+                    drain.poweroff_at = Some(now);
+                }
+                format!("run {:?}", self.poweroff_command)
+            }
+        };
+        books.decision(&format!("dry run, nothing changed: would {what}"));
+    }
+
+    /// Our container instance: found once (the local ECS agent first, then
+    /// `ecs:ListContainerInstances`), then kept until ECS rejects it.
+    async fn container_instance(&mut self, books: &mut Books) -> Option<String> {
+        if self.container_instance.is_some() {
+            return self.container_instance.clone();
+        }
+        let cluster = &self.node.cluster;
+        let found = bounded(
+            "ecs:ListContainerInstances",
+            self.service
+                .find_container_instance(cluster, &self.node.instance_id),
+        )
+        .await;
+        let found = match found {
+            Ok(found) => found,
+            Err(err) => {
+                self.failed(FINDING, &err, books);
+                return None;
+            }
+        };
+        self.worked(FINDING, books);
+        let cluster = self.node.cluster.as_str();
+        match &found {
+            Some(arn) => log::info!(CLUSTER = cluster; "container instance {arn}"),
+            None if !self.waiting_logged => {
+                log::info!(
+                    "waiting for {} to register as a container instance in {cluster}",
+                    self.node.instance_id
+                );
+                self.waiting_logged = true;
+            }
+            None => {}
+        }
+        self.container_instance.clone_from(&found);
+        found
+    }
+
+    /// Starts a backoff when none is running.
+    fn back_off_unless_waiting(&mut self) {
+        let now = self.clock.instant();
+        if self.backoff.ready(now) {
+            self.backoff.failed(now, self.clock.random());
+        }
+    }
+
+    /// Counts a failed ECS call, backs off, and logs it the first time and
+    /// then as a count now and then.
+    fn failed(&mut self, activity: &str, err: &SourceError, books: &mut Books) {
+        books.reporter.count_error("ecs");
+        let now = self.clock.instant();
+        let wait = self.backoff.failed(now, self.clock.random());
+        let then = format!("retrying in {}", shown(wait));
+        books
+            .reporter
+            .failed(activity, &err.to_string(), &then, now);
+    }
+
+    fn worked(&self, activity: &str, books: &mut Books) {
+        books.reporter.worked(activity, self.clock.instant());
+    }
+}
+
+/// The reason the stopped tasks are given: Batch retry rules match its
+/// prefix.
+fn stop_reason(cause: StopCause, state: &AgentState, node: &Node) -> String {
+    if cause == StopCause::LeaseEnded {
+        let kind = state
+            .drain
+            .as_ref()
+            .map(|d| d.reason.kind)
+            .filter(|k| k.is_lease())
+            .unwrap_or(SourceKind::Lease);
+        let ended = match kind {
+            SourceKind::CapacityBlock => "Capacity Block ended",
+            _ => "lease ended",
+        };
+        return format!(
+            "{STOP_REASON_PREFIX} {ended} (instance {})",
+            node.instance_id
+        );
+    }
+    let ends = state
+        .deadline
+        .as_ref()
+        .map(|d| format!(" at {} ({})", rfc3339(d.at), d.event.kind))
+        .unwrap_or_default();
+    format!(
+        "{STOP_REASON_PREFIX} instance {} ends{ends}",
+        node.instance_id
+    )
+}

@@ -1,0 +1,235 @@
+//! Fakes for the run loop's unit tests: a container service with scripted
+//! answers that keeps what ECS would hold, and a clock moved by hand.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+
+use super::Clock;
+use crate::actions::ecs::ContainerService;
+use crate::sources::{AwsFailure, SourceError};
+
+/// A clock that stands still until the test moves it; its random numbers
+/// are scripted (the top of the jitter window when none is).
+#[derive(Debug, Clone)]
+pub struct FakeClock(Arc<Mutex<ClockState>>);
+
+#[derive(Debug)]
+struct ClockState {
+    instant: Instant,
+    utc: OffsetDateTime,
+    randoms: VecDeque<u64>,
+}
+
+impl FakeClock {
+    pub fn at(utc: OffsetDateTime) -> Self {
+        Self(Arc::new(Mutex::new(ClockState {
+            instant: Instant::now(),
+            utc,
+            randoms: VecDeque::new(),
+        })))
+    }
+
+    fn state(&self) -> MutexGuard<'_, ClockState> {
+        self.0.lock().unwrap()
+    }
+
+    pub fn advance(&self, by: Duration) {
+        let mut state = self.state();
+        state.instant += by;
+        state.utc += by;
+    }
+
+    /// The next `random()` returns `number`.
+    pub fn will_draw(&self, number: u64) {
+        self.state().randoms.push_back(number);
+    }
+}
+
+impl Clock for FakeClock {
+    fn instant(&self) -> Instant {
+        self.state().instant
+    }
+    fn utc(&self) -> OffsetDateTime {
+        self.state().utc
+    }
+    fn random(&self) -> u64 {
+        self.state().randoms.pop_front().unwrap_or(u64::MAX)
+    }
+}
+
+pub const FIND: &str = "ecs:ListContainerInstances";
+pub const SET_DRAINING: &str = "ecs:UpdateContainerInstancesState";
+pub const LIST_TASKS: &str = "ecs:ListTasks";
+pub const STOP_TASKS: &str = "ecs:StopTask";
+
+/// A call the executor made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Find,
+    SetDraining { arn: String, draining: bool },
+    ListTasks { arn: String },
+    StopTasks { tasks: Vec<String>, reason: String },
+}
+
+/// How a scripted call goes instead of the normal answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scripted {
+    Fail(AwsFailure),
+    /// ECS did it, but its answer never came back.
+    AnswerLost,
+}
+
+/// ECS as the fake holds it: the registered container instance, its
+/// status, its tasks; and the calls made.
+#[derive(Debug, Default)]
+pub struct EcsState {
+    pub calls: Vec<Call>,
+    pub registered: Option<String>,
+    pub status: &'static str,
+    pub tasks: Vec<String>,
+    pub agent_answers: bool,
+    script: BTreeMap<&'static str, VecDeque<Scripted>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FakeEcs(Arc<Mutex<EcsState>>);
+
+impl FakeEcs {
+    /// Registered as `arn`, ACTIVE, with `tasks` running.
+    pub fn registered(arn: &str, tasks: &[&str]) -> Self {
+        let fake = Self::default();
+        {
+            let mut state = fake.state();
+            state.registered = Some(arn.to_owned());
+            state.status = "ACTIVE";
+            state.tasks = tasks.iter().map(|t| (*t).to_owned()).collect();
+            state.agent_answers = true;
+        }
+        fake
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, EcsState> {
+        self.0.lock().unwrap()
+    }
+
+    /// The next calls of `api` ([`SET_DRAINING`], …) go as `how`, in order.
+    pub fn script(&self, api: &'static str, how: &[Scripted]) {
+        self.state()
+            .script
+            .entry(api)
+            .or_default()
+            .extend(how.iter().copied());
+    }
+
+    /// The ECS agent registered again under `arn` (the old ARN is gone).
+    pub fn register_again(&self, arn: &str) {
+        let mut state = self.state();
+        state.registered = Some(arn.to_owned());
+        state.status = "ACTIVE";
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.state().calls.clone()
+    }
+
+    pub fn drain_calls(&self) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|c| matches!(c, Call::SetDraining { .. }))
+            .collect()
+    }
+
+    /// Records `call`, then answers as scripted for `api`, else as ECS
+    /// would (`answer`, which may change what ECS holds). A lost answer is
+    /// given once ECS has done the work.
+    fn answer<T>(
+        &self,
+        api: &'static str,
+        call: Call,
+        answer: impl FnOnce(&mut EcsState) -> Result<T, SourceError>,
+    ) -> Result<T, SourceError> {
+        let mut state = self.state();
+        state.calls.push(call);
+        let scripted = state.script.get_mut(api).and_then(VecDeque::pop_front);
+        if let Some(Scripted::Fail(kind)) = scripted {
+            return Err(failure(api, kind));
+        }
+        let answered = answer(&mut state)?;
+        match scripted {
+            Some(Scripted::AnswerLost) => Err(failure(api, AwsFailure::Transient)),
+            _ => Ok(answered),
+        }
+    }
+}
+
+fn failure(api: &'static str, kind: AwsFailure) -> SourceError {
+    SourceError::Aws {
+        api,
+        kind,
+        detail: format!("scripted {kind:?}"),
+    }
+}
+
+impl ContainerService for FakeEcs {
+    async fn find_container_instance(
+        &self,
+        _cluster: &str,
+        _instance_id: &str,
+    ) -> Result<Option<String>, SourceError> {
+        self.answer(FIND, Call::Find, |ecs| Ok(ecs.registered.clone()))
+    }
+
+    async fn set_draining(
+        &self,
+        _cluster: &str,
+        container_instance: &str,
+        draining: bool,
+    ) -> Result<(), SourceError> {
+        let arn = container_instance.to_owned();
+        let call = Call::SetDraining {
+            arn: arn.clone(),
+            draining,
+        };
+        self.answer(SET_DRAINING, call, |ecs| {
+            if ecs.registered != Some(arn) {
+                return Err(failure(SET_DRAINING, AwsFailure::Rejected));
+            }
+            ecs.status = if draining { "DRAINING" } else { "ACTIVE" };
+            Ok(())
+        })
+    }
+
+    async fn running_tasks(
+        &self,
+        _cluster: &str,
+        container_instance: &str,
+    ) -> Result<Vec<String>, SourceError> {
+        let arn = container_instance.to_owned();
+        self.answer(LIST_TASKS, Call::ListTasks { arn }, |ecs| {
+            Ok(ecs.tasks.clone())
+        })
+    }
+
+    async fn stop_tasks(
+        &self,
+        _cluster: &str,
+        tasks: &[String],
+        reason: &str,
+    ) -> Result<(), SourceError> {
+        let call = Call::StopTasks {
+            tasks: tasks.to_vec(),
+            reason: reason.to_owned(),
+        };
+        self.answer(STOP_TASKS, call, |ecs| {
+            ecs.tasks.retain(|t| !tasks.contains(t));
+            Ok(())
+        })
+    }
+
+    async fn agent_answers(&self) -> bool {
+        self.state().agent_answers
+    }
+}

@@ -1,0 +1,285 @@
+//! `blockwatch run`: watch every end-of-life signal, drain in time, report.
+//!
+//! The loop is thin: poll IMDS, ask the pure core what to do, do it, record
+//! it. AWS is called at start, at drain time and while draining; never while
+//! idle.
+//!
+//! Nothing may hang the loop: every tick runs beside the signals and the
+//! watchdog (SIGTERM is served while an AWS call is in flight), every AWS
+//! call the loop makes has a time limit of its own, and the start-up EC2
+//! lookup runs on a task of its own so that it never delays IMDS polling,
+//! `READY=1` or the first state file. When IMDS keeps failing (or refuses
+//! our session token), the IMDS client and the AWS credential chain that
+//! shares it are built afresh.
+//!
+//! The parts, one concern each:
+//! - [`service`]: SIGTERM, SIGINT and the systemd watchdog, served around
+//!   every tick;
+//! - [`poll`]: a tick's IMDS side: the notices, a fresh IMDS session when
+//!   IMDS fails, the lease tags;
+//! - [`agent`]: a tick's decision: the pure core decides, the state is
+//!   recorded, events are reported, actions are executed;
+//! - [`executor`]: the core's actions over a [`ContainerService`], with the
+//!   container instance's ARN cache and the one backoff; [`power_off`] is its
+//!   persist-first power-off;
+//! - [`reporter`]: journal lines, webhook events and error counts;
+//! - [`store`]: the state file and the metrics;
+//! - [`ec2`]: EC2's own end dates, on a task of their own.
+//!
+//! [`ContainerService`]: crate::actions::ecs::ContainerService
+
+mod agent;
+mod ec2;
+mod executor;
+mod poll;
+mod power_off;
+mod reporter;
+mod service;
+mod store;
+
+#[cfg(test)]
+mod fakes;
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::actions::ecs::{Ecs, Introspection};
+use crate::actions::webhook::Deliveries;
+use crate::core::deadline::Observations;
+use crate::exit::AgentError;
+use crate::host::entropy::random_u64;
+use crate::host::state;
+use crate::join::{resolve, ResolveOptions, Resolved};
+use crate::sources::aws::Aws;
+use crate::sources::imds::Imds;
+use crate::sources::{AwsFailure, SourceError};
+
+use agent::{Agent, Books};
+use poll::Poll;
+use service::{Served, Service, Wakeup};
+use store::Store;
+
+/// The longest the loop waits for one AWS step (a call or two, with the
+/// SDK's own retries) before it counts as a transient failure: a backstop
+/// above the SDK's operation timeouts, should they not fire.
+pub const AWS_CALL_LIMIT: Duration = Duration::from_secs(90);
+/// How long shutdown and power-off wait for webhook deliveries in flight.
+pub const WEBHOOK_GRACE: Duration = Duration::from_secs(5);
+pub use crate::core::state::STOP_REASON_PREFIX;
+
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub config_path: PathBuf,
+    pub config_path_explicit: bool,
+    pub state_dir: PathBuf,
+    pub dry_run: bool,
+    pub introspection_url: String,
+}
+
+/// The time and the randomness the loop's policies use, read only through
+/// this trait so that unit tests can replace them.
+pub trait Clock {
+    /// Monotonic time: retry timers, schedules, log summaries.
+    fn instant(&self) -> Instant;
+    /// The wall clock: decisions and records.
+    fn utc(&self) -> OffsetDateTime;
+    /// A uniformly random number, for jitter.
+    fn random(&self) -> u64;
+}
+
+/// The machine's clocks and per-process random numbers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn instant(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+    fn utc(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+    fn random(&self) -> u64 {
+        random_u64()
+    }
+}
+
+/// This instance as the journal, the state file and the ECS calls name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub instance_id: String,
+    pub cluster: String,
+    pub compute_environment: Option<String>,
+}
+
+impl Node {
+    fn of(resolved: &Resolved) -> Self {
+        Self {
+            instance_id: resolved.instance_id.clone(),
+            cluster: resolved.cluster.to_string(),
+            compute_environment: resolved
+                .compute_environment
+                .as_ref()
+                .map(|ce| ce.value.clone()),
+        }
+    }
+}
+
+pub async fn run(request: &RunRequest, imds: Imds) -> Result<(), AgentError> {
+    let mut service = Service::new()?;
+    let aws = Arc::new(Aws::new(imds.clone()));
+    let Some(resolved) = start_up(&mut service, request, &imds, &aws).await? else {
+        return Ok(());
+    };
+    let identity = resolved
+        .identity
+        .clone()
+        .ok_or_else(|| AgentError::Internal("no identity document".into()))?;
+    let settings = resolved.settings.clone();
+    let metrics_file = settings.metrics_file.as_ref().map(|p| p.value.clone());
+    let (records, mut state) =
+        state::Records::open(&request.state_dir, &identity.instance_id, metrics_file)?;
+    // A lease duration counts from the first launch, not from a restart
+    // after a stop.
+    state.first_launched_at.get_or_insert(identity.pending_time);
+    let observed = Observations {
+        launched_at: Some(identity.pending_time),
+        ..Observations::default()
+    };
+    // One HTTP client for the ECS agent's introspection API and the webhook;
+    // each request sets its own timeout.
+    let http = reqwest::Client::builder()
+        .build()
+        .map_err(|e| AgentError::Internal(format!("cannot build the HTTP client: {e}")))?;
+    let node = Node::of(&resolved);
+    let books = Books::new(
+        &settings,
+        &node,
+        Store::new(records, &node),
+        state,
+        observed,
+        Deliveries::new(http.clone()),
+    );
+    let (aws_updates, current_aws) = watch::channel(aws);
+    let introspection = Introspection::new(http, request.introspection_url.clone());
+    let ecs = Ecs::new(current_aws.clone(), introspection);
+    let url = request.introspection_url.clone();
+    let mut agent = Agent::new(books, &settings, &node, ecs, SystemClock, url);
+    let mut poll = Poll::new(imds, aws_updates, &settings, SystemClock);
+    poll.follow_lease(settings.lease.clone(), &mut agent.books);
+    let mut ec2_reports = ec2::spawn(current_aws, identity, &settings);
+
+    let interval = settings.poll_interval.value.max(Duration::from_millis(100));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        match service.wait(&mut ticker, &mut ec2_reports).await {
+            Wakeup::Tick => {}
+            Wakeup::Message(report) => {
+                agent.note_ec2_report(report);
+                continue;
+            }
+            Wakeup::Stop => break,
+        }
+        if let Served::Stopped = service.serve(Box::pin(poll.tick(&mut agent))).await {
+            break;
+        }
+        // Outside `serve`: the power-off makes systemd send SIGTERM, which
+        // must not drop the command's outcome before it is recorded.
+        agent.run_power_off().await;
+        let status = agent.record_tick();
+        service.notifier.tick(&status);
+    }
+    shut_down(&mut service, &mut agent.books.reporter.deliveries, request).await;
+    Ok(())
+}
+
+/// Resolves who we are and our settings, serving signals meanwhile; `None`
+/// when told to stop first.
+async fn start_up(
+    service: &mut Service,
+    request: &RunRequest,
+    imds: &Imds,
+    aws: &Aws,
+) -> Result<Option<Resolved>, AgentError> {
+    let known = state::read_join_record(&request.state_dir).unwrap_or_else(|err| {
+        log::warn!("ignoring the join record: {err}");
+        None
+    });
+    let options = ResolveOptions {
+        config_path: &request.config_path,
+        config_path_explicit: request.config_path_explicit,
+        dry_run_flag: request.dry_run,
+        always_read_tags: true,
+        known: known.as_ref(),
+    };
+    match service
+        .serve(Box::pin(resolve(options, imds, aws, aws)))
+        .await
+    {
+        Served::Done(resolved) => Ok(Some(resolved?)),
+        Served::Stopped => {
+            log::info!("stopping before the start-up finished");
+            service.notifier.stopping();
+            Ok(None)
+        }
+    }
+}
+
+/// Says where the state is kept, and gives webhook deliveries in flight a
+/// little time (a second SIGTERM drops them).
+async fn shut_down(service: &mut Service, deliveries: &mut Deliveries, request: &RunRequest) {
+    log::info!(
+        "stopping; state kept in {}",
+        state::state_path(&request.state_dir).display()
+    );
+    service.notifier.stopping();
+    let stopping = "blockwatch is stopping";
+    if let Served::Stopped = service
+        .serve(deliveries.settle(WEBHOOK_GRACE, stopping))
+        .await
+    {
+        deliveries.abandon("blockwatch was told again to stop");
+    }
+}
+
+/// Runs an AWS call with [`AWS_CALL_LIMIT`]; past it, a transient failure.
+/// The call is boxed: SDK futures are large.
+fn bounded<'a, T: 'a>(
+    api: &'static str,
+    call: impl Future<Output = Result<T, SourceError>> + 'a,
+) -> impl Future<Output = Result<T, SourceError>> + 'a {
+    let call = Box::pin(call);
+    async move {
+        tokio::time::timeout(AWS_CALL_LIMIT, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(SourceError::Aws {
+                    api,
+                    kind: AwsFailure::Transient,
+                    detail: format!(
+                        "no answer within {}",
+                        humantime::format_duration(AWS_CALL_LIMIT)
+                    ),
+                })
+            })
+    }
+}
+
+/// Decisions and records keep whole seconds, as tags and notices do.
+fn whole_seconds(at: OffsetDateTime) -> OffsetDateTime {
+    at.replace_nanosecond(0).unwrap_or(at)
+}
+
+/// A jittered wait as the journal shows it: whole milliseconds.
+fn shown(wait: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_millis(
+        u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+    ))
+}

@@ -1,0 +1,176 @@
+//! The reporter: what operators are told. Every decision as a journal line
+//! with the fields journald indexes; drain events also to the webhook;
+//! failures that repeat, once and then as a count; error counts for the
+//! metrics file.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use time::OffsetDateTime;
+
+use super::Node;
+use crate::actions::webhook::{self, Deliveries};
+use crate::core::config::{rfc3339, Settings};
+use crate::core::deadline::Observations;
+use crate::core::failures::{FailureLog, Line};
+use crate::core::state::{AgentState, CancelCause, Event};
+
+#[derive(Debug)]
+pub struct Reporter {
+    node: Node,
+    dry_run: bool,
+    webhook_url: Option<String>,
+    pub deliveries: Deliveries,
+    failures: FailureLog,
+    /// Failures by source (`ecs`, `imds`, …), for the metrics file.
+    errors: BTreeMap<&'static str, u64>,
+}
+
+impl Reporter {
+    pub fn new(settings: &Settings, node: &Node, deliveries: Deliveries) -> Self {
+        Self {
+            node: node.clone(),
+            dry_run: settings.dry_run.value,
+            webhook_url: settings.webhook_url.as_ref().map(|u| u.value.clone()),
+            deliveries,
+            failures: FailureLog::default(),
+            errors: BTreeMap::new(),
+        }
+    }
+
+    /// `activity` failed with `error`; `then` says what happens next. Logged
+    /// when it starts failing, then as a count now and then.
+    pub fn failed(&mut self, activity: &str, error: &str, then: &str, now: Instant) {
+        if let Some(line) = self.failures.failed(activity, error, then, now) {
+            emit(line);
+        }
+    }
+
+    /// `activity` worked: one line if it had been failing.
+    pub fn worked(&mut self, activity: &str, now: Instant) {
+        if let Some(line) = self.failures.succeeded(activity, now) {
+            emit(line);
+        }
+    }
+
+    /// Ends a failure streak without a line (the caller says it better).
+    pub fn forget_failures(&mut self, activity: &str, now: Instant) {
+        let _ = self.failures.succeeded(activity, now);
+    }
+
+    pub fn count_error(&mut self, source: &'static str) {
+        *self.errors.entry(source).or_default() += 1;
+    }
+
+    pub fn errors(&self) -> &BTreeMap<&'static str, u64> {
+        &self.errors
+    }
+
+    /// Logs with the journald fields every decision carries.
+    pub fn decision(&self, state: &AgentState, message: &str) {
+        let deadline = state
+            .deadline
+            .as_ref()
+            .map(|d| rfc3339(d.at))
+            .unwrap_or_default();
+        let source = state
+            .deadline
+            .as_ref()
+            .map(|d| d.event.kind.name())
+            .unwrap_or("none");
+        log::info!(
+            INSTANCE_ID = self.node.instance_id.as_str(),
+            CLUSTER = self.node.cluster.as_str(),
+            PHASE = state.phase.name(),
+            DEADLINE = deadline.as_str(),
+            DEADLINE_SOURCE = source;
+            "{message}"
+        );
+    }
+
+    /// An event of the core: a journal line, and a webhook POST for all
+    /// but a deadline change.
+    pub fn event(
+        &mut self,
+        event: &Event,
+        state: &AgentState,
+        observed: &Observations,
+        now: OffsetDateTime,
+    ) {
+        let deadline = state.deadline.as_ref();
+        let described = deadline
+            .map(|d| {
+                format!(
+                    "{} [{}] at {} (in {})",
+                    d.event.kind,
+                    d.event.id,
+                    rfc3339(d.at),
+                    crate::core::status::countdown(now, d.at)
+                )
+            })
+            .unwrap_or_else(|| "no end announced".to_owned());
+        let (name, message) = match event {
+            Event::DrainStarted => (
+                "drain-started",
+                format!("draining: the instance ends {described}"),
+            ),
+            Event::DrainCompleted => (
+                "drain-completed",
+                "drained: no task left on this instance".to_owned(),
+            ),
+            Event::DrainCanceled(cause) => (
+                "drain-canceled",
+                format!(
+                    "drain canceled: {}; watching again: {described}",
+                    match cause {
+                        CancelCause::EventEnded => "its scheduled event is over".to_owned(),
+                        CancelCause::DeadlineMoved => "its deadline moved later".to_owned(),
+                        CancelCause::NewLife => format!(
+                            "the instance was started again (pendingTime {}) after the drain began",
+                            observed.launched_at.map(rfc3339).unwrap_or_default()
+                        ),
+                    }
+                ),
+            ),
+            Event::DeadlineChanged => ("deadline-changed", format!("deadline: {described}")),
+        };
+        self.decision(state, &message);
+        if *event == Event::DeadlineChanged {
+            return;
+        }
+        let Some(url) = &self.webhook_url else {
+            return;
+        };
+        let payload = serde_json::json!({
+            "event": name,
+            "instance_id": self.node.instance_id,
+            "cluster": self.node.cluster,
+            "phase": state.phase.name(),
+            "deadline": deadline.map(|d| rfc3339(d.at)),
+            "deadline_source": deadline.map(|d| d.event.kind.name()),
+            "drain_at": state.drain_at.map(rfc3339),
+            "cause": match event {
+                Event::DrainCanceled(CancelCause::EventEnded) => Some("event-ended"),
+                Event::DrainCanceled(CancelCause::DeadlineMoved) => Some("deadline-moved"),
+                Event::DrainCanceled(CancelCause::NewLife) => Some("started-again"),
+                _ => None,
+            },
+            "at": rfc3339(now),
+        });
+        if self.dry_run {
+            log::info!(
+                "dry run: would POST {name} to webhook {}",
+                webhook::redacted(url)
+            );
+        } else {
+            self.deliveries.post(url.clone(), payload);
+        }
+    }
+}
+
+fn emit(line: Line) {
+    match line {
+        Line::Warn(text) => log::warn!("{text}"),
+        Line::Info(text) => log::info!("{text}"),
+    }
+}

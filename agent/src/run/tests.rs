@@ -1,0 +1,498 @@
+//! The run loop's policies, driven step by step with a fake container
+//! service and a fake clock; the state file is real (in a temporary
+//! directory), and so is the power-off command (a harmless one).
+//! Longer than 400 lines: one scenario per rule, each told in full.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use time::macros::datetime;
+use time::OffsetDateTime;
+
+use super::agent::{Agent, Books};
+use super::fakes::{Call, FakeClock, FakeEcs, Scripted, SET_DRAINING, STOP_TASKS};
+use super::store::Store;
+use super::Node;
+use crate::actions::webhook::Deliveries;
+use crate::core::config::{FileConfig, Settings};
+use crate::core::deadline::{Observations, SpotAction};
+use crate::core::state::{poweroff_retry_after, AgentState, Phase};
+use crate::host::state::{read_snapshot, Records};
+use crate::sources::AwsFailure;
+
+const T0: OffsetDateTime = datetime!(2026-11-29 12:00:00 UTC);
+const ARN: &str = "arn:aws:ecs:us-east-1:123456789012:container-instance/jobs/1111";
+const NEW_ARN: &str = "arn:aws:ecs:us-east-1:123456789012:container-instance/jobs/2222";
+const THROTTLED: Scripted = Scripted::Fail(AwsFailure::Transient);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn node() -> Node {
+    Node {
+        instance_id: "i-0123456789abcdef0".into(),
+        cluster: "jobs".into(),
+        compute_environment: None,
+    }
+}
+
+fn settings(config: &str) -> Settings {
+    let path = Path::new("/etc/blockwatch/blockwatch.toml");
+    let file = FileConfig::parse(config, path).unwrap();
+    Settings::resolve(&file, path, None, false).0
+}
+
+/// One agent over a fake ECS and a fake clock, with its state directory.
+struct Harness {
+    agent: Agent<FakeEcs, FakeClock>,
+    ecs: FakeEcs,
+    clock: FakeClock,
+    dir: tempfile::TempDir,
+}
+
+impl Harness {
+    fn new(config: &str, ecs: FakeEcs) -> Self {
+        Self::resume(tempfile::tempdir().unwrap(), config, ecs, T0)
+    }
+
+    /// Starts at `at`, resuming the state kept in `dir` (if any).
+    fn resume(dir: tempfile::TempDir, config: &str, ecs: FakeEcs, at: OffsetDateTime) -> Self {
+        let config = config.replace("{dir}", &dir.path().display().to_string());
+        let settings = settings(&config);
+        let state_dir = dir.path().join("state");
+        std::fs::create_dir_all(&state_dir).unwrap();
+        let node = node();
+        let (records, state) = Records::open(&state_dir, &node.instance_id, None).unwrap();
+        let observed = Observations {
+            launched_at: Some(T0 - time::Duration::hours(1)),
+            ..Observations::default()
+        };
+        let deliveries = Deliveries::new(reqwest::Client::new());
+        let store = Store::new(records, &node);
+        let books = Books::new(&settings, &node, store, state, observed, deliveries);
+        let clock = FakeClock::at(at);
+        let url = "http://127.0.0.1:9/v1/metadata".to_owned();
+        let agent = Agent::new(books, &settings, &node, ecs.clone(), clock.clone(), url);
+        Self {
+            agent,
+            ecs,
+            clock,
+            dir,
+        }
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// A spot interruption two minutes from T0: a drain at once.
+    fn spot_notice(&mut self) {
+        self.agent.books.observed.spot_action = Some(SpotAction {
+            action: "terminate".into(),
+            time: T0 + time::Duration::minutes(2),
+        });
+    }
+
+    /// A lease ending five minutes after T0: a drain at once, and a
+    /// power-off once drained (`on_lease_end = "poweroff"`).
+    fn lease_ending_soon(&mut self) {
+        self.agent.books.observed.lease_end = Some((T0 + time::Duration::minutes(5), "tag".into()));
+    }
+
+    async fn step_after(&mut self, wait: Duration) {
+        self.clock.advance(wait);
+        self.agent.step().await;
+    }
+
+    fn state(&self) -> &AgentState {
+        &self.agent.books.state
+    }
+
+    fn on_disk(&self) -> AgentState {
+        read_snapshot(&self.state_dir()).unwrap().unwrap().agent
+    }
+
+    fn confirmed_at(&self) -> Option<OffsetDateTime> {
+        self.state().drain.as_ref()?.draining_confirmed_at
+    }
+
+    fn count_calls(&self, wanted: fn(&Call) -> bool) -> usize {
+        self.ecs.calls().iter().filter(|c| wanted(c)).count()
+    }
+
+    fn list_calls(&self) -> usize {
+        self.count_calls(|c| matches!(c, Call::ListTasks { .. }))
+    }
+}
+
+fn set_draining(arn: &str) -> Call {
+    Call::SetDraining {
+        arn: arn.to_owned(),
+        draining: true,
+    }
+}
+
+fn at(after: Duration) -> Option<OffsetDateTime> {
+    Some(T0 + after)
+}
+
+#[tokio::test]
+async fn throttled_draining_backs_off_and_is_retried_until_ecs_confirms() {
+    let ecs = FakeEcs::registered(ARN, &[]);
+    ecs.script(SET_DRAINING, &[THROTTLED, THROTTLED]);
+    let mut h = Harness::new("", ecs);
+    h.spot_notice();
+
+    h.step_after(Duration::ZERO).await;
+    assert_eq!(h.ecs.drain_calls().len(), 1);
+    let on_disk = h.on_disk();
+    assert_eq!(on_disk.phase, Phase::Draining, "decided and kept on disk");
+    assert_eq!(on_disk.drain.unwrap().draining_confirmed_at, None);
+
+    // First wait: up to 1 s (the fake clock draws the top of the window).
+    h.step_after(ms(999)).await;
+    assert_eq!(h.ecs.drain_calls().len(), 1, "backing off");
+    h.step_after(ms(1)).await;
+    assert_eq!(h.ecs.drain_calls().len(), 2, "retried");
+    // Second wait: up to 2 s.
+    h.step_after(ms(1999)).await;
+    assert_eq!(h.ecs.drain_calls().len(), 2, "backing off longer");
+    h.step_after(ms(1)).await;
+    assert_eq!(h.ecs.drain_calls().len(), 3);
+    assert_eq!(h.confirmed_at(), at(secs(3)));
+    assert_eq!(h.ecs.state().status, "DRAINING");
+    assert_eq!(h.agent.books.reporter.errors().get("ecs"), Some(&2));
+
+    h.step_after(secs(60)).await;
+    assert_eq!(h.ecs.drain_calls().len(), 3, "nothing more once confirmed");
+}
+
+#[tokio::test]
+async fn the_drain_backoff_is_jittered_so_a_fleet_does_not_retry_in_lockstep() {
+    // Instances throttled at the same moment draw different numbers, so
+    // they retry at different times: anywhere from 0.1 s to the ceiling.
+    for (drawn, retry_after) in [(0, ms(100)), (u64::MAX / 4, ms(250)), (u64::MAX, ms(1000))] {
+        let ecs = FakeEcs::registered(ARN, &[]);
+        ecs.script(SET_DRAINING, &[THROTTLED]);
+        let mut h = Harness::new("", ecs);
+        h.spot_notice();
+        h.clock.will_draw(drawn);
+        h.step_after(Duration::ZERO).await;
+        h.step_after(retry_after - ms(1)).await;
+        assert_eq!(h.ecs.drain_calls().len(), 1, "drew {drawn}: not yet");
+        h.step_after(ms(1)).await;
+        assert_eq!(
+            h.ecs.drain_calls().len(),
+            2,
+            "drew {drawn}: retried after {retry_after:?}"
+        );
+        assert_eq!(h.confirmed_at(), at(retry_after).map(super::whole_seconds));
+    }
+}
+
+#[tokio::test]
+async fn a_rejected_container_instance_is_forgotten_and_found_again() {
+    let ecs = FakeEcs::registered(ARN, &[]);
+    ecs.script(SET_DRAINING, &[THROTTLED]);
+    let mut h = Harness::new("", ecs);
+    h.spot_notice();
+
+    h.step_after(Duration::ZERO).await;
+    // The ECS agent registers again: the ARN we know is gone.
+    h.ecs.register_again(NEW_ARN);
+    h.step_after(secs(1)).await;
+    assert_eq!(h.confirmed_at(), None, "rejected");
+    h.step_after(secs(2)).await;
+
+    assert_eq!(
+        h.ecs.calls(),
+        [
+            Call::Find,
+            set_draining(ARN),
+            // A throttled call keeps the ARN …
+            set_draining(ARN),
+            // … a rejected one forgets it.
+            Call::Find,
+            set_draining(NEW_ARN),
+        ]
+    );
+    assert_eq!(h.confirmed_at(), at(secs(3)));
+    assert_eq!(h.ecs.state().status, "DRAINING");
+}
+
+/// A spot notice drains; ECS sets DRAINING but its answer is lost.
+async fn draining_with_its_answer_lost() -> Harness {
+    let ecs = FakeEcs::registered(ARN, &[]);
+    ecs.script(SET_DRAINING, &[Scripted::AnswerLost]);
+    let mut h = Harness::new("", ecs);
+    h.spot_notice();
+    h.step_after(Duration::ZERO).await;
+    h
+}
+
+#[tokio::test]
+async fn a_lost_draining_answer_is_retried_once_harmlessly_and_recorded_once() {
+    let mut h = draining_with_its_answer_lost().await;
+    assert_eq!(h.ecs.state().status, "DRAINING", "ECS did it");
+    assert_eq!(h.confirmed_at(), None, "but we do not know");
+
+    h.step_after(secs(1)).await;
+    for _ in 0..5 {
+        h.step_after(secs(10)).await;
+    }
+    assert_eq!(h.ecs.drain_calls(), [set_draining(ARN), set_draining(ARN)]);
+    let on_disk = h.on_disk();
+    assert_eq!(on_disk.drains_started, 1);
+    assert_eq!(
+        on_disk.drain.unwrap().draining_confirmed_at,
+        at(secs(1)),
+        "confirmed once, by the retry"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_between_drain_requested_and_confirmed_sets_draining_again_not_a_second_drain() {
+    let first = draining_with_its_answer_lost().await;
+    let requested = first.on_disk();
+    assert_eq!(requested.phase, Phase::Draining);
+    assert_eq!(
+        requested.drain.as_ref().unwrap().draining_confirmed_at,
+        None
+    );
+    let dir = first.dir;
+
+    // Restarted 30 s later; ECS kept the DRAINING it never confirmed.
+    let ecs = FakeEcs::registered(ARN, &[]);
+    ecs.state().status = "DRAINING";
+    let mut again = Harness::resume(dir, "", ecs, T0 + time::Duration::seconds(30));
+    again.spot_notice();
+    again.step_after(Duration::ZERO).await;
+
+    assert_eq!(again.ecs.drain_calls(), [set_draining(ARN)]);
+    let state = again.on_disk();
+    assert_eq!(state.drains_started, 1, "the same drain");
+    let drain = state.drain.unwrap();
+    assert_eq!(drain.started_at, T0);
+    assert_eq!(drain.draining_confirmed_at, at(secs(30)));
+}
+
+#[tokio::test]
+async fn a_power_off_is_on_disk_before_its_command_runs() {
+    let config = r#"poweroff_command = "cp {dir}/state/state.json {dir}/seen.json""#;
+    let mut h = Harness::new(config, FakeEcs::registered(ARN, &[]));
+    h.lease_ending_soon();
+    h.step_after(Duration::ZERO).await;
+    h.step_after(secs(1)).await;
+    assert_eq!(h.state().phase, Phase::Drained);
+    assert!(
+        !h.dir.path().join("seen.json").exists(),
+        "not run in the tick"
+    );
+
+    h.agent.run_power_off().await;
+    let seen = std::fs::read(h.dir.path().join("seen.json")).unwrap();
+    let seen: serde_json::Value = serde_json::from_slice(&seen).unwrap();
+    assert_eq!(seen["drain"]["poweroff_attempts"], 1);
+    assert_eq!(seen["drain"]["poweroff_at"], serde_json::Value::Null);
+    let drain = h.on_disk().drain.unwrap();
+    assert_eq!(drain.poweroff_at, at(secs(1)), "its success recorded");
+    assert_eq!(drain.poweroff_attempts, 1);
+}
+
+#[tokio::test]
+async fn a_power_off_that_cannot_be_recorded_never_runs_its_command() {
+    let mut h = Harness::new(
+        r#"poweroff_command = "touch {dir}/powered-off""#,
+        FakeEcs::registered(ARN, &[]),
+    );
+    let powered_off = h.dir.path().join("powered-off");
+    h.lease_ending_soon();
+    h.step_after(Duration::ZERO).await;
+    // The state directory becomes unwritable: a file stands in its place.
+    std::fs::remove_dir_all(h.state_dir()).unwrap();
+    std::fs::write(h.state_dir(), b"").unwrap();
+    h.step_after(secs(1)).await;
+    h.agent.run_power_off().await;
+    assert!(!powered_off.exists(), "no power-off it could repeat");
+    let drain = h.state().drain.clone().unwrap();
+    assert_eq!(drain.poweroff_attempts, 0, "the attempt is taken back");
+    assert_eq!(drain.poweroff_attempted_at, None);
+
+    std::fs::remove_file(h.state_dir()).unwrap();
+    std::fs::create_dir(h.state_dir()).unwrap();
+    h.step_after(secs(1)).await;
+    assert_eq!(h.on_disk().drain.unwrap().poweroff_attempts, 1);
+    h.agent.run_power_off().await;
+    assert!(powered_off.exists(), "recorded now, so it runs");
+}
+
+#[tokio::test]
+async fn a_failed_power_off_is_retried_when_the_core_says() {
+    let mut h = Harness::new(
+        r#"poweroff_command = "false""#,
+        FakeEcs::registered(ARN, &[]),
+    );
+    h.lease_ending_soon();
+    h.step_after(Duration::ZERO).await;
+    h.step_after(secs(1)).await;
+    let mut attempts = Vec::new();
+    for _ in 0..20 {
+        h.agent.run_power_off().await;
+        let drain = h.on_disk().drain.unwrap();
+        assert_eq!(drain.poweroff_at, None, "never succeeded");
+        attempts.push((drain.poweroff_attempts, drain.poweroff_attempted_at));
+        h.step_after(secs(1)).await;
+    }
+    attempts.dedup();
+    let first = secs(1);
+    let second = first + poweroff_retry_after(1);
+    let third = second + poweroff_retry_after(2);
+    assert_eq!(
+        attempts,
+        [(1, at(first)), (2, at(second)), (3, at(third))],
+        "5 s, then 10 s"
+    );
+    assert_eq!(h.agent.books.reporter.errors().get("poweroff"), Some(&3));
+}
+
+#[tokio::test]
+async fn a_dry_run_confirms_each_action_without_changing_ecs_or_powering_off() {
+    let mut h = Harness::new(
+        "dry_run = true\npoweroff_command = \"touch {dir}/powered-off\"\n",
+        FakeEcs::registered(ARN, &["task-1"]),
+    );
+    h.lease_ending_soon();
+    h.step_after(Duration::ZERO).await;
+    assert_eq!(h.confirmed_at(), Some(T0), "DRAINING confirmed at once");
+    assert_eq!(h.state().drain.as_ref().unwrap().running_tasks, Some(0));
+    h.ecs.state().tasks.clear();
+    h.step_after(secs(1)).await;
+    h.agent.run_power_off().await;
+
+    let drain = h.on_disk().drain.unwrap();
+    assert_eq!(h.on_disk().phase, Phase::Drained);
+    assert_eq!(
+        (drain.poweroff_attempts, drain.poweroff_at),
+        (1, at(secs(1)))
+    );
+    assert!(!h.dir.path().join("powered-off").exists());
+    assert_eq!(h.ecs.drain_calls(), [], "ECS left alone");
+    assert_eq!(h.ecs.state().status, "ACTIVE");
+}
+
+#[tokio::test]
+async fn tasks_are_counted_once_draining_is_confirmed_then_every_drain_poll_interval() {
+    let ecs = FakeEcs::registered(ARN, &["task-1"]);
+    ecs.script(SET_DRAINING, &[THROTTLED]);
+    let mut h = Harness::new("drain_poll_interval = \"5s\"\n", ecs);
+    h.spot_notice();
+    h.step_after(Duration::ZERO).await;
+    h.step_after(secs(1)).await;
+    assert_eq!(h.confirmed_at(), at(secs(1)));
+    assert_eq!(h.list_calls(), 0, "not before ECS confirmed DRAINING");
+
+    h.step_after(secs(1)).await;
+    assert_eq!(h.list_calls(), 1, "at once after the confirmation");
+    assert_eq!(h.state().drain.as_ref().unwrap().running_tasks, Some(1));
+    h.step_after(secs(4)).await;
+    assert_eq!(h.list_calls(), 1, "not before drain_poll_interval");
+    h.step_after(secs(1)).await;
+    assert_eq!(h.list_calls(), 2);
+    assert_eq!(h.state().phase, Phase::Draining);
+}
+
+#[tokio::test]
+async fn tasks_are_counted_again_at_once_after_they_were_stopped() {
+    let config = "drain_poll_interval = \"1m\"\nstop_grace = \"10m\"\n";
+    let mut h = Harness::new(config, FakeEcs::registered(ARN, &["task-1", "task-2"]));
+    h.spot_notice();
+    h.step_after(Duration::ZERO).await;
+    h.step_after(secs(1)).await;
+    h.step_after(secs(1)).await;
+
+    let calls = h.ecs.calls();
+    let list = Call::ListTasks { arn: ARN.into() };
+    assert_eq!(
+        calls[..4],
+        [Call::Find, set_draining(ARN), list.clone(), list.clone()]
+    );
+    let Call::StopTasks { tasks, reason } = &calls[4] else {
+        panic!("{calls:?}");
+    };
+    assert_eq!(tasks, &["task-1", "task-2"]);
+    assert!(reason.starts_with("blockwatch: instance i-0123456789abcdef0 ends at "));
+    assert_eq!(calls[5..], [list], "counted again without waiting a minute");
+    assert_eq!(h.state().phase, Phase::Drained);
+    assert_eq!(
+        h.state().drain.as_ref().unwrap().tasks_stopped_at,
+        at(secs(1))
+    );
+}
+
+#[tokio::test]
+async fn an_ecs_agent_that_stops_answering_shows_in_the_status_line_checked_every_30_s() {
+    let ecs = FakeEcs::registered(ARN, &[]);
+    ecs.state().agent_answers = false;
+    let mut h = Harness::new("", ecs);
+    h.agent.check_ecs_agent().await;
+    assert!(h
+        .agent
+        .record_tick()
+        .ends_with(" · ECS agent not answering"));
+
+    h.ecs.state().agent_answers = true;
+    h.clock.advance(secs(29));
+    h.agent.check_ecs_agent().await;
+    assert!(h.agent.record_tick().contains("ECS agent not answering"));
+    h.clock.advance(secs(1));
+    h.agent.check_ecs_agent().await;
+    assert!(!h.agent.record_tick().contains("ECS agent not answering"));
+}
+
+#[tokio::test]
+async fn after_a_success_the_backoff_starts_over_from_its_first_wait() {
+    let config = "stop_grace = \"10m\"\n";
+    let ecs = FakeEcs::registered(ARN, &["task-1"]);
+    ecs.script(SET_DRAINING, &[THROTTLED]);
+    ecs.script(STOP_TASKS, &[THROTTLED]);
+    let mut h = Harness::new(config, ecs);
+    h.spot_notice();
+    h.step_after(Duration::ZERO).await;
+    h.step_after(secs(1)).await;
+    assert_eq!(h.confirmed_at(), at(secs(1)), "after one failure");
+    h.step_after(secs(1)).await;
+    let stops = |h: &Harness| h.count_calls(|c| matches!(c, Call::StopTasks { .. }));
+    assert_eq!(stops(&h), 1, "throttled");
+    h.step_after(secs(1)).await;
+    assert_eq!(stops(&h), 2, "retried after 1 s, not 2 s");
+    assert_eq!(
+        h.state().drain.as_ref().unwrap().tasks_stopped_at,
+        at(secs(3))
+    );
+}
+
+#[tokio::test]
+async fn a_second_drain_counts_its_tasks_at_once_once_confirmed() {
+    let config = "drain_poll_interval = \"1m\"\non_lease_end = \"none\"\n";
+    let mut h = Harness::new(config, FakeEcs::registered(ARN, &["task-1"]));
+    h.lease_ending_soon();
+    h.step_after(Duration::ZERO).await;
+    h.step_after(secs(1)).await;
+    assert_eq!(h.list_calls(), 1);
+    // The lease moves two hours later: the drain is undone …
+    h.agent.books.observed.lease_end = Some((T0 + time::Duration::hours(2), "tag".into()));
+    h.step_after(secs(1)).await;
+    assert_eq!(h.state().phase, Phase::Watching);
+    assert_eq!(h.ecs.state().status, "ACTIVE");
+    // … and a spot notice starts another one.
+    h.spot_notice();
+    h.step_after(secs(1)).await;
+    assert_eq!(h.confirmed_at(), at(secs(3)));
+    h.step_after(secs(1)).await;
+    assert_eq!(h.list_calls(), 2, "not a minute after the last count");
+}
