@@ -225,7 +225,7 @@ async fn boot_storm(
         args.rate,
         n as f64 / args.rate
     ));
-    say("tag                   joined  failed (exit codes)   Batch requests: total  429s   per instance min/p50/max   join wall time p50 / p99 / max   spawn spread");
+    say("tag                   joined  failed (exit codes)   Batch requests: total  429s   per instance min/p50/max   join wall time p50 / p99 / max   spawn spread  all done");
     for (kind, (label, tag, value)) in [
         ("compute-environment", CE_TAG, "fleet-ce"),
         ("cluster", CLUSTER_TAG, cluster.as_str()),
@@ -270,6 +270,11 @@ async fn boot_storm(
         }
         let spread = first.elapsed();
         reap(&mut agents, Duration::from_secs(15 * 60));
+        let all_done = agents
+            .iter()
+            .filter_map(|a| a.ended.map(|(at, _)| at - first))
+            .max()
+            .unwrap_or_default();
         let mut times = Vec::new();
         let mut failures: BTreeMap<String, usize> = BTreeMap::new();
         let mut joined = 0;
@@ -316,7 +321,7 @@ async fn boot_storm(
             .collect::<Vec<_>>()
             .join(",");
         say(&format!(
-            "{label:<21} {joined:<7} {:<21} {batch_total:<22} {throttled:<6} {:.0} / {:.0} / {:.0} ({:.2}/instance){:<4} {:.2} / {:.2} / {:.2} s{:<12} {:.2} s",
+            "{label:<21} {joined:<7} {:<21} {batch_total:<22} {throttled:<6} {:.0} / {:.0} / {:.0} ({:.2}/instance){:<4} {:.2} / {:.2} / {:.2} s{:<12} {:<13} {:.2} s",
             format!("{failed} ({codes})"),
             quantile(&per, 0.0),
             quantile(&per, 0.5),
@@ -327,7 +332,8 @@ async fn boot_storm(
             quantile(&times, 0.99),
             quantile(&times, 1.0),
             "",
-            spread.as_secs_f64(),
+            format!("{:.2} s", spread.as_secs_f64()),
+            all_done.as_secs_f64(),
         ));
         drop(agents);
         drop(sims);
