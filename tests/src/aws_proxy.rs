@@ -130,9 +130,13 @@ struct RateLimit {
 impl RateLimit {
     /// Takes a token if there is one; `false` = over the rate.
     fn admit(&mut self, now: Instant) -> bool {
-        let earned = now.duration_since(self.refilled).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + earned).min(self.burst);
-        self.refilled = now;
+        // `now` is read under the lock, so the refill time never moves back
+        // and no interval is earned twice.
+        if now > self.refilled {
+            let earned = now.duration_since(self.refilled).as_secs_f64() * self.rate;
+            self.tokens = (self.tokens + earned).min(self.burst);
+            self.refilled = now;
+        }
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -428,8 +432,9 @@ fn take_fault(shared: &Shared, keys: &str) -> Option<Fault> {
 }
 
 fn over_rate(shared: &Shared, keys: &str) -> Option<Fault> {
+    let mut limits = lock(&shared.limits);
     let now = Instant::now();
-    lock(&shared.limits)
+    limits
         .iter_mut()
         .filter(|l| keys.contains(&l.operation))
         .find_map(|l| (!l.admit(now)).then(|| l.fault.clone()))
