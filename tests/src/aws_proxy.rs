@@ -6,12 +6,18 @@
 //! Requests are matched by operation name against the `X-Amz-Target` header
 //! (ECS), the path (Batch's REST paths are the lower-cased operation) and
 //! `Action=` in the query or body (EC2), case-insensitively.
+//!
+//! For fleet benchmarks the proxy can also hold one operation to a fixed
+//! rate (a token bucket, answering over the rate as that service does) and
+//! attribute each request to a client: an endpoint
+//! `http://127.0.0.1:<port>/_c/<label>` makes the SDK prefix every path with
+//! `/_c/<label>`, which the proxy records and strips before forwarding.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::http::request;
 
@@ -69,6 +75,12 @@ impl Fault {
         )
     }
 
+    /// AWS Batch over its request rate: HTTP 429 `TooManyRequestsException`
+    /// ("Status Code: 429; Error Code: TooManyRequestsException").
+    pub fn too_many_requests() -> Self {
+        json_error(429, "TooManyRequestsException", "Too Many Requests")
+    }
+
     /// A custom JSON-protocol error: `code` in `x-amzn-ErrorType` and `__type`.
     pub fn json_error(status: u16, code: &str, message: &str) -> Self {
         json_error(status, code, message)
@@ -104,11 +116,54 @@ struct Rule {
     remaining: Option<usize>,
 }
 
+/// A token bucket for one operation: `rate` tokens a second, at most `burst`.
+#[derive(Debug)]
+struct RateLimit {
+    operation: String,
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    refilled: Instant,
+    fault: Fault,
+}
+
+impl RateLimit {
+    /// Takes a token if there is one; `false` = over the rate.
+    fn admit(&mut self, now: Instant) -> bool {
+        // `now` is read under the lock, so the refill time never moves back
+        // and no interval is earned twice.
+        if now > self.refilled {
+            let earned = now.duration_since(self.refilled).as_secs_f64() * self.rate;
+            self.tokens = (self.tokens + earned).min(self.burst);
+            self.refilled = now;
+        }
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One request the proxy received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// The client label from a `/_c/<label>` path prefix, if any.
+    pub client: Option<String>,
+    /// The operation name as sent (`DescribeComputeEnvironments`, ...).
+    pub operation: String,
+    /// Answered by a fault or the rate limit instead of forwarded.
+    pub faulted: bool,
+}
+
 #[derive(Debug, Default)]
 struct Shared {
     rules: Mutex<Vec<Rule>>,
+    limits: Mutex<Vec<RateLimit>>,
     /// One entry per request received: everything its operation can be matched on.
     seen: Mutex<Vec<String>>,
+    log: Mutex<Vec<Seen>>,
     stopping: AtomicBool,
 }
 
@@ -164,9 +219,35 @@ impl AwsProxy {
         });
     }
 
-    /// Removes every rule: requests are forwarded again.
+    /// Holds requests whose operation contains `operation` to `per_second`
+    /// (token bucket of `burst`, full at the start); over the rate the proxy
+    /// answers `fault` instead of forwarding.
+    pub fn rate_limit(&self, operation: &str, per_second: f64, burst: f64, fault: Fault) {
+        lock(&self.shared.limits).push(RateLimit {
+            operation: operation.to_ascii_lowercase(),
+            rate: per_second,
+            burst,
+            tokens: burst,
+            refilled: Instant::now(),
+            fault,
+        });
+    }
+
+    /// Removes every rule and rate limit: requests are forwarded again.
     pub fn clear(&self) {
         lock(&self.shared.rules).clear();
+        lock(&self.shared.limits).clear();
+    }
+
+    /// Every request received so far, in order, with its client label.
+    pub fn log(&self) -> Vec<Seen> {
+        lock(&self.shared.log).clone()
+    }
+
+    /// Forgets the requests received so far (`seen` and `log`).
+    pub fn reset_log(&self) {
+        lock(&self.shared.seen).clear();
+        lock(&self.shared.log).clear();
     }
 
     /// How many requests for `operation` the proxy has received (faulted or not).
@@ -222,6 +303,41 @@ impl Request {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+
+    /// The operation's name as the client sent it: the `X-Amz-Target` suffix
+    /// (ECS), `Action=` (EC2) or the last path segment (Batch's REST paths).
+    fn operation(&self) -> String {
+        if let Some(target) = self.header("x-amz-target") {
+            return target.rsplit('.').next().unwrap_or(target).to_owned();
+        }
+        let query = self.target.split_once('?').map(|(_, q)| q).unwrap_or("");
+        for part in self.body.split('&').chain(query.split('&')) {
+            if let Some(action) = part.strip_prefix("Action=") {
+                return action.to_owned();
+            }
+        }
+        let path = self.target.split('?').next().unwrap_or_default();
+        path.trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Strips a `/_c/<label>` prefix from the path and returns the label.
+    fn take_client(&mut self) -> Option<String> {
+        let rest = self.target.strip_prefix("/_c/")?;
+        let (label, path) = match rest.find(['/', '?']) {
+            Some(at) => (rest[..at].to_owned(), rest[at..].to_owned()),
+            None => (rest.to_owned(), String::new()),
+        };
+        self.target = if path.starts_with('/') {
+            path
+        } else {
+            format!("/{path}")
+        };
+        Some(label)
     }
 
     /// Everything the operation can be matched on, lower-cased.
@@ -315,11 +431,26 @@ fn take_fault(shared: &Shared, keys: &str) -> Option<Fault> {
     Some(rule.fault.clone())
 }
 
+fn over_rate(shared: &Shared, keys: &str) -> Option<Fault> {
+    let mut limits = lock(&shared.limits);
+    let now = Instant::now();
+    limits
+        .iter_mut()
+        .filter(|l| keys.contains(&l.operation))
+        .find_map(|l| (!l.admit(now)).then(|| l.fault.clone()))
+}
+
 fn serve(mut stream: TcpStream, upstream: SocketAddr, shared: &Shared) -> std::io::Result<()> {
-    let request = peek_request(&stream)?;
+    let mut request = peek_request(&stream)?;
+    let client = request.take_client();
     let keys = request.match_keys();
     lock(&shared.seen).push(keys.clone());
-    let fault = take_fault(shared, &keys);
+    let fault = take_fault(shared, &keys).or_else(|| over_rate(shared, &keys));
+    lock(&shared.log).push(Seen {
+        client,
+        operation: request.operation(),
+        faulted: fault.is_some(),
+    });
     if fault == Some(Fault::Reset) {
         // Dropping with the request unread resets the connection.
         return Ok(());

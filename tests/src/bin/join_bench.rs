@@ -129,6 +129,7 @@ async fn bench() -> Result<(), String> {
                 ))
             }
         })?;
+        let samples_copy = samples.clone();
         let exchanges = imds.exchanges();
         // Every timed run plus the warm-up run talked to this simulator.
         let per_run = |method: &str| {
@@ -165,8 +166,83 @@ async fn bench() -> Result<(), String> {
             Ok(())
         })?;
         print_row("  (its IMDS exchanges alone)", &stats(floor), "", "");
+        if aws_calls != "0" {
+            let join_median = stats(samples_copy.clone()).median;
+            manual_recipe(runs, &imds, &moto, &scratch, join_median)?;
+        }
     }
     let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
+}
+
+/// The recipe blockwatch replaces, as a user writes it in user data: look the
+/// cluster up with the AWS CLI, then edit ecs.config in the shell. Uses `aws`
+/// from the venv or PATH; without it, the same call through boto3 (the
+/// library the AWS CLI v1 is built on), labelled as such.
+fn manual_recipe(
+    runs: usize,
+    imds: &ImdsSimulator,
+    moto: &MotoServer,
+    scratch: &std::path::Path,
+    join_median: Duration,
+) -> Result<(), String> {
+    let venv = blockwatch_testkit::moto::venv();
+    let cli = [venv.join("bin/aws"), PathBuf::from("/usr/bin/aws")]
+        .into_iter()
+        .find(|p| p.exists());
+    let lookup = match &cli {
+        Some(aws) => format!(
+            "{} batch describe-compute-environments --compute-environments bench-ce --query 'computeEnvironments[0].ecsClusterArn' --output text",
+            aws.display()
+        ),
+        None => format!(
+            "{} -c 'import boto3; print(boto3.client(\"batch\").describe_compute_environments(computeEnvironments=[\"bench-ce\"])[\"computeEnvironments\"][0][\"ecsClusterArn\"])'",
+            venv.join("bin/python").display()
+        ),
+    };
+    let dir = scratch.join("manual");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let config = dir.join("ecs.config");
+    let script = format!(
+        "set -eu\narn=$({lookup})\ncluster=${{arn##*/}}\nf={config}\n{{ grep -v '^ECS_CLUSTER=' \"$f\" 2>/dev/null || true; echo \"ECS_CLUSTER=$cluster\"; }} > \"$f.tmp\"\nmv \"$f.tmp\" \"$f\"\n",
+        config = config.display()
+    );
+    let samples = time_runs(runs.min(10), || {
+        let out = Command::new("bash")
+            .args(["-c", &script])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.endpoint())
+            .env("AWS_ENDPOINT_URL", moto.endpoint())
+            .env("AWS_DEFAULT_REGION", REGION)
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .output()?;
+        let written = std::fs::read_to_string(&config).unwrap_or_default();
+        if out.status.success() && written.contains("ECS_CLUSTER=") {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ))
+        }
+    })?;
+    let s = stats(samples);
+    let name = if cli.is_some() {
+        "manual: aws CLI + shell edit"
+    } else {
+        "manual: boto3 + shell edit"
+    };
+    print_row(name, &s, "", "1 (Batch)");
+    say(&format!(
+        "  manual recipe / join (median): {:.1}x{}",
+        s.median.as_secs_f64() / join_median.as_secs_f64(),
+        if cli.is_some() {
+            ""
+        } else {
+            " (no AWS CLI in the venv: boto3, the library AWS CLI v1 runs on, stands in; the CLI itself starts slower)"
+        }
+    ));
     Ok(())
 }
 

@@ -117,7 +117,7 @@ async fn bench() -> Result<(), String> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target/release/blockwatch"));
     let idle: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(30);
-    let reps: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
+    let reps: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(30);
     if !binary.exists() {
         return Err(format!("{} not found", binary.display()));
     }
@@ -200,12 +200,19 @@ async fn bench() -> Result<(), String> {
     }
     latencies.sort();
     let ms = |d: &Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len().max(1) - 1) as f64 * q).round() as usize)
+            .map(ms)
+            .unwrap_or_default()
+    };
     say(&format!(
-        "spot notice -> DRAINING at moto over {} notices: min {}, median {}, max {} (bound: poll_interval 1 s + one API round trip)",
+        "spot notice -> DRAINING at moto over {} notices: min {}, p50 {}, p95 {}, max {} (bound: poll_interval 1 s + one API round trip)",
         latencies.len(),
-        latencies.first().map(ms).unwrap_or_default(),
-        latencies.get(latencies.len() / 2).map(ms).unwrap_or_default(),
-        latencies.last().map(ms).unwrap_or_default(),
+        at(0.0),
+        at(0.5),
+        at(0.95),
+        at(1.0),
     ));
     Ok(())
 }
