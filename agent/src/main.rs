@@ -105,6 +105,13 @@ async fn run_join(request: &JoinRequest, retry_for: Duration) -> Result<(), Agen
         // Fresh clients each attempt: a failed IMDS session is not reused.
         let imds = Imds::new();
         let aws = Aws::with_timeouts(imds.clone(), timeouts);
+        // With --retry-for the loop below is the one retry layer (jittered):
+        // a fleet's throttled joins then cost one request per attempt.
+        let aws = if retry_for.is_zero() {
+            aws
+        } else {
+            aws.single_attempt()
+        };
         // The calls' own timeouts end an attempt first, with their cause;
         // this only stops what they do not cover.
         let budget = deadline.saturating_duration_since(Instant::now()) + timeouts.operation;

@@ -19,7 +19,9 @@ use blockwatch_aws::to_time;
 use blockwatch_aws::{AwsFailure, SourceError};
 use blockwatch_core::compute_environment::{cluster_of, Refusal};
 use blockwatch_core::config::rfc3339;
-use blockwatch_core::config::{TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_DURATION, TAG_LEASE_END};
+use blockwatch_core::config::{
+    TAG_CLUSTER, TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_DURATION, TAG_LEASE_END,
+};
 use blockwatch_core::deadline::CAPACITY_BLOCK_TERMINATION_LEAD;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -218,11 +220,15 @@ pub async fn launch(
         }
         None => (TAG_LEASE_DURATION.to_owned(), plan.duration_text.clone()),
     };
+    // The cluster too: the agent's join then makes no AWS call at all (an
+    // explicit cluster wins within the tags). The compute environment stays,
+    // for operators and for `list`.
     let tags = vec![
         (
             TAG_COMPUTE_ENVIRONMENT.to_owned(),
             plan.compute_environment.clone(),
         ),
+        (TAG_CLUSTER.to_owned(), cluster.to_string()),
         lease_tag.clone(),
         ("Name".to_owned(), plan.name.clone()),
     ];

@@ -442,7 +442,7 @@ async fn retired_spot_blocks_get_a_clear_message() {
 }
 
 #[tokio::test]
-async fn agent_derives_the_lease_end_the_launcher_printed() {
+async fn agent_joins_with_no_aws_call_and_derives_the_lease_end_the_launcher_printed() {
     let (moto, cluster) = moto_with_ce().await;
     let run = launcher(
         &moto.endpoint(),
@@ -492,6 +492,41 @@ async fn agent_derives_the_lease_end_the_launcher_printed() {
     .unwrap();
     let state_dir = tempfile::tempdir().unwrap();
     let agent = agent_binary();
+    assert_eq!(
+        tag(&instance, "blockwatch:cluster"),
+        Some(cluster.as_str()),
+        "the launcher tags the resolved cluster"
+    );
+    assert_eq!(
+        tag(&instance, "blockwatch:compute-environment"),
+        Some("research")
+    );
+
+    // A launcher-started instance joins from IMDS alone: no AWS call.
+    let before = moto.requests().len();
+    let scratch = tempfile::tempdir().unwrap();
+    let joined = Command::new(&agent)
+        .env_clear()
+        .env("PATH", blockwatch_testkit::host_guard::path())
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.endpoint())
+        .env("AWS_ENDPOINT_URL", moto.endpoint())
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .arg("join")
+        .arg("--ecs-config")
+        .arg(scratch.path().join("ecs.config"))
+        .arg("--state-dir")
+        .arg(scratch.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(joined.status.success(), "{joined:?}");
+    assert_eq!(
+        std::fs::read_to_string(scratch.path().join("ecs.config")).unwrap(),
+        format!("ECS_CLUSTER={cluster}\n")
+    );
+    let during: Vec<_> = moto.requests().into_iter().skip(before).collect();
+    assert!(during.is_empty(), "AWS calls during the join: {during:?}");
+
     let mut child = Command::new(&agent)
         .env_clear()
         .env("PATH", blockwatch_testkit::host_guard::path())

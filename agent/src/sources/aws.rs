@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use aws_config::default_provider::credentials::DefaultCredentialsChain;
+use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use tokio::sync::OnceCell;
@@ -72,6 +73,9 @@ impl Default for AwsTimeouts {
 pub struct Aws {
     imds: Imds,
     timeouts: AwsTimeouts,
+    /// `Some(1)` when the caller retries itself: one retry layer, not the
+    /// SDK's attempts multiplied by the caller's.
+    max_attempts: Option<u32>,
     config: OnceCell<SdkConfig>,
 }
 
@@ -84,8 +88,16 @@ impl Aws {
         Self {
             imds,
             timeouts,
+            max_attempts: None,
             config: OnceCell::new(),
         }
+    }
+
+    /// Each call makes one HTTP attempt: the caller (the join's jittered
+    /// retry) is the only retry layer.
+    pub fn single_attempt(mut self) -> Self {
+        self.max_attempts = Some(1);
+        self
     }
 
     pub(crate) async fn config(&self) -> Result<&SdkConfig, SourceError> {
@@ -103,12 +115,14 @@ impl Aws {
             .imds_client(self.imds.client())
             .build()
             .await;
-        Ok(aws_config::defaults(BehaviorVersion::latest())
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(region)
             .credentials_provider(credentials)
-            .timeout_config(self.timeouts.config())
-            .load()
-            .await)
+            .timeout_config(self.timeouts.config());
+        if let Some(attempts) = self.max_attempts {
+            loader = loader.retry_config(RetryConfig::standard().with_max_attempts(attempts));
+        }
+        Ok(loader.load().await)
     }
 }
 

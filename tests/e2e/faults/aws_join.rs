@@ -223,3 +223,22 @@ async fn describe_tags_unauthorized_exits_77_and_leaves_the_file() {
     assert_eq!(proxy.seen(DESCRIBE_CE), 0, "nothing after a denial");
     assert_eq!(instance.read_ecs_config().as_deref(), Some(BEFORE));
 }
+
+#[tokio::test]
+async fn with_retry_for_each_throttled_attempt_is_one_request_not_the_sdks_retries_multiplied() {
+    let (instance, proxy, _) = proxied(true).await;
+    proxy.inject(DESCRIBE_CE, Fault::throttling_json(), None);
+
+    let run = instance.join(&["--retry-for", "5s"]);
+
+    assert_eq!(run.code, 75, "{}", run.stderr);
+    let attempts = run.stderr.matches("retrying in").count() + 1;
+    assert!(attempts >= 3, "retried with backoff: {}", run.stderr);
+    assert_eq!(
+        proxy.seen(DESCRIBE_CE),
+        attempts,
+        "one retry layer (the join's, jittered): {}",
+        run.stderr
+    );
+    assert_readable_failure(&run, &["gave up after", "ThrottlingException"]);
+}
