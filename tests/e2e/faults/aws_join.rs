@@ -187,8 +187,10 @@ async fn a_call_that_never_answers_is_given_up_and_the_join_exits_75_after_retry
         took >= Duration::from_secs(3) && took < Duration::from_secs(20),
         "{took:?}"
     );
+    // One request per attempt (the join is the one retry layer); how many
+    // fit in 4 s depends on the jittered waits, at least two.
     assert!(
-        proxy.seen(DESCRIBE_CE) >= 3,
+        proxy.seen(DESCRIBE_CE) >= 2,
         "each attempt was given up and retried: {}",
         proxy.seen(DESCRIBE_CE)
     );
