@@ -74,18 +74,31 @@ fn tag<'a>(instance: &'a aws_sdk_ec2::types::Instance, key: &str) -> Option<&'a 
         .and_then(|t| t.value())
 }
 
-async fn user_data(moto: &MotoServer, id: &str) -> Option<String> {
-    let attribute = aws_sdk_ec2::Client::new(moto.sdk())
+/// One attribute of instance `id`, as moto holds it.
+async fn instance_attribute(
+    moto: &MotoServer,
+    id: &str,
+    name: aws_sdk_ec2::types::InstanceAttributeName,
+) -> aws_sdk_ec2::operation::describe_instance_attribute::DescribeInstanceAttributeOutput {
+    aws_sdk_ec2::Client::new(moto.sdk())
         .describe_instance_attribute()
         .instance_id(id)
-        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .attribute(name)
         .send()
         .await
-        .unwrap();
-    attribute
-        .user_data()
-        .and_then(|u| u.value())
-        .map(|v| String::from_utf8(aws_smithy_types::base64::decode(v).unwrap()).unwrap())
+        .unwrap()
+}
+
+async fn user_data(moto: &MotoServer, id: &str) -> Option<String> {
+    instance_attribute(
+        moto,
+        id,
+        aws_sdk_ec2::types::InstanceAttributeName::UserData,
+    )
+    .await
+    .user_data()
+    .and_then(|u| u.value())
+    .map(|v| String::from_utf8(aws_smithy_types::base64::decode(v).unwrap()).unwrap())
 }
 
 /// moto ships the public ECS-optimized AMI parameters.
@@ -1381,17 +1394,15 @@ async fn instances_ec2_never_knows_are_refused_after_a_bounded_while() {
 
 /// `InstanceInitiatedShutdownBehavior` as moto recorded it for `id`.
 async fn shutdown_behavior(moto: &MotoServer, id: &str) -> Option<String> {
-    let attribute = aws_sdk_ec2::Client::new(moto.sdk())
-        .describe_instance_attribute()
-        .instance_id(id)
-        .attribute(aws_sdk_ec2::types::InstanceAttributeName::InstanceInitiatedShutdownBehavior)
-        .send()
-        .await
-        .unwrap();
-    attribute
-        .instance_initiated_shutdown_behavior()
-        .and_then(|b| b.value())
-        .map(str::to_owned)
+    instance_attribute(
+        moto,
+        id,
+        aws_sdk_ec2::types::InstanceAttributeName::InstanceInitiatedShutdownBehavior,
+    )
+    .await
+    .instance_initiated_shutdown_behavior()
+    .and_then(|b| b.value())
+    .map(str::to_owned)
 }
 
 fn launched_ids(run: &Run) -> Vec<String> {
