@@ -73,7 +73,7 @@ impl AgentError {
             Self::ComputeEnvironment(_) => COMPUTE_ENVIRONMENT,
             Self::Source(SourceError::Imds { .. }) => TRANSIENT,
             Self::Source(SourceError::Aws { kind, .. }) => match kind {
-                AwsFailure::Transient => TRANSIENT,
+                AwsFailure::Transient | AwsFailure::Throttled => TRANSIENT,
                 AwsFailure::Denied => AWS_DENIED,
                 AwsFailure::Rejected => AWS_REJECTED,
             },
@@ -87,5 +87,14 @@ impl AgentError {
     /// Whether running again later may succeed.
     pub fn is_transient(&self) -> bool {
         self.exit_code() == TRANSIENT
+    }
+
+    /// Whether an AWS service answered that its request rate was exceeded.
+    pub fn is_throttled(&self) -> bool {
+        match self {
+            Self::Source(source) => source.is_throttled(),
+            Self::GaveUp { last, .. } => last.is_throttled(),
+            _ => false,
+        }
     }
 }

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use blockwatch::cli::{Cli, Command};
-use blockwatch::core::backoff::Backoff;
+use blockwatch::core::backoff::JoinRetry;
 use blockwatch::exit::{self, AgentError};
 use blockwatch::host::entropy::random_u64;
 use blockwatch::join::{join, JoinRequest};
@@ -88,10 +88,7 @@ fn main() -> ExitCode {
 /// Nothing hangs the join: every AWS call has attempt and operation
 /// timeouts fitted to `retry_for`, and each attempt as a whole is cut off one
 /// operation timeout after the end of `retry_for`, so the join ends by then.
-/// The join's retries: 1 s at first, doubling up to 30 s, jittered.
-const JOIN_RETRY_FIRST: Duration = Duration::from_secs(1);
-const JOIN_RETRY_MAX: Duration = Duration::from_secs(30);
-
+/// The retry schedule is [`JoinRetry`]'s.
 async fn run_join(request: &JoinRequest, retry_for: Duration) -> Result<(), AgentError> {
     let timeouts = if retry_for.is_zero() {
         AwsTimeouts::DEFAULT
@@ -100,7 +97,7 @@ async fn run_join(request: &JoinRequest, retry_for: Duration) -> Result<(), Agen
     };
     let started = Instant::now();
     let deadline = started + retry_for;
-    let mut backoff = Backoff::new(JOIN_RETRY_FIRST, JOIN_RETRY_MAX);
+    let mut retry = JoinRetry::new(retry_for);
     loop {
         // Fresh clients each attempt: a failed IMDS session is not reused.
         let imds = Imds::new();
@@ -128,19 +125,29 @@ async fn run_join(request: &JoinRequest, retry_for: Duration) -> Result<(), Agen
             Err(err) if err.is_transient() => err,
             Err(err) => return Err(err),
         };
-        // Jittered: a fleet booting at once must not retry in lockstep.
-        let wait = backoff.failed(Instant::now(), random_u64());
-        if started.elapsed() + wait <= retry_for {
-            log::warn!("{err}; retrying in {}", humantime::format_duration(wait));
-            tokio::time::sleep(wait).await;
-        } else if retry_for.is_zero() {
-            return Err(err);
-        } else {
-            return Err(AgentError::GaveUp {
-                after: started.elapsed(),
-                last: Box::new(err),
-            });
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return if retry_for.is_zero() {
+                Err(err)
+            } else {
+                Err(AgentError::GaveUp {
+                    after: started.elapsed(),
+                    last: Box::new(err),
+                })
+            };
         }
+        // Jittered: a fleet booting at once must not retry in lockstep.
+        let wait = retry.failed(err.is_throttled(), Instant::now(), random_u64(), left);
+        if err.is_throttled() {
+            log::warn!(
+                "{err}; throttled: retrying in {} (spread over {} so that a fleet does not retry at once)",
+                humantime::format_duration(wait),
+                humantime::format_duration(retry.throttled_window())
+            );
+        } else {
+            log::warn!("{err}; retrying in {}", humantime::format_duration(wait));
+        }
+        tokio::time::sleep(wait).await;
     }
 }
 

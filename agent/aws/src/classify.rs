@@ -71,11 +71,9 @@ where
             };
             let kind = if DENIED_CODES.contains(&code) {
                 AwsFailure::Denied
-            } else if status >= 500
-                || status == 429
-                || code.contains("Throttl")
-                || code == "RequestLimitExceeded"
-            {
+            } else if status == 429 || code.contains("Throttl") || code == "RequestLimitExceeded" {
+                AwsFailure::Throttled
+            } else if status >= 500 {
                 AwsFailure::Transient
             } else {
                 AwsFailure::Rejected

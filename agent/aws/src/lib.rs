@@ -26,12 +26,35 @@ pub enum SourceError {
 /// How an AWS call failed, which decides whether retrying later can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AwsFailure {
-    /// Network, timeout, throttling or a server error, after the SDK's retries.
+    /// Network, timeout or a server error, after the SDK's retries.
     Transient,
+    /// The service is over its request rate: retrying helps, but only spread
+    /// out, since every other caller of the account is told the same.
+    Throttled,
     /// Missing permission or credentials.
     Denied,
     /// The request was refused for a reason retrying will not fix.
     Rejected,
+}
+
+impl AwsFailure {
+    /// Whether trying again later can succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Self::Transient | Self::Throttled)
+    }
+}
+
+impl SourceError {
+    /// Whether the service answered that its request rate was exceeded.
+    pub fn is_throttled(&self) -> bool {
+        matches!(
+            self,
+            Self::Aws {
+                kind: AwsFailure::Throttled,
+                ..
+            }
+        )
+    }
 }
 
 /// Every message in `err`'s chain that is not one of `generic` (wrappers

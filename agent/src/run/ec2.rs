@@ -18,7 +18,7 @@ use crate::core::deadline::capacity_block_recheck_in;
 use crate::host::entropy::random_u64;
 use crate::sources::ec2::{Ec2Deadlines, InstanceCapacity};
 use crate::sources::imds::IdentityDocument;
-use crate::sources::{AwsFailure, SourceError};
+use crate::sources::SourceError;
 
 const EC2_LOOKUP_ATTEMPTS: u32 = 8;
 /// Failed lookups are retried after up to 5 s, doubling to 5 min.
@@ -74,13 +74,10 @@ fn next_attempt_in(
     now: Instant,
     random: u64,
 ) -> Option<Duration> {
-    let transient = matches!(
-        error,
-        SourceError::Aws {
-            kind: AwsFailure::Transient,
-            ..
-        } | SourceError::Imds { .. }
-    );
+    let transient = match error {
+        SourceError::Aws { kind, .. } => kind.is_retryable(),
+        SourceError::Imds { .. } => true,
+    };
     (transient && attempt < EC2_LOOKUP_ATTEMPTS).then(|| backoff.failed(now, random))
 }
 
@@ -270,6 +267,7 @@ impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sources::AwsFailure;
 
     fn failure(kind: AwsFailure) -> SourceError {
         SourceError::Aws {
@@ -282,7 +280,7 @@ mod tests {
     #[test]
     fn ec2_lookups_retry_transient_failures_with_a_jittered_capped_backoff_then_give_up() {
         let now = Instant::now();
-        let throttled = failure(AwsFailure::Transient);
+        let throttled = failure(AwsFailure::Throttled);
         let mut backoff = Backoff::new(EC2_RETRY_FIRST, EC2_RETRY_MAX);
         let ceilings: Vec<u64> = (1..EC2_LOOKUP_ATTEMPTS)
             .map(|attempt| next_attempt_in(&throttled, attempt, &mut backoff, now, u64::MAX))

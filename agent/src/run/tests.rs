@@ -23,7 +23,7 @@ use crate::sources::AwsFailure;
 const T0: OffsetDateTime = datetime!(2026-11-29 12:00:00 UTC);
 const ARN: &str = "arn:aws:ecs:us-east-1:123456789012:container-instance/jobs/1111";
 const NEW_ARN: &str = "arn:aws:ecs:us-east-1:123456789012:container-instance/jobs/2222";
-const THROTTLED: Scripted = Scripted::Fail(AwsFailure::Transient);
+const THROTTLED: Scripted = Scripted::Fail(AwsFailure::Throttled);
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)

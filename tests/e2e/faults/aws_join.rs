@@ -127,6 +127,42 @@ async fn throttling_that_persists_exits_75_and_leaves_the_file() {
     assert_eq!(instance.read_ecs_config().as_deref(), Some(BEFORE));
 }
 
+/// Batch over its rate answers HTTP 429 `TooManyRequestsException`. With
+/// `--retry-for 24s` the throttled retries are spread over an eighth of it
+/// (3 s, then 6 s), where a server error would retry within a second: the
+/// schedule itself is `JoinRetry`'s, unit-tested with a 1,000-instance storm.
+#[tokio::test]
+async fn batch_over_its_rate_is_retried_spread_out_then_the_join_succeeds() {
+    let (instance, proxy, cluster) = proxied(true).await;
+    proxy.inject(DESCRIBE_CE, Fault::too_many_requests(), Some(2));
+
+    let run = instance.join(&["--retry-for", "24s"]);
+
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(proxy.seen(DESCRIBE_CE), 3, "one request an attempt");
+    let windows: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("TooManyRequestsException") && l.contains("throttled: retrying in"))
+        .filter_map(|l| l.split("spread over ").nth(1))
+        .collect();
+    assert_eq!(
+        windows,
+        [
+            "3s so that a fleet does not retry at once)",
+            "6s so that a fleet does not retry at once)"
+        ],
+        "{}",
+        run.stderr
+    );
+    assert!(
+        instance.read_ecs_config().is_some_and(
+            |c| String::from_utf8_lossy(&c).contains(&format!("ECS_CLUSTER={cluster}"))
+        ),
+        "joined"
+    );
+}
+
 #[tokio::test]
 async fn server_errors_are_retried_within_retry_for_then_the_join_succeeds() {
     let (instance, proxy, cluster) = proxied(true).await;
