@@ -34,8 +34,12 @@ pub enum Ec2Report {
     Found(Ec2Deadlines),
     /// A Capacity Block's `EndDate`, asked again.
     CapacityBlock((OffsetDateTime, String)),
-    /// `InstanceInitiatedShutdownBehavior`, read once at start.
-    ShutdownBehavior(Result<Option<String>, SourceError>),
+    /// `InstanceInitiatedShutdownBehavior`, read at start; after a failure
+    /// `retry_in` says when it is asked again (`None`: given up).
+    ShutdownBehavior {
+        read: Result<Option<String>, SourceError>,
+        retry_in: Option<Duration>,
+    },
     /// A failure; `retry_in` is `None` when the lookup gives up.
     Failed {
         error: SourceError,
@@ -55,9 +59,12 @@ where
 {
     let (report, reports) = mpsc::unbounded_channel();
     if settings.powers_off() {
-        let current = Arc::clone(&aws.borrow());
         let instance_id = identity.instance_id.clone();
-        tokio::spawn(read_shutdown_behavior(current, instance_id, report.clone()));
+        tokio::spawn(read_shutdown_behavior(
+            aws.clone(),
+            instance_id,
+            report.clone(),
+        ));
     }
     let refresh = settings.capacity_block_refresh_interval.value;
     tokio::spawn(look_up_deadlines(aws, identity, refresh, report));
@@ -162,17 +169,38 @@ async fn follow_capacity_block<A: InstanceCapacity>(
 
 /// Reads the instance's shutdown behaviour once: a power-off of an instance
 /// whose behaviour is `stop` leaves it stopped, still paying for its volumes.
+/// Transient failures (credentials not loaded yet, throttling) are retried as
+/// the EC2 lookups are.
 async fn read_shutdown_behavior<A: InstanceCapacity>(
-    aws: Arc<A>,
+    aws: watch::Receiver<Arc<A>>,
     instance_id: String,
     report: mpsc::UnboundedSender<Ec2Report>,
 ) {
-    let read = bounded(
-        "ec2:DescribeInstanceAttribute",
-        aws.shutdown_behavior(&instance_id),
-    )
-    .await;
-    let _ = report.send(Ec2Report::ShutdownBehavior(read));
+    let mut backoff = Backoff::new(EC2_RETRY_FIRST, EC2_RETRY_MAX);
+    for attempt in 1..=EC2_LOOKUP_ATTEMPTS {
+        let current = Arc::clone(&aws.borrow());
+        let read = bounded(
+            "ec2:DescribeInstanceAttribute",
+            current.shutdown_behavior(&instance_id),
+        )
+        .await;
+        let retry_in = match &read {
+            Ok(_) => None,
+            Err(error) => {
+                next_attempt_in(error, attempt, &mut backoff, Instant::now(), random_u64())
+            }
+        };
+        if report
+            .send(Ec2Report::ShutdownBehavior { read, retry_in })
+            .is_err()
+        {
+            return;
+        }
+        match retry_in {
+            Some(wait) => tokio::time::sleep(wait).await,
+            None => return,
+        }
+    }
 }
 
 impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
@@ -214,7 +242,9 @@ impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
                 }
                 books.observed.capacity_block_end = Some((end, id));
             }
-            Ec2Report::ShutdownBehavior(read) => self.note_shutdown_behavior(read),
+            Ec2Report::ShutdownBehavior { read, retry_in } => {
+                self.note_shutdown_behavior(read, retry_in);
+            }
             Ec2Report::Failed {
                 error,
                 retry_in: Some(wait),
@@ -238,7 +268,11 @@ impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
 
     /// A `stop` shutdown behaviour makes every power-off a stop: warned
     /// about once in the journal and kept for `blockwatch status`.
-    fn note_shutdown_behavior(&mut self, read: Result<Option<String>, SourceError>) {
+    fn note_shutdown_behavior(
+        &mut self,
+        read: Result<Option<String>, SourceError>,
+        retry_in: Option<Duration>,
+    ) {
         let books = &mut self.books;
         books
             .state
@@ -256,9 +290,12 @@ impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
             Ok(None) => {}
             Err(err) => {
                 books.reporter.count_error("ec2");
-                log::warn!(
-                    "{err}; cannot tell whether a power-off terminates this instance or only stops it"
-                );
+                match retry_in {
+                    Some(wait) => log::warn!("{err}; will ask again in {}", shown(wait)),
+                    None => log::warn!(
+                        "{err}; cannot tell whether a power-off terminates this instance or only stops it"
+                    ),
+                }
             }
         }
     }

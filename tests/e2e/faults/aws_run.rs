@@ -328,6 +328,29 @@ async fn a_hung_start_up_ec2_lookup_delays_neither_ready_nor_the_state_file_nor_
     assert_eq!(f.status_at_moto().await, "DRAINING");
 }
 
+/// The shutdown behaviour is read once at start; a transient failure (here
+/// throttling, in the fleet benchmark credentials that IMDS was too slow to
+/// hand out) is asked again, so the `stop` warning is not lost.
+#[tokio::test]
+async fn a_throttled_shutdown_behaviour_read_is_asked_again() {
+    let f = Fixture::new("").await;
+    f.proxy.inject(
+        "DescribeInstanceAttribute",
+        Fault::throttling_ec2(),
+        Some(3),
+    );
+    let agent = f.start(&[]);
+
+    agent.wait_for_log("shutdown behaviour is `stop`", Duration::from_secs(30));
+    let log = agent.log();
+    eprintln!("DBG {:#?}", f.proxy.log());
+    // The SDK's three attempts, then the agent's retry.
+    assert_eq!(f.proxy.seen("DescribeInstanceAttribute"), 4, "{log}");
+    assert_eq!(warnings(&log, "RequestLimitExceeded"), 1, "{log}");
+    assert!(log.contains("will ask again in"), "{log}");
+    assert!(!log.contains("cannot tell whether"), "{log}");
+}
+
 #[tokio::test]
 async fn repeated_ecs_failures_are_logged_once_with_a_count_not_once_per_retry() {
     let f = Fixture::new("").await;
