@@ -176,9 +176,10 @@ async fn bench() -> Result<(), String> {
 }
 
 /// The recipe blockwatch replaces, as a user writes it in user data: look the
-/// cluster up with the AWS CLI, then edit ecs.config in the shell. Uses `aws`
-/// from the venv or PATH; without it, the same call through boto3 (the
-/// library the AWS CLI v1 is built on), labelled as such.
+/// cluster up with the AWS CLI, then edit ecs.config in the shell. Uses
+/// `$BLOCKWATCH_AWS_CLI` (tests/bench installs it in a venv of its own), else
+/// `aws` from the moto venv or /usr/bin; without one, the same call through
+/// boto3 (the library the AWS CLI v1 is built on), labelled as such.
 fn manual_recipe(
     runs: usize,
     imds: &ImdsSimulator,
@@ -187,8 +188,10 @@ fn manual_recipe(
     join_median: Duration,
 ) -> Result<(), String> {
     let venv = blockwatch_testkit::moto::venv();
-    let cli = [venv.join("bin/aws"), PathBuf::from("/usr/bin/aws")]
+    let cli = std::env::var_os("BLOCKWATCH_AWS_CLI")
+        .map(PathBuf::from)
         .into_iter()
+        .chain([venv.join("bin/aws"), PathBuf::from("/usr/bin/aws")])
         .find(|p| p.exists());
     let lookup = match &cli {
         Some(aws) => format!(
