@@ -218,7 +218,10 @@ fn main() -> ExitCode {
 }
 
 async fn sdk() -> aws_config::SdkConfig {
-    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(blockwatch_aws::https_client())
+        .load()
+        .await
 }
 
 async fn run_list(args: &ListArgs) -> Result<(), BlocksError> {

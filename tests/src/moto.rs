@@ -526,6 +526,7 @@ fn listening_on(output: &str) -> Option<SocketAddr> {
 /// SDK configuration for talking to moto: fixed test credentials, our region.
 pub async fn sdk_config(endpoint: &str) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
+        .http_client(blockwatch_aws::https_client())
         .region(Region::new(REGION))
         .endpoint_url(endpoint)
         .credentials_provider(aws_sdk_batch::config::Credentials::new(

@@ -86,3 +86,14 @@ pub fn chain<'a>(
 pub fn to_time(at: &aws_smithy_types::DateTime) -> Option<time::OffsetDateTime> {
     time::OffsetDateTime::from_unix_timestamp(at.secs()).ok()
 }
+
+/// The HTTPS client every AWS SDK client of blockwatch uses: hyper with
+/// rustls on ring, trusting the system's CA certificates. Built here, not by
+/// the SDK's default features, so that one TLS stack is linked (see README,
+/// binary size).
+pub fn https_client() -> aws_sdk_batch::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}

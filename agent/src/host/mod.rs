@@ -1,8 +1,9 @@
 //! The host: files written atomically, logging to journald or stderr, the
-//! state directory.
+//! state directory, the HTTP client.
 
 pub mod atomic_file;
 pub mod entropy;
+pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

@@ -154,8 +154,7 @@ pub async fn run(request: &RunRequest, imds: Imds) -> Result<(), AgentError> {
     };
     // One HTTP client for the ECS agent's introspection API and the webhook;
     // each request sets its own timeout.
-    let http = reqwest::Client::builder()
-        .build()
+    let http = crate::host::http::client()
         .map_err(|e| AgentError::Internal(format!("cannot build the HTTP client: {e}")))?;
     let node = Node::of(&resolved);
     let books = Books::new(

@@ -72,7 +72,7 @@ impl Harness {
             launched_at: Some(T0 - time::Duration::hours(1)),
             ..Observations::default()
         };
-        let deliveries = Deliveries::new(reqwest::Client::new());
+        let deliveries = Deliveries::new(crate::host::http::client().unwrap());
         let store = Store::new(records, &node);
         let books = Books::new(&settings, &node, store, state, observed, deliveries);
         let clock = FakeClock::at(at);

@@ -110,12 +110,18 @@ impl Aws {
             _ => self.imds.identity().await?.region,
         };
         let region = Region::new(region);
+        // The chain's own HTTP calls (container credentials, STS for web
+        // identity) go through the same client as the SDK's.
+        let provider_config = aws_config::provider_config::ProviderConfig::default()
+            .with_http_client(blockwatch_aws::https_client());
         let credentials = DefaultCredentialsChain::builder()
+            .configure(provider_config)
             .region(region.clone())
             .imds_client(self.imds.client())
             .build()
             .await;
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(blockwatch_aws::https_client())
             .region(region)
             .credentials_provider(credentials)
             .timeout_config(self.timeouts.config());
