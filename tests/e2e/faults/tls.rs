@@ -11,7 +11,7 @@ use blockwatch_testkit::imds::{rfc3339, ImdsSimulator, InstanceState};
 use blockwatch_testkit::moto::{MotoServer, REGION};
 use blockwatch_testkit::tls::{HttpsReceiver, TestCa};
 
-use crate::common::{now, phase, Instance, Run, FAST, PATIENCE};
+use crate::common::{now, phase, Agent, Instance, Run, FAST, PATIENCE};
 use crate::shared::assert_one_error;
 
 const CE_TAG: &str = "blockwatch:compute-environment";
@@ -130,11 +130,13 @@ async fn join_over_https_with_an_untrusted_certificate_exits_75_naming_it_and_le
     assert_eq!(instance.read_ecs_config().as_deref(), Some(BEFORE));
 }
 
-#[tokio::test]
-async fn run_drains_over_https_and_delivers_the_webhook_over_https() {
-    let ca = TestCa::create().unwrap();
-    let receiver = HttpsReceiver::start(&ca).unwrap();
-    let instance = instance_over_https(&ca).await;
+/// An instance registered in cluster `jobs` at moto over HTTPS (trusting
+/// `ca`), with a webhook to `webhook_url` and a lease that ends soon after
+/// the setup: drain_lead (10 s) is already past, so the drain starts as
+/// soon as the agent watches. Returns the instance, the cluster's ARN, the
+/// container instance's ARN and the instance id.
+async fn draining_over_https(ca: &TestCa, webhook_url: &str) -> (Instance, String, String, String) {
+    let instance = instance_over_https(ca).await;
     let moto = instance.moto();
     let cluster_arn = moto.create_cluster("jobs").await.unwrap();
     let id = instance
@@ -145,24 +147,36 @@ async fn run_drains_over_https_and_delivers_the_webhook_over_https() {
         .await
         .unwrap();
     instance.write_config(&format!(
-        "{FAST}webhook_url = {:?}\n",
-        receiver.url("/hooks/drain")
+        "{FAST}webhook_url = {webhook_url:?}\non_lease_end = \"none\"\n"
     ));
-    // Ends soon after the setup: drain_lead (10 s) is already past, so the
-    // drain starts as soon as the agent watches.
     let end = now() + time::Duration::seconds(5);
     instance.imds.update(|s| {
         s.tags
             .get_or_insert_with(Default::default)
             .insert("blockwatch:lease-end".into(), rfc3339(end));
     });
+    (instance, cluster_arn, container_instance, id)
+}
 
-    let ca_file = ca.ca_file();
-    let agent = instance.spawn_run(&[], &[("SSL_CERT_FILE", ca_file.to_str().unwrap())]);
+/// `blockwatch run` trusting the CA certificates in `ca_file` only.
+fn run_trusting(instance: &Instance, ca_file: &Path) -> Agent {
+    instance.spawn_run(&[], &[("SSL_CERT_FILE", ca_file.to_str().unwrap())])
+}
+
+#[tokio::test]
+async fn run_drains_over_https_and_delivers_the_webhook_over_https() {
+    let ca = TestCa::create().unwrap();
+    let receiver = HttpsReceiver::start(&ca).unwrap();
+    let (instance, cluster_arn, container_instance, id) =
+        draining_over_https(&ca, &receiver.url("/hooks/drain")).await;
+
+    let agent = run_trusting(&instance, &ca.ca_file());
 
     instance.wait_for(&agent, PATIENCE, "drained", |s| phase(s) == "drained");
     assert_eq!(
-        moto.container_instance_status(&cluster_arn, &container_instance)
+        instance
+            .moto()
+            .container_instance_status(&cluster_arn, &container_instance)
             .await
             .unwrap(),
         "DRAINING",
@@ -195,4 +209,29 @@ async fn run_drains_over_https_and_delivers_the_webhook_over_https() {
         "{}",
         agent.log()
     );
+}
+
+#[tokio::test]
+async fn a_webhook_receiver_with_an_untrusted_certificate_gets_nothing_and_the_log_names_the_certificate(
+) {
+    let ca = TestCa::create().unwrap();
+    // The receiver's certificate comes from a CA the agent does not trust.
+    let unrelated = TestCa::create().unwrap();
+    let receiver = HttpsReceiver::start(&unrelated).unwrap();
+    let (instance, _, _, _) = draining_over_https(&ca, &receiver.url("/hooks/drain")).await;
+
+    let agent = run_trusting(&instance, &ca.ca_file());
+
+    let log = agent.wait_for_log("webhook https://127.0.0.1/…: attempt 1 failed (", PATIENCE);
+    let failed = log
+        .lines()
+        .find(|l| l.contains("attempt 1 failed ("))
+        .unwrap();
+    assert!(
+        failed.contains("certificate") && failed.contains("UnknownIssuer"),
+        "{failed}"
+    );
+    eprintln!("{failed}");
+    assert!(!failed.contains("{ "), "no debug dump: {failed}");
+    assert_eq!(receiver.received(), [], "nothing got past the handshake");
 }
