@@ -897,3 +897,57 @@ fn the_launchers_tag_writes_after_launch_touch_only_lease_tags_of_blockwatch_ins
         assert!(extend.contains(line), "quickstart lacks {line}:\n{extend}");
     }
 }
+
+/// The launcher's AWS clients do real TLS handshakes (rustls on ring,
+/// `blockwatch_aws::https_client`) and trust what `SSL_CERT_FILE` names.
+#[tokio::test]
+async fn list_works_against_aws_over_https_trusting_the_bundle_in_ssl_cert_file() {
+    let ca = blockwatch_testkit::tls::TestCa::create().unwrap();
+    let moto = MotoServer::start_tls(&ca).await.unwrap();
+    assert!(moto.endpoint().starts_with("https://127.0.0.1:"));
+    let cluster_arn = moto.create_unmanaged_ce("research", true).await.unwrap();
+    let id = launch(
+        &moto,
+        &[(CE_TAG, "research"), (LEASE_DURATION, "3h")],
+        false,
+    )
+    .await;
+    moto.register_container_instance(&cluster_arn, &id)
+        .await
+        .unwrap();
+
+    let output = Command::new(LAUNCHER)
+        .env_clear()
+        .env("AWS_ENDPOINT_URL", moto.endpoint())
+        .env("SSL_CERT_FILE", ca.ca_file())
+        .env("AWS_REGION", REGION)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .args([
+            "list",
+            "--compute-environment",
+            "research",
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let run = Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let rows = rows(&run);
+    assert_eq!(rows.keys().collect::<Vec<_>>(), [&id], "{}", run.stdout);
+    assert_eq!(rows[&id]["lease_source"], "lease-duration");
+    assert_eq!(
+        rows[&id]["ecs_status"], "ACTIVE",
+        "ECS answered over HTTPS too"
+    );
+}

@@ -8,3 +8,4 @@ pub mod http;
 pub mod imds;
 pub mod moto;
 pub mod stub;
+pub mod tls;

@@ -1,6 +1,7 @@
 //! moto's server, started from the venv that `tests/setup.sh` creates, and
 //! helpers that seed it through the real Rust SDK.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -48,6 +49,8 @@ pub struct MotoServer {
     log: PathBuf,
     recording: PathBuf,
     sdk: SdkConfig,
+    /// `http`, or `https` for [`MotoServer::start_tls`].
+    scheme: &'static str,
 }
 
 /// One request moto received, from its recorder.
@@ -70,7 +73,8 @@ impl MotoServer {
         if !program.exists() {
             return Err(MotoError::NotInstalled(program));
         }
-        let (child, addr, log, recording) = Self::spawn(&program).map_err(MotoError::Start)?;
+        let (child, addr, log, recording) =
+            Self::spawn(&program, &[], "http").map_err(MotoError::Start)?;
         let sdk = sdk_config(&format!("http://{addr}")).await;
         Ok(Self {
             child,
@@ -78,10 +82,48 @@ impl MotoServer {
             log,
             recording,
             sdk,
+            scheme: "http",
         })
     }
 
-    fn spawn(program: &PathBuf) -> Result<(Child, SocketAddr, PathBuf, PathBuf), String> {
+    /// Like [`MotoServer::start`], but moto serves HTTPS with `ca`'s server
+    /// certificate for 127.0.0.1: [`MotoServer::endpoint`] is
+    /// `https://127.0.0.1:<port>`, and [`MotoServer::sdk`] trusts `ca` only.
+    /// The binaries under test need `SSL_CERT_FILE` = [`TestCa::ca_file`].
+    ///
+    /// [`TestCa::ca_file`]: crate::tls::TestCa::ca_file
+    pub async fn start_tls(ca: &crate::tls::TestCa) -> Result<Self, MotoError> {
+        let program = venv().join("bin/moto_server");
+        if !program.exists() {
+            return Err(MotoError::NotInstalled(program));
+        }
+        let client = ca
+            .https_client()
+            .map_err(|e| MotoError::Start(e.to_string()))?;
+        let tls_args = [
+            OsString::from("--ssl-cert"),
+            ca.cert_file().into_os_string(),
+            OsString::from("--ssl-key"),
+            ca.key_file().into_os_string(),
+        ];
+        let (child, addr, log, recording) =
+            Self::spawn(&program, &tls_args, "https").map_err(MotoError::Start)?;
+        let sdk = sdk_config_with(&format!("https://{addr}"), client).await;
+        Ok(Self {
+            child,
+            addr,
+            log,
+            recording,
+            sdk,
+            scheme: "https",
+        })
+    }
+
+    fn spawn(
+        program: &PathBuf,
+        extra_args: &[OsString],
+        scheme: &str,
+    ) -> Result<(Child, SocketAddr, PathBuf, PathBuf), String> {
         static STARTED: AtomicU64 = AtomicU64::new(0);
         let log = std::env::temp_dir().join(format!(
             "blockwatch-moto-{}-{}.log",
@@ -96,6 +138,7 @@ impl MotoServer {
         // moto's recorder logs every request it receives: tests count them.
         let mut child = Command::new(program)
             .args(["-H", "127.0.0.1", "-p", "0"])
+            .args(extra_args)
             .env("MOTO_ENABLE_RECORDING", "true")
             .env("MOTO_RECORDER_FILEPATH", &recording)
             .stdin(Stdio::null())
@@ -111,7 +154,7 @@ impl MotoServer {
                 return Err(format!("exited with {status}: {output}"));
             }
             let output = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(addr) = listening_on(&output) {
+            if let Some(addr) = listening_on(&output, scheme) {
                 if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
                     return Ok((child, addr, log, recording));
                 }
@@ -123,7 +166,7 @@ impl MotoServer {
         let output = std::fs::read_to_string(&log).unwrap_or_default();
         let _ = std::fs::remove_file(&log);
         Err(format!(
-            "not listening after 120 s (no \"Running on http://...\" line): {output}"
+            "not listening after 120 s (no \"Running on {scheme}://...\" line): {output}"
         ))
     }
 
@@ -131,9 +174,10 @@ impl MotoServer {
         self.addr
     }
 
-    /// `http://127.0.0.1:<port>`, for `AWS_ENDPOINT_URL`.
+    /// `http://127.0.0.1:<port>` (`https://` when started with TLS), for
+    /// `AWS_ENDPOINT_URL`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     pub fn pid(&self) -> u32 {
@@ -513,20 +557,29 @@ impl Drop for MotoServer {
 }
 
 /// The address in werkzeug's startup line ` * Running on http://127.0.0.1:PORT`
-/// (complete lines only: a line still being written could hold half a port).
-fn listening_on(output: &str) -> Option<SocketAddr> {
+/// (`https://` with TLS; complete lines only: a line still being written
+/// could hold half a port).
+fn listening_on(output: &str, scheme: &str) -> Option<SocketAddr> {
+    let running_on = format!("Running on {scheme}://");
     output
         .split_inclusive('\n')
         .filter(|line| line.ends_with('\n'))
-        .find_map(|line| line.split("Running on http://").nth(1))
+        .find_map(|line| line.split(running_on.as_str()).nth(1))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|addr| addr.parse().ok())
 }
 
 /// SDK configuration for talking to moto: fixed test credentials, our region.
 pub async fn sdk_config(endpoint: &str) -> SdkConfig {
+    sdk_config_with(endpoint, blockwatch_aws::https_client()).await
+}
+
+async fn sdk_config_with(
+    endpoint: &str,
+    client: aws_sdk_batch::config::SharedHttpClient,
+) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
-        .http_client(blockwatch_aws::https_client())
+        .http_client(client)
         .region(Region::new(REGION))
         .endpoint_url(endpoint)
         .credentials_provider(aws_sdk_batch::config::Credentials::new(

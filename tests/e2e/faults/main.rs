@@ -16,6 +16,7 @@ mod imds;
 mod join_input;
 mod process;
 mod security;
+mod tls;
 
 /// Helpers several families share.
 pub(crate) mod shared {
