@@ -1,6 +1,6 @@
 //! The fault matrix: what blockwatch does when things go wrong. Each case
 //! names its family (`join_input::…`, `imds::…`, `aws_join::…`, `aws_run::…`,
-//! `process::…`, `security::…`) and asserts what must hold: nothing lost,
+//! `process::…`, `security::…`, `tls::…`) and asserts what must hold: nothing lost,
 //! nothing written that should not be, the right exit code, and a message an
 //! operator can act on. `cargo nextest run --test faults` prints one line per
 //! case and a summary.
