@@ -150,6 +150,14 @@ pub struct AgentState {
     /// Things an operator should fix, shown by `blockwatch status`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// When blockwatch will stop what still runs (`Policy::planned_stop_at`
+    /// for the current deadline), or `None`.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop_at: Option<OffsetDateTime>,
 }
 
 /// How long tasks still running at a lease's end have to stop before the
@@ -177,6 +185,49 @@ pub struct Policy {
     /// `on_lease_end = "poweroff"`: a lease or a Capacity Block ends the
     /// instance at its end, whatever still runs.
     pub enforce_lease_end: bool,
+    /// `job_stop_timeout`: the time the ECS agent gives a stopped container
+    /// between SIGTERM and SIGKILL (`ECS_CONTAINER_STOP_TIMEOUT`). Stops then
+    /// start early enough for it to fit before the end.
+    pub job_stop_timeout: Option<Duration>,
+}
+
+/// Between the stop blockwatch asks for and the ECS agent's SIGTERM: the
+/// ECS call, the agent's poll of its task list, `docker stop` starting.
+pub const JOB_STOP_MARGIN: Duration = Duration::from_secs(10);
+
+impl Policy {
+    /// How long before an end a stop must start for `job_stop_timeout` to
+    /// fit: the timeout plus [`JOB_STOP_MARGIN`].
+    pub fn stop_lead(&self) -> Option<Duration> {
+        self.job_stop_timeout
+            .map(|timeout| timeout.saturating_add(JOB_STOP_MARGIN))
+    }
+
+    /// How long before the end what still runs is stopped: `stop_grace`,
+    /// lengthened to the stop lead when `job_stop_timeout` needs more.
+    pub fn effective_stop_grace(&self) -> Option<Duration> {
+        match (self.stop_grace, self.stop_lead()) {
+            (Some(grace), Some(lead)) => Some(grace.max(lead)),
+            (grace, lead) => grace.or(lead),
+        }
+    }
+
+    /// When what still runs will be stopped for an end at `end`, given the
+    /// end of a lease that applies (if any): the earlier of the grace stop
+    /// and the lease-end stop (at the lease end, or the stop lead before it).
+    pub fn planned_stop_at(
+        &self,
+        end: OffsetDateTime,
+        lease_end: Option<OffsetDateTime>,
+    ) -> Option<OffsetDateTime> {
+        let grace = self
+            .effective_stop_grace()
+            .map(|grace| end.saturating_sub(duration(grace)));
+        let lease = lease_end
+            .filter(|_| self.enforce_lease_end)
+            .map(|at| at.saturating_sub(duration(self.stop_lead().unwrap_or_default())));
+        grace.into_iter().chain(lease).min()
+    }
 }
 
 /// Something the IO side must do.
@@ -378,6 +429,11 @@ pub fn decide(
         }
         let lease_end = lease_end(&candidates, drain).filter(|_| policy.enforce_lease_end);
         let lease_ended = lease_end.is_some_and(|at| now >= at);
+        // With a job stop timeout, the lease-end stop starts early enough
+        // for the jobs' SIGTERM-to-SIGKILL time to fit before the end.
+        let lease_stop_due = lease_end.is_some_and(|at| {
+            now >= at.saturating_sub(duration(policy.stop_lead().unwrap_or_default()))
+        });
         if state.phase == Phase::Draining {
             if drain.draining_confirmed_at.is_none() {
                 actions.push(Action::Drain);
@@ -389,11 +445,11 @@ pub fn decide(
             }
         }
         if state.phase == Phase::Draining {
-            if lease_ended {
+            if lease_stop_due {
                 if drain.end_stop_at.is_none() {
                     actions.push(Action::StopTasks(StopCause::LeaseEnded));
                 }
-            } else if let Some(grace) = policy.stop_grace {
+            } else if let Some(grace) = policy.effective_stop_grace() {
                 let confirmed = drain.draining_confirmed_at.is_some();
                 if confirmed
                     && now >= end.saturating_sub(duration(grace))
@@ -423,6 +479,15 @@ pub fn decide(
     if state.undrain_pending {
         actions.push(Action::Undrain);
     }
+    state.stop_at = state.deadline.as_ref().and_then(|deadline| {
+        let lease = candidates
+            .iter()
+            .filter(|c| c.key.kind.is_lease())
+            .map(|c| c.at)
+            .chain(state.drain.as_ref().and_then(|d| lease_end(&candidates, d)))
+            .min();
+        policy.planned_stop_at(deadline.at, lease)
+    });
     if state.deadline != previous.deadline && !events.contains(&Event::DrainStarted) {
         events.push(Event::DeadlineChanged);
     }
@@ -463,6 +528,7 @@ mod tests {
             stop_grace: None,
             power_off_when_drained: false,
             enforce_lease_end: false,
+            job_stop_timeout: None,
         }
     }
 
@@ -1196,6 +1262,127 @@ mod tests {
             .iter()
             .map(|d| d.actions.iter().filter(|a| **a == action).count())
             .sum()
+    }
+
+    fn stop_timeout(seconds: u64) -> Policy {
+        Policy {
+            job_stop_timeout: Some(Duration::from_secs(seconds)),
+            ..enforcing()
+        }
+    }
+
+    #[test]
+    fn with_a_job_stop_timeout_the_lease_end_stop_starts_the_timeout_and_margin_before_the_end() {
+        let end = T0 + minutes(10);
+        let stop = Action::StopTasks(StopCause::LeaseEnded);
+        // 60 s for the jobs, 10 s margin: the stop is due at end - 70 s.
+        let due = end - time::Duration::seconds(70);
+        let d = run_enforced(
+            &[
+                (T0, lease(end)),
+                (T0 + minutes(1), with_tasks(lease(end), 1)),
+                (due - time::Duration::SECOND, with_tasks(lease(end), 1)),
+                (due, with_tasks(lease(end), 1)),
+                (due + time::Duration::seconds(5), with_tasks(lease(end), 1)),
+                (end - time::Duration::seconds(20), with_tasks(lease(end), 0)),
+            ],
+            &stop_timeout(60),
+        );
+        assert_eq!(
+            d[0].state.stop_at,
+            Some(due),
+            "known from the first decision"
+        );
+        assert!(
+            !d[2].actions.contains(&stop),
+            "not before T - timeout - margin"
+        );
+        assert_eq!(
+            d[3].actions,
+            vec![stop],
+            "at T - timeout - margin, not later"
+        );
+        assert_eq!(count(&d, stop), 1);
+        assert_eq!(
+            d[5].actions,
+            vec![Action::PowerOff],
+            "stopped in time: off at once"
+        );
+    }
+
+    #[test]
+    fn a_job_stop_timeout_lengthens_a_shorter_stop_grace_and_applies_to_every_end() {
+        let now = T0;
+        let end = T0 + minutes(2);
+        let spot = |tasks| Observations {
+            spot_action: spot(end),
+            running_tasks: Some(tasks),
+            ..Observations::default()
+        };
+        let policy = Policy {
+            stop_grace: Some(Duration::from_secs(30)),
+            job_stop_timeout: Some(Duration::from_secs(60)),
+            ..policy()
+        };
+        assert_eq!(policy.effective_stop_grace(), Some(Duration::from_secs(70)));
+        let first = decide(now, &spot(1), &AgentState::default(), &policy);
+        assert_eq!(first.state.stop_at, Some(end - time::Duration::seconds(70)));
+        let mut state = first.state;
+        if let Some(drain) = state.drain.as_mut() {
+            drain.draining_confirmed_at = Some(now);
+        }
+        let before = decide(end - time::Duration::seconds(71), &spot(1), &state, &policy);
+        assert!(!before
+            .actions
+            .contains(&Action::StopTasks(StopCause::Grace)));
+        let at = decide(end - time::Duration::seconds(70), &spot(1), &state, &policy);
+        assert!(at.actions.contains(&Action::StopTasks(StopCause::Grace)));
+        // Without a job stop timeout nothing changes: no stop, no stop_at.
+        let plain = decide(now, &spot(1), &AgentState::default(), &self::policy());
+        assert_eq!(plain.state.stop_at, None);
+        // A longer grace wins over the stop lead.
+        let long = Policy {
+            stop_grace: Some(Duration::from_secs(300)),
+            job_stop_timeout: Some(Duration::from_secs(60)),
+            ..self::policy()
+        };
+        assert_eq!(long.effective_stop_grace(), Some(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn stop_at_follows_a_moved_lease_end() {
+        let policy = stop_timeout(30);
+        let first = decide(
+            T0,
+            &lease(T0 + minutes(60)),
+            &AgentState::default(),
+            &policy,
+        );
+        assert_eq!(
+            first.state.stop_at,
+            Some(T0 + minutes(60) - time::Duration::seconds(40))
+        );
+        let moved = decide(
+            T0 + minutes(1),
+            &lease(T0 + minutes(90)),
+            &first.state,
+            &policy,
+        );
+        assert_eq!(
+            moved.state.stop_at,
+            Some(T0 + minutes(90) - time::Duration::seconds(40))
+        );
+        // A lease not enforced (on_lease_end = none) and no grace: nothing is stopped.
+        let none = Policy {
+            enforce_lease_end: false,
+            ..policy
+        };
+        let d = decide(T0, &lease(T0 + minutes(60)), &AgentState::default(), &none);
+        assert_eq!(
+            d.state.stop_at,
+            Some(T0 + minutes(60) - time::Duration::seconds(40)),
+            "the stop lead still applies as a grace"
+        );
     }
 
     #[test]
