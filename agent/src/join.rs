@@ -10,6 +10,7 @@ use crate::core::compute_environment::{cluster_of, Refusal};
 use crate::core::config::{
     choose_cluster_target, ClusterTarget, InstanceTags, Origin, Settings, Sourced, TagChannel,
 };
+use crate::core::ecs_config::STOP_TIMEOUT_KEY;
 use crate::core::escape::{escape, escaped, quoted};
 use crate::exit::AgentError;
 use crate::host::state::{self, JoinRecord};
@@ -226,7 +227,11 @@ where
         compute_environment,
     } = resolve(options, metadata, tag_directory, batch).await?;
 
-    let plan = Plan::new(&request.ecs_config, &cluster)?;
+    let stop_timeout = settings
+        .job_stop_timeout
+        .as_ref()
+        .map(|t| t.value.ecs_value());
+    let plan = Plan::with_stop_timeout(&request.ecs_config, &cluster, stop_timeout.as_deref())?;
     let dry_run = settings.dry_run.value;
     let outcome = if dry_run {
         show_dry_run(&plan)?;
@@ -234,7 +239,11 @@ where
     } else {
         plan.apply()?
     };
-    log_outcome(&instance_id, &cluster, &origin, &plan, &outcome, dry_run);
+    let written = Written {
+        cluster: &cluster,
+        stop_timeout: stop_timeout.as_deref(),
+    };
+    log_outcome(&instance_id, &written, &origin, &plan, &outcome, dry_run);
 
     if !dry_run {
         let record = JoinRecord {
@@ -311,26 +320,43 @@ fn show_dry_run(plan: &Plan) -> Result<(), AgentError> {
     shown.map_err(|e| AgentError::Internal(format!("could not print the dry run: {e}")))
 }
 
+/// The keys the join sets in ecs.config.
+struct Written<'a> {
+    cluster: &'a ClusterName,
+    stop_timeout: Option<&'a str>,
+}
+
+impl std::fmt::Display for Written<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ECS_CLUSTER={}", self.cluster)?;
+        if let Some(timeout) = self.stop_timeout {
+            write!(f, " and {STOP_TIMEOUT_KEY}={timeout}")?;
+        }
+        Ok(())
+    }
+}
+
 fn log_outcome(
     instance_id: &str,
-    cluster: &ClusterName,
+    written: &Written<'_>,
     origin: &Origin,
     plan: &Plan,
     outcome: &Outcome,
     dry_run: bool,
 ) {
     let path = plan.path.display();
+    let cluster = written.cluster;
     let what = match outcome {
         Outcome::AlreadyCorrect => {
-            format!("{path} already has ECS_CLUSTER={cluster}; left untouched")
+            format!("{path} already has {written}; left untouched")
         }
-        Outcome::Created => format!("created {path} with ECS_CLUSTER={cluster}"),
+        Outcome::Created => format!("created {path} with {written}"),
         Outcome::Updated {
             previous_cluster: Some(old),
         } if old != cluster.as_str() => {
-            format!("set ECS_CLUSTER={cluster} in {path} (was {})", escaped(old))
+            format!("set {written} in {path} (was {})", escaped(old))
         }
-        Outcome::Updated { .. } => format!("set ECS_CLUSTER={cluster} in {path}"),
+        Outcome::Updated { .. } => format!("set {written} in {path}"),
     };
     let prefix = if dry_run {
         "dry run, nothing written: would have "

@@ -37,6 +37,7 @@ pub fn render(state_dir: &Path, json: bool, now: OffsetDateTime) -> Result<Strin
             "deadline": null,
             "deadline_source": null,
             "drain_at": null,
+            "stop_at": null,
         });
         serde_json::to_string_pretty(&value).unwrap_or_default()
     } else {

@@ -576,3 +576,153 @@ fn the_join_unit_lets_the_join_give_up_before_systemd_kills_it_and_keeps_ecs_dow
     );
     assert!(dropin.contains("After=blockwatch-join.service"), "{dropin}");
 }
+
+#[tokio::test]
+async fn job_stop_timeout_lands_once_beside_the_cluster_and_a_second_join_leaves_the_file_alone() {
+    let instance = Instance::without_aws();
+    instance
+        .imds
+        .update(|s| s.tags = tags(&[(CLUSTER, "batch-t")]));
+    instance.write_config("job_stop_timeout = \"2m\"\n");
+    instance.write_ecs_config(
+        b"ECS_LOGLEVEL=info\r\nECS_CONTAINER_STOP_TIMEOUT=\"5s\"\r\nECS_CLUSTER=old\r\n ECS_CONTAINER_STOP_TIMEOUT = 9s\r\nECS_RESERVED_MEMORY=256\r\n",
+    );
+
+    let run = instance.join(&[]);
+
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let written = text(instance.read_ecs_config());
+    assert_eq!(
+        written,
+        "ECS_LOGLEVEL=info\nECS_CONTAINER_STOP_TIMEOUT=120s\nECS_CLUSTER=batch-t\nECS_RESERVED_MEMORY=256\n"
+    );
+    assert_eq!(written.matches("ECS_CONTAINER_STOP_TIMEOUT").count(), 1);
+    assert!(
+        run.stderr.contains("stops start at T - 2m 10s"),
+        "the effective configuration says when stops start: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("ECS_CLUSTER=batch-t and ECS_CONTAINER_STOP_TIMEOUT=120s"),
+        "{}",
+        run.stderr
+    );
+    let first = std::fs::metadata(instance.ecs_config()).unwrap();
+
+    let again = instance.join(&[]);
+
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    let second = std::fs::metadata(instance.ecs_config()).unwrap();
+    assert_eq!(
+        (first.ino(), first.mtime_nsec()),
+        (second.ino(), second.mtime_nsec()),
+        "file not replaced"
+    );
+    assert_eq!(text(instance.read_ecs_config()), written);
+    assert!(again.stderr.contains("left untouched"), "{}", again.stderr);
+}
+
+#[tokio::test]
+async fn a_fresh_ecs_config_gets_both_keys_in_one_file() {
+    let instance = Instance::without_aws();
+    instance
+        .imds
+        .update(|s| s.tags = tags(&[(CLUSTER, "batch-u")]));
+    instance.write_config("job_stop_timeout = \"45s\"\n");
+
+    let run = instance.join(&[]);
+
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        text(instance.read_ecs_config()),
+        "ECS_CLUSTER=batch-u\nECS_CONTAINER_STOP_TIMEOUT=45s\n"
+    );
+}
+
+#[tokio::test]
+async fn hostile_and_out_of_range_job_stop_timeouts_exit_78_and_leave_ecs_config_untouched() {
+    let instance = Instance::without_aws();
+    instance
+        .imds
+        .update(|s| s.tags = tags(&[(CLUSTER, "batch-v")]));
+    let before = b"ECS_CLUSTER=old\nECS_CONTAINER_STOP_TIMEOUT=30s\n";
+    instance.write_ecs_config(before);
+    // Old enough that a rewrite would show in the mtime.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(instance.ecs_config())
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let mtime = || {
+        let meta = std::fs::metadata(instance.ecs_config()).unwrap();
+        (meta.ino(), meta.mtime(), meta.mtime_nsec())
+    };
+    let untouched = mtime();
+
+    for (config, needle) in [
+        ("job_stop_timeout = \"0s\"\n", "at least 1s"),
+        ("job_stop_timeout = \"500ms\"\n", "whole seconds"),
+        ("job_stop_timeout = \"1.5s\"\n", "whole seconds"),
+        ("job_stop_timeout = \"-5s\"\n", "not a duration"),
+        ("job_stop_timeout = \"abc\"\n", "not a duration"),
+        (
+            "job_stop_timeout = \"5s\\nECS_CLUSTER=evil\"\n",
+            "nothing around it",
+        ),
+        ("job_stop_timeout = \"\"\"5s\n\"\"\"\n", "nothing around it"),
+        (
+            "drain_lead = \"1m\"\njob_stop_timeout = \"50s\"\n",
+            "drain_lead = 1m",
+        ),
+        ("job_stop_timeout = \"10m\"\n", "drain_lead = 10m"),
+    ] {
+        instance.write_config(config);
+
+        let run = instance.join(&[]);
+
+        assert_eq!(run.code, 78, "{config}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("job_stop_timeout") && run.stderr.contains(needle),
+            "{config}: the message names the key and says {needle}: {}",
+            run.stderr
+        );
+        let errors: Vec<_> = run
+            .stderr
+            .lines()
+            .filter(|l| l.contains("job_stop_timeout"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{config}: one line: {}", run.stderr);
+        assert_eq!(
+            instance.read_ecs_config().as_deref(),
+            Some(&before[..]),
+            "{config}"
+        );
+        assert_eq!(mtime(), untouched, "{config}: ecs.config not rewritten");
+        assert!(
+            !instance.state_dir().join("join.json").exists(),
+            "{config}: nothing recorded"
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_job_stop_timeout_a_hand_set_stop_timeout_line_is_kept() {
+    let instance = Instance::without_aws();
+    instance
+        .imds
+        .update(|s| s.tags = tags(&[(CLUSTER, "batch-w")]));
+    instance.write_ecs_config(b"ECS_CONTAINER_STOP_TIMEOUT=\"2m\"\r\nECS_CLUSTER=old\n");
+
+    let run = instance.join(&[]);
+
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        text(instance.read_ecs_config()),
+        "ECS_CONTAINER_STOP_TIMEOUT=\"2m\"\nECS_CLUSTER=batch-w\n",
+        "the operator's line keeps its value (only its CRLF becomes LF, as for every line)"
+    );
+    assert!(!run.stderr.contains("job_stop_timeout"), "{}", run.stderr);
+}

@@ -501,3 +501,110 @@ async fn the_sigterm_a_power_off_brings_does_not_lose_its_record() {
     assert_eq!(std::fs::read_to_string(&ran).unwrap(), "off\n");
     agent.kill_9();
 }
+
+/// `blockwatch status --json`, parsed.
+fn status_json(f: &Registered) -> serde_json::Value {
+    let output = f
+        .instance
+        .command()
+        .args(["status", "--json", "--state-dir"])
+        .arg(f.instance.state_dir())
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn with_a_job_stop_timeout_the_running_job_is_stopped_the_timeout_and_margin_before_the_lease_end(
+) {
+    // 5 s for the job to stop plus the 10 s margin: the stop is due at
+    // T - 15 s, after the drain at T - 20 s.
+    let hook = receiver_refusing_first(0);
+    let b = block(&format!(
+        "drain_lead = \"20s\"\njob_stop_timeout = \"5s\"\nwebhook_url = {:?}\n",
+        hook.url("/hook")
+    ))
+    .await;
+    let task = b.f.start_task().await;
+    let end = b.f.lease_ends_in(STARTUP + time::Duration::seconds(25));
+    let due = end - time::Duration::seconds(15);
+    let agent = b.f.start();
+
+    let status = status_json(&b.f);
+    assert_eq!(
+        status["stop_at"],
+        rfc3339(due),
+        "known from the start: {status}"
+    );
+    assert_eq!(
+        status["drain_at"],
+        rfc3339(end - time::Duration::seconds(20))
+    );
+    let text =
+        b.f.instance
+            .command()
+            .args(["status", "--state-dir"])
+            .arg(b.f.instance.state_dir())
+            .output()
+            .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(
+        text.contains(&format!("stop at:   {}", rfc3339(due))),
+        "{text}"
+    );
+    assert!(
+        agent.log().contains("stops start at T - 15s"),
+        "{}",
+        agent.log()
+    );
+
+    let stopped_state =
+        b.f.instance
+            .wait_for(&agent, PATIENCE, "the lease-end stop", |s| {
+                s["drain"]["end_stop_at"].is_string()
+            });
+
+    let stopped = time_at(&stopped_state, "/drain/end_stop_at");
+    let log = agent.log();
+    assert!(stopped >= due, "stopped early: {stopped}, due {due}\n{log}");
+    assert!(
+        stopped <= due + LATE,
+        "stopped late: {stopped}, due {due} (end {end})\n{log}"
+    );
+    assert!(
+        now() < end,
+        "the test saw the stop before the end: the machine is too slow to judge"
+    );
+    let reason = b.stop_reason(&task).await.unwrap_or_default();
+    assert_eq!(
+        reason,
+        format!(
+            "blockwatch: lease ends at {} (instance {})",
+            rfc3339(end),
+            stopped_state["instance_id"].as_str().unwrap()
+        ),
+        "the end is still ahead, and Batch retry rules match blockwatch:*"
+    );
+    assert_eq!(status_json(&b.f)["stop_at"], rfc3339(due));
+
+    let deadline = Instant::now() + PATIENCE;
+    let started = loop {
+        let found = hook
+            .received()
+            .into_iter()
+            .find(|r| r.body.contains("\"drain-started\""));
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "no drain-started webhook\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let payload: serde_json::Value = serde_json::from_str(&started.body).unwrap();
+    assert_eq!(payload["stop_at"], rfc3339(due), "{}", started.body);
+}

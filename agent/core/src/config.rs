@@ -63,6 +63,60 @@ pub struct FileConfig {
     /// How often a Capacity Block's end is asked again (default 30m; at
     /// most 5m within its last 2 hours).
     pub capacity_block_refresh_interval: Option<HumanDuration>,
+    /// The ECS agent's SIGTERM-to-SIGKILL time for stopped jobs, written as
+    /// `ECS_CONTAINER_STOP_TIMEOUT` (off by default: ECS's 30 s).
+    pub job_stop_timeout: Option<JobStopTimeout>,
+}
+
+/// `job_stop_timeout`: whole seconds, at least 1 s. The ECS agent parses a
+/// Go duration and raises anything below 1 s to 1 s; we write `<n>s`, so a
+/// fraction or a value ECS would change is refused rather than rounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobStopTimeout(pub Duration);
+
+pub const JOB_STOP_TIMEOUT_KEY: &str = "job_stop_timeout";
+
+impl std::str::FromStr for JobStopTimeout {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let shown = super::escape::quoted(text).to_string();
+        let refuse = |why: &str| format!("{JOB_STOP_TIMEOUT_KEY} = {shown}: {why}");
+        // Not trimmed: the value goes into ecs.config, one line.
+        if text.is_empty() || text.trim() != text || text.contains(['\n', '\r']) {
+            return Err(refuse(
+                "must be a duration in whole seconds like 30s or 2m, with nothing around it",
+            ));
+        }
+        let parsed = humantime::parse_duration(text)
+            .map_err(|e| refuse(&format!("is not a duration like 30s or 2m ({e})")))?;
+        if parsed.subsec_nanos() != 0 {
+            return Err(refuse(
+                "must be whole seconds (ECS_CONTAINER_STOP_TIMEOUT is written as <n>s)",
+            ));
+        }
+        if parsed < Duration::from_secs(1) {
+            return Err(refuse("must be at least 1s (the ECS agent's minimum)"));
+        }
+        if parsed > MAX_DURATION {
+            return Err(refuse("is longer than a year"));
+        }
+        Ok(Self(parsed))
+    }
+}
+
+impl<'de> Deserialize<'de> for JobStopTimeout {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl JobStopTimeout {
+    /// The value for `ECS_CONTAINER_STOP_TIMEOUT`: `<seconds>s`.
+    pub fn ecs_value(self) -> String {
+        format!("{}s", self.0.as_secs())
+    }
 }
 
 /// A config file that could not be used, as one line naming the file.
@@ -76,7 +130,7 @@ pub struct ConfigFileError {
 impl FileConfig {
     /// Parses the TOML text of the file at `path` (used in messages).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigFileError> {
-        toml::from_str(text).map_err(|err| {
+        let parsed: Self = toml::from_str(text).map_err(|err| {
             // serde reports an unknown key against the whole table: find
             // the key's own line instead.
             let line = unknown_key_line(text, err.message()).or_else(|| {
@@ -91,7 +145,35 @@ impl FileConfig {
                     None => message,
                 },
             }
-        })
+        })?;
+        parsed
+            .check_job_stop_timeout()
+            .map_err(|reason| ConfigFileError {
+                path: path.to_owned(),
+                reason,
+            })?;
+        Ok(parsed)
+    }
+
+    /// A stop that starts `job_stop_timeout` plus the margin before the end
+    /// must come after the drain, `drain_lead` before the end: refused
+    /// otherwise, never shortened behind the operator's back.
+    fn check_job_stop_timeout(&self) -> Result<(), String> {
+        let Some(timeout) = self.job_stop_timeout else {
+            return Ok(());
+        };
+        let lead = timeout.0.saturating_add(super::state::JOB_STOP_MARGIN);
+        let drain_lead = self.drain_lead.map_or(DEFAULT_DRAIN_LEAD, |d| d.0);
+        if lead >= drain_lead {
+            return Err(format!(
+                "{JOB_STOP_TIMEOUT_KEY} = \"{}\": the stop must start {} before the end (the timeout plus a {} margin), which is not after the drain (drain_lead = {}); shorten {JOB_STOP_TIMEOUT_KEY} or lengthen drain_lead",
+                humantime::format_duration(timeout.0),
+                humantime::format_duration(lead),
+                humantime::format_duration(super::state::JOB_STOP_MARGIN),
+                humantime::format_duration(drain_lead),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -442,6 +524,7 @@ pub struct Settings {
     pub on_lease_end: Sourced<OnLeaseEnd>,
     pub lease_refresh_interval: Sourced<Duration>,
     pub capacity_block_refresh_interval: Sourced<Duration>,
+    pub job_stop_timeout: Option<Sourced<JobStopTimeout>>,
 }
 
 /// A tag value that does not parse; the tag is ignored with a warning.
@@ -522,6 +605,7 @@ impl Settings {
                     .map(|d| d.0.max(MIN_POLL_INTERVAL)),
                 DEFAULT_CAPACITY_BLOCK_REFRESH_INTERVAL,
             ),
+            job_stop_timeout: file.job_stop_timeout.map(|v| Sourced::new(v, in_file())),
         };
         (settings, problems)
     }
@@ -620,6 +704,19 @@ impl Settings {
             items.push(format!(
                 "poweroff_command={:?} ({})",
                 self.poweroff_command.value, self.poweroff_command.origin
+            ));
+        }
+        if let Some(timeout) = &self.job_stop_timeout {
+            let lead = timeout
+                .value
+                .0
+                .saturating_add(super::state::JOB_STOP_MARGIN);
+            items.push(format!(
+                "job_stop_timeout={} ({}; ECS_CONTAINER_STOP_TIMEOUT={}; stops start at T - {})",
+                humantime::format_duration(timeout.value.0),
+                timeout.origin,
+                timeout.value.ecs_value(),
+                humantime::format_duration(lead)
             ));
         }
         if let Some(hook) = &self.webhook_url {
@@ -850,5 +947,69 @@ mod tests {
             !text.contains("secret") && text.contains("webhook_url=<set>"),
             "{text}"
         );
+    }
+
+    fn refusal(text: &str) -> String {
+        FileConfig::parse(text, &path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| panic!("{text:?} was accepted"))
+    }
+
+    #[test]
+    fn job_stop_timeout_is_whole_seconds_of_at_least_one_and_fits_before_the_drain() {
+        let c = parse("job_stop_timeout = \"2m\"");
+        assert_eq!(
+            c.job_stop_timeout,
+            Some(JobStopTimeout(Duration::from_secs(120)))
+        );
+        assert_eq!(
+            c.job_stop_timeout.map(JobStopTimeout::ecs_value).as_deref(),
+            Some("120s")
+        );
+        for (value, needle) in [
+            ("\"0s\"", "at least 1s"),
+            ("\"500ms\"", "whole seconds"),
+            ("\"1s 500ms\"", "whole seconds"),
+            ("\"1.5s\"", "whole seconds"),
+            ("\"-5s\"", "not a duration"),
+            ("\"abc\"", "not a duration"),
+            ("\"5s\\nECS_CLUSTER=evil\"", "nothing around it"),
+            ("\" 5s\"", "nothing around it"),
+        ] {
+            let err = refusal(&format!("job_stop_timeout = {value}"));
+            assert!(err.contains("job_stop_timeout"), "{err}");
+            assert!(err.contains(needle), "{err} should say {needle}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        // A bare number is no duration (as for the ECS agent).
+        assert!(refusal("job_stop_timeout = 30").contains("invalid type"));
+        // The stop (timeout + 10 s) must start after the drain.
+        let err = refusal("drain_lead = \"40s\"\njob_stop_timeout = \"30s\"");
+        assert!(
+            err.contains("job_stop_timeout = \"30s\"") && err.contains("drain_lead = 40s"),
+            "{err}"
+        );
+        assert!(parse("drain_lead = \"41s\"\njob_stop_timeout = \"30s\"")
+            .job_stop_timeout
+            .is_some());
+        // Against the default drain lead of 10 minutes.
+        assert!(refusal("job_stop_timeout = \"9m 50s\"").contains("drain_lead = 10m"));
+        assert!(parse("job_stop_timeout = \"9m 49s\"")
+            .job_stop_timeout
+            .is_some());
+    }
+
+    #[test]
+    fn describe_says_when_the_stops_start() {
+        let file = parse("job_stop_timeout = \"30s\"");
+        let (s, _) = Settings::resolve(&file, &path(), None, false);
+        let text = s.describe().join(", ");
+        assert!(
+            text.contains("job_stop_timeout=30s (config file /etc/blockwatch/blockwatch.toml; ECS_CONTAINER_STOP_TIMEOUT=30s; stops start at T - 40s)"),
+            "{text}"
+        );
+        let (plain, _) = Settings::resolve(&FileConfig::default(), &path(), None, false);
+        assert!(!plain.describe().join(" ").contains("job_stop_timeout"));
     }
 }

@@ -1,8 +1,9 @@
 //! The content of `/etc/ecs/ecs.config`, read the way ecs-init reads it.
 //!
 //! ecs-init trims each line and splits it at the first `=`; quotes are kept,
-//! `#` is not a comment, and the last duplicate wins. We own one key,
-//! `ECS_CLUSTER`, and leave every other line alone.
+//! `#` is not a comment, and the last duplicate wins. We own `ECS_CLUSTER`
+//! and, when `job_stop_timeout` is set, `ECS_CONTAINER_STOP_TIMEOUT`, and
+//! leave every other line alone.
 
 use super::cluster::ClusterName;
 
@@ -20,11 +21,7 @@ pub enum Rewrite {
 /// The value ecs-init would read for `ECS_CLUSTER`, if any (the last one
 /// wins), with any byte that is not UTF-8 shown as U+FFFD.
 pub fn current_cluster(existing: &[u8]) -> Option<String> {
-    lines(existing)
-        .rev()
-        .filter_map(key_value)
-        .find(|(key, _)| is_cluster_key(key))
-        .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+    current_value(existing, CLUSTER_KEY)
 }
 
 /// Sets `ECS_CLUSTER=<cluster>` in `existing` (`None` when the file is absent).
@@ -34,28 +31,60 @@ pub fn current_cluster(existing: &[u8]) -> Option<String> {
 /// the first one; other lines keep their bytes and order, whether or not
 /// they are UTF-8. Line endings become LF and the file ends with a newline.
 pub fn set_cluster(existing: Option<&[u8]>, cluster: &ClusterName) -> Rewrite {
-    let ours = format!("{CLUSTER_KEY}={cluster}");
-    let mut rendered = Vec::with_capacity(existing.map_or(0, <[u8]>::len) + ours.len() + 1);
-    let mut placed = false;
+    set_keys(existing, &[(CLUSTER_KEY, cluster.as_str())])
+}
+
+/// The ECS agent's SIGTERM-to-SIGKILL time for a stopped container.
+pub const STOP_TIMEOUT_KEY: &str = "ECS_CONTAINER_STOP_TIMEOUT";
+
+/// Sets each `KEY=value` of `wanted` in `existing`, by the rules of
+/// [`set_cluster`]: every line of a key (quoted, CRLF, duplicated, spaced)
+/// becomes one plain line at the place of its first; a key not yet in the
+/// file is appended, in the order given; other lines keep their bytes.
+/// Keys and values are the caller's, already checked to be one line.
+pub fn set_keys(existing: Option<&[u8]>, wanted: &[(&str, &str)]) -> Rewrite {
+    let line_of = |key: &str, value: &str| format!("{key}={value}");
+    let mut rendered = Vec::with_capacity(existing.map_or(0, <[u8]>::len) + 64);
+    let mut placed = vec![false; wanted.len()];
     for line in existing.map(lines).into_iter().flatten() {
-        let is_ours = key_value(line).is_some_and(|(key, _)| is_cluster_key(key));
-        if !is_ours {
-            rendered.extend_from_slice(line);
-            rendered.push(b'\n');
-        } else if !placed {
-            rendered.extend_from_slice(ours.as_bytes());
-            rendered.push(b'\n');
-            placed = true;
+        let ours = key_value(line).and_then(|(key, _)| {
+            wanted
+                .iter()
+                .position(|(wanted_key, _)| is_key(key, wanted_key))
+        });
+        match ours {
+            None => {
+                rendered.extend_from_slice(line);
+                rendered.push(b'\n');
+            }
+            Some(index) if !placed[index] => {
+                let (key, value) = wanted[index];
+                rendered.extend_from_slice(line_of(key, value).as_bytes());
+                rendered.push(b'\n');
+                placed[index] = true;
+            }
+            Some(_) => {}
         }
     }
-    if !placed {
-        rendered.extend_from_slice(ours.as_bytes());
-        rendered.push(b'\n');
+    for ((key, value), placed) in wanted.iter().zip(placed) {
+        if !placed {
+            rendered.extend_from_slice(line_of(key, value).as_bytes());
+            rendered.push(b'\n');
+        }
     }
     match existing {
         Some(bytes) if bytes == rendered.as_slice() => Rewrite::Unchanged,
         _ => Rewrite::Replace(rendered),
     }
+}
+
+/// The value ecs-init would read for `key`, if any (the last one wins).
+pub fn current_value(existing: &[u8], key: &str) -> Option<String> {
+    lines(existing)
+        .rev()
+        .filter_map(key_value)
+        .find(|(found, _)| is_key(found, key))
+        .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
 }
 
 /// The lines of `bytes`, without their `\n` or `\r\n`; an empty file has none.
@@ -78,10 +107,10 @@ const UTF8_BOM: &[u8] = b"\xef\xbb\xbf";
 
 /// ecs-init keeps `KEY = v` as the key `"KEY "`, and a byte order mark as
 /// part of the first key; we still treat both as ours so that no line that
-/// looks like a cluster setting survives next to ours.
-fn is_cluster_key(key: &[u8]) -> bool {
-    let key = key.strip_prefix(UTF8_BOM).unwrap_or(key);
-    key.trim_ascii() == CLUSTER_KEY.as_bytes()
+/// looks like one of our settings survives next to ours.
+fn is_key(found: &[u8], key: &str) -> bool {
+    let found = found.strip_prefix(UTF8_BOM).unwrap_or(found);
+    found.trim_ascii() == key.as_bytes()
 }
 
 #[cfg(test)]
@@ -192,6 +221,44 @@ mod tests {
     fn empty_and_blank_files() {
         assert_eq!(rewritten(Some(""), "c"), "ECS_CLUSTER=c\n");
         assert_eq!(rewritten(Some("\n"), "c"), "\nECS_CLUSTER=c\n");
+    }
+
+    fn with_stop_timeout(existing: Option<&str>, value: &str) -> String {
+        let wanted = [(CLUSTER_KEY, "c"), (STOP_TIMEOUT_KEY, value)];
+        match set_keys(existing.map(str::as_bytes), &wanted) {
+            Rewrite::Replace(bytes) => String::from_utf8(bytes).unwrap_or_default(),
+            Rewrite::Unchanged => existing.unwrap_or_default().to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_stop_timeout_lands_once_beside_the_cluster_and_replaces_its_variants() {
+        assert_eq!(
+            with_stop_timeout(None, "60s"),
+            "ECS_CLUSTER=c\nECS_CONTAINER_STOP_TIMEOUT=60s\n"
+        );
+        let before = "A=1\r\nECS_CONTAINER_STOP_TIMEOUT=\"2m\"\r\nECS_CLUSTER=old\r\n ECS_CONTAINER_STOP_TIMEOUT = 5s \r\nB=2\r\n";
+        assert_eq!(
+            with_stop_timeout(Some(before), "60s"),
+            "A=1\nECS_CONTAINER_STOP_TIMEOUT=60s\nECS_CLUSTER=c\nB=2\n"
+        );
+        let once = with_stop_timeout(Some("X=1\n"), "60s");
+        assert_eq!(
+            set_keys(
+                Some(once.as_bytes()),
+                &[(CLUSTER_KEY, "c"), (STOP_TIMEOUT_KEY, "60s")]
+            ),
+            Rewrite::Unchanged
+        );
+        // Setting only the cluster leaves a hand-set stop timeout alone.
+        assert_eq!(
+            rewritten(Some("ECS_CONTAINER_STOP_TIMEOUT=\"2m\"\n"), "c"),
+            "ECS_CONTAINER_STOP_TIMEOUT=\"2m\"\nECS_CLUSTER=c\n"
+        );
+        assert_eq!(
+            current_value(b"ECS_CONTAINER_STOP_TIMEOUT=5s\n", STOP_TIMEOUT_KEY),
+            Some("5s".into())
+        );
     }
 
     #[test]

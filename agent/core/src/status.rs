@@ -85,6 +85,7 @@ impl Snapshot {
             "deadline_source": a.deadline.as_ref().map(|d| d.event.kind.name()),
             "deadline_event": a.deadline.as_ref().map(|d| d.event.id.clone()),
             "drain_at": a.drain_at.map(rfc3339),
+            "stop_at": a.stop_at.map(rfc3339),
             "drain_started_at": drain.map(|d| rfc3339(d.started_at)),
             "draining_confirmed_at": drain.and_then(|d| d.draining_confirmed_at).map(rfc3339),
             "running_tasks": drain.and_then(|d| d.running_tasks),
@@ -192,6 +193,23 @@ impl Snapshot {
                     "passed".into()
                 }
             ));
+        }
+        if let Some(at) = a.stop_at {
+            let stopped = a
+                .drain
+                .as_ref()
+                .is_some_and(|d| d.end_stop_at.is_some() || d.tasks_stopped_at.is_some());
+            if !stopped {
+                lines.push(format!(
+                    "stop at:   {} ({}): what still runs is stopped then",
+                    rfc3339(at),
+                    if at > now {
+                        format!("in {}", countdown(now, at))
+                    } else {
+                        "passed".into()
+                    }
+                ));
+            }
         }
         if let Some(drain) = &a.drain {
             if let Some(n) = drain.running_tasks {
@@ -309,6 +327,7 @@ mod tests {
             assert!(json.get(key).is_some(), "{key}");
         }
         assert_eq!(json["deadline"], "2026-11-29T15:00:00Z");
+        assert_eq!(json["stop_at"], serde_json::Value::Null);
         assert_eq!(json["deadline_source"], "lease");
         assert_eq!(json["phase"], "watching");
     }

@@ -12,7 +12,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::core::cluster::ClusterName;
-use crate::core::ecs_config::{current_cluster, set_cluster, Rewrite};
+use crate::core::ecs_config::{current_cluster, set_keys, Rewrite, CLUSTER_KEY, STOP_TIMEOUT_KEY};
 use crate::host::atomic_file;
 
 pub const DEFAULT_ECS_CONFIG_PATH: &str = "/etc/ecs/ecs.config";
@@ -117,6 +117,16 @@ fn resolve_target(path: &Path) -> Result<(PathBuf, Option<Metadata>), WriteError
 impl Plan {
     /// Reads the file (absent is fine) and works out its new content.
     pub fn new(path: &Path, cluster: &ClusterName) -> Result<Self, WriteError> {
+        Self::with_stop_timeout(path, cluster, None)
+    }
+
+    /// As [`Plan::new`], also setting `ECS_CONTAINER_STOP_TIMEOUT` when
+    /// given (one write for both keys); when not, a hand-set line stays.
+    pub fn with_stop_timeout(
+        path: &Path,
+        cluster: &ClusterName,
+        stop_timeout: Option<&str>,
+    ) -> Result<Self, WriteError> {
         let (target, meta) = resolve_target(path)?;
         let existing = match meta {
             None => None,
@@ -127,7 +137,9 @@ impl Plan {
                 gid: meta.gid(),
             }),
         };
-        let rewrite = set_cluster(existing.as_ref().map(|e| e.bytes.as_slice()), cluster);
+        let mut wanted = vec![(CLUSTER_KEY, cluster.as_str())];
+        wanted.extend(stop_timeout.map(|value| (STOP_TIMEOUT_KEY, value)));
+        let rewrite = set_keys(existing.as_ref().map(|e| e.bytes.as_slice()), &wanted);
         Ok(Self {
             path: path.to_owned(),
             target,

@@ -45,7 +45,7 @@ impl Books {
                 stop_grace: settings.stop_grace.as_ref().map(|g| g.value),
                 power_off_when_drained: settings.on_drained.value == OnDrained::Poweroff,
                 enforce_lease_end: settings.on_lease_end.value == OnLeaseEnd::Poweroff,
-                job_stop_timeout: None,
+                job_stop_timeout: settings.job_stop_timeout.as_ref().map(|t| t.value.0),
             },
             observed,
             state,

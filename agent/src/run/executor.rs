@@ -180,7 +180,7 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
             return;
         };
         let cluster = &self.node.cluster;
-        let reason = stop_reason(cause, &books.state, &self.node);
+        let reason = stop_reason(cause, &books.state, &self.node, now);
         let result = match bounded(
             "ecs:ListTasks",
             self.service.running_tasks(cluster, &container_instance),
@@ -238,7 +238,7 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
                 }
                 format!(
                     "stop the remaining tasks with reason {:?}",
-                    stop_reason(cause, &books.state, &self.node)
+                    stop_reason(cause, &books.state, &self.node, now)
                 )
             }
             Action::PowerOff => {
@@ -316,23 +316,38 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
 }
 
 /// The reason the stopped tasks are given: Batch retry rules match its
-/// prefix.
-fn stop_reason(cause: StopCause, state: &AgentState, node: &Node) -> String {
+/// prefix. A lease-end stop made ahead of the end (`job_stop_timeout`)
+/// says when the end comes rather than that it came.
+fn stop_reason(cause: StopCause, state: &AgentState, node: &Node, now: OffsetDateTime) -> String {
     if cause == StopCause::LeaseEnded {
-        let kind = state
+        let lease = state
             .drain
             .as_ref()
-            .map(|d| d.reason.kind)
-            .filter(|k| k.is_lease())
-            .unwrap_or(SourceKind::Lease);
-        let ended = match kind {
-            SourceKind::CapacityBlock => "Capacity Block ended",
-            _ => "lease ended",
+            .filter(|d| d.reason.kind.is_lease())
+            .map(|d| (d.reason.kind, d.deadline))
+            .or_else(|| {
+                state
+                    .deadline
+                    .as_ref()
+                    .filter(|d| d.event.kind.is_lease())
+                    .map(|d| (d.event.kind, d.at))
+            });
+        let kind = lease.map_or(SourceKind::Lease, |(kind, _)| kind);
+        let what = match kind {
+            SourceKind::CapacityBlock => "Capacity Block",
+            _ => "lease",
         };
-        return format!(
-            "{STOP_REASON_PREFIX} {ended} (instance {})",
-            node.instance_id
-        );
+        return match lease.map(|(_, end)| end).filter(|end| *end > now) {
+            Some(end) => format!(
+                "{STOP_REASON_PREFIX} {what} ends at {} (instance {})",
+                rfc3339(end),
+                node.instance_id
+            ),
+            None => format!(
+                "{STOP_REASON_PREFIX} {what} ended (instance {})",
+                node.instance_id
+            ),
+        };
     }
     let ends = state
         .deadline

@@ -149,6 +149,7 @@ impl Reporter {
             "deadline": deadline.map(|d| rfc3339(d.at)),
             "deadline_source": deadline.map(|d| d.event.kind.name()),
             "drain_at": state.drain_at.map(rfc3339),
+            "stop_at": state.stop_at.map(rfc3339),
             "cause": match event {
                 Event::DrainCanceled(CancelCause::EventEnded) => Some("event-ended"),
                 Event::DrainCanceled(CancelCause::DeadlineMoved) => Some("deadline-moved"),
