@@ -922,4 +922,15 @@ async fn metrics_and_deadline_files_are_written_under_the_units_hardening_and_er
     );
     assert!(json["deadline"].is_null(), "no end announced: {json}");
     assert_eq!(as_nobody("/run/blockwatch/deadline"), "");
+
+    // The unit's RuntimeDirectory: a stopped agent leaves no deadline behind
+    // for a job to trust.
+    let stop = container.exec(&["systemctl", "stop", "blockwatch.service"]);
+    assert!(stop.status.success(), "{}", text(&stop));
+    let left = container.exec(&["ls", "-la", "/run/blockwatch"]);
+    assert!(
+        !left.status.success(),
+        "/run/blockwatch outlives the service: {}",
+        text(&left)
+    );
 }
