@@ -142,6 +142,12 @@ interruption notice never undoes a drain.
 While nothing is due only IMDS is polled: no AWS API call (a Capacity Block's
 EndDate excepted, as above). State is kept in
 <state-dir>/state.json, so a restart resumes a drain without repeating it.
+
+For jobs: <deadline-dir>/deadline.json (instance_id, phase, deadline,
+deadline_source, drain_at, stop_at, updated_at) and <deadline-dir>/deadline
+(the RFC 3339 deadline and a newline, or empty), mode 0644 in a 0755
+directory, replaced atomically whenever they change. Mount the directory
+read-only into a job's container so it can checkpoint before the end.
 Under systemd (Type=notify) it reports READY, a STATUS line and the watchdog.";
 
 #[derive(Debug, Args)]
@@ -153,6 +159,16 @@ pub struct RunArgs {
     /// The ECS agent's introspection endpoint, used to find our container instance
     #[arg(long, value_name = "URL", default_value = crate::actions::ecs::DEFAULT_INTROSPECTION_URL)]
     pub ecs_introspection_url: String,
+
+    /// Where the deadline files jobs read are kept (deadline.json, deadline); mount it read-only
+    /// into a job's container
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "BLOCKWATCH_DEADLINE_DIR",
+        default_value = crate::run::DEFAULT_DEADLINE_DIR
+    )]
+    pub deadline_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

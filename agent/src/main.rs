@@ -50,6 +50,7 @@ fn main() -> ExitCode {
                 state_dir: cli.common.state_dir,
                 dry_run: args.dry_run,
                 introspection_url: args.ecs_introspection_url,
+                deadline_dir: args.deadline_dir,
             };
             runtime.block_on(run(&request, Imds::for_polling()))
         }

@@ -547,6 +547,7 @@ async fn agent_joins_with_no_aws_call_and_derives_the_lease_end_the_launcher_pri
         .env("AWS_ENDPOINT_URL", moto.endpoint())
         .env("AWS_CONFIG_FILE", "/nonexistent")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .env("BLOCKWATCH_DEADLINE_DIR", state_dir.path().join("run"))
         .args([
             "run",
             "--ecs-introspection-url",

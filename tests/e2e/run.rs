@@ -756,3 +756,225 @@ async fn with_moto_the_ec2_lookups_find_no_block_and_the_lease_still_rules() {
         "moto's instance was launched with the default, stop: {log}"
     );
 }
+
+// The deadline files jobs read (`<deadline-dir>/deadline.json`, `deadline`).
+
+const LEASE_TAG: &str = "blockwatch:lease-end";
+
+/// An instance in cluster `jobs` (no AWS needed: nothing is due) whose lease
+/// tag is read again every second.
+fn leased_instance(end: time::OffsetDateTime) -> Instance {
+    let instance = Instance::without_aws();
+    instance.imds.update(|s| {
+        s.tags = common::tags(&[("blockwatch:cluster", "jobs"), (LEASE_TAG, &rfc3339(end))]);
+    });
+    instance.write_config(&format!(
+        "{}lease_refresh_interval = \"1s\"\npoweroff_command = \"true\"\n",
+        common::FAST
+    ));
+    instance
+}
+
+fn move_lease(instance: &Instance, end: time::OffsetDateTime) {
+    instance.imds.update(|s| {
+        s.tags
+            .get_or_insert_with(Default::default)
+            .insert(LEASE_TAG.into(), rfc3339(end));
+    });
+}
+
+/// `blockwatch run` as `spawn_run` starts it, under umask 077.
+fn spawn_run_with_umask_077(instance: &Instance) -> Agent {
+    let model = instance.command();
+    let mut command = std::process::Command::new("sh");
+    command.env_clear();
+    for (key, value) in model.get_envs() {
+        if let Some(value) = value {
+            command.env(key, value);
+        }
+    }
+    let stderr = instance.root.path().join("run-umask.log");
+    command
+        .args(["-c", r#"umask 077 && exec "$0" "$@""#, common::BIN, "run"])
+        .arg("--state-dir")
+        .arg(instance.state_dir())
+        .arg("--config")
+        .arg(instance.config_file())
+        .args([
+            "--ecs-introspection-url",
+            &format!("{}/v1/metadata", common::CLOSED_ENDPOINT),
+        ])
+        .stderr(std::fs::File::create(&stderr).unwrap());
+    let child = command.spawn().expect("spawn blockwatch run");
+    Agent { child, stderr }
+}
+
+fn deadline_json(instance: &Instance) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(instance.deadline_dir().join("deadline.json")).ok()?;
+    Some(serde_json::from_str(&text).expect("deadline.json parses"))
+}
+
+fn plain_deadline(instance: &Instance) -> Option<String> {
+    std::fs::read_to_string(instance.deadline_dir().join("deadline")).ok()
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// Waits until both deadline files name `end` (or no end), or panics.
+fn wait_for_deadline(instance: &Instance, agent: &Agent, end: Option<time::OffsetDateTime>) {
+    let want_plain = end.map_or(String::new(), |end| format!("{}\n", rfc3339(end)));
+    let want_json = end.map_or(serde_json::Value::Null, |end| rfc3339(end).into());
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let json = deadline_json(instance);
+        if plain_deadline(instance).as_deref() == Some(want_plain.as_str())
+            && json.as_ref().is_some_and(|j| j["deadline"] == want_json)
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the deadline files never said {want_plain:?}: {json:?} / {:?}\nlog:\n{}",
+            plain_deadline(instance),
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn deadline_files_appear_with_the_first_decision_and_follow_a_moved_lease() {
+    let end = now() + time::Duration::hours(1);
+    let instance = leased_instance(end);
+    let agent = spawn_run_with_umask_077(&instance);
+    let dir = instance.deadline_dir();
+
+    // Written before the state file: once it exists, they do.
+    let first = instance.wait_for(&agent, PATIENCE, "the first state file", |_| true);
+    let json = deadline_json(&instance).expect("deadline.json with the first state file");
+    assert_eq!(json["instance_id"], first["instance_id"]);
+    assert_eq!(json["deadline"], rfc3339(end));
+    assert_eq!(json["deadline_source"], "lease");
+    assert_eq!(
+        plain_deadline(&instance).as_deref(),
+        Some(format!("{}\n", rfc3339(end)).as_str())
+    );
+    // Readable by any user whatever the agent's umask.
+    assert_eq!(mode(&dir), 0o755);
+    assert_eq!(mode(&dir.join("deadline.json")), 0o644);
+    assert_eq!(mode(&dir.join("deadline")), 0o644);
+
+    let watching = instance.wait_for(&agent, PATIENCE, "watching", |s| phase(s) == "watching");
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let json = loop {
+        let json = deadline_json(&instance).unwrap();
+        if json["phase"] == "watching" || std::time::Instant::now() > until {
+            break json;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(json["phase"], "watching", "{json}");
+    assert_eq!(json["drain_at"], rfc3339(end - LEAD));
+    assert!(json["stop_at"].is_string(), "{json}");
+    assert_eq!(json["stop_at"], watching["stop_at"], "{json}");
+    for key in ["deadline_event", "updated_at"] {
+        assert!(json[key].is_string(), "{key}: {json}");
+    }
+
+    // Not rewritten while nothing changes (a rename gives a new inode).
+    let inode = |name: &str| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(dir.join(name)).unwrap().ino()
+    };
+    let (json_inode, plain_inode) = (inode("deadline.json"), inode("deadline"));
+    std::thread::sleep(3 * POLL);
+    assert_eq!(
+        inode("deadline.json"),
+        json_inode,
+        "rewritten without a change"
+    );
+    assert_eq!(inode("deadline"), plain_inode, "rewritten without a change");
+
+    // An extended lease: both files follow within a few polls.
+    let later = end + time::Duration::minutes(30);
+    move_lease(&instance, later);
+    wait_for_deadline(&instance, &agent, Some(later));
+    let json = deadline_json(&instance).unwrap();
+    assert_eq!(json["drain_at"], rfc3339(later - LEAD));
+    assert_ne!(json["updated_at"], serde_json::Value::Null);
+
+    // An earlier scheduled event takes over; canceled, the lease rules again.
+    let reboot = now() + time::Duration::minutes(20);
+    let event = |state: &str| ScheduledEvent {
+        code: "system-reboot".into(),
+        description: "scheduled reboot".into(),
+        event_id: "instance-event-0d59937288b749b32".into(),
+        not_before: reboot,
+        not_after: reboot + time::Duration::minutes(15),
+        state: state.into(),
+    };
+    instance
+        .imds
+        .update(|s| s.scheduled_events = vec![event("active")]);
+    wait_for_deadline(&instance, &agent, Some(reboot));
+    let json = deadline_json(&instance).unwrap();
+    assert_eq!(json["deadline_source"], "scheduled-event", "{json}");
+    instance
+        .imds
+        .update(|s| s.scheduled_events = vec![event("canceled")]);
+    wait_for_deadline(&instance, &agent, Some(later));
+    let json = deadline_json(&instance).unwrap();
+    assert_eq!(json["deadline_source"], "lease", "{json}");
+    assert_eq!(mode(&dir.join("deadline")), 0o644);
+}
+
+#[tokio::test]
+async fn a_reader_never_sees_a_partial_deadline_file() {
+    let end = now() + time::Duration::hours(1);
+    let instance = leased_instance(end);
+    let agent = instance.spawn_run(&[], &[]);
+    instance.wait_for(&agent, PATIENCE, "watching", |s| phase(s) == "watching");
+    wait_for_deadline(&instance, &agent, Some(end));
+
+    let dir = instance.deadline_dir();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut reads, mut seen) = (0_u64, std::collections::BTreeSet::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let text = std::fs::read_to_string(dir.join("deadline.json")).unwrap();
+                let json: serde_json::Value = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("partial deadline.json ({e}): {text:?}"));
+                let deadline = json["deadline"].as_str().unwrap().to_owned();
+                let plain = std::fs::read_to_string(dir.join("deadline")).unwrap();
+                let plain = plain
+                    .strip_suffix('\n')
+                    .unwrap_or_else(|| panic!("partial deadline file: {plain:?}"));
+                time::OffsetDateTime::parse(plain, &time::format_description::well_known::Rfc3339)
+                    .unwrap_or_else(|e| panic!("partial deadline file ({e}): {plain:?}"));
+                seen.insert(deadline);
+                reads += 1;
+            }
+            (reads, seen)
+        })
+    };
+    let moves = 6;
+    for n in 1..=moves {
+        let moved = end + time::Duration::minutes(n);
+        move_lease(&instance, moved);
+        wait_for_deadline(&instance, &agent, Some(moved));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (reads, seen) = reader.join().expect("the reader saw only whole files");
+
+    assert!(reads >= 2_000, "only {reads} reads");
+    assert!(
+        seen.len() >= moves as usize,
+        "the reader saw {} deadlines: {seen:?}",
+        seen.len()
+    );
+}

@@ -839,7 +839,8 @@ fn errors_total(metrics: &str, source: &str) -> u64 {
 }
 
 #[tokio::test]
-async fn metrics_are_written_under_the_units_hardening_and_errors_move_while_idle() {
+async fn metrics_and_deadline_files_are_written_under_the_units_hardening_and_errors_move_while_idle(
+) {
     assert_root();
     // No AWS: the join needs none (explicit cluster), and the agent's EC2
     // end-date lookup keeps failing while it is otherwise idle.
@@ -881,6 +882,55 @@ async fn metrics_are_written_under_the_units_hardening_and_errors_move_while_idl
     );
     let journal = text(&container.exec(&["journalctl", "-u", "blockwatch", "--no-pager"]));
     assert!(!journal.contains("cannot write metrics"), "{journal}");
+    assert!(!journal.contains("cannot write the deadline"), "{journal}");
     assert_eq!(container.property("blockwatch.service", "NRestarts"), "0");
     println!("{}", read(&container));
+
+    // The deadline files a job mounts: 0644 in a 0755 /run/blockwatch the
+    // unit's RuntimeDirectory gives it, and an unprivileged user reads them.
+    let modes = container.exec(&[
+        "stat",
+        "-c",
+        "%a %U %n",
+        "/run/blockwatch",
+        "/run/blockwatch/deadline.json",
+        "/run/blockwatch/deadline",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&modes.stdout),
+        "755 root /run/blockwatch\n644 root /run/blockwatch/deadline.json\n644 root /run/blockwatch/deadline\n",
+        "{}",
+        text(&modes)
+    );
+    let as_nobody = |file: &str| {
+        let read = container.exec(&["runuser", "-u", "nobody", "--", "cat", file]);
+        assert!(
+            read.status.success(),
+            "nobody cannot read {file}: {}",
+            text(&read)
+        );
+        String::from_utf8_lossy(&read.stdout).into_owned()
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(&as_nobody("/run/blockwatch/deadline.json")).unwrap();
+    assert_eq!(json["phase"], "watching", "{json}");
+    assert!(
+        json["instance_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("i-")),
+        "{json}"
+    );
+    assert!(json["deadline"].is_null(), "no end announced: {json}");
+    assert_eq!(as_nobody("/run/blockwatch/deadline"), "");
+
+    // The unit's RuntimeDirectory: a stopped agent leaves no deadline behind
+    // for a job to trust.
+    let stop = container.exec(&["systemctl", "stop", "blockwatch.service"]);
+    assert!(stop.status.success(), "{}", text(&stop));
+    let left = container.exec(&["ls", "-la", "/run/blockwatch"]);
+    assert!(
+        !left.status.success(),
+        "/run/blockwatch outlives the service: {}",
+        text(&left)
+    );
 }

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod compute_environment;
 pub mod config;
 pub mod deadline;
+pub mod deadline_file;
 pub mod ecs_config;
 pub mod escape;
 pub mod failures;

@@ -23,12 +23,14 @@
 //!   container instance's ARN cache and the one backoff; [`power_off`] is its
 //!   persist-first power-off;
 //! - [`reporter`]: journal lines, webhook events and error counts;
-//! - [`store`]: the state file and the metrics;
+//! - [`store`]: the state file and the metrics, and through
+//!   [`deadline_file`] the deadline files jobs read;
 //! - [`ec2`]: EC2's own end dates, on a task of their own.
 //!
 //! [`ContainerService`]: crate::actions::ecs::ContainerService
 
 mod agent;
+mod deadline_file;
 mod ec2;
 mod executor;
 mod poll;
@@ -73,6 +75,7 @@ pub const AWS_CALL_LIMIT: Duration = Duration::from_secs(90);
 /// How long shutdown and power-off wait for webhook deliveries in flight.
 pub const WEBHOOK_GRACE: Duration = Duration::from_secs(5);
 pub use crate::core::state::STOP_REASON_PREFIX;
+pub use deadline_file::DEFAULT_DEADLINE_DIR;
 
 #[derive(Debug, Clone)]
 pub struct RunRequest {
@@ -81,6 +84,8 @@ pub struct RunRequest {
     pub state_dir: PathBuf,
     pub dry_run: bool,
     pub introspection_url: String,
+    /// Where the deadline files jobs read are kept.
+    pub deadline_dir: PathBuf,
 }
 
 /// The time and the randomness the loop's policies use, read only through
@@ -160,7 +165,7 @@ pub async fn run(request: &RunRequest, imds: Imds) -> Result<(), AgentError> {
     let books = Books::new(
         &settings,
         &node,
-        Store::new(records, &node),
+        Store::new(records, &node).with_deadline_files(request.deadline_dir.clone()),
         state,
         observed,
         Deliveries::new(http.clone()),

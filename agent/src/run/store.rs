@@ -2,9 +2,11 @@
 //! the metrics, through [`Records`]), with the names every snapshot carries.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use time::OffsetDateTime;
 
+use super::deadline_file::DeadlineFiles;
 use super::Node;
 use crate::core::state::AgentState;
 use crate::core::status::Snapshot;
@@ -14,6 +16,8 @@ use crate::host::state::Records;
 pub struct Store {
     records: Records,
     node: Node,
+    /// The files a job reads its deadline from; none in unit tests.
+    deadline_files: Option<DeadlineFiles>,
 }
 
 impl Store {
@@ -21,6 +25,21 @@ impl Store {
         Self {
             records,
             node: node.clone(),
+            deadline_files: None,
+        }
+    }
+
+    /// Also keeps the deadline files in `dir`, from the first save or tick.
+    pub fn with_deadline_files(mut self, dir: PathBuf) -> Self {
+        self.deadline_files = Some(DeadlineFiles::new(dir, &self.node.instance_id));
+        self
+    }
+
+    /// The deadline files follow the state, written before the state file
+    /// so that they exist once it does.
+    fn follow_deadline(&mut self, state: &AgentState, now: OffsetDateTime) {
+        if let Some(files) = self.deadline_files.as_mut() {
+            files.follow(state, now);
         }
     }
 
@@ -44,6 +63,7 @@ impl Store {
         errors: &BTreeMap<&'static str, u64>,
         now: OffsetDateTime,
     ) -> bool {
+        self.follow_deadline(state, now);
         self.records.save(self.snapshot(state, now), errors, now)
     }
 
@@ -54,6 +74,7 @@ impl Store {
         errors: &BTreeMap<&'static str, u64>,
         now: OffsetDateTime,
     ) {
+        self.follow_deadline(state, now);
         self.records.tick(self.snapshot(state, now), errors, now);
     }
 

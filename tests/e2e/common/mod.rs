@@ -160,8 +160,14 @@ impl Instance {
                 "AWS_SHARED_CREDENTIALS_FILE",
                 "/nonexistent/aws-credentials",
             )
-            .env("AWS_MAX_ATTEMPTS", "2");
+            .env("AWS_MAX_ATTEMPTS", "2")
+            // The deadline files stay in the scratch directory, off the host's /run.
+            .env("BLOCKWATCH_DEADLINE_DIR", self.deadline_dir());
         command
+    }
+
+    pub fn deadline_dir(&self) -> PathBuf {
+        self.root.path().join("run/blockwatch")
     }
 
     /// `blockwatch join` with the scratch paths and `extra` arguments; the

@@ -9,7 +9,8 @@
 //! blockwatch stops it with a `blockwatch:` reason (read back from moto) and
 //! powers off, once. The power-off command is a harmless stand-in for
 //! `systemctl poweroff` that appends a line to a log, which the demo shows.
-//! `blockwatch status` is shown along the way.
+//! `blockwatch status` is shown along the way, and the long job reads the
+//! deadline file blockwatch keeps for jobs and says how long it has left.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -73,6 +74,23 @@ impl Scene {
     }
     fn poweroff_log(&self) -> PathBuf {
         self.scratch.join("poweroff.log")
+    }
+    /// `/run/blockwatch` on an instance, mounted read-only into the jobs.
+    fn deadline_dir(&self) -> PathBuf {
+        self.scratch.join("run/blockwatch")
+    }
+
+    /// What a job does (`cat /run/blockwatch/deadline`, compared with
+    /// `date +%s`): the seconds left before the instance ends, or `None`
+    /// while no end is announced (an empty file) or the file is not there.
+    fn job_time_left(&self) -> Option<i64> {
+        let text = std::fs::read_to_string(self.deadline_dir().join("deadline")).ok()?;
+        let end = time::OffsetDateTime::parse(
+            text.trim_end(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()?;
+        Some((end - time::OffsetDateTime::now_utc()).whole_seconds())
     }
 
     /// The demo's config: short intervals for a short lease, and a power-off
@@ -285,6 +303,8 @@ async fn demo() -> Result<(), String> {
             "--ecs-introspection-url",
             "http://127.0.0.1:9/v1/metadata",
         ])
+        .arg("--deadline-dir")
+        .arg(scene.deadline_dir())
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| err(&e))?;
@@ -301,6 +321,17 @@ async fn demo() -> Result<(), String> {
         let phase = scene.phase();
         if last_print.elapsed() >= Duration::from_secs(5) {
             say(&format!("   [blockwatch status] {}", scene.status_line()));
+            if let Some(left) = scene.job_time_left().filter(|left| *left > 0) {
+                say(&format!(
+                    "   [long job] reads {}: {left} s left before the instance ends{}",
+                    scene.deadline_dir().join("deadline").display(),
+                    if draining_since.is_some() {
+                        "; checkpointing"
+                    } else {
+                        ""
+                    }
+                ));
+            }
             last_print = Instant::now();
         }
         if phase == "draining" && draining_since.is_none() {

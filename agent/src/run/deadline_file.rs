@@ -1,0 +1,137 @@
+//! Writes the deadline files a job reads (`deadline.json`, `deadline`) when
+//! what they say changes. A failure is logged once and retried every tick;
+//! it never stops the agent.
+
+use std::fs::{self, DirBuilder, Permissions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use time::OffsetDateTime;
+
+use crate::core::deadline_file::DeadlineView;
+use crate::core::state::AgentState;
+use crate::host::atomic_file;
+
+/// Where `blockwatch run` keeps the deadline files by default.
+pub const DEFAULT_DEADLINE_DIR: &str = "/run/blockwatch";
+/// Readable by every user, and so by any job that mounts the directory.
+const FILE_MODE: u32 = 0o644;
+const DIR_MODE: u32 = 0o755;
+
+#[derive(Debug)]
+pub struct DeadlineFiles {
+    dir: PathBuf,
+    instance_id: String,
+    /// What the files say now; `None` until they are written.
+    written: Option<DeadlineView>,
+    /// Why the last write failed, while it fails: logged once.
+    failing: Option<String>,
+}
+
+impl DeadlineFiles {
+    pub fn new(dir: PathBuf, instance_id: &str) -> Self {
+        Self {
+            dir,
+            instance_id: instance_id.to_owned(),
+            written: None,
+            failing: None,
+        }
+    }
+
+    pub fn json_path(&self) -> PathBuf {
+        self.dir.join("deadline.json")
+    }
+
+    pub fn plain_path(&self) -> PathBuf {
+        self.dir.join("deadline")
+    }
+
+    /// Writes the files when their content (other than `updated_at`) differs
+    /// from what was last written, or when the last write failed.
+    pub fn follow(&mut self, state: &AgentState, now: OffsetDateTime) {
+        let view = DeadlineView::of(&self.instance_id, state);
+        if self.written.as_ref() == Some(&view) {
+            return;
+        }
+        match self.write(&view, now) {
+            Ok(()) => {
+                if self.failing.take().is_some() {
+                    log::info!(
+                        "the deadline files in {} are written again",
+                        self.dir.display()
+                    );
+                }
+                self.written = Some(view);
+            }
+            Err(err) => {
+                if self.failing.is_none() {
+                    log::error!(
+                        "cannot write the deadline files in {}: {err}; jobs cannot read the deadline there, blockwatch keeps watching and draining (retrying on every poll; logged once)",
+                        self.dir.display()
+                    );
+                }
+                self.failing = Some(err.to_string());
+            }
+        }
+    }
+
+    fn write(&self, view: &DeadlineView, now: OffsetDateTime) -> io::Result<()> {
+        make_dir(&self.dir)?;
+        // The JSON first: a reader that sees the plain file changed finds
+        // the JSON already saying so.
+        atomic_file::replace(&self.json_path(), &view.json(now), FILE_MODE)?;
+        atomic_file::replace(&self.plain_path(), &view.plain(), FILE_MODE)
+    }
+}
+
+/// Creates `dir` (and its parents) 0755, and adds the read and search bits
+/// a 0755 directory has when the umask (or an operator) left them out, so
+/// jobs reach the files. Never narrows a mode (a sticky 1777 stays so).
+fn make_dir(dir: &Path) -> io::Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)?;
+    let mode = fs::metadata(dir)?.permissions().mode() & 0o7777;
+    if mode & DIR_MODE != DIR_MODE {
+        fs::set_permissions(dir, Permissions::from_mode(mode | DIR_MODE))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::core::state::Phase;
+
+    #[test]
+    fn writes_once_per_change_and_retries_a_failed_write() -> io::Result<()> {
+        let root = tempfile::tempdir()?;
+        // A file where the directory must go makes the write fail.
+        let blocked = root.path().join("run");
+        fs::write(&blocked, b"")?;
+        let mut files = DeadlineFiles::new(blocked.join("blockwatch"), "i-1");
+        let state = AgentState {
+            phase: Phase::Watching,
+            ..AgentState::default()
+        };
+        files.follow(&state, datetime!(2026-11-30 12:00:00 UTC));
+        assert!(files.failing.is_some());
+        fs::remove_file(&blocked)?;
+        files.follow(&state, datetime!(2026-11-30 12:00:01 UTC));
+        assert!(files.failing.is_none());
+        let first = fs::read(files.json_path())?;
+        assert_eq!(fs::read(files.plain_path())?, b"");
+        // Same content, a later time: not rewritten.
+        files.follow(&state, datetime!(2026-11-30 12:00:05 UTC));
+        assert_eq!(fs::read(files.json_path())?, first);
+        let dir_mode = fs::metadata(blocked.join("blockwatch"))?
+            .permissions()
+            .mode();
+        assert_eq!(dir_mode & 0o777, 0o755);
+        Ok(())
+    }
+}
