@@ -425,6 +425,8 @@ async fn lifetime(
             .arg(dir.join("blockwatch.toml"))
             .arg("--state-dir")
             .arg(dir.join("state"))
+            .arg("--deadline-dir")
+            .arg(dir.join("run"))
             .arg("--ecs-config")
             .arg(dir.join("ecs.config"))
             .stderr(log_file(dir, "run.log")?)

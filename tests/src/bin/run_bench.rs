@@ -93,6 +93,8 @@ fn spawn(binary: &Path, scratch: &Path, imds: &str, aws: &str) -> Result<Running
         .arg(scratch.join("blockwatch.toml"))
         .arg("--state-dir")
         .arg(scratch.join("state"))
+        .arg("--deadline-dir")
+        .arg(scratch.join("run"))
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| e.to_string())?;
