@@ -1,6 +1,7 @@
 //! The IAM policies match the code: the agent's policy allows exactly the
 //! calls the agent makes, the launcher's covers the launcher's, and the
-//! CloudFormation quickstart carries the same documents.
+//! CloudFormation quickstart carries the same documents; its job definition
+//! mounts the deadline files read-only.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -311,4 +312,38 @@ fn the_core_crate_links_nothing_that_does_io() {
         })
         .collect();
     assert!(io.is_empty(), "blockwatch-core links {io:?}:\n{tree}");
+}
+
+/// The quickstart's job definition shows how a job reads its end: the host's
+/// `/run/blockwatch` (the unit's RuntimeDirectory) mounted read-only.
+#[test]
+fn the_quickstart_job_mounts_the_deadline_files_read_only() {
+    let template =
+        std::fs::read_to_string(repo().join("bootstrap/cloudformation/quickstart.yaml")).unwrap();
+    let after = template.split("\n  JobDefinition:\n").nth(1).unwrap();
+    let job = after
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let compact: String = job.split_whitespace().collect::<Vec<_>>().join(" ");
+    for needle in [
+        "Volumes: - Name: blockwatch Host: SourcePath: /run/blockwatch",
+        "MountPoints: - SourceVolume: blockwatch ContainerPath: /run/blockwatch ReadOnly: true",
+    ] {
+        assert!(
+            compact.contains(needle),
+            "job definition lacks {needle:?}:\n{job}"
+        );
+    }
+    let unit =
+        std::fs::read_to_string(repo().join("packaging/systemd/blockwatch.service")).unwrap();
+    assert!(
+        unit.lines().any(|l| l == "RuntimeDirectory=blockwatch"),
+        "{unit}"
+    );
+    assert!(
+        unit.lines().any(|l| l == "RuntimeDirectoryMode=0755"),
+        "{unit}"
+    );
 }
