@@ -39,6 +39,19 @@ pub fn endpoint_of(service: &str, region: Option<&Region>) -> String {
         })
 }
 
+/// The instance metadata endpoint as the SDK resolves it from the
+/// environment (`AWS_EC2_METADATA_SERVICE_ENDPOINT`, the IPv6 mode, else the
+/// default address), for messages.
+pub fn imds_endpoint_from_env() -> String {
+    match std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT") {
+        Ok(endpoint) if !endpoint.is_empty() => endpoint,
+        _ => match std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE") {
+            Ok(mode) if mode.eq_ignore_ascii_case("ipv6") => "http://[fd00:ec2::254]".into(),
+            _ => "http://169.254.169.254".into(),
+        },
+    }
+}
+
 /// Turns an SDK error into a one-line [`SourceError`] that knows whether a
 /// retry could help. Text from the service is escaped; no Debug dumps.
 pub fn classify<E>(api: &'static str, err: &SdkError<E, HttpResponse>) -> SourceError
@@ -159,7 +172,10 @@ fn credentials_failure(err: Option<&CredentialsError>) -> (AwsFailure, String) {
             if unreachable {
                 return (
                     AwsFailure::Transient,
-                    "no AWS credentials yet: the instance metadata service did not answer the credentials request".to_owned(),
+                    format!(
+                        "no AWS credentials yet: the instance metadata service at {} did not answer the credentials request",
+                        imds_endpoint_from_env()
+                    ),
                 );
             }
             let tried: Vec<String> = match attempts {
@@ -195,13 +211,23 @@ fn credentials_failure(err: Option<&CredentialsError>) -> (AwsFailure, String) {
             AwsFailure::Transient,
             "loading AWS credentials timed out".to_owned(),
         ),
-        _ => (
-            AwsFailure::Transient,
-            format!(
-                "could not load AWS credentials: {}",
-                err.map(|e| causes(e)).unwrap_or_default()
-            ),
-        ),
+        _ => {
+            let causes = err.map(|e| causes(e)).unwrap_or_default();
+            // The SDK's IMDS errors do not say where IMDS is; every other
+            // IMDS message of blockwatch does.
+            let at = if causes.contains("IMDS") {
+                format!(
+                    " from the instance metadata service at {}",
+                    imds_endpoint_from_env()
+                )
+            } else {
+                String::new()
+            };
+            (
+                AwsFailure::Transient,
+                format!("could not load AWS credentials{at}: {causes}"),
+            )
+        }
     }
 }
 

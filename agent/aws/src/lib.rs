@@ -6,7 +6,7 @@
 pub mod batch;
 pub mod classify;
 
-pub use classify::{classify, classify_at, endpoint_of};
+pub use classify::{classify, classify_at, endpoint_of, imds_endpoint_from_env};
 
 /// A source that could not answer.
 #[derive(Debug, thiserror::Error)]

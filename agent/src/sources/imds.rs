@@ -87,13 +87,7 @@ impl Recipe {
         if let Some(endpoint) = &self.endpoint {
             return endpoint.clone();
         }
-        match std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT") {
-            Ok(endpoint) if !endpoint.is_empty() => endpoint,
-            _ => match std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE") {
-                Ok(mode) if mode.eq_ignore_ascii_case("ipv6") => "http://[fd00:ec2::254]".into(),
-                _ => "http://169.254.169.254".into(),
-            },
-        }
+        blockwatch_aws::imds_endpoint_from_env()
     }
 }
 

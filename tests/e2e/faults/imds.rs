@@ -345,3 +345,28 @@ fn sigterm_while_imds_hangs_exits_at_once() {
     assert_eq!(code, Some(0), "{}", agent.log());
     assert!(took < Duration::from_secs(2), "SIGTERM took {took:?}");
 }
+
+/// IMDS answers everything but the credentials: the warning of the AWS call
+/// that needed them names the IMDS endpoint like every other IMDS warning.
+#[test]
+fn credentials_that_imds_does_not_hand_out_are_named_with_its_endpoint() {
+    let instance = instance();
+    let mut paths = std::collections::BTreeMap::new();
+    for path in [
+        "/latest/meta-data/iam/security-credentials/",
+        "/latest/meta-data/iam/security-credentials-extended/",
+    ] {
+        paths.insert(path.to_owned(), Fault::Gone);
+    }
+    instance.imds.set_faults(Faults {
+        paths,
+        ..Faults::default()
+    });
+    let agent = start(&instance);
+
+    let needle = "could not load AWS credentials";
+    let log = agent.wait_for_log(needle, Duration::from_secs(20));
+    let line = log.lines().find(|l| l.contains(needle)).unwrap();
+    assert!(line.contains(&instance.imds.endpoint()), "{line}");
+    assert_sentences(&instance, &log);
+}
