@@ -1,6 +1,6 @@
 //! A `PATH` for every `blockwatch` a test starts, whose first directory
 //! holds stand-ins for `systemctl`, `poweroff`, `shutdown`, `reboot` and
-//! `halt`. The agent's default `poweroff_command` is `systemctl poweroff`,
+//! `halt`. The agent's default `poweroff_command` is `systemctl --no-block poweroff`,
 //! and a lease now ends in a power-off by default: a test that forgets to
 //! set a harmless command must never power off the machine running it.
 //! The stand-ins write what they were asked to a log and fail.

@@ -23,7 +23,10 @@ pub const TAG_KEYS: [&str; 4] = [
 
 pub const DEFAULT_DRAIN_LEAD: Duration = Duration::from_secs(10 * 60);
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
-pub const DEFAULT_POWEROFF_COMMAND: &str = "systemctl poweroff";
+/// `--no-block`: the power-off stops blockwatch.service, so a `systemctl`
+/// that waited for the job would be stopped with it, before it reported
+/// success (seen in the nspawn package test).
+pub const DEFAULT_POWEROFF_COMMAND: &str = "systemctl --no-block poweroff";
 /// The longest duration any setting or tag may hold.
 pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 /// The shortest poll interval: IMDS is not to be hammered.

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 /// The longest a power-off command may take before it counts as failed (and
-/// is killed): `systemctl poweroff` returns as soon as the job is queued.
+/// is killed): `systemctl --no-block poweroff` returns as soon as the job is
+/// queued.
 pub const COMMAND_LIMIT: Duration = Duration::from_secs(60);
 
 /// Runs `command` with `/bin/sh -c`; returns its exit status as text on failure.

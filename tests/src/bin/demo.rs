@@ -388,7 +388,7 @@ async fn demo() -> Result<(), String> {
             lines.len()
         ));
     }
-    say("   the power-off command ran once (on an instance: systemctl poweroff, and EC2 terminates it)");
+    say("   the power-off command ran once (on an instance: systemctl --no-block poweroff, and EC2 terminates it)");
 
     say("\n== 5. what an operator sees");
     say("$ blockwatch status");
