@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::config::rfc3339;
+use super::deadline_file::DeadlineView;
 use super::state::{AgentState, Phase};
 
 /// The state file (`<state-dir>/state.json`).
@@ -76,16 +77,12 @@ impl Snapshot {
     pub fn status_json(&self, now: OffsetDateTime) -> serde_json::Value {
         let a = &self.agent;
         let drain = a.drain.as_ref();
-        serde_json::json!({
-            "instance_id": self.instance_id,
+        // The deadline's fields are the ones jobs read from the deadline files.
+        let mut json = serde_json::to_value(DeadlineView::of(&self.instance_id, a))
+            .unwrap_or_else(|_| serde_json::json!({}));
+        let more = serde_json::json!({
             "cluster": self.cluster,
             "compute_environment": self.compute_environment,
-            "phase": a.phase.name(),
-            "deadline": a.deadline.as_ref().map(|d| rfc3339(d.at)),
-            "deadline_source": a.deadline.as_ref().map(|d| d.event.kind.name()),
-            "deadline_event": a.deadline.as_ref().map(|d| d.event.id.clone()),
-            "drain_at": a.drain_at.map(rfc3339),
-            "stop_at": a.stop_at.map(rfc3339),
             "drain_started_at": drain.map(|d| rfc3339(d.started_at)),
             "draining_confirmed_at": drain.and_then(|d| d.draining_confirmed_at).map(rfc3339),
             "running_tasks": drain.and_then(|d| d.running_tasks),
@@ -99,7 +96,11 @@ impl Snapshot {
             "poweroff_attempts": drain.map_or(0, |d| d.poweroff_attempts),
             "poweroff_at": drain.and_then(|d| d.poweroff_at).map(rfc3339),
             "warnings": a.warnings,
-        })
+        });
+        if let (Some(fields), serde_json::Value::Object(more)) = (json.as_object_mut(), more) {
+            fields.extend(more);
+        }
+        json
     }
 
     /// The one-line systemd `STATUS=`.
