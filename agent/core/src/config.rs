@@ -48,6 +48,9 @@ pub struct FileConfig {
     pub lease_duration: Option<HumanDuration>,
     pub drain_lead: Option<HumanDuration>,
     pub drain_on_rebalance: Option<bool>,
+    /// Whether reboot and maintenance events drain (default true); they
+    /// never power off.
+    pub drain_on_maintenance: Option<bool>,
     pub poll_interval: Option<HumanDuration>,
     pub on_drained: Option<OnDrained>,
     pub poweroff_command: Option<String>,
@@ -482,6 +485,22 @@ pub fn choose_cluster_target(
     }
 }
 
+/// The shortest lease duration taken from a tag: a shorter one (`0s`, a
+/// slip of the unit) would end an instance at once, so it is refused like
+/// any invalid tag and the last valid lease is kept.
+pub const MIN_LEASE_DURATION: Duration = Duration::from_secs(10 * 60);
+
+fn at_least_the_lease_floor(d: HumanDuration) -> Result<HumanDuration, String> {
+    if d.0 < MIN_LEASE_DURATION {
+        return Err(format!(
+            "{} is shorter than the {} a lease must last",
+            humantime::format_duration(d.0),
+            humantime::format_duration(MIN_LEASE_DURATION)
+        ));
+    }
+    Ok(d)
+}
+
 /// The lease the launcher gave this instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lease {
@@ -494,9 +513,8 @@ impl Lease {
     pub fn end(self, launched: OffsetDateTime) -> OffsetDateTime {
         match self {
             Self::Ends(at) => at.0,
-            Self::LastsFromLaunch(d) => {
-                launched + time::Duration::try_from(d.0).unwrap_or(time::Duration::MAX)
-            }
+            Self::LastsFromLaunch(d) => launched
+                .saturating_add(time::Duration::try_from(d.0).unwrap_or(time::Duration::MAX)),
         }
     }
 }
@@ -516,6 +534,7 @@ pub struct Settings {
     pub lease: Option<Sourced<Lease>>,
     pub drain_lead: Sourced<Duration>,
     pub drain_on_rebalance: Sourced<bool>,
+    pub drain_on_maintenance: Sourced<bool>,
     pub poll_interval: Sourced<Duration>,
     pub on_drained: Sourced<OnDrained>,
     pub poweroff_command: Sourced<String>,
@@ -567,6 +586,11 @@ impl Settings {
             drain_on_rebalance: file
                 .drain_on_rebalance
                 .map_or(Sourced::new(false, Origin::Default), |v| {
+                    Sourced::new(v, in_file())
+                }),
+            drain_on_maintenance: file
+                .drain_on_maintenance
+                .map_or(Sourced::new(true, Origin::Default), |v| {
                     Sourced::new(v, in_file())
                 }),
             poll_interval: or_default(
@@ -636,7 +660,7 @@ impl Settings {
             }
         }
         if let Some((text, origin)) = tags.get(TAG_LEASE_DURATION) {
-            match text.parse::<HumanDuration>() {
+            match text.parse::<HumanDuration>().and_then(at_least_the_lease_floor) {
                 Ok(d) => return Some(Sourced::new(Lease::LastsFromLaunch(d), origin)),
                 Err(reason) => problems.push(TagProblem {
                     key: TAG_LEASE_DURATION,
@@ -689,6 +713,10 @@ impl Settings {
         items.push(format!(
             "drain_on_rebalance={} ({})",
             self.drain_on_rebalance.value, self.drain_on_rebalance.origin
+        ));
+        items.push(format!(
+            "drain_on_maintenance={} ({})",
+            self.drain_on_maintenance.value, self.drain_on_maintenance.origin
         ));
         items.push(format!(
             "poll_interval={} ({})",

@@ -73,7 +73,34 @@ pub struct EventKey {
 pub struct Candidate {
     pub at: OffsetDateTime,
     pub key: EventKey,
+    /// What the signal does to the instance: only an end may be followed by
+    /// a power-off (`on_drained = "poweroff"`).
+    pub fate: Fate,
 }
+
+/// What a signal does to the instance when its time comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// It ends: a lease, a termination, a retirement.
+    Ends,
+    /// It comes back (a reboot, a spot stop or hibernation), or keeps running
+    /// (maintenance), or blockwatch cannot tell: drain, never power off.
+    ComesBack,
+}
+
+/// The spot `instance-action` that ends the instance; `stop` and
+/// `hibernate` bring it back later, and an action EC2 may add one day is
+/// read the safe way: drain, never power off.
+pub const SPOT_TERMINATE: &str = "terminate";
+
+/// Scheduled event codes that end the instance. `system-reboot` and
+/// `instance-reboot` bring it back after a reboot, `system-maintenance`
+/// leaves it running; an unknown code is read the safe way.
+pub const ENDING_EVENT_CODES: [&str; 2] = ["instance-stop", "instance-retirement"];
+/// Scheduled event codes that only reboot or maintain the instance; they
+/// drain unless `drain_on_maintenance = false`.
+pub const MAINTENANCE_EVENT_CODES: [&str; 3] =
+    ["system-reboot", "instance-reboot", "system-maintenance"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpotAction {
@@ -93,6 +120,46 @@ pub struct ScheduledEvent {
 impl ScheduledEvent {
     pub fn is_active(&self) -> bool {
         self.state.eq_ignore_ascii_case("active")
+    }
+
+    pub fn fate(&self) -> Fate {
+        if ENDING_EVENT_CODES.contains(&self.code.as_str()) {
+            Fate::Ends
+        } else {
+            Fate::ComesBack
+        }
+    }
+
+    /// A reboot or maintenance: the instance is there again afterwards.
+    pub fn is_maintenance(&self) -> bool {
+        MAINTENANCE_EVENT_CODES.contains(&self.code.as_str())
+    }
+}
+
+impl SpotAction {
+    pub fn fate(&self) -> Fate {
+        if self.action == SPOT_TERMINATE {
+            Fate::Ends
+        } else {
+            Fate::ComesBack
+        }
+    }
+}
+
+/// Which signals drain: rebalance recommendations only when opted in;
+/// reboots and maintenance unless opted out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Draining {
+    pub on_rebalance: bool,
+    pub on_maintenance: bool,
+}
+
+impl Default for Draining {
+    fn default() -> Self {
+        Self {
+            on_rebalance: false,
+            on_maintenance: true,
+        }
     }
 }
 
@@ -116,8 +183,15 @@ pub struct Observations {
     /// deadline that moved with every poll would churn.
     pub terminated_seen_at: Option<OffsetDateTime>,
     pub rebalance_notice: Option<OffsetDateTime>,
-    /// Tasks still running on our container instance; only read while draining.
+    /// Tasks of our container instance still running on the host (their
+    /// containers not yet stopped); only read while draining.
     pub running_tasks: Option<usize>,
+    /// When the wall clock was last seen to step (it disagreed with the
+    /// monotonic clock): irreversible steps wait a while after it.
+    pub clock_stepped_at: Option<OffsetDateTime>,
+    /// When the lease was last confirmed for a power-off: read again from
+    /// the instance tags (or nothing to read) at that decision's `now`.
+    pub lease_confirmed_at: Option<OffsetDateTime>,
     /// The instance's current `pendingTime`: newer than a drain's start, it
     /// says the instance was stopped (or hibernated) and started again.
     pub launched_at: Option<OffsetDateTime>,
@@ -126,29 +200,29 @@ pub struct Observations {
 impl Observations {
     /// Every current claim of an end. `now` is the end for an Auto Scaling
     /// termination (which gives no time); a rebalance recommendation counts
-    /// only when the operator opted in.
-    pub fn candidates(&self, now: OffsetDateTime, drain_on_rebalance: bool) -> Vec<Candidate> {
+    /// only when the operator opted in, reboots and maintenance unless they
+    /// opted out.
+    pub fn candidates(&self, now: OffsetDateTime, draining: Draining) -> Vec<Candidate> {
         let mut found = Vec::new();
-        let mut push = |at, kind, id: String| {
+        let mut push = |at, kind, id: String, fate| {
             found.push(Candidate {
                 at,
                 key: EventKey { kind, id },
+                fate,
             })
         };
         if let Some((at, origin)) = &self.lease_end {
-            push(*at, SourceKind::Lease, origin.clone());
+            push(*at, SourceKind::Lease, origin.clone(), Fate::Ends);
         }
         if let Some((at, request)) = &self.legacy_spot_block_end {
-            push(*at, SourceKind::LegacySpotBlock, request.clone());
+            push(*at, SourceKind::LegacySpotBlock, request.clone(), Fate::Ends);
         }
         if let Some((end, reservation)) = &self.capacity_block_end {
             push(
-                end.saturating_sub(
-                    time::Duration::try_from(CAPACITY_BLOCK_TERMINATION_LEAD)
-                        .unwrap_or(time::Duration::ZERO),
-                ),
+                capacity_block_termination_starts(*end),
                 SourceKind::CapacityBlock,
                 reservation.clone(),
+                Fate::Ends,
             );
         }
         if let Some(spot) = &self.spot_action {
@@ -156,13 +230,16 @@ impl Observations {
                 spot.time,
                 SourceKind::SpotInterruption,
                 format!("{}@{}", spot.action, spot.time.unix_timestamp()),
+                spot.fate(),
             );
         }
-        for event in self.scheduled_events.iter().filter(|e| e.is_active()) {
+        let events = self.scheduled_events.iter().filter(|e| e.is_active());
+        for event in events.filter(|e| draining.on_maintenance || !e.is_maintenance()) {
             push(
                 event.not_before,
                 SourceKind::ScheduledEvent,
                 event.id.clone(),
+                event.fate(),
             );
         }
         if self.target_lifecycle_state.as_deref() == Some("Terminated") {
@@ -170,13 +247,16 @@ impl Observations {
                 self.terminated_seen_at.unwrap_or(now),
                 SourceKind::AutoScaling,
                 "Terminated".to_owned(),
+                Fate::Ends,
             );
         }
-        if let (Some(notice), true) = (self.rebalance_notice, drain_on_rebalance) {
+        if let (Some(notice), true) = (self.rebalance_notice, draining.on_rebalance) {
+            // A recommendation, not an end: AWS may never interrupt.
             push(
                 notice,
                 SourceKind::Rebalance,
                 notice.unix_timestamp().to_string(),
+                Fate::ComesBack,
             );
         }
         found
@@ -190,6 +270,14 @@ impl Observations {
             None => self.scheduled_events_known,
         }
     }
+}
+
+/// When EC2 starts terminating a Capacity Block's instances: the time its
+/// end leaves no more room.
+pub fn capacity_block_termination_starts(end_date: OffsetDateTime) -> OffsetDateTime {
+    end_date.saturating_sub(
+        time::Duration::try_from(CAPACITY_BLOCK_TERMINATION_LEAD).unwrap_or(time::Duration::ZERO),
+    )
 }
 
 /// The earliest claim wins; ties go to the lowest source kind, so the choice

@@ -1,20 +1,44 @@
-//! The agent's persisted state and the pure decision step.
+//! The agent's persisted state and the pure decision step: the whole end
+//! sequence lives here.
+//!
+//! A drain goes watching → draining → (drained, or stopping → stopped) →
+//! powering-off → powered-off, one step per decision at most where a step
+//! needs the one before it to have happened (DRAINING before a stop, a stop
+//! and its wait before a power-off). The executor carries out [`Action`]s and
+//! reports what happened as an [`Outcome`]; only [`record`] writes outcomes
+//! into the state, so a dry run and a real run record the same way.
+//!
+//! A power-off cannot be undone, so it needs two reasons: nothing runs any
+//! more (or its time is up), and an end that is the instance's own (a lease
+//! read again just before, or a signal that ends the instance). Until the
+//! clock has been steady for a while after a step, no task is stopped and
+//! nothing is powered off.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::deadline::{earliest, Candidate, EventKey, Observations, SourceKind};
+use super::deadline::{earliest, Candidate, Draining, EventKey, Fate, Observations, SourceKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Phase {
     #[default]
     Joining,
     Watching,
+    /// DRAINING asked for (or confirmed); tasks may still run.
     Draining,
+    /// Nothing runs any more, by itself.
     Drained,
+    /// blockwatch stopped the remaining tasks; their containers are inside
+    /// their stop timeout.
+    Stopping,
+    /// The stopped tasks are gone on the host, or their time is up.
+    Stopped,
+    /// A power-off was started and has not succeeded yet.
+    PoweringOff,
+    PoweredOff,
 }
 
 impl Phase {
@@ -24,7 +48,16 @@ impl Phase {
             Self::Watching => "watching",
             Self::Draining => "draining",
             Self::Drained => "drained",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+            Self::PoweringOff => "powering-off",
+            Self::PoweredOff => "powered-off",
         }
+    }
+
+    /// A drain is under way, in one of its phases.
+    pub fn is_ending(self) -> bool {
+        !matches!(self, Self::Joining | Self::Watching)
     }
 }
 
@@ -51,15 +84,28 @@ impl From<&Candidate> for Deadline {
 pub struct Drain {
     /// The signal that started it.
     pub reason: EventKey,
+    /// Whether that signal ends the instance (absent in older state files:
+    /// read the safe way).
+    #[serde(default = "comes_back")]
+    pub ends_instance: bool,
     #[serde(with = "time::serde::rfc3339")]
     pub deadline: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,
+    /// The instance's `pendingTime` when the drain started: a newer one is
+    /// a new life (the guest clock is not trusted for this).
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub launched_at: Option<OffsetDateTime>,
     /// When ECS accepted DRAINING; until then the call is (re)tried.
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub draining_confirmed_at: Option<OffsetDateTime>,
     #[serde(default)]
     pub running_tasks: Option<usize>,
+    /// When the tasks still running were stopped `stop_grace` before the end.
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub tasks_stopped_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option", default)]
@@ -71,6 +117,14 @@ pub struct Drain {
         skip_serializing_if = "Option::is_none"
     )]
     pub end_stop_at: Option<OffsetDateTime>,
+    /// When the stopped tasks were gone on the host, or their stop timeout
+    /// and a margin had passed.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stopped_at: Option<OffsetDateTime>,
     /// Power-off attempts started so far, and when the last one started:
     /// recorded before the command runs, so a failing command is retried
     /// with backoff, never in a tight loop.
@@ -91,17 +145,24 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+fn comes_back() -> bool {
+    false
+}
+
 impl Drain {
-    fn new(reason: EventKey, deadline: OffsetDateTime, now: OffsetDateTime) -> Self {
+    fn new(due: &Candidate, now: OffsetDateTime, launched_at: Option<OffsetDateTime>) -> Self {
         Self {
-            reason,
-            deadline,
+            reason: due.key.clone(),
+            ends_instance: due.fate == Fate::Ends,
+            deadline: due.at,
             started_at: now,
+            launched_at,
             draining_confirmed_at: None,
             running_tasks: None,
             tasks_stopped_at: None,
             drained_at: None,
             end_stop_at: None,
+            stopped_at: None,
             poweroff_attempts: 0,
             poweroff_attempted_at: None,
             poweroff_at: None,
@@ -111,6 +172,11 @@ impl Drain {
     /// Whether a power-off was started: from then on the drain is never undone.
     pub fn powering_off(&self) -> bool {
         self.poweroff_attempts > 0 || self.poweroff_at.is_some()
+    }
+
+    /// When blockwatch last asked ECS to stop the remaining tasks.
+    pub fn stop_requested_at(&self) -> Option<OffsetDateTime> {
+        self.tasks_stopped_at.max(self.end_stop_at)
     }
 }
 
@@ -160,12 +226,18 @@ pub struct AgentState {
     pub stop_at: Option<OffsetDateTime>,
 }
 
-/// How long tasks still running at a lease's end have to stop before the
-/// instance is powered off whatever happens.
+/// How long after a lease's end (or after a drain that started past it) the
+/// instance powers off whatever still runs, when the stops cannot be made
+/// or seen (ECS unreachable). Never shorter than a stop's own wait.
 pub const LEASE_END_STOP_WAIT: Duration = Duration::from_secs(120);
 /// The wait after a first failed power-off; it doubles up to the maximum.
 pub const POWEROFF_RETRY_FIRST: Duration = Duration::from_secs(5);
 pub const POWEROFF_RETRY_MAX: Duration = Duration::from_secs(300);
+/// ECS's own SIGTERM-to-SIGKILL time (`ECS_CONTAINER_STOP_TIMEOUT`'s default).
+pub const ECS_DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// After the wall clock steps, no task is stopped and nothing is powered
+/// off for this long: a wrong clock must not end an instance.
+pub const CLOCK_STEP_HOLD: Duration = Duration::from_secs(180);
 
 /// How long to wait after `failed` power-off attempts before the next one.
 pub fn poweroff_retry_after(failed: u32) -> Duration {
@@ -180,6 +252,8 @@ pub fn poweroff_retry_after(failed: u32) -> Duration {
 pub struct Policy {
     pub drain_lead: Duration,
     pub drain_on_rebalance: bool,
+    /// Whether reboots and maintenance events drain (`drain_on_maintenance`).
+    pub drain_on_maintenance: bool,
     pub stop_grace: Option<Duration>,
     pub power_off_when_drained: bool,
     /// `on_lease_end = "poweroff"`: a lease or a Capacity Block ends the
@@ -189,6 +263,10 @@ pub struct Policy {
     /// between SIGTERM and SIGKILL (`ECS_CONTAINER_STOP_TIMEOUT`). Stops then
     /// start early enough for it to fit before the end.
     pub job_stop_timeout: Option<Duration>,
+    /// Whether the instance has a cluster to drain in. Without one (the join
+    /// failed, or the config is unusable) nothing is asked of ECS, and a
+    /// lease still ends with a power-off at its end.
+    pub joined: bool,
 }
 
 /// Between the stop blockwatch asks for and the ECS agent's SIGTERM: the
@@ -201,6 +279,14 @@ impl Policy {
     pub fn stop_lead(&self) -> Option<Duration> {
         self.job_stop_timeout
             .map(|timeout| timeout.saturating_add(JOB_STOP_MARGIN))
+    }
+
+    /// How long stopped tasks may take to be gone on the host: their stop
+    /// timeout (ECS's default when not set) and [`JOB_STOP_MARGIN`].
+    pub fn stop_wait(&self) -> Duration {
+        self.job_stop_timeout
+            .unwrap_or(ECS_DEFAULT_STOP_TIMEOUT)
+            .saturating_add(JOB_STOP_MARGIN)
     }
 
     /// How long before the end what still runs is stopped: `stop_grace`,
@@ -228,6 +314,13 @@ impl Policy {
             .map(|at| at.saturating_sub(duration(self.stop_lead().unwrap_or_default())));
         grace.into_iter().chain(lease).min()
     }
+
+    fn draining(&self) -> Draining {
+        Draining {
+            on_rebalance: self.drain_on_rebalance,
+            on_maintenance: self.drain_on_maintenance,
+        }
+    }
 }
 
 /// Something the IO side must do.
@@ -239,8 +332,26 @@ pub enum Action {
     Undrain,
     /// Stop the remaining tasks.
     StopTasks(StopCause),
+    /// Read the lease tags again before a lease powers the instance off,
+    /// then decide again with the same `now` (the last look).
+    ConfirmLease,
     /// Run the power-off command (until it succeeds).
     PowerOff,
+}
+
+/// What the IO side did, for [`record`] to write into the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// ECS accepted DRAINING.
+    Draining,
+    /// ECS accepted ACTIVE again.
+    Active,
+    /// Every remaining task was asked to stop, with this cause.
+    StopsRequested(StopCause),
+    /// A power-off attempt is about to run (recorded before it runs).
+    PowerOffStarted,
+    /// The power-off command succeeded.
+    PoweredOff,
 }
 
 /// How the reason given to the tasks blockwatch stops begins; Batch retry
@@ -274,6 +385,11 @@ pub enum Event {
     DrainCompleted,
     DrainCanceled(CancelCause),
     DeadlineChanged,
+    /// The tasks blockwatch stopped are gone on the host (`false`), or their
+    /// stop timeout and margin passed first (`true`).
+    StopWaitOver { timed_out: bool },
+    /// Stops and power-offs are held after a wall-clock step, until then.
+    HeldForClockStep(OffsetDateTime),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,6 +432,22 @@ fn lease_end(candidates: &[Candidate], drain: &Drain) -> Option<OffsetDateTime> 
         .min()
 }
 
+/// The earliest end that leaves no time for a stop to run its course: a
+/// spot interruption's time, or when EC2 starts terminating a Capacity
+/// Block's instances.
+fn hard_end(candidates: &[Candidate]) -> Option<OffsetDateTime> {
+    candidates
+        .iter()
+        .filter(|c| {
+            matches!(
+                c.key.kind,
+                SourceKind::SpotInterruption | SourceKind::CapacityBlock
+            )
+        })
+        .map(|c| c.at)
+        .min()
+}
+
 /// Why the drain in `state` should be undone now, if it should: its
 /// scheduled event is over, or its deadline moved later with the new drain
 /// time still ahead; and no other signal is due. Never once a power-off
@@ -347,6 +479,16 @@ fn cancel_cause(
     moved_later.then_some(CancelCause::DeadlineMoved)
 }
 
+/// Whether the instance was started again since the drain began: a newer
+/// `pendingTime` than the one the drain recorded (or, for a drain recorded
+/// before blockwatch kept it, than the drain's start).
+fn is_new_life(drain: &Drain, launched: OffsetDateTime) -> bool {
+    match drain.launched_at {
+        Some(was) => launched > was,
+        None => launched > drain.started_at,
+    }
+}
+
 /// One step: given `now`, what the sources say, and what has been done,
 /// returns the new state, the actions to take and the events to report.
 /// No IO and no clock: the same inputs always give the same decision.
@@ -367,7 +509,7 @@ pub fn decide(
         .drain
         .as_ref()
         .zip(observed.launched_at)
-        .is_some_and(|(drain, launched)| launched > drain.started_at);
+        .is_some_and(|(drain, launched)| is_new_life(drain, launched));
     if new_life {
         end_drain(&mut state, CancelCause::NewLife, &mut events);
         state.terminated_seen_at = None;
@@ -378,7 +520,7 @@ pub fn decide(
         terminated_seen_at: state.terminated_seen_at,
         ..observed.clone()
     };
-    let candidates = observed.candidates(now, policy.drain_on_rebalance);
+    let candidates = observed.candidates(now, policy.draining());
     let first = earliest(&candidates);
     if state.phase == Phase::Joining {
         state.phase = Phase::Watching;
@@ -392,22 +534,26 @@ pub fn decide(
         end_drain(&mut state, cause, &mut events);
     }
 
-    match state.phase {
-        Phase::Joining | Phase::Watching => {
-            state.deadline = first.map(Deadline::from);
-            state.drain_at = first.map(|c| c.at.saturating_sub(lead));
-            if let Some(due) = first.filter(|c| now >= c.at.saturating_sub(lead)) {
-                state.phase = Phase::Draining;
-                state.drains_started += 1;
-                state.undrain_pending = false;
-                state.drain = Some(Drain::new(due.key.clone(), due.at, now));
-                events.push(Event::DrainStarted);
-            }
+    if !state.phase.is_ending() {
+        state.deadline = first.map(Deadline::from);
+        state.drain_at = first.map(|c| c.at.saturating_sub(lead));
+        if let Some(due) = first.filter(|c| now >= c.at.saturating_sub(lead)) {
+            state.phase = Phase::Draining;
+            state.drains_started += 1;
+            state.undrain_pending = false;
+            state.drain = Some(Drain::new(due, now, observed.launched_at));
+            events.push(Event::DrainStarted);
         }
-        Phase::Draining | Phase::Drained => {}
     }
 
+    // Irreversible steps wait after a wall-clock step.
+    let held_until = observed
+        .clock_stepped_at
+        .map(|at| at.saturating_add(duration(CLOCK_STEP_HOLD)))
+        .filter(|until| now < *until);
+
     if let Some(drain) = state.drain.as_mut() {
+        let phase = &mut state.phase;
         // The signal that started the drain may move; follow it while it is
         // there.
         if let Some(same) = candidates.iter().find(|c| c.key == drain.reason) {
@@ -428,55 +574,33 @@ pub fn decide(
             drain.running_tasks = Some(tasks);
         }
         let lease_end = lease_end(&candidates, drain).filter(|_| policy.enforce_lease_end);
-        let lease_ended = lease_end.is_some_and(|at| now >= at);
-        // With a job stop timeout, the lease-end stop starts early enough
-        // for the jobs' SIGTERM-to-SIGKILL time to fit before the end.
-        let lease_stop_due = lease_end.is_some_and(|at| {
-            now >= at.saturating_sub(duration(policy.stop_lead().unwrap_or_default()))
-        });
-        if state.phase == Phase::Draining {
-            if drain.draining_confirmed_at.is_none() {
-                actions.push(Action::Drain);
-            } else if observed.running_tasks == Some(0) {
-                state.phase = Phase::Drained;
-                drain.drained_at = Some(now);
-                state.drains_completed += 1;
-                events.push(Event::DrainCompleted);
-            }
+        let ends = Ends {
+            now,
+            end,
+            lease_end,
+            hard_end: hard_end(&candidates),
+            held: held_until.is_some(),
+        };
+        let mut step = Step {
+            drain,
+            phase,
+            actions: &mut actions,
+            events: &mut events,
+            policy,
+            observed,
+        };
+        step.advance(&ends);
+        if let Some(until) = held_until.filter(|_| step.would_act_irreversibly(&ends)) {
+            events.push(Event::HeldForClockStep(until));
         }
-        if state.phase == Phase::Draining {
-            if lease_stop_due {
-                if drain.end_stop_at.is_none() {
-                    actions.push(Action::StopTasks(StopCause::LeaseEnded));
-                }
-            } else if let Some(grace) = policy.effective_stop_grace() {
-                let confirmed = drain.draining_confirmed_at.is_some();
-                if confirmed
-                    && now >= end.saturating_sub(duration(grace))
-                    && drain.tasks_stopped_at.is_none()
-                {
-                    actions.push(Action::StopTasks(StopCause::Grace));
-                }
-            }
-        }
-        // Drained for a lease, or drained after it ended: nothing is left to
-        // do, and every idle minute is paid for. Past the end plus the stop
-        // wait, power off whatever still runs.
-        let drained = state.phase == Phase::Drained;
-        let for_the_lease = drained && (drain.reason.kind.is_lease() || lease_ended);
-        let out_of_time =
-            lease_end.is_some_and(|at| now >= at.saturating_add(duration(LEASE_END_STOP_WAIT)));
-        let wanted = (drained && policy.power_off_when_drained)
-            || (lease_end.is_some() && for_the_lease)
-            || out_of_time;
-        let retry_due = drain.poweroff_attempted_at.is_none_or(|at| {
-            now >= at.saturating_add(duration(poweroff_retry_after(drain.poweroff_attempts)))
-        });
-        if wanted && drain.poweroff_at.is_none() && retry_due {
-            actions.push(Action::PowerOff);
+        let completed = matches!(state.phase, Phase::Drained | Phase::Stopped)
+            && !matches!(previous.phase, Phase::Drained | Phase::Stopped);
+        if completed {
+            state.drains_completed += 1;
+            events.push(Event::DrainCompleted);
         }
     }
-    if state.undrain_pending {
+    if state.undrain_pending && policy.joined {
         actions.push(Action::Undrain);
     }
     state.stop_at = state.deadline.as_ref().and_then(|deadline| {
@@ -495,6 +619,190 @@ pub fn decide(
         state,
         actions,
         events,
+    }
+}
+
+/// The times one decision about a drain goes by.
+#[derive(Clone, Copy)]
+struct Ends {
+    now: OffsetDateTime,
+    /// The earliest end in force.
+    end: OffsetDateTime,
+    /// The end of a lease or Capacity Block that blockwatch enforces.
+    lease_end: Option<OffsetDateTime>,
+    hard_end: Option<OffsetDateTime>,
+    /// Stops and power-offs are held (a wall-clock step).
+    held: bool,
+}
+
+/// One decision about a drain in progress.
+struct Step<'a> {
+    drain: &'a mut Drain,
+    phase: &'a mut Phase,
+    actions: &'a mut Vec<Action>,
+    events: &'a mut Vec<Event>,
+    policy: &'a Policy,
+    observed: &'a Observations,
+}
+
+impl Step<'_> {
+    /// Moves the drain on by at most one step that needs the last one done.
+    fn advance(&mut self, ends: &Ends) {
+        let now = ends.now;
+        match *self.phase {
+            Phase::Draining if !self.policy.joined => {
+                // Nothing to drain or stop: the lease ends at its end.
+                if ends.lease_end.is_some_and(|at| now >= at) {
+                    *self.phase = Phase::Stopped;
+                    self.drain.stopped_at = Some(now);
+                }
+            }
+            Phase::Draining if self.drain.draining_confirmed_at.is_none() => {
+                self.actions.push(Action::Drain);
+            }
+            Phase::Draining if self.observed.running_tasks == Some(0) => {
+                *self.phase = Phase::Drained;
+                self.drain.drained_at = Some(now);
+            }
+            Phase::Draining => {
+                if let Some(cause) = self.stop_due(ends).filter(|_| !ends.held) {
+                    self.actions.push(Action::StopTasks(cause));
+                }
+            }
+            Phase::Stopping => {
+                let gone = self.observed.running_tasks == Some(0);
+                let waited = self.drain.stop_requested_at().is_some_and(|at| {
+                    now >= at.saturating_add(duration(self.policy.stop_wait()))
+                });
+                let no_time = ends.hard_end.is_some_and(|at| now >= at);
+                if gone || waited || no_time {
+                    *self.phase = Phase::Stopped;
+                    self.drain.stopped_at = Some(now);
+                    self.events.push(Event::StopWaitOver { timed_out: !gone });
+                }
+            }
+            Phase::Drained | Phase::Stopped | Phase::PoweringOff | Phase::PoweredOff => {}
+            Phase::Joining | Phase::Watching => {}
+        }
+        self.power_off_if_due(ends);
+    }
+
+    /// The stop that is due now, if any: at the lease end (less the stop
+    /// lead), or `stop_grace` before the end; each once.
+    fn stop_due(&self, ends: &Ends) -> Option<StopCause> {
+        let now = ends.now;
+        let lease_stop_due = ends.lease_end.is_some_and(|at| {
+            now >= at.saturating_sub(duration(self.policy.stop_lead().unwrap_or_default()))
+        });
+        if lease_stop_due {
+            return self
+                .drain
+                .end_stop_at
+                .is_none()
+                .then_some(StopCause::LeaseEnded);
+        }
+        let grace = self.policy.effective_stop_grace()?;
+        let grace_due = now >= ends.end.saturating_sub(duration(grace));
+        (grace_due && self.drain.tasks_stopped_at.is_none()).then_some(StopCause::Grace)
+    }
+
+    /// Whether the power-off may run now: wanted for two reasons (nothing
+    /// runs, or its time is up; and an end of the instance's own), its
+    /// retry due, the lease confirmed by a last look, and the clock steady.
+    fn power_off_if_due(&mut self, ends: &Ends) {
+        let drain = &*self.drain;
+        if drain.poweroff_at.is_some() || !self.power_off_wanted(ends) || ends.held {
+            return;
+        }
+        let retry_due = drain.poweroff_attempted_at.is_none_or(|at| {
+            ends.now >= at.saturating_add(duration(poweroff_retry_after(drain.poweroff_attempts)))
+        });
+        if !retry_due {
+            return;
+        }
+        let lease_needs_a_look = drain.poweroff_attempts == 0
+            && ends.lease_end.is_some()
+            && self.observed.lease_end.is_some()
+            && self.observed.lease_confirmed_at != Some(ends.now);
+        self.actions.push(if lease_needs_a_look {
+            Action::ConfirmLease
+        } else {
+            Action::PowerOff
+        });
+    }
+
+    fn power_off_wanted(&self, ends: &Ends) -> bool {
+        let drain = &*self.drain;
+        let nothing_runs = matches!(
+            *self.phase,
+            Phase::Drained | Phase::Stopped | Phase::PoweringOff
+        );
+        // on_drained = "poweroff": only for a signal that ends the instance.
+        let drained_for_an_end =
+            nothing_runs && self.policy.power_off_when_drained && drain.ends_instance;
+        // A lease: drained before its end (idle minutes are paid for), or
+        // stopped at it.
+        let lease_over = ends.lease_end.is_some_and(|at| {
+            nothing_runs && (drain.reason.kind.is_lease() || ends.now >= at)
+        });
+        // Past the lease end and every wait: what still runs cannot be
+        // stopped or seen (ECS unreachable). Counted from the drain's start
+        // for an end first seen already past, so the sequence runs whole.
+        let out_of_time = ends.lease_end.is_some_and(|at| {
+            let wait = duration(LEASE_END_STOP_WAIT.max(self.policy.stop_wait()));
+            let from_end = at.max(drain.started_at).saturating_add(wait);
+            let from_stop = drain
+                .stop_requested_at()
+                .map(|stop| stop.saturating_add(duration(self.policy.stop_wait())));
+            ends.now >= from_end.max(from_stop.unwrap_or(from_end))
+        });
+        drained_for_an_end || lease_over || out_of_time
+    }
+
+    /// Whether a stop or a power-off would be asked now, were the clock steady.
+    fn would_act_irreversibly(&self, ends: &Ends) -> bool {
+        let steady = Ends { held: false, ..*ends };
+        let stop = *self.phase == Phase::Draining
+            && self.drain.draining_confirmed_at.is_some()
+            && self.observed.running_tasks != Some(0)
+            && self.stop_due(&steady).is_some();
+        stop || (self.drain.poweroff_at.is_none() && self.power_off_wanted(&steady))
+    }
+}
+
+/// Writes what the IO side did into the state: the one place outcomes are
+/// recorded, for real runs and dry runs alike.
+pub fn record(state: &mut AgentState, outcome: Outcome, now: OffsetDateTime) {
+    if matches!(outcome, Outcome::Active) {
+        state.undrain_pending = false;
+        return;
+    }
+    let Some(drain) = state.drain.as_mut() else {
+        return;
+    };
+    match outcome {
+        Outcome::Draining => {
+            drain.draining_confirmed_at.get_or_insert(now);
+        }
+        Outcome::Active => {}
+        Outcome::StopsRequested(cause) => {
+            match cause {
+                StopCause::Grace => drain.tasks_stopped_at = Some(now),
+                StopCause::LeaseEnded => drain.end_stop_at = Some(now),
+            }
+            if state.phase == Phase::Draining {
+                state.phase = Phase::Stopping;
+            }
+        }
+        Outcome::PowerOffStarted => {
+            drain.poweroff_attempts = drain.poweroff_attempts.saturating_add(1);
+            drain.poweroff_attempted_at = Some(now);
+            state.phase = Phase::PoweringOff;
+        }
+        Outcome::PoweredOff => {
+            drain.poweroff_at = Some(now);
+            state.phase = Phase::PoweredOff;
+        }
     }
 }
 
@@ -525,6 +833,8 @@ mod tests {
         Policy {
             drain_lead: Duration::from_secs(600),
             drain_on_rebalance: false,
+            drain_on_maintenance: true,
+            joined: true,
             stop_grace: None,
             power_off_when_drained: false,
             enforce_lease_end: false,
@@ -555,23 +865,52 @@ mod tests {
         }
     }
 
-    /// Runs `steps` of (now, observations) from a fresh state.
+    /// Decides at `now` as the agent does: a last look at the lease (it
+    /// has not moved) is a second decision with the same `now`.
+    fn decide_with_look(
+        now: OffsetDateTime,
+        observed: &Observations,
+        state: &AgentState,
+        policy: &Policy,
+    ) -> Decision {
+        let decision = decide(now, observed, state, policy);
+        if !decision.actions.contains(&Action::ConfirmLease) {
+            return decision;
+        }
+        let looked = Observations {
+            lease_confirmed_at: Some(now),
+            ..observed.clone()
+        };
+        decide(now, &looked, state, policy)
+    }
+
+    /// Records what an executor whose every action succeeds at once would
+    /// report for `decision`'s actions.
+    fn carry_out(state: &mut AgentState, decision: &Decision, now: OffsetDateTime) {
+        for action in &decision.actions {
+            match action {
+                Action::Drain => record(state, Outcome::Draining, now),
+                Action::Undrain => record(state, Outcome::Active, now),
+                Action::StopTasks(cause) => record(state, Outcome::StopsRequested(*cause), now),
+                Action::PowerOff => {
+                    record(state, Outcome::PowerOffStarted, now);
+                    record(state, Outcome::PoweredOff, now);
+                }
+                Action::ConfirmLease => {}
+            }
+        }
+    }
+
+    /// Runs `steps` of (now, observations) from a fresh state, with an
+    /// executor whose actions all succeed at once.
     fn run(steps: &[(OffsetDateTime, Observations)], policy: &Policy) -> Vec<Decision> {
         let mut state = AgentState::default();
         steps
             .iter()
             .map(|(now, observed)| {
-                let decision = decide(*now, observed, &state, policy);
+                let decision = decide_with_look(*now, observed, &state, policy);
                 state = decision.state.clone();
-                // The executor confirms DRAINING at once.
-                if decision.actions.contains(&Action::Drain) {
-                    if let Some(d) = state.drain.as_mut() {
-                        d.draining_confirmed_at = Some(*now);
-                    }
-                }
-                if decision.actions.contains(&Action::Undrain) {
-                    state.undrain_pending = false;
-                }
+                carry_out(&mut state, &decision, *now);
                 decision
             })
             .collect()
@@ -941,8 +1280,8 @@ mod tests {
             spot_action: spot(T0 + minutes(2)),
             ..Observations::default()
         };
-        let first = a.candidates(T0, false);
-        let later = a.candidates(T0 + minutes(1), false);
+        let first = a.candidates(T0, Draining::default());
+        let later = a.candidates(T0 + minutes(1), Draining::default());
         assert_eq!(first[0].key, later[0].key);
     }
 
@@ -1218,36 +1557,8 @@ mod tests {
         }
     }
 
-    /// Runs `steps` like `run`, with an executor whose actions all succeed
-    /// at once (a power-off included) and tasks counted as given.
     fn run_enforced(steps: &[(OffsetDateTime, Observations)], policy: &Policy) -> Vec<Decision> {
-        let mut state = AgentState::default();
-        steps
-            .iter()
-            .map(|(now, observed)| {
-                let decision = decide(*now, observed, &state, policy);
-                state = decision.state.clone();
-                for action in &decision.actions {
-                    let Some(drain) = state.drain.as_mut() else {
-                        continue;
-                    };
-                    match action {
-                        Action::Drain => drain.draining_confirmed_at = Some(*now),
-                        Action::StopTasks(StopCause::Grace) => drain.tasks_stopped_at = Some(*now),
-                        Action::StopTasks(StopCause::LeaseEnded) => {
-                            drain.end_stop_at = Some(*now);
-                        }
-                        Action::PowerOff => {
-                            drain.poweroff_attempts += 1;
-                            drain.poweroff_attempted_at = Some(*now);
-                            drain.poweroff_at = Some(*now);
-                        }
-                        Action::Undrain => {}
-                    }
-                }
-                decision
-            })
-            .collect()
+        run(steps, policy)
     }
 
     fn with_tasks(observed: Observations, n: usize) -> Observations {
@@ -1426,23 +1737,46 @@ mod tests {
     }
 
     #[test]
-    fn past_the_lease_end_and_the_stop_wait_the_instance_powers_off_whatever_runs() {
+    fn tasks_stopped_at_the_lease_end_get_their_stop_timeout_and_margin_then_the_power_off() {
         let end = T0 + minutes(10);
-        let wait = time::Duration::try_from(LEASE_END_STOP_WAIT).unwrap();
+        let wait = time::Duration::try_from(ECS_DEFAULT_STOP_TIMEOUT + JOB_STOP_MARGIN).unwrap();
         let d = run_enforced(
             &[
                 (T0, lease(end)),
                 (end, with_tasks(lease(end), 3)),
-                (
-                    end + wait - time::Duration::SECOND,
-                    with_tasks(lease(end), 3),
-                ),
+                // ListTasks would say 0 at once; the host still runs them.
+                (end + time::Duration::SECOND, with_tasks(lease(end), 3)),
+                (end + wait - time::Duration::SECOND, with_tasks(lease(end), 3)),
                 (end + wait, with_tasks(lease(end), 3)),
+                (end + wait + time::Duration::SECOND, with_tasks(lease(end), 3)),
             ],
             &enforcing(),
         );
-        assert!(!d[2].actions.contains(&Action::PowerOff));
-        assert_eq!(d[3].actions, vec![Action::PowerOff]);
+        assert_eq!(d[1].actions, vec![Action::StopTasks(StopCause::LeaseEnded)]);
+        assert_eq!(d[2].state.phase, Phase::Stopping);
+        assert!(d[2].actions.is_empty() && d[3].actions.is_empty(), "{d:?}");
+        assert_eq!(d[4].state.phase, Phase::Stopped, "the stop timeout and margin passed");
+        assert_eq!(d[4].actions, vec![Action::PowerOff]);
+        assert_eq!(d[5].state.phase, Phase::PoweredOff);
+    }
+
+    #[test]
+    fn when_no_stop_can_be_made_the_lease_powers_off_after_the_stop_wait() {
+        // ECS never confirms DRAINING (unreachable): nothing can be stopped.
+        let end = T0 + minutes(10);
+        let wait = time::Duration::try_from(LEASE_END_STOP_WAIT).unwrap();
+        let mut state = AgentState::default();
+        let mut powered = None;
+        for second in (0..=900).step_by(5) {
+            let now = T0 + time::Duration::seconds(second);
+            let d = decide_with_look(now, &with_tasks(lease(end), 2), &state, &enforcing());
+            assert!(!d.actions.iter().any(|a| matches!(a, Action::StopTasks(_))));
+            if d.actions.contains(&Action::PowerOff) && powered.is_none() {
+                powered = Some(now);
+            }
+            state = d.state;
+        }
+        assert_eq!(powered, Some(end + wait));
     }
 
     #[test]
@@ -1509,28 +1843,25 @@ mod tests {
         let mut state = run_enforced(&[(T0, lease(end))], &enforcing())[0]
             .state
             .clone();
-        if let Some(d) = state.drain.as_mut() {
-            d.draining_confirmed_at = Some(T0);
-        }
+        record(&mut state, Outcome::Draining, T0);
         let mut attempts_at = Vec::new();
         for second in 0..60 {
             let now = T0 + minutes(1) + time::Duration::seconds(second);
-            let d = decide(now, &drained, &state, &enforcing());
+            let d = decide_with_look(now, &drained, &state, &enforcing());
             state = d.state;
             if d.actions.contains(&Action::PowerOff) {
                 attempts_at.push(second);
                 // The executor records the attempt; the command fails.
-                let drain = state.drain.as_mut().unwrap();
-                drain.poweroff_attempts += 1;
-                drain.poweroff_attempted_at = Some(now);
+                record(&mut state, Outcome::PowerOffStarted, now);
             }
         }
         assert_eq!(attempts_at, vec![0, 5, 15, 35], "5 s, then doubling");
+        assert_eq!(state.phase, Phase::PoweringOff);
         let drain = state.drain.clone().unwrap();
         assert_eq!(drain.poweroff_at, None, "not done until it succeeds");
         // A success ends the retries.
-        state.drain.as_mut().unwrap().poweroff_at = Some(T0 + minutes(2));
-        let d = decide(T0 + minutes(30), &drained, &state, &enforcing());
+        record(&mut state, Outcome::PoweredOff, T0 + minutes(2));
+        let d = decide_with_look(T0 + minutes(30), &drained, &state, &enforcing());
         assert!(d.actions.is_empty());
         assert_eq!(poweroff_retry_after(40), POWEROFF_RETRY_MAX);
     }
@@ -1547,7 +1878,7 @@ mod tests {
             &enforcing(),
         );
         assert_eq!(d[1].actions, vec![Action::PowerOff]);
-        assert_eq!(d[2].state.phase, Phase::Drained);
+        assert_eq!(d[2].state.phase, Phase::PoweredOff);
         assert!(d[2].actions.is_empty());
     }
 

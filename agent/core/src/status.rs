@@ -132,21 +132,24 @@ impl Snapshot {
                 };
                 format!("draining · {tasks} · {}", ends.unwrap_or_default())
             }
-            Phase::Drained => {
-                let powering_off = match a
-                    .drain
-                    .as_ref()
-                    .map(|d| (d.poweroff_at, d.poweroff_attempts))
-                {
-                    Some((Some(_), _)) => " · powering off",
-                    Some((None, n)) if n > 0 => " · power-off failing, retrying",
-                    _ => "",
+            Phase::Drained => format!("drained · no jobs left · {}", ends.unwrap_or_default()),
+            Phase::Stopping => {
+                let tasks = match a.drain.as_ref().and_then(|d| d.running_tasks) {
+                    Some(1) => "1 job stopping".to_owned(),
+                    Some(n) => format!("{n} jobs stopping"),
+                    None => "jobs stopping".to_owned(),
                 };
-                format!(
-                    "drained · no jobs left · {}{powering_off}",
-                    ends.unwrap_or_default()
-                )
+                format!("stopping · {tasks} · {}", ends.unwrap_or_default())
             }
+            Phase::Stopped => format!("stopped · no jobs left · {}", ends.unwrap_or_default()),
+            Phase::PoweringOff => {
+                let failing = match a.drain.as_ref().map(|d| d.poweroff_attempts) {
+                    Some(n) if n > 1 => format!(" · power-off failing, attempt {n}"),
+                    _ => String::new(),
+                };
+                format!("powering off · {}{failing}", ends.unwrap_or_default())
+            }
+            Phase::PoweredOff => format!("powering off · {}", ends.unwrap_or_default()),
         }
     }
 
@@ -335,15 +338,18 @@ mod tests {
 
     #[test]
     fn status_shows_the_shutdown_warning_and_the_power_off_retries() {
-        let mut shown = snapshot(Phase::Drained);
+        let mut shown = snapshot(Phase::PoweringOff);
         shown.agent.warnings = vec!["instance-initiated shutdown behaviour is `stop`".into()];
         shown.agent.drain = Some(crate::state::Drain {
             reason: EventKey {
                 kind: SourceKind::Lease,
                 id: "tag".into(),
             },
+            ends_instance: true,
             deadline: datetime!(2026-11-29 15:00 UTC),
             started_at: datetime!(2026-11-29 14:50 UTC),
+            launched_at: None,
+            stopped_at: None,
             draining_confirmed_at: None,
             running_tasks: Some(0),
             tasks_stopped_at: None,
@@ -363,7 +369,7 @@ mod tests {
         assert!(
             shown
                 .status_line(now)
-                .ends_with(" · power-off failing, retrying"),
+                .ends_with(" · power-off failing, attempt 2"),
             "{}",
             shown.status_line(now)
         );
