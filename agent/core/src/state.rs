@@ -1925,4 +1925,282 @@ mod tests {
         let d = decide(T0, &lease(T0 + minutes(5)), &AgentState::default(), &huge);
         assert_eq!(d.state.phase, Phase::Draining);
     }
+
+    fn powering_off_when_drained() -> Policy {
+        Policy {
+            power_off_when_drained: true,
+            ..policy()
+        }
+    }
+
+    fn scheduled(code: &str, at: OffsetDateTime) -> Observations {
+        Observations {
+            scheduled_events: vec![ScheduledEvent {
+                id: "instance-event-1".into(),
+                code: code.into(),
+                not_before: at,
+                state: "active".into(),
+            }],
+            scheduled_events_known: true,
+            ..Observations::default()
+        }
+    }
+
+    fn spot_action(action: &str, at: OffsetDateTime) -> Observations {
+        Observations {
+            spot_action: Some(SpotAction {
+                action: action.into(),
+                time: at,
+            }),
+            ..Observations::default()
+        }
+    }
+
+    #[test]
+    fn each_signal_drains_and_only_an_end_powers_off_when_drained() {
+        let at = T0 + minutes(2);
+        // (signal, drains, powers off with on_drained = "poweroff")
+        let table: Vec<(&str, Observations, bool)> = vec![
+            ("instance-stop", scheduled("instance-stop", at), true),
+            ("instance-retirement", scheduled("instance-retirement", at), true),
+            ("system-reboot", scheduled("system-reboot", at), false),
+            ("instance-reboot", scheduled("instance-reboot", at), false),
+            ("system-maintenance", scheduled("system-maintenance", at), false),
+            ("an unknown event code", scheduled("instance-vanish", at), false),
+            ("spot terminate", spot_action("terminate", at), true),
+            ("spot stop", spot_action("stop", at), false),
+            ("spot hibernate", spot_action("hibernate", at), false),
+            ("an unknown spot action", spot_action("unrecognised", at), false),
+            (
+                "autoscaling Terminated",
+                Observations {
+                    target_lifecycle_state: Some("Terminated".into()),
+                    ..Observations::default()
+                },
+                true,
+            ),
+            ("a lease", lease(at), true),
+        ];
+        for (name, observed, powers_off) in table {
+            let d = run(
+                &[
+                    (T0, observed.clone()),
+                    (T0 + minutes(1), with_tasks(observed.clone(), 0)),
+                ],
+                &powering_off_when_drained(),
+            );
+            assert_eq!(d[0].actions, vec![Action::Drain], "{name} drains");
+            assert_eq!(d[1].state.phase, Phase::Drained, "{name}");
+            assert_eq!(
+                d[1].actions.contains(&Action::PowerOff),
+                powers_off,
+                "{name}: {:?}",
+                d[1].actions
+            );
+        }
+    }
+
+    #[test]
+    fn reboots_and_maintenance_drain_only_while_drain_on_maintenance_is_on() {
+        let at = T0 + minutes(2);
+        let off = Policy {
+            drain_on_maintenance: false,
+            ..powering_off_when_drained()
+        };
+        for code in MAINTENANCE_CODES {
+            let d = run(&[(T0, scheduled(code, at))], &off);
+            assert_eq!(d[0].state.phase, Phase::Watching, "{code}");
+            assert!(d[0].actions.is_empty(), "{code}");
+        }
+        let d = run(&[(T0, scheduled("instance-retirement", at))], &off);
+        assert_eq!(d[0].actions, vec![Action::Drain], "an end still drains");
+    }
+
+    const MAINTENANCE_CODES: [&str; 3] = ["system-reboot", "instance-reboot", "system-maintenance"];
+
+    #[test]
+    fn a_reboot_drain_is_undone_when_its_event_completes_and_never_powers_off() {
+        let at = T0 + minutes(2);
+        let completed = Observations {
+            scheduled_events: vec![ScheduledEvent {
+                state: "completed".into(),
+                ..scheduled("system-reboot", at).scheduled_events[0].clone()
+            }],
+            ..scheduled("system-reboot", at)
+        };
+        let d = run(
+            &[
+                (T0, scheduled("system-reboot", at)),
+                (T0 + minutes(1), with_tasks(scheduled("system-reboot", at), 0)),
+                (T0 + minutes(20), completed),
+            ],
+            &powering_off_when_drained(),
+        );
+        assert_eq!(d[1].state.phase, Phase::Drained);
+        assert_eq!(d[2].state.phase, Phase::Watching);
+        assert_eq!(d[2].actions, vec![Action::Undrain]);
+        assert_eq!(count(&d, Action::PowerOff), 0);
+    }
+
+    #[test]
+    fn an_end_first_seen_past_runs_the_whole_sequence_one_step_at_a_time() {
+        let end = T0 - minutes(10);
+        let second = time::Duration::SECOND;
+        let wait = time::Duration::try_from(ECS_DEFAULT_STOP_TIMEOUT + JOB_STOP_MARGIN).unwrap();
+        let d = run_enforced(
+            &[
+                (T0, with_tasks(lease(end), 1)),
+                (T0 + second, with_tasks(lease(end), 1)),
+                (T0 + second * 2, with_tasks(lease(end), 1)),
+                (T0 + second + wait - second, with_tasks(lease(end), 1)),
+                (T0 + second + wait, with_tasks(lease(end), 1)),
+            ],
+            &enforcing(),
+        );
+        assert_eq!(d[0].actions, vec![Action::Drain], "DRAINING first, alone");
+        assert_eq!(d[0].state.phase, Phase::Draining);
+        assert_eq!(
+            d[1].actions,
+            vec![Action::StopTasks(StopCause::LeaseEnded)],
+            "then the stop"
+        );
+        assert!(d[2].actions.is_empty() && d[3].actions.is_empty(), "{d:?}");
+        assert_eq!(d[4].actions, vec![Action::PowerOff], "after the stop wait");
+        for decision in &d {
+            assert!(decision.actions.len() <= 1, "one step a tick: {decision:?}");
+        }
+    }
+
+    #[test]
+    fn a_capacity_blocks_hard_end_cuts_the_stop_wait_short() {
+        // First seen with EC2 already terminating (EndDate - 30 min passed).
+        let end_date = T0 + minutes(20);
+        let observed = |n| with_tasks(capacity_block(end_date), n);
+        let d = run_enforced(
+            &[
+                (T0, observed(1)),
+                (T0 + time::Duration::SECOND, observed(1)),
+                (T0 + time::Duration::seconds(2), observed(1)),
+            ],
+            &enforcing(),
+        );
+        assert_eq!(d[0].actions, vec![Action::Drain]);
+        assert_eq!(d[1].actions, vec![Action::StopTasks(StopCause::LeaseEnded)]);
+        assert_eq!(d[2].state.phase, Phase::Stopped);
+        assert_eq!(d[2].actions, vec![Action::PowerOff]);
+    }
+
+    #[test]
+    fn a_wall_clock_step_holds_stops_and_power_offs_for_a_while() {
+        let end = T0 + minutes(10);
+        // The wall clock jumped a day ahead: the lease looks long over.
+        let now = T0 + time::Duration::days(1);
+        let stepped = |n| Observations {
+            clock_stepped_at: Some(now),
+            ..with_tasks(lease(end), n)
+        };
+        let hold = time::Duration::try_from(CLOCK_STEP_HOLD).unwrap();
+        let mut state = AgentState::default();
+        let mut irreversible = Vec::new();
+        for second in (0..=240).step_by(2) {
+            let at = now + time::Duration::seconds(second);
+            let d = decide_with_look(at, &stepped(1), &state, &enforcing());
+            if d
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::StopTasks(_) | Action::PowerOff))
+            {
+                irreversible.push(at);
+            }
+            if second == 2 {
+                assert!(
+                    d.events.contains(&Event::HeldForClockStep(now + hold)),
+                    "{:?}",
+                    d.events
+                );
+            }
+            state = d.state.clone();
+            carry_out(&mut state, &d, at);
+        }
+        assert_eq!(irreversible.first(), Some(&(now + hold)), "held, then the stop");
+        let drain = state.drain.clone().unwrap();
+        assert_eq!(drain.draining_confirmed_at, Some(now), "DRAINING is not held");
+        assert_eq!(state.phase, Phase::PoweredOff, "then the sequence went on");
+    }
+
+    #[test]
+    fn the_last_look_cancels_a_lease_power_off_when_the_end_moved_later() {
+        let end = T0 + minutes(10);
+        let mut state = run(&[(T0, lease(end))], &enforcing())[0].state.clone();
+        record(&mut state, Outcome::Draining, T0);
+        let now = T0 + time::Duration::seconds(2);
+        let d = decide(now, &with_tasks(lease(end), 0), &state, &enforcing());
+        assert_eq!(d.actions, vec![Action::ConfirmLease], "a look before the power-off");
+        // The tag was moved an hour later a second ago.
+        let moved = Observations {
+            lease_confirmed_at: Some(now),
+            ..with_tasks(lease(end + minutes(60)), 0)
+        };
+        let d = decide(now, &moved, &state, &enforcing());
+        assert!(!d.actions.contains(&Action::PowerOff), "{:?}", d.actions);
+        assert_eq!(d.actions, vec![Action::Undrain]);
+        assert_eq!(d.state.phase, Phase::Watching);
+        assert!(d.events.contains(&Event::DrainCanceled(CancelCause::DeadlineMoved)));
+        // Unmoved, the look lets the power-off go.
+        let looked = Observations {
+            lease_confirmed_at: Some(now),
+            ..with_tasks(lease(end), 0)
+        };
+        let d = decide(now, &looked, &state, &enforcing());
+        assert_eq!(d.actions, vec![Action::PowerOff]);
+    }
+
+    #[test]
+    fn unjoined_the_lease_still_ends_with_a_power_off_at_its_end_and_nothing_asks_ecs() {
+        let end = T0 + minutes(10);
+        let unjoined = Policy {
+            joined: false,
+            ..enforcing()
+        };
+        let mut state = AgentState::default();
+        let mut powered = None;
+        for second in (0..=700).step_by(5) {
+            let now = T0 + time::Duration::seconds(second);
+            let d = decide_with_look(now, &lease(end), &state, &unjoined);
+            assert!(
+                d.actions.iter().all(|a| *a == Action::PowerOff),
+                "no ECS action: {:?}",
+                d.actions
+            );
+            if d.actions.contains(&Action::PowerOff) && powered.is_none() {
+                powered = Some(now);
+            }
+            state = d.state.clone();
+            carry_out(&mut state, &d, now);
+        }
+        assert_eq!(powered, Some(end), "at the lease end, not at the drain time");
+    }
+
+    #[test]
+    fn a_new_life_is_told_by_pending_time_not_by_the_guest_clock() {
+        let launched = T0 - minutes(30);
+        // The guest clock was an hour behind when the drain started.
+        let early = T0 - minutes(60);
+        let observed = Observations {
+            launched_at: Some(launched),
+            ..spot_action("stop", early + minutes(2))
+        };
+        let d = decide(early, &observed, &AgentState::default(), &policy());
+        assert_eq!(d.state.phase, Phase::Draining);
+        let d2 = decide(T0, &observed, &d.state, &policy());
+        assert_eq!(d2.state.phase, Phase::Draining, "same pendingTime: same life");
+        let restarted = Observations {
+            launched_at: Some(T0 + minutes(5)),
+            spot_action: None,
+            ..observed
+        };
+        let d3 = decide(T0 + minutes(6), &restarted, &d2.state, &policy());
+        assert!(d3.events.contains(&Event::DrainCanceled(CancelCause::NewLife)));
+    }
+
 }
