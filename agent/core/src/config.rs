@@ -660,7 +660,10 @@ impl Settings {
             }
         }
         if let Some((text, origin)) = tags.get(TAG_LEASE_DURATION) {
-            match text.parse::<HumanDuration>().and_then(at_least_the_lease_floor) {
+            match text
+                .parse::<HumanDuration>()
+                .and_then(at_least_the_lease_floor)
+            {
                 Ok(d) => return Some(Sourced::new(Lease::LastsFromLaunch(d), origin)),
                 Err(reason) => problems.push(TagProblem {
                     key: TAG_LEASE_DURATION,

@@ -215,7 +215,12 @@ impl Observations {
             push(*at, SourceKind::Lease, origin.clone(), Fate::Ends);
         }
         if let Some((at, request)) = &self.legacy_spot_block_end {
-            push(*at, SourceKind::LegacySpotBlock, request.clone(), Fate::Ends);
+            push(
+                *at,
+                SourceKind::LegacySpotBlock,
+                request.clone(),
+                Fate::Ends,
+            );
         }
         if let Some((end, reservation)) = &self.capacity_block_end {
             push(

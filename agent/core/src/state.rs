@@ -42,6 +42,18 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in order (the metrics list them all).
+    pub const ALL: [Self; 8] = [
+        Self::Joining,
+        Self::Watching,
+        Self::Draining,
+        Self::Drained,
+        Self::Stopping,
+        Self::Stopped,
+        Self::PoweringOff,
+        Self::PoweredOff,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Joining => "joining",
@@ -315,7 +327,7 @@ impl Policy {
         grace.into_iter().chain(lease).min()
     }
 
-    fn draining(&self) -> Draining {
+    pub fn draining(&self) -> Draining {
         Draining {
             on_rebalance: self.drain_on_rebalance,
             on_maintenance: self.drain_on_maintenance,
@@ -387,7 +399,9 @@ pub enum Event {
     DeadlineChanged,
     /// The tasks blockwatch stopped are gone on the host (`false`), or their
     /// stop timeout and margin passed first (`true`).
-    StopWaitOver { timed_out: bool },
+    StopWaitOver {
+        timed_out: bool,
+    },
     /// Stops and power-offs are held after a wall-clock step, until then.
     HeldForClockStep(OffsetDateTime),
 }
@@ -671,9 +685,10 @@ impl Step<'_> {
             }
             Phase::Stopping => {
                 let gone = self.observed.running_tasks == Some(0);
-                let waited = self.drain.stop_requested_at().is_some_and(|at| {
-                    now >= at.saturating_add(duration(self.policy.stop_wait()))
-                });
+                let waited = self
+                    .drain
+                    .stop_requested_at()
+                    .is_some_and(|at| now >= at.saturating_add(duration(self.policy.stop_wait())));
                 let no_time = ends.hard_end.is_some_and(|at| now >= at);
                 if gone || waited || no_time {
                     *self.phase = Phase::Stopped;
@@ -742,9 +757,9 @@ impl Step<'_> {
             nothing_runs && self.policy.power_off_when_drained && drain.ends_instance;
         // A lease: drained before its end (idle minutes are paid for), or
         // stopped at it.
-        let lease_over = ends.lease_end.is_some_and(|at| {
-            nothing_runs && (drain.reason.kind.is_lease() || ends.now >= at)
-        });
+        let lease_over = ends
+            .lease_end
+            .is_some_and(|at| nothing_runs && (drain.reason.kind.is_lease() || ends.now >= at));
         // Past the lease end and every wait: what still runs cannot be
         // stopped or seen (ECS unreachable). Counted from the drain's start
         // for an end first seen already past, so the sequence runs whole.
@@ -761,7 +776,10 @@ impl Step<'_> {
 
     /// Whether a stop or a power-off would be asked now, were the clock steady.
     fn would_act_irreversibly(&self, ends: &Ends) -> bool {
-        let steady = Ends { held: false, ..*ends };
+        let steady = Ends {
+            held: false,
+            ..*ends
+        };
         let stop = *self.phase == Phase::Draining
             && self.drain.draining_confirmed_at.is_some()
             && self.observed.running_tasks != Some(0)
@@ -800,6 +818,8 @@ pub fn record(state: &mut AgentState, outcome: Outcome, now: OffsetDateTime) {
             state.phase = Phase::PoweringOff;
         }
         Outcome::PoweredOff => {
+            drain.poweroff_attempts = drain.poweroff_attempts.max(1);
+            drain.poweroff_attempted_at.get_or_insert(now);
             drain.poweroff_at = Some(now);
             state.phase = Phase::PoweredOff;
         }
@@ -1746,16 +1766,26 @@ mod tests {
                 (end, with_tasks(lease(end), 3)),
                 // ListTasks would say 0 at once; the host still runs them.
                 (end + time::Duration::SECOND, with_tasks(lease(end), 3)),
-                (end + wait - time::Duration::SECOND, with_tasks(lease(end), 3)),
+                (
+                    end + wait - time::Duration::SECOND,
+                    with_tasks(lease(end), 3),
+                ),
                 (end + wait, with_tasks(lease(end), 3)),
-                (end + wait + time::Duration::SECOND, with_tasks(lease(end), 3)),
+                (
+                    end + wait + time::Duration::SECOND,
+                    with_tasks(lease(end), 3),
+                ),
             ],
             &enforcing(),
         );
         assert_eq!(d[1].actions, vec![Action::StopTasks(StopCause::LeaseEnded)]);
         assert_eq!(d[2].state.phase, Phase::Stopping);
         assert!(d[2].actions.is_empty() && d[3].actions.is_empty(), "{d:?}");
-        assert_eq!(d[4].state.phase, Phase::Stopped, "the stop timeout and margin passed");
+        assert_eq!(
+            d[4].state.phase,
+            Phase::Stopped,
+            "the stop timeout and margin passed"
+        );
         assert_eq!(d[4].actions, vec![Action::PowerOff]);
         assert_eq!(d[5].state.phase, Phase::PoweredOff);
     }
@@ -1962,15 +1992,31 @@ mod tests {
         // (signal, drains, powers off with on_drained = "poweroff")
         let table: Vec<(&str, Observations, bool)> = vec![
             ("instance-stop", scheduled("instance-stop", at), true),
-            ("instance-retirement", scheduled("instance-retirement", at), true),
+            (
+                "instance-retirement",
+                scheduled("instance-retirement", at),
+                true,
+            ),
             ("system-reboot", scheduled("system-reboot", at), false),
             ("instance-reboot", scheduled("instance-reboot", at), false),
-            ("system-maintenance", scheduled("system-maintenance", at), false),
-            ("an unknown event code", scheduled("instance-vanish", at), false),
+            (
+                "system-maintenance",
+                scheduled("system-maintenance", at),
+                false,
+            ),
+            (
+                "an unknown event code",
+                scheduled("instance-vanish", at),
+                false,
+            ),
             ("spot terminate", spot_action("terminate", at), true),
             ("spot stop", spot_action("stop", at), false),
             ("spot hibernate", spot_action("hibernate", at), false),
-            ("an unknown spot action", spot_action("unrecognised", at), false),
+            (
+                "an unknown spot action",
+                spot_action("unrecognised", at),
+                false,
+            ),
             (
                 "autoscaling Terminated",
                 Observations {
@@ -2031,7 +2077,10 @@ mod tests {
         let d = run(
             &[
                 (T0, scheduled("system-reboot", at)),
-                (T0 + minutes(1), with_tasks(scheduled("system-reboot", at), 0)),
+                (
+                    T0 + minutes(1),
+                    with_tasks(scheduled("system-reboot", at), 0),
+                ),
                 (T0 + minutes(20), completed),
             ],
             &powering_off_when_drained(),
@@ -2105,8 +2154,7 @@ mod tests {
         for second in (0..=240).step_by(2) {
             let at = now + time::Duration::seconds(second);
             let d = decide_with_look(at, &stepped(1), &state, &enforcing());
-            if d
-                .actions
+            if d.actions
                 .iter()
                 .any(|a| matches!(a, Action::StopTasks(_) | Action::PowerOff))
             {
@@ -2122,9 +2170,17 @@ mod tests {
             state = d.state.clone();
             carry_out(&mut state, &d, at);
         }
-        assert_eq!(irreversible.first(), Some(&(now + hold)), "held, then the stop");
+        assert_eq!(
+            irreversible.first(),
+            Some(&(now + hold)),
+            "held, then the stop"
+        );
         let drain = state.drain.clone().unwrap();
-        assert_eq!(drain.draining_confirmed_at, Some(now), "DRAINING is not held");
+        assert_eq!(
+            drain.draining_confirmed_at,
+            Some(now),
+            "DRAINING is not held"
+        );
         assert_eq!(state.phase, Phase::PoweredOff, "then the sequence went on");
     }
 
@@ -2135,7 +2191,11 @@ mod tests {
         record(&mut state, Outcome::Draining, T0);
         let now = T0 + time::Duration::seconds(2);
         let d = decide(now, &with_tasks(lease(end), 0), &state, &enforcing());
-        assert_eq!(d.actions, vec![Action::ConfirmLease], "a look before the power-off");
+        assert_eq!(
+            d.actions,
+            vec![Action::ConfirmLease],
+            "a look before the power-off"
+        );
         // The tag was moved an hour later a second ago.
         let moved = Observations {
             lease_confirmed_at: Some(now),
@@ -2145,7 +2205,9 @@ mod tests {
         assert!(!d.actions.contains(&Action::PowerOff), "{:?}", d.actions);
         assert_eq!(d.actions, vec![Action::Undrain]);
         assert_eq!(d.state.phase, Phase::Watching);
-        assert!(d.events.contains(&Event::DrainCanceled(CancelCause::DeadlineMoved)));
+        assert!(d
+            .events
+            .contains(&Event::DrainCanceled(CancelCause::DeadlineMoved)));
         // Unmoved, the look lets the power-off go.
         let looked = Observations {
             lease_confirmed_at: Some(now),
@@ -2178,7 +2240,11 @@ mod tests {
             state = d.state.clone();
             carry_out(&mut state, &d, now);
         }
-        assert_eq!(powered, Some(end), "at the lease end, not at the drain time");
+        assert_eq!(
+            powered,
+            Some(end),
+            "at the lease end, not at the drain time"
+        );
     }
 
     #[test]
@@ -2193,14 +2259,19 @@ mod tests {
         let d = decide(early, &observed, &AgentState::default(), &policy());
         assert_eq!(d.state.phase, Phase::Draining);
         let d2 = decide(T0, &observed, &d.state, &policy());
-        assert_eq!(d2.state.phase, Phase::Draining, "same pendingTime: same life");
+        assert_eq!(
+            d2.state.phase,
+            Phase::Draining,
+            "same pendingTime: same life"
+        );
         let restarted = Observations {
             launched_at: Some(T0 + minutes(5)),
             spot_action: None,
             ..observed
         };
         let d3 = decide(T0 + minutes(6), &restarted, &d2.state, &policy());
-        assert!(d3.events.contains(&Event::DrainCanceled(CancelCause::NewLife)));
+        assert!(d3
+            .events
+            .contains(&Event::DrainCanceled(CancelCause::NewLife)));
     }
-
 }

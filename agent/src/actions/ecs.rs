@@ -21,6 +21,23 @@ pub const DEFAULT_INTROSPECTION_URL: &str = "http://127.0.0.1:51678/v1/metadata"
 /// The local ECS agent answers at once or not at all.
 const INTROSPECTION_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// A task of this container instance that the host has not seen stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostTask {
+    pub arn: String,
+    /// ECS already wants it stopped (desiredStatus STOPPED): StopTask was
+    /// called, by us or anyone.
+    pub stop_requested: bool,
+}
+
+/// How one round of StopTask calls went: each task on its own, so one
+/// throttled call does not stop the rest.
+#[derive(Debug, Default)]
+pub struct StopReport {
+    pub stopped: Vec<String>,
+    pub failed: Vec<(String, SourceError)>,
+}
+
 pub trait ContainerService {
     /// Our container instance's ARN, or `None` while it is not registered.
     fn find_container_instance(
@@ -35,18 +52,20 @@ pub trait ContainerService {
         container_instance: &str,
         draining: bool,
     ) -> impl Future<Output = Result<(), SourceError>> + Send;
-    /// The tasks still meant to run there.
-    fn running_tasks(
+    /// Every task of this container instance still running on the host
+    /// (KnownStatus not STOPPED).
+    fn tasks(
         &self,
         cluster: &str,
         container_instance: &str,
-    ) -> impl Future<Output = Result<Vec<String>, SourceError>> + Send;
+    ) -> impl Future<Output = Result<Vec<HostTask>, SourceError>> + Send;
+    /// One StopTask per task; goes on after a failure.
     fn stop_tasks(
         &self,
         cluster: &str,
         tasks: &[String],
         reason: &str,
-    ) -> impl Future<Output = Result<(), SourceError>> + Send;
+    ) -> impl Future<Output = StopReport> + Send;
     /// Whether the local ECS agent answers (no AWS call): blockwatch keeps
     /// running when ecs.service fails, and says so.
     fn agent_answers(&self) -> impl Future<Output = bool> + Send;
@@ -140,21 +159,30 @@ impl ContainerService for Ecs {
         update_state(&self.client().await?, cluster, container_instance, draining).await
     }
 
-    async fn running_tasks(
+    async fn tasks(
         &self,
         cluster: &str,
         container_instance: &str,
-    ) -> Result<Vec<String>, SourceError> {
-        list_running_tasks(&self.client().await?, cluster, container_instance).await
+    ) -> Result<Vec<HostTask>, SourceError> {
+        let running =
+            list_running_tasks(&self.client().await?, cluster, container_instance).await?;
+        Ok(running
+            .into_iter()
+            .map(|arn| HostTask {
+                arn,
+                stop_requested: false,
+            })
+            .collect())
     }
 
-    async fn stop_tasks(
-        &self,
-        cluster: &str,
-        tasks: &[String],
-        reason: &str,
-    ) -> Result<(), SourceError> {
-        stop_each(&self.client().await?, cluster, tasks, reason).await
+    async fn stop_tasks(&self, cluster: &str, tasks: &[String], reason: &str) -> StopReport {
+        match self.client().await {
+            Ok(client) => stop_each(&client, cluster, tasks, reason).await,
+            Err(err) => StopReport {
+                stopped: Vec::new(),
+                failed: vec![(tasks.join(", "), err)],
+            },
+        }
     }
 
     async fn agent_answers(&self) -> bool {
@@ -257,16 +285,21 @@ async fn stop_each(
     cluster: &str,
     tasks: &[String],
     reason: &str,
-) -> Result<(), SourceError> {
+) -> StopReport {
+    let mut report = StopReport::default();
     for task in tasks {
-        client
+        let stopped = client
             .stop_task()
             .cluster(cluster)
             .task(task)
             .reason(reason)
             .send()
             .await
-            .map_err(|e| classify("ecs:StopTask", &e))?;
+            .map_err(|e| classify("ecs:StopTask", &e));
+        match stopped {
+            Ok(_) => report.stopped.push(task.clone()),
+            Err(err) => report.failed.push((task.clone(), err)),
+        }
     }
-    Ok(())
+    report
 }

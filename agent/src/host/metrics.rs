@@ -41,13 +41,7 @@ pub fn render(state: &AgentState, errors: &BTreeMap<&'static str, u64>) -> Strin
         "When this instance ends (Unix time); 0 when no end is announced.",
         &[(String::new(), deadline)],
     );
-    let phases = [
-        Phase::Joining,
-        Phase::Watching,
-        Phase::Draining,
-        Phase::Drained,
-    ]
-    .map(|phase| {
+    let phases = Phase::ALL.map(|phase| {
         (
             format!("{{phase=\"{}\"}}", phase.name()),
             i64::from(state.phase == phase),

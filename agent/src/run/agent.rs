@@ -14,7 +14,7 @@ use crate::actions::ecs::ContainerService;
 use crate::actions::webhook::Deliveries;
 use crate::core::config::{OnDrained, OnLeaseEnd, Settings};
 use crate::core::deadline::Observations;
-use crate::core::state::{decide, AgentState, Policy};
+use crate::core::state::{decide, record, Action, AgentState, Policy};
 
 const ECS_AGENT_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -42,6 +42,8 @@ impl Books {
             policy: Policy {
                 drain_lead: settings.drain_lead.value,
                 drain_on_rebalance: settings.drain_on_rebalance.value,
+                drain_on_maintenance: settings.drain_on_maintenance.value,
+                joined: true,
                 stop_grace: settings.stop_grace.as_ref().map(|g| g.value),
                 power_off_when_drained: settings.on_drained.value == OnDrained::Poweroff,
                 enforce_lease_end: settings.on_lease_end.value == OnLeaseEnd::Poweroff,
@@ -56,7 +58,7 @@ impl Books {
 
     /// Writes the state file (and metrics); false when the state could not
     /// be saved.
-    pub fn persist(&mut self, now: OffsetDateTime) -> bool {
+    pub async fn persist(&mut self, now: OffsetDateTime) -> bool {
         self.store.save(&self.state, self.reporter.errors(), now)
     }
 
@@ -78,7 +80,16 @@ pub struct Agent<S, K> {
     ecs_agent_answers: Option<bool>,
     ecs_agent_url: String,
     next_ecs_agent_check: Instant,
+    /// The wall and monotonic time of the last step: when they drift apart
+    /// the wall clock stepped.
+    clock_base: Option<(OffsetDateTime, Instant)>,
+    /// The core asked for a last look at the lease before a power-off.
+    pub(super) lease_look_wanted: bool,
 }
+
+/// The wall clock may drift this far from the monotonic one between two
+/// steps before it counts as a step (NTP slews far less).
+pub const CLOCK_STEP_TOLERANCE: Duration = Duration::from_secs(5);
 
 impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
     pub fn new(
@@ -97,12 +108,37 @@ impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
             rebalance_noted: false,
             ecs_agent_answers: None,
             ecs_agent_url,
+            clock_base: None,
+            lease_look_wanted: false,
         }
     }
 
-    /// Decides, records, reports and acts.
-    pub async fn step(&mut self) {
+    /// Notes a wall-clock step since the last step: the wall clock moved
+    /// more (or less) than the monotonic one.
+    fn watch_the_clock(&mut self, now: OffsetDateTime) {
+        let (wall, mono) = (self.clock.utc(), self.clock.instant());
+        if let Some((last_wall, last_mono)) = self.clock_base {
+            let expected = last_wall + mono.saturating_duration_since(last_mono);
+            let drift = (wall - expected).abs();
+            if drift > CLOCK_STEP_TOLERANCE {
+                log::warn!(
+                    "the wall clock stepped by {} ({} seconds {})",
+                    humantime::format_duration(Duration::from_secs(
+                        drift.whole_seconds().unsigned_abs()
+                    )),
+                    drift.whole_seconds(),
+                    if wall > expected { "ahead" } else { "back" }
+                );
+                self.books.observed.clock_stepped_at = Some(now);
+            }
+        }
+        self.clock_base = Some((wall, mono));
+    }
+
+    /// Decides, records, reports and acts; returns the decision's `now`.
+    pub async fn step(&mut self) -> OffsetDateTime {
         let now = whole_seconds(self.clock.utc());
+        self.watch_the_clock(now);
         let books = &mut self.books;
         if books.observed.rebalance_notice.is_some()
             && !books.policy.drain_on_rebalance
@@ -114,12 +150,20 @@ impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
             self.rebalance_noted = true;
         }
         self.executor.count_tasks_if_due(books).await;
+        self.decide_and_act(now).await;
+        now
+    }
+
+    /// The core decides at `now`; the decision is recorded, reported and
+    /// carried out, and what the executor did is recorded by the core.
+    pub(super) async fn decide_and_act(&mut self, now: OffsetDateTime) {
+        let books = &mut self.books;
         let decision = decide(now, &books.observed, &books.state, &books.policy);
         let before = std::mem::replace(&mut books.state, decision.state);
         // The decision is on disk before anything acts on it, so a crash
         // between the two neither forgets nor repeats it.
         if books.state != before {
-            books.persist(now);
+            books.persist(now).await;
         }
         for event in &decision.events {
             books
@@ -127,10 +171,16 @@ impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
                 .event(event, &books.state, &books.observed, now);
         }
         for action in decision.actions {
+            if action == Action::ConfirmLease {
+                self.lease_look_wanted = true;
+                continue;
+            }
             let before_action = books.state.clone();
-            self.executor.act(action, now, books).await;
+            if let Some(outcome) = self.executor.act(action, now, books).await {
+                record(&mut books.state, outcome, now);
+            }
             if books.state != before_action {
-                books.persist(now);
+                books.persist(now).await;
             }
         }
     }

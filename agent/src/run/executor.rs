@@ -13,11 +13,11 @@ use time::OffsetDateTime;
 
 use super::agent::Books;
 use super::{bounded, shown, Clock, Node};
-use crate::actions::ecs::ContainerService;
+use crate::actions::ecs::{ContainerService, StopReport};
 use crate::core::backoff::Backoff;
 use crate::core::config::{rfc3339, Settings};
 use crate::core::deadline::SourceKind;
-use crate::core::state::{Action, AgentState, Phase, StopCause, STOP_REASON_PREFIX};
+use crate::core::state::{Action, AgentState, Outcome, Phase, StopCause, STOP_REASON_PREFIX};
 use crate::sources::{AwsFailure, SourceError};
 
 /// Failed ECS calls are retried after up to 1 s, doubling to 30 s.
@@ -71,16 +71,22 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
         &self.service
     }
 
-    /// While draining, once ECS confirmed DRAINING, counts the running tasks
-    /// every `drain_poll_interval` (at once after DRAINING is confirmed and
-    /// after tasks were stopped) into the core's observations.
+    /// While draining (once ECS confirmed DRAINING) and while stopped tasks
+    /// wind down, counts the tasks still running on the host every
+    /// `drain_poll_interval` (at once after DRAINING is confirmed and after
+    /// tasks were stopped) into the core's observations.
     pub async fn count_tasks_if_due(&mut self, books: &mut Books) {
         let confirmed = books
             .state
             .drain
             .as_ref()
             .is_some_and(|d| d.draining_confirmed_at.is_some());
-        if books.state.phase != Phase::Draining || !confirmed {
+        let counting = matches!(books.state.phase, Phase::Draining | Phase::Stopping);
+        // A dry run asks nothing of ECS: its drain found nothing to wait for.
+        if self.dry_run {
+            return;
+        }
+        if !counting || !confirmed {
             books.observed.running_tasks = None;
             return;
         }
@@ -94,14 +100,14 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
         let cluster = &self.node.cluster;
         let counted = bounded(
             "ecs:ListTasks",
-            self.service.running_tasks(cluster, &container_instance),
+            self.service.tasks(cluster, &container_instance),
         )
         .await;
         match counted {
             Ok(tasks) => {
                 self.worked(COUNTING, books);
                 if books.observed.running_tasks != Some(tasks.len()) {
-                    log::info!(CLUSTER = self.node.cluster.as_str(), PHASE = "draining"; "{} task(s) still running on {container_instance}", tasks.len());
+                    log::info!(CLUSTER = self.node.cluster.as_str(), PHASE = books.state.phase.name(); "{} task(s) still running on {container_instance}", tasks.len());
                 }
                 books.observed.running_tasks = Some(tasks.len());
             }
@@ -109,32 +115,38 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
         }
     }
 
-    /// Carries out `action`, decided at `now`, and records its outcome in
-    /// the state. A failed ECS call is retried when the core asks again
-    /// after the backoff; until then the action is skipped.
-    pub async fn act(&mut self, action: Action, now: OffsetDateTime, books: &mut Books) {
+    /// Carries out `action`, decided at `now`, and reports what happened
+    /// for the core to record. A failed ECS call is retried when the core
+    /// asks again after the backoff; until then the action is skipped.
+    pub async fn act(
+        &mut self,
+        action: Action,
+        now: OffsetDateTime,
+        books: &mut Books,
+    ) -> Option<Outcome> {
         if self.dry_run {
-            self.act_dry(action, now, books);
-            return;
+            return self.act_dry(action, now, books);
         }
         if action != Action::PowerOff && !self.backoff.ready(self.clock.instant()) {
-            return;
+            return None;
         }
         match action {
-            Action::Drain => self.set_draining(true, now, books).await,
-            Action::Undrain => self.set_draining(false, now, books).await,
+            Action::Drain => self.set_draining(true, books).await,
+            Action::Undrain => self.set_draining(false, books).await,
             Action::StopTasks(cause) => self.stop_tasks(cause, now, books).await,
             Action::PowerOff => self.record_power_off(now, books).await,
+            // The last look at the lease is the poll's (it reads IMDS).
+            Action::ConfirmLease => None,
         }
     }
 
     /// DRAINING (a drain) or ACTIVE (a drain undone).
-    async fn set_draining(&mut self, draining: bool, now: OffsetDateTime, books: &mut Books) {
+    async fn set_draining(&mut self, draining: bool, books: &mut Books) -> Option<Outcome> {
         let Some(container_instance) = self.container_instance(books).await else {
             // Not registered yet: ask again after a backoff (an AWS error
             // has already started one).
             self.back_off_unless_waiting();
-            return;
+            return None;
         };
         let activity = if draining { DRAINING } else { UNDRAINING };
         let set = bounded(
@@ -155,102 +167,139 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
                 self.container_instance = None;
             }
             self.failed(activity, &err, books);
-            return;
+            return None;
         }
         self.backoff.succeeded();
         self.worked(activity, books);
         if draining {
-            if let Some(drain) = books.state.drain.as_mut() {
-                drain.draining_confirmed_at = Some(now);
-            }
             self.next_task_count = self.clock.instant();
-        } else {
-            books.state.undrain_pending = false;
         }
         books.decision(if draining {
             "container instance set to DRAINING: no new jobs are placed here"
         } else {
             "container instance set back to ACTIVE"
         });
+        Some(if draining {
+            Outcome::Draining
+        } else {
+            Outcome::Active
+        })
     }
 
-    async fn stop_tasks(&mut self, cause: StopCause, now: OffsetDateTime, books: &mut Books) {
+    /// Stops every task on the host that ECS does not already want stopped;
+    /// done once each of them was asked. A failed call is logged with its
+    /// task and asked again after the backoff; the others are not repeated.
+    async fn stop_tasks(
+        &mut self,
+        cause: StopCause,
+        now: OffsetDateTime,
+        books: &mut Books,
+    ) -> Option<Outcome> {
         let Some(container_instance) = self.container_instance(books).await else {
             self.back_off_unless_waiting();
-            return;
+            return None;
         };
         let cluster = &self.node.cluster;
         let reason = stop_reason(cause, &books.state, &self.node, now);
-        let result = match bounded(
+        let tasks = match bounded(
             "ecs:ListTasks",
-            self.service.running_tasks(cluster, &container_instance),
+            self.service.tasks(cluster, &container_instance),
         )
         .await
         {
-            Ok(tasks) => bounded(
-                "ecs:StopTask",
-                self.service.stop_tasks(cluster, &tasks, &reason),
-            )
-            .await
-            .map(|()| tasks.len()),
-            Err(err) => Err(err),
-        };
-        let stopped = match result {
-            Ok(stopped) => stopped,
-            Err(err) => return self.failed(STOPPING, &err, books),
-        };
-        self.backoff.succeeded();
-        self.worked(STOPPING, books);
-        if let Some(drain) = books.state.drain.as_mut() {
-            match cause {
-                StopCause::Grace => drain.tasks_stopped_at = Some(now),
-                StopCause::LeaseEnded => drain.end_stop_at = Some(now),
+            Ok(tasks) => tasks,
+            Err(err) => {
+                self.failed(STOPPING, &err, books);
+                return None;
             }
-        }
+        };
+        let to_stop: Vec<String> = tasks
+            .iter()
+            .filter(|t| !t.stop_requested)
+            .map(|t| t.arn.clone())
+            .collect();
+        let report = match tokio::time::timeout(
+            super::AWS_CALL_LIMIT,
+            Box::pin(self.service.stop_tasks(cluster, &to_stop, &reason)),
+        )
+        .await
+        {
+            Ok(report) => report,
+            Err(_) => StopReport {
+                stopped: Vec::new(),
+                failed: vec![(
+                    to_stop.join(", "),
+                    SourceError::Aws {
+                        api: "ecs:StopTask",
+                        kind: AwsFailure::Transient,
+                        detail: format!(
+                            "no answer within {}",
+                            humantime::format_duration(super::AWS_CALL_LIMIT)
+                        ),
+                    },
+                )],
+            },
+        };
         // Count again soon: the power-off waits for them.
         self.next_task_count = self.clock.instant();
-        books.decision(&format!("stopped {stopped} task(s) with reason {reason:?}"));
+        if !report.stopped.is_empty() {
+            books.decision(&format!(
+                "stopped {} task(s) with reason {reason:?}",
+                report.stopped.len()
+            ));
+        }
+        if let Some((_, first)) = report.failed.first() {
+            for (task, err) in &report.failed {
+                log::warn!("could not stop task {task}: {err}");
+            }
+            self.failed(STOPPING, first, books);
+            return None;
+        }
+        self.backoff.succeeded();
+        self.worked(STOPPING, books);
+        if to_stop.is_empty() {
+            books.decision("no task left to stop");
+        }
+        Some(Outcome::StopsRequested(cause))
     }
 
-    /// Dry run: nothing is asked of ECS or run; each action is confirmed at
-    /// once, so that the drain goes on as it would.
-    fn act_dry(&mut self, action: Action, now: OffsetDateTime, books: &mut Books) {
-        let what = match action {
+    /// Dry run: nothing is asked of ECS or run; each action is reported done
+    /// at once, so that the drain goes on as it would. The dry run keeps its
+    /// own state (never the live agent's), so this changes nothing real.
+    fn act_dry(
+        &mut self,
+        action: Action,
+        now: OffsetDateTime,
+        books: &mut Books,
+    ) -> Option<Outcome> {
+        let (what, outcome) = match action {
             Action::Drain => {
-                if let Some(drain) = books.state.drain.as_mut() {
-                    drain.draining_confirmed_at = Some(now);
-                    // Nothing was drained, so there is nothing to wait for.
-                    drain.running_tasks = Some(0);
-                }
+                // Nothing was drained, so there is nothing to wait for.
                 books.observed.running_tasks = Some(0);
-                "set the container instance to DRAINING".to_owned()
+                (
+                    "set the container instance to DRAINING".to_owned(),
+                    Outcome::Draining,
+                )
             }
-            Action::Undrain => {
-                books.state.undrain_pending = false;
-                "set the container instance back to ACTIVE".to_owned()
-            }
-            Action::StopTasks(cause) => {
-                if let Some(drain) = books.state.drain.as_mut() {
-                    match cause {
-                        StopCause::Grace => drain.tasks_stopped_at = Some(now),
-                        StopCause::LeaseEnded => drain.end_stop_at = Some(now),
-                    }
-                }
+            Action::Undrain => (
+                "set the container instance back to ACTIVE".to_owned(),
+                Outcome::Active,
+            ),
+            Action::StopTasks(cause) => (
                 format!(
                     "stop the remaining tasks with reason {:?}",
                     stop_reason(cause, &books.state, &self.node, now)
-                )
-            }
-            Action::PowerOff => {
-                if let Some(drain) = books.state.drain.as_mut() {
-                    drain.poweroff_attempts += 1;
-                    drain.poweroff_attempted_at = Some(now);
-                    drain.poweroff_at = Some(now);
-                }
-                format!("run {:?}", self.poweroff_command)
-            }
+                ),
+                Outcome::StopsRequested(cause),
+            ),
+            Action::PowerOff => (
+                format!("run {:?}", self.poweroff_command),
+                Outcome::PoweredOff,
+            ),
+            Action::ConfirmLease => return None,
         };
         books.decision(&format!("dry run, nothing changed: would {what}"));
+        Some(outcome)
     }
 
     /// Our container instance: found once (the local ECS agent first, then

@@ -1,5 +1,11 @@
 //! Fakes for the run loop's unit tests: a container service with scripted
-//! answers that keeps what ECS would hold, and a clock moved by hand.
+//! answers that keeps what ECS and the host would hold, and a clock moved by
+//! hand (its wall clock can also step on its own).
+//!
+//! Like ECS, a stopped task is not a stopped container: `StopTask` marks it
+//! stop-requested at once, and its containers stay on the host until the
+//! test says they exited ([`FakeEcs::containers_exit`]: SIGTERM honoured, or
+//! the stop timeout's SIGKILL).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -8,7 +14,7 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
 use super::Clock;
-use crate::actions::ecs::ContainerService;
+use crate::actions::ecs::{ContainerService, HostTask, StopReport};
 use crate::sources::{AwsFailure, SourceError};
 
 /// A clock that stands still until the test moves it; its random numbers
@@ -39,6 +45,13 @@ impl FakeClock {
     pub fn advance(&self, by: Duration) {
         let mut state = self.state();
         state.instant += by;
+        state.utc += by;
+    }
+
+    /// The wall clock steps by `by` (an NTP step, a wrong RTC); monotonic
+    /// time does not move.
+    pub fn step_wall(&self, by: time::Duration) {
+        let mut state = self.state();
         state.utc += by;
     }
 
@@ -89,7 +102,8 @@ pub struct EcsState {
     pub calls: Vec<Call>,
     pub registered: Option<String>,
     pub status: &'static str,
-    pub tasks: Vec<String>,
+    /// The tasks on the host: each with whether ECS wants it stopped.
+    pub tasks: Vec<HostTask>,
     pub agent_answers: bool,
     script: BTreeMap<&'static str, VecDeque<Scripted>>,
 }
@@ -105,7 +119,13 @@ impl FakeEcs {
             let mut state = fake.state();
             state.registered = Some(arn.to_owned());
             state.status = "ACTIVE";
-            state.tasks = tasks.iter().map(|t| (*t).to_owned()).collect();
+            state.tasks = tasks
+                .iter()
+                .map(|t| HostTask {
+                    arn: (*t).to_owned(),
+                    stop_requested: false,
+                })
+                .collect();
             state.agent_answers = true;
         }
         fake
@@ -129,6 +149,17 @@ impl FakeEcs {
         let mut state = self.state();
         state.registered = Some(arn.to_owned());
         state.status = "ACTIVE";
+    }
+
+    /// The containers of every stopped task have exited (after SIGTERM or
+    /// at the stop timeout): the host no longer runs them.
+    pub fn containers_exit(&self) {
+        self.state().tasks.retain(|t| !t.stop_requested);
+    }
+
+    /// The tasks the host still runs.
+    pub fn on_host(&self) -> Vec<String> {
+        self.state().tasks.iter().map(|t| t.arn.clone()).collect()
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -202,31 +233,37 @@ impl ContainerService for FakeEcs {
         })
     }
 
-    async fn running_tasks(
+    async fn tasks(
         &self,
         _cluster: &str,
         container_instance: &str,
-    ) -> Result<Vec<String>, SourceError> {
+    ) -> Result<Vec<HostTask>, SourceError> {
         let arn = container_instance.to_owned();
         self.answer(LIST_TASKS, Call::ListTasks { arn }, |ecs| {
             Ok(ecs.tasks.clone())
         })
     }
 
-    async fn stop_tasks(
-        &self,
-        _cluster: &str,
-        tasks: &[String],
-        reason: &str,
-    ) -> Result<(), SourceError> {
-        let call = Call::StopTasks {
-            tasks: tasks.to_vec(),
-            reason: reason.to_owned(),
-        };
-        self.answer(STOP_TASKS, call, |ecs| {
-            ecs.tasks.retain(|t| !tasks.contains(t));
-            Ok(())
-        })
+    async fn stop_tasks(&self, _cluster: &str, tasks: &[String], reason: &str) -> StopReport {
+        let mut report = StopReport::default();
+        for task in tasks {
+            let call = Call::StopTasks {
+                tasks: vec![task.clone()],
+                reason: reason.to_owned(),
+            };
+            let stopped = self.answer(STOP_TASKS, call, |ecs| {
+                // desiredStatus STOPPED at once; the containers run on.
+                for t in ecs.tasks.iter_mut().filter(|t| t.arn == *task) {
+                    t.stop_requested = true;
+                }
+                Ok(())
+            });
+            match stopped {
+                Ok(()) => report.stopped.push(task.clone()),
+                Err(err) => report.failed.push((task.clone(), err)),
+            }
+        }
+        report
     }
 
     async fn agent_answers(&self) -> bool {

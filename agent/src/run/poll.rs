@@ -69,7 +69,15 @@ impl<K: Clock + Clone> Poll<K> {
         self.heal_imds(&errors, &mut agent.books.reporter);
         self.note_notice_errors(errors, &mut agent.books.reporter);
         self.refresh_lease_if_due(&mut agent.books).await;
-        agent.step().await;
+        let now = agent.step().await;
+        if std::mem::take(&mut agent.lease_look_wanted) {
+            // The last look before a lease powers the instance off: the
+            // tags again (a few IMDS GETs, no AWS call), then the same
+            // decision again.
+            self.refresh_lease(&mut agent.books).await;
+            agent.books.observed.lease_confirmed_at = Some(now);
+            agent.decide_and_act(now).await;
+        }
         agent.check_ecs_agent().await;
     }
 
@@ -179,6 +187,12 @@ impl<K: Clock + Clone> Poll<K> {
             return;
         }
         self.next_lease_refresh = self.clock.instant() + self.lease_refresh;
+        self.refresh_lease(books).await;
+    }
+
+    /// Reads `pendingTime` and the lease tags now. A failed read keeps what
+    /// is known (logged).
+    async fn refresh_lease(&mut self, books: &mut Books) {
         let read = async {
             let identity = self.imds.fresh_identity().await?;
             let tags = if self.lease_is_from_file {

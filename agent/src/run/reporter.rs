@@ -24,6 +24,8 @@ pub struct Reporter {
     failures: FailureLog,
     /// Failures by source (`ecs`, `imds`, …), for the metrics file.
     errors: BTreeMap<&'static str, u64>,
+    /// The end of the clock-step hold last logged, so it is logged once.
+    held_until_logged: Option<OffsetDateTime>,
 }
 
 impl Reporter {
@@ -35,6 +37,7 @@ impl Reporter {
             deliveries,
             failures: FailureLog::default(),
             errors: BTreeMap::new(),
+            held_until_logged: None,
         }
     }
 
@@ -133,9 +136,34 @@ impl Reporter {
                 ),
             ),
             Event::DeadlineChanged => ("deadline-changed", format!("deadline: {described}")),
+            Event::StopWaitOver { timed_out: false } => (
+                "",
+                "the stopped tasks are gone on this instance".to_owned(),
+            ),
+            Event::StopWaitOver { timed_out: true } => (
+                "",
+                format!(
+                    "the stopped tasks had their stop timeout and margin; {} still running on this instance",
+                    state
+                        .drain
+                        .as_ref()
+                        .and_then(|d| d.running_tasks)
+                        .map_or_else(|| "unknown how many".to_owned(), |n| n.to_string())
+                ),
+            ),
+            Event::HeldForClockStep(until) => {
+                if self.held_until_logged != Some(*until) {
+                    self.held_until_logged = Some(*until);
+                    log::warn!(
+                        "the wall clock stepped: no task is stopped and nothing is powered off until {} (wall and monotonic time disagreed)",
+                        rfc3339(*until)
+                    );
+                }
+                return;
+            }
         };
         self.decision(state, &message);
-        if *event == Event::DeadlineChanged {
+        if name.is_empty() || *event == Event::DeadlineChanged {
             return;
         }
         let Some(url) = &self.webhook_url else {

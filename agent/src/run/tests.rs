@@ -104,9 +104,15 @@ impl Harness {
         self.agent.books.observed.lease_end = Some((T0 + time::Duration::minutes(5), "tag".into()));
     }
 
+    /// A step `wait` after the last, with the poll's last look at the
+    /// lease (the tags have not moved) when the core asks for it.
     async fn step_after(&mut self, wait: Duration) {
         self.clock.advance(wait);
-        self.agent.step().await;
+        let now = self.agent.step().await;
+        if std::mem::take(&mut self.agent.lease_look_wanted) {
+            self.agent.books.observed.lease_confirmed_at = Some(now);
+            self.agent.decide_and_act(now).await;
+        }
     }
 
     fn state(&self) -> &AgentState {
@@ -288,7 +294,7 @@ async fn a_power_off_is_on_disk_before_its_command_runs() {
     h.lease_ending_soon();
     h.step_after(Duration::ZERO).await;
     h.step_after(secs(1)).await;
-    assert_eq!(h.state().phase, Phase::Drained);
+    assert_eq!(h.state().phase, Phase::PoweringOff);
     assert!(
         !h.dir.path().join("seen.json").exists(),
         "not run in the tick"
@@ -305,30 +311,40 @@ async fn a_power_off_is_on_disk_before_its_command_runs() {
 }
 
 #[tokio::test]
-async fn a_power_off_that_cannot_be_recorded_never_runs_its_command() {
-    let mut h = Harness::new(
-        r#"poweroff_command = "touch {dir}/powered-off""#,
-        FakeEcs::registered(ARN, &[]),
-    );
+async fn a_power_off_that_cannot_be_recorded_still_runs_and_keeps_its_retries_in_memory() {
+    let config = r#"poweroff_command = "echo off >> {dir}/powered-off; false""#;
+    let mut h = Harness::new(config, FakeEcs::registered(ARN, &[]));
     let powered_off = h.dir.path().join("powered-off");
     h.lease_ending_soon();
     h.step_after(Duration::ZERO).await;
-    // The state directory becomes unwritable: a file stands in its place.
+    // The state directory becomes unwritable (a full disk, a read-only
+    // remount): a file stands in its place.
     std::fs::remove_dir_all(h.state_dir()).unwrap();
     std::fs::write(h.state_dir(), b"").unwrap();
     h.step_after(secs(1)).await;
     h.agent.run_power_off().await;
-    assert!(!powered_off.exists(), "no power-off it could repeat");
+    let runs = || {
+        std::fs::read_to_string(&powered_off)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    assert_eq!(runs(), 1, "the block ends even when it cannot be recorded");
     let drain = h.state().drain.clone().unwrap();
-    assert_eq!(drain.poweroff_attempts, 0, "the attempt is taken back");
-    assert_eq!(drain.poweroff_attempted_at, None);
-
-    std::fs::remove_file(h.state_dir()).unwrap();
-    std::fs::create_dir(h.state_dir()).unwrap();
-    h.step_after(secs(1)).await;
-    assert_eq!(h.on_disk().drain.unwrap().poweroff_attempts, 1);
+    assert_eq!(drain.poweroff_attempts, 1, "kept in memory");
+    assert_eq!(drain.poweroff_attempted_at, at(secs(1)));
+    // The command failed: retried on the in-memory schedule, not every tick.
+    h.step_after(poweroff_retry_after(1) - secs(1)).await;
     h.agent.run_power_off().await;
-    assert!(powered_off.exists(), "recorded now, so it runs");
+    assert_eq!(runs(), 1, "not before its retry is due");
+    h.step_after(secs(1)).await;
+    h.agent.run_power_off().await;
+    assert_eq!(runs(), 2, "retried");
+    assert!(
+        h.agent.record_tick().contains("state not saved"),
+        "{}",
+        h.agent.record_tick()
+    );
 }
 
 #[tokio::test]
@@ -369,13 +385,13 @@ async fn a_dry_run_confirms_each_action_without_changing_ecs_or_powering_off() {
     h.lease_ending_soon();
     h.step_after(Duration::ZERO).await;
     assert_eq!(h.confirmed_at(), Some(T0), "DRAINING confirmed at once");
-    assert_eq!(h.state().drain.as_ref().unwrap().running_tasks, Some(0));
+    assert_eq!(h.agent.books.observed.running_tasks, Some(0), "nothing to wait for");
     h.ecs.state().tasks.clear();
     h.step_after(secs(1)).await;
     h.agent.run_power_off().await;
 
     let drain = h.on_disk().drain.unwrap();
-    assert_eq!(h.on_disk().phase, Phase::Drained);
+    assert_eq!(h.on_disk().phase, Phase::PoweredOff);
     assert_eq!(
         (drain.poweroff_attempts, drain.poweroff_at),
         (1, at(secs(1)))
@@ -421,13 +437,21 @@ async fn tasks_are_counted_again_at_once_after_they_were_stopped() {
         calls[..4],
         [Call::Find, set_draining(ARN), list.clone(), list.clone()]
     );
-    let Call::StopTasks { tasks, reason } = &calls[4] else {
-        panic!("{calls:?}");
-    };
-    assert_eq!(tasks, &["task-1", "task-2"]);
-    assert!(reason.starts_with("blockwatch: instance i-0123456789abcdef0 ends at "));
-    assert_eq!(calls[5..], [list], "counted again without waiting a minute");
-    assert_eq!(h.state().phase, Phase::Drained);
+    let stopped: Vec<&Call> = calls[4..6].iter().collect();
+    for (call, task) in stopped.iter().zip(["task-1", "task-2"]) {
+        let Call::StopTasks { tasks, reason } = call else {
+            panic!("{calls:?}");
+        };
+        assert_eq!(tasks, &[task]);
+        assert!(reason.starts_with("blockwatch: instance i-0123456789abcdef0 ends at "));
+    }
+    assert_eq!(calls[6..], [list], "counted again without waiting a minute");
+    assert_eq!(
+        h.state().phase,
+        Phase::Stopping,
+        "their containers still run"
+    );
+    assert_eq!(h.state().drain.as_ref().unwrap().running_tasks, Some(2));
     assert_eq!(
         h.state().drain.as_ref().unwrap().tasks_stopped_at,
         at(secs(1))
@@ -495,4 +519,109 @@ async fn a_second_drain_counts_its_tasks_at_once_once_confirmed() {
     assert_eq!(h.confirmed_at(), at(secs(3)));
     h.step_after(secs(1)).await;
     assert_eq!(h.list_calls(), 2, "not a minute after the last count");
+}
+
+/// A lease ending five minutes after T0 with `tasks` running, stopped at
+/// the lease end with ECS's default stop timeout: the instance at the end.
+async fn at_a_lease_end_with(tasks: &[&str]) -> Harness {
+    let config = "drain_poll_interval = \"1s\"\npoweroff_command = \"echo off >> {dir}/powered-off\"\n";
+    let mut h = Harness::new(config, FakeEcs::registered(ARN, tasks));
+    h.lease_ending_soon();
+    h.step_after(Duration::ZERO).await;
+    h.step_after(secs(1)).await;
+    assert_eq!(h.state().phase, Phase::Draining);
+    h.step_after(secs(5 * 60 - 1)).await;
+    h
+}
+
+impl Harness {
+    fn power_offs(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("powered-off"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    }
+
+    /// Steps every second for `seconds`, running any power-off recorded.
+    async fn run_for(&mut self, seconds: u64) {
+        for _ in 0..seconds {
+            self.step_after(secs(1)).await;
+            self.agent.run_power_off().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn stopped_tasks_that_linger_on_the_host_get_their_stop_timeout_before_the_power_off() {
+    let mut h = at_a_lease_end_with(&["job-1"]).await;
+    assert_eq!(h.state().phase, Phase::Stopping, "stopped at the end");
+    assert_eq!(
+        h.ecs.on_host(),
+        ["job-1"],
+        "ECS wants it stopped; it still runs"
+    );
+    // ECS's default 30 s stop timeout and the 10 s margin.
+    h.run_for(39).await;
+    assert_eq!(h.power_offs(), 0, "not while the job may still be stopping");
+    h.run_for(1).await;
+    assert_eq!(h.state().phase, Phase::PoweredOff);
+    assert_eq!(h.power_offs(), 1);
+}
+
+#[tokio::test]
+async fn the_power_off_follows_at_once_when_the_host_says_the_stopped_tasks_are_gone() {
+    let mut h = at_a_lease_end_with(&["job-1", "job-2"]).await;
+    h.run_for(5).await;
+    assert_eq!(h.power_offs(), 0);
+    // Both jobs checkpointed and exited on SIGTERM.
+    h.ecs.containers_exit();
+    h.run_for(2).await;
+    assert_eq!(h.power_offs(), 1);
+    assert!(h.state().drain.as_ref().unwrap().stopped_at.is_some());
+}
+
+#[tokio::test]
+async fn a_throttled_stop_task_does_not_stop_the_others_and_only_it_is_asked_again() {
+    let ecs = FakeEcs::registered(ARN, &["job-1", "job-2", "job-3"]);
+    ecs.script(STOP_TASKS, &[Scripted::Fail(AwsFailure::Throttled)]);
+    let mut h = Harness::new("stop_grace = \"10m\"\n", ecs);
+    h.spot_notice();
+    h.step_after(Duration::ZERO).await;
+    h.step_after(secs(1)).await;
+    let stops = |h: &Harness| {
+        h.ecs
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::StopTasks { tasks, .. } => Some(tasks.join(",")),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        stops(&h),
+        ["job-1", "job-2", "job-3"],
+        "went on after the throttle"
+    );
+    assert_eq!(h.state().phase, Phase::Draining, "not all stopped yet");
+    h.step_after(secs(1)).await;
+    assert_eq!(stops(&h)[3..], ["job-1"], "only the throttled one again");
+    assert_eq!(h.state().phase, Phase::Stopping);
+}
+
+#[tokio::test]
+async fn a_wall_clock_step_is_noticed_and_holds_the_power_off() {
+    let config = r#"poweroff_command = "echo off >> {dir}/powered-off""#;
+    let mut h = Harness::new(config, FakeEcs::registered(ARN, &[]));
+    // A lease two hours away; the drain lead is 10 minutes.
+    h.agent.books.observed.lease_end = Some((T0 + time::Duration::hours(2), "tag".into()));
+    h.run_for(2).await;
+    assert_eq!(h.state().phase, Phase::Watching);
+    // The wall clock jumps a day ahead (a bad RTC corrected by NTP).
+    h.clock.step_wall(time::Duration::days(1));
+    h.run_for(60).await;
+    assert!(h.confirmed_at().is_some(), "DRAINING is not held");
+    assert_eq!(h.power_offs(), 0, "held after the step");
+    h.run_for(130).await;
+    assert_eq!(h.power_offs(), 1, "the hold ends, and so does the lease");
 }

@@ -58,6 +58,9 @@ pub fn parse_gmt(text: &str) -> Option<OffsetDateTime> {
         .map(PrimitiveDateTime::assume_utc)
 }
 
+/// How a spot action that is not a plain word is named.
+pub const UNRECOGNISED_SPOT_ACTION: &str = "unrecognised";
+
 /// The actions EC2 documents for `spot/instance-action`.
 pub const SPOT_ACTIONS: [&str; 3] = ["terminate", "stop", "hibernate"];
 
@@ -68,23 +71,32 @@ pub fn parse_spot_action(text: &str) -> Result<SpotAction, String> {
         time: String,
     }
     let raw: Raw = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    // Garbage must never drain an instance: only the documented actions count.
-    if !SPOT_ACTIONS.contains(&raw.action.as_str()) {
-        return Err(format!(
-            "action {:?} is none of {}",
-            raw.action,
-            SPOT_ACTIONS.join(", ")
-        ));
-    }
+    // Garbage must never drain an instance: a notice needs a valid time.
     let time = raw
         .time
         .parse::<Timestamp>()
         .map_err(|e| format!("time: {e}"))?
         .0;
-    Ok(SpotAction {
-        action: raw.action,
-        time,
-    })
+    // Any instance-action document is an interruption; an action EC2 may
+    // add one day drains but never powers off (core::deadline::Fate). Its
+    // name is kept only when it is a plain word, for the logs and the
+    // event's identity.
+    let action = if SPOT_ACTIONS.contains(&raw.action.as_str()) {
+        raw.action
+    } else {
+        let plain = !raw.action.is_empty()
+            && raw.action.len() <= 32
+            && raw
+                .action
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if plain {
+            raw.action
+        } else {
+            UNRECOGNISED_SPOT_ACTION.to_owned()
+        }
+    };
+    Ok(SpotAction { action, time })
 }
 
 /// The events that parse, and why the first bad one did not: one odd entry
@@ -283,12 +295,18 @@ mod tests {
             Ok(datetime!(2020-10-27 08:22:00 UTC))
         );
         assert!(parse_spot_action("{}").is_err());
+        assert!(
+            parse_spot_action(r#"{"action": "terminate", "time": "soon"}"#).is_err(),
+            "no valid time, no notice"
+        );
         let unknown =
             parse_spot_action(r#"{"action": "explode\nECS_X=1", "time": "2017-09-18T08:22:00Z"}"#);
         assert_eq!(
-            unknown,
-            Err(r#"action "explode\nECS_X=1" is none of terminate, stop, hibernate"#.into()),
-            "an unknown action is refused, and shown escaped"
+            unknown.map(|a| a.action),
+            Ok(UNRECOGNISED_SPOT_ACTION.to_owned()),
+            "an unknown action with a valid time is a notice; its odd name is not kept"
         );
+        let new = parse_spot_action(r#"{"action": "pause", "time": "2017-09-18T08:22:00Z"}"#);
+        assert_eq!(new.map(|a| a.action), Ok("pause".to_owned()));
     }
 }
