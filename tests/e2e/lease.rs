@@ -135,7 +135,7 @@ async fn drained_before_the_lease_end_the_instance_powers_off_at_once() {
         powered < end - time::Duration::seconds(20),
         "powered off {powered}, long before the end {end}"
     );
-    assert_eq!(phase(&off), "drained");
+    assert_eq!(phase(&off), "powered-off");
     std::thread::sleep(POLL * 2);
     assert_eq!(b.power_offs(), 1);
     assert!(
@@ -607,4 +607,210 @@ async fn with_a_job_stop_timeout_the_running_job_is_stopped_the_timeout_and_marg
     };
     let payload: serde_json::Value = serde_json::from_str(&started.body).unwrap();
     assert_eq!(payload["stop_at"], rfc3339(due), "{}", started.body);
+}
+
+/// Waits until the agent has read its spot notice `n` more times (each poll
+/// reads it first, then decides): what the agent would have done by then,
+/// it has done. Never a fixed sleep, which passes vacuously on a busy machine.
+fn wait_polls(f: &Registered, agent: &Agent, n: usize) {
+    let polls = || {
+        f.instance
+            .imds
+            .exchanges()
+            .iter()
+            .filter(|e| e.path.ends_with("spot/instance-action"))
+            .count()
+    };
+    // One more than asked: the poll in flight may have read before the change.
+    let target = polls() + n + 1;
+    let deadline = Instant::now() + PATIENCE;
+    while polls() < target {
+        assert!(
+            Instant::now() < deadline,
+            "the agent stopped polling\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An idle instance with `on_drained = "poweroff"` given `signal`: it
+/// drains, and the test waits until it is drained and a few more polls.
+async fn drained_for(
+    signal: impl FnOnce(&mut blockwatch_testkit::imds::InstanceState),
+) -> (Block, Agent) {
+    let b = block("on_drained = \"poweroff\"\non_lease_end = \"none\"\n").await;
+    let agent = b.f.start();
+    b.f.instance.imds.update(signal);
+    b.f.instance.wait_for(&agent, PATIENCE, "drained", |s| {
+        phase(s) != "watching" && s["drain"]["drained_at"].is_string()
+    });
+    wait_polls(&b.f, &agent, 3);
+    (b, agent)
+}
+
+fn scheduled(code: &str) -> impl FnOnce(&mut blockwatch_testkit::imds::InstanceState) {
+    let code = code.to_owned();
+    move |s| {
+        let at = now() + time::Duration::seconds(5);
+        s.scheduled_events = vec![blockwatch_testkit::imds::ScheduledEvent {
+            code,
+            description: "scheduled".into(),
+            event_id: "instance-event-0abc".into(),
+            not_before: at,
+            not_after: at + time::Duration::minutes(15),
+            state: "active".into(),
+        }];
+    }
+}
+
+fn spot_notice(action: &str) -> impl FnOnce(&mut blockwatch_testkit::imds::InstanceState) {
+    let action = action.to_owned();
+    move |s| {
+        s.spot_instance_action = Some(SpotInstanceAction {
+            action,
+            time: now() + time::Duration::seconds(5),
+        });
+    }
+}
+
+/// Drained for a signal after which the instance comes back: with
+/// `on_drained = "poweroff"` it is not powered off.
+async fn drains_but_never_powers_off(
+    signal: impl FnOnce(&mut blockwatch_testkit::imds::InstanceState),
+) -> (Block, Agent) {
+    let (b, agent) = drained_for(signal).await;
+    let snapshot = b.f.instance.snapshot().unwrap();
+    assert_eq!(phase(&snapshot), "drained", "{snapshot:#}\n{}", agent.log());
+    assert_eq!(b.f.status_at_moto().await, "DRAINING");
+    assert_eq!(b.power_offs(), 0, "{}", agent.log());
+    assert!(
+        snapshot["drain"]["poweroff_attempts"].is_null()
+            || snapshot["drain"]["poweroff_attempts"] == 0
+    );
+    (b, agent)
+}
+
+#[tokio::test]
+async fn a_system_reboot_drains_never_powers_off_and_its_completion_makes_the_instance_active() {
+    let (b, agent) = drains_but_never_powers_off(scheduled("system-reboot")).await;
+    b.f.instance
+        .imds
+        .update(|s| s.scheduled_events[0].state = "completed".into());
+    b.f.instance
+        .wait_for(&agent, PATIENCE, "ACTIVE again", |s| {
+            phase(s) == "watching" && s["undrain_pending"] == false
+        });
+    assert_eq!(b.f.status_at_moto().await, "ACTIVE");
+    assert_eq!(b.power_offs(), 0);
+}
+
+#[tokio::test]
+async fn an_instance_reboot_drains_and_never_powers_off() {
+    drains_but_never_powers_off(scheduled("instance-reboot")).await;
+}
+
+#[tokio::test]
+async fn system_maintenance_drains_and_never_powers_off() {
+    drains_but_never_powers_off(scheduled("system-maintenance")).await;
+}
+
+#[tokio::test]
+async fn a_spot_stop_notice_drains_and_never_powers_off() {
+    drains_but_never_powers_off(spot_notice("stop")).await;
+}
+
+#[tokio::test]
+async fn a_spot_hibernate_notice_drains_and_never_powers_off() {
+    drains_but_never_powers_off(spot_notice("hibernate")).await;
+}
+
+#[tokio::test]
+async fn an_instance_retirement_drains_and_powers_off_when_drained() {
+    // The same setup powers off for an end: the tests above would see one.
+    let (b, agent) = drained_for(scheduled("instance-retirement")).await;
+    b.wait_powered_off(&agent);
+    assert_eq!(b.power_offs(), 1);
+}
+
+#[tokio::test]
+async fn an_end_first_seen_ten_minutes_past_drains_stops_then_powers_off_in_order() {
+    let b = block("").await;
+    let task = b.f.start_task().await;
+    let end = b.f.lease_ends_in(-time::Duration::minutes(10));
+    let agent = b.f.start();
+
+    let off = b.wait_powered_off(&agent);
+
+    let drained = time_at(&off, "/drain/draining_confirmed_at");
+    let stopped = time_at(&off, "/drain/end_stop_at");
+    let powered = time_at(&off, "/drain/poweroff_attempted_at");
+    assert!(drained <= stopped && stopped <= powered, "{off:#}");
+    let reason = b.stop_reason(&task).await.unwrap_or_default();
+    assert!(reason.starts_with("blockwatch: lease ended"), "{reason}");
+    let log = agent.log();
+    let at = |needle: &str| {
+        log.find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in\n{log}"))
+    };
+    assert!(
+        at("set to DRAINING") < at("stopped 1 task(s)")
+            && at("stopped 1 task(s)") < at("powering off with"),
+        "DRAINING, then the stop, then the power-off\n{log}"
+    );
+    assert!(log.contains(&rfc3339(end)), "{log}");
+    assert_eq!(b.power_offs(), 1);
+}
+
+#[tokio::test]
+async fn a_state_directory_that_cannot_be_written_at_the_lease_end_still_powers_off() {
+    let b = block("").await;
+    b.f.lease_ends_in(STARTUP + LEAD);
+    let agent = b.f.start();
+    // The disk goes bad under the agent: a file stands where its state
+    // directory was, so every save fails.
+    let state_dir = b.f.instance.state_dir();
+    std::fs::rename(&state_dir, state_dir.with_extension("gone")).unwrap();
+    std::fs::write(&state_dir, b"").unwrap();
+
+    let deadline = Instant::now() + PATIENCE;
+    while b.power_offs() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "never powered off\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = agent.log();
+    assert!(log.contains("cannot be recorded"), "{log}");
+    assert!(log.contains("powering off all the same"), "{log}");
+}
+
+#[tokio::test]
+async fn a_lease_moved_a_second_before_an_idle_drain_is_seen_by_the_last_look_and_nothing_powers_off(
+) {
+    // The default refresh (1 min): the drain starts on the old lease; the
+    // last look before the power-off reads the new tag.
+    let b = block("drain_lead = \"10s\"\n").await;
+    let end = b.f.lease_ends_in(STARTUP + LEAD);
+    let agent = b.f.start();
+    let drain_at = end - LEAD;
+    while now() < drain_at - time::Duration::seconds(1) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let extended = now() + time::Duration::hours(1);
+    b.set_lease_end(extended);
+
+    let back =
+        b.f.instance
+            .wait_for(&agent, PATIENCE, "watching the new lease", |s| {
+                phase(s) == "watching"
+                    && s["deadline"]["at"] == rfc3339(extended)
+                    && s["undrain_pending"] == false
+            });
+    wait_polls(&b.f, &agent, 3);
+    assert_eq!(b.power_offs(), 0, "{}", agent.log());
+    assert!(back["drain"].is_null());
+    assert_eq!(b.f.status_at_moto().await, "ACTIVE");
 }

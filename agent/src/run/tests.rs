@@ -385,7 +385,11 @@ async fn a_dry_run_confirms_each_action_without_changing_ecs_or_powering_off() {
     h.lease_ending_soon();
     h.step_after(Duration::ZERO).await;
     assert_eq!(h.confirmed_at(), Some(T0), "DRAINING confirmed at once");
-    assert_eq!(h.agent.books.observed.running_tasks, Some(0), "nothing to wait for");
+    assert_eq!(
+        h.agent.books.observed.running_tasks,
+        Some(0),
+        "nothing to wait for"
+    );
     h.ecs.state().tasks.clear();
     h.step_after(secs(1)).await;
     h.agent.run_power_off().await;
@@ -524,7 +528,8 @@ async fn a_second_drain_counts_its_tasks_at_once_once_confirmed() {
 /// A lease ending five minutes after T0 with `tasks` running, stopped at
 /// the lease end with ECS's default stop timeout: the instance at the end.
 async fn at_a_lease_end_with(tasks: &[&str]) -> Harness {
-    let config = "drain_poll_interval = \"1s\"\npoweroff_command = \"echo off >> {dir}/powered-off\"\n";
+    let config =
+        "drain_poll_interval = \"1s\"\npoweroff_command = \"echo off >> {dir}/powered-off\"\n";
     let mut h = Harness::new(config, FakeEcs::registered(ARN, tasks));
     h.lease_ending_soon();
     h.step_after(Duration::ZERO).await;
