@@ -56,8 +56,10 @@ impl Books {
 
     /// Writes the state file (and metrics); false when the state could not
     /// be saved.
-    pub fn persist(&mut self, now: OffsetDateTime) -> bool {
-        self.store.save(&self.state, self.reporter.errors(), now)
+    pub async fn persist(&mut self, now: OffsetDateTime) -> bool {
+        self.store
+            .save(&self.state, self.reporter.errors(), now)
+            .await
     }
 
     /// A decision, logged with the journald fields of the current state.
@@ -119,7 +121,7 @@ impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
         // The decision is on disk before anything acts on it, so a crash
         // between the two neither forgets nor repeats it.
         if books.state != before {
-            books.persist(now);
+            books.persist(now).await;
         }
         for event in &decision.events {
             books
@@ -130,7 +132,7 @@ impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
             let before_action = books.state.clone();
             self.executor.act(action, now, books).await;
             if books.state != before_action {
-                books.persist(now);
+                books.persist(now).await;
             }
         }
     }
@@ -160,10 +162,13 @@ impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
 
     /// After each tick: the heartbeat, a save that failed before, the
     /// metrics; returns the systemd STATUS line.
-    pub fn record_tick(&mut self) -> String {
+    pub async fn record_tick(&mut self) -> String {
         let now = whole_seconds(self.clock.utc());
         let books = &mut self.books;
-        books.store.tick(&books.state, books.reporter.errors(), now);
+        books
+            .store
+            .tick(&books.state, books.reporter.errors(), now)
+            .await;
         self.status_line(now)
     }
 

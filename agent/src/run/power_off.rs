@@ -40,7 +40,7 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
         drain.poweroff_attempts += 1;
         drain.poweroff_attempted_at = Some(now);
         let attempts = drain.poweroff_attempts;
-        if !books.persist(now) {
+        if !books.persist(now).await {
             if let Some(drain) = books.state.drain.as_mut() {
                 drain.poweroff_attempts -= 1;
                 drain.poweroff_attempted_at = None;
@@ -78,7 +78,7 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
                 books.decision(&format!(
                     "power-off requested: {command:?} succeeded (attempt {attempts})"
                 ));
-                books.persist(now);
+                books.persist(now).await;
             }
             Err(err) => {
                 books.reporter.count_error("poweroff");
