@@ -99,7 +99,11 @@ fn copy(from: &Path, to: &Path) -> Option<String> {
         Ok(bytes) => match std::fs::write(to, bytes) {
             Ok(()) => Some(name),
             Err(err) => {
-                log::warn!("dry run: cannot copy {} to {}: {err}; starting without it", from.display(), to.display());
+                log::warn!(
+                    "dry run: cannot copy {} to {}: {err}; starting without it",
+                    from.display(),
+                    to.display()
+                );
                 None
             }
         },

@@ -502,7 +502,11 @@ mod tests {
         records.tick(snapshot(Phase::Watching), &none, back, t0 + secs(59));
         assert_eq!(heard(), Some(T0), "not due yet");
         records.tick(snapshot(Phase::Watching), &none, back, t0 + secs(60));
-        assert_eq!(heard(), Some(back), "a backward step does not stop the heartbeat");
+        assert_eq!(
+            heard(),
+            Some(back),
+            "a backward step does not stop the heartbeat"
+        );
         records.tick(snapshot(Phase::Watching), &none, back + day, t0 + secs(61));
         assert_eq!(heard(), Some(back), "nor makes it beat on every poll");
     }

@@ -449,12 +449,18 @@ async fn an_ecs_agent_that_stops_answering_shows_in_the_status_line_checked_ever
     h.ecs.state().agent_answers = true;
     h.clock.advance(secs(29));
     h.agent.check_ecs_agent().await;
-    assert!(h.agent.record_tick()
-        .await.contains("ECS agent not answering"));
+    assert!(h
+        .agent
+        .record_tick()
+        .await
+        .contains("ECS agent not answering"));
     h.clock.advance(secs(1));
     h.agent.check_ecs_agent().await;
-    assert!(!h.agent.record_tick()
-        .await.contains("ECS agent not answering"));
+    assert!(!h
+        .agent
+        .record_tick()
+        .await
+        .contains("ECS agent not answering"));
 }
 
 #[tokio::test]
