@@ -47,10 +47,16 @@ async fn a_second_run_on_the_same_state_directory_exits_naming_the_first_until_t
     let log = second.log();
     assert_eq!(code, STATE_DIR_BUSY, "{log}");
     let state_dir = f.instance.state_dir().display().to_string();
-    let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("error: ")).collect();
-    assert_eq!(errors.len(), 1, "one clear line:\n{log}");
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one clear line, before anything else:\n{log}"
+    );
     assert!(
-        errors[0].contains(&format!("pid {}", first.child.id())) && errors[0].contains(&state_dir),
+        lines[0].contains("error: ")
+            && lines[0].contains(&format!("pid {}", first.child.id()))
+            && lines[0].contains(&state_dir),
         "{log}"
     );
     assert!(still_running(&mut first), "the first keeps running");
