@@ -124,6 +124,11 @@ async fn a_dry_run_beside_a_live_agent_never_writes_its_files_and_the_restarted_
         PATIENCE,
     );
     dry.wait_for_log("dry run, nothing changed: would run", PATIENCE);
+    dry.kill_9();
+    for (path, was) in live_files.iter().zip(&before) {
+        assert!(seen(path) == *was, "the dry run wrote {}", path.display());
+    }
+    // What it would have written there is in its own directory.
     let on_paper: serde_json::Value =
         serde_json::from_slice(&std::fs::read(private.join("state.json")).unwrap()).unwrap();
     assert!(
@@ -131,11 +136,6 @@ async fn a_dry_run_beside_a_live_agent_never_writes_its_files_and_the_restarted_
         "{on_paper}\n{}",
         dry.log()
     );
-    dry.kill_9();
-
-    for (path, was) in live_files.iter().zip(&before) {
-        assert!(seen(path) == *was, "the dry run wrote {}", path.display());
-    }
     assert_eq!(f.drain_calls(), 0, "{}", dry.log());
     assert!(!powered_off.exists());
 
