@@ -16,6 +16,8 @@ Exit codes (sysexits, as systemctl status names them):
   66  NOINPUT: status has no state to show yet
   69  UNAVAILABLE: AWS rejected a request for another reason
   70  SOFTWARE: internal error
+  73  CANTCREAT: run: another agent holds the state directory (its pid is named), or a dry run
+      cannot make its private directory
   74  IOERR: ecs.config could not be read or written; run: the state file could not be read
   75  TEMPFAIL: IMDS or AWS unreachable after retries; try again
   77  NOPERM: AWS denied a request, or no AWS credentials were found
@@ -142,6 +144,15 @@ interruption notice never undoes a drain.
 While nothing is due only IMDS is polled: no AWS API call (a Capacity Block's
 EndDate excepted, as above). State is kept in
 <state-dir>/state.json, so a restart resumes a drain without repeating it.
+One agent runs per state directory: run holds a lock on <state-dir>/run.lock
+(with its pid) for its whole life, and a second run on the same directory
+exits at once (73) naming the first's pid.
+
+A dry run (--dry-run or dry_run = true) changes nothing: not ECS, not the
+power, and not the files a live agent or a job reads. It keeps its state and
+deadline files in a fresh private directory under the temp directory (logged
+at start), starting from a copy of <state-dir>/state.json and join.json, which
+it only reads; it takes no lock, so it can run beside the live agent.
 
 For jobs: <deadline-dir>/deadline.json (instance_id, phase, deadline,
 deadline_source, drain_at, stop_at, updated_at) and <deadline-dir>/deadline
@@ -152,7 +163,8 @@ Under systemd (Type=notify) it reports READY, a STATUS line and the watchdog.";
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Log every action and change nothing (same as dry_run = true)
+    /// Log every action and change nothing (same as dry_run = true); state and deadline files go
+    /// to a private directory, never to --state-dir or --deadline-dir
     #[arg(long)]
     pub dry_run: bool,
 

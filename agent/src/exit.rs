@@ -12,6 +12,7 @@
 //! | 66 | NOINPUT | `status`: no state to show yet | no |
 //! | 69 | UNAVAILABLE | AWS rejected a request for another reason | no |
 //! | 70 | SOFTWARE | internal error | no |
+//! | 73 | CANTCREAT | `run`: another agent holds the state directory (the message names its pid), or a dry run cannot make its private directory | no (`run`: systemd retries) |
 //! | 74 | IOERR | ecs.config could not be read or written; `run`: the state file could not be read | no (`run`: systemd retries) |
 //! | 75 | TEMPFAIL | transient: IMDS or AWS unreachable, throttled or failing after retries | yes |
 //! | 77 | NOPERM | AWS denied a request (missing IAM permission), or no credentials were found in the default chain | no |
@@ -30,6 +31,10 @@ pub const COMPUTE_ENVIRONMENT: u8 = 65;
 pub const NO_STATE: u8 = 66;
 pub const AWS_REJECTED: u8 = 69;
 pub const INTERNAL: u8 = 70;
+/// sysexits' "cannot create an output file": the state directory cannot be
+/// taken for writing, because another agent holds it (two agents would act
+/// on each other's drains), or a dry run has no private directory to write.
+pub const CANT_CREATE: u8 = 73;
 pub const ECS_CONFIG_IO: u8 = 74;
 pub const TRANSIENT: u8 = 75;
 pub const AWS_DENIED: u8 = 77;
@@ -55,6 +60,10 @@ pub enum AgentError {
     EcsConfig(#[from] WriteError),
     #[error(transparent)]
     State(#[from] crate::host::state::StateError),
+    #[error(transparent)]
+    StateDirBusy(#[from] crate::host::lock::StateDirBusy),
+    #[error(transparent)]
+    DryRunDir(#[from] crate::host::dry_run::NoPrivateDir),
     #[error("internal error: {0}")]
     Internal(String),
     #[error("{what} did not finish within {}", humantime::format_duration(*after))]
@@ -78,6 +87,7 @@ impl AgentError {
                 AwsFailure::Rejected => AWS_REJECTED,
             },
             Self::EcsConfig(_) | Self::State(_) => ECS_CONFIG_IO,
+            Self::StateDirBusy(_) | Self::DryRunDir(_) => CANT_CREATE,
             Self::Internal(_) => INTERNAL,
             Self::TimedOut { .. } => TRANSIENT,
             Self::GaveUp { last, .. } => last.exit_code(),

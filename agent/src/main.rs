@@ -6,10 +6,13 @@ use std::time::{Duration, Instant};
 use blockwatch::cli::{Cli, Command};
 use blockwatch::core::backoff::JoinRetry;
 use blockwatch::exit::{self, AgentError};
+use blockwatch::host::dry_run;
 use blockwatch::host::entropy::random_u64;
+use blockwatch::host::lock::StateDirLock;
 use blockwatch::join::{join, JoinRequest};
 use blockwatch::run::{run, RunRequest};
 use blockwatch::sources::aws::{Aws, AwsTimeouts};
+use blockwatch::sources::config_file;
 use blockwatch::sources::imds::Imds;
 use blockwatch::status;
 use clap::Parser;
@@ -52,7 +55,12 @@ fn main() -> ExitCode {
                 introspection_url: args.ecs_introspection_url,
                 deadline_dir: args.deadline_dir,
             };
-            runtime.block_on(run(&request, Imds::for_polling()))
+            // Before anything reads or writes the state: the lock (held
+            // until `run` returns), or a dry run's private directories.
+            match claim_state(request) {
+                Ok((request, _lock)) => runtime.block_on(run(&request, Imds::for_polling())),
+                Err(err) => Err(err),
+            }
         }
         Command::Status(args) => {
             return match status::render(
@@ -82,6 +90,32 @@ fn main() -> ExitCode {
             ExitCode::from(err.exit_code())
         }
     }
+}
+
+/// A live run takes the state directory's lock; a dry run gets private
+/// directories instead and leaves the live ones (and their lock) alone.
+fn claim_state(request: RunRequest) -> Result<(RunRequest, Option<StateDirLock>), AgentError> {
+    if request.dry_run || config_asks_for_a_dry_run(&request) {
+        let private = dry_run::prepare(&request.state_dir, &request.deadline_dir)?;
+        let request = RunRequest {
+            state_dir: private.state_dir,
+            deadline_dir: private.deadline_dir,
+            ..request
+        };
+        return Ok((request, None));
+    }
+    let lock = StateDirLock::acquire(&request.state_dir)?;
+    Ok((request, lock))
+}
+
+/// `dry_run = true` in the config file. Start-up reads the file again and
+/// reports its errors; an unusable file here means a live run, which takes
+/// the lock (the safe side).
+fn config_asks_for_a_dry_run(request: &RunRequest) -> bool {
+    matches!(
+        config_file::load(&request.config_path, request.config_path_explicit),
+        Ok(Some(file)) if file.dry_run == Some(true)
+    )
 }
 
 /// Joins; transient failures are retried with backoff for `retry_for`.

@@ -506,12 +506,14 @@ async fn dry_run_logs_and_changes_nothing() {
         "dry_run = true\n",
     )
     .await;
-    let agent = f.start();
-
-    f.instance.wait_for(&agent, PATIENCE, "a dry drain", |s| {
-        s["drain"]["draining_confirmed_at"].is_string()
-    });
+    // A dry run keeps its state in a private directory (host_safety.rs).
+    let agent = f.instance.spawn_run(&[], &[]);
+    agent.wait_for_log(
+        "dry run, nothing changed: would set the container instance to DRAINING",
+        PATIENCE,
+    );
     std::thread::sleep(POLL);
+    assert!(f.instance.snapshot().is_none(), "{}", agent.log());
 
     assert_eq!(f.drain_calls(), 0);
     assert_eq!(f.status_at_moto().await, "ACTIVE");

@@ -5,11 +5,18 @@ use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether a failed directory fsync was logged: once per process is enough
+/// to tell an operator their filesystem does not sync directories.
+static DIRECTORY_SYNC_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// Writes `bytes` to `path` with `mode`: a temp file in the same directory,
 /// fsync, rename over the target, fsync the directory. Missing parent
 /// directories are created with mode 0755. On error the target is untouched
-/// and the temp file is removed.
+/// and the temp file is removed. Once the rename is done the file is
+/// replaced: a failing directory fsync after it is logged (once), not
+/// returned, since readers already see the new bytes.
 pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     replace_owned(path, bytes, mode, None)
 }
@@ -24,6 +31,18 @@ pub fn replace_owned(
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> io::Result<()> {
+    replace_then_sync(path, bytes, mode, owner, sync_directory)
+}
+
+/// [`replace_owned`] with the directory fsync given, so that tests can make
+/// it fail.
+fn replace_then_sync(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+    sync_dir: fn(&Path) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
         _ => PathBuf::from("."),
@@ -37,18 +56,36 @@ pub fn replace_owned(
         file_name.to_string_lossy(),
         std::process::id()
     ));
-    let result = write_then_rename(&temp, path, &dir, bytes, mode, owner);
+    let result = write_then_rename(&temp, path, bytes, mode, owner);
     if result.is_err() {
         // Best effort: the error that matters is the one we return.
         let _ = fs::remove_file(&temp);
     }
-    result
+    result?;
+    after_rename(&dir, sync_dir(&dir));
+    Ok(())
+}
+
+fn sync_directory(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The rename made the new bytes visible; a failed directory fsync only
+/// means the rename may not survive a power loss.
+fn after_rename(dir: &Path, synced: io::Result<()>) {
+    if let Err(err) = synced {
+        if !DIRECTORY_SYNC_WARNED.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "cannot fsync the directory {} after replacing a file in it: {err}; the file is written, but a power loss may undo the replacement (logged once)",
+                dir.display()
+            );
+        }
+    }
 }
 
 fn write_then_rename(
     temp: &Path,
     path: &Path,
-    dir: &Path,
     bytes: &[u8],
     mode: u32,
     owner: Option<(u32, u32)>,
@@ -77,8 +114,7 @@ fn write_then_rename(
     }
     file.sync_all()?;
     drop(file);
-    fs::rename(temp, path)?;
-    File::open(dir)?.sync_all()
+    fs::rename(temp, path)
 }
 
 #[cfg(test)]
@@ -110,6 +146,18 @@ mod tests {
         let meta = fs::metadata(&path)?;
         assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
         assert_eq!((meta.uid(), meta.gid()), (me.uid(), me.gid()));
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_directory_fsync_after_the_rename_is_not_a_failed_write() -> io::Result<()> {
+        let root = tempfile::tempdir()?;
+        let path = root.path().join("state.json");
+        fs::write(&path, b"OLD\n")?;
+        let failing = |_: &Path| Err(io::Error::from_raw_os_error(5));
+        replace_then_sync(&path, b"NEW\n", 0o644, None, failing)?;
+        assert_eq!(fs::read(&path)?, b"NEW\n");
+        assert_eq!(fs::read_dir(root.path())?.count(), 1, "no temp file left");
         Ok(())
     }
 

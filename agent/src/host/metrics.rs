@@ -3,9 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use time::OffsetDateTime;
+use std::time::{Duration, Instant};
 
 use crate::core::state::{AgentState, Phase};
 use crate::host::atomic_file;
@@ -88,13 +86,31 @@ pub fn write(path: &Path, text: &str) -> std::io::Result<()> {
 
 /// The metrics file of a running agent: rewritten when the state changes,
 /// when the error counts change (at most every `MIN_GAP`), and every
-/// `refresh` in any case, so that its mtime shows the agent is alive.
+/// `refresh` in any case, so that its mtime shows the agent is alive. Its
+/// timers run on the monotonic clock: a wall-clock step neither stops the
+/// file nor rewrites it on every poll.
 #[derive(Debug)]
 pub struct MetricsFile {
     path: PathBuf,
     refresh: Duration,
-    written: Option<(String, OffsetDateTime)>,
+    /// What was last written (or tried), and when.
+    written: Option<(String, Instant)>,
     failing: bool,
+}
+
+/// Metrics that are due, to be written off the async runtime.
+#[derive(Debug)]
+pub struct MetricsWrite {
+    path: PathBuf,
+    text: String,
+    at: Instant,
+}
+
+impl MetricsWrite {
+    /// Writes the file (with its fsyncs): blocking.
+    pub fn perform(&self) -> std::io::Result<()> {
+        write(&self.path, &self.text)
+    }
 }
 
 impl MetricsFile {
@@ -107,34 +123,41 @@ impl MetricsFile {
         }
     }
 
-    /// Writes the metrics if due; false when a write failed (logged once
-    /// until it works again).
-    pub fn refresh(
-        &mut self,
+    /// The metrics to write at `at`, if due.
+    pub fn plan(
+        &self,
         state: &AgentState,
         errors: &BTreeMap<&'static str, u64>,
-        now: OffsetDateTime,
+        at: Instant,
         state_changed: bool,
-    ) -> bool {
+    ) -> Option<MetricsWrite> {
         let text = render(state, errors);
         let since = |gap: Duration| {
-            self.written.as_ref().is_none_or(|(_, at)| {
-                now - *at >= time::Duration::try_from(gap).unwrap_or(time::Duration::MAX)
-            })
+            self.written
+                .as_ref()
+                .is_none_or(|(_, written_at)| at.saturating_duration_since(*written_at) >= gap)
         };
         let differs = self.written.as_ref().is_none_or(|(old, _)| *old != text);
         let due =
             state_changed || since(self.refresh) || (differs && since(MIN_GAP.min(self.refresh)));
-        if !due {
-            return true;
-        }
-        match write(&self.path, &text) {
+        due.then(|| MetricsWrite {
+            path: self.path.clone(),
+            text,
+            at,
+        })
+    }
+
+    /// Records how a planned write went; false when it failed (logged once
+    /// until it works again).
+    pub fn settle(&mut self, done: MetricsWrite, result: std::io::Result<()>) -> bool {
+        // A failure is tried again at the next gap, not every poll.
+        self.written = Some((done.text, done.at));
+        match result {
             Ok(()) => {
                 if self.failing {
                     log::info!("metrics written to {} again", self.path.display());
                     self.failing = false;
                 }
-                self.written = Some((text, now));
                 true
             }
             Err(err) => {
@@ -145,21 +168,37 @@ impl MetricsFile {
                     );
                     self.failing = true;
                 }
-                // Try again at the next gap, not every poll.
-                self.written = Some((text, now));
                 false
             }
+        }
+    }
+
+    /// Plans, writes and settles at once (blocking).
+    #[cfg(test)]
+    fn refresh(
+        &mut self,
+        state: &AgentState,
+        errors: &BTreeMap<&'static str, u64>,
+        at: Instant,
+        state_changed: bool,
+    ) -> bool {
+        match self.plan(state, errors, at, state_changed) {
+            Some(due) => {
+                let result = due.perform();
+                self.settle(due, result)
+            }
+            None => true,
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use time::macros::datetime;
-
     use super::*;
 
-    const T0: OffsetDateTime = datetime!(2026-11-29 12:00:00 UTC);
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
 
     fn errors(n: u64) -> BTreeMap<&'static str, u64> {
         BTreeMap::from([("spot", n)])
@@ -172,18 +211,19 @@ mod tests {
         let mut file = MetricsFile::new(path.clone(), Duration::from_secs(60));
         let state = AgentState::default();
         let read = || std::fs::read_to_string(&path).unwrap();
-        assert!(file.refresh(&state, &errors(1), T0, true));
+        let t0 = Instant::now();
+        assert!(file.refresh(&state, &errors(1), t0, true));
         assert!(read().contains("blockwatch_errors_total{source=\"spot\"} 1"));
         // A new count within the gap waits; after it, it is written.
-        file.refresh(&state, &errors(2), T0 + time::Duration::seconds(5), false);
+        file.refresh(&state, &errors(2), t0 + secs(5), false);
         assert!(read().contains("{source=\"spot\"} 1"));
-        file.refresh(&state, &errors(3), T0 + time::Duration::seconds(10), false);
+        file.refresh(&state, &errors(3), t0 + secs(10), false);
         assert!(read().contains("{source=\"spot\"} 3"), "{}", read());
         // The same content is rewritten only on the timer.
         std::fs::remove_file(&path).unwrap();
-        file.refresh(&state, &errors(3), T0 + time::Duration::seconds(59), false);
+        file.refresh(&state, &errors(3), t0 + secs(59), false);
         assert!(!path.exists());
-        file.refresh(&state, &errors(3), T0 + time::Duration::seconds(70), false);
+        file.refresh(&state, &errors(3), t0 + secs(70), false);
         assert!(path.exists());
     }
 
@@ -193,6 +233,6 @@ mod tests {
         let blocker = dir.path().join("file");
         std::fs::write(&blocker, b"").unwrap();
         let mut file = MetricsFile::new(blocker.join("blockwatch.prom"), Duration::from_secs(60));
-        assert!(!file.refresh(&AgentState::default(), &errors(0), T0, true));
+        assert!(!file.refresh(&AgentState::default(), &errors(0), Instant::now(), true));
     }
 }

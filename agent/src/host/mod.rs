@@ -1,9 +1,11 @@
 //! The host: files written atomically, logging to journald or stderr, the
-//! state directory, the HTTP client.
+//! state directory (its lock, a dry run's private copy), the HTTP client.
 
 pub mod atomic_file;
+pub mod dry_run;
 pub mod entropy;
 pub mod http;
+pub mod lock;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

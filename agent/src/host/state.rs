@@ -10,13 +10,13 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::atomic_file;
-use super::metrics::MetricsFile;
+use super::metrics::{MetricsFile, MetricsWrite};
 use crate::core::state::AgentState;
 use crate::core::status::{Heartbeat, Snapshot};
 
@@ -94,10 +94,10 @@ pub fn read_snapshot(state_dir: &Path) -> Result<Option<Snapshot>, StateError> {
     }
 }
 
-pub fn write_snapshot(state_dir: &Path, snapshot: &Snapshot) -> io::Result<()> {
+fn snapshot_bytes(snapshot: &Snapshot) -> io::Result<Vec<u8>> {
     let mut bytes = serde_json::to_vec_pretty(snapshot).map_err(io::Error::other)?;
     bytes.push(b'\n');
-    atomic_file::replace(&state_path(state_dir), &bytes, 0o644)
+    Ok(bytes)
 }
 
 /// A file's content, read but not yet trusted.
@@ -190,6 +190,12 @@ fn heartbeat_interval() -> Duration {
 
 /// What a running agent keeps on disk: the state file (on every change, and
 /// as a heartbeat while nothing changes) and the optional metrics file.
+///
+/// A save or a tick is planned here on the async runtime ([`Records::plan_save`],
+/// [`Records::plan_tick`]), written off it ([`RecordsWrite::perform`], which
+/// fsyncs), then settled ([`Records::settle`]). The heartbeat's timer runs on
+/// the monotonic clock: a wall-clock step neither stops it nor makes it fire
+/// on every poll.
 #[derive(Debug)]
 pub struct Records {
     dir: PathBuf,
@@ -197,12 +203,51 @@ pub struct Records {
     /// The latest state handed in, saved or not, and when it last changed.
     latest: Option<AgentState>,
     changed_at: Option<OffsetDateTime>,
-    last_heard: Option<OffsetDateTime>,
+    /// When the state file was last written (monotonic).
+    heard_at: Option<Instant>,
     /// Why the latest state is not on disk; retried every tick, logged once.
     unsaved: Option<String>,
     /// Failures of the files kept here, counted in the metrics.
     errors: BTreeMap<&'static str, u64>,
     metrics: Option<MetricsFile>,
+}
+
+/// The writes a save or a tick decided on, to be done off the async runtime.
+#[derive(Debug)]
+pub struct RecordsWrite {
+    dir: PathBuf,
+    /// The state file's bytes, when it is due.
+    state: Option<io::Result<Vec<u8>>>,
+    at: Instant,
+    metrics: Option<MetricsWrite>,
+}
+
+/// A [`RecordsWrite`] done, with how each file went.
+#[derive(Debug)]
+pub struct RecordsWritten {
+    write: RecordsWrite,
+    state: Option<io::Result<()>>,
+    metrics: Option<io::Result<()>>,
+}
+
+impl RecordsWrite {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.state.is_none() && self.metrics.is_none()
+    }
+
+    /// Writes the state file, then the metrics (with their fsyncs): blocking.
+    pub fn perform(mut self) -> RecordsWritten {
+        let state = self.state.take().map(|bytes| {
+            bytes.and_then(|bytes| atomic_file::replace(&state_path(&self.dir), &bytes, 0o644))
+        });
+        let metrics = self.metrics.as_ref().map(MetricsWrite::perform);
+        RecordsWritten {
+            write: self,
+            state,
+            metrics,
+        }
+    }
 }
 
 impl Records {
@@ -220,7 +265,7 @@ impl Records {
             heartbeat,
             latest: None,
             changed_at: None,
-            last_heard: None,
+            heard_at: None,
             unsaved: None,
             errors: BTreeMap::new(),
             metrics: metrics_file.map(|path| MetricsFile::new(path, heartbeat)),
@@ -255,57 +300,68 @@ impl Records {
         Ok((records, state))
     }
 
-    /// Records a state that changed (and refreshes the metrics); false when
-    /// it could not be written.
-    pub fn save(
+    /// A state that changed: the state file (and the metrics) to write.
+    /// `now` is what the file says; `at` times the heartbeat.
+    pub fn plan_save(
         &mut self,
         snapshot: Snapshot,
         errors: &BTreeMap<&'static str, u64>,
         now: OffsetDateTime,
-    ) -> bool {
-        let saved = self.write(snapshot, now);
-        self.refresh_metrics(errors, now, true);
-        saved
+        at: Instant,
+    ) -> RecordsWrite {
+        let state = Some(self.prepare(snapshot, now));
+        RecordsWrite {
+            dir: self.dir.clone(),
+            state,
+            at,
+            metrics: self.plan_metrics(errors, at, true),
+        }
     }
 
     /// Once per poll: the heartbeat when due, a save that failed before, and
     /// the metrics when their errors changed or their timer is up. Never
     /// calls AWS.
-    pub fn tick(
+    pub fn plan_tick(
         &mut self,
         snapshot: Snapshot,
         errors: &BTreeMap<&'static str, u64>,
         now: OffsetDateTime,
-    ) {
-        let heartbeat_due = self.last_heard.is_none_or(|heard| {
-            now - heard >= time::Duration::try_from(self.heartbeat).unwrap_or(time::Duration::MAX)
-        });
+        at: Instant,
+    ) -> RecordsWrite {
+        let heartbeat_due = self
+            .heard_at
+            .is_none_or(|heard| at.saturating_duration_since(heard) >= self.heartbeat);
         let changed = self.latest.as_ref() != Some(&snapshot.agent);
-        if heartbeat_due || changed || self.unsaved.is_some() {
-            self.write(snapshot, now);
+        let state = (heartbeat_due || changed || self.unsaved.is_some())
+            .then(|| self.prepare(snapshot, now));
+        RecordsWrite {
+            dir: self.dir.clone(),
+            state,
+            at,
+            metrics: self.plan_metrics(errors, at, changed),
         }
-        self.refresh_metrics(errors, now, changed);
     }
 
-    /// A few words for the systemd STATUS line while the state is not saved.
-    pub fn problem(&self) -> Option<&'static str> {
-        self.unsaved.as_ref().map(|_| "state not saved")
-    }
-
-    fn write(&mut self, mut snapshot: Snapshot, now: OffsetDateTime) -> bool {
-        if self.latest.as_ref() != Some(&snapshot.agent) {
-            self.latest = Some(snapshot.agent.clone());
-            self.changed_at = Some(now);
+    /// Takes in how a planned write went; false when the state file was due
+    /// and could not be written.
+    pub fn settle(&mut self, written: RecordsWritten) -> bool {
+        let RecordsWritten {
+            write,
+            state,
+            metrics,
+        } = written;
+        if let (Some(metrics_file), Some(done), Some(result)) =
+            (self.metrics.as_mut(), write.metrics, metrics)
+        {
+            if !metrics_file.settle(done, result) {
+                *self.errors.entry("metrics").or_default() += 1;
+            }
         }
-        snapshot.updated_at = self.changed_at.unwrap_or(now);
-        snapshot.heartbeat = Heartbeat {
-            last_heard: Some(now),
-            heartbeat_seconds: Some(self.heartbeat.as_secs()),
-        };
         let path = state_path(&self.dir);
-        match write_snapshot(&self.dir, &snapshot) {
-            Ok(()) => {
-                self.last_heard = Some(now);
+        match state {
+            None => true,
+            Some(Ok(())) => {
+                self.heard_at = Some(write.at);
                 if self.unsaved.take().is_some() {
                     log::info!(
                         "the state file {} is written again: decisions are recorded",
@@ -314,7 +370,7 @@ impl Records {
                 }
                 true
             }
-            Err(err) => {
+            Some(Err(err)) => {
                 *self.errors.entry("state").or_default() += 1;
                 if self.unsaved.is_none() {
                     log::error!(
@@ -328,25 +384,71 @@ impl Records {
         }
     }
 
-    fn refresh_metrics(
-        &mut self,
+    /// A planned write that never came back (its task panicked): the state
+    /// counts as not saved, and is written again on the next tick.
+    pub fn write_lost(&mut self, reason: &str) {
+        *self.errors.entry("state").or_default() += 1;
+        self.unsaved = Some(reason.to_owned());
+    }
+
+    /// A few words for the systemd STATUS line while the state is not saved.
+    pub fn problem(&self) -> Option<&'static str> {
+        self.unsaved.as_ref().map(|_| "state not saved")
+    }
+
+    /// The state file's bytes for `snapshot`, taking it as the latest state.
+    fn prepare(&mut self, mut snapshot: Snapshot, now: OffsetDateTime) -> io::Result<Vec<u8>> {
+        if self.latest.as_ref() != Some(&snapshot.agent) {
+            self.latest = Some(snapshot.agent.clone());
+            self.changed_at = Some(now);
+        }
+        snapshot.updated_at = self.changed_at.unwrap_or(now);
+        snapshot.heartbeat = Heartbeat {
+            last_heard: Some(now),
+            heartbeat_seconds: Some(self.heartbeat.as_secs()),
+        };
+        snapshot_bytes(&snapshot)
+    }
+
+    fn plan_metrics(
+        &self,
         errors: &BTreeMap<&'static str, u64>,
-        now: OffsetDateTime,
+        at: Instant,
         changed: bool,
-    ) {
-        let Some(metrics) = self.metrics.as_mut() else {
-            return;
-        };
-        let Some(state) = self.latest.as_ref() else {
-            return;
-        };
+    ) -> Option<MetricsWrite> {
+        let metrics = self.metrics.as_ref()?;
+        let state = self.latest.as_ref()?;
         let mut all = errors.clone();
         for (source, n) in &self.errors {
             *all.entry(source).or_default() += n;
         }
-        if !metrics.refresh(state, &all, now, changed) {
-            *self.errors.entry("metrics").or_default() += 1;
-        }
+        metrics.plan(state, &all, at, changed)
+    }
+
+    /// Plans, writes and settles a save at once (blocking).
+    #[cfg(test)]
+    fn save(
+        &mut self,
+        snapshot: Snapshot,
+        errors: &BTreeMap<&'static str, u64>,
+        now: OffsetDateTime,
+        at: Instant,
+    ) -> bool {
+        let write = self.plan_save(snapshot, errors, now, at);
+        self.settle(write.perform())
+    }
+
+    /// Plans, writes and settles a tick at once (blocking).
+    #[cfg(test)]
+    fn tick(
+        &mut self,
+        snapshot: Snapshot,
+        errors: &BTreeMap<&'static str, u64>,
+        now: OffsetDateTime,
+        at: Instant,
+    ) {
+        let write = self.plan_tick(snapshot, errors, now, at);
+        self.settle(write.perform());
     }
 }
 
@@ -377,18 +479,51 @@ mod tests {
         read_snapshot(dir).unwrap().unwrap()
     }
 
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn the_heartbeat_follows_the_monotonic_clock_through_wall_clock_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut records, _) = Records::open(dir.path(), "i-1", None).unwrap();
+        let none = BTreeMap::new();
+        let t0 = Instant::now();
+        assert!(records.save(snapshot(Phase::Watching), &none, T0, t0));
+        let heard = || read(dir.path()).heartbeat.last_heard;
+
+        // The wall clock steps a day forward, 1 s later: no beat before its time.
+        let day = time::Duration::days(1);
+        records.tick(snapshot(Phase::Watching), &none, T0 + day, t0 + secs(1));
+        assert_eq!(heard(), Some(T0), "a forward step is not a heartbeat");
+
+        // Then a day back (to before the last beat): it still beats on time.
+        let back = T0 - time::Duration::seconds(10);
+        records.tick(snapshot(Phase::Watching), &none, back, t0 + secs(59));
+        assert_eq!(heard(), Some(T0), "not due yet");
+        records.tick(snapshot(Phase::Watching), &none, back, t0 + secs(60));
+        assert_eq!(
+            heard(),
+            Some(back),
+            "a backward step does not stop the heartbeat"
+        );
+        records.tick(snapshot(Phase::Watching), &none, back + day, t0 + secs(61));
+        assert_eq!(heard(), Some(back), "nor makes it beat on every poll");
+    }
+
     #[test]
     fn a_heartbeat_moves_last_heard_but_not_the_last_change() {
         let dir = tempfile::tempdir().unwrap();
         let (mut records, state) = Records::open(dir.path(), "i-1", None).unwrap();
         assert_eq!(state, AgentState::default());
         let none = BTreeMap::new();
-        assert!(records.save(snapshot(Phase::Watching), &none, T0));
+        let t0 = Instant::now();
+        assert!(records.save(snapshot(Phase::Watching), &none, T0, t0));
         let later = T0 + time::Duration::seconds(30);
-        records.tick(snapshot(Phase::Watching), &none, later);
+        records.tick(snapshot(Phase::Watching), &none, later, t0 + secs(30));
         assert_eq!(read(dir.path()).heartbeat.last_heard, Some(T0), "not due");
         let due = T0 + time::Duration::seconds(60);
-        records.tick(snapshot(Phase::Watching), &none, due);
+        records.tick(snapshot(Phase::Watching), &none, due, t0 + secs(60));
         let on_disk = read(dir.path());
         assert_eq!(on_disk.heartbeat.last_heard, Some(due));
         assert_eq!(on_disk.heartbeat.heartbeat_seconds, Some(60));
@@ -398,9 +533,9 @@ mod tests {
         let (mut again, state) = Records::open(dir.path(), "i-1", None).unwrap();
         assert_eq!(state.phase, Phase::Watching);
         let next = due + time::Duration::seconds(1);
-        again.tick(snapshot(Phase::Watching), &none, next);
+        again.tick(snapshot(Phase::Watching), &none, next, t0 + secs(61));
         assert_eq!(read(dir.path()).updated_at, T0);
-        again.tick(snapshot(Phase::Draining), &none, next);
+        again.tick(snapshot(Phase::Draining), &none, next, t0 + secs(61));
         assert_eq!(read(dir.path()).updated_at, next);
     }
 
@@ -439,16 +574,17 @@ mod tests {
             heartbeat: HEARTBEAT_INTERVAL,
             latest: None,
             changed_at: None,
-            last_heard: None,
+            heard_at: None,
             unsaved: None,
             errors: BTreeMap::new(),
             metrics: None,
         };
         let none = BTreeMap::new();
-        assert!(!records.save(snapshot(Phase::Draining), &none, T0));
+        let t0 = Instant::now();
+        assert!(!records.save(snapshot(Phase::Draining), &none, T0, t0));
         assert_eq!(records.problem(), Some("state not saved"));
         std::fs::remove_file(&blocked).unwrap();
-        records.tick(snapshot(Phase::Draining), &none, T0);
+        records.tick(snapshot(Phase::Draining), &none, T0, t0);
         assert_eq!(records.problem(), None);
         let on_disk = read(&blocked.join("sub"));
         assert_eq!(on_disk.agent.phase, Phase::Draining);

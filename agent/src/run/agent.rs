@@ -59,7 +59,9 @@ impl Books {
     /// Writes the state file (and metrics); false when the state could not
     /// be saved.
     pub async fn persist(&mut self, now: OffsetDateTime) -> bool {
-        self.store.save(&self.state, self.reporter.errors(), now)
+        self.store
+            .save(&self.state, self.reporter.errors(), now)
+            .await
     }
 
     /// A decision, logged with the journald fields of the current state.
@@ -210,10 +212,13 @@ impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
 
     /// After each tick: the heartbeat, a save that failed before, the
     /// metrics; returns the systemd STATUS line.
-    pub fn record_tick(&mut self) -> String {
+    pub async fn record_tick(&mut self) -> String {
         let now = whole_seconds(self.clock.utc());
         let books = &mut self.books;
-        books.store.tick(&books.state, books.reporter.errors(), now);
+        books
+            .store
+            .tick(&books.state, books.reporter.errors(), now)
+            .await;
         self.status_line(now)
     }
 

@@ -1,6 +1,7 @@
 //! Writes the deadline files a job reads (`deadline.json`, `deadline`) when
 //! what they say changes. A failure is logged once and retried every tick;
-//! it never stops the agent.
+//! it never stops the agent. The store plans the writes on the async
+//! runtime and does them off it ([`DeadlineWrite::perform`] fsyncs).
 
 use std::fs::{self, DirBuilder, Permissions};
 use std::io;
@@ -18,6 +19,8 @@ pub const DEFAULT_DEADLINE_DIR: &str = "/run/blockwatch";
 /// Readable by every user, and so by any job that mounts the directory.
 const FILE_MODE: u32 = 0o644;
 const DIR_MODE: u32 = 0o755;
+const JSON_FILE: &str = "deadline.json";
+const PLAIN_FILE: &str = "deadline";
 
 #[derive(Debug)]
 pub struct DeadlineFiles {
@@ -39,22 +42,35 @@ impl DeadlineFiles {
         }
     }
 
-    pub fn json_path(&self) -> PathBuf {
-        self.dir.join("deadline.json")
+    #[cfg(test)]
+    fn json_path(&self) -> PathBuf {
+        self.dir.join(JSON_FILE)
     }
 
-    pub fn plain_path(&self) -> PathBuf {
-        self.dir.join("deadline")
+    #[cfg(test)]
+    fn plain_path(&self) -> PathBuf {
+        self.dir.join(PLAIN_FILE)
     }
 
-    /// Writes the files when their content (other than `updated_at`) differs
-    /// from what was last written, or when the last write failed.
-    pub fn follow(&mut self, state: &AgentState, now: OffsetDateTime) {
+    /// The files to write when their content (other than `updated_at`)
+    /// differs from what was last written, or when the last write failed.
+    pub fn plan(&self, state: &AgentState, now: OffsetDateTime) -> Option<DeadlineWrite> {
         let view = DeadlineView::of(&self.instance_id, state);
         if self.written.as_ref() == Some(&view) {
-            return;
+            return None;
         }
-        match self.write(&view, now) {
+        Some(DeadlineWrite {
+            dir: self.dir.clone(),
+            json: view.json(now),
+            plain: view.plain(),
+            view,
+        })
+    }
+
+    /// Takes in how a planned write went: a failure is logged once and
+    /// retried at the next plan.
+    pub fn settle(&mut self, done: DeadlineWrite, result: io::Result<()>) {
+        match result {
             Ok(()) => {
                 if self.failing.take().is_some() {
                     log::info!(
@@ -62,7 +78,7 @@ impl DeadlineFiles {
                         self.dir.display()
                     );
                 }
-                self.written = Some(view);
+                self.written = Some(done.view);
             }
             Err(err) => {
                 if self.failing.is_none() {
@@ -76,24 +92,65 @@ impl DeadlineFiles {
         }
     }
 
-    fn write(&self, view: &DeadlineView, now: OffsetDateTime) -> io::Result<()> {
-        make_dir(&self.dir)?;
-        // The JSON first: a reader that sees the plain file changed finds
-        // the JSON already saying so.
-        atomic_file::replace(&self.json_path(), &view.json(now), FILE_MODE)?;
-        atomic_file::replace(&self.plain_path(), &view.plain(), FILE_MODE)
+    /// Plans, writes and settles at once (blocking).
+    #[cfg(test)]
+    fn follow(&mut self, state: &AgentState, now: OffsetDateTime) {
+        if let Some(due) = self.plan(state, now) {
+            let result = due.perform();
+            self.settle(due, result);
+        }
     }
 }
 
-/// Creates `dir` (and its parents) 0755, and adds the read and search bits
-/// a 0755 directory has when the umask (or an operator) left them out, so
-/// jobs reach the files. Never narrows a mode (a sticky 1777 stays so).
+/// Deadline files that are due, to be written off the async runtime.
+#[derive(Debug)]
+pub struct DeadlineWrite {
+    dir: PathBuf,
+    json: Vec<u8>,
+    plain: Vec<u8>,
+    view: DeadlineView,
+}
+
+impl DeadlineWrite {
+    /// Writes both files (with their fsyncs): blocking.
+    pub fn perform(&self) -> io::Result<()> {
+        make_dir(&self.dir)?;
+        // The JSON first: a reader that sees the plain file changed finds
+        // the JSON already saying so.
+        atomic_file::replace(&self.dir.join(JSON_FILE), &self.json, FILE_MODE)?;
+        atomic_file::replace(&self.dir.join(PLAIN_FILE), &self.plain, FILE_MODE)
+    }
+}
+
+/// Creates `dir` (and its parents) 0755, and gives an existing one the read
+/// and search bits a 0755 directory has when the umask (or an operator) left
+/// them out, so jobs reach the files. A directory others may write to (group
+/// or world, sticky or not) is set to 0755, since anyone who can write there
+/// can replace the files jobs trust; if it cannot be, the files are not
+/// written.
 fn make_dir(dir: &Path) -> io::Result<()> {
     DirBuilder::new()
         .recursive(true)
         .mode(DIR_MODE)
         .create(dir)?;
     let mode = fs::metadata(dir)?.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return fs::set_permissions(dir, Permissions::from_mode(DIR_MODE))
+            .map(|()| {
+                log::warn!(
+                    "the deadline directory {} was writable by others (mode {mode:04o}), who could replace the files jobs read; set it to {DIR_MODE:04o}",
+                    dir.display()
+                );
+            })
+            .map_err(|err| {
+                io::Error::new(
+                    err.kind(),
+                    format!(
+                        "it is writable by others (mode {mode:04o}) and cannot be set to {DIR_MODE:04o} ({err}); not writing files there that others could replace"
+                    ),
+                )
+            });
+    }
     if mode & DIR_MODE != DIR_MODE {
         fs::set_permissions(dir, Permissions::from_mode(mode | DIR_MODE))?;
     }
@@ -132,6 +189,24 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(dir_mode & 0o777, 0o755);
+        Ok(())
+    }
+
+    #[test]
+    fn a_directory_others_may_write_is_set_to_0755() -> io::Result<()> {
+        let state = AgentState::default();
+        for mode in [0o777, 0o1777, 0o775, 0o757] {
+            let root = tempfile::tempdir()?;
+            let dir = root.path().join("blockwatch");
+            fs::create_dir(&dir)?;
+            fs::set_permissions(&dir, Permissions::from_mode(mode))?;
+            let mut files = DeadlineFiles::new(dir.clone(), "i-1");
+            files.follow(&state, datetime!(2026-11-30 12:00:00 UTC));
+            assert!(files.failing.is_none(), "{:?}", files.failing);
+            let now = fs::metadata(&dir)?.permissions().mode() & 0o7777;
+            assert_eq!(now, 0o755, "from {mode:04o}");
+            assert!(files.json_path().exists());
+        }
         Ok(())
     }
 }

@@ -197,7 +197,7 @@ pub async fn run(request: &RunRequest, imds: Imds) -> Result<(), AgentError> {
         // Outside `serve`: the power-off makes systemd send SIGTERM, which
         // must not drop the command's outcome before it is recorded.
         agent.run_power_off().await;
-        let status = agent.record_tick();
+        let status = agent.record_tick().await;
         service.notifier.tick(&status);
     }
     shut_down(&mut service, &mut agent.books.reporter.deliveries, request).await;

@@ -340,11 +340,8 @@ async fn a_power_off_that_cannot_be_recorded_still_runs_and_keeps_its_retries_in
     h.step_after(secs(1)).await;
     h.agent.run_power_off().await;
     assert_eq!(runs(), 2, "retried");
-    assert!(
-        h.agent.record_tick().contains("state not saved"),
-        "{}",
-        h.agent.record_tick()
-    );
+    let line = h.agent.record_tick().await;
+    assert!(line.contains("state not saved"), "{line}");
 }
 
 #[tokio::test]
@@ -471,15 +468,24 @@ async fn an_ecs_agent_that_stops_answering_shows_in_the_status_line_checked_ever
     assert!(h
         .agent
         .record_tick()
+        .await
         .ends_with(" · ECS agent not answering"));
 
     h.ecs.state().agent_answers = true;
     h.clock.advance(secs(29));
     h.agent.check_ecs_agent().await;
-    assert!(h.agent.record_tick().contains("ECS agent not answering"));
+    assert!(h
+        .agent
+        .record_tick()
+        .await
+        .contains("ECS agent not answering"));
     h.clock.advance(secs(1));
     h.agent.check_ecs_agent().await;
-    assert!(!h.agent.record_tick().contains("ECS agent not answering"));
+    assert!(!h
+        .agent
+        .record_tick()
+        .await
+        .contains("ECS agent not answering"));
 }
 
 #[tokio::test]
