@@ -11,8 +11,8 @@ use std::time::Duration;
 use blockwatch_testkit::imds::{rfc3339, ScheduledEvent, SpotInstanceAction};
 use blockwatch_testkit::stub::StubServer;
 use common::{
-    assert_on_time, ec2_stub, now, parse_time, phase, receiver_refusing_first, registered_in_jobs,
-    Agent, Instance, DRAINS, LATE, LEAD, PATIENCE, POLL, STARTUP,
+    assert_on_time, ec2_stub, nothing_runs, now, parse_time, phase, receiver_refusing_first,
+    registered_in_jobs, Agent, Instance, DRAINS, LATE, LEAD, PATIENCE, POLL, STARTUP,
 };
 
 #[tokio::test]
@@ -353,7 +353,7 @@ async fn kill_9_mid_drain_resumes_without_a_second_drain() {
         .unwrap();
     let done = f
         .instance
-        .wait_for(&restarted, PATIENCE, "drained", |s| phase(s) == "drained");
+        .wait_for(&restarted, PATIENCE, "drained", nothing_runs);
     assert_eq!(done["drains_completed"], 1);
     let deadline = std::time::Instant::now() + PATIENCE;
     while !powered_off.exists() {
@@ -453,7 +453,7 @@ async fn webhook_gets_both_events_even_when_its_first_attempts_fail() {
     let agent = f.start();
 
     f.instance
-        .wait_for(&agent, PATIENCE, "drained", |s| phase(s) == "drained");
+        .wait_for(&agent, PATIENCE, "drained", nothing_runs);
     let deadline = std::time::Instant::now() + PATIENCE;
     let events = loop {
         // Requests 0 and 1 were answered 503; only later ones were accepted.
@@ -535,7 +535,7 @@ async fn stop_grace_stops_remaining_tasks_with_a_blockwatch_reason() {
 
     let drained = f
         .instance
-        .wait_for(&agent, PATIENCE, "drained", |s| phase(s) == "drained");
+        .wait_for(&agent, PATIENCE, "drained", nothing_runs);
 
     let stopped_at = parse_time(drained["drain"]["tasks_stopped_at"].as_str().unwrap());
     assert!(
@@ -562,7 +562,10 @@ async fn metrics_file_follows_the_phase() {
     let path = metrics.path().join("blockwatch.prom");
     let f = registered_in_jobs(
         &[],
-        &format!("metrics_file = {:?}\n", path.to_str().unwrap()),
+        &format!(
+            "metrics_file = {:?}\non_lease_end = \"none\"\n",
+            path.to_str().unwrap()
+        ),
     )
     .await;
     let end = f.lease_ends_in(STARTUP + LEAD);
@@ -582,7 +585,7 @@ async fn metrics_file_follows_the_phase() {
     );
 
     f.instance
-        .wait_for(&agent, PATIENCE, "drained", |s| phase(s) == "drained");
+        .wait_for(&agent, PATIENCE, "drained", nothing_runs);
     let drained = metrics_once(&path, &agent, "blockwatch_phase{phase=\"drained\"} 1");
     assert!(
         drained.contains("blockwatch_drains_started_total 1"),

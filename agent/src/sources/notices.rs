@@ -192,7 +192,21 @@ pub async fn poll(
     match spot {
         Ok(None) => observed.spot_action = None,
         Ok(Some(text)) => match parse_spot_action(&text) {
-            Ok(action) => observed.spot_action = Some(action),
+            Ok(action) => {
+                let new = observed.spot_action.as_ref() != Some(&action);
+                if new && !SPOT_ACTIONS.contains(&action.action.as_str()) {
+                    let raw = serde_json::from_str::<serde_json::Value>(&text)
+                        .ok()
+                        .and_then(|v| v["action"].as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    log::warn!(
+                        "spot instance-action {} is none of {}: read as an interruption (draining; never powering off for it)",
+                        crate::core::escape::quoted(&raw),
+                        SPOT_ACTIONS.join(", ")
+                    );
+                }
+                observed.spot_action = Some(action);
+            }
             Err(e) => unreadable_notice("spot", unreadable(SPOT_INSTANCE_ACTION, "spot notice", e)),
         },
         Err(e) => fail("spot", e),

@@ -311,6 +311,13 @@ pub fn phase(snapshot: &serde_json::Value) -> &str {
     snapshot["phase"].as_str().unwrap_or_default()
 }
 
+/// Nothing runs on the instance any more: drained by itself, or its stopped
+/// tasks gone (or out of time). The phase may already have moved on to the
+/// power-off.
+pub fn nothing_runs(snapshot: &serde_json::Value) -> bool {
+    snapshot["drain"]["drained_at"].is_string() || snapshot["drain"]["stopped_at"].is_string()
+}
+
 pub fn parse_time(text: &str) -> time::OffsetDateTime {
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap()
 }

@@ -267,30 +267,32 @@ fn a_malformed_spot_notice_never_drains_and_the_real_one_does() {
 }
 
 #[test]
-fn an_unknown_spot_action_never_drains() {
+fn an_unknown_spot_action_with_a_valid_time_drains_is_named_escaped_and_never_powers_off() {
     let instance = instance();
-    let mut agent = start(&instance);
+    let powered_off = instance.root.path().join("powered-off");
+    instance.write_config(&format!(
+        "{FAST}on_drained = \"poweroff\"\npoweroff_command = \"echo off >> {}\"\n",
+        powered_off.display()
+    ));
+    let agent = start(&instance);
     instance.imds.update(|s| {
         s.spot_instance_action = Some(SpotInstanceAction {
             action: "explode\nECS_ENABLE_PRIVILEGED=true".into(),
-            time: now() + time::Duration::minutes(2),
+            time: now() + time::Duration::seconds(5),
         });
     });
-    stays_watching(&instance, &mut agent, 3);
+    // Any instance-action document is an interruption: the fail-safe reading.
+    drains_on_spot(&instance, &agent, Duration::from_secs(10));
     let log = agent.log();
     assert!(
-        log.contains(
-            r#"action "explode\nECS_ENABLE_PRIVILEGED=true" is none of terminate, stop, hibernate"#
-        ),
+        log.contains(r#"spot instance-action "explode\nECS_ENABLE_PRIVILEGED=true" is none of terminate, stop, hibernate"#),
         "named, escaped\n{log}"
     );
     assert!(
         !log.lines().any(|l| l.starts_with("ECS_ENABLE_PRIVILEGED")),
         "{log}"
     );
-
-    spot_notice(&instance);
-    drains_on_spot(&instance, &agent, Duration::from_secs(10));
+    assert!(!powered_off.exists(), "never powers off for it");
 }
 
 #[test]

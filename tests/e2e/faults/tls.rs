@@ -11,7 +11,7 @@ use blockwatch_testkit::imds::{rfc3339, ImdsSimulator, InstanceState};
 use blockwatch_testkit::moto::{MotoServer, REGION};
 use blockwatch_testkit::tls::{HttpsReceiver, TestCa};
 
-use crate::common::{now, phase, Agent, Instance, Run, FAST, PATIENCE};
+use crate::common::{nothing_runs, now, phase, Agent, Instance, Run, FAST, PATIENCE};
 use crate::shared::assert_one_error;
 
 const CE_TAG: &str = "blockwatch:compute-environment";
@@ -172,7 +172,7 @@ async fn run_drains_over_https_and_delivers_the_webhook_over_https() {
 
     let agent = run_trusting(&instance, &ca.ca_file());
 
-    instance.wait_for(&agent, PATIENCE, "drained", |s| phase(s) == "drained");
+    instance.wait_for(&agent, PATIENCE, "drained", nothing_runs);
     assert_eq!(
         instance
             .moto()
