@@ -94,7 +94,7 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
         let cluster = &self.node.cluster;
         let counted = bounded(
             "ecs:ListTasks",
-            self.service.running_tasks(cluster, &container_instance),
+            running_tasks(&self.service, cluster, &container_instance),
         )
         .await;
         match counted {
@@ -183,16 +183,18 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
         let reason = stop_reason(cause, &books.state, &self.node, now);
         let result = match bounded(
             "ecs:ListTasks",
-            self.service.running_tasks(cluster, &container_instance),
+            running_tasks(&self.service, cluster, &container_instance),
         )
         .await
         {
-            Ok(tasks) => bounded(
-                "ecs:StopTask",
-                self.service.stop_tasks(cluster, &tasks, &reason),
-            )
-            .await
-            .map(|()| tasks.len()),
+            Ok(tasks) => bounded("ecs:StopTask", async {
+                let report = self.service.stop_tasks(cluster, &tasks, &reason).await;
+                match report.failed.into_iter().next() {
+                    Some((_, err)) => Err(err),
+                    None => Ok(report.stopped.len()),
+                }
+            })
+            .await,
             Err(err) => Err(err),
         };
         let stopped = match result {
@@ -358,4 +360,20 @@ fn stop_reason(cause: StopCause, state: &AgentState, node: &Node, now: OffsetDat
         "{STOP_REASON_PREFIX} instance {} ends{ends}",
         node.instance_id
     )
+}
+
+/// The tasks not yet told to stop (until the lead's executor uses [`HostTask`]s).
+///
+/// [`HostTask`]: crate::actions::ecs::HostTask
+async fn running_tasks<S: ContainerService>(
+    service: &S,
+    cluster: &str,
+    container_instance: &str,
+) -> Result<Vec<String>, SourceError> {
+    let tasks = service.tasks(cluster, container_instance).await?;
+    Ok(tasks
+        .into_iter()
+        .filter(|t| !t.stop_requested)
+        .map(|t| t.arn)
+        .collect())
 }

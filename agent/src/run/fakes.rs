@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
 use super::Clock;
-use crate::actions::ecs::ContainerService;
+use crate::actions::ecs::{ContainerService, HostTask, StopReport};
 use crate::sources::{AwsFailure, SourceError};
 
 /// A clock that stands still until the test moves it; its random numbers
@@ -202,31 +202,40 @@ impl ContainerService for FakeEcs {
         })
     }
 
-    async fn running_tasks(
+    async fn tasks(
         &self,
         _cluster: &str,
         container_instance: &str,
-    ) -> Result<Vec<String>, SourceError> {
+    ) -> Result<Vec<HostTask>, SourceError> {
         let arn = container_instance.to_owned();
         self.answer(LIST_TASKS, Call::ListTasks { arn }, |ecs| {
-            Ok(ecs.tasks.clone())
+            let tasks = ecs.tasks.iter().map(|arn| HostTask {
+                arn: arn.clone(),
+                stop_requested: false,
+            });
+            Ok(tasks.collect())
         })
     }
 
-    async fn stop_tasks(
-        &self,
-        _cluster: &str,
-        tasks: &[String],
-        reason: &str,
-    ) -> Result<(), SourceError> {
+    async fn stop_tasks(&self, _cluster: &str, tasks: &[String], reason: &str) -> StopReport {
         let call = Call::StopTasks {
             tasks: tasks.to_vec(),
             reason: reason.to_owned(),
         };
-        self.answer(STOP_TASKS, call, |ecs| {
+        let answered = self.answer(STOP_TASKS, call, |ecs| {
             ecs.tasks.retain(|t| !tasks.contains(t));
             Ok(())
-        })
+        });
+        match answered {
+            Ok(()) => StopReport {
+                stopped: tasks.to_vec(),
+                failed: Vec::new(),
+            },
+            Err(err) => StopReport {
+                stopped: Vec::new(),
+                failed: vec![(tasks.first().cloned().unwrap_or_default(), err)],
+            },
+        }
     }
 
     async fn agent_answers(&self) -> bool {
