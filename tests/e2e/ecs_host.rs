@@ -67,7 +67,7 @@ fn arns(tasks: &[HostTask]) -> Vec<&str> {
     arns
 }
 
-fn sorted<'a>(mut arns: Vec<&'a str>) -> Vec<&'a str> {
+fn sorted(mut arns: Vec<&str>) -> Vec<&str> {
     arns.sort_unstable();
     arns
 }
@@ -75,8 +75,16 @@ fn sorted<'a>(mut arns: Vec<&'a str>) -> Vec<&'a str> {
 #[tokio::test]
 async fn a_stopped_task_counts_until_its_stop_timeout_ends_on_the_host() {
     let r = registered().await;
-    let job = r.moto.start_task(CLUSTER, &r.container_instance).await.unwrap();
-    let other = r.moto.start_task(CLUSTER, &r.container_instance).await.unwrap();
+    let job = r
+        .moto
+        .start_task(CLUSTER, &r.container_instance)
+        .await
+        .unwrap();
+    let other = r
+        .moto
+        .start_task(CLUSTER, &r.container_instance)
+        .await
+        .unwrap();
     let stop_timeout = Duration::from_secs(8);
     let stand_in = IntrospectionStandIn::start(&r.moto, CLUSTER, &r.container_instance)
         .unwrap()
@@ -128,8 +136,16 @@ async fn a_stopped_task_counts_until_its_stop_timeout_ends_on_the_host() {
 #[tokio::test]
 async fn without_introspection_tasks_come_from_list_tasks_and_describe_tasks() {
     let r = registered().await;
-    let job = r.moto.start_task(CLUSTER, &r.container_instance).await.unwrap();
-    let other = r.moto.start_task(CLUSTER, &r.container_instance).await.unwrap();
+    let job = r
+        .moto
+        .start_task(CLUSTER, &r.container_instance)
+        .await
+        .unwrap();
+    let other = r
+        .moto
+        .start_task(CLUSTER, &r.container_instance)
+        .await
+        .unwrap();
     let ecs = ecs_at(&r.moto.endpoint(), CLOSED_INTROSPECTION).await;
 
     let before = ecs.tasks(CLUSTER, &r.container_instance).await.unwrap();
@@ -147,7 +163,10 @@ async fn without_introspection_tasks_come_from_list_tasks_and_describe_tasks() {
             stop_requested: false
         }]
     );
-    assert!(r.moto.ecs_calls("ListTasks") >= 4, "both desired statuses, twice");
+    assert!(
+        r.moto.ecs_calls("ListTasks") >= 4,
+        "both desired statuses, twice"
+    );
     assert!(r.moto.ecs_calls("DescribeTasks") >= 1);
 }
 
@@ -156,7 +175,11 @@ async fn without_introspection_tasks_come_from_list_tasks_and_describe_tasks() {
 #[tokio::test]
 async fn without_introspection_a_task_ecs_still_reports_running_is_kept_as_stop_requested() {
     let r = registered().await;
-    let job = r.moto.start_task(CLUSTER, &r.container_instance).await.unwrap();
+    let job = r
+        .moto
+        .start_task(CLUSTER, &r.container_instance)
+        .await
+        .unwrap();
     r.moto.stop_task(CLUSTER, &job).await.unwrap();
     let proxy = AwsProxy::start(r.moto.addr()).unwrap();
     let in_stop_timeout = serde_json::json!({
@@ -173,10 +196,7 @@ async fn without_introspection_a_task_ecs_still_reports_running_is_kept_as_stop_
         "DescribeTasks",
         Fault::Respond {
             status: 200,
-            headers: vec![(
-                "Content-Type".into(),
-                "application/x-amz-json-1.1".into(),
-            )],
+            headers: vec![("Content-Type".into(), "application/x-amz-json-1.1".into())],
             body: in_stop_timeout.to_string(),
         },
         None,
@@ -198,7 +218,9 @@ async fn without_introspection_a_task_ecs_still_reports_running_is_kept_as_stop_
 /// `/v1/tasks` of `size` bytes or more: a phantom task running, then
 /// stopped tasks as filler.
 fn tasks_answer(phantom: &str, size: usize) -> String {
-    let mut tasks = vec![serde_json::json!({"Arn": phantom, "DesiredStatus": "RUNNING", "KnownStatus": "RUNNING", "Containers": []})];
+    let mut tasks = vec![
+        serde_json::json!({"Arn": phantom, "DesiredStatus": "RUNNING", "KnownStatus": "RUNNING", "Containers": []}),
+    ];
     let mut n = 0;
     while serde_json::json!({ "Tasks": tasks }).to_string().len() < size {
         n += 1;
@@ -215,10 +237,16 @@ fn tasks_answer(phantom: &str, size: usize) -> String {
 #[tokio::test]
 async fn an_introspection_answer_over_64_kib_is_refused_and_the_api_is_used() {
     let r = registered().await;
-    let job = r.moto.start_task(CLUSTER, &r.container_instance).await.unwrap();
+    let job = r
+        .moto
+        .start_task(CLUSTER, &r.container_instance)
+        .await
+        .unwrap();
     let phantom = "arn:aws:ecs:eu-west-1:123456789012:task/jobs/phantom";
     let serve = |size: usize| {
-        let metadata = serde_json::json!({"Cluster": CLUSTER, "ContainerInstanceArn": r.container_instance}).to_string();
+        let metadata =
+            serde_json::json!({"Cluster": CLUSTER, "ContainerInstanceArn": r.container_instance})
+                .to_string();
         let tasks = tasks_answer(phantom, size);
         StubServer::start(move |_, request| match request.path.as_str() {
             "/v1/tasks" => (200, tasks.clone()),
@@ -310,7 +338,10 @@ async fn an_oversized_metadata_answer_is_refused_and_the_instance_is_looked_up_b
 
     assert_eq!(found.as_deref(), Some(r.container_instance.as_str()));
     assert_eq!(r.moto.ecs_calls("ListContainerInstances"), 1);
-    assert!(!ecs.agent_answers().await, "an oversized answer is not the ECS agent");
+    assert!(
+        !ecs.agent_answers().await,
+        "an oversized answer is not the ECS agent"
+    );
 }
 
 #[tokio::test]
@@ -332,7 +363,10 @@ async fn the_introspection_arn_is_confirmed_once_and_another_instances_is_refuse
     let ecs = ecs_at(&r.moto.endpoint(), &ours.url("/v1/metadata")).await;
     for _ in 0..3 {
         let found = ecs.find_container_instance(CLUSTER, &r.instance_id).await;
-        assert_eq!(found.unwrap().as_deref(), Some(r.container_instance.as_str()));
+        assert_eq!(
+            found.unwrap().as_deref(),
+            Some(r.container_instance.as_str())
+        );
     }
     assert_eq!(r.moto.ecs_calls("DescribeContainerInstances"), 1);
     assert_eq!(r.moto.ecs_calls("ListContainerInstances"), 0);
@@ -342,7 +376,10 @@ async fn the_introspection_arn_is_confirmed_once_and_another_instances_is_refuse
     let ecs = ecs_at(&r.moto.endpoint(), &wrong.url("/v1/metadata")).await;
     for _ in 0..2 {
         let found = ecs.find_container_instance(CLUSTER, &r.instance_id).await;
-        assert_eq!(found.unwrap().as_deref(), Some(r.container_instance.as_str()));
+        assert_eq!(
+            found.unwrap().as_deref(),
+            Some(r.container_instance.as_str())
+        );
     }
     assert_eq!(r.moto.ecs_calls("ListContainerInstances"), 2);
     // 1 before, 1 to refuse theirs, 1 per lookup by instance id.
@@ -365,7 +402,12 @@ async fn stop_tasks_goes_on_after_a_throttled_stop_task() {
     let r = registered().await;
     let mut tasks = Vec::new();
     for _ in 0..3 {
-        tasks.push(r.moto.start_task(CLUSTER, &r.container_instance).await.unwrap());
+        tasks.push(
+            r.moto
+                .start_task(CLUSTER, &r.container_instance)
+                .await
+                .unwrap(),
+        );
     }
     let proxy = AwsProxy::start(r.moto.addr()).unwrap();
     proxy.inject("StopTask", Fault::throttling_json(), Some(1));

@@ -355,12 +355,18 @@ mod tests {
         model.exits_after_sigterm(T, Duration::from_secs(4));
         model.refresh(&[], &[T.to_owned()], start);
         let early = start + Duration::from_secs(4);
-        assert_eq!(model.status(T, early - Duration::from_millis(1)).unwrap().1, "RUNNING");
+        assert_eq!(
+            model.status(T, early - Duration::from_millis(1)).unwrap().1,
+            "RUNNING"
+        );
         assert_eq!(model.status(T, early).unwrap().1, "STOPPED");
 
         // An exit later than the timeout: SIGKILL at the timeout.
         model.exits_after_sigterm(T, Duration::from_secs(300));
-        assert_eq!(model.status(T, start + Duration::from_secs(30)).unwrap().1, "STOPPED");
+        assert_eq!(
+            model.status(T, start + Duration::from_secs(30)).unwrap().1,
+            "STOPPED"
+        );
     }
 
     /// Through moto and HTTP: the early-exit task is stopped first, so when
@@ -370,7 +376,10 @@ mod tests {
         let moto = MotoServer::start().await.unwrap();
         moto.create_cluster("jobs").await.unwrap();
         let instance = moto.launch_instance(&[]).await.unwrap();
-        let ci = moto.register_container_instance("jobs", &instance).await.unwrap();
+        let ci = moto
+            .register_container_instance("jobs", &instance)
+            .await
+            .unwrap();
         let early = moto.start_task("jobs", &ci).await.unwrap();
         let full = moto.start_task("jobs", &ci).await.unwrap();
         let timeout = Duration::from_secs(10);
@@ -379,20 +388,35 @@ mod tests {
             .with_stop_timeout(timeout);
         stand_in.exits_after_sigterm(&early, Duration::from_secs(1));
         let get = |path: &str| {
-            let addr = stand_in.server.url("").trim_start_matches("http://").parse().unwrap();
+            let addr = stand_in
+                .server
+                .url("")
+                .trim_start_matches("http://")
+                .parse()
+                .unwrap();
             let answer = crate::http::request(addr, "GET", path, &[], "").unwrap();
             assert_eq!(answer.status, 200, "{path}: {}", answer.body);
             serde_json::from_str::<serde_json::Value>(&answer.body).unwrap()
         };
         let known = |tasks: &serde_json::Value, arn: &str| {
-            let task = tasks["Tasks"].as_array().unwrap().iter().find(|t| t["Arn"] == arn);
-            (task.unwrap()["DesiredStatus"].clone(), task.unwrap()["KnownStatus"].clone())
+            let task = tasks["Tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["Arn"] == arn);
+            (
+                task.unwrap()["DesiredStatus"].clone(),
+                task.unwrap()["KnownStatus"].clone(),
+            )
         };
 
         let metadata = get("/v1/metadata");
         assert_eq!(metadata["Cluster"], "jobs");
         assert_eq!(metadata["ContainerInstanceArn"], ci.as_str());
-        assert_eq!(known(&get("/v1/tasks"), &full), ("RUNNING".into(), "RUNNING".into()));
+        assert_eq!(
+            known(&get("/v1/tasks"), &full),
+            ("RUNNING".into(), "RUNNING".into())
+        );
 
         moto.stop_task("jobs", &early).await.unwrap();
         let full_stopped = Instant::now();
@@ -418,7 +442,11 @@ mod tests {
             assert!(full_stopped.elapsed() < timeout + Duration::from_secs(60));
             std::thread::sleep(Duration::from_millis(100));
         }
-        assert!(full_stopped.elapsed() >= timeout, "{:?}", full_stopped.elapsed());
+        assert!(
+            full_stopped.elapsed() >= timeout,
+            "{:?}",
+            full_stopped.elapsed()
+        );
         assert!(stand_in.task_requests() >= 3);
     }
 }

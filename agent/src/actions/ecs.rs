@@ -314,7 +314,9 @@ impl Ecs {
             return;
         }
         match &why {
-            Some(why) => log::warn!("{why}; seeing tasks through ecs:ListTasks and ecs:DescribeTasks"),
+            Some(why) => {
+                log::warn!("{why}; seeing tasks through ecs:ListTasks and ecs:DescribeTasks")
+            }
             None if last.is_some() => {
                 log::info!("seeing tasks through the ECS agent's introspection API again");
             }
@@ -335,7 +337,10 @@ impl ContainerService for Ecs {
             .metadata()
             .await
             .inspect_err(|e| {
-                if matches!(e, IntrospectionError::TooLarge { .. } | IntrospectionError::NotJson { .. }) {
+                if matches!(
+                    e,
+                    IntrospectionError::TooLarge { .. } | IntrospectionError::NotJson { .. }
+                ) {
                     log::warn!("{e}; looking the container instance up by instance id");
                 }
             })

@@ -187,14 +187,16 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
         )
         .await
         {
-            Ok(tasks) => bounded("ecs:StopTask", async {
-                let report = self.service.stop_tasks(cluster, &tasks, &reason).await;
-                match report.failed.into_iter().next() {
-                    Some((_, err)) => Err(err),
-                    None => Ok(report.stopped.len()),
-                }
-            })
-            .await,
+            Ok(tasks) => {
+                bounded("ecs:StopTask", async {
+                    let report = self.service.stop_tasks(cluster, &tasks, &reason).await;
+                    match report.failed.into_iter().next() {
+                        Some((_, err)) => Err(err),
+                        None => Ok(report.stopped.len()),
+                    }
+                })
+                .await
+            }
             Err(err) => Err(err),
         };
         let stopped = match result {
