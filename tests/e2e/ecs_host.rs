@@ -36,7 +36,10 @@ struct Registered {
 async fn registered() -> Registered {
     let moto = MotoServer::start().await.unwrap();
     moto.create_cluster(CLUSTER).await.unwrap();
-    let instance_id = moto.launch_instance(&[]).await.unwrap();
+    let instance_id = moto
+        .launch_instance(&[("Name", "ecs-host-test")])
+        .await
+        .unwrap();
     let container_instance = moto
         .register_container_instance(CLUSTER, &instance_id)
         .await
@@ -347,7 +350,11 @@ async fn an_oversized_metadata_answer_is_refused_and_the_instance_is_looked_up_b
 #[tokio::test]
 async fn the_introspection_arn_is_confirmed_once_and_another_instances_is_refused() {
     let r = registered().await;
-    let other_instance = r.moto.launch_instance(&[]).await.unwrap();
+    let other_instance = r
+        .moto
+        .launch_instance(&[("Name", "ecs-host-test")])
+        .await
+        .unwrap();
     let others = r
         .moto
         .register_container_instance(CLUSTER, &other_instance)

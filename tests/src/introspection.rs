@@ -375,7 +375,10 @@ mod tests {
     async fn against_moto_the_stop_timeout_is_honoured_and_an_early_exit_comes_first() {
         let moto = MotoServer::start().await.unwrap();
         moto.create_cluster("jobs").await.unwrap();
-        let instance = moto.launch_instance(&[]).await.unwrap();
+        let instance = moto
+            .launch_instance(&[("Name", "ecs-host-test")])
+            .await
+            .unwrap();
         let ci = moto
             .register_container_instance("jobs", &instance)
             .await
