@@ -280,9 +280,9 @@ async fn an_introspection_answer_over_64_kib_is_refused_and_the_api_is_used() {
     assert!(over.received().iter().any(|q| q.path == "/v1/tasks"));
 }
 
-/// A server that answers every request with 200 and `body` then closes,
-/// with no Content-Length: the size is known only by reading.
-fn unsized_server(body: &'static [u8], repeat: usize) -> String {
+/// A server that answers every request with 200 and `body` `repeat` times,
+/// then closes: no Content-Length, the size is known only by reading.
+fn unsized_server(body: Vec<u8>, repeat: usize) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -292,7 +292,7 @@ fn unsized_server(body: &'static [u8], repeat: usize) -> String {
             let _ = stream.read(&mut head);
             let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
             for _ in 0..repeat {
-                if stream.write_all(body).is_err() {
+                if stream.write_all(&body).is_err() {
                     break;
                 }
             }
@@ -301,26 +301,29 @@ fn unsized_server(body: &'static [u8], repeat: usize) -> String {
     format!("http://{addr}/v1/metadata")
 }
 
+fn too_large<T>(answer: &Result<T, IntrospectionError>, path: &str) -> bool {
+    matches!(answer, Err(IntrospectionError::TooLarge { url }) if url.ends_with(path))
+}
+
 #[tokio::test]
 async fn an_answer_without_a_length_is_read_only_up_to_the_cap() {
-    // 1 KiB a piece, 1 GiB in all: only a reader that stops at the cap
-    // finishes within the 1 s request timeout and says "too large".
-    let piece: &'static [u8] = Box::leak(vec![b' '; 1024].into_boxed_slice());
-    let url = unsized_server(piece, 1024 * 1024);
     let http = blockwatch::host::http::client().unwrap();
-    let introspection = Introspection::new(http, url);
 
+    // Valid JSON one byte over the cap.
+    let json = serde_json::json!({"Cluster": CLUSTER, "Tasks": []}).to_string();
+    let over = format!("{json}{}", " ".repeat(INTROSPECTION_CAP + 1 - json.len()));
+    assert_eq!(over.len(), INTROSPECTION_CAP + 1);
+    let introspection = Introspection::new(http.clone(), unsized_server(over.into_bytes(), 1));
     let metadata = introspection.metadata().await;
     let tasks = introspection.tasks().await;
+    assert!(too_large(&metadata, "/v1/metadata"), "{metadata:?}");
+    assert!(too_large(&tasks, "/v1/tasks"), "{tasks:?}");
 
-    assert!(
-        matches!(metadata, Err(IntrospectionError::TooLarge { .. })),
-        "{metadata:?}"
-    );
-    assert!(
-        matches!(tasks, Err(IntrospectionError::TooLarge { ref url }) if url.ends_with("/v1/tasks")),
-        "{tasks:?}"
-    );
+    // 1 GiB: only a reader that stops at the cap says so within the 1 s
+    // request timeout.
+    let endless = Introspection::new(http, unsized_server(vec![b' '; 1024], 1024 * 1024));
+    let metadata = endless.metadata().await;
+    assert!(too_large(&metadata, "/v1/metadata"), "{metadata:?}");
 }
 
 #[tokio::test]
