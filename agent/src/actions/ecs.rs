@@ -368,6 +368,7 @@ impl ContainerService for Ecs {
         cluster: &str,
         container_instance: &str,
     ) -> Result<Vec<HostTask>, SourceError> {
+        // The local ECS agent holds this host's tasks only: no filter needed.
         match self.introspection.tasks().await {
             Ok(tasks) => {
                 self.note_tasks_source(None);
