@@ -6,6 +6,7 @@ pub mod fake_sources;
 pub mod host_guard;
 pub mod http;
 pub mod imds;
+pub mod introspection;
 pub mod moto;
 pub mod stub;
 pub mod tls;

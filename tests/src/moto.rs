@@ -62,6 +62,9 @@ pub struct RecordedRequest {
     pub target: Option<String>,
     /// The body, decoded (EC2's query protocol puts the action here).
     pub body: String,
+    /// Sent by the test kit's own clients (the introspection stand-in's
+    /// poller), not by the code under test.
+    pub from_test_kit: bool,
 }
 
 impl MotoServer {
@@ -215,7 +218,14 @@ impl MotoServer {
                 } else {
                     raw.to_owned()
                 };
+                let from_test_kit = entry["headers"].as_object().is_some_and(|h| {
+                    h.iter().any(|(k, v)| {
+                        k.eq_ignore_ascii_case("user-agent")
+                            && v.as_str().is_some_and(|v| v.contains(TEST_KIT_APP_NAME))
+                    })
+                });
                 RecordedRequest {
+                    from_test_kit,
                     method: entry["method"].as_str().unwrap_or_default().to_owned(),
                     url: entry["url"].as_str().unwrap_or_default().to_owned(),
                     target,
@@ -225,10 +235,12 @@ impl MotoServer {
             .collect()
     }
 
-    /// How many ECS calls of `operation` (e.g. `UpdateContainerInstancesState`) moto received.
+    /// How many ECS calls of `operation` (e.g. `UpdateContainerInstancesState`) moto received
+    /// (the test kit's own polling left out).
     pub fn ecs_calls(&self, operation: &str) -> usize {
         self.requests()
             .iter()
+            .filter(|r| !r.from_test_kit)
             .filter(|r| {
                 r.target
                     .as_deref()
@@ -567,6 +579,29 @@ fn listening_on(output: &str, scheme: &str) -> Option<SocketAddr> {
         .find_map(|line| line.split(running_on.as_str()).nth(1))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|addr| addr.parse().ok())
+}
+
+/// The SDK app name the test kit's own background clients send, so that
+/// [`MotoServer::ecs_calls`] counts only the calls of the code under test.
+pub const TEST_KIT_APP_NAME: &str = "blockwatch-test-kit";
+
+/// [`sdk_config`] for a test-kit poller: its own HTTP client, marked with
+/// [`TEST_KIT_APP_NAME`], one attempt of at most 5 s a call (the next poll
+/// is the retry, and a poller being dropped is not held up).
+pub async fn stand_in_sdk_config(endpoint: &str) -> SdkConfig {
+    let mut builder = sdk_config(endpoint).await.to_builder();
+    // A valid name: letters and dashes.
+    if let Ok(name) = aws_config::AppName::new(TEST_KIT_APP_NAME) {
+        builder = builder.app_name(name);
+    }
+    builder
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .operation_timeout(Duration::from_secs(5))
+                .build(),
+        )
+        .build()
 }
 
 /// SDK configuration for talking to moto: fixed test credentials, our region.

@@ -1,15 +1,22 @@
 //! The ECS side of a drain: find our container instance, set DRAINING or
-//! ACTIVE, count and stop its tasks; and whether the local ECS agent answers.
+//! ACTIVE, see and stop its tasks; and whether the local ECS agent answers.
 //!
 //! [`ContainerService`] is what the drain executor (`run::executor`) talks
 //! to; [`Ecs`] is the real one (the local ECS agent's introspection API and
 //! the ECS API), and the executor's unit tests use a fake.
+//!
+//! A stopped task is not a stopped container: `StopTask` sets desiredStatus
+//! STOPPED at once, while the containers run on through their stop timeout.
+//! So a task counts until the host says it stopped: the ECS agent's
+//! `/v1/tasks` `KnownStatus`, else the control plane's `lastStatus`.
 
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use aws_sdk_ecs::types::{ContainerInstanceStatus, DesiredStatus};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::sync::watch;
 
@@ -20,18 +27,22 @@ use crate::sources::{AwsFailure, SourceError};
 pub const DEFAULT_INTROSPECTION_URL: &str = "http://127.0.0.1:51678/v1/metadata";
 /// The local ECS agent answers at once or not at all.
 const INTROSPECTION_TIMEOUT: Duration = Duration::from_secs(1);
+/// The most one introspection answer may hold: more is not the ECS agent.
+pub const INTROSPECTION_CAP: usize = 64 * 1024;
+/// `DescribeTasks` takes at most this many tasks a call.
+const DESCRIBE_TASKS_MAX: usize = 100;
+/// The status ECS and its agent give a task whose containers have all exited.
+const STOPPED: &str = "STOPPED";
 
 /// A task of this container instance that the host has not seen stop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostTask {
     pub arn: String,
-    /// ECS already wants it stopped (desiredStatus STOPPED): StopTask was
-    /// called, by us or anyone.
+    /// ECS already wants it stopped (desiredStatus STOPPED): StopTask was called, by us or anyone.
     pub stop_requested: bool,
 }
 
-/// How one round of StopTask calls went: each task on its own, so one
-/// throttled call does not stop the rest.
+/// How one round of StopTask calls went: each task on its own, so one throttled call does not stop the rest.
 #[derive(Debug, Default)]
 pub struct StopReport {
     pub stopped: Vec<String>,
@@ -52,8 +63,7 @@ pub trait ContainerService {
         container_instance: &str,
         draining: bool,
     ) -> impl Future<Output = Result<(), SourceError>> + Send;
-    /// Every task of this container instance still running on the host
-    /// (KnownStatus not STOPPED).
+    /// Every task of this container instance still running on the host (KnownStatus not STOPPED).
     fn tasks(
         &self,
         cluster: &str,
@@ -71,6 +81,21 @@ pub trait ContainerService {
     fn agent_answers(&self) -> impl Future<Output = bool> + Send;
 }
 
+/// Why the introspection API gave no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum IntrospectionError {
+    #[error("the ECS agent does not answer at {url}: {detail}")]
+    Unreachable { url: String, detail: String },
+    #[error("the ECS agent answered HTTP {status} at {url}")]
+    Status { url: String, status: u16 },
+    #[error("the answer at {url} is over {INTROSPECTION_CAP} bytes: refused")]
+    TooLarge { url: String },
+    #[error("the answer at {url} is not the ECS agent's JSON: {detail}")]
+    NotJson { url: String, detail: String },
+    #[error("no tasks URL can be made from {url}")]
+    NoTasksUrl { url: String },
+}
+
 /// What the local ECS agent says about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -79,42 +104,132 @@ pub struct AgentMetadata {
     pub container_instance_arn: Option<String>,
 }
 
+impl AgentMetadata {
+    /// The container instance, when the ECS agent registered it in `cluster`
+    /// (a name or an ARN).
+    fn container_instance_in(self, cluster: &str) -> Option<String> {
+        let same_cluster = self
+            .cluster
+            .as_deref()
+            .is_some_and(|c| c == cluster || c.ends_with(&format!("/{cluster}")));
+        self.container_instance_arn.filter(|_| same_cluster)
+    }
+}
+
+/// `GET /v1/tasks` (the ECS agent's `TasksResponse`): every task it knows,
+/// STOPPED ones included until it cleans them up (3 h by default).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct AgentTasks {
+    tasks: Vec<AgentTask>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct AgentTask {
+    arn: String,
+    /// Omitted by the agent in some states (`omitempty`).
+    #[serde(default)]
+    desired_status: Option<String>,
+    /// The backend status: PENDING, RUNNING or STOPPED.
+    known_status: String,
+}
+
 /// The local ECS agent's introspection API.
 #[derive(Debug, Clone)]
 pub struct Introspection {
     client: reqwest::Client,
     url: String,
+    tasks_url: Option<String>,
 }
 
 impl Introspection {
     /// `client` is the agent's one HTTP client; each request here has its
-    /// own short timeout.
+    /// own short timeout. `url` is the metadata URL (`…/v1/metadata`); the
+    /// tasks URL is its sibling (`…/v1/tasks`).
     pub fn new(client: reqwest::Client, url: String) -> Self {
-        Self { client, url }
+        let tasks_url = reqwest::Url::parse(&url)
+            .and_then(|u| u.join("tasks"))
+            .ok()
+            .map(String::from);
+        Self {
+            client,
+            url,
+            tasks_url,
+        }
     }
 
     pub fn url(&self) -> &str {
         &self.url
     }
 
-    /// What the ECS agent says about itself; `None` when it does not answer
-    /// (ecs.service not running, or not yet).
-    pub async fn metadata(&self) -> Option<AgentMetadata> {
-        let request = self.client.get(&self.url).timeout(INTROSPECTION_TIMEOUT);
-        let body = request.send().await.ok()?.bytes().await.ok()?;
-        serde_json::from_slice(&body).ok()
+    /// What the ECS agent says about itself.
+    pub async fn metadata(&self) -> Result<AgentMetadata, IntrospectionError> {
+        self.get(&self.url).await
     }
 
-    /// Our container instance as the local ECS agent registered it, or
-    /// `None` when it does not answer or names another cluster.
-    pub async fn container_instance(&self, cluster: &str) -> Option<String> {
-        let metadata = self.metadata().await?;
-        let same_cluster = metadata
-            .cluster
+    /// The tasks the ECS agent has not seen stop.
+    pub async fn tasks(&self) -> Result<Vec<HostTask>, IntrospectionError> {
+        let url = self
+            .tasks_url
             .as_deref()
-            .is_some_and(|c| c == cluster || c.ends_with(&format!("/{cluster}")));
-        metadata.container_instance_arn.filter(|_| same_cluster)
+            .ok_or_else(|| IntrospectionError::NoTasksUrl {
+                url: self.url.clone(),
+            })?;
+        let answer: AgentTasks = self.get(url).await?;
+        Ok(answer
+            .tasks
+            .into_iter()
+            .filter(|t| t.known_status != STOPPED)
+            .map(|t| HostTask {
+                stop_requested: t.desired_status.as_deref() == Some(STOPPED),
+                arn: t.arn,
+            })
+            .collect())
     }
+
+    /// A JSON answer of at most [`INTROSPECTION_CAP`] bytes, read as it
+    /// comes so that a larger one is never held.
+    async fn get<T: DeserializeOwned>(&self, url: &str) -> Result<T, IntrospectionError> {
+        let unreachable = |e: reqwest::Error| IntrospectionError::Unreachable {
+            url: url.to_owned(),
+            detail: e.to_string(),
+        };
+        let too_large = || IntrospectionError::TooLarge {
+            url: url.to_owned(),
+        };
+        let request = self.client.get(url).timeout(INTROSPECTION_TIMEOUT);
+        let mut response = request.send().await.map_err(unreachable)?;
+        if !response.status().is_success() {
+            return Err(IntrospectionError::Status {
+                url: url.to_owned(),
+                status: response.status().as_u16(),
+            });
+        }
+        let cap = INTROSPECTION_CAP as u64;
+        if response.content_length().is_some_and(|n| n > cap) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+            if body.len() + chunk.len() > INTROSPECTION_CAP {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body).map_err(|e| IntrospectionError::NotJson {
+            url: url.to_owned(),
+            detail: e.to_string(),
+        })
+    }
+}
+
+/// Whether a container instance ARN the ECS agent gave is ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ownership {
+    Ours,
+    /// Registered for another EC2 instance: never written to.
+    Other,
 }
 
 /// The real container service: the local ECS agent first (no IAM, no API
@@ -124,17 +239,90 @@ impl Introspection {
 pub struct Ecs {
     aws: watch::Receiver<Arc<Aws>>,
     introspection: Introspection,
+    /// Each introspection ARN checked once against the instance id.
+    confirmed: Arc<Mutex<HashMap<String, Ownership>>>,
+    /// Why introspection last failed to give the tasks: logged when it changes.
+    tasks_fallback: Arc<Mutex<Option<String>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Ecs {
     pub fn new(aws: watch::Receiver<Arc<Aws>>, introspection: Introspection) -> Self {
-        Self { aws, introspection }
+        Self {
+            aws,
+            introspection,
+            confirmed: Arc::default(),
+            tasks_fallback: Arc::default(),
+        }
     }
 
     /// An ECS client on the current AWS configuration.
     async fn client(&self) -> Result<aws_sdk_ecs::Client, SourceError> {
         let aws = Arc::clone(&self.aws.borrow());
         Ok(aws_sdk_ecs::Client::new(aws.config().await?))
+    }
+
+    /// Whether `arn` (from the introspection API) is `instance_id`'s
+    /// container instance in `cluster`: asked of ECS once per ARN. `None`
+    /// when ECS does not know it (yet): asked again next time.
+    async fn ownership(
+        &self,
+        cluster: &str,
+        arn: &str,
+        instance_id: &str,
+    ) -> Result<Option<Ownership>, SourceError> {
+        if let Some(known) = lock(&self.confirmed).get(arn) {
+            return Ok(Some(*known));
+        }
+        let described = self
+            .client()
+            .await?
+            .describe_container_instances()
+            .cluster(cluster)
+            .container_instances(arn)
+            .send()
+            .await
+            .map_err(|e| classify("ecs:DescribeContainerInstances", &e))?;
+        let Some(ec2_instance) = described
+            .container_instances()
+            .iter()
+            .find(|ci| ci.container_instance_arn() == Some(arn))
+            .and_then(|ci| ci.ec2_instance_id())
+        else {
+            return Ok(None);
+        };
+        let ownership = if ec2_instance == instance_id {
+            Ownership::Ours
+        } else {
+            log::warn!(CLUSTER = cluster;
+                "the ECS agent's introspection API names container instance {arn}, which is EC2 instance {ec2_instance}, not {instance_id}: refused, looking ours up by instance id"
+            );
+            Ownership::Other
+        };
+        lock(&self.confirmed).insert(arn.to_owned(), ownership);
+        Ok(Some(ownership))
+    }
+
+    /// Logs once each time the way tasks are seen changes.
+    fn note_tasks_source(&self, fallback: Option<&IntrospectionError>) {
+        let why = fallback.map(ToString::to_string);
+        let mut last = lock(&self.tasks_fallback);
+        if *last == why {
+            return;
+        }
+        match &why {
+            Some(why) => {
+                log::warn!("{why}; seeing tasks through ecs:ListTasks and ecs:DescribeTasks")
+            }
+            None if last.is_some() => {
+                log::info!("seeing tasks through the ECS agent's introspection API again");
+            }
+            None => {}
+        }
+        *last = why;
     }
 }
 
@@ -144,8 +332,24 @@ impl ContainerService for Ecs {
         cluster: &str,
         instance_id: &str,
     ) -> Result<Option<String>, SourceError> {
-        if let Some(arn) = self.introspection.container_instance(cluster).await {
-            return Ok(Some(arn));
+        let introspected = self
+            .introspection
+            .metadata()
+            .await
+            .inspect_err(|e| {
+                if matches!(
+                    e,
+                    IntrospectionError::TooLarge { .. } | IntrospectionError::NotJson { .. }
+                ) {
+                    log::warn!("{e}; looking the container instance up by instance id");
+                }
+            })
+            .ok()
+            .and_then(|m| m.container_instance_in(cluster));
+        if let Some(arn) = introspected {
+            if self.ownership(cluster, &arn, instance_id).await? == Some(Ownership::Ours) {
+                return Ok(Some(arn));
+            }
         }
         list_container_instance(&self.client().await?, cluster, instance_id).await
     }
@@ -164,15 +368,17 @@ impl ContainerService for Ecs {
         cluster: &str,
         container_instance: &str,
     ) -> Result<Vec<HostTask>, SourceError> {
-        let running =
-            list_running_tasks(&self.client().await?, cluster, container_instance).await?;
-        Ok(running
-            .into_iter()
-            .map(|arn| HostTask {
-                arn,
-                stop_requested: false,
-            })
-            .collect())
+        // The local ECS agent holds this host's tasks only: no filter needed.
+        match self.introspection.tasks().await {
+            Ok(tasks) => {
+                self.note_tasks_source(None);
+                Ok(tasks)
+            }
+            Err(err) => {
+                self.note_tasks_source(Some(&err));
+                list_host_tasks(&self.client().await?, cluster, container_instance).await
+            }
+        }
     }
 
     async fn stop_tasks(&self, cluster: &str, tasks: &[String], reason: &str) -> StopReport {
@@ -180,16 +386,30 @@ impl ContainerService for Ecs {
             Ok(client) => stop_each(&client, cluster, tasks, reason).await,
             Err(err) => StopReport {
                 stopped: Vec::new(),
-                failed: vec![(tasks.join(", "), err)],
+                failed: tasks.iter().map(|t| (t.clone(), copy_of(&err))).collect(),
             },
         }
     }
 
     async fn agent_answers(&self) -> bool {
-        self.introspection.metadata().await.is_some()
+        self.introspection.metadata().await.is_ok()
     }
 }
 
+/// The same failure again, for each task it kept from being stopped.
+fn copy_of(err: &SourceError) -> SourceError {
+    match err {
+        SourceError::Imds { path, detail } => SourceError::Imds {
+            path: path.clone(),
+            detail: detail.clone(),
+        },
+        SourceError::Aws { api, kind, detail } => SourceError::Aws {
+            api,
+            kind: *kind,
+            detail: detail.clone(),
+        },
+    }
+}
 /// `ecs:ListContainerInstances` filtered on the instance id, checked with
 /// `ecs:DescribeContainerInstances`.
 async fn list_container_instance(
@@ -260,17 +480,62 @@ async fn update_state(
     }
 }
 
-async fn list_running_tasks(
+/// The control plane's view, when the ECS agent's is not to be had: the
+/// tasks `ecs:ListTasks` lists with either desired status, less those
+/// `ecs:DescribeTasks` says are STOPPED (`lastStatus`).
+///
+/// Only the tasks ECS wants stopped are described: ECS wants a task stopped
+/// once it stops, so one it wants running runs. That saves calls, and moto
+/// moves each running task it describes a step towards STOPPED.
+async fn list_host_tasks(
     client: &aws_sdk_ecs::Client,
     cluster: &str,
     container_instance: &str,
+) -> Result<Vec<HostTask>, SourceError> {
+    let running = list_tasks(client, cluster, container_instance, DesiredStatus::Running).await?;
+    let stopping = list_tasks(client, cluster, container_instance, DesiredStatus::Stopped).await?;
+    // arn → stop requested; a task stopped between the two listings is in both.
+    let mut host: BTreeMap<String, bool> = running.into_iter().map(|arn| (arn, false)).collect();
+    host.extend(stopping.iter().map(|arn| (arn.clone(), true)));
+    for chunk in stopping.chunks(DESCRIBE_TASKS_MAX) {
+        let described = client
+            .describe_tasks()
+            .cluster(cluster)
+            .set_tasks(Some(chunk.to_vec()))
+            .send()
+            .await
+            .map_err(|e| classify("ecs:DescribeTasks", &e))?;
+        // A listed task ECS could not describe is kept: not known stopped.
+        for task in described.tasks() {
+            if task.last_status() == Some(STOPPED) {
+                if let Some(arn) = task.task_arn() {
+                    host.remove(arn);
+                }
+            }
+        }
+    }
+    Ok(host
+        .into_iter()
+        .map(|(arn, stop_requested)| HostTask {
+            arn,
+            stop_requested,
+        })
+        .collect())
+}
+
+/// `ecs:ListTasks` of `container_instance` with `desired` status, every page.
+async fn list_tasks(
+    client: &aws_sdk_ecs::Client,
+    cluster: &str,
+    container_instance: &str,
+    desired: DesiredStatus,
 ) -> Result<Vec<String>, SourceError> {
     let mut tasks = Vec::new();
     let mut pages = client
         .list_tasks()
         .cluster(cluster)
         .container_instance(container_instance)
-        .desired_status(DesiredStatus::Running)
+        .desired_status(desired)
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {
@@ -280,6 +545,8 @@ async fn list_running_tasks(
     Ok(tasks)
 }
 
+/// One `ecs:StopTask` per task; a failure is recorded and the next task is
+/// stopped all the same.
 async fn stop_each(
     client: &aws_sdk_ecs::Client,
     cluster: &str,
@@ -294,11 +561,12 @@ async fn stop_each(
             .task(task)
             .reason(reason)
             .send()
-            .await
-            .map_err(|e| classify("ecs:StopTask", &e));
+            .await;
         match stopped {
             Ok(_) => report.stopped.push(task.clone()),
-            Err(err) => report.failed.push((task.clone(), err)),
+            Err(e) => report
+                .failed
+                .push((task.clone(), classify("ecs:StopTask", &e))),
         }
     }
     report

@@ -93,6 +93,15 @@ impl Aws {
         }
     }
 
+    /// On a configuration built elsewhere (tests against moto): no lookup
+    /// of region or credentials.
+    pub fn with_config(imds: Imds, config: SdkConfig) -> Self {
+        Self {
+            config: OnceCell::new_with(Some(config)),
+            ..Self::new(imds)
+        }
+    }
+
     /// Each call makes one HTTP attempt: the caller (the join's jittered
     /// retry) is the only retry layer.
     pub fn single_attempt(mut self) -> Self {

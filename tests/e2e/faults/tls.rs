@@ -11,7 +11,7 @@ use blockwatch_testkit::imds::{rfc3339, ImdsSimulator, InstanceState};
 use blockwatch_testkit::moto::{MotoServer, REGION};
 use blockwatch_testkit::tls::{HttpsReceiver, TestCa};
 
-use crate::common::{nothing_runs, now, phase, Agent, Instance, Run, FAST, PATIENCE};
+use crate::common::{nothing_runs, now, Agent, Instance, Run, FAST, PATIENCE};
 use crate::shared::assert_one_error;
 
 const CE_TAG: &str = "blockwatch:compute-environment";
