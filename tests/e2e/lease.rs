@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use blockwatch_testkit::imds::{rfc3339, SpotInstanceAction};
+use blockwatch_testkit::introspection::IntrospectionStandIn;
 use common::{
     assert_on_time, ec2_stub, now, parse_time, phase, receiver_refusing_first, registered_in_jobs,
     Agent, Registered, LATE, LEAD, PATIENCE, POLL, STARTUP,
@@ -733,19 +734,56 @@ async fn an_instance_retirement_drains_and_powers_off_when_drained() {
     assert_eq!(b.power_offs(), 1);
 }
 
+impl Block {
+    /// The local ECS agent, as a stand-in that keeps a stopped task's
+    /// containers running for `stop_timeout` (as ECS does).
+    fn ecs_agent(&self, stop_timeout: Duration) -> IntrospectionStandIn {
+        IntrospectionStandIn::start(
+            self.f.instance.moto(),
+            &self.f.cluster_arn,
+            &self.f.container_instance,
+        )
+        .unwrap()
+        .with_stop_timeout(stop_timeout)
+    }
+
+    /// Starts the agent with `ecs_agent` as the local ECS agent.
+    fn start_beside(&self, ecs_agent: &IntrospectionStandIn) -> Agent {
+        let url = ecs_agent.metadata_url();
+        let agent = self
+            .f
+            .instance
+            .spawn_run(&["--ecs-introspection-url", &url], &[]);
+        self.f
+            .instance
+            .wait_for(&agent, PATIENCE, "watching", |s| phase(s) != "joining");
+        agent
+    }
+}
+
+/// How long after the stop the power-off came, from the state file.
+fn stop_to_power_off(off: &serde_json::Value, stop: &str) -> time::Duration {
+    time_at(off, "/drain/poweroff_attempted_at") - time_at(off, stop)
+}
+
 #[tokio::test]
-async fn an_end_first_seen_ten_minutes_past_drains_stops_then_powers_off_in_order() {
+async fn an_end_first_seen_ten_minutes_past_drains_stops_waits_then_powers_off_in_order() {
     let b = block("").await;
     let task = b.f.start_task().await;
+    let ecs_agent = b.ecs_agent(Duration::from_secs(6));
     let end = b.f.lease_ends_in(-time::Duration::minutes(10));
-    let agent = b.f.start();
+    let agent = b.start_beside(&ecs_agent);
 
     let off = b.wait_powered_off(&agent);
 
     let drained = time_at(&off, "/drain/draining_confirmed_at");
     let stopped = time_at(&off, "/drain/end_stop_at");
-    let powered = time_at(&off, "/drain/poweroff_attempted_at");
-    assert!(drained <= stopped && stopped <= powered, "{off:#}");
+    assert!(drained <= stopped, "{off:#}");
+    assert!(
+        stop_to_power_off(&off, "/drain/end_stop_at") >= time::Duration::seconds(6),
+        "the job had its 6 s stop timeout on the host\n{off:#}\n{}",
+        agent.log()
+    );
     let reason = b.stop_reason(&task).await.unwrap_or_default();
     assert!(reason.starts_with("blockwatch: lease ended"), "{reason}");
     let log = agent.log();
@@ -755,10 +793,57 @@ async fn an_end_first_seen_ten_minutes_past_drains_stops_then_powers_off_in_orde
     };
     assert!(
         at("set to DRAINING") < at("stopped 1 task(s)")
-            && at("stopped 1 task(s)") < at("powering off with"),
-        "DRAINING, then the stop, then the power-off\n{log}"
+            && at("stopped 1 task(s)") < at("the stopped tasks are gone")
+            && at("the stopped tasks are gone") < at("powering off with"),
+        "DRAINING, the stop, its wait, then the power-off\n{log}"
     );
     assert!(log.contains(&rfc3339(end)), "{log}");
+    assert_eq!(b.power_offs(), 1);
+}
+
+#[tokio::test]
+async fn at_the_lease_end_the_power_off_waits_for_the_job_stop_timeout_on_the_host() {
+    // job_stop_timeout 5 s: stopped at T - 15 s; the host runs the job's
+    // container until its SIGKILL 5 s later, and only then powers off.
+    let b = block("drain_lead = \"20s\"\njob_stop_timeout = \"5s\"\n").await;
+    b.f.start_task().await;
+    let ecs_agent = b.ecs_agent(Duration::from_secs(5));
+    b.f.lease_ends_in(STARTUP + time::Duration::seconds(25));
+    let agent = b.start_beside(&ecs_agent);
+
+    let off = b.wait_powered_off(&agent);
+
+    let waited = stop_to_power_off(&off, "/drain/end_stop_at");
+    assert!(
+        waited >= time::Duration::seconds(5),
+        "powered off {waited} after the stop: inside the job's stop timeout\n{}",
+        agent.log()
+    );
+    assert!(
+        waited <= time::Duration::seconds(15) + LATE,
+        "waited past the stop timeout and margin: {waited}"
+    );
+    assert!(ecs_agent.task_requests() > 0, "counted on the host");
+    assert_eq!(b.power_offs(), 1);
+}
+
+#[tokio::test]
+async fn after_a_stop_grace_stop_the_power_off_waits_for_the_job_to_stop_on_the_host() {
+    let b = block("drain_lead = \"30s\"\nstop_grace = \"25s\"\njob_stop_timeout = \"8s\"\n").await;
+    b.f.start_task().await;
+    let ecs_agent = b.ecs_agent(Duration::from_secs(8));
+    b.f.lease_ends_in(STARTUP + time::Duration::seconds(30));
+    let agent = b.start_beside(&ecs_agent);
+
+    let off = b.wait_powered_off(&agent);
+
+    assert!(off["drain"]["tasks_stopped_at"].is_string(), "{off:#}");
+    let waited = stop_to_power_off(&off, "/drain/tasks_stopped_at");
+    assert!(
+        waited >= time::Duration::seconds(8),
+        "powered off {waited} after the grace stop: inside the job's stop timeout\n{}",
+        agent.log()
+    );
     assert_eq!(b.power_offs(), 1);
 }
 
