@@ -189,6 +189,11 @@ pub struct Policy {
     /// between SIGTERM and SIGKILL (`ECS_CONTAINER_STOP_TIMEOUT`). Stops then
     /// start early enough for it to fit before the end.
     pub job_stop_timeout: Option<Duration>,
+    /// Whether the instance joined a cluster (true normally). When false
+    /// (`run` degraded: no cluster, or no usable config) there is no
+    /// container instance: no drain, undrain or stop is asked for, and a
+    /// lease powers off at its end.
+    pub joined: bool,
 }
 
 /// Between the stop blockwatch asks for and the ECS agent's SIGTERM: the
@@ -468,7 +473,8 @@ pub fn decide(
             lease_end.is_some_and(|at| now >= at.saturating_add(duration(LEASE_END_STOP_WAIT)));
         let wanted = (drained && policy.power_off_when_drained)
             || (lease_end.is_some() && for_the_lease)
-            || out_of_time;
+            || out_of_time
+            || (!policy.joined && lease_ended);
         let retry_due = drain.poweroff_attempted_at.is_none_or(|at| {
             now >= at.saturating_add(duration(poweroff_retry_after(drain.poweroff_attempts)))
         });
@@ -478,6 +484,9 @@ pub fn decide(
     }
     if state.undrain_pending {
         actions.push(Action::Undrain);
+    }
+    if !policy.joined {
+        actions.retain(|action| *action == Action::PowerOff);
     }
     state.stop_at = state.deadline.as_ref().and_then(|deadline| {
         let lease = candidates
@@ -529,7 +538,29 @@ mod tests {
             power_off_when_drained: false,
             enforce_lease_end: false,
             job_stop_timeout: None,
+            joined: true,
         }
+    }
+
+    #[test]
+    fn unjoined_the_lease_powers_off_at_its_end_with_no_ecs_action() {
+        let end = T0 + minutes(20);
+        let policy = Policy {
+            joined: false,
+            enforce_lease_end: true,
+            stop_grace: Some(Duration::from_secs(60)),
+            ..policy()
+        };
+        let mut state = AgentState::default();
+        let mut asked = Vec::new();
+        for now in [T0, end - minutes(10), end - minutes(1), end - time::Duration::seconds(1)] {
+            let d = decide(now, &lease(end), &state, &policy);
+            state = d.state;
+            asked.extend(d.actions);
+        }
+        assert!(asked.is_empty(), "nothing before the end: {asked:?}");
+        let at_end = decide(end, &lease(end), &state, &policy);
+        assert_eq!(at_end.actions, vec![Action::PowerOff]);
     }
 
     fn lease(at: OffsetDateTime) -> Observations {
