@@ -195,15 +195,13 @@ where
     // An unusable config leaves no cluster worth resolving: the join failed
     // on it too, so the ECS agent is not running.
     let found = match (target, &failure) {
-        (Some(target), None) => {
-            match find_cluster(target, &options, &instance_id, batch).await {
-                Ok(found) => Some(found),
-                Err(err) => {
-                    go_on_without(&options, &mut failure, err)?;
-                    None
-                }
+        (Some(target), None) => match find_cluster(target, &options, &instance_id, batch).await {
+            Ok(found) => Some(found),
+            Err(err) => {
+                go_on_without(&options, &mut failure, err)?;
+                None
             }
-        }
+        },
         _ => None,
     };
 

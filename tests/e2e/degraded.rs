@@ -143,7 +143,7 @@ async fn a_compute_environment_that_names_nothing_still_powers_off_at_the_lease_
     assert_eq!(json["degraded"], reason, "{json}");
     assert_eq!(json["cluster"], serde_json::Value::Null, "{json}");
     assert_eq!(json["compute_environment"], "no-such-ce", "{json}");
-    assert_eq!(common::parse_time(json["deadline"].as_str().unwrap()), end);
+    assert_eq!(parse_time(json["deadline"].as_str().unwrap()), end);
     let text = status(&instance, false);
     assert!(text.contains(&format!("DEGRADED:  {reason}")), "{text}");
 
@@ -151,7 +151,12 @@ async fn a_compute_environment_that_names_nothing_still_powers_off_at_the_lease_
 
     assert!(parse_time(off["drain"]["poweroff_at"].as_str().unwrap()) >= end);
     std::thread::sleep(POLL * 3);
-    assert_eq!(lines(&runs), vec!["off"], "powered off once\n{}", agent.log());
+    assert_eq!(
+        lines(&runs),
+        vec!["off"],
+        "powered off once\n{}",
+        agent.log()
+    );
     let log = agent.log();
     let errors: Vec<&str> = log.lines().filter(|l| l.contains("DEGRADED: ")).collect();
     assert_eq!(errors.len(), 1, "one loud line: {log}");

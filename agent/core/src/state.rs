@@ -553,7 +553,12 @@ mod tests {
         };
         let mut state = AgentState::default();
         let mut asked = Vec::new();
-        for now in [T0, end - minutes(10), end - minutes(1), end - time::Duration::seconds(1)] {
+        for now in [
+            T0,
+            end - minutes(10),
+            end - minutes(1),
+            end - time::Duration::seconds(1),
+        ] {
             let d = decide(now, &lease(end), &state, &policy);
             state = d.state;
             asked.extend(d.actions);

@@ -384,7 +384,9 @@ mod tests {
         );
         let text = shown.summary(now);
         assert!(
-            text.contains("DEGRADED:  compute environment \"nope\" not found; enforcing the lease end only"),
+            text.contains(
+                "DEGRADED:  compute environment \"nope\" not found; enforcing the lease end only"
+            ),
             "{text}"
         );
         assert!(text.contains("cluster:   none"), "{text}");

@@ -54,12 +54,12 @@ use tokio::sync::watch;
 
 use crate::actions::ecs::{Ecs, Introspection};
 use crate::actions::webhook::Deliveries;
+use crate::core::config::OnLeaseEnd;
 use crate::core::deadline::Observations;
+use crate::core::escape::escape;
 use crate::exit::AgentError;
 use crate::host::entropy::random_u64;
 use crate::host::state;
-use crate::core::config::OnLeaseEnd;
-use crate::core::escape::escape;
 use crate::join::{resolve, ResolveOptions, Resolved, Standing, Unjoined};
 use crate::sources::aws::Aws;
 use crate::sources::imds::Imds;
@@ -67,7 +67,7 @@ use crate::sources::{AwsFailure, SourceError};
 
 use agent::{Agent, Books};
 use poll::Poll;
-use service::{Finished, Served, Service, Wakeup};
+use service::{Served, Service, Wakeup};
 use store::Store;
 
 /// The longest the loop waits for one AWS step (a call or two, with the
@@ -199,8 +199,7 @@ pub async fn run(request: &RunRequest, imds: Imds) -> Result<(), AgentError> {
             Node::unjoined(unjoined),
         ),
     };
-    let identity =
-        identity.ok_or_else(|| AgentError::Internal("no identity document".into()))?;
+    let identity = identity.ok_or_else(|| AgentError::Internal("no identity document".into()))?;
     if let Standing::Unjoined(unjoined) = &standing {
         log_degraded(&node, unjoined);
     }
@@ -253,7 +252,7 @@ pub async fn run(request: &RunRequest, imds: Imds) -> Result<(), AgentError> {
         // Outside `serve`: the power-off makes systemd send SIGTERM, which
         // must not drop the command's outcome before it is recorded; the
         // watchdog is fed while the command runs.
-        let Finished { stop_asked, .. } = service.finish(agent.run_power_off()).await;
+        let stop_asked = service.finish(agent.run_power_off()).await;
         let status = agent.record_tick();
         service.notifier.tick(&status);
         if stop_asked {

@@ -57,15 +57,6 @@ pub enum Served<T> {
     Stopped,
 }
 
-/// How a piece of work that a stop must not drop ended.
-#[derive(Debug)]
-#[must_use]
-pub struct Finished<T> {
-    pub output: T,
-    /// SIGTERM or SIGINT came while it ran: stop once its outcome is kept.
-    pub stop_asked: bool,
-}
-
 /// What the loop waits for between ticks.
 #[derive(Debug)]
 pub enum Wakeup<T> {
@@ -132,14 +123,15 @@ impl Service {
     /// Runs `work` to its end, whatever comes: feeds the watchdog meanwhile
     /// (for up to [`TICK_LIMIT`]) and remembers, without acting on it, a
     /// SIGTERM or SIGINT. For the power-off command, which makes systemd
-    /// send SIGTERM and may take longer than `WatchdogSec`.
-    pub async fn finish<T>(&mut self, work: impl Future<Output = T>) -> Finished<T> {
+    /// send SIGTERM and may take longer than `WatchdogSec`. Returns whether
+    /// a stop was asked meanwhile.
+    pub async fn finish(&mut self, work: impl Future<Output = ()>) -> bool {
         let started = Instant::now();
         let mut stop_asked = false;
         tokio::pin!(work);
         loop {
             tokio::select! {
-                output = &mut work => return Finished { output, stop_asked },
+                () = &mut work => return stop_asked,
                 _ = self.watchdog.tick() => {
                     if started.elapsed() < TICK_LIMIT {
                         self.notifier.watchdog();
