@@ -51,6 +51,25 @@ pub struct Resolved {
     pub compute_environment: Option<Sourced<String>>,
 }
 
+/// What `run` knows when the join cannot be done: who it is and the
+/// settings it can use (the built-in defaults when the config file is
+/// unusable), without a cluster, and why.
+#[derive(Debug)]
+pub struct Unjoined {
+    pub identity: Option<IdentityDocument>,
+    pub settings: Settings,
+    /// The compute environment the instance names, if any (for `status`).
+    pub compute_environment: Option<Sourced<String>>,
+    pub reason: AgentError,
+}
+
+/// How resolving ended: joined, or (`run` only) without a cluster.
+#[derive(Debug)]
+pub enum Standing {
+    Joined(Resolved),
+    Unjoined(Unjoined),
+}
+
 /// How to resolve: which config file, and what `run` already knows.
 #[derive(Debug, Clone, Copy)]
 pub struct ResolveOptions<'a> {
@@ -62,6 +81,24 @@ pub struct ResolveOptions<'a> {
     pub always_read_tags: bool,
     /// The last join on this instance: its cluster saves a Batch call.
     pub known: Option<&'a JoinRecord>,
+    /// `run`: a failure that retrying cannot mend (an unusable config, a
+    /// cluster that cannot be resolved, tags that cannot be read) gives
+    /// [`Standing::Unjoined`] instead of an error, so that the lease is
+    /// still enforced. Transient failures are errors either way.
+    pub go_on_unjoined: bool,
+}
+
+/// Keeps the first failure `run` can go on without; returns any other.
+fn go_on_without(
+    options: &ResolveOptions<'_>,
+    failure: &mut Option<AgentError>,
+    err: AgentError,
+) -> Result<(), AgentError> {
+    if !options.go_on_unjoined || err.is_transient() {
+        return Err(err);
+    }
+    failure.get_or_insert(err);
+    Ok(())
 }
 
 /// Reads the config file; the instance identity document from IMDS; the
@@ -72,20 +109,28 @@ pub async fn resolve<M, T, B>(
     metadata: &M,
     tag_directory: &T,
     batch: &B,
-) -> Result<Resolved, AgentError>
+) -> Result<Standing, AgentError>
 where
     M: InstanceMetadata,
     T: TagDirectory,
     B: ComputeEnvironments,
 {
+    let mut failure = None;
     let config_path = options.config_path;
-    let file = config_file::load(config_path, options.config_path_explicit)?;
-    match &file {
-        Some(_) => log::info!("read config file {}", config_path.display()),
-        None => log::info!(
+    let file = match config_file::load(config_path, options.config_path_explicit) {
+        Ok(file) => file,
+        Err(err) => {
+            go_on_without(&options, &mut failure, err.into())?;
+            None
+        }
+    };
+    match (&file, &failure) {
+        (Some(_), _) => log::info!("read config file {}", config_path.display()),
+        (None, None) => log::info!(
             "no config file at {}; using tags and defaults",
             config_path.display()
         ),
+        (None, Some(_)) => {}
     }
     let file = file.unwrap_or_default();
 
@@ -110,69 +155,65 @@ where
     let file_decides = file.cluster.is_some() || file.compute_environment.is_some();
     let tags = match (&identity, file_decides && !options.always_read_tags) {
         (Some(identity), false) => {
-            Some(read_tags(metadata, tag_directory, &identity.instance_id).await?)
+            match read_tags(metadata, tag_directory, &identity.instance_id).await {
+                Ok(tags) => Some(tags),
+                Err(err) => {
+                    go_on_without(&options, &mut failure, err)?;
+                    None
+                }
+            }
         }
         _ => None,
     };
 
-    let (target, overridden) = choose_cluster_target(&file, config_path, tags.as_ref())?;
-    for value in overridden {
-        log::info!(
-            "ignoring {} from {}: a higher-precedence source decides the cluster",
-            quoted(&value.value),
-            value.origin
-        );
-    }
+    let target = match choose_cluster_target(&file, config_path, tags.as_ref()) {
+        Ok((target, overridden)) => {
+            for value in overridden {
+                log::info!(
+                    "ignoring {} from {}: a higher-precedence source decides the cluster",
+                    quoted(&value.value),
+                    value.origin
+                );
+            }
+            Some(target)
+        }
+        Err(err) => {
+            go_on_without(&options, &mut failure, err.into())?;
+            None
+        }
+    };
     let (settings, tag_problems) =
         Settings::resolve(&file, config_path, tags.as_ref(), options.dry_run_flag);
     for problem in tag_problems {
         log::warn!("ignoring instance tag {}: {}", problem.key, problem.reason);
     }
-
-    let (cluster, origin, compute_environment) = match target {
-        ClusterTarget::Cluster(Sourced { value, origin }) => {
-            let cluster =
-                ClusterName::parse(&value).map_err(|reason| AgentError::InvalidCluster {
-                    reason,
-                    origin: origin.clone(),
-                })?;
-            (cluster, origin, None)
-        }
-        ClusterTarget::ComputeEnvironment(ce) => {
-            log::info!("compute_environment={} ({})", escaped(&ce.value), ce.origin);
-            let remembered = options.known.filter(|k| {
-                k.instance_id.as_deref() == Some(instance_id.as_str())
-                    && k.compute_environment.as_deref() == Some(ce.value.as_str())
-            });
-            match remembered.map(|k| ClusterName::parse(&k.cluster)) {
-                Some(Ok(cluster)) => (
-                    cluster,
-                    Origin::Discovered("the last join (join.json)"),
-                    Some(ce),
-                ),
-                _ => {
-                    let info = batch
-                        .describe_compute_environment(&ce.value)
-                        .await?
-                        .ok_or_else(|| Refusal::NotFound(ce.value.clone()))?;
-                    let (cluster, warnings) = cluster_of(&info)?;
-                    for warning in warnings {
-                        log::warn!("{warning}");
-                    }
-                    (
-                        cluster,
-                        Origin::Discovered("batch:DescribeComputeEnvironments"),
-                        Some(ce),
-                    )
-                }
-            }
-        }
+    let named_compute_environment = match &target {
+        Some(ClusterTarget::ComputeEnvironment(ce)) => Some(ce.clone()),
+        _ => None,
     };
 
-    let mut effective = vec![
-        format!("instance_id={}", escaped(&instance_id)),
-        format!("cluster={cluster} ({origin})"),
-    ];
+    // An unusable config leaves no cluster worth resolving: the join failed
+    // on it too, so the ECS agent is not running.
+    let found = match (target, &failure) {
+        (Some(target), None) => match find_cluster(target, &options, &instance_id, batch).await {
+            Ok(found) => Some(found),
+            Err(err) => {
+                go_on_without(&options, &mut failure, err)?;
+                None
+            }
+        },
+        _ => None,
+    };
+
+    let mut effective = vec![format!("instance_id={}", escaped(&instance_id))];
+    match &found {
+        Some((cluster, origin, _)) => effective.push(format!("cluster={cluster} ({origin})")),
+        None => effective.push("no cluster (degraded)".to_owned()),
+    }
+    let compute_environment = match &found {
+        Some((_, _, ce)) => ce.clone(),
+        None => named_compute_environment,
+    };
     if let Some(ce) = &compute_environment {
         effective.push(format!(
             "compute_environment={} ({})",
@@ -181,21 +222,84 @@ where
         ));
     }
     effective.extend(settings.describe());
-    if tags.is_none() {
+    if tags.is_none() && failure.is_none() {
         effective.push("instance tags not read (the config file names the cluster)".to_owned());
     }
+    let (cluster, origin) = match (found, failure) {
+        (Some((cluster, origin, _)), None) => (cluster, origin),
+        (_, Some(reason)) => {
+            log::info!(
+                INSTANCE_ID = escape(&instance_id).as_str();
+                "effective configuration: {}", effective.join(", ")
+            );
+            return Ok(Standing::Unjoined(Unjoined {
+                identity,
+                settings,
+                compute_environment,
+                reason,
+            }));
+        }
+        // Every path that finds no cluster keeps its failure.
+        (None, None) => return Err(AgentError::Internal("no cluster and no reason".into())),
+    };
     log::info!(
         INSTANCE_ID = escape(&instance_id).as_str(), CLUSTER = cluster.as_str(), SOURCE = origin.kind();
         "effective configuration: {}", effective.join(", ")
     );
-    Ok(Resolved {
+    Ok(Standing::Joined(Resolved {
         identity,
         instance_id,
         settings,
         cluster,
         origin,
         compute_environment,
-    })
+    }))
+}
+
+/// The cluster a target names: as given, from the last join, or from Batch.
+async fn find_cluster<B: ComputeEnvironments>(
+    target: ClusterTarget,
+    options: &ResolveOptions<'_>,
+    instance_id: &str,
+    batch: &B,
+) -> Result<(ClusterName, Origin, Option<Sourced<String>>), AgentError> {
+    match target {
+        ClusterTarget::Cluster(Sourced { value, origin }) => {
+            let cluster =
+                ClusterName::parse(&value).map_err(|reason| AgentError::InvalidCluster {
+                    reason,
+                    origin: origin.clone(),
+                })?;
+            Ok((cluster, origin, None))
+        }
+        ClusterTarget::ComputeEnvironment(ce) => {
+            log::info!("compute_environment={} ({})", escaped(&ce.value), ce.origin);
+            let remembered = options.known.filter(|k| {
+                k.instance_id.as_deref() == Some(instance_id)
+                    && k.compute_environment.as_deref() == Some(ce.value.as_str())
+            });
+            if let Some(Ok(cluster)) = remembered.map(|k| ClusterName::parse(&k.cluster)) {
+                return Ok((
+                    cluster,
+                    Origin::Discovered("the last join (join.json)"),
+                    Some(ce),
+                ));
+            }
+            let info = batch
+                .describe_compute_environment(&ce.value)
+                .await?
+                .ok_or_else(|| Refusal::NotFound(ce.value.clone()))?;
+            let (cluster, warnings) = cluster_of(&info)?;
+            for warning in warnings {
+                log::warn!("{warning}");
+            }
+            Ok((
+                cluster,
+                Origin::Discovered("batch:DescribeComputeEnvironments"),
+                Some(ce),
+            ))
+        }
+    }
 }
 
 /// `blockwatch join`: resolves, then writes ecs.config.
@@ -217,6 +321,7 @@ where
         dry_run_flag: request.dry_run,
         always_read_tags: false,
         known: None,
+        go_on_unjoined: false,
     };
     let Resolved {
         identity,
@@ -225,7 +330,10 @@ where
         cluster,
         origin,
         compute_environment,
-    } = resolve(options, metadata, tag_directory, batch).await?;
+    } = match resolve(options, metadata, tag_directory, batch).await? {
+        Standing::Joined(resolved) => resolved,
+        Standing::Unjoined(unjoined) => return Err(unjoined.reason),
+    };
 
     let stop_timeout = settings
         .job_stop_timeout

@@ -32,6 +32,7 @@ pub fn render(state_dir: &Path, json: bool, now: OffsetDateTime) -> Result<Strin
         let value = serde_json::json!({
             "instance_id": record.instance_id,
             "cluster": record.cluster,
+            "degraded": null,
             "compute_environment": record.compute_environment,
             "phase": "joining",
             "deadline": null,

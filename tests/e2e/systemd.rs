@@ -511,15 +511,38 @@ async fn the_package_joins_before_ecs_watches_drains_upgrades_and_uninstalls() {
     assert!(!container.path("/usr/bin/blockwatch").exists());
 }
 
+/// A join that fails (a compute-environment tag naming nothing) keeps
+/// ecs.service down, yet blockwatch.service (which only `Wants=` the join)
+/// runs degraded and still ends the lease in a power-off of the container.
+/// The power-off command takes 40 s, longer than the unit's `WatchdogSec`
+/// (30 s): the watchdog is fed meanwhile, so the agent is not killed and the
+/// power-off is recorded once.
 #[tokio::test]
-async fn an_unknown_compute_environment_never_starts_ecs() {
+async fn a_failed_join_never_starts_ecs_yet_the_lease_ends_in_a_slow_power_off_under_the_watchdog()
+{
     assert_root();
     let instance = Instance::with_moto().await;
     instance
         .launch(&[("blockwatch:compute-environment", "no-such-ce")], true)
         .await;
     let mut container = Container::prepare("unknown-ce");
-    container.simulate_instance(&instance, CONFIG);
+    // A persistent journal, read after the container is gone.
+    std::fs::create_dir_all(container.path("/var/log/journal")).unwrap();
+    let slow = "sleep 40 && systemctl --no-block poweroff";
+    container.simulate_instance(
+        &instance,
+        &format!(
+            "{CONFIG}poweroff_command = {slow:?}
+"
+        ),
+    );
+    // Time for the boot and the checks below before the end.
+    let lease_end = common::now() + time::Duration::seconds(60);
+    instance.imds.update(|s| {
+        s.tags
+            .get_or_insert_with(Default::default)
+            .insert("blockwatch:lease-end".into(), rfc3339(lease_end));
+    });
     container.boot();
 
     container.wait_for("the join to fail", Duration::from_secs(60), |c| {
@@ -554,6 +577,100 @@ async fn an_unknown_compute_environment_never_starts_ecs() {
     assert_eq!(
         container.property("blockwatch-join.service", "NRestarts"),
         "0"
+    );
+    // blockwatch.service runs all the same, and says why it is degraded.
+    container.wait_for(
+        "a degraded blockwatch.service",
+        Duration::from_secs(30),
+        |c| {
+            c.property("blockwatch.service", "StatusText")
+                .starts_with("DEGRADED, no ECS drain: compute environment \"no-such-ce\" not found")
+        },
+    );
+
+    let Some(exited) = container.wait_for_exit(Duration::from_secs(240)) else {
+        panic!(
+            "the container did not power off; {}",
+            text(&container.exec(&["journalctl", "-b", "--no-pager", "-n", "80"]))
+        );
+    };
+    let system = text(&container.offline(&["journalctl", "--no-pager", "-o", "short-precise"]));
+    assert!(exited.success(), "nspawn: {exited}\n{system}");
+    assert!(
+        system.contains("Reached target poweroff.target"),
+        "{system}"
+    );
+    assert!(!system.contains("Watchdog timeout"), "{system}");
+    // ecs.service was never started, to the end.
+    assert!(
+        system.contains("Dependency failed for ecs.service"),
+        "{system}"
+    );
+    assert!(
+        !system.contains("Started ecs.service") && !system.contains("Finished ecs.service"),
+        "{system}"
+    );
+    assert_eq!(
+        system.matches("Started blockwatch.service").count(),
+        1,
+        "blockwatch.service started once: {system}"
+    );
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(container.path("/var/lib/blockwatch/state.json")).unwrap(),
+    )
+    .unwrap();
+    let drain = &state["drain"];
+    assert_eq!(drain["poweroff_attempts"], 1, "{state:#}");
+    assert!(
+        common::parse_time(
+            drain["poweroff_at"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{state:#}"))
+        ) >= lease_end,
+        "{state:#}"
+    );
+    assert_eq!(state["cluster"], serde_json::Value::Null, "{state:#}");
+    let ecs_calls = instance
+        .moto()
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.target)
+        .filter(|t| t.starts_with("AmazonEC2ContainerServiceV"))
+        .count();
+    assert_eq!(ecs_calls, 0, "no ECS call");
+}
+
+/// The shipped units' text: blockwatch.service only wants the join (a
+/// failed join must not stop it) and waits for time sync; ecs.service
+/// requires the join.
+#[test]
+fn blockwatch_wants_the_join_and_waits_for_time_sync_while_ecs_requires_the_join() {
+    let units = repo().join("packaging/systemd");
+    let unit = std::fs::read_to_string(units.join("blockwatch.service")).unwrap();
+    let values = |key: &str| -> Vec<String> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(key))
+            .flat_map(|v| v.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .collect()
+    };
+    assert!(
+        values("Wants=").contains(&"blockwatch-join.service".to_owned()),
+        "{unit}"
+    );
+    assert!(values("Requires=").is_empty(), "{unit}");
+    let after = values("After=");
+    for needed in ["blockwatch-join.service", "time-sync.target"] {
+        assert!(
+            after.contains(&needed.to_owned()),
+            "After= {needed}: {unit}"
+        );
+    }
+    let dropin = std::fs::read_to_string(units.join("ecs.service.d/10-blockwatch.conf")).unwrap();
+    assert!(
+        dropin
+            .lines()
+            .any(|l| l == "Requires=blockwatch-join.service"),
+        "{dropin}"
     );
 }
 

@@ -862,6 +862,32 @@ mod tests {
         }
     }
 
+    #[test]
+    fn unjoined_the_lease_powers_off_at_its_end_with_no_ecs_action() {
+        let end = T0 + minutes(20);
+        let policy = Policy {
+            joined: false,
+            enforce_lease_end: true,
+            stop_grace: Some(Duration::from_secs(60)),
+            ..policy()
+        };
+        let mut state = AgentState::default();
+        let mut asked = Vec::new();
+        for now in [
+            T0,
+            end - minutes(10),
+            end - minutes(1),
+            end - time::Duration::seconds(1),
+        ] {
+            let d = decide(now, &lease(end), &state, &policy);
+            state = d.state;
+            asked.extend(d.actions);
+        }
+        assert!(asked.is_empty(), "nothing before the end: {asked:?}");
+        let at_end = decide(end, &lease(end), &state, &policy);
+        assert_eq!(at_end.actions, vec![Action::PowerOff]);
+    }
+
     fn lease(at: OffsetDateTime) -> Observations {
         Observations {
             lease_end: Some((at, "tag".into())),

@@ -12,7 +12,13 @@ use super::state::{AgentState, Phase};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub instance_id: String,
-    pub cluster: String,
+    /// None when `run` is degraded: no cluster was resolved.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Why `run` works without a cluster (a failed join, an unusable
+    /// config): it enforces only the lease, with no ECS call.
+    #[serde(default)]
+    pub degraded: Option<String>,
     pub compute_environment: Option<String>,
     #[serde(flatten)]
     pub agent: AgentState,
@@ -82,6 +88,7 @@ impl Snapshot {
             .unwrap_or_else(|_| serde_json::json!({}));
         let more = serde_json::json!({
             "cluster": self.cluster,
+            "degraded": self.degraded,
             "compute_environment": self.compute_environment,
             "drain_started_at": drain.map(|d| rfc3339(d.started_at)),
             "draining_confirmed_at": drain.and_then(|d| d.draining_confirmed_at).map(rfc3339),
@@ -105,19 +112,44 @@ impl Snapshot {
 
     /// The one-line systemd `STATUS=`.
     pub fn status_line(&self, now: OffsetDateTime) -> String {
+        match &self.degraded {
+            Some(reason) => self.degraded_line(reason, now),
+            None => self.joined_line(now),
+        }
+    }
+
+    /// Degraded: the reason first, then the end it enforces. No drain is
+    /// set, so none is shown.
+    fn degraded_line(&self, reason: &str, now: OffsetDateTime) -> String {
+        let a = &self.agent;
+        let powering_off = a.drain.as_ref().is_some_and(|d| d.poweroff_at.is_some());
+        let end = match &a.deadline {
+            _ if powering_off => "powering off".to_owned(),
+            Some(d) => format!(
+                "{} ends {} (in {}): power-off then",
+                d.event.kind,
+                clock(d.at),
+                countdown(now, d.at)
+            ),
+            None => "no end announced".to_owned(),
+        };
+        format!("DEGRADED, no ECS drain: {reason} · {end}")
+    }
+
+    fn joined_line(&self, now: OffsetDateTime) -> String {
+        let cluster = self.cluster.as_deref().unwrap_or("none");
         let a = &self.agent;
         let ends = a.deadline.as_ref().map(|d| format!("ends {}", clock(d.at)));
         match a.phase {
             Phase::Joining | Phase::Watching => match (&a.deadline, a.drain_at) {
                 (Some(d), Some(drain_at)) => format!(
-                    "cluster {} · {} ends {} (in {}) · drain at {}",
-                    self.cluster,
+                    "cluster {cluster} · {} ends {} (in {}) · drain at {}",
                     d.event.kind,
                     clock(d.at),
                     countdown(now, d.at),
                     clock(drain_at)
                 ),
-                _ => format!("cluster {} · no end announced · watching", self.cluster),
+                _ => format!("cluster {cluster} · no end announced · watching"),
             },
             Phase::Draining => {
                 let drain = a.drain.as_ref();
@@ -156,18 +188,23 @@ impl Snapshot {
     /// The text `blockwatch status` prints.
     pub fn summary(&self, now: OffsetDateTime) -> String {
         let a = &self.agent;
-        let mut lines = vec![
-            format!("instance:  {}", self.instance_id),
+        let mut lines = vec![format!("instance:  {}", self.instance_id)];
+        if let Some(reason) = &self.degraded {
+            lines.push(format!(
+                "DEGRADED:  {reason}; enforcing the lease end only (no ECS drain, no job stop)"
+            ));
+        }
+        lines.extend([
             format!(
                 "cluster:   {}{}",
-                self.cluster,
+                self.cluster.as_deref().unwrap_or("none"),
                 self.compute_environment
                     .as_ref()
                     .map(|ce| format!(" (compute environment {ce})"))
                     .unwrap_or_default()
             ),
             format!("phase:     {}", a.phase.name()),
-        ];
+        ]);
         match &a.deadline {
             Some(d) => lines.push(format!(
                 "deadline:  {} ({}) from {} [{}]",
@@ -285,7 +322,8 @@ mod tests {
     fn snapshot(phase: Phase) -> Snapshot {
         Snapshot {
             instance_id: "i-1".into(),
-            cluster: "batch-a".into(),
+            cluster: Some("batch-a".into()),
+            degraded: None,
             compute_environment: Some("ce".into()),
             agent: AgentState {
                 phase,
@@ -334,6 +372,30 @@ mod tests {
         assert_eq!(json["stop_at"], serde_json::Value::Null);
         assert_eq!(json["deadline_source"], "lease");
         assert_eq!(json["phase"], "watching");
+        assert_eq!(json["degraded"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn degraded_is_said_in_the_status_line_the_summary_and_the_json() {
+        let mut shown = snapshot(Phase::Watching);
+        shown.cluster = None;
+        shown.degraded = Some("compute environment \"nope\" not found".into());
+        let now = datetime!(2026-11-29 14:47 UTC);
+        assert_eq!(
+            shown.status_line(now),
+            "DEGRADED, no ECS drain: compute environment \"nope\" not found · lease ends 15:00Z (in 13m00s): power-off then"
+        );
+        let text = shown.summary(now);
+        assert!(
+            text.contains(
+                "DEGRADED:  compute environment \"nope\" not found; enforcing the lease end only"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("cluster:   none"), "{text}");
+        let json = shown.status_json(now);
+        assert_eq!(json["degraded"], "compute environment \"nope\" not found");
+        assert_eq!(json["cluster"], serde_json::Value::Null);
     }
 
     #[test]

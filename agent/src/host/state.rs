@@ -464,7 +464,8 @@ mod tests {
     fn snapshot(phase: Phase) -> Snapshot {
         Snapshot {
             instance_id: "i-1".into(),
-            cluster: "jobs".into(),
+            cluster: Some("jobs".into()),
+            degraded: None,
             compute_environment: None,
             agent: AgentState {
                 phase,

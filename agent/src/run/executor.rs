@@ -97,7 +97,9 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
         let Some(container_instance) = self.container_instance(books).await else {
             return;
         };
-        let cluster = &self.node.cluster;
+        let Some(cluster) = &self.node.cluster else {
+            return;
+        };
         let counted = bounded(
             "ecs:ListTasks",
             self.service.tasks(cluster, &container_instance),
@@ -107,7 +109,7 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
             Ok(tasks) => {
                 self.worked(COUNTING, books);
                 if books.observed.running_tasks != Some(tasks.len()) {
-                    log::info!(CLUSTER = self.node.cluster.as_str(), PHASE = books.state.phase.name(); "{} task(s) still running on {container_instance}", tasks.len());
+                    log::info!(CLUSTER = cluster.as_str(), PHASE = books.state.phase.name(); "{} task(s) still running on {container_instance}", tasks.len());
                 }
                 books.observed.running_tasks = Some(tasks.len());
             }
@@ -148,11 +150,14 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
             self.back_off_unless_waiting();
             return None;
         };
+        let Some(cluster) = &self.node.cluster else {
+            return None;
+        };
         let activity = if draining { DRAINING } else { UNDRAINING };
         let set = bounded(
             "ecs:UpdateContainerInstancesState",
             self.service
-                .set_draining(&self.node.cluster, &container_instance, draining),
+                .set_draining(cluster, &container_instance, draining),
         )
         .await;
         if let Err(err) = set {
@@ -199,7 +204,9 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
             self.back_off_unless_waiting();
             return None;
         };
-        let cluster = &self.node.cluster;
+        let Some(cluster) = &self.node.cluster else {
+            return None;
+        };
         let reason = stop_reason(cause, &books.state, &self.node, now);
         let tasks = match bounded(
             "ecs:ListTasks",
@@ -308,7 +315,8 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
         if self.container_instance.is_some() {
             return self.container_instance.clone();
         }
-        let cluster = &self.node.cluster;
+        // Unjoined (`run` degraded): no cluster, so no ECS call at all.
+        let cluster = self.node.cluster.as_deref()?;
         let found = bounded(
             "ecs:ListContainerInstances",
             self.service
@@ -323,7 +331,6 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
             }
         };
         self.worked(FINDING, books);
-        let cluster = self.node.cluster.as_str();
         match &found {
             Some(arn) => log::info!(CLUSTER = cluster; "container instance {arn}"),
             None if !self.waiting_logged => {

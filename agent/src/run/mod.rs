@@ -54,11 +54,13 @@ use tokio::sync::watch;
 
 use crate::actions::ecs::{Ecs, Introspection};
 use crate::actions::webhook::Deliveries;
+use crate::core::config::OnLeaseEnd;
 use crate::core::deadline::Observations;
+use crate::core::escape::escape;
 use crate::exit::AgentError;
 use crate::host::entropy::random_u64;
 use crate::host::state;
-use crate::join::{resolve, ResolveOptions, Resolved};
+use crate::join::{resolve, ResolveOptions, Resolved, Standing, Unjoined};
 use crate::sources::aws::Aws;
 use crate::sources::imds::Imds;
 use crate::sources::{AwsFailure, SourceError};
@@ -119,7 +121,10 @@ impl Clock for SystemClock {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
     pub instance_id: String,
-    pub cluster: String,
+    /// None when degraded: no cluster, so no ECS call is ever made.
+    pub cluster: Option<String>,
+    /// Why `run` goes on without a cluster (escaped: one line).
+    pub degraded: Option<String>,
     pub compute_environment: Option<String>,
 }
 
@@ -127,8 +132,25 @@ impl Node {
     fn of(resolved: &Resolved) -> Self {
         Self {
             instance_id: resolved.instance_id.clone(),
-            cluster: resolved.cluster.to_string(),
+            cluster: Some(resolved.cluster.to_string()),
+            degraded: None,
             compute_environment: resolved
+                .compute_environment
+                .as_ref()
+                .map(|ce| ce.value.clone()),
+        }
+    }
+
+    fn unjoined(unjoined: &Unjoined) -> Self {
+        Self {
+            instance_id: unjoined
+                .identity
+                .as_ref()
+                .map_or("unknown", |i| i.instance_id.as_str())
+                .to_owned(),
+            cluster: None,
+            degraded: Some(escape(&unjoined.reason.to_string())),
+            compute_environment: unjoined
                 .compute_environment
                 .as_ref()
                 .map(|ce| ce.value.clone()),
@@ -136,17 +158,51 @@ impl Node {
     }
 }
 
+/// Says loudly, once, that `run` goes on without a cluster and what it
+/// still enforces.
+fn log_degraded(node: &Node, unjoined: &Unjoined) {
+    let settings = if matches!(unjoined.reason, AgentError::ConfigFile(_)) {
+        "the built-in defaults"
+    } else {
+        "the config file's settings"
+    };
+    let enforced = match unjoined.settings.on_lease_end.value {
+        OnLeaseEnd::Poweroff => {
+            "only the lease end (instance tags, the config, or the Capacity Block end) is enforced: power-off at the end"
+        }
+        OnLeaseEnd::None => {
+            "and on_lease_end = \"none\": nothing will end this instance"
+        }
+    };
+    log::error!(
+        INSTANCE_ID = node.instance_id.as_str();
+        "DEGRADED: {}; running without a cluster, with {settings}: no ECS drain, no job stop; {enforced}",
+        node.degraded.as_deref().unwrap_or_default()
+    );
+}
+
 pub async fn run(request: &RunRequest, imds: Imds) -> Result<(), AgentError> {
     let mut service = Service::new()?;
     let aws = Arc::new(Aws::new(imds.clone()));
-    let Some(resolved) = start_up(&mut service, request, &imds, &aws).await? else {
+    let Some(standing) = start_up(&mut service, request, &imds, &aws).await? else {
         return Ok(());
     };
-    let identity = resolved
-        .identity
-        .clone()
-        .ok_or_else(|| AgentError::Internal("no identity document".into()))?;
-    let settings = resolved.settings.clone();
+    let (identity, settings, node) = match &standing {
+        Standing::Joined(resolved) => (
+            resolved.identity.clone(),
+            resolved.settings.clone(),
+            Node::of(resolved),
+        ),
+        Standing::Unjoined(unjoined) => (
+            unjoined.identity.clone(),
+            unjoined.settings.clone(),
+            Node::unjoined(unjoined),
+        ),
+    };
+    let identity = identity.ok_or_else(|| AgentError::Internal("no identity document".into()))?;
+    if let Standing::Unjoined(unjoined) = &standing {
+        log_degraded(&node, unjoined);
+    }
     let metrics_file = settings.metrics_file.as_ref().map(|p| p.value.clone());
     let (records, mut state) =
         state::Records::open(&request.state_dir, &identity.instance_id, metrics_file)?;
@@ -161,7 +217,6 @@ pub async fn run(request: &RunRequest, imds: Imds) -> Result<(), AgentError> {
     // each request sets its own timeout.
     let http = crate::host::http::client()
         .map_err(|e| AgentError::Internal(format!("cannot build the HTTP client: {e}")))?;
-    let node = Node::of(&resolved);
     let books = Books::new(
         &settings,
         &node,
@@ -195,23 +250,28 @@ pub async fn run(request: &RunRequest, imds: Imds) -> Result<(), AgentError> {
             break;
         }
         // Outside `serve`: the power-off makes systemd send SIGTERM, which
-        // must not drop the command's outcome before it is recorded.
-        agent.run_power_off().await;
+        // must not drop the command's outcome before it is recorded; the
+        // watchdog is fed while the command runs.
+        let stop_asked = service.finish(agent.run_power_off()).await;
         let status = agent.record_tick().await;
         service.notifier.tick(&status);
+        if stop_asked {
+            break;
+        }
     }
     shut_down(&mut service, &mut agent.books.reporter.deliveries, request).await;
     Ok(())
 }
 
 /// Resolves who we are and our settings, serving signals meanwhile; `None`
-/// when told to stop first.
+/// when told to stop first. A failure that retrying cannot mend gives
+/// [`Standing::Unjoined`]: `run` then goes on degraded.
 async fn start_up(
     service: &mut Service,
     request: &RunRequest,
     imds: &Imds,
     aws: &Aws,
-) -> Result<Option<Resolved>, AgentError> {
+) -> Result<Option<Standing>, AgentError> {
     let known = state::read_join_record(&request.state_dir).unwrap_or_else(|err| {
         log::warn!("ignoring the join record: {err}");
         None
@@ -222,6 +282,7 @@ async fn start_up(
         dry_run_flag: request.dry_run,
         always_read_tags: true,
         known: known.as_ref(),
+        go_on_unjoined: true,
     };
     match service
         .serve(Box::pin(resolve(options, imds, aws, aws)))

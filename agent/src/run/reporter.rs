@@ -83,7 +83,7 @@ impl Reporter {
             .unwrap_or("none");
         log::info!(
             INSTANCE_ID = self.node.instance_id.as_str(),
-            CLUSTER = self.node.cluster.as_str(),
+            CLUSTER = self.node.cluster.as_deref().unwrap_or_default(),
             PHASE = state.phase.name(),
             DEADLINE = deadline.as_str(),
             DEADLINE_SOURCE = source;

@@ -119,4 +119,31 @@ impl Service {
             }
         }
     }
+
+    /// Runs `work` to its end, whatever comes: feeds the watchdog meanwhile
+    /// (for up to [`TICK_LIMIT`]) and remembers, without acting on it, a
+    /// SIGTERM or SIGINT. For the power-off command, which makes systemd
+    /// send SIGTERM and may take longer than `WatchdogSec`. Returns whether
+    /// a stop was asked meanwhile.
+    pub async fn finish(&mut self, work: impl Future<Output = ()>) -> bool {
+        let started = Instant::now();
+        let mut stop_asked = false;
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                () = &mut work => return stop_asked,
+                _ = self.watchdog.tick() => {
+                    if started.elapsed() < TICK_LIMIT {
+                        self.notifier.watchdog();
+                    }
+                }
+                () = self.signals.recv() => {
+                    if !stop_asked {
+                        log::info!("asked to stop; finishing the power-off first");
+                    }
+                    stop_asked = true;
+                }
+            }
+        }
+    }
 }

@@ -83,6 +83,7 @@ impl Store {
         Snapshot {
             instance_id: self.node.instance_id.clone(),
             cluster: self.node.cluster.clone(),
+            degraded: self.node.degraded.clone(),
             compute_environment: self.node.compute_environment.clone(),
             agent: state.clone(),
             updated_at: now,

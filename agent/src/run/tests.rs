@@ -36,7 +36,8 @@ fn secs(n: u64) -> Duration {
 fn node() -> Node {
     Node {
         instance_id: "i-0123456789abcdef0".into(),
-        cluster: "jobs".into(),
+        cluster: Some("jobs".into()),
+        degraded: None,
         compute_environment: None,
     }
 }

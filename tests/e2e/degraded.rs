@@ -1,0 +1,228 @@
+//! A failed join or an unusable config never leaves a lease unenforced: the
+//! real `blockwatch run` against moto and the IMDS simulator goes on without
+//! a cluster (degraded), says so, makes no ECS call, and powers off at the
+//! lease end, not before. `poweroff_command` (or, with the built-in
+//! defaults, `systemctl`) is always a harmless stand-in that records its runs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+
+use blockwatch_testkit::imds::rfc3339;
+use common::{now, parse_time, phase, Agent, Instance, FAST, PATIENCE, POLL, STARTUP};
+use time::OffsetDateTime;
+
+/// How far after the test's own setup the lease ends: the start, plus a
+/// stretch of watching in which a power-off would be too early.
+const LEASE: time::Duration = time::Duration::seconds(20);
+
+/// Every ECS API call moto saw (the JSON protocol's target prefix).
+fn ecs_calls(instance: &Instance) -> Vec<String> {
+    instance
+        .moto()
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.target)
+        .filter(|t| t.starts_with("AmazonEC2ContainerServiceV"))
+        .collect()
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn lease_ends(instance: &Instance, end: OffsetDateTime) {
+    instance.imds.update(|s| {
+        s.tags
+            .get_or_insert_with(Default::default)
+            .insert("blockwatch:lease-end".into(), rfc3339(end));
+    });
+}
+
+/// Waits for the recorded power-off; fails if `runs` shows a power-off
+/// command before `end`.
+fn wait_powered_off_not_before(
+    instance: &Instance,
+    agent: &mut Agent,
+    runs: &Path,
+    end: OffsetDateTime,
+) -> serde_json::Value {
+    let give_up = std::time::Instant::now() + PATIENCE + std::time::Duration::from_secs(30);
+    loop {
+        // Read the clock first: a run seen after it was read while still
+        // before the end is too early.
+        let before_looking = now();
+        let ran = lines(runs);
+        assert!(
+            before_looking >= end || ran.is_empty(),
+            "powered off before the lease end {end}: {ran:?}\n{}",
+            agent.log()
+        );
+        assert!(
+            agent.child.try_wait().unwrap().is_none(),
+            "run exited\n{}",
+            agent.log()
+        );
+        if let Some(snapshot) = instance.snapshot() {
+            if snapshot["drain"]["poweroff_at"].is_string() {
+                return snapshot;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "no power-off; state {:?}\n{}",
+            instance.snapshot(),
+            agent.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn status(instance: &Instance, json: bool) -> String {
+    let mut command = std::process::Command::new(common::BIN);
+    command.env_clear().arg("status");
+    if json {
+        command.arg("--json");
+    }
+    let output = command
+        .arg("--state-dir")
+        .arg(instance.state_dir())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The first `STATUS=` line the agent sends to `socket`.
+fn first_status(socket: &UnixDatagram, agent: &Agent) -> String {
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let n = socket
+            .recv(&mut buffer)
+            .unwrap_or_else(|e| panic!("no notification: {e}\n{}", agent.log()));
+        let message = String::from_utf8_lossy(&buffer[..n]).into_owned();
+        if let Some(status) = message.lines().find_map(|l| l.strip_prefix("STATUS=")) {
+            return status.to_owned();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_compute_environment_that_names_nothing_still_powers_off_at_the_lease_end() {
+    let instance = Instance::with_moto().await;
+    instance
+        .launch(&[("blockwatch:compute-environment", "no-such-ce")], true)
+        .await;
+    let runs = instance.root.path().join("powered-off");
+    let command = format!("echo off >> {}", runs.display());
+    instance.write_config(&format!("{FAST}poweroff_command = {command:?}\n"));
+    let socket_path = instance.root.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let end = now() + STARTUP + LEASE;
+    lease_ends(&instance, end);
+
+    let mut agent = instance.spawn_run(&[], &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())]);
+
+    let reason = "compute environment \"no-such-ce\" not found";
+    let line = first_status(&socket, &agent);
+    // Read no more: closed, the agent's next sends fail at once instead of
+    // filling the socket's queue.
+    drop(socket);
+    assert!(
+        line.starts_with(&format!("DEGRADED, no ECS drain: {reason} · lease ends ")),
+        "{line}"
+    );
+    instance.wait_for(&agent, PATIENCE, "a state file", |s| phase(s) != "joining");
+    let json: serde_json::Value = serde_json::from_str(&status(&instance, true)).unwrap();
+    assert_eq!(json["degraded"], reason, "{json}");
+    assert_eq!(json["cluster"], serde_json::Value::Null, "{json}");
+    assert_eq!(json["compute_environment"], "no-such-ce", "{json}");
+    assert_eq!(parse_time(json["deadline"].as_str().unwrap()), end);
+    let text = status(&instance, false);
+    assert!(text.contains(&format!("DEGRADED:  {reason}")), "{text}");
+
+    let off = wait_powered_off_not_before(&instance, &mut agent, &runs, end);
+
+    assert!(parse_time(off["drain"]["poweroff_at"].as_str().unwrap()) >= end);
+    std::thread::sleep(POLL * 3);
+    assert_eq!(
+        lines(&runs),
+        vec!["off"],
+        "powered off once\n{}",
+        agent.log()
+    );
+    let log = agent.log();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("DEGRADED: ")).collect();
+    assert_eq!(errors.len(), 1, "one loud line: {log}");
+    assert!(errors[0].contains(reason), "{log}");
+    assert_eq!(ecs_calls(&instance), Vec::<String>::new(), "no ECS call");
+}
+
+/// A directory whose `systemctl` records its arguments and succeeds, put
+/// before the host guard: the built-in `poweroff_command` runs it.
+fn recording_systemctl(root: &Path) -> (PathBuf, String) {
+    let dir = root.join("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let runs = root.join("systemctl-runs");
+    let script = dir.join("systemctl");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$*\" >> '{}'\n", runs.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut path = dir.into_os_string();
+    path.push(":");
+    path.push(blockwatch_testkit::host_guard::path());
+    (runs, path.into_string().unwrap())
+}
+
+#[tokio::test]
+async fn an_unusable_config_still_powers_off_at_the_lease_end_with_the_defaults() {
+    let instance = Instance::with_moto().await;
+    instance
+        .launch(&[("blockwatch:cluster", "jobs")], true)
+        .await;
+    instance.write_config("poll_interval = [not toml\n");
+    let (runs, path) = recording_systemctl(instance.root.path());
+    let end = now() + STARTUP + LEASE;
+    lease_ends(&instance, end);
+
+    let mut agent = instance.spawn_run(&[], &[("PATH", &path)]);
+
+    instance.wait_for(&agent, PATIENCE, "a state file", |s| phase(s) != "joining");
+    let json: serde_json::Value = serde_json::from_str(&status(&instance, true)).unwrap();
+    let reason = json["degraded"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with(&format!("config file {}", instance.config_file().display())),
+        "{json}"
+    );
+    assert_eq!(json["cluster"], serde_json::Value::Null, "{json}");
+
+    let off = wait_powered_off_not_before(&instance, &mut agent, &runs, end);
+
+    assert!(parse_time(off["drain"]["poweroff_at"].as_str().unwrap()) >= end);
+    std::thread::sleep(POLL * 3);
+    // The built-in poweroff_command.
+    assert_eq!(
+        lines(&runs),
+        vec!["--no-block poweroff"],
+        "powered off once\n{}",
+        agent.log()
+    );
+    assert!(
+        agent.log().contains("with the built-in defaults"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(ecs_calls(&instance), Vec::<String>::new(), "no ECS call");
+}
