@@ -862,6 +862,80 @@ mod tests {
         }
     }
 
+    fn lease(at: OffsetDateTime) -> Observations {
+        Observations {
+            lease_end: Some((at, "tag".into())),
+            ..Observations::default()
+        }
+    }
+
+    fn spot(at: OffsetDateTime) -> Option<SpotAction> {
+        Some(SpotAction {
+            action: "terminate".into(),
+            time: at,
+        })
+    }
+
+    fn event(id: &str, at: OffsetDateTime, state: &str) -> ScheduledEvent {
+        ScheduledEvent {
+            id: id.into(),
+            code: "system-reboot".into(),
+            not_before: at,
+            state: state.into(),
+        }
+    }
+
+    /// Decides at `now` as the agent does: a last look at the lease (it
+    /// has not moved) is a second decision with the same `now`.
+    fn decide_with_look(
+        now: OffsetDateTime,
+        observed: &Observations,
+        state: &AgentState,
+        policy: &Policy,
+    ) -> Decision {
+        let decision = decide(now, observed, state, policy);
+        if !decision.actions.contains(&Action::ConfirmLease) {
+            return decision;
+        }
+        let looked = Observations {
+            lease_confirmed_at: Some(now),
+            ..observed.clone()
+        };
+        decide(now, &looked, state, policy)
+    }
+
+    /// Records what an executor whose every action succeeds at once would
+    /// report for `decision`'s actions.
+    fn carry_out(state: &mut AgentState, decision: &Decision, now: OffsetDateTime) {
+        for action in &decision.actions {
+            match action {
+                Action::Drain => record(state, Outcome::Draining, now),
+                Action::Undrain => record(state, Outcome::Active, now),
+                Action::StopTasks(cause) => record(state, Outcome::StopsRequested(*cause), now),
+                Action::PowerOff => {
+                    record(state, Outcome::PowerOffStarted, now);
+                    record(state, Outcome::PoweredOff, now);
+                }
+                Action::ConfirmLease => {}
+            }
+        }
+    }
+
+    /// Runs `steps` of (now, observations) from a fresh state, with an
+    /// executor whose actions all succeed at once.
+    fn run(steps: &[(OffsetDateTime, Observations)], policy: &Policy) -> Vec<Decision> {
+        let mut state = AgentState::default();
+        steps
+            .iter()
+            .map(|(now, observed)| {
+                let decision = decide_with_look(*now, observed, &state, policy);
+                state = decision.state.clone();
+                carry_out(&mut state, &decision, *now);
+                decision
+            })
+            .collect()
+    }
+
     #[test]
     fn drains_at_deadline_minus_lead_and_not_before() {
         let end = T0 + minutes(60);
