@@ -203,7 +203,12 @@ pub async fn run(request: &RunRequest, imds: Imds) -> Result<(), AgentError> {
     if let Standing::Unjoined(unjoined) = &standing {
         log_degraded(&node, unjoined);
     }
-    let metrics_file = settings.metrics_file.as_ref().map(|p| p.value.clone());
+    // A dry run's made-up phases never reach the monitoring.
+    let metrics_file = settings
+        .metrics_file
+        .as_ref()
+        .filter(|_| !settings.dry_run.value)
+        .map(|p| p.value.clone());
     let (records, mut state) =
         state::Records::open(&request.state_dir, &identity.instance_id, metrics_file)?;
     // A lease duration counts from the first launch, not from a restart

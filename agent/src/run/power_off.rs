@@ -107,6 +107,15 @@ fn power_off_cause(now: OffsetDateTime, books: &Books) -> String {
         .map(|c| (c.at, c.key.kind))
         .min();
     let stop_wait = humantime::format_duration(books.policy.stop_wait());
+    if !books.policy.joined {
+        return match lease_end {
+            Some((at, kind)) => format!(
+                "the {kind} ended at {} (not joined: nothing was drained or stopped)",
+                rfc3339(at)
+            ),
+            None => "the end has come (not joined: nothing was drained or stopped)".to_owned(),
+        };
+    }
     match (books.state.phase, lease_end) {
         (Phase::Drained, Some((at, kind))) if now < at => {
             format!("drained before the {kind} ends at {}", rfc3339(at))

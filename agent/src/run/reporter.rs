@@ -113,6 +113,12 @@ impl Reporter {
             })
             .unwrap_or_else(|| "no end announced".to_owned());
         let (name, message) = match event {
+            Event::DrainStarted if self.node.cluster.is_none() => (
+                "drain-started",
+                format!(
+                    "the end is near: the instance ends {described}; not joined, so nothing to drain or stop"
+                ),
+            ),
             Event::DrainStarted => (
                 "drain-started",
                 format!("draining: the instance ends {described}"),
