@@ -68,6 +68,8 @@ pub enum AgentError {
     Internal(String),
     #[error("{what} did not finish within {}", humantime::format_duration(*after))]
     TimedOut { what: &'static str, after: Duration },
+    #[error("the cluster resolves now ({cluster}); exiting so that blockwatch starts again joined and drains through ECS")]
+    Rejoined { cluster: String },
     #[error("gave up after {} of retries (--retry-for): {last}", humantime::format_duration(Duration::from_secs(after.as_secs())))]
     GaveUp {
         after: Duration,
@@ -89,7 +91,7 @@ impl AgentError {
             Self::EcsConfig(_) | Self::State(_) => ECS_CONFIG_IO,
             Self::StateDirBusy(_) | Self::DryRunDir(_) => CANT_CREATE,
             Self::Internal(_) => INTERNAL,
-            Self::TimedOut { .. } => TRANSIENT,
+            Self::TimedOut { .. } | Self::Rejoined { .. } => TRANSIENT,
             Self::GaveUp { last, .. } => last.exit_code(),
         }
     }

@@ -84,7 +84,9 @@ pub struct ResolveOptions<'a> {
     /// `run`: a failure that retrying cannot mend (an unusable config, a
     /// cluster that cannot be resolved, tags that cannot be read) gives
     /// [`Standing::Unjoined`] instead of an error, so that the lease is
-    /// still enforced. Transient failures are errors either way.
+    /// still enforced. A transient one too (Batch unreachable from a private
+    /// subnet could be for good): `run` then asks again now and then and
+    /// restarts joined once it resolves.
     pub go_on_unjoined: bool,
 }
 
@@ -94,7 +96,7 @@ fn go_on_without(
     failure: &mut Option<AgentError>,
     err: AgentError,
 ) -> Result<(), AgentError> {
-    if !options.go_on_unjoined || err.is_transient() {
+    if !options.go_on_unjoined {
         return Err(err);
     }
     failure.get_or_insert(err);

@@ -226,3 +226,81 @@ async fn an_unusable_config_still_powers_off_at_the_lease_end_with_the_defaults(
     );
     assert_eq!(ecs_calls(&instance), Vec::<String>::new(), "no ECS call");
 }
+
+/// An instance tagged with an UNMANAGED compute environment in moto, whose
+/// AWS endpoint is a fault proxy answering Batch's DescribeComputeEnvironments
+/// with a server error (`times` times, or for good).
+async fn batch_failing(
+    times: Option<usize>,
+) -> (Instance, blockwatch_testkit::aws_proxy::AwsProxy) {
+    use blockwatch_testkit::aws_proxy::{AwsProxy, Fault};
+    let mut instance = Instance::with_moto().await;
+    instance
+        .moto()
+        .create_unmanaged_ce("research", true)
+        .await
+        .unwrap();
+    instance
+        .launch(&[("blockwatch:compute-environment", "research")], true)
+        .await;
+    let proxy = AwsProxy::start(instance.moto().addr()).unwrap();
+    proxy.inject("DescribeComputeEnvironments", Fault::server_error(), times);
+    instance.aws_endpoint = proxy.endpoint();
+    (instance, proxy)
+}
+
+#[tokio::test]
+async fn batch_unreachable_for_good_still_powers_off_at_the_lease_end() {
+    // A private subnet with no Batch endpoint: the join can never succeed.
+    let (instance, _proxy) = batch_failing(None).await;
+    let runs = instance.root.path().join("powered-off");
+    let command = format!("echo off >> {}", runs.display());
+    instance.write_config(&format!("{FAST}poweroff_command = {command:?}\n"));
+    let end = now() + STARTUP + LEASE;
+    lease_ends(&instance, end);
+
+    let mut agent = instance.spawn_run(&[], &[]);
+
+    let watching = instance.wait_for(&agent, PATIENCE, "a state file", |s| phase(s) != "joining");
+    assert!(
+        watching["degraded"]
+            .as_str()
+            .is_some_and(|r| r.contains("batch:DescribeComputeEnvironments")),
+        "{watching:#}"
+    );
+    let off = wait_powered_off_not_before(&instance, &mut agent, &runs, end);
+    assert!(parse_time(off["drain"]["poweroff_at"].as_str().unwrap()) >= end);
+    let log = agent.log();
+    assert!(log.contains("still degraded"), "asked again: {log}");
+    assert_eq!(ecs_calls(&instance), Vec::<String>::new(), "no ECS call");
+}
+
+#[tokio::test]
+async fn a_run_degraded_by_a_transient_failure_exits_to_start_again_joined_once_batch_answers() {
+    // Batch fails the start-up's lookup (both SDK attempts), then answers.
+    let (instance, proxy) = batch_failing(Some(2)).await;
+    instance.write_config(FAST);
+    let mut agent = instance.spawn_run(&[], &[]);
+
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = agent.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running\n{}",
+            agent.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let log = agent.log();
+    assert!(log.contains("DEGRADED: "), "degraded first: {log}");
+    assert_eq!(
+        status.code(),
+        Some(75),
+        "for systemd to start it again\n{log}"
+    );
+    assert!(log.contains("the cluster resolves now"), "{log}");
+    assert!(proxy.seen("DescribeComputeEnvironments") >= 3, "{log}");
+}

@@ -174,9 +174,14 @@ fn log_degraded(node: &Node, unjoined: &Unjoined) {
             "and on_lease_end = \"none\": nothing will end this instance"
         }
     };
+    let again = if unjoined.reason.is_transient() {
+        "; asking again now and then, and starting again joined once it resolves"
+    } else {
+        ""
+    };
     log::error!(
         INSTANCE_ID = node.instance_id.as_str();
-        "DEGRADED: {}; running without a cluster, with {settings}: no ECS drain, no job stop; {enforced}",
+        "DEGRADED: {}; running without a cluster, with {settings}: no ECS drain, no job stop; {enforced}{again}",
         node.degraded.as_deref().unwrap_or_default()
     );
 }
@@ -235,6 +240,7 @@ pub async fn run(request: &RunRequest, imds: Imds) -> Result<(), AgentError> {
     let ecs = Ecs::new(current_aws.clone(), introspection);
     let url = request.introspection_url.clone();
     let mut agent = Agent::new(books, &settings, &node, ecs, SystemClock, url);
+    let rejoin_imds = imds.clone();
     let mut poll = Poll::new(imds, aws_updates, &settings, SystemClock);
     poll.follow_lease(settings.lease.clone(), &mut agent.books);
     let mut ec2_reports = ec2::spawn(current_aws, identity, &settings);
@@ -242,6 +248,13 @@ pub async fn run(request: &RunRequest, imds: Imds) -> Result<(), AgentError> {
     let interval = settings.poll_interval.value.max(Duration::from_millis(100));
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Degraded by a transient failure: asked again, and restarted joined.
+    let mut rejoin = match &standing {
+        Standing::Unjoined(unjoined) if unjoined.reason.is_transient() => {
+            Some(Rejoin::new(rejoin_imds))
+        }
+        _ => None,
+    };
     loop {
         match service.wait(&mut ticker, &mut ec2_reports).await {
             Wakeup::Tick => {}
@@ -263,9 +276,77 @@ pub async fn run(request: &RunRequest, imds: Imds) -> Result<(), AgentError> {
         if stop_asked {
             break;
         }
+        if let Some(rejoin) = rejoin.as_mut() {
+            match service.serve(Box::pin(rejoin.try_again(request))).await {
+                Served::Done(None) => {}
+                Served::Done(Some(joined)) => {
+                    shut_down(&mut service, &mut agent.books.reporter.deliveries, request).await;
+                    return Err(joined);
+                }
+                Served::Stopped => break,
+            }
+        }
     }
     shut_down(&mut service, &mut agent.books.reporter.deliveries, request).await;
     Ok(())
+}
+
+/// The first wait before a degraded `run` asks again; it doubles to
+/// [`REJOIN_MAX_WAIT`].
+const REJOIN_FIRST_WAIT: Duration = Duration::from_secs(5);
+const REJOIN_MAX_WAIT: Duration = Duration::from_secs(120);
+
+/// A `run` degraded by a transient failure asks for its cluster again now
+/// and then; once it resolves, `run` exits (75) for systemd to start it
+/// again joined.
+#[derive(Debug)]
+struct Rejoin {
+    imds: Imds,
+    wait: Duration,
+    next: tokio::time::Instant,
+}
+
+impl Rejoin {
+    fn new(imds: Imds) -> Self {
+        Self {
+            imds,
+            wait: REJOIN_FIRST_WAIT,
+            next: tokio::time::Instant::now() + REJOIN_FIRST_WAIT,
+        }
+    }
+
+    /// When due, resolves again; the error to exit with once joined.
+    async fn try_again(&mut self, request: &RunRequest) -> Option<AgentError> {
+        let now = tokio::time::Instant::now();
+        if now < self.next {
+            return None;
+        }
+        self.wait = (self.wait * 2).min(REJOIN_MAX_WAIT);
+        self.next = now + self.wait;
+        let known = state::read_join_record(&request.state_dir).ok().flatten();
+        let options = ResolveOptions {
+            config_path: &request.config_path,
+            config_path_explicit: request.config_path_explicit,
+            dry_run_flag: request.dry_run,
+            always_read_tags: true,
+            known: known.as_ref(),
+            go_on_unjoined: false,
+        };
+        let aws = Aws::new(self.imds.clone());
+        match resolve(options, &self.imds, &aws, &aws).await {
+            Ok(Standing::Joined(resolved)) => Some(AgentError::Rejoined {
+                cluster: resolved.cluster.to_string(),
+            }),
+            Ok(Standing::Unjoined(_)) => None,
+            Err(err) => {
+                log::warn!(
+                    "still degraded: {err}; asking again in {}",
+                    humantime::format_duration(self.wait)
+                );
+                None
+            }
+        }
+    }
 }
 
 /// Resolves who we are and our settings, serving signals meanwhile; `None`
