@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use blockwatch_core::config::HumanDuration;
+use blockwatch_core::config::{HumanDuration, MIN_LEASE_DURATION};
 use serde::Serialize;
 
 pub const AMI_PARAMETER_X86: &str =
@@ -109,8 +109,11 @@ pub enum Invalid {
     MinCount { min: u32, count: u32 },
     #[error("--duration {0:?} is not a duration like 3h or 90m")]
     Duration(String),
-    #[error("--duration must be longer than zero")]
-    ZeroDuration,
+    #[error(
+        "--duration must be at least {}: the agent refuses a shorter lease",
+        humantime::format_duration(MIN_LEASE_DURATION)
+    )]
+    ShortDuration,
     #[error("--max-price {0:?} is not a positive price in USD per hour, like 0.12")]
     Price(String),
     #[error("--max-price only applies to --market spot")]
@@ -170,8 +173,9 @@ impl Request {
             .parse::<HumanDuration>()
             .map_err(|_| Invalid::Duration(self.duration.clone()))?
             .0;
-        if duration.is_zero() {
-            return Err(Invalid::ZeroDuration);
+        // The agent refuses a shorter lease tag, and would then enforce none.
+        if duration < MIN_LEASE_DURATION {
+            return Err(Invalid::ShortDuration);
         }
         let market = self.market.unwrap_or(Market::Spot);
         if let Some(price) = &self.max_price {
@@ -344,7 +348,14 @@ mod tests {
                     duration: "0s".into(),
                     ..request()
                 },
-                Invalid::ZeroDuration,
+                Invalid::ShortDuration,
+            ),
+            (
+                Request {
+                    duration: "9m 59s".into(),
+                    ..request()
+                },
+                Invalid::ShortDuration,
             ),
             (
                 Request {

@@ -304,3 +304,25 @@ async fn a_run_degraded_by_a_transient_failure_exits_to_start_again_joined_once_
     assert!(log.contains("the cluster resolves now"), "{log}");
     assert!(proxy.seen("DescribeComputeEnvironments") >= 3, "{log}");
 }
+
+#[tokio::test]
+async fn an_unusable_config_that_asks_for_a_dry_run_stays_a_dry_run() {
+    let instance = Instance::with_moto().await;
+    instance
+        .launch(&[("blockwatch:cluster", "jobs")], true)
+        .await;
+    instance.write_config("dry_run = true\npoll_interval = [not toml\n");
+    let (runs, path) = recording_systemctl(instance.root.path());
+    // Already over: a live agent would power off within seconds.
+    lease_ends(&instance, now() - time::Duration::minutes(1));
+
+    let agent = instance.spawn_run(&[], &[("PATH", &path)]);
+
+    let log = agent.wait_for_log("dry run, nothing changed: would run", PATIENCE);
+    assert!(log.contains("DEGRADED: "), "{log}");
+    assert!(lines(&runs).is_empty(), "a real power-off ran\n{log}");
+    assert!(
+        instance.snapshot().is_none(),
+        "the live state directory is left alone\n{log}"
+    );
+}

@@ -320,7 +320,11 @@ async fn unknown_managed_and_bad_requests_are_refused_and_nothing_launches() {
 
     // Refused before any AWS call at all.
     let before = moto.requests().len();
-    for (duration, needle) in [("0s", "longer than zero"), ("soon", "is not a duration")] {
+    for (duration, needle) in [
+        ("0s", "at least 10m"),
+        ("5m", "at least 10m"),
+        ("soon", "is not a duration"),
+    ] {
         assert_refused_and_nothing_launched(&moto, &base("research", duration), 2, needle).await;
     }
     let negative = [

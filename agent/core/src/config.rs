@@ -1046,4 +1046,28 @@ mod tests {
         let (plain, _) = Settings::resolve(&FileConfig::default(), &path(), None, false);
         assert!(!plain.describe().join(" ").contains("job_stop_timeout"));
     }
+
+    #[test]
+    fn a_lease_duration_tag_below_the_floor_is_refused_and_a_long_one_saturates() {
+        for short in ["0s", "5m", "9m 59s"] {
+            let (lease, problems) =
+                Settings::lease_from_tags(&tags(&[(TAG_LEASE_DURATION, short)]));
+            assert_eq!(lease, None, "{short}");
+            assert_eq!(problems[0].key, TAG_LEASE_DURATION, "{short}");
+            assert!(
+                problems[0].reason.contains("shorter than the 10m"),
+                "{:?}",
+                problems
+            );
+        }
+        let (lease, problems) = Settings::lease_from_tags(&tags(&[(TAG_LEASE_DURATION, "10m")]));
+        assert!(problems.is_empty());
+        assert_eq!(
+            lease.map(|l| l.value),
+            Some(Lease::LastsFromLaunch(HumanDuration(MIN_LEASE_DURATION)))
+        );
+        let forever = Lease::LastsFromLaunch(HumanDuration(Duration::MAX));
+        let launched = OffsetDateTime::UNIX_EPOCH;
+        assert!(forever.end(launched) > launched, "saturates, never panics");
+    }
 }

@@ -384,7 +384,8 @@ pub enum StopCause {
 pub enum CancelCause {
     /// The scheduled event that started it was canceled or completed.
     EventEnded,
-    /// Its deadline moved later, and the new drain time is in the future.
+    /// Its deadline is not due any more: it moved later, or the wall clock
+    /// stepped back, and the drain time is in the future.
     DeadlineMoved,
     /// The instance was stopped (or hibernated) and started again: a new life.
     NewLife,
@@ -486,11 +487,13 @@ fn cancel_cause(
     if reason.kind == SourceKind::ScheduledEvent && observed.scheduled_event_ended(&reason.id) {
         return Some(CancelCause::EventEnded);
     }
-    let moved_later = reason.kind.can_move_later()
+    // Not due any more: its end moved later, or the wall clock stepped
+    // back past the drain time (a clock that was wrong when it started).
+    let no_longer_due = reason.kind.can_move_later()
         && candidates
             .iter()
-            .any(|c| c.key == *reason && c.at > drain.deadline && c.at.saturating_sub(lead) > now);
-    moved_later.then_some(CancelCause::DeadlineMoved)
+            .any(|c| c.key == *reason && c.at.saturating_sub(lead) > now);
+    no_longer_due.then_some(CancelCause::DeadlineMoved)
 }
 
 /// Whether the instance was started again since the drain began: a newer
@@ -560,10 +563,12 @@ pub fn decide(
         }
     }
 
-    // Irreversible steps wait after a wall-clock step.
+    // Irreversible steps wait after a wall-clock step, at least as long as
+    // a stop's own wait (whose wall-clock timing the step skewed).
+    let hold = CLOCK_STEP_HOLD.max(policy.stop_wait());
     let held_until = observed
         .clock_stepped_at
-        .map(|at| at.saturating_add(duration(CLOCK_STEP_HOLD)))
+        .map(|at| at.saturating_add(duration(hold)))
         .filter(|until| now < *until);
 
     if let Some(drain) = state.drain.as_mut() {
@@ -679,8 +684,14 @@ impl Step<'_> {
                 self.drain.drained_at = Some(now);
             }
             Phase::Draining => {
-                if let Some(cause) = self.stop_due(ends).filter(|_| !ends.held) {
+                // Out of time, a stop would only delay the power-off.
+                let stop = self
+                    .stop_due(ends)
+                    .filter(|_| !ends.held && !self.out_of_time(ends));
+                if let Some(cause) = stop {
                     self.actions.push(Action::StopTasks(cause));
+                    // One irreversible step a decision: the stop first.
+                    return;
                 }
             }
             Phase::Stopping => {
@@ -729,8 +740,12 @@ impl Step<'_> {
         if drain.poweroff_at.is_some() || !self.power_off_wanted(ends) || ends.held {
             return;
         }
+        // An attempt "in the future" was timed by a clock that has since
+        // stepped back: due now, not after the step.
         let retry_due = drain.poweroff_attempted_at.is_none_or(|at| {
-            ends.now >= at.saturating_add(duration(poweroff_retry_after(drain.poweroff_attempts)))
+            at > ends.now
+                || ends.now
+                    >= at.saturating_add(duration(poweroff_retry_after(drain.poweroff_attempts)))
         });
         if !retry_due {
             return;
@@ -760,18 +775,22 @@ impl Step<'_> {
         let lease_over = ends
             .lease_end
             .is_some_and(|at| nothing_runs && (drain.reason.kind.is_lease() || ends.now >= at));
-        // Past the lease end and every wait: what still runs cannot be
-        // stopped or seen (ECS unreachable). Counted from the drain's start
-        // for an end first seen already past, so the sequence runs whole.
-        let out_of_time = ends.lease_end.is_some_and(|at| {
+        drained_for_an_end || lease_over || self.out_of_time(ends)
+    }
+
+    /// Past the lease end and every wait: what still runs cannot be stopped
+    /// or seen (ECS unreachable). Counted from the drain's start for an end
+    /// first seen already past, so the sequence runs whole.
+    fn out_of_time(&self, ends: &Ends) -> bool {
+        let drain = &*self.drain;
+        ends.lease_end.is_some_and(|at| {
             let wait = duration(LEASE_END_STOP_WAIT.max(self.policy.stop_wait()));
             let from_end = at.max(drain.started_at).saturating_add(wait);
             let from_stop = drain
                 .stop_requested_at()
                 .map(|stop| stop.saturating_add(duration(self.policy.stop_wait())));
             ends.now >= from_end.max(from_stop.unwrap_or(from_end))
-        });
-        drained_for_an_end || lease_over || out_of_time
+        })
     }
 
     /// Whether a stop or a power-off would be asked now, were the clock steady.
@@ -1196,18 +1215,23 @@ mod tests {
     #[test]
     fn clock_jumps_follow_absolute_time() {
         let end = T0 + minutes(60);
-        // Forward past drain_at: drain at once. Back again: the drain stays.
+        // Forward past drain_at: drain at once (DRAINING can be undone).
+        // Back again, the drain is not due any more: undone, ACTIVE again,
+        // and drained again at the real drain time.
         let d = run(
             &[
                 (T0, lease(end)),
                 (T0 + minutes(55), lease(end)),
                 (T0, lease(end)),
+                (T0 + minutes(50), lease(end)),
             ],
             &policy(),
         );
         assert_eq!(d[1].state.phase, Phase::Draining);
-        assert_eq!(d[2].state.phase, Phase::Draining);
-        assert_eq!(d[2].state.drains_started, 1);
+        assert_eq!(d[2].state.phase, Phase::Watching);
+        assert_eq!(d[2].actions, vec![Action::Undrain]);
+        assert_eq!(d[3].state.phase, Phase::Draining);
+        assert_eq!(d[3].state.drains_started, 2);
     }
 
     #[test]
@@ -2273,5 +2297,107 @@ mod tests {
         assert!(d3
             .events
             .contains(&Event::DrainCanceled(CancelCause::NewLife)));
+    }
+
+    #[test]
+    fn a_clock_that_steps_ahead_and_back_undoes_its_drain_and_never_powers_off() {
+        // The lease ends in two hours; the clock is a day ahead for a while.
+        let end = T0 + minutes(120);
+        let idle = with_tasks(lease(end), 0);
+        let ahead = T0 + time::Duration::days(1);
+        let mut state = AgentState::default();
+        let mut irreversible = 0;
+        let mut steps: Vec<(OffsetDateTime, Observations)> = Vec::new();
+        for second in 0..60 {
+            let now = ahead + time::Duration::seconds(second);
+            let stepped = Observations {
+                clock_stepped_at: Some(ahead),
+                ..idle.clone()
+            };
+            steps.push((now, stepped));
+        }
+        // NTP steps it back.
+        let back = T0 + minutes(1);
+        for second in 0..300 {
+            let now = back + time::Duration::seconds(second);
+            let stepped = Observations {
+                clock_stepped_at: Some(back),
+                ..idle.clone()
+            };
+            steps.push((now, stepped));
+        }
+        let mut undone = false;
+        for (now, observed) in &steps {
+            let d = decide_with_look(*now, observed, &state, &enforcing());
+            irreversible += d
+                .actions
+                .iter()
+                .filter(|a| matches!(a, Action::StopTasks(_) | Action::PowerOff))
+                .count();
+            undone |= d
+                .events
+                .contains(&Event::DrainCanceled(CancelCause::DeadlineMoved));
+            state = d.state.clone();
+            carry_out(&mut state, &d, *now);
+        }
+        assert!(undone, "the drain the wrong clock started is undone");
+        assert_eq!(irreversible, 0);
+        assert_eq!(state.phase, Phase::Watching);
+        assert!(!state.undrain_pending, "ACTIVE again");
+    }
+
+    #[test]
+    fn a_stop_that_keeps_failing_past_the_end_never_shares_a_decision_with_the_power_off() {
+        // First seen past its end; every StopTask is throttled (nothing is
+        // recorded), so the core asks again each poll until time is up.
+        let end = T0 - minutes(30);
+        let mut state = AgentState::default();
+        let mut powered = None;
+        for second in 0..=200 {
+            let now = T0 + time::Duration::seconds(second);
+            let d = decide_with_look(now, &with_tasks(lease(end), 2), &state, &enforcing());
+            let stops = d.actions.iter().any(|a| matches!(a, Action::StopTasks(_)));
+            let power_off = d.actions.contains(&Action::PowerOff);
+            assert!(
+                !(stops && power_off),
+                "one irreversible step: {:?}",
+                d.actions
+            );
+            if power_off && powered.is_none() {
+                powered = Some(now);
+            }
+            state = d.state.clone();
+            if d.actions.contains(&Action::Drain) {
+                record(&mut state, Outcome::Draining, now);
+            }
+            if power_off {
+                record(&mut state, Outcome::PowerOffStarted, now);
+                record(&mut state, Outcome::PoweredOff, now);
+            }
+        }
+        let wait = time::Duration::try_from(LEASE_END_STOP_WAIT).unwrap();
+        assert_eq!(powered, Some(T0 + wait), "the block still ends");
+    }
+
+    #[test]
+    fn a_power_off_attempt_timed_by_a_clock_that_stepped_back_is_retried_at_once() {
+        let end = T0 + minutes(10);
+        let mut state = run_enforced(&[(T0, lease(end))], &enforcing())[0]
+            .state
+            .clone();
+        record(&mut state, Outcome::Draining, T0);
+        // The failed attempt was recorded a day ahead.
+        record(
+            &mut state,
+            Outcome::PowerOffStarted,
+            T0 + time::Duration::days(1),
+        );
+        let d = decide_with_look(
+            T0 + minutes(1),
+            &with_tasks(lease(end), 0),
+            &state,
+            &enforcing(),
+        );
+        assert_eq!(d.actions, vec![Action::PowerOff]);
     }
 }

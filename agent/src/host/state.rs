@@ -271,10 +271,19 @@ impl Records {
             metrics: metrics_file.map(|path| MetricsFile::new(path, heartbeat)),
         };
         let path = state_path(state_dir);
-        let stored = read_json::<Snapshot>(&path).map_err(|source| StateError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let stored = match read_json::<Snapshot>(&path) {
+            Ok(stored) => stored,
+            Err(err) => {
+                // Exiting would leave the lease unenforced for good (systemd
+                // restarts into the same error); a drain decided again is
+                // harmless (a second DRAINING or stop changes nothing).
+                log::error!(
+                    "cannot read the state file {}: {err}; going on with a fresh state in memory: a drain in progress is decided again from the current notices, and the lease is still enforced",
+                    path.display()
+                );
+                return Ok((records, AgentState::default()));
+            }
+        };
         remove_leftover_temp_files(state_dir);
         let state = match stored {
             Stored::Absent => AgentState::default(),
@@ -553,15 +562,12 @@ mod tests {
         );
         assert!(!path.exists());
 
+        // Unreadable (EISDIR): a fresh state in memory, never an exit that
+        // would leave the lease unenforced; the path is left in place.
         std::fs::create_dir(&path).unwrap();
-        let err = Records::open(dir.path(), "i-1", None).unwrap_err();
-        assert!(matches!(err, StateError::Read { .. }), "{err}");
+        let (_, state) = Records::open(dir.path(), "i-1", None).unwrap();
+        assert_eq!(state, AgentState::default());
         assert!(path.is_dir(), "left in place");
-        let message = err.to_string();
-        assert!(
-            message.starts_with(&format!("cannot read the state file {}: ", path.display())),
-            "{message}"
-        );
     }
 
     #[test]

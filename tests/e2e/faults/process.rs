@@ -2,11 +2,12 @@
 //! moments, and a state file or directory that is not what it expected.
 //! What must hold: a drain is neither repeated nor forgotten, nothing is
 //! thrown away without a journal line, and an IO error that could hide a
-//! drain in progress stops `run` with 74 so that systemd retries.
+//! drain in progress no longer stops `run`: it goes on from a fresh state in
+//! memory, so that the lease is still enforced.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use blockwatch_testkit::imds::rfc3339;
@@ -37,21 +38,6 @@ fn offline(extra_config: &str) -> Instance {
 
 fn spawn(instance: &Instance, env: &[(&str, &str)]) -> Agent {
     instance.spawn_run(&["--ecs-introspection-url", NO_INTROSPECTION], env)
-}
-
-fn wait_exit(agent: &mut Agent, within: Duration) -> ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = agent.child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running after {within:?}\n{}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn wait_log(agent: &Agent, within: Duration, needle: &str) -> String {
@@ -276,16 +262,39 @@ fn a_corrupted_state_file_is_moved_aside_without_overwriting_an_earlier_one() {
     assert!(log.contains("unknown variant `exploding`"), "{log}");
 }
 
+/// Waits until the agent has polled IMDS `n` more times: it is alive and
+/// watching, whatever its state directory holds.
+fn keeps_polling(instance: &Instance, agent: &mut Agent, n: usize) {
+    let polls = || {
+        instance
+            .imds
+            .exchanges()
+            .iter()
+            .filter(|e| e.path.ends_with("spot/instance-action"))
+            .count()
+    };
+    let target = polls() + n;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while polls() < target {
+        assert!(
+            agent.child.try_wait().unwrap().is_none(),
+            "run exited\n{}",
+            agent.log()
+        );
+        assert!(Instant::now() < deadline, "not polling\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
-fn a_state_file_that_is_a_directory_exits_74_and_moves_nothing() {
+fn a_state_file_that_is_a_directory_is_left_in_place_and_run_goes_on_from_a_fresh_state() {
     let instance = offline("");
     // EISDIR: unlike a file mode, root cannot be denied this.
     std::fs::create_dir_all(state_file(&instance).join("pin")).unwrap();
 
     let mut agent = spawn(&instance, &[]);
-    let exit = wait_exit(&mut agent, Duration::from_secs(20));
+    keeps_polling(&instance, &mut agent, 3);
 
-    assert_eq!(exit.code(), Some(74), "{}", agent.log());
     assert!(state_file(&instance).join("pin").is_dir(), "left in place");
     assert!(!instance.state_dir().join("state.json.unreadable").exists());
     let log = agent.log();
@@ -297,19 +306,22 @@ fn a_state_file_that_is_a_directory_exits_74_and_moves_nothing() {
         "{log}"
     );
     assert!(log.contains("Is a directory"), "{log}");
+    assert!(
+        log.contains("going on with a fresh state in memory"),
+        "{log}"
+    );
     assert!(!log.contains("moved it"), "{log}");
 }
 
 #[test]
-fn a_state_directory_that_is_a_file_exits_74() {
+fn a_state_directory_that_is_a_file_is_left_alone_and_run_goes_on() {
     let instance = offline("");
     std::fs::remove_dir(instance.state_dir()).unwrap();
     std::fs::write(instance.state_dir(), b"not a directory").unwrap();
 
     let mut agent = spawn(&instance, &[]);
-    let exit = wait_exit(&mut agent, Duration::from_secs(20));
+    keeps_polling(&instance, &mut agent, 3);
 
-    assert_eq!(exit.code(), Some(74), "{}", agent.log());
     assert_eq!(
         std::fs::read(instance.state_dir()).unwrap(),
         b"not a directory"
