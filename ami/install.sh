@@ -16,3 +16,13 @@ else
     exit 1
 fi
 systemctl is-enabled blockwatch-join.service blockwatch.service
+# time-sync.target means "synchronised" only with a waiter enabled: then
+# blockwatch.service (After=time-sync.target) starts on a synchronised clock
+# and never judges a lease by an RTC that NTP is about to step. AL2023 ships
+# chrony-wait.service, disabled.
+for waiter in chrony-wait.service systemd-time-wait-sync.service; do
+    if systemctl cat "$waiter" >/dev/null 2>&1; then
+        systemctl enable "$waiter"
+        break
+    fi
+done

@@ -18,7 +18,7 @@ Exit codes (sysexits, as systemctl status names them):
   70  SOFTWARE: internal error
   73  CANTCREAT: run: another agent holds the state directory (its pid is named), or a dry run
       cannot make its private directory
-  74  IOERR: ecs.config could not be read or written; run: the state file could not be read
+  74  IOERR: ecs.config could not be read or written
   75  TEMPFAIL: IMDS or AWS unreachable after retries; try again
   77  NOPERM: AWS denied a request, or no AWS credentials were found
   78  CONFIG: configuration error (config file invalid or writable by others, no cluster source, invalid cluster)";

@@ -13,7 +13,7 @@
 //! | 69 | UNAVAILABLE | AWS rejected a request for another reason | no |
 //! | 70 | SOFTWARE | internal error | no |
 //! | 73 | CANTCREAT | `run`: another agent holds the state directory (the message names its pid), or a dry run cannot make its private directory | no (`run`: systemd retries) |
-//! | 74 | IOERR | ecs.config could not be read or written; `run`: the state file could not be read | no (`run`: systemd retries) |
+//! | 74 | IOERR | ecs.config could not be read or written | no |
 //! | 75 | TEMPFAIL | transient: IMDS or AWS unreachable, throttled or failing after retries | yes |
 //! | 77 | NOPERM | AWS denied a request (missing IAM permission), or no credentials were found in the default chain | no |
 //! | 78 | CONFIG | configuration error: unreadable, invalid or untrusted (writable by others) config file, no cluster source, invalid cluster value | no |
