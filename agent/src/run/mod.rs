@@ -90,6 +90,25 @@ pub struct RunRequest {
     pub deadline_dir: PathBuf,
 }
 
+impl RunRequest {
+    /// How `run` resolves its cluster: tags always read (they carry the
+    /// lease), `known` from the last join, and whether it may go on unjoined.
+    fn resolve_options<'a>(
+        &'a self,
+        known: Option<&'a state::JoinRecord>,
+        go_on_unjoined: bool,
+    ) -> ResolveOptions<'a> {
+        ResolveOptions {
+            config_path: &self.config_path,
+            config_path_explicit: self.config_path_explicit,
+            dry_run_flag: self.dry_run,
+            always_read_tags: true,
+            known,
+            go_on_unjoined,
+        }
+    }
+}
+
 /// The time and the randomness the loop's policies use, read only through
 /// this trait so that unit tests can replace them.
 pub trait Clock {
@@ -324,14 +343,7 @@ impl Rejoin {
         self.wait = (self.wait * 2).min(REJOIN_MAX_WAIT);
         self.next = now + self.wait;
         let known = state::read_join_record(&request.state_dir).ok().flatten();
-        let options = ResolveOptions {
-            config_path: &request.config_path,
-            config_path_explicit: request.config_path_explicit,
-            dry_run_flag: request.dry_run,
-            always_read_tags: true,
-            known: known.as_ref(),
-            go_on_unjoined: false,
-        };
+        let options = request.resolve_options(known.as_ref(), false);
         let aws = Aws::new(self.imds.clone());
         match resolve(options, &self.imds, &aws, &aws).await {
             Ok(Standing::Joined(resolved)) => Some(AgentError::Rejoined {
@@ -362,14 +374,7 @@ async fn start_up(
         log::warn!("ignoring the join record: {err}");
         None
     });
-    let options = ResolveOptions {
-        config_path: &request.config_path,
-        config_path_explicit: request.config_path_explicit,
-        dry_run_flag: request.dry_run,
-        always_read_tags: true,
-        known: known.as_ref(),
-        go_on_unjoined: true,
-    };
+    let options = request.resolve_options(known.as_ref(), true);
     match service
         .serve(Box::pin(resolve(options, imds, aws, aws)))
         .await
