@@ -369,7 +369,7 @@ async fn unknown_managed_and_bad_requests_are_refused_and_nothing_launches() {
     // Only the test's own DescribeInstances reached moto: validation made no call.
     let made = moto.requests().len() - before;
     assert_eq!(
-        made, 7,
+        made, 8,
         "one DescribeInstances per refused request checked above, nothing else"
     );
 }
