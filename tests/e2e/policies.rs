@@ -188,6 +188,11 @@ const CLUSTER_PLACEHOLDER: &str = "arn:aws:ecs:*:*:cluster/COMPUTE_ENVIRONMENT_B
 /// The same in the quickstart, for the compute environment it creates.
 const CLUSTER_IN_QUICKSTART: &str = "ecs:cluster: !Sub \"arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:cluster/${EnvironmentName}-unmanaged_Batch_*\"";
 
+/// The cluster's container instances and tasks, as the policy file shows them.
+const CONTAINER_INSTANCES_PLACEHOLDER: &str =
+    "arn:aws:ecs:*:*:container-instance/COMPUTE_ENVIRONMENT_Batch_*/*";
+const TASKS_PLACEHOLDER: &str = "arn:aws:ecs:*:*:task/COMPUTE_ENVIRONMENT_Batch_*/*";
+
 #[test]
 fn agent_policy_scopes_every_ecs_call_to_the_compute_environments_cluster() {
     let statements = statements_in_json(&repo().join("bootstrap/iam/agent-policy.json"));
@@ -201,8 +206,9 @@ fn agent_policy_scopes_every_ecs_call_to_the_compute_environments_cluster() {
         assert!(!allows(write).is_empty(), "{write} not allowed at all");
     }
     // Every ECS call, write or read, only on the compute environment's
-    // cluster: by the ecs:cluster condition, or by the cluster's ARN where
-    // the action takes the cluster as its resource (ListContainerInstances).
+    // cluster: ListContainerInstances takes the cluster as its resource; the
+    // others name the cluster's container-instance or task ARNs and carry the
+    // ecs:cluster condition on top.
     for statement in statements.iter().filter(|s| s["Effect"] == "Allow") {
         let ecs: Vec<String> = actions_of(statement)
             .into_iter()
@@ -211,12 +217,13 @@ fn agent_policy_scopes_every_ecs_call_to_the_compute_environments_cluster() {
         if ecs.is_empty() {
             continue;
         }
-        let by_condition = statement["Resource"] == "*"
+        let on_cluster_arns = (statement["Resource"] == CONTAINER_INSTANCES_PLACEHOLDER
+            || statement["Resource"] == TASKS_PLACEHOLDER)
             && statement["Condition"]["ArnLike"]["ecs:cluster"] == CLUSTER_PLACEHOLDER;
         let by_resource =
             statement["Resource"] == CLUSTER_PLACEHOLDER && statement["Condition"].is_null();
         assert!(
-            by_condition || by_resource,
+            on_cluster_arns || by_resource,
             "{ecs:?} not scoped to the cluster: {statement}"
         );
         if by_resource {
@@ -241,6 +248,11 @@ fn agent_policy_scopes_every_ecs_call_to_the_compute_environments_cluster() {
 
     // The quickstart: the same statements, for the compute environment it makes.
     let blocks = statements_in_template("PolicyName: blockwatch-agent", "InstanceProfile:");
+    let in_cluster = |kind: &str| {
+        format!(
+            "Resource: !Sub \"arn:${{AWS::Partition}}:ecs:${{AWS::Region}}:${{AWS::AccountId}}:{kind}/${{EnvironmentName}}-unmanaged_Batch_*/*\""
+        )
+    };
     for block in &blocks {
         let ecs: Vec<String> = actions_in_block(block)
             .into_iter()
@@ -250,17 +262,27 @@ fn agent_policy_scopes_every_ecs_call_to_the_compute_environments_cluster() {
             continue;
         }
         let lines: Vec<&str> = block.lines().map(str::trim).collect();
-        let conditioned = lines.contains(&"Resource: \"*\"")
-            && lines.contains(&CLUSTER_IN_QUICKSTART)
-            && (lines.contains(&"ArnLike:") || lines.contains(&"ArnNotLike:"));
+        let deny = lines.contains(&"Effect: Deny");
+        let conditioned = lines.contains(&CLUSTER_IN_QUICKSTART)
+            && lines.contains(if deny { &"ArnNotLike:" } else { &"ArnLike:" });
+        let on_cluster_arns = lines.contains(&in_cluster("container-instance").as_str())
+            || lines.contains(&in_cluster("task").as_str());
         let by_resource = ecs == ["ecs:ListContainerInstances"]
             && lines.iter().any(|l| {
                 l.starts_with("Resource: !Sub")
                     && l.ends_with(":cluster/${EnvironmentName}-unmanaged_Batch_*\"")
             });
-        assert!(conditioned || by_resource, "not scoped:\n{block}");
-        let deny = lines.contains(&"Effect: Deny");
-        assert_eq!(deny, lines.contains(&"ArnNotLike:"), "{block}");
+        if deny {
+            assert!(
+                conditioned && lines.contains(&"Resource: \"*\""),
+                "{block}"
+            );
+        } else {
+            assert!(
+                (conditioned && on_cluster_arns) || by_resource,
+                "not scoped:\n{block}"
+            );
+        }
     }
     let deny = blocks
         .iter()
@@ -269,6 +291,264 @@ fn agent_policy_scopes_every_ecs_call_to_the_compute_environments_cluster() {
     for write in ECS_WRITES {
         assert!(actions_in_block(deny).contains(write), "{deny}");
     }
+}
+
+/// The resource types the Service Authorization Reference lists for each
+/// action blockwatch adds (only those the policies use, for the actions that
+/// have more). Empty: the action supports no resource-level permissions and
+/// takes `"*"` only. Sources: the "Actions defined by ..." tables of
+/// list_amazonec2, list_amazonelasticcontainerservice, list_awsbatch,
+/// list_awssystemsmanager and list_awsidentityandaccessmanagementiam.
+const RESOURCE_TYPES: [(&str, &[&str]); 17] = [
+    ("batch:DescribeComputeEnvironments", &[]),
+    ("ec2:DescribeTags", &[]),
+    ("ec2:DescribeInstances", &[]),
+    ("ec2:DescribeSpotInstanceRequests", &[]),
+    ("ec2:DescribeCapacityReservations", &[]),
+    ("ec2:DescribeInstanceAttribute", &["instance"]),
+    (
+        "ec2:RunInstances",
+        &[
+            "instance",
+            "image",
+            "subnet",
+            "security-group",
+            "network-interface",
+            "volume",
+            "key-pair",
+            "spot-instances-request",
+            "capacity-reservation",
+        ],
+    ),
+    ("ec2:CreateTags", &["instance"]),
+    ("ec2:DeleteTags", &["instance"]),
+    ("ecs:ListContainerInstances", &["cluster"]),
+    ("ecs:DescribeContainerInstances", &["container-instance"]),
+    ("ecs:UpdateContainerInstancesState", &["container-instance"]),
+    ("ecs:ListTasks", &["container-instance"]),
+    ("ecs:DescribeTasks", &["task"]),
+    ("ecs:StopTask", &["task"]),
+    ("ssm:GetParameter", &["parameter"]),
+    ("iam:PassRole", &["role"]),
+];
+
+fn resource_types_of(action: &str) -> &'static [&'static str] {
+    RESOURCE_TYPES
+        .iter()
+        .find(|(a, _)| *a == action)
+        .map(|(_, types)| *types)
+        .unwrap_or_else(|| {
+            panic!("{action}: look up its resource types in the Service Authorization Reference and add it to RESOURCE_TYPES")
+        })
+}
+
+fn resources_of(statement: &serde_json::Value) -> Vec<String> {
+    match &statement["Resource"] {
+        serde_json::Value::String(r) => vec![r.clone()],
+        serde_json::Value::Array(list) => list
+            .iter()
+            .map(|r| r.as_str().unwrap().to_owned())
+            .collect(),
+        other => panic!("unexpected Resource {other}"),
+    }
+}
+
+/// `instance` in `arn:aws:ec2:*:*:instance/*`.
+fn resource_type_in(arn: &str) -> &str {
+    let resource = arn.splitn(6, ':').nth(5).unwrap_or("");
+    resource.split('/').next().unwrap_or("")
+}
+
+/// Both policy files and both policies of the quickstart.
+const POLICY_FILES: [&str; 2] = [
+    "bootstrap/iam/agent-policy.json",
+    "bootstrap/iam/launcher-policy.json",
+];
+const TEMPLATE_POLICIES: [(&str, &str); 2] = [
+    ("PolicyName: blockwatch-agent", "InstanceProfile:"),
+    ("LauncherPolicy:", "Outputs:"),
+];
+
+/// A job on the instance holds the instance role: whatever can be scoped is.
+#[test]
+fn no_action_that_takes_resource_arns_is_allowed_on_star() {
+    for file in POLICY_FILES {
+        for statement in statements_in_json(&repo().join(file)) {
+            if statement["Effect"] != "Allow" {
+                continue;
+            }
+            let resources = resources_of(&statement);
+            for action in actions_of(&statement) {
+                let types = resource_types_of(&action);
+                if types.is_empty() {
+                    assert_eq!(resources, ["*"], "{file}: {statement}");
+                    continue;
+                }
+                for arn in &resources {
+                    assert!(
+                        types.contains(&resource_type_in(arn)),
+                        "{file}: {action} on {arn:?}, not one of its resource types {types:?}"
+                    );
+                }
+            }
+        }
+    }
+    for (from, to) in TEMPLATE_POLICIES {
+        for block in statements_in_template(from, to) {
+            if block.contains("Effect: Deny") {
+                continue;
+            }
+            let on_star = block.lines().any(|l| l.trim() == "Resource: \"*\"");
+            for action in actions_in_block(&block) {
+                if !resource_types_of(&action).is_empty() {
+                    assert!(!on_star, "quickstart: {action} on *:\n{block}");
+                }
+            }
+        }
+    }
+}
+
+/// The trimmed lines nested under the first line of `block` that reads
+/// `key` (trimmed), up to the next line indented no deeper than it.
+fn nested_under(block: &str, key: &str) -> Vec<String> {
+    let mut lines = block.lines().skip_while(|l| l.trim() != key);
+    let Some(head) = lines.next() else {
+        return Vec::new();
+    };
+    let depth = |l: &str| l.len() - l.trim_start().len();
+    lines
+        .take_while(|l| depth(l) > depth(head))
+        .map(|l| l.trim().to_owned())
+        .collect()
+}
+
+const TAG_ACTIONS: [&str; 2] = ["ec2:CreateTags", "ec2:DeleteTags"];
+
+/// `ForAllValues:` is true for an empty set, and DeleteTags without tags
+/// deletes every user tag of the instance.
+#[test]
+fn every_tag_statement_refuses_an_empty_tag_set() {
+    let mut seen = 0;
+    for file in POLICY_FILES {
+        for statement in statements_in_json(&repo().join(file)) {
+            let tags = actions_of(&statement)
+                .iter()
+                .any(|a| TAG_ACTIONS.contains(&a.as_str()));
+            if statement["Effect"] == "Allow" && tags {
+                seen += 1;
+                assert_eq!(
+                    statement["Condition"]["Null"]["aws:TagKeys"], "false",
+                    "{file}: {statement}"
+                );
+            }
+        }
+    }
+    for (from, to) in TEMPLATE_POLICIES {
+        for block in statements_in_template(from, to) {
+            let tags = actions_in_block(&block)
+                .iter()
+                .any(|a| TAG_ACTIONS.contains(&a.as_str()));
+            if !block.contains("Effect: Deny") && tags {
+                seen += 1;
+                assert!(
+                    nested_under(&block, "\"Null\":").contains(&"aws:TagKeys: \"false\"".to_owned()),
+                    "quickstart:\n{block}"
+                );
+            }
+        }
+    }
+    assert_eq!(seen, 4, "two tag statements in each launcher policy");
+}
+
+/// The launcher may launch, tag and extend only its compute environment's
+/// instances: by the tag in the request (launch) or on the instance (extend).
+#[test]
+fn the_launcher_is_held_to_its_compute_environment() {
+    let touches_instances = |actions: &BTreeSet<String>, resources: &str| {
+        resources.contains(":instance/")
+            && actions
+                .iter()
+                .any(|a| a == "ec2:RunInstances" || TAG_ACTIONS.contains(&a.as_str()))
+    };
+    let tag_key = |actions: &BTreeSet<String>, at_launch: bool| {
+        if actions.contains("ec2:RunInstances") || at_launch {
+            "aws:RequestTag/blockwatch:compute-environment"
+        } else {
+            "aws:ResourceTag/blockwatch:compute-environment"
+        }
+    };
+    let mut held = 0;
+    for statement in statements_in_json(&repo().join("bootstrap/iam/launcher-policy.json")) {
+        let actions: BTreeSet<String> = actions_of(&statement).into_iter().collect();
+        if statement["Effect"] != "Allow"
+            || !touches_instances(&actions, &resources_of(&statement).join(" "))
+        {
+            continue;
+        }
+        let at_launch = !statement["Condition"]["StringEquals"]["ec2:CreateAction"].is_null();
+        let key = tag_key(&actions, at_launch);
+        assert_eq!(
+            statement["Condition"]["StringEquals"][key], "COMPUTE_ENVIRONMENT",
+            "{statement}"
+        );
+        held += 1;
+    }
+    assert_eq!(held, 3, "launch, tag at launch, extend");
+
+    let mut held = 0;
+    for block in statements_in_template("LauncherPolicy:", "Outputs:") {
+        let actions = actions_in_block(&block);
+        if block.contains("Effect: Deny") || !touches_instances(&actions, &block) {
+            continue;
+        }
+        let at_launch = block.contains("ec2:CreateAction: RunInstances");
+        let key = format!("{}:", tag_key(&actions, at_launch));
+        let names = nested_under(&block, &key);
+        assert_eq!(
+            names,
+            [
+                "- !Sub \"${EnvironmentName}-unmanaged\"",
+                "- !Ref ComputeEnvironment"
+            ],
+            "quickstart:\n{block}"
+        );
+        assert!(
+            nested_under(&block, "StringEquals:").contains(&key),
+            "{block}"
+        );
+        held += 1;
+    }
+    assert_eq!(held, 3, "launch, tag at launch, extend");
+}
+
+/// The user data of every instance can hold secrets: the agent reads the
+/// attributes of its own instance only.
+#[test]
+fn the_agent_reads_only_its_own_instances_attributes() {
+    let statements = statements_in_json(&repo().join("bootstrap/iam/agent-policy.json"));
+    let reads: Vec<_> = statements
+        .iter()
+        .filter(|s| {
+            actions_of(s)
+                .iter()
+                .any(|a| a == "ec2:DescribeInstanceAttribute")
+        })
+        .collect();
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert_eq!(reads[0]["Resource"], "arn:aws:ec2:*:*:instance/*");
+    assert_eq!(
+        reads[0]["Condition"]["ArnLike"]["ec2:SourceInstanceARN"],
+        "arn:aws:ec2:*:*:instance/${ec2:InstanceID}"
+    );
+    let block = statements_in_template("PolicyName: blockwatch-agent", "InstanceProfile:")
+        .into_iter()
+        .find(|b| b.contains("ec2:DescribeInstanceAttribute"))
+        .unwrap();
+    assert_eq!(
+        nested_under(&block, "ArnLike:"),
+        ["ec2:SourceInstanceARN: !Sub \"arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:instance/${!ec2:InstanceID}\""],
+        "{block}"
+    );
 }
 
 /// `blockwatch-core` is pure by construction: nothing it links does IO.
