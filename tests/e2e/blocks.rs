@@ -855,8 +855,8 @@ fn list_and_extend_explain_themselves_beside_launching() {
 }
 
 /// `extend` may write tags after launch, which `TagOnlyAtLaunch` does not
-/// allow: the statement that does keeps it to the lease tags of instances
-/// that carry a compute environment tag.
+/// allow: the statement that does keeps it to the lease tags of the
+/// compute environment's instances (policies.rs checks the rest).
 #[test]
 fn the_launchers_tag_writes_after_launch_touch_only_lease_tags_of_blockwatch_instances() {
     let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -879,20 +879,22 @@ fn the_launchers_tag_writes_after_launch_touch_only_lease_tags_of_blockwatch_ins
             statement["Condition"]["StringEquals"]["ec2:CreateAction"] == "RunInstances";
         let leases_only = statement["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"]
             == serde_json::json!([LEASE_END, LEASE_DURATION])
-            && statement["Condition"]["Null"][format!("aws:ResourceTag/{CE_TAG}")] == "false"
+            && statement["Condition"]["StringEquals"][format!("aws:ResourceTag/{CE_TAG}")]
+                == "COMPUTE_ENVIRONMENT"
+            && statement["Condition"]["Null"]["aws:TagKeys"] == "false"
             && statement["Resource"] == "arn:aws:ec2:*:*:instance/*";
         assert!(at_launch || leases_only, "unscoped tag writes: {statement}");
     }
     let template =
         std::fs::read_to_string(repo.join("bootstrap/cloudformation/quickstart.yaml")).unwrap();
     let extend = &template[template
-        .find("- Sid: ExtendLeasesOfBlockwatchInstances")
+        .find("- Sid: ExtendLeasesOfTheComputeEnvironmentsInstances")
         .unwrap()..];
     let extend = &extend[..extend.find("Outputs:").unwrap()];
     for line in [
-        "aws:ResourceTag/blockwatch:compute-environment: \"false\"",
+        "aws:ResourceTag/blockwatch:compute-environment:",
         "aws:TagKeys: [\"blockwatch:lease-end\", \"blockwatch:lease-duration\"]",
-        "Resource: !Sub \"arn:${AWS::Partition}:ec2:*:${AWS::AccountId}:instance/*\"",
+        "Resource: !Sub \"arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:instance/*\"",
     ] {
         assert!(extend.contains(line), "quickstart lacks {line}:\n{extend}");
     }
