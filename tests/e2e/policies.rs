@@ -273,10 +273,7 @@ fn agent_policy_scopes_every_ecs_call_to_the_compute_environments_cluster() {
                     && l.ends_with(":cluster/${EnvironmentName}-unmanaged_Batch_*\"")
             });
         if deny {
-            assert!(
-                conditioned && lines.contains(&"Resource: \"*\""),
-                "{block}"
-            );
+            assert!(conditioned && lines.contains(&"Resource: \"*\""), "{block}");
         } else {
             assert!(
                 (conditioned && on_cluster_arns) || by_resource,
@@ -451,7 +448,8 @@ fn every_tag_statement_refuses_an_empty_tag_set() {
             if !block.contains("Effect: Deny") && tags {
                 seen += 1;
                 assert!(
-                    nested_under(&block, "\"Null\":").contains(&"aws:TagKeys: \"false\"".to_owned()),
+                    nested_under(&block, "\"Null\":")
+                        .contains(&"aws:TagKeys: \"false\"".to_owned()),
                     "quickstart:\n{block}"
                 );
             }
