@@ -880,6 +880,31 @@ fn the_rpm_carries_the_same_payload_and_systemd_handling() {
         .find(|l| l.starts_with("/etc/blockwatch/blockwatch.toml "))
         .unwrap_or_default();
     assert!(toml.ends_with(" cn"), "%config(noreplace): {toml:?}");
+    // webhook_url may carry a token: not for every local user to read.
+    let modes = run(Command::new("rpm")
+        .args([
+            "-qp",
+            "--qf",
+            "[%{FILENAMES} %{FILEMODES:perms} %{FILEUSERNAME}:%{FILEGROUPNAME}\\n]",
+        ])
+        .arg(&rpm));
+    let modes = String::from_utf8_lossy(&modes.stdout);
+    assert!(
+        modes
+            .lines()
+            .any(|l| l == "/etc/blockwatch/blockwatch.toml -rw-r----- root:root"),
+        "{modes}"
+    );
+    let deb = run(Command::new("dpkg-deb").arg("-c").arg(package("deb")));
+    let deb = String::from_utf8_lossy(&deb.stdout);
+    let entry = deb
+        .lines()
+        .find(|l| l.ends_with("./etc/blockwatch/blockwatch.toml"))
+        .unwrap_or_else(|| panic!("no blockwatch.toml in\n{deb}"));
+    assert!(
+        entry.starts_with("-rw-r----- root/root "),
+        "the deb's blockwatch.toml: {entry}"
+    );
     let scripts = text(&run(Command::new("rpm")
         .args(["-qp", "--scripts"])
         .arg(&rpm)));

@@ -831,6 +831,8 @@ mod tests {
     fn a_file_or_directory_others_can_write_is_not_trusted() {
         assert_eq!(writable_by_others(false, 0o100644, 0, 0), None);
         assert_eq!(writable_by_others(false, 0o100600, 0, 0), None);
+        // As shipped: root:root 0640.
+        assert_eq!(writable_by_others(false, 0o100640, 0, 0), None);
         assert_eq!(
             writable_by_others(false, 0o100664, 0, 0).as_deref(),
             Some("is group-writable (mode 0664)")
