@@ -135,12 +135,19 @@ async fn with_stop_tasks_off_a_job_running_at_the_lease_end_is_not_stopped_and_t
     let off = b.wait_powered_off(&agent);
 
     let log = agent.log();
-    assert_eq!(b.stop_reason(&task).await, None, "the job still runs\n{log}");
+    assert_eq!(
+        b.stop_reason(&task).await,
+        None,
+        "the job still runs\n{log}"
+    );
     assert_eq!(b.f.instance.moto().ecs_calls("StopTask"), 0, "{log}");
     assert!(off["drain"]["end_stop_at"].is_null(), "{off}");
     assert!(off["stop_at"].is_null(), "no stop planned: {off}");
     let powered = time_at(&off, "/drain/poweroff_at");
-    assert!(powered >= end, "powered off before the end {end}: {powered}");
+    assert!(
+        powered >= end,
+        "powered off before the end {end}: {powered}"
+    );
     assert!(
         powered <= end + LATE,
         "at the end, with no stop wait: {powered}, end {end}"

@@ -1079,7 +1079,9 @@ mod tests {
         assert!(!off.stop_tasks.value);
         let text = off.describe().join(", ");
         assert!(
-            text.contains("stop_tasks=false (config file /etc/blockwatch/blockwatch.toml; nothing is stopped"),
+            text.contains(
+                "stop_tasks=false (config file /etc/blockwatch/blockwatch.toml; nothing is stopped"
+            ),
             "{text}"
         );
         let err = refusal("stop_tasks = false\nstop_grace = \"2m\"");

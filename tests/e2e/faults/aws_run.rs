@@ -361,8 +361,11 @@ async fn a_denied_shutdown_behaviour_read_is_said_once_and_the_agent_drains_and_
         "{FAST}on_drained = \"poweroff\"\npoweroff_command = \"touch {}\"\n",
         marker.display()
     ));
-    f.proxy
-        .inject("DescribeInstanceAttribute", Fault::access_denied_ec2(), None);
+    f.proxy.inject(
+        "DescribeInstanceAttribute",
+        Fault::access_denied_ec2(),
+        None,
+    );
     let agent = f.start(&[]);
     agent.wait_for_log("blockwatch may not read it", Duration::from_secs(30));
 
@@ -380,7 +383,9 @@ async fn a_denied_shutdown_behaviour_read_is_said_once_and_the_agent_drains_and_
     assert_eq!(attribute_lines.len(), 1, "{log}");
     assert!(
         attribute_lines[0].contains("warning:")
-            && attribute_lines[0].contains("instance-initiated shutdown behaviour unknown: blockwatch may not read it")
+            && attribute_lines[0].contains(
+                "instance-initiated shutdown behaviour unknown: blockwatch may not read it"
+            )
             && attribute_lines[0].contains("UnauthorizedOperation"),
         "{log}"
     );
