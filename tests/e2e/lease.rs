@@ -125,9 +125,10 @@ async fn a_job_running_at_the_lease_end_is_stopped_at_the_end_then_the_instance_
 #[tokio::test]
 async fn with_stop_tasks_off_a_job_running_at_the_lease_end_is_not_stopped_and_the_instance_powers_off_once(
 ) {
-    let b = block("stop_tasks = false\n").await;
+    // With a job_stop_timeout a stop would be due 12 s before the end.
+    let b = block("stop_tasks = false\ndrain_lead = \"20s\"\njob_stop_timeout = \"2s\"\n").await;
     let task = b.f.start_task().await;
-    let end = b.f.lease_ends_in(STARTUP + LEAD);
+    let end = b.f.lease_ends_in(STARTUP + time::Duration::seconds(20));
     let agent = b.f.start();
     agent.wait_for_log("stop_tasks=false (config file", PATIENCE);
     b.f.wait_draining(&agent, PATIENCE);
