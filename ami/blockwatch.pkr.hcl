@@ -38,14 +38,22 @@ source "amazon-ebs" "ecs_al2023" {
   # The current ECS-optimized AL2023 AMI, from its public SSM parameter.
   source_ami = "resolve:ssm:/aws/service/ecs/optimized-ami/amazon-linux-2023/recommended/image_id"
 
-  # IMDSv2 only, hop limit 1: only host-network processes (blockwatch, the ECS
-  # agent) reach IMDS; jobs that need AWS use a job role.
+  # The build instance's own metadata options: IMDSv2 only, hop limit 1. Hop
+  # limit 1 keeps containers in bridge and awsvpc network modes from IMDS. It
+  # does not keep Batch ECS-EC2 jobs from it: they run in host network mode and
+  # can use the instance role at any hop limit (see the README's security notes).
   metadata_options {
     http_endpoint               = "enabled"
     http_tokens                 = "required"
     http_put_response_hop_limit = 1
     instance_metadata_tags      = "enabled"
   }
+  # Registers the AMI with ImdsSupport v2.0: an instance launched from it
+  # without metadata options of its own (a launch template, an Auto Scaling
+  # group, the console) gets IMDSv2 required and hop limit 2, EC2's default
+  # for such AMIs. blockwatch-launch always sends hop limit 1; set
+  # HttpPutResponseHopLimit = 1 in your launch templates, or as the account
+  # default (ec2 modify-instance-metadata-defaults), for the same.
   imds_support = "v2.0"
 
   tags = {

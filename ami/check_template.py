@@ -31,7 +31,7 @@ metadata = source.get("metadata_options", [{}])[0]
 if unquote(metadata.get("http_tokens")) != "required":
     fail("metadata_options.http_tokens must be required (IMDSv2)")
 if int(metadata.get("http_put_response_hop_limit", 0)) != 1:
-    fail("metadata_options.http_put_response_hop_limit must be 1 (2 lets job containers take the instance role)")
+    fail("metadata_options.http_put_response_hop_limit must be 1 (2 lets bridge-mode containers reach IMDS)")
 build = parsed.get("build", [{}])[0]
 scripts = [unquote(s) for p in build.get("provisioner", []) for s in p.get('"shell"', p.get("shell", {})).get("scripts", [])]
 for needed in ("install.sh", "cleanup.sh"):

@@ -147,7 +147,8 @@ pub struct Report {
     pub tags: Vec<(String, String)>,
     pub user_data: bool,
     /// `HttpPutResponseHopLimit`: 1 keeps IMDS (and the instance role's
-    /// credentials) out of reach of containers on a bridge network.
+    /// credentials) from containers in bridge and awsvpc network modes; Batch
+    /// ECS-EC2 jobs run in host mode and reach IMDS whatever it is.
     pub imds_hop_limit: i32,
     /// `InstanceInitiatedShutdownBehavior`: a power-off from inside the
     /// instance ends it (and its billing) instead of leaving it stopped.
@@ -173,7 +174,7 @@ pub async fn launch(
     let (cluster, mut warnings) = cluster_of(&info)?;
     if plan.imds_hop_limit > 1 {
         warnings.push(format!(
-            "IMDS hop limit {}: containers on a bridge network can reach IMDS and take the instance role's credentials",
+            "IMDS hop limit {}: containers in bridge network mode can reach IMDS and take the instance role's credentials too (Batch ECS-EC2 jobs, in host network mode, can at any hop limit)",
             plan.imds_hop_limit
         ));
     }

@@ -159,9 +159,10 @@ struct LaunchArgs {
     /// User data to send
     #[arg(long, value_enum, default_value_t = UserDataMode::None)]
     user_data_mode: UserDataMode,
-    /// IMDS hop limit, 1 to 64. 1: only the host reaches IMDS (blockwatch and the ECS agent run
-    /// there). 2: any container on a bridge network can reach IMDS and take the instance role's
-    /// credentials
+    /// IMDS hop limit, 1 to 64. 1 keeps containers in bridge and awsvpc network modes from IMDS
+    /// (and the instance role). It does not protect from Batch ECS-EC2 jobs: they run in host
+    /// network mode, reach IMDS like the host does, and can use the instance role whatever the
+    /// hop limit. 2 or more: bridge-mode containers reach IMDS too
     #[arg(long, value_name = "N", default_value_t = DEFAULT_IMDS_HOP_LIMIT)]
     imds_hop_limit: u32,
     /// Check permissions with EC2's DryRun and print the plan; launch nothing

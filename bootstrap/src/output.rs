@@ -58,8 +58,13 @@ pub fn text(report: &Report) -> String {
         .collect();
     lines.push(format!("tags: {}", tags.join(" ")));
     lines.push(format!(
-        "metadata: IMDSv2 required, tags in metadata, hop limit {}; user data: {}",
+        "metadata: IMDSv2 required, tags in metadata, hop limit {} ({}; Batch jobs run in host network mode and can use the instance role at any hop limit); user data: {}",
         report.imds_hop_limit,
+        if report.imds_hop_limit <= 1 {
+            "keeps bridge and awsvpc containers from IMDS"
+        } else {
+            "bridge-mode containers reach IMDS"
+        },
         if report.user_data {
             "ECS_CLUSTER script"
         } else {

@@ -12,8 +12,9 @@ pub const AMI_PARAMETER_ARM64: &str =
     "/aws/service/ecs/optimized-ami/amazon-linux-2023/arm64/recommended/image_id";
 pub const DEFAULT_INSTANCE_TYPE: &str = "m6i.large";
 pub const MAX_COUNT: u32 = 1000;
-/// IMDS answers only the host's own network namespace: blockwatch and the ECS
-/// agent run there; a container on Docker's bridge network is one hop further.
+/// A hop limit of 1 keeps IMDS tokens from containers in bridge and awsvpc
+/// network modes, which sit one hop further than the host. Batch ECS-EC2 jobs
+/// run in host network mode: no hop limit keeps them from IMDS.
 pub const DEFAULT_IMDS_HOP_LIMIT: u32 = 1;
 /// EC2's limits for `HttpPutResponseHopLimit`.
 pub const IMDS_HOP_LIMITS: std::ops::RangeInclusive<u32> = 1..=64;

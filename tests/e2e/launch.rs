@@ -1050,6 +1050,12 @@ async fn imds_hop_limit_defaults_to_1_reaches_ec2_and_the_plan_and_is_validated(
     dry_text.push("--dry-run");
     let text = launcher(&moto.endpoint(), &dry_text);
     assert!(text.stdout.contains("hop limit 1"), "{}", text.stdout);
+    assert!(
+        text.stdout
+            .contains("Batch jobs run in host network mode and can use the instance role"),
+        "the plan does not claim hop limit 1 protects from jobs\n{}",
+        text.stdout
+    );
 
     for bad in ["0", "65"] {
         let mut refused = base.to_vec();

@@ -120,6 +120,43 @@ async fn a_job_running_at_the_lease_end_is_stopped_at_the_end_then_the_instance_
     );
 }
 
+/// `stop_tasks = false`: the instance role need not hold `ecs:StopTask`.
+/// What runs at the end ends with the instance, as at a spot interruption.
+#[tokio::test]
+async fn with_stop_tasks_off_a_job_running_at_the_lease_end_is_not_stopped_and_the_instance_powers_off_once(
+) {
+    // With a job_stop_timeout a stop would be due 12 s before the end.
+    let b = block("stop_tasks = false\ndrain_lead = \"20s\"\njob_stop_timeout = \"2s\"\n").await;
+    let task = b.f.start_task().await;
+    let end = b.f.lease_ends_in(STARTUP + time::Duration::seconds(20));
+    let agent = b.f.start();
+    agent.wait_for_log("stop_tasks=false (config file", PATIENCE);
+    b.f.wait_draining(&agent, PATIENCE);
+
+    let off = b.wait_powered_off(&agent);
+
+    let log = agent.log();
+    assert_eq!(
+        b.stop_reason(&task).await,
+        None,
+        "the job still runs\n{log}"
+    );
+    assert_eq!(b.f.instance.moto().ecs_calls("StopTask"), 0, "{log}");
+    assert!(off["drain"]["end_stop_at"].is_null(), "{off}");
+    assert!(off["stop_at"].is_null(), "no stop planned: {off}");
+    let powered = time_at(&off, "/drain/poweroff_at");
+    assert!(
+        powered >= end,
+        "powered off before the end {end}: {powered}"
+    );
+    assert!(
+        powered <= end + LATE,
+        "at the end, with no stop wait: {powered}, end {end}"
+    );
+    std::thread::sleep(POLL * 3);
+    assert_eq!(b.power_offs(), 1, "powered off once\n{}", agent.log());
+}
+
 #[tokio::test]
 async fn drained_before_the_lease_end_the_instance_powers_off_at_once() {
     // A lead of 30 s: drained at once, the power-off must not wait for T.

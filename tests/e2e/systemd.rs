@@ -880,6 +880,33 @@ fn the_rpm_carries_the_same_payload_and_systemd_handling() {
         .find(|l| l.starts_with("/etc/blockwatch/blockwatch.toml "))
         .unwrap_or_default();
     assert!(toml.ends_with(" cn"), "%config(noreplace): {toml:?}");
+    // webhook_url may carry a token: not for every local user to read.
+    let modes = run(Command::new("rpm")
+        .args([
+            "-qp",
+            "--qf",
+            "[%{FILENAMES} %{FILEMODES:perms} %{FILEUSERNAME}:%{FILEGROUPNAME}\\n]",
+        ])
+        .arg(&rpm));
+    let modes = String::from_utf8_lossy(&modes.stdout);
+    assert!(
+        modes
+            .lines()
+            .any(|l| l == "/etc/blockwatch/blockwatch.toml -rw-r----- root:root"),
+        "{modes}"
+    );
+    let deb = run(Command::new("dpkg-deb").arg("-c").arg(package("deb")));
+    let deb = String::from_utf8_lossy(&deb.stdout);
+    let entry = deb
+        .lines()
+        .find(|l| l.ends_with("./etc/blockwatch/blockwatch.toml"))
+        .unwrap_or_else(|| panic!("no blockwatch.toml in\n{deb}"));
+    // cargo-deb writes numeric owners: 0/0 is root:root.
+    let fields: Vec<&str> = entry.split_whitespace().collect();
+    assert!(
+        fields[0] == "-rw-r-----" && ["0/0", "root/root"].contains(&fields[1]),
+        "the deb's blockwatch.toml: {entry}"
+    );
     let scripts = text(&run(Command::new("rpm")
         .args(["-qp", "--scripts"])
         .arg(&rpm)));

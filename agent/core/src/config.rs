@@ -72,6 +72,10 @@ pub struct FileConfig {
     /// The ECS agent's SIGTERM-to-SIGKILL time for stopped jobs, written as
     /// `ECS_CONTAINER_STOP_TIMEOUT` (off by default: ECS's 30 s).
     pub job_stop_timeout: Option<JobStopTimeout>,
+    /// Whether blockwatch stops tasks (`ecs:StopTask`) at `stop_grace` and
+    /// at a lease's end (default true). Off, what still runs ends with the
+    /// instance, as at a spot interruption.
+    pub stop_tasks: Option<bool>,
 }
 
 /// `job_stop_timeout`: whole seconds, at least 1 s. The ECS agent parses a
@@ -81,6 +85,7 @@ pub struct FileConfig {
 pub struct JobStopTimeout(pub Duration);
 
 pub const JOB_STOP_TIMEOUT_KEY: &str = "job_stop_timeout";
+pub const STOP_TASKS_KEY: &str = "stop_tasks";
 
 impl std::str::FromStr for JobStopTimeout {
     type Err = String;
@@ -154,11 +159,23 @@ impl FileConfig {
         })?;
         parsed
             .check_job_stop_timeout()
+            .and_then(|()| parsed.check_stop_tasks())
             .map_err(|reason| ConfigFileError {
                 path: path.to_owned(),
                 reason,
             })?;
         Ok(parsed)
+    }
+
+    /// `stop_grace` asks for a stop that `stop_tasks = false` forbids: one
+    /// of them is a mistake, and neither is dropped silently.
+    fn check_stop_tasks(&self) -> Result<(), String> {
+        if self.stop_tasks == Some(false) && self.stop_grace.is_some() {
+            return Err(format!(
+                "{STOP_TASKS_KEY} = false and stop_grace are both set, but with {STOP_TASKS_KEY} = false nothing is stopped; remove one"
+            ));
+        }
+        Ok(())
     }
 
     /// A stop that starts `job_stop_timeout` plus the margin before the end
@@ -547,6 +564,7 @@ pub struct Settings {
     pub lease_refresh_interval: Sourced<Duration>,
     pub capacity_block_refresh_interval: Sourced<Duration>,
     pub job_stop_timeout: Option<Sourced<JobStopTimeout>>,
+    pub stop_tasks: Sourced<bool>,
 }
 
 /// A tag value that does not parse; the tag is ignored with a warning.
@@ -633,6 +651,11 @@ impl Settings {
                 DEFAULT_CAPACITY_BLOCK_REFRESH_INTERVAL,
             ),
             job_stop_timeout: file.job_stop_timeout.map(|v| Sourced::new(v, in_file())),
+            stop_tasks: file
+                .stop_tasks
+                .map_or(Sourced::new(true, Origin::Default), |v| {
+                    Sourced::new(v, in_file())
+                }),
         };
         (settings, problems)
     }
@@ -753,6 +776,14 @@ impl Settings {
                 humantime::format_duration(lead)
             ));
         }
+        items.push(if self.stop_tasks.value {
+            format!("{STOP_TASKS_KEY}=true ({})", self.stop_tasks.origin)
+        } else {
+            format!(
+                "{STOP_TASKS_KEY}=false ({}; nothing is stopped: what runs at the end ends with the instance)",
+                self.stop_tasks.origin
+            )
+        });
         if let Some(hook) = &self.webhook_url {
             items.push(format!("webhook_url=<set> ({})", hook.origin));
         }
@@ -800,6 +831,8 @@ mod tests {
     fn a_file_or_directory_others_can_write_is_not_trusted() {
         assert_eq!(writable_by_others(false, 0o100644, 0, 0), None);
         assert_eq!(writable_by_others(false, 0o100600, 0, 0), None);
+        // As shipped: root:root 0640.
+        assert_eq!(writable_by_others(false, 0o100640, 0, 0), None);
         assert_eq!(
             writable_by_others(false, 0o100664, 0, 0).as_deref(),
             Some("is group-writable (mode 0664)")
@@ -1031,6 +1064,30 @@ mod tests {
         assert!(refusal("job_stop_timeout = \"9m 50s\"").contains("drain_lead = 10m"));
         assert!(parse("job_stop_timeout = \"9m 49s\"")
             .job_stop_timeout
+            .is_some());
+    }
+
+    #[test]
+    fn stop_tasks_defaults_to_true_is_said_at_start_and_refuses_a_stop_grace_beside_false() {
+        let (plain, _) = Settings::resolve(&FileConfig::default(), &path(), None, false);
+        assert!(plain.stop_tasks.value);
+        assert!(plain
+            .describe()
+            .join(", ")
+            .contains("stop_tasks=true (default)"));
+        let (off, _) = Settings::resolve(&parse("stop_tasks = false"), &path(), None, false);
+        assert!(!off.stop_tasks.value);
+        let text = off.describe().join(", ");
+        assert!(
+            text.contains(
+                "stop_tasks=false (config file /etc/blockwatch/blockwatch.toml; nothing is stopped"
+            ),
+            "{text}"
+        );
+        let err = refusal("stop_tasks = false\nstop_grace = \"2m\"");
+        assert!(err.contains("stop_tasks = false and stop_grace"), "{err}");
+        assert!(parse("stop_tasks = true\nstop_grace = \"2m\"")
+            .stop_grace
             .is_some());
     }
 

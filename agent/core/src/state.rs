@@ -275,6 +275,10 @@ pub struct Policy {
     /// between SIGTERM and SIGKILL (`ECS_CONTAINER_STOP_TIMEOUT`). Stops then
     /// start early enough for it to fit before the end.
     pub job_stop_timeout: Option<Duration>,
+    /// `stop_tasks`: whether blockwatch may stop tasks (`ecs:StopTask`).
+    /// Without it nothing is ever stopped: what still runs at the end ends
+    /// with the instance, as at a spot interruption.
+    pub stop_tasks: bool,
     /// Whether the instance has a cluster to drain in. Without one (the join
     /// failed, or the config is unusable) nothing is asked of ECS, and a
     /// lease still ends with a power-off at its end.
@@ -318,6 +322,9 @@ impl Policy {
         end: OffsetDateTime,
         lease_end: Option<OffsetDateTime>,
     ) -> Option<OffsetDateTime> {
+        if !self.stop_tasks {
+            return None;
+        }
         let grace = self
             .effective_stop_grace()
             .map(|grace| end.saturating_sub(duration(grace)));
@@ -716,6 +723,9 @@ impl Step<'_> {
     /// The stop that is due now, if any: at the lease end (less the stop
     /// lead), or `stop_grace` before the end; each once.
     fn stop_due(&self, ends: &Ends) -> Option<StopCause> {
+        if !self.policy.stop_tasks {
+            return None;
+        }
         let now = ends.now;
         let lease_stop_due = ends.lease_end.is_some_and(|at| {
             now >= at.saturating_sub(duration(self.policy.stop_lead().unwrap_or_default()))
@@ -780,9 +790,15 @@ impl Step<'_> {
 
     /// Past the lease end and every wait: what still runs cannot be stopped
     /// or seen (ECS unreachable). Counted from the drain's start for an end
-    /// first seen already past, so the sequence runs whole.
+    /// first seen already past, so the sequence runs whole. With
+    /// `stop_tasks = false` there is no stop to wait for: the lease end.
     fn out_of_time(&self, ends: &Ends) -> bool {
         let drain = &*self.drain;
+        if !self.policy.stop_tasks {
+            return ends
+                .lease_end
+                .is_some_and(|at| ends.now >= at.max(drain.started_at));
+        }
         ends.lease_end.is_some_and(|at| {
             let wait = duration(LEASE_END_STOP_WAIT.max(self.policy.stop_wait()));
             let from_end = at.max(drain.started_at).saturating_add(wait);
@@ -878,6 +894,7 @@ mod tests {
             power_off_when_drained: false,
             enforce_lease_end: false,
             job_stop_timeout: None,
+            stop_tasks: true,
         }
     }
 
@@ -1663,6 +1680,62 @@ mod tests {
             vec![Action::PowerOff],
             "stopped in time: off at once"
         );
+    }
+
+    #[test]
+    fn with_stop_tasks_off_nothing_is_stopped_and_the_lease_powers_off_at_its_end() {
+        let end = T0 + minutes(10);
+        let running = || with_tasks(lease(end), 1);
+        let steps = [
+            (T0, lease(end)),
+            (T0 + minutes(1), running()),
+            (end - time::Duration::SECOND, running()),
+            (end, running()),
+            (end + time::Duration::seconds(5), running()),
+            (end + minutes(5), running()),
+        ];
+        let grace = Policy {
+            stop_grace: Some(Duration::from_secs(120)),
+            job_stop_timeout: Some(Duration::from_secs(60)),
+            ..enforcing()
+        };
+        // The same steps with stops allowed do stop: the steps are a test.
+        let stopping = run_enforced(&steps, &grace);
+        assert!(stopping
+            .iter()
+            .any(|d| d.actions.iter().any(|a| matches!(a, Action::StopTasks(_)))));
+
+        let d = run_enforced(
+            &steps,
+            &Policy {
+                stop_tasks: false,
+                ..grace
+            },
+        );
+        assert!(
+            d.iter()
+                .all(|d| !d.actions.iter().any(|a| matches!(a, Action::StopTasks(_)))),
+            "never a stop: {d:#?}"
+        );
+        assert_eq!(d[0].state.stop_at, None, "no stop is planned");
+        assert!(!d[2].actions.contains(&Action::PowerOff), "not before T");
+        assert_eq!(d[3].actions, vec![Action::PowerOff], "at T, tasks running");
+        assert_eq!(count(&d, Action::PowerOff), 1);
+    }
+
+    #[test]
+    fn with_stop_tasks_off_an_end_first_seen_past_powers_off_at_once() {
+        let end = T0 - minutes(10);
+        let policy = Policy {
+            stop_tasks: false,
+            ..enforcing()
+        };
+        let d = run_enforced(&[(T0, with_tasks(lease(end), 1))], &policy);
+        assert!(d[0].actions.contains(&Action::PowerOff), "{:?}", d[0]);
+        assert!(!d[0]
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::StopTasks(_))));
     }
 
     #[test]

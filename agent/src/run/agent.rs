@@ -47,6 +47,7 @@ impl Books {
                 power_off_when_drained: settings.on_drained.value == OnDrained::Poweroff,
                 enforce_lease_end: settings.on_lease_end.value == OnLeaseEnd::Poweroff,
                 job_stop_timeout: settings.job_stop_timeout.as_ref().map(|t| t.value.0),
+                stop_tasks: settings.stop_tasks.value,
                 joined: node.cluster.is_some(),
             },
             observed,

@@ -18,7 +18,7 @@ use crate::core::deadline::capacity_block_recheck_in;
 use crate::host::entropy::random_u64;
 use crate::sources::ec2::{Ec2Deadlines, InstanceCapacity};
 use crate::sources::imds::IdentityDocument;
-use crate::sources::SourceError;
+use crate::sources::{AwsFailure, SourceError};
 
 const EC2_LOOKUP_ATTEMPTS: u32 = 8;
 /// Failed lookups are retried after up to 5 s, doubling to 5 min.
@@ -26,6 +26,8 @@ const EC2_RETRY_FIRST: Duration = Duration::from_secs(5);
 const EC2_RETRY_MAX: Duration = Duration::from_secs(300);
 /// How the shutdown-behaviour warning starts, in the journal and in status.
 const SHUTDOWN_WARNING: &str = "instance-initiated shutdown behaviour is `stop`";
+/// How the line starts when the shutdown behaviour may not be read.
+const SHUTDOWN_UNKNOWN: &str = "instance-initiated shutdown behaviour unknown";
 const EC2_LOOKUP: &str = "looking up EC2 end dates";
 
 /// What the EC2 lookup task reports to the loop.
@@ -288,6 +290,17 @@ impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
             }
             Ok(Some(behavior)) => log::info!("instance-initiated shutdown behaviour: {behavior}"),
             Ok(None) => {}
+            Err(SourceError::Aws {
+                kind: AwsFailure::Denied,
+                detail,
+                ..
+            }) => {
+                // The default policy leaves this read out (it cannot be
+                // scoped to the instance itself): said once, not an error.
+                log::warn!(
+                    "{SHUTDOWN_UNKNOWN}: blockwatch may not read it (ec2:DescribeInstanceAttribute denied: {detail}), so it cannot tell whether a power-off terminates this instance or only stops it; going on"
+                );
+            }
             Err(err) => {
                 books.reporter.count_error("ec2");
                 match retry_in {
@@ -304,7 +317,6 @@ impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::AwsFailure;
 
     fn failure(kind: AwsFailure) -> SourceError {
         SourceError::Aws {

@@ -351,6 +351,48 @@ async fn a_throttled_shutdown_behaviour_read_is_asked_again() {
     assert!(!log.contains("cannot tell whether"), "{log}");
 }
 
+/// The default policy may leave `ec2:DescribeInstanceAttribute` out: a
+/// denied read is said once, as what it is, and nothing else changes.
+#[tokio::test]
+async fn a_denied_shutdown_behaviour_read_is_said_once_and_the_agent_drains_and_powers_off() {
+    let f = Fixture::new("").await;
+    let marker = f.instance.root.path().join("powered-off");
+    f.instance.write_config(&format!(
+        "{FAST}on_drained = \"poweroff\"\npoweroff_command = \"touch {}\"\n",
+        marker.display()
+    ));
+    f.proxy.inject(
+        "DescribeInstanceAttribute",
+        Fault::access_denied_ec2(),
+        None,
+    );
+    let agent = f.start(&[]);
+    agent.wait_for_log("blockwatch may not read it", Duration::from_secs(30));
+
+    spot_notice(&f.instance);
+    wait_until(&agent, Duration::from_secs(30), "the power-off", || {
+        marker.exists()
+    });
+    assert_eq!(f.status_at_moto().await, "DRAINING", "{}", agent.log());
+
+    let log = agent.log();
+    let attribute_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("DescribeInstanceAttribute"))
+        .collect();
+    assert_eq!(attribute_lines.len(), 1, "{log}");
+    assert!(
+        attribute_lines[0].contains("warning:")
+            && attribute_lines[0].contains(
+                "instance-initiated shutdown behaviour unknown: blockwatch may not read it"
+            )
+            && attribute_lines[0].contains("UnauthorizedOperation"),
+        "{log}"
+    );
+    // Denied is not transient: asked once (the SDK does not retry it).
+    assert_eq!(f.proxy.seen("DescribeInstanceAttribute"), 1, "{log}");
+}
+
 #[tokio::test]
 async fn repeated_ecs_failures_are_logged_once_with_a_count_not_once_per_retry() {
     let f = Fixture::new("").await;
