@@ -795,9 +795,11 @@ impl Step<'_> {
     fn out_of_time(&self, ends: &Ends) -> bool {
         let drain = &*self.drain;
         if !self.policy.stop_tasks {
+            // Nothing to stop or wait for, but never in the decision that
+            // starts the drain: DRAINING comes first.
             return ends
                 .lease_end
-                .is_some_and(|at| ends.now >= at.max(drain.started_at));
+                .is_some_and(|at| ends.now >= at && ends.now > drain.started_at);
         }
         ends.lease_end.is_some_and(|at| {
             let wait = duration(LEASE_END_STOP_WAIT.max(self.policy.stop_wait()));
@@ -1724,17 +1726,24 @@ mod tests {
     }
 
     #[test]
-    fn with_stop_tasks_off_an_end_first_seen_past_powers_off_at_once() {
+    fn with_stop_tasks_off_an_end_first_seen_past_drains_first_then_powers_off() {
         let end = T0 - minutes(10);
         let policy = Policy {
             stop_tasks: false,
             ..enforcing()
         };
-        let d = run_enforced(&[(T0, with_tasks(lease(end), 1))], &policy);
-        assert!(d[0].actions.contains(&Action::PowerOff), "{:?}", d[0]);
-        assert!(!d[0]
-            .actions
+        let d = run_enforced(
+            &[
+                (T0, with_tasks(lease(end), 1)),
+                (T0 + time::Duration::SECOND, with_tasks(lease(end), 1)),
+            ],
+            &policy,
+        );
+        assert_eq!(d[0].actions, vec![Action::Drain], "DRAINING alone first");
+        assert_eq!(d[1].actions, vec![Action::PowerOff], "then the power-off");
+        assert!(!d
             .iter()
+            .flat_map(|x| &x.actions)
             .any(|a| matches!(a, Action::StopTasks(_))));
     }
 
