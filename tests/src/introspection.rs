@@ -22,6 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ecs::types::DesiredStatus;
+use blockwatch::actions::ecs::list_tasks;
 
 use crate::moto::MotoServer;
 use crate::stub::{Received, StubServer};
@@ -283,39 +284,20 @@ fn poll(shared: &Shared, endpoint: &str, cluster: &str, container_instance: &str
         let sdk = crate::moto::stand_in_sdk_config(endpoint).await;
         let ecs = aws_sdk_ecs::Client::new(&sdk);
         while !shared.stopping.load(Ordering::Relaxed) {
-            let running = list(&ecs, cluster, container_instance, DesiredStatus::Running).await;
-            let stopping = list(&ecs, cluster, container_instance, DesiredStatus::Stopped).await;
+            let (running, stopping) = (
+                list_tasks(&ecs, cluster, container_instance, DesiredStatus::Running).await,
+                list_tasks(&ecs, cluster, container_instance, DesiredStatus::Stopped).await,
+            );
             match (running, stopping) {
                 (Ok(running), Ok(stopping)) => {
                     lock(&shared.model).refresh(&running, &stopping, Instant::now());
                     lock(&shared.refreshes).0 += 1;
                 }
-                (Err(err), _) | (_, Err(err)) => lock(&shared.refreshes).1 = Some(err),
+                (Err(err), _) | (_, Err(err)) => lock(&shared.refreshes).1 = Some(err.to_string()),
             }
             tokio::time::sleep(REFRESH).await;
         }
     });
-}
-
-async fn list(
-    ecs: &aws_sdk_ecs::Client,
-    cluster: &str,
-    container_instance: &str,
-    desired: DesiredStatus,
-) -> Result<Vec<String>, String> {
-    let mut arns = Vec::new();
-    let mut pages = ecs
-        .list_tasks()
-        .cluster(cluster)
-        .container_instance(container_instance)
-        .desired_status(desired)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| format!("ecs:ListTasks: {e:?}"))?;
-        arns.extend(page.task_arns().iter().cloned());
-    }
-    Ok(arns)
 }
 
 #[cfg(test)]

@@ -524,7 +524,8 @@ async fn list_host_tasks(
 }
 
 /// `ecs:ListTasks` of `container_instance` with `desired` status, every page.
-async fn list_tasks(
+/// (Public for the test kit's ECS-agent stand-in, which lists the same way.)
+pub async fn list_tasks(
     client: &aws_sdk_ecs::Client,
     cluster: &str,
     container_instance: &str,
