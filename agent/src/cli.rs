@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::actions::ecs_config::DEFAULT_ECS_CONFIG_PATH;
-use crate::host::state::DEFAULT_STATE_DIR;
+use crate::actions::ecs_config_file::DEFAULT_ECS_CONFIG_PATH;
+use crate::host::state_dir::DEFAULT_STATE_DIR;
 use crate::sources::config_file::DEFAULT_CONFIG_PATH;
 
 const EXIT_CODES: &str = "\

@@ -20,11 +20,11 @@
 
 use std::time::Duration;
 
-use crate::actions::ecs_config::WriteError;
-use crate::core::cluster::InvalidCluster;
-use crate::core::compute_environment::Refusal;
-use crate::core::config::{ConfigFileError, NoClusterSource, Origin};
-use crate::sources::{AwsFailure, SourceError};
+use crate::actions::ecs_config_file::WriteError;
+use crate::sources::{AwsFailure, CallError};
+use blockwatch_core::cluster::InvalidCluster;
+use blockwatch_core::compute_environment::Refusal;
+use blockwatch_core::config::{ConfigFileError, NoClusterSource, Origin};
 
 pub const USAGE: u8 = 2;
 pub const COMPUTE_ENVIRONMENT: u8 = 65;
@@ -55,11 +55,11 @@ pub enum AgentError {
     #[error(transparent)]
     ComputeEnvironment(#[from] Refusal),
     #[error(transparent)]
-    Source(#[from] SourceError),
+    Source(#[from] CallError),
     #[error("ecs.config {0}")]
     EcsConfig(#[from] WriteError),
     #[error(transparent)]
-    State(#[from] crate::host::state::StateError),
+    State(#[from] crate::host::state_dir::StateError),
     #[error(transparent)]
     StateDirBusy(#[from] crate::host::lock::StateDirBusy),
     #[error(transparent)]
@@ -82,8 +82,8 @@ impl AgentError {
         match self {
             Self::ConfigFile(_) | Self::NoClusterSource(_) | Self::InvalidCluster { .. } => CONFIG,
             Self::ComputeEnvironment(_) => COMPUTE_ENVIRONMENT,
-            Self::Source(SourceError::Imds { .. }) => TRANSIENT,
-            Self::Source(SourceError::Aws { kind, .. }) => match kind {
+            Self::Source(CallError::Imds { .. }) => TRANSIENT,
+            Self::Source(CallError::Aws { kind, .. }) => match kind {
                 AwsFailure::Transient | AwsFailure::Throttled => TRANSIENT,
                 AwsFailure::Denied => AWS_DENIED,
                 AwsFailure::Rejected => AWS_REJECTED,

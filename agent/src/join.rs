@@ -4,20 +4,20 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::actions::ecs_config::{Outcome, Plan};
-use crate::core::cluster::ClusterName;
-use crate::core::compute_environment::{cluster_of, Refusal};
-use crate::core::config::{
-    choose_cluster_target, ClusterTarget, InstanceTags, Origin, Settings, Sourced, TagChannel,
-};
-use crate::core::ecs_config::STOP_TIMEOUT_KEY;
-use crate::core::escape::{escape, escaped, quoted};
+use crate::actions::ecs_config_file::{Outcome, Plan};
 use crate::exit::AgentError;
-use crate::host::state::{self, JoinRecord};
+use crate::host::state_dir::{self, JoinRecord};
 use crate::sources::batch::ComputeEnvironments;
 use crate::sources::config_file;
 use crate::sources::ec2::TagDirectory;
 use crate::sources::imds::{IdentityDocument, InstanceMetadata};
+use blockwatch_core::cluster::ClusterName;
+use blockwatch_core::compute_environment::{cluster_of, Refusal};
+use blockwatch_core::config::{
+    choose_cluster_target, ClusterTarget, InstanceTags, Origin, Settings, Sourced, TagChannel,
+};
+use blockwatch_core::ecs_config_text::STOP_TIMEOUT_KEY;
+use blockwatch_core::escape::{escape, escaped, quoted};
 
 /// What `join` was asked to do.
 #[derive(Debug, Clone)]
@@ -366,7 +366,7 @@ where
         };
         // ecs.config is what matters; a state dir we cannot write only costs
         // `status` its answer.
-        if let Err(err) = state::write_join_record(&request.state_dir, &record) {
+        if let Err(err) = state_dir::write_join_record(&request.state_dir, &record) {
             log::warn!(
                 "could not record the join in {}: {err}",
                 request.state_dir.display()
@@ -413,7 +413,7 @@ fn log_identity(identity: &IdentityDocument) {
         escaped(&identity.instance_type),
         escaped(&identity.availability_zone),
         escaped(&identity.region),
-        crate::core::config::Timestamp(identity.pending_time)
+        blockwatch_core::config::Timestamp(identity.pending_time)
     );
 }
 

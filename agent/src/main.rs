@@ -4,7 +4,6 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use blockwatch::cli::{Cli, Command};
-use blockwatch::core::backoff::JoinRetry;
 use blockwatch::exit::{self, AgentError};
 use blockwatch::host::dry_run;
 use blockwatch::host::entropy::random_u64;
@@ -14,7 +13,8 @@ use blockwatch::run::{run, RunRequest};
 use blockwatch::sources::aws::{Aws, AwsTimeouts};
 use blockwatch::sources::config_file;
 use blockwatch::sources::imds::Imds;
-use blockwatch::status;
+use blockwatch::status_command;
+use blockwatch_core::backoff::JoinRetry;
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Status(args) => {
-            return match status::render(
+            return match status_command::render(
                 &cli.common.state_dir,
                 args.json,
                 time::OffsetDateTime::now_utc(),

@@ -8,7 +8,7 @@ use aws_sdk_ec2::types::{Filter, Tag};
 use aws_sdk_ec2::Client as Ec2;
 use blockwatch_aws::classify;
 use blockwatch_aws::to_time;
-use blockwatch_aws::{AwsFailure, SourceError};
+use blockwatch_aws::{AwsFailure, CallError};
 use blockwatch_core::compute_environment::{cluster_of, ComputeEnvironmentInfo, Refusal};
 use blockwatch_core::config::{
     rfc3339, TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_DURATION, TAG_LEASE_END,
@@ -40,7 +40,7 @@ pub enum BlocksError {
     #[error(transparent)]
     ComputeEnvironment(#[from] Refusal),
     #[error(transparent)]
-    Aws(SourceError),
+    Aws(CallError),
     #[error("AccessDenied: the caller may not call {action}; grant it (see bootstrap/iam/launcher-policy.json)")]
     Denied {
         action: &'static str,
@@ -50,10 +50,10 @@ pub enum BlocksError {
     Refused(String),
 }
 
-impl From<SourceError> for BlocksError {
-    fn from(err: SourceError) -> Self {
+impl From<CallError> for BlocksError {
+    fn from(err: CallError) -> Self {
         match err {
-            SourceError::Aws {
+            CallError::Aws {
                 api,
                 kind: AwsFailure::Denied,
                 detail,
@@ -74,7 +74,7 @@ impl BlocksError {
             Self::Invalid(_) | Self::PageSize(_) => 2,
             Self::ComputeEnvironment(_) => 3,
             Self::Denied { .. } => 5,
-            Self::Aws(SourceError::Aws {
+            Self::Aws(CallError::Aws {
                 kind: AwsFailure::Rejected,
                 ..
             }) => 7,
@@ -148,9 +148,11 @@ async fn compute_environment(
     name: &str,
 ) -> Result<ComputeEnvironmentInfo, BlocksError> {
     let batch = aws_sdk_batch::Client::new(sdk);
-    Ok(blockwatch_aws::batch::describe(&batch, name)
-        .await?
-        .ok_or_else(|| Refusal::NotFound(name.to_owned()))?)
+    Ok(
+        blockwatch_aws::describe_compute_environment::describe(&batch, name)
+            .await?
+            .ok_or_else(|| Refusal::NotFound(name.to_owned()))?,
+    )
 }
 
 /// The tag values that put an instance in `ce`: the launcher writes what the

@@ -16,7 +16,7 @@ use aws_sdk_ec2::types::{
 use aws_sdk_ec2::Client as Ec2;
 use blockwatch_aws::classify;
 use blockwatch_aws::to_time;
-use blockwatch_aws::{AwsFailure, SourceError};
+use blockwatch_aws::{AwsFailure, CallError};
 use blockwatch_core::compute_environment::{cluster_of, Refusal};
 use blockwatch_core::config::rfc3339;
 use blockwatch_core::config::{
@@ -41,7 +41,7 @@ pub enum LaunchError {
     #[error(transparent)]
     ComputeEnvironment(#[from] Refusal),
     #[error(transparent)]
-    Aws(SourceError),
+    Aws(CallError),
     #[error("AccessDenied: the caller may not call {action}; grant it (see bootstrap/iam/launcher-policy.json)")]
     Denied {
         action: &'static str,
@@ -75,10 +75,10 @@ pub enum LaunchError {
 
 /// Every AWS failure comes through here, so that a denial anywhere names
 /// the missing action the same way.
-impl From<SourceError> for LaunchError {
-    fn from(err: SourceError) -> Self {
+impl From<CallError> for LaunchError {
+    fn from(err: CallError) -> Self {
         match err {
-            SourceError::Aws {
+            CallError::Aws {
                 api,
                 kind: AwsFailure::Denied,
                 detail,
@@ -105,7 +105,7 @@ impl LaunchError {
             | Self::PriceTooLow { .. }
             | Self::NoReservation(_)
             | Self::NotACapacityBlock { .. } => 6,
-            Self::Aws(SourceError::Aws {
+            Self::Aws(CallError::Aws {
                 kind: AwsFailure::Rejected,
                 ..
             })
@@ -168,9 +168,10 @@ pub async fn launch(
 ) -> Result<Report, LaunchError> {
     // 1. The compute environment must exist and be UNMANAGED.
     let batch = aws_sdk_batch::Client::new(sdk);
-    let info = blockwatch_aws::batch::describe(&batch, &plan.compute_environment)
-        .await?
-        .ok_or_else(|| Refusal::NotFound(plan.compute_environment.clone()))?;
+    let info =
+        blockwatch_aws::describe_compute_environment::describe(&batch, &plan.compute_environment)
+            .await?
+            .ok_or_else(|| Refusal::NotFound(plan.compute_environment.clone()))?;
     let (cluster, mut warnings) = cluster_of(&info)?;
     if plan.imds_hop_limit > 1 {
         warnings.push(format!(

@@ -170,7 +170,7 @@ fn the_quickstart_retries_host_deaths_and_blockwatch_stops_then_exits() {
     let ours = retry
         .find(&format!(
             "OnStatusReason: \"{}*\"",
-            blockwatch_core::state::STOP_REASON_PREFIX
+            blockwatch_core::decision::STOP_REASON_PREFIX
         ))
         .unwrap();
     let exit = retry.find("OnReason: \"*\"").unwrap();

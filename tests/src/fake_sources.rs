@@ -6,11 +6,11 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 
-use blockwatch::core::compute_environment::ComputeEnvironmentInfo;
 use blockwatch::sources::batch::ComputeEnvironments;
 use blockwatch::sources::ec2::{Ec2Deadlines, InstanceCapacity, TagDirectory};
 use blockwatch::sources::imds::{IdentityDocument, InstanceMetadata};
-use blockwatch::sources::{AwsFailure, SourceError};
+use blockwatch::sources::{AwsFailure, CallError};
+use blockwatch_core::compute_environment::ComputeEnvironmentInfo;
 use time::OffsetDateTime;
 
 /// How a fake call fails, when it is scripted to.
@@ -85,18 +85,18 @@ impl FakeInstance {
         }
     }
 
-    fn call(&self, name: &'static str) -> Result<(), SourceError> {
+    fn call(&self, name: &'static str) -> Result<(), CallError> {
         self.calls
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(name);
         match self.failing.get(name) {
             None => Ok(()),
-            Some(Failure::Imds) => Err(SourceError::Imds {
+            Some(Failure::Imds) => Err(CallError::Imds {
                 path: name.to_owned(),
                 detail: "scripted failure".to_owned(),
             }),
-            Some(Failure::Aws(kind)) => Err(SourceError::Aws {
+            Some(Failure::Aws(kind)) => Err(CallError::Aws {
                 api: name,
                 kind: *kind,
                 detail: "scripted failure".to_owned(),
@@ -106,19 +106,19 @@ impl FakeInstance {
 }
 
 impl InstanceMetadata for FakeInstance {
-    async fn identity(&self) -> Result<IdentityDocument, SourceError> {
+    async fn identity(&self) -> Result<IdentityDocument, CallError> {
         self.call("imds:identity")?;
         Ok(self.identity.clone())
     }
 
-    async fn tags(&self) -> Result<Option<BTreeMap<String, String>>, SourceError> {
+    async fn tags(&self) -> Result<Option<BTreeMap<String, String>>, CallError> {
         self.call("imds:tags")?;
         Ok(self.imds_tags.clone())
     }
 }
 
 impl TagDirectory for FakeInstance {
-    async fn instance_tags(&self, _: &str) -> Result<BTreeMap<String, String>, SourceError> {
+    async fn instance_tags(&self, _: &str) -> Result<BTreeMap<String, String>, CallError> {
         self.call("ec2:DescribeTags")?;
         Ok(self.described_tags.clone())
     }
@@ -128,7 +128,7 @@ impl ComputeEnvironments for FakeInstance {
     async fn describe_compute_environment(
         &self,
         name: &str,
-    ) -> Result<Option<ComputeEnvironmentInfo>, SourceError> {
+    ) -> Result<Option<ComputeEnvironmentInfo>, CallError> {
         self.call("batch:DescribeComputeEnvironments")?;
         Ok(self
             .compute_environments
@@ -139,12 +139,12 @@ impl ComputeEnvironments for FakeInstance {
 }
 
 impl InstanceCapacity for FakeInstance {
-    async fn ec2_deadlines(&self, _: &str, _: OffsetDateTime) -> Result<Ec2Deadlines, SourceError> {
+    async fn ec2_deadlines(&self, _: &str, _: OffsetDateTime) -> Result<Ec2Deadlines, CallError> {
         self.call("ec2:DescribeInstances")?;
         Ok(self.ec2_deadlines.clone())
     }
 
-    async fn capacity_block_end(&self, _: &str) -> Result<Option<OffsetDateTime>, SourceError> {
+    async fn capacity_block_end(&self, _: &str) -> Result<Option<OffsetDateTime>, CallError> {
         self.call("ec2:DescribeCapacityReservations")?;
         Ok(self
             .ec2_deadlines
@@ -153,7 +153,7 @@ impl InstanceCapacity for FakeInstance {
             .map(|(end, _)| *end))
     }
 
-    async fn shutdown_behavior(&self, _: &str) -> Result<Option<String>, SourceError> {
+    async fn shutdown_behavior(&self, _: &str) -> Result<Option<String>, CallError> {
         self.call("ec2:DescribeInstanceAttribute")?;
         Ok(self.shutdown_behavior.clone())
     }

@@ -1,4 +1,4 @@
-//! AWS SDK errors as one-line, typed [`SourceError`]s: what failed, where,
+//! AWS SDK errors as one-line, typed [`CallError`]s: what failed, where,
 //! and whether retrying can help.
 
 use std::error::Error as StdError;
@@ -10,7 +10,7 @@ use aws_sdk_batch::config::http::HttpResponse;
 use aws_sdk_batch::error::{ConnectorError, ProvideErrorMetadata, SdkError};
 use blockwatch_core::escape::escape;
 
-use crate::{chain, AwsFailure, SourceError};
+use crate::{chain, AwsFailure, CallError};
 
 /// Error codes that mean "you may not", whatever the service.
 const DENIED_CODES: &[&str] = &[
@@ -52,9 +52,9 @@ pub fn imds_endpoint_from_env() -> String {
     }
 }
 
-/// Turns an SDK error into a one-line [`SourceError`] that knows whether a
+/// Turns an SDK error into a one-line [`CallError`] that knows whether a
 /// retry could help. Text from the service is escaped; no Debug dumps.
-pub fn classify<E>(api: &'static str, err: &SdkError<E, HttpResponse>) -> SourceError
+pub fn classify<E>(api: &'static str, err: &SdkError<E, HttpResponse>) -> CallError
 where
     E: ProvideErrorMetadata + StdError + 'static,
 {
@@ -66,7 +66,7 @@ pub fn classify_at<E>(
     api: &'static str,
     endpoint: Option<&str>,
     err: &SdkError<E, HttpResponse>,
-) -> SourceError
+) -> CallError
 where
     E: ProvideErrorMetadata + StdError + 'static,
 {
@@ -126,7 +126,7 @@ where
             format!("could not build the request: {}", causes(err)),
         ),
     };
-    SourceError::Aws {
+    CallError::Aws {
         api,
         kind,
         detail: escape(&detail),

@@ -1,16 +1,16 @@
 //! What the agent and the launcher share about AWS: typed, one-line errors
-//! of the SDK's calls ([`SourceError`], [`classify`]), the compute
+//! of the SDK's calls ([`CallError`], [`classify`]), the compute
 //! environment lookup, and SDK timestamps. It links the AWS SDK, so it is
 //! apart from `blockwatch-core`, which does no IO.
 
-pub mod batch;
 pub mod classify;
+pub mod describe_compute_environment;
 
 pub use classify::{classify, classify_at, endpoint_of, imds_endpoint_from_env};
 
 /// A source that could not answer.
 #[derive(Debug, thiserror::Error)]
-pub enum SourceError {
+pub enum CallError {
     /// IMDS did not answer (after the client's retries), or answered garbage.
     #[error("instance metadata {path}: {detail}")]
     Imds { path: String, detail: String },
@@ -44,7 +44,7 @@ impl AwsFailure {
     }
 }
 
-impl SourceError {
+impl CallError {
     /// Whether the service answered that its request rate was exceeded.
     pub fn is_throttled(&self) -> bool {
         matches!(

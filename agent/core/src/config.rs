@@ -185,14 +185,14 @@ impl FileConfig {
         let Some(timeout) = self.job_stop_timeout else {
             return Ok(());
         };
-        let lead = timeout.0.saturating_add(super::state::JOB_STOP_MARGIN);
+        let lead = timeout.0.saturating_add(super::decision::JOB_STOP_MARGIN);
         let drain_lead = self.drain_lead.map_or(DEFAULT_DRAIN_LEAD, |d| d.0);
         if lead >= drain_lead {
             return Err(format!(
                 "{JOB_STOP_TIMEOUT_KEY} = \"{}\": the stop must start {} before the end (the timeout plus a {} margin), which is not after the drain (drain_lead = {}); shorten {JOB_STOP_TIMEOUT_KEY} or lengthen drain_lead",
                 humantime::format_duration(timeout.0),
                 humantime::format_duration(lead),
-                humantime::format_duration(super::state::JOB_STOP_MARGIN),
+                humantime::format_duration(super::decision::JOB_STOP_MARGIN),
                 humantime::format_duration(drain_lead),
             ));
         }
@@ -767,7 +767,7 @@ impl Settings {
             let lead = timeout
                 .value
                 .0
-                .saturating_add(super::state::JOB_STOP_MARGIN);
+                .saturating_add(super::decision::JOB_STOP_MARGIN);
             items.push(format!(
                 "job_stop_timeout={} ({}; ECS_CONTAINER_STOP_TIMEOUT={}; stops start at T - {})",
                 humantime::format_duration(timeout.value.0),

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::sources::aws::{classify, Aws};
-use crate::sources::{AwsFailure, SourceError};
+use crate::sources::{AwsFailure, CallError};
 
 /// The ECS agent's local introspection API: no IAM needed.
 pub const DEFAULT_INTROSPECTION_URL: &str = "http://127.0.0.1:51678/v1/metadata";
@@ -46,7 +46,7 @@ pub struct HostTask {
 #[derive(Debug, Default)]
 pub struct StopReport {
     pub stopped: Vec<String>,
-    pub failed: Vec<(String, SourceError)>,
+    pub failed: Vec<(String, CallError)>,
 }
 
 pub trait ContainerService {
@@ -55,20 +55,20 @@ pub trait ContainerService {
         &self,
         cluster: &str,
         instance_id: &str,
-    ) -> impl Future<Output = Result<Option<String>, SourceError>> + Send;
+    ) -> impl Future<Output = Result<Option<String>, CallError>> + Send;
     /// DRAINING when `draining`, else ACTIVE.
     fn set_draining(
         &self,
         cluster: &str,
         container_instance: &str,
         draining: bool,
-    ) -> impl Future<Output = Result<(), SourceError>> + Send;
+    ) -> impl Future<Output = Result<(), CallError>> + Send;
     /// Every task of this container instance still running on the host (KnownStatus not STOPPED).
     fn tasks(
         &self,
         cluster: &str,
         container_instance: &str,
-    ) -> impl Future<Output = Result<Vec<HostTask>, SourceError>> + Send;
+    ) -> impl Future<Output = Result<Vec<HostTask>, CallError>> + Send;
     /// One StopTask per task; goes on after a failure.
     fn stop_tasks(
         &self,
@@ -260,7 +260,7 @@ impl Ecs {
     }
 
     /// An ECS client on the current AWS configuration.
-    async fn client(&self) -> Result<aws_sdk_ecs::Client, SourceError> {
+    async fn client(&self) -> Result<aws_sdk_ecs::Client, CallError> {
         let aws = Arc::clone(&self.aws.borrow());
         Ok(aws_sdk_ecs::Client::new(aws.config().await?))
     }
@@ -273,7 +273,7 @@ impl Ecs {
         cluster: &str,
         arn: &str,
         instance_id: &str,
-    ) -> Result<Option<Ownership>, SourceError> {
+    ) -> Result<Option<Ownership>, CallError> {
         if let Some(known) = lock(&self.confirmed).get(arn) {
             return Ok(Some(*known));
         }
@@ -331,7 +331,7 @@ impl ContainerService for Ecs {
         &self,
         cluster: &str,
         instance_id: &str,
-    ) -> Result<Option<String>, SourceError> {
+    ) -> Result<Option<String>, CallError> {
         let introspected = self
             .introspection
             .metadata()
@@ -359,7 +359,7 @@ impl ContainerService for Ecs {
         cluster: &str,
         container_instance: &str,
         draining: bool,
-    ) -> Result<(), SourceError> {
+    ) -> Result<(), CallError> {
         update_state(&self.client().await?, cluster, container_instance, draining).await
     }
 
@@ -367,7 +367,7 @@ impl ContainerService for Ecs {
         &self,
         cluster: &str,
         container_instance: &str,
-    ) -> Result<Vec<HostTask>, SourceError> {
+    ) -> Result<Vec<HostTask>, CallError> {
         // The local ECS agent holds this host's tasks only: no filter needed.
         match self.introspection.tasks().await {
             Ok(tasks) => {
@@ -397,13 +397,13 @@ impl ContainerService for Ecs {
 }
 
 /// The same failure again, for each task it kept from being stopped.
-fn copy_of(err: &SourceError) -> SourceError {
+fn copy_of(err: &CallError) -> CallError {
     match err {
-        SourceError::Imds { path, detail } => SourceError::Imds {
+        CallError::Imds { path, detail } => CallError::Imds {
             path: path.clone(),
             detail: detail.clone(),
         },
-        SourceError::Aws { api, kind, detail } => SourceError::Aws {
+        CallError::Aws { api, kind, detail } => CallError::Aws {
             api,
             kind: *kind,
             detail: detail.clone(),
@@ -416,7 +416,7 @@ async fn list_container_instance(
     client: &aws_sdk_ecs::Client,
     cluster: &str,
     instance_id: &str,
-) -> Result<Option<String>, SourceError> {
+) -> Result<Option<String>, CallError> {
     let listed = client
         .list_container_instances()
         .cluster(cluster)
@@ -451,7 +451,7 @@ async fn update_state(
     cluster: &str,
     container_instance: &str,
     draining: bool,
-) -> Result<(), SourceError> {
+) -> Result<(), CallError> {
     let status = if draining {
         ContainerInstanceStatus::Draining
     } else {
@@ -468,7 +468,7 @@ async fn update_state(
         .map_err(|e| classify(api, &e))?;
     match output.failures().first() {
         None => Ok(()),
-        Some(failure) => Err(SourceError::Aws {
+        Some(failure) => Err(CallError::Aws {
             api,
             kind: AwsFailure::Rejected,
             detail: format!(
@@ -491,7 +491,7 @@ async fn list_host_tasks(
     client: &aws_sdk_ecs::Client,
     cluster: &str,
     container_instance: &str,
-) -> Result<Vec<HostTask>, SourceError> {
+) -> Result<Vec<HostTask>, CallError> {
     let running = list_tasks(client, cluster, container_instance, DesiredStatus::Running).await?;
     let stopping = list_tasks(client, cluster, container_instance, DesiredStatus::Stopped).await?;
     // arn → stop requested; a task stopped between the two listings is in both.
@@ -530,7 +530,7 @@ pub async fn list_tasks(
     cluster: &str,
     container_instance: &str,
     desired: DesiredStatus,
-) -> Result<Vec<String>, SourceError> {
+) -> Result<Vec<String>, CallError> {
     let mut tasks = Vec::new();
     let mut pages = client
         .list_tasks()

@@ -1,6 +1,6 @@
 //! Adapters that change the world.
 
 pub mod ecs;
-pub mod ecs_config;
-pub mod poweroff;
+pub mod ecs_config_file;
+pub mod shutdown_command;
 pub mod webhook;

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use crate::core::backoff::Backoff;
 use crate::host::entropy::random_u64;
+use blockwatch_core::backoff::Backoff;
 
 const ATTEMPTS: u32 = 4;
 const TIMEOUT: Duration = Duration::from_secs(5);

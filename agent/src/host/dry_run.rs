@@ -11,7 +11,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use super::entropy::random_u64;
-use super::state::{join_record_path, state_path};
+use super::state_dir::{join_record_path, state_path};
 
 /// Where a dry run keeps its records.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use clap::ValueEnum;
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 use crate::cli::LogLevel;
-use crate::core::escape::{escaped, quoted};
+use blockwatch_core::escape::{escaped, quoted};
 
 /// The level to log at, where it came from, and a `RUST_LOG` that was not
 /// understood (to be said once the logger is up).

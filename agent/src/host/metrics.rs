@@ -5,8 +5,8 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::core::state::{AgentState, Phase};
 use crate::host::atomic_file;
+use blockwatch_core::decision::{AgentState, Phase};
 
 /// The one directory the shipped unit lets blockwatch write metrics to
 /// (`ReadWritePaths=-…`): node_exporter's textfile collector.

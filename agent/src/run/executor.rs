@@ -14,11 +14,13 @@ use time::OffsetDateTime;
 use super::agent::Books;
 use super::{bounded, shown, Clock, Node};
 use crate::actions::ecs::{ContainerService, StopReport};
-use crate::core::backoff::Backoff;
-use crate::core::config::{rfc3339, Settings};
-use crate::core::deadline::SourceKind;
-use crate::core::state::{Action, AgentState, Outcome, Phase, StopCause, STOP_REASON_PREFIX};
-use crate::sources::{AwsFailure, SourceError};
+use crate::sources::{AwsFailure, CallError};
+use blockwatch_core::backoff::Backoff;
+use blockwatch_core::config::{rfc3339, Settings};
+use blockwatch_core::deadline::SourceKind;
+use blockwatch_core::decision::{
+    Action, AgentState, Outcome, Phase, StopCause, STOP_REASON_PREFIX,
+};
 
 /// Failed ECS calls are retried after up to 1 s, doubling to 30 s.
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -164,7 +166,7 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
             // A rejection may mean the ECS agent registered again under a new ARN.
             if matches!(
                 err,
-                SourceError::Aws {
+                CallError::Aws {
                     kind: AwsFailure::Rejected,
                     ..
                 }
@@ -236,7 +238,7 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
                 stopped: Vec::new(),
                 failed: vec![(
                     to_stop.join(", "),
-                    SourceError::Aws {
+                    CallError::Aws {
                         api: "ecs:StopTask",
                         kind: AwsFailure::Transient,
                         detail: format!(
@@ -356,7 +358,7 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
 
     /// Counts a failed ECS call, backs off, and logs it the first time and
     /// then as a count now and then.
-    fn failed(&mut self, activity: &str, err: &SourceError, books: &mut Books) {
+    fn failed(&mut self, activity: &str, err: &CallError, books: &mut Books) {
         books.reporter.count_error("ecs");
         let now = self.clock.instant();
         let wait = self.backoff.failed(now, self.clock.random());

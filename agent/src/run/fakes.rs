@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 
 use super::Clock;
 use crate::actions::ecs::{ContainerService, HostTask, StopReport};
-use crate::sources::{AwsFailure, SourceError};
+use crate::sources::{AwsFailure, CallError};
 
 /// A clock that stands still until the test moves it; its random numbers
 /// are scripted (the top of the jitter window when none is).
@@ -180,8 +180,8 @@ impl FakeEcs {
         &self,
         api: &'static str,
         call: Call,
-        answer: impl FnOnce(&mut EcsState) -> Result<T, SourceError>,
-    ) -> Result<T, SourceError> {
+        answer: impl FnOnce(&mut EcsState) -> Result<T, CallError>,
+    ) -> Result<T, CallError> {
         let mut state = self.state();
         state.calls.push(call);
         let scripted = state.script.get_mut(api).and_then(VecDeque::pop_front);
@@ -196,8 +196,8 @@ impl FakeEcs {
     }
 }
 
-fn failure(api: &'static str, kind: AwsFailure) -> SourceError {
-    SourceError::Aws {
+fn failure(api: &'static str, kind: AwsFailure) -> CallError {
+    CallError::Aws {
         api,
         kind,
         detail: format!("scripted {kind:?}"),
@@ -209,7 +209,7 @@ impl ContainerService for FakeEcs {
         &self,
         _cluster: &str,
         _instance_id: &str,
-    ) -> Result<Option<String>, SourceError> {
+    ) -> Result<Option<String>, CallError> {
         self.answer(FIND, Call::Find, |ecs| Ok(ecs.registered.clone()))
     }
 
@@ -218,7 +218,7 @@ impl ContainerService for FakeEcs {
         _cluster: &str,
         container_instance: &str,
         draining: bool,
-    ) -> Result<(), SourceError> {
+    ) -> Result<(), CallError> {
         let arn = container_instance.to_owned();
         let call = Call::SetDraining {
             arn: arn.clone(),
@@ -237,7 +237,7 @@ impl ContainerService for FakeEcs {
         &self,
         _cluster: &str,
         container_instance: &str,
-    ) -> Result<Vec<HostTask>, SourceError> {
+    ) -> Result<Vec<HostTask>, CallError> {
         let arn = container_instance.to_owned();
         self.answer(LIST_TASKS, Call::ListTasks { arn }, |ecs| {
             Ok(ecs.tasks.clone())

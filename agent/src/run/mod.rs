@@ -30,8 +30,7 @@
 //! [`ContainerService`]: crate::actions::ecs::ContainerService
 
 mod agent;
-mod deadline_file;
-mod ec2;
+mod ec2_end_dates;
 mod executor;
 mod poll;
 mod power_off;
@@ -54,16 +53,16 @@ use tokio::sync::watch;
 
 use crate::actions::ecs::{Ecs, Introspection};
 use crate::actions::webhook::Deliveries;
-use crate::core::config::OnLeaseEnd;
-use crate::core::deadline::Observations;
-use crate::core::escape::escape;
 use crate::exit::AgentError;
 use crate::host::entropy::random_u64;
-use crate::host::state;
+use crate::host::state_dir;
 use crate::join::{resolve, ResolveOptions, Resolved, Standing, Unjoined};
 use crate::sources::aws::Aws;
 use crate::sources::imds::Imds;
-use crate::sources::{AwsFailure, SourceError};
+use crate::sources::{AwsFailure, CallError};
+use blockwatch_core::config::OnLeaseEnd;
+use blockwatch_core::deadline::Observations;
+use blockwatch_core::escape::escape;
 
 use agent::{Agent, Books};
 use poll::Poll;
@@ -76,8 +75,8 @@ use store::Store;
 pub const AWS_CALL_LIMIT: Duration = Duration::from_secs(90);
 /// How long shutdown and power-off wait for webhook deliveries in flight.
 pub const WEBHOOK_GRACE: Duration = Duration::from_secs(5);
-pub use crate::core::state::STOP_REASON_PREFIX;
-pub use deadline_file::DEFAULT_DEADLINE_DIR;
+pub use crate::host::job_deadline_files::DEFAULT_DEADLINE_DIR;
+pub use blockwatch_core::decision::STOP_REASON_PREFIX;
 
 #[derive(Debug, Clone)]
 pub struct RunRequest {
@@ -95,7 +94,7 @@ impl RunRequest {
     /// lease), `known` from the last join, and whether it may go on unjoined.
     fn resolve_options<'a>(
         &'a self,
-        known: Option<&'a state::JoinRecord>,
+        known: Option<&'a state_dir::JoinRecord>,
         go_on_unjoined: bool,
     ) -> ResolveOptions<'a> {
         ResolveOptions {
@@ -234,7 +233,7 @@ pub async fn run(request: &RunRequest, imds: Imds) -> Result<(), AgentError> {
         .filter(|_| !settings.dry_run.value)
         .map(|p| p.value.clone());
     let (records, mut state) =
-        state::Records::open(&request.state_dir, &identity.instance_id, metrics_file)?;
+        state_dir::Records::open(&request.state_dir, &identity.instance_id, metrics_file)?;
     // A lease duration counts from the first launch, not from a restart
     // after a stop.
     state.first_launched_at.get_or_insert(identity.pending_time);
@@ -262,7 +261,7 @@ pub async fn run(request: &RunRequest, imds: Imds) -> Result<(), AgentError> {
     let rejoin_imds = imds.clone();
     let mut poll = Poll::new(imds, aws_updates, &settings, SystemClock);
     poll.follow_lease(settings.lease.clone(), &mut agent.books);
-    let mut ec2_reports = ec2::spawn(current_aws, identity, &settings);
+    let mut ec2_reports = ec2_end_dates::spawn(current_aws, identity, &settings);
 
     let interval = settings.poll_interval.value.max(Duration::from_millis(100));
     let mut ticker = tokio::time::interval(interval);
@@ -342,7 +341,9 @@ impl Rejoin {
         }
         self.wait = (self.wait * 2).min(REJOIN_MAX_WAIT);
         self.next = now + self.wait;
-        let known = state::read_join_record(&request.state_dir).ok().flatten();
+        let known = state_dir::read_join_record(&request.state_dir)
+            .ok()
+            .flatten();
         let options = request.resolve_options(known.as_ref(), false);
         let aws = Aws::new(self.imds.clone());
         match resolve(options, &self.imds, &aws, &aws).await {
@@ -370,7 +371,7 @@ async fn start_up(
     imds: &Imds,
     aws: &Aws,
 ) -> Result<Option<Standing>, AgentError> {
-    let known = state::read_join_record(&request.state_dir).unwrap_or_else(|err| {
+    let known = state_dir::read_join_record(&request.state_dir).unwrap_or_else(|err| {
         log::warn!("ignoring the join record: {err}");
         None
     });
@@ -393,7 +394,7 @@ async fn start_up(
 async fn shut_down(service: &mut Service, deliveries: &mut Deliveries, request: &RunRequest) {
     log::info!(
         "stopping; state kept in {}",
-        state::state_path(&request.state_dir).display()
+        state_dir::state_path(&request.state_dir).display()
     );
     service.notifier.stopping();
     let stopping = "blockwatch is stopping";
@@ -409,14 +410,14 @@ async fn shut_down(service: &mut Service, deliveries: &mut Deliveries, request: 
 /// The call is boxed: SDK futures are large.
 fn bounded<'a, T: 'a>(
     api: &'static str,
-    call: impl Future<Output = Result<T, SourceError>> + 'a,
-) -> impl Future<Output = Result<T, SourceError>> + 'a {
+    call: impl Future<Output = Result<T, CallError>> + 'a,
+) -> impl Future<Output = Result<T, CallError>> + 'a {
     let call = Box::pin(call);
     async move {
         tokio::time::timeout(AWS_CALL_LIMIT, call)
             .await
             .unwrap_or_else(|_| {
-                Err(SourceError::Aws {
+                Err(CallError::Aws {
                     api,
                     kind: AwsFailure::Transient,
                     detail: format!(

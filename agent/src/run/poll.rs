@@ -11,11 +11,11 @@ use super::agent::{Agent, Books};
 use super::reporter::Reporter;
 use super::{whole_seconds, Clock};
 use crate::actions::ecs::ContainerService;
-use crate::core::config::{rfc3339, InstanceTags, Lease, Settings, Sourced, TagChannel};
 use crate::sources::aws::Aws;
 use crate::sources::imds::{Imds, InstanceMetadata};
 use crate::sources::notices::{self, NoticeError, NoticeFailure};
-use crate::sources::SourceError;
+use crate::sources::CallError;
+use blockwatch_core::config::{rfc3339, InstanceTags, Lease, Settings, Sourced, TagChannel};
 
 /// Consecutive polls with IMDS failing before its client is built afresh
 /// (at once when IMDS refuses our token).
@@ -200,7 +200,7 @@ impl<K: Clock + Clone> Poll<K> {
             } else {
                 self.imds.tags().await?
             };
-            Ok::<_, SourceError>((identity, tags))
+            Ok::<_, CallError>((identity, tags))
         };
         let (identity, tags) = match read.await {
             Ok(read) => read,

@@ -17,9 +17,9 @@ use super::agent::Books;
 use super::executor::Executor;
 use super::{Clock, WEBHOOK_GRACE};
 use crate::actions::ecs::ContainerService;
-use crate::actions::poweroff;
-use crate::core::config::rfc3339;
-use crate::core::state::{poweroff_retry_after, record, Outcome, Phase};
+use crate::actions::shutdown_command;
+use blockwatch_core::config::rfc3339;
+use blockwatch_core::decision::{poweroff_retry_after, record, Outcome, Phase};
 
 const RECORDING_POWER_OFF: &str = "recording the power-off";
 const POWERING_OFF: &str = "powering off";
@@ -74,7 +74,7 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
             return;
         };
         let command = &self.poweroff_command;
-        match poweroff::run(command).await {
+        match shutdown_command::run(command).await {
             Ok(()) => {
                 record(&mut books.state, Outcome::PoweredOff, now);
                 books.reporter.worked(POWERING_OFF, self.clock.instant());

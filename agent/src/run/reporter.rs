@@ -10,10 +10,10 @@ use time::OffsetDateTime;
 
 use super::Node;
 use crate::actions::webhook::{self, Deliveries};
-use crate::core::config::{rfc3339, Settings};
-use crate::core::deadline::Observations;
-use crate::core::failures::{FailureLog, Line};
-use crate::core::state::{AgentState, CancelCause, Event};
+use blockwatch_core::config::{rfc3339, Settings};
+use blockwatch_core::deadline::Observations;
+use blockwatch_core::decision::{AgentState, CancelCause, Event};
+use blockwatch_core::failures::{FailureLog, Line};
 
 #[derive(Debug)]
 pub struct Reporter {
@@ -108,7 +108,7 @@ impl Reporter {
                     d.event.kind,
                     d.event.id,
                     rfc3339(d.at),
-                    crate::core::status::countdown(now, d.at)
+                    blockwatch_core::operator_view::countdown(now, d.at)
                 )
             })
             .unwrap_or_else(|| "no end announced".to_owned());

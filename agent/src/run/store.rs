@@ -13,11 +13,11 @@ use std::time::Instant;
 use time::OffsetDateTime;
 use tokio::task::{JoinError, JoinHandle};
 
-use super::deadline_file::{DeadlineFiles, DeadlineWrite};
 use super::Node;
-use crate::core::state::AgentState;
-use crate::core::status::Snapshot;
-use crate::host::state::{Records, RecordsWrite, RecordsWritten};
+use crate::host::job_deadline_files::{DeadlineFiles, DeadlineWrite};
+use crate::host::state_dir::{Records, RecordsWrite, RecordsWritten};
+use blockwatch_core::decision::AgentState;
+use blockwatch_core::operator_view::Snapshot;
 
 #[derive(Debug)]
 pub struct Store {

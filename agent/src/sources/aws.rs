@@ -9,7 +9,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use tokio::sync::OnceCell;
 
 use super::imds::{Imds, InstanceMetadata};
-use super::SourceError;
+use super::CallError;
 
 /// How long one AWS call may take. Every call the agent makes is small, so
 /// a healthy endpoint answers in well under a second; these bound a network
@@ -109,11 +109,11 @@ impl Aws {
         self
     }
 
-    pub(crate) async fn config(&self) -> Result<&SdkConfig, SourceError> {
+    pub(crate) async fn config(&self) -> Result<&SdkConfig, CallError> {
         self.config.get_or_try_init(|| self.load()).await
     }
 
-    async fn load(&self) -> Result<SdkConfig, SourceError> {
+    async fn load(&self) -> Result<SdkConfig, CallError> {
         let region = match std::env::var("AWS_REGION") {
             Ok(region) if !region.is_empty() => region,
             _ => self.imds.identity().await?.region,

@@ -11,8 +11,8 @@ use std::io::{ErrorKind, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::core::config::{writable_by_others, ConfigFileError, FileConfig};
-use crate::core::escape::escape;
+use blockwatch_core::config::{writable_by_others, ConfigFileError, FileConfig};
+use blockwatch_core::escape::escape;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/blockwatch/blockwatch.toml";
 

@@ -11,23 +11,23 @@ use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 
 use super::aws::{classify_at, endpoint_of, Aws};
-use super::SourceError;
-use crate::core::config::TAG_KEYS;
-use crate::core::deadline::{is_capacity_block, legacy_spot_block_end};
+use super::CallError;
+use blockwatch_core::config::TAG_KEYS;
+use blockwatch_core::deadline::{is_capacity_block, legacy_spot_block_end};
 
 pub trait TagDirectory {
     /// The `blockwatch:*` tags of `instance_id`.
     fn instance_tags(
         &self,
         instance_id: &str,
-    ) -> impl Future<Output = Result<BTreeMap<String, String>, SourceError>> + Send;
+    ) -> impl Future<Output = Result<BTreeMap<String, String>, CallError>> + Send;
 }
 
 impl TagDirectory for Aws {
     async fn instance_tags(
         &self,
         instance_id: &str,
-    ) -> Result<BTreeMap<String, String>, SourceError> {
+    ) -> Result<BTreeMap<String, String>, CallError> {
         let client = aws_sdk_ec2::Client::new(self.config().await?);
         let filters = [
             Filter::builder()
@@ -62,7 +62,7 @@ fn failed<E>(
     client: &aws_sdk_ec2::Client,
     api: &'static str,
     err: &SdkError<E, HttpResponse>,
-) -> SourceError
+) -> CallError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -86,20 +86,20 @@ pub trait InstanceCapacity {
         &self,
         instance_id: &str,
         launched: time::OffsetDateTime,
-    ) -> impl Future<Output = Result<Ec2Deadlines, SourceError>> + Send;
+    ) -> impl Future<Output = Result<Ec2Deadlines, CallError>> + Send;
 
     /// The `EndDate` of Capacity Block `reservation_id` as EC2 says now (an
     /// extension moves it); `None` when it is not a Capacity Block.
     fn capacity_block_end(
         &self,
         reservation_id: &str,
-    ) -> impl Future<Output = Result<Option<time::OffsetDateTime>, SourceError>> + Send;
+    ) -> impl Future<Output = Result<Option<time::OffsetDateTime>, CallError>> + Send;
 
     /// `InstanceInitiatedShutdownBehavior`: `stop` or `terminate`.
     fn shutdown_behavior(
         &self,
         instance_id: &str,
-    ) -> impl Future<Output = Result<Option<String>, SourceError>> + Send;
+    ) -> impl Future<Output = Result<Option<String>, CallError>> + Send;
 }
 
 pub use blockwatch_aws::to_time;
@@ -109,7 +109,7 @@ impl InstanceCapacity for Aws {
         &self,
         instance_id: &str,
         launched: time::OffsetDateTime,
-    ) -> Result<Ec2Deadlines, SourceError> {
+    ) -> Result<Ec2Deadlines, CallError> {
         let client = aws_sdk_ec2::Client::new(self.config().await?);
         let described = client
             .describe_instances()
@@ -150,7 +150,7 @@ impl InstanceCapacity for Aws {
     async fn capacity_block_end(
         &self,
         reservation_id: &str,
-    ) -> Result<Option<time::OffsetDateTime>, SourceError> {
+    ) -> Result<Option<time::OffsetDateTime>, CallError> {
         let client = aws_sdk_ec2::Client::new(self.config().await?);
         let reservations = client
             .describe_capacity_reservations()
@@ -165,7 +165,7 @@ impl InstanceCapacity for Aws {
             .find_map(|r| r.end_date().and_then(to_time)))
     }
 
-    async fn shutdown_behavior(&self, instance_id: &str) -> Result<Option<String>, SourceError> {
+    async fn shutdown_behavior(&self, instance_id: &str) -> Result<Option<String>, CallError> {
         let client = aws_sdk_ec2::Client::new(self.config().await?);
         let described = client
             .describe_instance_attribute()

@@ -15,8 +15,8 @@ use aws_sdk_batch::error::SdkError;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use super::SourceError;
-use crate::core::config::TAG_KEYS;
+use super::CallError;
+use blockwatch_core::config::TAG_KEYS;
 
 const IDENTITY_DOCUMENT: &str = "/latest/dynamic/instance-identity/document";
 const TAGS: &str = "/latest/meta-data/tags/instance";
@@ -36,13 +36,13 @@ pub struct IdentityDocument {
 }
 
 pub trait InstanceMetadata {
-    fn identity(&self) -> impl Future<Output = Result<IdentityDocument, SourceError>> + Send;
+    fn identity(&self) -> impl Future<Output = Result<IdentityDocument, CallError>> + Send;
 
     /// The `blockwatch:*` instance tags, or `None` when tags are not exposed
     /// in IMDS (the instance was launched without `InstanceMetadataTags`).
     fn tags(
         &self,
-    ) -> impl Future<Output = Result<Option<BTreeMap<String, String>>, SourceError>> + Send;
+    ) -> impl Future<Output = Result<Option<BTreeMap<String, String>>, CallError>> + Send;
 }
 
 /// The real IMDS, at `AWS_EC2_METADATA_SERVICE_ENDPOINT` or the default address.
@@ -94,7 +94,7 @@ impl Recipe {
 /// An IMDS request that failed.
 #[derive(Debug)]
 pub struct ImdsFault {
-    pub error: SourceError,
+    pub error: CallError,
     /// IMDS refused our session token (HTTP 401): a fresh client fixes it.
     pub token_refused: bool,
 }
@@ -159,7 +159,7 @@ impl Imds {
     }
 
     /// GETs `path`; `Ok(None)` on 404.
-    pub async fn get_optional(&self, path: &str) -> Result<Option<String>, SourceError> {
+    pub async fn get_optional(&self, path: &str) -> Result<Option<String>, CallError> {
         self.get(path).await.map_err(|fault| fault.error)
     }
 
@@ -174,7 +174,7 @@ impl Imds {
             }
             Err(err) => Err(ImdsFault {
                 token_refused: matches!(&err, ImdsError::ErrorResponse(r) if r.response().status().as_u16() == 401),
-                error: SourceError::Imds {
+                error: CallError::Imds {
                     path: path.to_owned(),
                     detail: describe(&err, &self.endpoint()),
                 },
@@ -277,14 +277,14 @@ fn causes(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl InstanceMetadata for Imds {
-    async fn identity(&self) -> Result<IdentityDocument, SourceError> {
+    async fn identity(&self) -> Result<IdentityDocument, CallError> {
         self.identity
             .get_or_try_init(|| self.fetch_identity())
             .await
             .cloned()
     }
 
-    async fn tags(&self) -> Result<Option<BTreeMap<String, String>>, SourceError> {
+    async fn tags(&self) -> Result<Option<BTreeMap<String, String>>, CallError> {
         // The listing tells "tags disabled" (404) from "tag absent", and lets
         // us fetch only the keys that exist.
         let Some(listing) = self.get_optional(TAGS).await? else {
@@ -307,19 +307,19 @@ impl InstanceMetadata for Imds {
 impl Imds {
     /// The identity document as IMDS serves it now, not the cached one: its
     /// `pendingTime` changes when the instance is stopped and started again.
-    pub async fn fresh_identity(&self) -> Result<IdentityDocument, SourceError> {
+    pub async fn fresh_identity(&self) -> Result<IdentityDocument, CallError> {
         self.fetch_identity().await
     }
 
-    async fn fetch_identity(&self) -> Result<IdentityDocument, SourceError> {
-        let text =
-            self.get_optional(IDENTITY_DOCUMENT)
-                .await?
-                .ok_or_else(|| SourceError::Imds {
-                    path: IDENTITY_DOCUMENT.to_owned(),
-                    detail: "not found (HTTP 404)".to_owned(),
-                })?;
-        serde_json::from_str(&text).map_err(|e| SourceError::Imds {
+    async fn fetch_identity(&self) -> Result<IdentityDocument, CallError> {
+        let text = self
+            .get_optional(IDENTITY_DOCUMENT)
+            .await?
+            .ok_or_else(|| CallError::Imds {
+                path: IDENTITY_DOCUMENT.to_owned(),
+                detail: "not found (HTTP 404)".to_owned(),
+            })?;
+        serde_json::from_str(&text).map_err(|e| CallError::Imds {
             path: IDENTITY_DOCUMENT.to_owned(),
             detail: format!("unreadable identity document: {e}"),
         })

@@ -9,4 +9,4 @@ pub mod ec2;
 pub mod imds;
 pub mod notices;
 
-pub use blockwatch_aws::{causes_except, chain, AwsFailure, SourceError};
+pub use blockwatch_aws::{causes_except, chain, AwsFailure, CallError};

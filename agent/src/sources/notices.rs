@@ -6,9 +6,9 @@ use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime};
 
 use super::imds::{Imds, ImdsFault};
-use super::SourceError;
-use crate::core::config::Timestamp;
-use crate::core::deadline::{Observations, ScheduledEvent, SpotAction};
+use super::CallError;
+use blockwatch_core::config::Timestamp;
+use blockwatch_core::deadline::{Observations, ScheduledEvent, SpotAction};
 
 pub const SPOT_INSTANCE_ACTION: &str = "/latest/meta-data/spot/instance-action";
 pub const SCHEDULED_EVENTS: &str = "/latest/meta-data/events/maintenance/scheduled";
@@ -23,7 +23,7 @@ pub const SOURCES: [&str; 4] = ["spot", "scheduled-events", "autoscaling", "reba
 pub struct NoticeError {
     /// Short source name for logs and metrics.
     pub source: &'static str,
-    pub error: SourceError,
+    pub error: CallError,
     pub failure: NoticeFailure,
 }
 
@@ -38,8 +38,8 @@ pub enum NoticeFailure {
     Unreadable,
 }
 
-fn unreadable(path: &str, what: &str, err: impl std::fmt::Display) -> SourceError {
-    SourceError::Imds {
+fn unreadable(path: &str, what: &str, err: impl std::fmt::Display) -> CallError {
+    CallError::Imds {
         path: path.to_owned(),
         detail: format!("unreadable {what}: {err}"),
     }
@@ -201,7 +201,7 @@ pub async fn poll(
                         .unwrap_or_default();
                     log::warn!(
                         "spot instance-action {} is none of {}: read as an interruption (draining; never powering off for it)",
-                        crate::core::escape::quoted(&raw),
+                        blockwatch_core::escape::quoted(&raw),
                         SPOT_ACTIONS.join(", ")
                     );
                 }

@@ -11,9 +11,11 @@ use std::io::{self, ErrorKind};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::core::cluster::ClusterName;
-use crate::core::ecs_config::{current_cluster, set_keys, Rewrite, CLUSTER_KEY, STOP_TIMEOUT_KEY};
 use crate::host::atomic_file;
+use blockwatch_core::cluster::ClusterName;
+use blockwatch_core::ecs_config_text::{
+    current_cluster, set_keys, Rewrite, CLUSTER_KEY, STOP_TIMEOUT_KEY,
+};
 
 pub const DEFAULT_ECS_CONFIG_PATH: &str = "/etc/ecs/ecs.config";
 /// The mode of an ecs.config that blockwatch creates.
@@ -96,7 +98,7 @@ fn resolve_target(path: &Path) -> Result<(PathBuf, Option<Metadata>), WriteError
                 let target = fs::read_link(path).map_err(io_error(path, "read the symlink"))?;
                 return Err(WriteError::DanglingLink {
                     path: path.display().to_string(),
-                    target: crate::core::escape::escape(&target.display().to_string()),
+                    target: blockwatch_core::escape::escape(&target.display().to_string()),
                 });
             }
             Err(source) => return Err(io_error(path, "resolve the symlink")(source)),

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 
 use time::OffsetDateTime;
 
-use crate::core::deadline_file::DeadlineView;
-use crate::core::state::AgentState;
 use crate::host::atomic_file;
+use blockwatch_core::decision::AgentState;
+use blockwatch_core::job_deadline::DeadlineView;
 
 /// Where `blockwatch run` keeps the deadline files by default.
 pub const DEFAULT_DEADLINE_DIR: &str = "/run/blockwatch";
@@ -162,7 +162,7 @@ mod tests {
     use time::macros::datetime;
 
     use super::*;
-    use crate::core::state::Phase;
+    use blockwatch_core::decision::Phase;
 
     #[test]
     fn writes_once_per_change_and_retries_a_failed_write() -> io::Result<()> {

@@ -3,14 +3,14 @@
 use blockwatch_core::compute_environment::ComputeEnvironmentInfo;
 
 use crate::classify::{classify_at, endpoint_of};
-use crate::SourceError;
+use crate::CallError;
 
 /// Looks up one compute environment by name or ARN with `client`; shared by
 /// the agent and the launcher.
 pub async fn describe(
     client: &aws_sdk_batch::Client,
     name: &str,
-) -> Result<Option<ComputeEnvironmentInfo>, SourceError> {
+) -> Result<Option<ComputeEnvironmentInfo>, CallError> {
     let output = client
         .describe_compute_environments()
         .compute_environments(name)

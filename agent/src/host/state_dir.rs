@@ -17,8 +17,8 @@ use time::OffsetDateTime;
 
 use super::atomic_file;
 use super::metrics::{MetricsFile, MetricsWrite};
-use crate::core::state::AgentState;
-use crate::core::status::{Heartbeat, Snapshot};
+use blockwatch_core::decision::AgentState;
+use blockwatch_core::operator_view::{Heartbeat, Snapshot};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/blockwatch";
 const JOIN_RECORD: &str = "join.json";
@@ -466,7 +466,7 @@ mod tests {
     use time::macros::datetime;
 
     use super::*;
-    use crate::core::state::Phase;
+    use blockwatch_core::decision::Phase;
 
     const T0: OffsetDateTime = datetime!(2026-11-29 12:00:00 UTC);
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::config::rfc3339;
-use crate::state::AgentState;
+use crate::decision::AgentState;
 
 /// What the deadline files say, without the time they were last changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -78,7 +78,7 @@ mod tests {
 
     use super::*;
     use crate::deadline::{EventKey, SourceKind};
-    use crate::state::{Deadline, Phase};
+    use crate::decision::{Deadline, Phase};
 
     fn watching_a_lease() -> AgentState {
         AgentState {

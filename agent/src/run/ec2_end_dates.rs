@@ -12,13 +12,13 @@ use tokio::sync::{mpsc, watch};
 use super::agent::Agent;
 use super::{bounded, shown, Clock};
 use crate::actions::ecs::ContainerService;
-use crate::core::backoff::Backoff;
-use crate::core::config::{rfc3339, Settings};
-use crate::core::deadline::capacity_block_recheck_in;
 use crate::host::entropy::random_u64;
 use crate::sources::ec2::{Ec2Deadlines, InstanceCapacity};
 use crate::sources::imds::IdentityDocument;
-use crate::sources::{AwsFailure, SourceError};
+use crate::sources::{AwsFailure, CallError};
+use blockwatch_core::backoff::Backoff;
+use blockwatch_core::config::{rfc3339, Settings};
+use blockwatch_core::deadline::capacity_block_recheck_in;
 
 const EC2_LOOKUP_ATTEMPTS: u32 = 8;
 /// Failed lookups are retried after up to 5 s, doubling to 5 min.
@@ -39,12 +39,12 @@ pub enum Ec2Report {
     /// `InstanceInitiatedShutdownBehavior`, read at start; after a failure
     /// `retry_in` says when it is asked again (`None`: given up).
     ShutdownBehavior {
-        read: Result<Option<String>, SourceError>,
+        read: Result<Option<String>, CallError>,
         retry_in: Option<Duration>,
     },
     /// A failure; `retry_in` is `None` when the lookup gives up.
     Failed {
-        error: SourceError,
+        error: CallError,
         retry_in: Option<Duration>,
     },
 }
@@ -77,15 +77,15 @@ where
 /// after a transient failure and for [`EC2_LOOKUP_ATTEMPTS`] attempts in
 /// all; `None` gives up.
 fn next_attempt_in(
-    error: &SourceError,
+    error: &CallError,
     attempt: u32,
     backoff: &mut Backoff,
     now: Instant,
     random: u64,
 ) -> Option<Duration> {
     let transient = match error {
-        SourceError::Aws { kind, .. } => kind.is_retryable(),
-        SourceError::Imds { .. } => true,
+        CallError::Aws { kind, .. } => kind.is_retryable(),
+        CallError::Imds { .. } => true,
     };
     (transient && attempt < EC2_LOOKUP_ATTEMPTS).then(|| backoff.failed(now, random))
 }
@@ -272,7 +272,7 @@ impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
     /// about once in the journal and kept for `blockwatch status`.
     fn note_shutdown_behavior(
         &mut self,
-        read: Result<Option<String>, SourceError>,
+        read: Result<Option<String>, CallError>,
         retry_in: Option<Duration>,
     ) {
         let books = &mut self.books;
@@ -290,7 +290,7 @@ impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
             }
             Ok(Some(behavior)) => log::info!("instance-initiated shutdown behaviour: {behavior}"),
             Ok(None) => {}
-            Err(SourceError::Aws {
+            Err(CallError::Aws {
                 kind: AwsFailure::Denied,
                 detail,
                 ..
@@ -318,8 +318,8 @@ impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
 mod tests {
     use super::*;
 
-    fn failure(kind: AwsFailure) -> SourceError {
-        SourceError::Aws {
+    fn failure(kind: AwsFailure) -> CallError {
+        CallError::Aws {
             api: "ec2:DescribeInstances",
             kind,
             detail: "scripted".into(),

@@ -4,12 +4,12 @@ use std::path::Path;
 
 use time::OffsetDateTime;
 
-use crate::host::state;
+use crate::host::state_dir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
     #[error("{0}")]
-    State(#[from] state::StateError),
+    State(#[from] state_dir::StateError),
     #[error("cannot read the join record: {0}")]
     Read(#[from] std::io::Error),
     #[error("no state in {0}: blockwatch has not run on this instance (is blockwatch-join.service enabled?)")]
@@ -18,7 +18,7 @@ pub enum StatusError {
 
 /// The human summary, or the JSON object of DESIGN.md's contract.
 pub fn render(state_dir: &Path, json: bool, now: OffsetDateTime) -> Result<String, StatusError> {
-    if let Some(snapshot) = state::read_snapshot(state_dir)? {
+    if let Some(snapshot) = state_dir::read_snapshot(state_dir)? {
         return Ok(if json {
             serde_json::to_string_pretty(&snapshot.status_json(now)).unwrap_or_default()
         } else {
@@ -26,7 +26,7 @@ pub fn render(state_dir: &Path, json: bool, now: OffsetDateTime) -> Result<Strin
         });
     }
     // Joined, but `run` has not started yet.
-    let record = state::read_join_record(state_dir)?
+    let record = state_dir::read_join_record(state_dir)?
         .ok_or_else(|| StatusError::Nothing(state_dir.display().to_string()))?;
     Ok(if json {
         let value = serde_json::json!({

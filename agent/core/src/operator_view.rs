@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::config::rfc3339;
-use super::deadline_file::DeadlineView;
-use super::state::{AgentState, Phase};
+use super::decision::{AgentState, Phase};
+use super::job_deadline::DeadlineView;
 
 /// The state file (`<state-dir>/state.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -317,7 +317,7 @@ mod tests {
 
     use super::*;
     use crate::deadline::{EventKey, SourceKind};
-    use crate::state::Deadline;
+    use crate::decision::Deadline;
 
     fn snapshot(phase: Phase) -> Snapshot {
         Snapshot {
@@ -402,7 +402,7 @@ mod tests {
     fn status_shows_the_shutdown_warning_and_the_power_off_retries() {
         let mut shown = snapshot(Phase::PoweringOff);
         shown.agent.warnings = vec!["instance-initiated shutdown behaviour is `stop`".into()];
-        shown.agent.drain = Some(crate::state::Drain {
+        shown.agent.drain = Some(crate::decision::Drain {
             reason: EventKey {
                 kind: SourceKind::Lease,
                 id: "tag".into(),
