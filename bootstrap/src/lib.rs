@@ -3,6 +3,7 @@
 //! with the block's end carried as a lease the agent enforces.
 
 pub mod blocks;
+pub mod cli;
 pub mod inventory;
 pub mod launch;
 pub mod output;
