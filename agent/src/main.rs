@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => {
             log::error!("cannot start the async runtime: {err}");
-            return ExitCode::from(exit::INTERNAL);
+            return ExitCode::from(exit::INTERNAL.code);
         }
     };
     let result = match cli.command {
@@ -74,7 +74,7 @@ fn main() -> ExitCode {
                 }
                 Err(err) => {
                     log::error!("{err}");
-                    ExitCode::from(exit::NO_STATE)
+                    ExitCode::from(exit::NO_STATE.code)
                 }
             };
         }
