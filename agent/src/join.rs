@@ -1,6 +1,10 @@
 //! `blockwatch join`: find the cluster and write `ECS_CLUSTER` before the ECS
 //! agent starts.
 
+mod retry;
+
+pub use retry::join_retrying;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

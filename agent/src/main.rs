@@ -1,20 +1,16 @@
 //! The `blockwatch` binary: parse arguments, build the adapters, run.
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 use blockwatch::cli::{Cli, Command};
 use blockwatch::exit::{self, AgentError};
 use blockwatch::host::dry_run;
-use blockwatch::host::entropy::random_u64;
 use blockwatch::host::lock::StateDirLock;
-use blockwatch::join::{join, JoinRequest};
+use blockwatch::join::{join_retrying, JoinRequest};
 use blockwatch::run::{run, RunRequest};
-use blockwatch::sources::aws::{Aws, AwsTimeouts};
 use blockwatch::sources::config_file;
 use blockwatch::sources::imds::Imds;
 use blockwatch::status_command;
-use blockwatch_core::backoff::JoinRetry;
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -43,7 +39,7 @@ fn main() -> ExitCode {
                 state_dir: cli.common.state_dir,
                 dry_run: args.dry_run,
             };
-            runtime.block_on(run_join(&request, args.retry_for.into()))
+            runtime.block_on(join_retrying(&request, args.retry_for.into()))
         }
         Command::Run(args) => {
             let (config_path, config_path_explicit) = cli.common.config_path();
@@ -133,74 +129,6 @@ fn unusable_config_says_dry_run(request: &RunRequest) -> bool {
         let line = line.split('#').next().unwrap_or_default();
         matches!(line.split_once('='), Some((key, value)) if key.trim() == "dry_run" && value.trim() == "true")
     })
-}
-
-/// Joins; transient failures are retried with backoff for `retry_for`.
-///
-/// Nothing hangs the join: every AWS call has attempt and operation
-/// timeouts fitted to `retry_for`, and each attempt as a whole is cut off one
-/// operation timeout after the end of `retry_for`, so the join ends by then.
-/// The retry schedule is [`JoinRetry`]'s.
-async fn run_join(request: &JoinRequest, retry_for: Duration) -> Result<(), AgentError> {
-    let timeouts = if retry_for.is_zero() {
-        AwsTimeouts::DEFAULT
-    } else {
-        AwsTimeouts::within(retry_for)
-    };
-    let started = Instant::now();
-    let deadline = started + retry_for;
-    let mut retry = JoinRetry::new(retry_for);
-    loop {
-        // Fresh clients each attempt: a failed IMDS session is not reused.
-        let imds = Imds::new();
-        let aws = Aws::with_timeouts(imds.clone(), timeouts);
-        // With --retry-for the loop below is the one retry layer (jittered):
-        // a fleet's throttled joins then cost one request per attempt.
-        let aws = if retry_for.is_zero() {
-            aws
-        } else {
-            aws.single_attempt()
-        };
-        // The calls' own timeouts end an attempt first, with their cause;
-        // this only stops what they do not cover.
-        let budget = deadline.saturating_duration_since(Instant::now()) + timeouts.operation;
-        let attempt = join(request, &imds, &aws, &aws, time::OffsetDateTime::now_utc());
-        let result = match tokio::time::timeout(budget, attempt).await {
-            Ok(result) => result.map(|_| ()),
-            Err(_) => Err(AgentError::TimedOut {
-                what: "join attempt",
-                after: budget,
-            }),
-        };
-        let err = match result {
-            Ok(()) => return Ok(()),
-            Err(err) if err.is_transient() => err,
-            Err(err) => return Err(err),
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return if retry_for.is_zero() {
-                Err(err)
-            } else {
-                Err(AgentError::GaveUp {
-                    after: started.elapsed(),
-                    last: Box::new(err),
-                })
-            };
-        }
-        // Jittered: a fleet booting at once must not retry in lockstep.
-        let wait = retry.failed(err.is_throttled(), Instant::now(), random_u64(), left);
-        if err.is_throttled() {
-            log::warn!(
-                "{err}; throttled: retrying in {} (spread over {} so that a fleet does not retry at once)",
-                humantime::format_duration(wait),
-                humantime::format_duration(retry.throttled_window())
-            );
-        } else {
-            log::warn!("{err}; retrying in {}", humantime::format_duration(wait));
-        }
-        tokio::time::sleep(wait).await;
-    }
 }
 
 #[allow(clippy::print_stdout)]
