@@ -4,16 +4,19 @@
 //! metrics file.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
-use super::Node;
+use super::node::Node;
 use crate::actions::webhook::{self, Deliveries};
 use blockwatch_core::config::{rfc3339, Settings};
 use blockwatch_core::deadline::Observations;
 use blockwatch_core::decision::{AgentState, CancelCause, Event};
 use blockwatch_core::failures::{FailureLog, Line};
+
+/// How long shutdown and power-off wait for webhook deliveries in flight.
+pub const WEBHOOK_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub struct Reporter {
