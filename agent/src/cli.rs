@@ -6,6 +6,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::actions::ecs_config_file::DEFAULT_ECS_CONFIG_PATH;
 use crate::host::state_dir::DEFAULT_STATE_DIR;
+use crate::join::JoinRequest;
+use crate::run::RunRequest;
 use crate::sources::config_file::DEFAULT_CONFIG_PATH;
 
 /// Node agent for AWS Batch unmanaged compute environments.
@@ -168,6 +170,21 @@ pub struct RunArgs {
     pub deadline_dir: PathBuf,
 }
 
+impl RunArgs {
+    /// What `run` is asked to do.
+    pub fn request(self, common: CommonArgs) -> RunRequest {
+        let (config_path, config_path_explicit) = common.config_path();
+        RunRequest {
+            config_path,
+            config_path_explicit,
+            state_dir: common.state_dir,
+            dry_run: self.dry_run,
+            introspection_url: self.ecs_introspection_url,
+            deadline_dir: self.deadline_dir,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Print a JSON object (instance_id, cluster, compute_environment, phase, deadline,
@@ -207,4 +224,18 @@ pub struct JoinArgs {
     /// boot) with backoff for this long; terminal errors still fail at once
     #[arg(long, value_name = "DUR", default_value = "0s")]
     pub retry_for: humantime::Duration,
+}
+
+impl JoinArgs {
+    /// What `join` is asked to do.
+    pub fn request(&self, common: CommonArgs) -> JoinRequest {
+        let (config_path, config_path_explicit) = common.config_path();
+        JoinRequest {
+            config_path,
+            config_path_explicit,
+            ecs_config: common.ecs_config,
+            state_dir: common.state_dir,
+            dry_run: self.dry_run,
+        }
+    }
 }

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use blockwatch::cli::{Cli, Command};
 use blockwatch::exit;
-use blockwatch::join::{join_retrying, JoinRequest};
-use blockwatch::run::{claim_state, run, RunRequest};
+use blockwatch::join::join_retrying;
+use blockwatch::run::{claim_state, run};
 use blockwatch::sources::imds::Imds;
 use blockwatch::status_command;
 use clap::Parser;
@@ -28,26 +28,11 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Join(args) => {
-            let (config_path, config_path_explicit) = cli.common.config_path();
-            let request = JoinRequest {
-                config_path,
-                config_path_explicit,
-                ecs_config: cli.common.ecs_config,
-                state_dir: cli.common.state_dir,
-                dry_run: args.dry_run,
-            };
+            let request = args.request(cli.common);
             runtime.block_on(join_retrying(&request, args.retry_for.into()))
         }
         Command::Run(args) => {
-            let (config_path, config_path_explicit) = cli.common.config_path();
-            let request = RunRequest {
-                config_path,
-                config_path_explicit,
-                state_dir: cli.common.state_dir,
-                dry_run: args.dry_run,
-                introspection_url: args.ecs_introspection_url,
-                deadline_dir: args.deadline_dir,
-            };
+            let request = args.request(cli.common);
             // Before anything reads or writes the state: the lock (held
             // until `run` returns), or a dry run's private directories.
             match claim_state(request) {
