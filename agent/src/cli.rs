@@ -6,29 +6,16 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::actions::ecs_config_file::DEFAULT_ECS_CONFIG_PATH;
 use crate::host::state_dir::DEFAULT_STATE_DIR;
+use crate::join::JoinRequest;
+use crate::run::RunRequest;
 use crate::sources::config_file::DEFAULT_CONFIG_PATH;
-
-const EXIT_CODES: &str = "\
-Exit codes (sysexits, as systemctl status names them):
-  0   success (written, already correct, or dry run)
-  2   usage error
-  65  DATAERR: compute environment refused (not found, MANAGED, no ECS cluster)
-  66  NOINPUT: status has no state to show yet
-  69  UNAVAILABLE: AWS rejected a request for another reason
-  70  SOFTWARE: internal error
-  73  CANTCREAT: run: another agent holds the state directory (its pid is named), or a dry run
-      cannot make its private directory
-  74  IOERR: ecs.config could not be read or written
-  75  TEMPFAIL: IMDS or AWS unreachable after retries; try again
-  77  NOPERM: AWS denied a request, or no AWS credentials were found
-  78  CONFIG: configuration error (config file invalid or writable by others, no cluster source, invalid cluster)";
 
 /// Node agent for AWS Batch unmanaged compute environments.
 ///
 /// Joins this instance to its compute environment's ECS cluster at boot, then
 /// drains the container instance before the instance's capacity ends.
 #[derive(Debug, Parser)]
-#[command(name = "blockwatch", version, propagate_version = true, after_help = EXIT_CODES)]
+#[command(name = "blockwatch", version, propagate_version = true, after_help = crate::exit::help_text())]
 pub struct Cli {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -94,11 +81,11 @@ impl CommonArgs {
 pub enum Command {
     /// Write ECS_CLUSTER into ecs.config for this instance's compute environment (run at boot,
     /// before ecs.service)
-    #[command(long_about = JOIN_ABOUT, after_help = EXIT_CODES)]
+    #[command(long_about = JOIN_ABOUT, after_help = crate::exit::help_text())]
     Join(JoinArgs),
     /// Watch every end-of-life signal and drain the container instance in time (the long-running
     /// service)
-    #[command(long_about = RUN_ABOUT, after_help = EXIT_CODES)]
+    #[command(long_about = RUN_ABOUT, after_help = crate::exit::help_text())]
     Run(RunArgs),
     /// Show what blockwatch knows and has done, from its state file (no network)
     Status(StatusArgs),
@@ -183,6 +170,21 @@ pub struct RunArgs {
     pub deadline_dir: PathBuf,
 }
 
+impl RunArgs {
+    /// What `run` is asked to do.
+    pub fn request(self, common: CommonArgs) -> RunRequest {
+        let (config_path, config_path_explicit) = common.config_path();
+        RunRequest {
+            config_path,
+            config_path_explicit,
+            state_dir: common.state_dir,
+            dry_run: self.dry_run,
+            introspection_url: self.ecs_introspection_url,
+            deadline_dir: self.deadline_dir,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Print a JSON object (instance_id, cluster, compute_environment, phase, deadline,
@@ -222,4 +224,18 @@ pub struct JoinArgs {
     /// boot) with backoff for this long; terminal errors still fail at once
     #[arg(long, value_name = "DUR", default_value = "0s")]
     pub retry_for: humantime::Duration,
+}
+
+impl JoinArgs {
+    /// What `join` is asked to do.
+    pub fn request(&self, common: CommonArgs) -> JoinRequest {
+        let (config_path, config_path_explicit) = common.config_path();
+        JoinRequest {
+            config_path,
+            config_path_explicit,
+            ecs_config: common.ecs_config,
+            state_dir: common.state_dir,
+            dry_run: self.dry_run,
+        }
+    }
 }

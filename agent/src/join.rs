@@ -1,5 +1,12 @@
 //! `blockwatch join`: find the cluster and write `ECS_CLUSTER` before the ECS
 //! agent starts.
+//! (About 480 lines: resolving is shared with `run` and tells every source
+//! and its fallback, the join's logging says where each value came from;
+//! the `--retry-for` loop is in [`retry`].)
+
+mod retry;
+
+pub use retry::join_retrying;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

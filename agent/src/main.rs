@@ -1,20 +1,13 @@
 //! The `blockwatch` binary: parse arguments, build the adapters, run.
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 use blockwatch::cli::{Cli, Command};
-use blockwatch::exit::{self, AgentError};
-use blockwatch::host::dry_run;
-use blockwatch::host::entropy::random_u64;
-use blockwatch::host::lock::StateDirLock;
-use blockwatch::join::{join, JoinRequest};
-use blockwatch::run::{run, RunRequest};
-use blockwatch::sources::aws::{Aws, AwsTimeouts};
-use blockwatch::sources::config_file;
+use blockwatch::exit;
+use blockwatch::join::join_retrying;
+use blockwatch::run::{claim_state, run};
 use blockwatch::sources::imds::Imds;
 use blockwatch::status_command;
-use blockwatch_core::backoff::JoinRetry;
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -30,31 +23,16 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => {
             log::error!("cannot start the async runtime: {err}");
-            return ExitCode::from(exit::INTERNAL);
+            return ExitCode::from(exit::INTERNAL.code);
         }
     };
     let result = match cli.command {
         Command::Join(args) => {
-            let (config_path, config_path_explicit) = cli.common.config_path();
-            let request = JoinRequest {
-                config_path,
-                config_path_explicit,
-                ecs_config: cli.common.ecs_config,
-                state_dir: cli.common.state_dir,
-                dry_run: args.dry_run,
-            };
-            runtime.block_on(run_join(&request, args.retry_for.into()))
+            let request = args.request(cli.common);
+            runtime.block_on(join_retrying(&request, args.retry_for.into()))
         }
         Command::Run(args) => {
-            let (config_path, config_path_explicit) = cli.common.config_path();
-            let request = RunRequest {
-                config_path,
-                config_path_explicit,
-                state_dir: cli.common.state_dir,
-                dry_run: args.dry_run,
-                introspection_url: args.ecs_introspection_url,
-                deadline_dir: args.deadline_dir,
-            };
+            let request = args.request(cli.common);
             // Before anything reads or writes the state: the lock (held
             // until `run` returns), or a dry run's private directories.
             match claim_state(request) {
@@ -74,7 +52,7 @@ fn main() -> ExitCode {
                 }
                 Err(err) => {
                     log::error!("{err}");
-                    ExitCode::from(exit::NO_STATE)
+                    ExitCode::from(exit::NO_STATE.code)
                 }
             };
         }
@@ -89,117 +67,6 @@ fn main() -> ExitCode {
             }
             ExitCode::from(err.exit_code())
         }
-    }
-}
-
-/// A live run takes the state directory's lock; a dry run gets private
-/// directories instead and leaves the live ones (and their lock) alone.
-fn claim_state(request: RunRequest) -> Result<(RunRequest, Option<StateDirLock>), AgentError> {
-    let unusable_but_dry = unusable_config_says_dry_run(&request);
-    if request.dry_run || unusable_but_dry || config_asks_for_a_dry_run(&request) {
-        let private = dry_run::prepare(&request.state_dir, &request.deadline_dir)?;
-        let request = RunRequest {
-            state_dir: private.state_dir,
-            deadline_dir: private.deadline_dir,
-            // A config `run` cannot use leaves the built-in defaults, which
-            // are live: a file that asks for a dry run stays one.
-            dry_run: request.dry_run || unusable_but_dry,
-            ..request
-        };
-        return Ok((request, None));
-    }
-    let lock = StateDirLock::acquire(&request.state_dir)?;
-    Ok((request, lock))
-}
-
-/// `dry_run = true` in the config file. Start-up reads the file again and
-/// reports its errors; an unusable file here means a live run, which takes
-/// the lock (the safe side).
-fn config_asks_for_a_dry_run(request: &RunRequest) -> bool {
-    matches!(
-        config_file::load(&request.config_path, request.config_path_explicit),
-        Ok(Some(file)) if file.dry_run == Some(true)
-    )
-}
-
-/// A config file that cannot be used but has a `dry_run = true` line: its
-/// author asked for a dry run, and a degraded `run` must not act for real.
-fn unusable_config_says_dry_run(request: &RunRequest) -> bool {
-    if config_file::load(&request.config_path, request.config_path_explicit).is_ok() {
-        return false;
-    }
-    let text = std::fs::read_to_string(&request.config_path).unwrap_or_default();
-    text.lines().any(|line| {
-        let line = line.split('#').next().unwrap_or_default();
-        matches!(line.split_once('='), Some((key, value)) if key.trim() == "dry_run" && value.trim() == "true")
-    })
-}
-
-/// Joins; transient failures are retried with backoff for `retry_for`.
-///
-/// Nothing hangs the join: every AWS call has attempt and operation
-/// timeouts fitted to `retry_for`, and each attempt as a whole is cut off one
-/// operation timeout after the end of `retry_for`, so the join ends by then.
-/// The retry schedule is [`JoinRetry`]'s.
-async fn run_join(request: &JoinRequest, retry_for: Duration) -> Result<(), AgentError> {
-    let timeouts = if retry_for.is_zero() {
-        AwsTimeouts::DEFAULT
-    } else {
-        AwsTimeouts::within(retry_for)
-    };
-    let started = Instant::now();
-    let deadline = started + retry_for;
-    let mut retry = JoinRetry::new(retry_for);
-    loop {
-        // Fresh clients each attempt: a failed IMDS session is not reused.
-        let imds = Imds::new();
-        let aws = Aws::with_timeouts(imds.clone(), timeouts);
-        // With --retry-for the loop below is the one retry layer (jittered):
-        // a fleet's throttled joins then cost one request per attempt.
-        let aws = if retry_for.is_zero() {
-            aws
-        } else {
-            aws.single_attempt()
-        };
-        // The calls' own timeouts end an attempt first, with their cause;
-        // this only stops what they do not cover.
-        let budget = deadline.saturating_duration_since(Instant::now()) + timeouts.operation;
-        let attempt = join(request, &imds, &aws, &aws, time::OffsetDateTime::now_utc());
-        let result = match tokio::time::timeout(budget, attempt).await {
-            Ok(result) => result.map(|_| ()),
-            Err(_) => Err(AgentError::TimedOut {
-                what: "join attempt",
-                after: budget,
-            }),
-        };
-        let err = match result {
-            Ok(()) => return Ok(()),
-            Err(err) if err.is_transient() => err,
-            Err(err) => return Err(err),
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return if retry_for.is_zero() {
-                Err(err)
-            } else {
-                Err(AgentError::GaveUp {
-                    after: started.elapsed(),
-                    last: Box::new(err),
-                })
-            };
-        }
-        // Jittered: a fleet booting at once must not retry in lockstep.
-        let wait = retry.failed(err.is_throttled(), Instant::now(), random_u64(), left);
-        if err.is_throttled() {
-            log::warn!(
-                "{err}; throttled: retrying in {} (spread over {} so that a fleet does not retry at once)",
-                humantime::format_duration(wait),
-                humantime::format_duration(retry.throttled_window())
-            );
-        } else {
-            log::warn!("{err}; retrying in {}", humantime::format_duration(wait));
-        }
-        tokio::time::sleep(wait).await;
     }
 }
 

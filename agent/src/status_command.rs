@@ -5,6 +5,8 @@ use std::path::Path;
 use time::OffsetDateTime;
 
 use crate::host::state_dir;
+use blockwatch_core::decision::AgentState;
+use blockwatch_core::job_deadline::DeadlineView;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -29,17 +31,17 @@ pub fn render(state_dir: &Path, json: bool, now: OffsetDateTime) -> Result<Strin
     let record = state_dir::read_join_record(state_dir)?
         .ok_or_else(|| StatusError::Nothing(state_dir.display().to_string()))?;
     Ok(if json {
-        let value = serde_json::json!({
+        // The deadline's fields as a state without a deadline has them.
+        let mut value = DeadlineView::of("", &AgentState::default()).fields();
+        let joined = serde_json::json!({
             "instance_id": record.instance_id,
             "cluster": record.cluster,
             "degraded": null,
             "compute_environment": record.compute_environment,
-            "phase": "joining",
-            "deadline": null,
-            "deadline_source": null,
-            "drain_at": null,
-            "stop_at": null,
         });
+        if let serde_json::Value::Object(joined) = joined {
+            value.extend(joined);
+        }
         serde_json::to_string_pretty(&value).unwrap_or_default()
     } else {
         format!(
@@ -49,4 +51,41 @@ pub fn render(state_dir: &Path, json: bool, now: OffsetDateTime) -> Result<Strin
             record.cluster_source
         )
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::path::PathBuf;
+
+    use time::macros::datetime;
+
+    use super::*;
+
+    #[test]
+    fn joined_but_not_running_shows_the_joining_phase_without_a_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = state_dir::JoinRecord {
+            instance_id: Some("i-0abc".into()),
+            cluster: "jobs".into(),
+            cluster_source: "config".into(),
+            compute_environment: None,
+            ecs_config: PathBuf::from("/etc/ecs/ecs.config"),
+            joined_at: datetime!(2026-11-30 12:00:00 UTC),
+        };
+        state_dir::write_join_record(dir.path(), &record).unwrap();
+        let json = render(dir.path(), true, datetime!(2026-11-30 12:01:00 UTC)).unwrap();
+        let expected = r#"{
+  "cluster": "jobs",
+  "compute_environment": null,
+  "deadline": null,
+  "deadline_source": null,
+  "degraded": null,
+  "drain_at": null,
+  "instance_id": "i-0abc",
+  "phase": "joining",
+  "stop_at": null
+}"#;
+        assert_eq!(json, expected);
+    }
 }

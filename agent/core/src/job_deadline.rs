@@ -42,6 +42,20 @@ impl DeadlineView {
         }
     }
 
+    /// The deadline as webhook events and the "joining" status carry it:
+    /// the view without `instance_id`, which each names its own way, and
+    /// without `deadline_event`.
+    pub fn fields(&self) -> serde_json::Map<String, serde_json::Value> {
+        // Serializing plain strings and options cannot fail.
+        let mut fields = match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(fields)) => fields,
+            _ => serde_json::Map::new(),
+        };
+        fields.remove("instance_id");
+        fields.remove("deadline_event");
+        fields
+    }
+
     /// `deadline.json`: the view and `updated_at` (when the view last
     /// changed), one JSON object and a newline.
     pub fn json(&self, updated_at: OffsetDateTime) -> Vec<u8> {
@@ -115,6 +129,21 @@ mod tests {
             })
         );
         assert_eq!(view.plain(), b"2026-11-30T18:00:00Z\n");
+    }
+
+    #[test]
+    fn the_shared_fields_are_the_view_without_instance_and_event() {
+        let fields = DeadlineView::of("i-0abc", &watching_a_lease()).fields();
+        assert_eq!(
+            serde_json::Value::Object(fields),
+            serde_json::json!({
+                "phase": "watching",
+                "deadline": "2026-11-30T18:00:00Z",
+                "deadline_source": "lease",
+                "drain_at": "2026-11-30T17:50:00Z",
+                "stop_at": "2026-11-30T17:58:50Z",
+            })
+        );
     }
 
     #[test]

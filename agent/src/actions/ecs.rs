@@ -1,5 +1,8 @@
 //! The ECS side of a drain: find our container instance, set DRAINING or
 //! ACTIVE, see and stop its tasks; and whether the local ECS agent answers.
+//! (About 570 lines: the trait, the introspection client and the ECS API
+//! calls it takes are one adapter, and each call keeps its paging and error
+//! mapping beside it.)
 //!
 //! [`ContainerService`] is what the drain executor (`run::executor`) talks
 //! to; [`Ecs`] is the real one (the local ECS agent's introspection API and

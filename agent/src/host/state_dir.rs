@@ -1,5 +1,5 @@
 //! The state directory: what the agent has done, readable with no network.
-//! (About 450 lines, a quarter of them its tests: the state file's rules
+//! (About 600 lines, a quarter of them its tests: the state file's rules
 //! read best in one place.)
 //!
 //! `state.json` is what keeps a drain from being forgotten or repeated

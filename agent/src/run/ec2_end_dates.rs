@@ -10,7 +10,8 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 
 use super::agent::Agent;
-use super::{bounded, shown, Clock};
+use super::call_limit::bounded;
+use super::clock::{shown, Clock};
 use crate::actions::ecs::ContainerService;
 use crate::host::entropy::random_u64;
 use crate::sources::ec2::{Ec2Deadlines, InstanceCapacity};

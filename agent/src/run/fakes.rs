@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
-use super::Clock;
+use super::clock::Clock;
 use crate::actions::ecs::{ContainerService, HostTask, StopReport};
 use crate::sources::{AwsFailure, CallError};
 

@@ -23,158 +23,69 @@
 //!   container instance's ARN cache and the one backoff; [`power_off`] is its
 //!   persist-first power-off;
 //! - [`reporter`]: journal lines, webhook events and error counts;
-//! - [`store`]: the state file and the metrics, and through
-//!   [`deadline_file`] the deadline files jobs read;
-//! - [`ec2`]: EC2's own end dates, on a task of their own.
+//! - [`store`]: the state file and the metrics, and the deadline files
+//!   jobs read;
+//! - [`ec2_end_dates`]: EC2's own end dates, on a task of their own.
+//!
+//! What they share has a home of its own, so that no part imports from
+//! this module (a test keeps it so, and keeps the parts free of import
+//! cycles): [`books`] (what the agent knows and keeps), [`clock`], [`node`],
+//! [`call_limit`] and [`request`]; [`claim`] takes the state directory
+//! before `run` starts.
 //!
 //! [`ContainerService`]: crate::actions::ecs::ContainerService
 
 mod agent;
+mod books;
+mod call_limit;
+mod claim;
+mod clock;
 mod ec2_end_dates;
 mod executor;
+mod node;
 mod poll;
 mod power_off;
 mod reporter;
+mod request;
 mod service;
 mod store;
 
 #[cfg(test)]
 mod fakes;
 #[cfg(test)]
+mod layering_tests;
+#[cfg(test)]
 mod tests;
 
-use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::actions::ecs::{Ecs, Introspection};
 use crate::actions::webhook::Deliveries;
 use crate::exit::AgentError;
-use crate::host::entropy::random_u64;
 use crate::host::state_dir;
-use crate::join::{resolve, ResolveOptions, Resolved, Standing, Unjoined};
+use crate::join::{resolve, Standing, Unjoined};
 use crate::sources::aws::Aws;
 use crate::sources::imds::Imds;
-use crate::sources::{AwsFailure, CallError};
 use blockwatch_core::config::OnLeaseEnd;
 use blockwatch_core::deadline::Observations;
-use blockwatch_core::escape::escape;
 
-use agent::{Agent, Books};
+use agent::Agent;
+use books::Books;
+pub use claim::claim_state;
 use poll::Poll;
 use service::{Served, Service, Wakeup};
 use store::Store;
 
-/// The longest the loop waits for one AWS step (a call or two, with the
-/// SDK's own retries) before it counts as a transient failure: a backstop
-/// above the SDK's operation timeouts, should they not fire.
-pub const AWS_CALL_LIMIT: Duration = Duration::from_secs(90);
-/// How long shutdown and power-off wait for webhook deliveries in flight.
-pub const WEBHOOK_GRACE: Duration = Duration::from_secs(5);
 pub use crate::host::job_deadline_files::DEFAULT_DEADLINE_DIR;
 pub use blockwatch_core::decision::STOP_REASON_PREFIX;
-
-#[derive(Debug, Clone)]
-pub struct RunRequest {
-    pub config_path: PathBuf,
-    pub config_path_explicit: bool,
-    pub state_dir: PathBuf,
-    pub dry_run: bool,
-    pub introspection_url: String,
-    /// Where the deadline files jobs read are kept.
-    pub deadline_dir: PathBuf,
-}
-
-impl RunRequest {
-    /// How `run` resolves its cluster: tags always read (they carry the
-    /// lease), `known` from the last join, and whether it may go on unjoined.
-    fn resolve_options<'a>(
-        &'a self,
-        known: Option<&'a state_dir::JoinRecord>,
-        go_on_unjoined: bool,
-    ) -> ResolveOptions<'a> {
-        ResolveOptions {
-            config_path: &self.config_path,
-            config_path_explicit: self.config_path_explicit,
-            dry_run_flag: self.dry_run,
-            always_read_tags: true,
-            known,
-            go_on_unjoined,
-        }
-    }
-}
-
-/// The time and the randomness the loop's policies use, read only through
-/// this trait so that unit tests can replace them.
-pub trait Clock {
-    /// Monotonic time: retry timers, schedules, log summaries.
-    fn instant(&self) -> Instant;
-    /// The wall clock: decisions and records.
-    fn utc(&self) -> OffsetDateTime;
-    /// A uniformly random number, for jitter.
-    fn random(&self) -> u64;
-}
-
-/// The machine's clocks and per-process random numbers.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn instant(&self) -> Instant {
-        tokio::time::Instant::now().into_std()
-    }
-    fn utc(&self) -> OffsetDateTime {
-        OffsetDateTime::now_utc()
-    }
-    fn random(&self) -> u64 {
-        random_u64()
-    }
-}
-
-/// This instance as the journal, the state file and the ECS calls name it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Node {
-    pub instance_id: String,
-    /// None when degraded: no cluster, so no ECS call is ever made.
-    pub cluster: Option<String>,
-    /// Why `run` goes on without a cluster (escaped: one line).
-    pub degraded: Option<String>,
-    pub compute_environment: Option<String>,
-}
-
-impl Node {
-    fn of(resolved: &Resolved) -> Self {
-        Self {
-            instance_id: resolved.instance_id.clone(),
-            cluster: Some(resolved.cluster.to_string()),
-            degraded: None,
-            compute_environment: resolved
-                .compute_environment
-                .as_ref()
-                .map(|ce| ce.value.clone()),
-        }
-    }
-
-    fn unjoined(unjoined: &Unjoined) -> Self {
-        Self {
-            instance_id: unjoined
-                .identity
-                .as_ref()
-                .map_or("unknown", |i| i.instance_id.as_str())
-                .to_owned(),
-            cluster: None,
-            degraded: Some(escape(&unjoined.reason.to_string())),
-            compute_environment: unjoined
-                .compute_environment
-                .as_ref()
-                .map(|ce| ce.value.clone()),
-        }
-    }
-}
+pub use call_limit::AWS_CALL_LIMIT;
+pub use clock::{Clock, SystemClock};
+pub use node::Node;
+use reporter::WEBHOOK_GRACE;
+pub use request::RunRequest;
 
 /// Says loudly, once, that `run` goes on without a cluster and what it
 /// still enforces.
@@ -404,39 +315,4 @@ async fn shut_down(service: &mut Service, deliveries: &mut Deliveries, request: 
     {
         deliveries.abandon("blockwatch was told again to stop");
     }
-}
-
-/// Runs an AWS call with [`AWS_CALL_LIMIT`]; past it, a transient failure.
-/// The call is boxed: SDK futures are large.
-fn bounded<'a, T: 'a>(
-    api: &'static str,
-    call: impl Future<Output = Result<T, CallError>> + 'a,
-) -> impl Future<Output = Result<T, CallError>> + 'a {
-    let call = Box::pin(call);
-    async move {
-        tokio::time::timeout(AWS_CALL_LIMIT, call)
-            .await
-            .unwrap_or_else(|_| {
-                Err(CallError::Aws {
-                    api,
-                    kind: AwsFailure::Transient,
-                    detail: format!(
-                        "no answer within {}",
-                        humantime::format_duration(AWS_CALL_LIMIT)
-                    ),
-                })
-            })
-    }
-}
-
-/// Decisions and records keep whole seconds, as tags and notices do.
-fn whole_seconds(at: OffsetDateTime) -> OffsetDateTime {
-    at.replace_nanosecond(0).unwrap_or(at)
-}
-
-/// A jittered wait as the journal shows it: whole milliseconds.
-fn shown(wait: Duration) -> humantime::FormattedDuration {
-    humantime::format_duration(Duration::from_millis(
-        u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-    ))
 }

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use super::agent::{Agent, Books};
+use super::agent::Agent;
+use super::books::Books;
+use super::clock::{whole_seconds, Clock};
 use super::reporter::Reporter;
-use super::{whole_seconds, Clock};
 use crate::actions::ecs::ContainerService;
 use crate::sources::aws::Aws;
 use crate::sources::imds::{Imds, InstanceMetadata};

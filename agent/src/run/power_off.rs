@@ -13,9 +13,10 @@
 
 use time::OffsetDateTime;
 
-use super::agent::Books;
+use super::books::Books;
+use super::clock::Clock;
 use super::executor::Executor;
-use super::{Clock, WEBHOOK_GRACE};
+use super::reporter::WEBHOOK_GRACE;
 use crate::actions::ecs::ContainerService;
 use crate::actions::shutdown_command;
 use blockwatch_core::config::rfc3339;

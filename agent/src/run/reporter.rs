@@ -4,16 +4,20 @@
 //! metrics file.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
-use super::Node;
+use super::node::Node;
 use crate::actions::webhook::{self, Deliveries};
 use blockwatch_core::config::{rfc3339, Settings};
 use blockwatch_core::deadline::Observations;
 use blockwatch_core::decision::{AgentState, CancelCause, Event};
 use blockwatch_core::failures::{FailureLog, Line};
+use blockwatch_core::job_deadline::DeadlineView;
+
+/// How long shutdown and power-off wait for webhook deliveries in flight.
+pub const WEBHOOK_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub struct Reporter {
@@ -175,23 +179,13 @@ impl Reporter {
         let Some(url) = &self.webhook_url else {
             return;
         };
-        let payload = serde_json::json!({
-            "event": name,
-            "instance_id": self.node.instance_id,
-            "cluster": self.node.cluster,
-            "phase": state.phase.name(),
-            "deadline": deadline.map(|d| rfc3339(d.at)),
-            "deadline_source": deadline.map(|d| d.event.kind.name()),
-            "drain_at": state.drain_at.map(rfc3339),
-            "stop_at": state.stop_at.map(rfc3339),
-            "cause": match event {
-                Event::DrainCanceled(CancelCause::EventEnded) => Some("event-ended"),
-                Event::DrainCanceled(CancelCause::DeadlineMoved) => Some("deadline-moved"),
-                Event::DrainCanceled(CancelCause::NewLife) => Some("started-again"),
-                _ => None,
-            },
-            "at": rfc3339(now),
-        });
+        let cause = match event {
+            Event::DrainCanceled(CancelCause::EventEnded) => Some("event-ended"),
+            Event::DrainCanceled(CancelCause::DeadlineMoved) => Some("deadline-moved"),
+            Event::DrainCanceled(CancelCause::NewLife) => Some("started-again"),
+            _ => None,
+        };
+        let payload = webhook_body(name, &self.node, state, cause, now);
         if self.dry_run {
             log::info!(
                 "dry run: would POST {name} to webhook {}",
@@ -203,9 +197,80 @@ impl Reporter {
     }
 }
 
+/// A webhook event's JSON: what happened, to which instance, and the
+/// deadline's fields as [`DeadlineView`] names them.
+fn webhook_body(
+    name: &str,
+    node: &Node,
+    state: &AgentState,
+    cause: Option<&str>,
+    now: OffsetDateTime,
+) -> serde_json::Value {
+    let mut body = DeadlineView::of(&node.instance_id, state).fields();
+    let about = serde_json::json!({
+        "event": name,
+        "instance_id": node.instance_id,
+        "cluster": node.cluster,
+        "cause": cause,
+        "at": rfc3339(now),
+    });
+    if let serde_json::Value::Object(about) = about {
+        body.extend(about);
+    }
+    serde_json::Value::Object(body)
+}
+
 fn emit(line: Line) {
     match line {
         Line::Warn(text) => log::warn!("{text}"),
         Line::Info(text) => log::info!("{text}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+    use blockwatch_core::deadline::{EventKey, SourceKind};
+    use blockwatch_core::decision::{Deadline, Phase};
+
+    #[test]
+    fn a_webhook_body_keeps_its_fields_and_their_formats() {
+        let node = Node {
+            instance_id: "i-0abc".into(),
+            cluster: Some("jobs".into()),
+            degraded: None,
+            compute_environment: None,
+        };
+        let state = AgentState {
+            phase: Phase::Draining,
+            deadline: Some(Deadline {
+                at: datetime!(2026-11-30 18:00:00 UTC),
+                event: EventKey {
+                    kind: SourceKind::Lease,
+                    id: "tag:2026-11-30T18:00:00Z".into(),
+                },
+            }),
+            drain_at: Some(datetime!(2026-11-30 17:50:00 UTC)),
+            stop_at: None,
+            ..AgentState::default()
+        };
+        let body = webhook_body(
+            "drain-canceled",
+            &node,
+            &state,
+            Some("deadline-moved"),
+            datetime!(2026-11-30 17:51:02 UTC),
+        );
+        assert_eq!(
+            serde_json::to_string(&body).unwrap_or_default(),
+            concat!(
+                r#"{"at":"2026-11-30T17:51:02Z","cause":"deadline-moved","cluster":"jobs","#,
+                r#""deadline":"2026-11-30T18:00:00Z","deadline_source":"lease","#,
+                r#""drain_at":"2026-11-30T17:50:00Z","event":"drain-canceled","#,
+                r#""instance_id":"i-0abc","phase":"draining","stop_at":null}"#
+            )
+        );
     }
 }

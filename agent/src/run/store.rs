@@ -13,7 +13,7 @@ use std::time::Instant;
 use time::OffsetDateTime;
 use tokio::task::{JoinError, JoinHandle};
 
-use super::Node;
+use super::node::Node;
 use crate::host::job_deadline_files::{DeadlineFiles, DeadlineWrite};
 use crate::host::state_dir::{Records, RecordsWrite, RecordsWritten};
 use blockwatch_core::decision::AgentState;

@@ -9,10 +9,11 @@ use std::time::Duration;
 use time::macros::datetime;
 use time::OffsetDateTime;
 
-use super::agent::{Agent, Books};
+use super::agent::Agent;
+use super::books::Books;
 use super::fakes::{Call, FakeClock, FakeEcs, Scripted, SET_DRAINING, STOP_TASKS};
+use super::node::Node;
 use super::store::Store;
-use super::Node;
 use crate::actions::webhook::Deliveries;
 use crate::host::state_dir::{read_snapshot, Records};
 use crate::sources::AwsFailure;
@@ -198,7 +199,10 @@ async fn the_drain_backoff_is_jittered_so_a_fleet_does_not_retry_in_lockstep() {
             2,
             "drew {drawn}: retried after {retry_after:?}"
         );
-        assert_eq!(h.confirmed_at(), at(retry_after).map(super::whole_seconds));
+        assert_eq!(
+            h.confirmed_at(),
+            at(retry_after).map(super::clock::whole_seconds)
+        );
     }
 }
 
