@@ -942,7 +942,9 @@ fn the_rpm_carries_the_same_payload_and_systemd_handling() {
 /// and the lease-end keys are documented with their defaults.
 #[test]
 fn every_example_in_the_sample_config_is_a_valid_setting_and_shows_its_default() {
-    use blockwatch_core::config::{FileConfig, HumanDuration, OnLeaseEnd};
+    use blockwatch_core::file_model::FileConfig;
+    use blockwatch_core::settings::OnLeaseEnd;
+    use blockwatch_core::time_text::HumanDuration;
     let path = repo().join("packaging/blockwatch.toml");
     let sample = std::fs::read_to_string(&path).unwrap();
     // "#key = value": an example; "# text": prose.
@@ -956,18 +958,18 @@ fn every_example_in_the_sample_config_is_a_valid_setting_and_shows_its_default()
     assert_eq!(parsed.on_lease_end, Some(OnLeaseEnd::Poweroff));
     assert_eq!(
         parsed.poweroff_command.as_deref(),
-        Some(blockwatch_core::config::DEFAULT_POWEROFF_COMMAND)
+        Some(blockwatch_core::settings::DEFAULT_POWEROFF_COMMAND)
     );
     assert_eq!(
         parsed.lease_refresh_interval,
         Some(HumanDuration(
-            blockwatch_core::config::DEFAULT_LEASE_REFRESH_INTERVAL
+            blockwatch_core::settings::DEFAULT_LEASE_REFRESH_INTERVAL
         ))
     );
     assert_eq!(
         parsed.capacity_block_refresh_interval,
         Some(HumanDuration(
-            blockwatch_core::config::DEFAULT_CAPACITY_BLOCK_REFRESH_INTERVAL
+            blockwatch_core::settings::DEFAULT_CAPACITY_BLOCK_REFRESH_INTERVAL
         ))
     );
 }

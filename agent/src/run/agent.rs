@@ -12,9 +12,9 @@ use super::store::Store;
 use super::{whole_seconds, Clock, Node};
 use crate::actions::ecs::ContainerService;
 use crate::actions::webhook::Deliveries;
-use blockwatch_core::config::{OnDrained, OnLeaseEnd, Settings};
 use blockwatch_core::deadline::Observations;
 use blockwatch_core::decision::{decide, record, Action, AgentState, Policy};
+use blockwatch_core::settings::{OnDrained, OnLeaseEnd, Settings};
 
 const ECS_AGENT_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 

@@ -60,9 +60,9 @@ use crate::join::{resolve, ResolveOptions, Resolved, Standing, Unjoined};
 use crate::sources::aws::Aws;
 use crate::sources::imds::Imds;
 use crate::sources::{AwsFailure, CallError};
-use blockwatch_core::config::OnLeaseEnd;
 use blockwatch_core::deadline::Observations;
 use blockwatch_core::escape::escape;
+use blockwatch_core::settings::OnLeaseEnd;
 
 use agent::{Agent, Books};
 use poll::Poll;

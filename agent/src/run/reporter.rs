@@ -10,10 +10,11 @@ use time::OffsetDateTime;
 
 use super::Node;
 use crate::actions::webhook::{self, Deliveries};
-use blockwatch_core::config::{rfc3339, Settings};
 use blockwatch_core::deadline::Observations;
 use blockwatch_core::decision::{AgentState, CancelCause, Event};
 use blockwatch_core::failures::{FailureLog, Line};
+use blockwatch_core::settings::Settings;
+use blockwatch_core::time_text::rfc3339;
 
 #[derive(Debug)]
 pub struct Reporter {
