@@ -15,11 +15,13 @@
 
 mod common;
 
+use blockwatch_core::tags::{TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_END};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use blockwatch_testkit::imds::{rfc3339, SpotInstanceAction};
+use blockwatch_core::time_text::rfc3339;
+use blockwatch_testkit::imds::SpotInstanceAction;
 use common::Instance;
 
 fn repo() -> PathBuf {
@@ -335,7 +337,7 @@ async fn the_package_joins_before_ecs_watches_drains_upgrades_and_uninstalls() {
         .unwrap();
     let cluster = cluster_arn.rsplit('/').next().unwrap().to_owned();
     let id = instance
-        .launch(&[("blockwatch:compute-environment", "research")], true)
+        .launch(&[(TAG_COMPUTE_ENVIRONMENT, "research")], true)
         .await;
     let mut container = Container::prepare("happy");
     container.simulate_instance(&instance, CONFIG);
@@ -523,7 +525,7 @@ async fn a_failed_join_never_starts_ecs_yet_the_lease_ends_in_a_slow_power_off_u
     assert_root();
     let instance = Instance::with_moto().await;
     instance
-        .launch(&[("blockwatch:compute-environment", "no-such-ce")], true)
+        .launch(&[(TAG_COMPUTE_ENVIRONMENT, "no-such-ce")], true)
         .await;
     let mut container = Container::prepare("unknown-ce");
     // A persistent journal, read after the container is gone.
@@ -541,7 +543,7 @@ async fn a_failed_join_never_starts_ecs_yet_the_lease_ends_in_a_slow_power_off_u
     instance.imds.update(|s| {
         s.tags
             .get_or_insert_with(Default::default)
-            .insert("blockwatch:lease-end".into(), rfc3339(lease_end));
+            .insert(TAG_LEASE_END.into(), rfc3339(lease_end));
     });
     container.boot();
 
@@ -720,7 +722,7 @@ async fn at_the_lease_end_the_last_task_stops_and_the_container_really_powers_of
         .await
         .unwrap();
     let id = instance
-        .launch(&[("blockwatch:compute-environment", "research")], true)
+        .launch(&[(TAG_COMPUTE_ENVIRONMENT, "research")], true)
         .await;
     let container_instance = instance
         .moto()
@@ -746,7 +748,7 @@ async fn at_the_lease_end_the_last_task_stops_and_the_container_really_powers_of
     instance.imds.update(|s| {
         s.tags
             .get_or_insert_with(Default::default)
-            .insert("blockwatch:lease-end".into(), rfc3339(lease_end));
+            .insert(TAG_LEASE_END.into(), rfc3339(lease_end));
     });
     container.boot();
     container.wait_for("blockwatch.service", Duration::from_secs(60), |c| {

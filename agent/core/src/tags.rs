@@ -41,4 +41,19 @@ pub(crate) mod tests {
             channel: TagChannel::Imds,
         }
     }
+
+    /// Operators and the launcher write these names on instances: the one
+    /// place the tests spell them out; every other test uses the constants.
+    #[test]
+    fn the_tag_names_are_the_documented_ones() {
+        assert_eq!(
+            TAG_KEYS,
+            [
+                "blockwatch:compute-environment",
+                "blockwatch:cluster",
+                "blockwatch:lease-end",
+                "blockwatch:lease-duration",
+            ]
+        );
+    }
 }

@@ -81,3 +81,27 @@ impl fmt::Display for Timestamp {
         f.write_str(&rfc3339(self.0))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    #[test]
+    fn instants_are_written_as_rfc3339_with_the_fraction_only_when_there_is_one() {
+        assert_eq!(
+            rfc3339(datetime!(2026-01-31 15:00:00 UTC)),
+            "2026-01-31T15:00:00Z"
+        );
+        assert_eq!(
+            rfc3339(datetime!(2026-01-31 15:00:00.25 UTC)),
+            "2026-01-31T15:00:00.25Z"
+        );
+        let text = "2026-01-31T15:00:00Z";
+        assert_eq!(
+            text.parse::<Timestamp>().map(|t| t.to_string()),
+            Ok(text.to_owned())
+        );
+    }
+}
