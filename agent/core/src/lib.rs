@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod cluster;
 pub mod compute_environment;
+pub mod config_keys;
 pub mod deadline;
 pub mod decision;
 pub mod ecs_config_text;
