@@ -343,6 +343,26 @@ async fn the_package_joins_before_ecs_watches_drains_upgrades_and_uninstalls() {
     container.simulate_instance(&instance, CONFIG);
     container.boot();
 
+    // The man pages are where `man` looks, by name and by section.
+    for (query, page) in [
+        (&["blockwatch"][..], "/usr/share/man/man8/blockwatch.8.gz"),
+        (
+            &["8", "blockwatch"][..],
+            "/usr/share/man/man8/blockwatch.8.gz",
+        ),
+        (
+            &["blockwatch.toml"][..],
+            "/usr/share/man/man5/blockwatch.toml.5.gz",
+        ),
+        (
+            &["5", "blockwatch.toml"][..],
+            "/usr/share/man/man5/blockwatch.toml.5.gz",
+        ),
+    ] {
+        let found = container.exec(&[&["man", "-w"][..], query].concat());
+        assert_eq!(text(&found).trim(), page, "man -w {query:?}");
+    }
+
     // The stand-in ECS agent started with ECS_CLUSTER already written.
     container.wait_for("ecs.service", Duration::from_secs(60), |c| {
         c.property("ecs.service", "ActiveState") == "active"
@@ -857,6 +877,8 @@ fn the_rpm_carries_the_same_payload_and_systemd_handling() {
         "/usr/lib/systemd/system/ecs.service.d/10-blockwatch.conf",
         "/usr/lib/systemd/system-preset/90-blockwatch.preset",
         "/etc/blockwatch/blockwatch.toml",
+        "/usr/share/man/man8/blockwatch.8.gz",
+        "/usr/share/man/man5/blockwatch.toml.5.gz",
     ] {
         assert!(files.lines().any(|l| l == path), "{path} not in {files}");
     }
