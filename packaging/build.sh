@@ -6,6 +6,10 @@
 #                                      metadata and files around the debug binary (stripped),
 #                                      which the test command has already built
 #
+# Both write the man pages with blockwatch-mangen (built in the same cargo
+# step): blockwatch(8) and blockwatch.toml(5) go into the packages, and
+# blockwatch-launch(1), whose command the package does not hold, beside them.
+#
 # Installs pinned cargo-deb and cargo-generate-rpm when they are missing or
 # another version.
 set -euo pipefail
@@ -43,11 +47,23 @@ ensure_tool() {
 ensure_tool cargo-deb "$cargo_deb_version" deb
 ensure_tool cargo-generate-rpm "$cargo_generate_rpm_version" generate-rpm
 
+# Renders the pages into $2/man with the generator in $1, gzipped as Debian
+# policy asks (-9n: no name or time stamp, so a rebuild is identical), and
+# moves the launcher's page to $3.
+man_pages() {
+    local generator="$1" man="$2/man" beside="$3"
+    rm -rf "$man"
+    "$generator" "$man"
+    gzip -9n "$man"/*
+    mv "$man/blockwatch-launch.1.gz" "$beside/"
+}
+
 if [[ "$profile" == release ]]; then
     out="$repo/target/packages"
     mkdir -p "$out"
     # Stripped, LTO, panic=abort: see [profile.release].
-    cargo build --release --locked -p blockwatch
+    cargo build --release --locked -p blockwatch -p blockwatch-mangen
+    man_pages "${CARGO_TARGET_DIR:-$repo/target}/release/blockwatch-mangen" "${CARGO_TARGET_DIR:-$repo/target}/release" "$out"
     cargo deb --no-build --package blockwatch --output "$out/"
     cargo generate-rpm --package agent --output "$out/"
 else
@@ -55,7 +71,7 @@ else
     out="$repo/target/packages-test"
     rm -rf "$out"
     mkdir -p "$out"
-    cargo build --profile "$profile" --locked -p blockwatch
+    cargo build --profile "$profile" --locked -p blockwatch -p blockwatch-mangen
     # Where cargo put it: CARGO_TARGET_DIR when set (CI may point it elsewhere).
     target_dir="${CARGO_TARGET_DIR:-$repo/target}"
     case "$profile" in dev | test) built="$target_dir/debug" ;; *) built="$target_dir/$profile" ;; esac
@@ -65,6 +81,7 @@ else
     stage="$out/stage"
     mkdir -p "$stage/release"
     strip -o "$stage/release/blockwatch" "$built/blockwatch"
+    man_pages "$built/blockwatch-mangen" "$stage/release" "$out"
     # Faster compression than a release package: these are unpacked once, locally.
     CARGO_TARGET_DIR="$stage" cargo deb --no-build --fast --package blockwatch --output "$out/"
     CARGO_TARGET_DIR="$stage" cargo generate-rpm --payload-compress gzip --package agent --output "$out/"

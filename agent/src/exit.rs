@@ -12,7 +12,8 @@ use crate::actions::ecs_config_file::WriteError;
 use crate::sources::{AwsFailure, CallError};
 use blockwatch_core::cluster::InvalidCluster;
 use blockwatch_core::compute_environment::Refusal;
-use blockwatch_core::config::{ConfigFileError, NoClusterSource, Origin};
+use blockwatch_core::file_model::ConfigFileError;
+use blockwatch_core::origin::{NoClusterSource, Origin};
 
 /// One exit code, as the help, the README and the systemd units give it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,11 +20,11 @@ use crate::sources::ec2::TagDirectory;
 use crate::sources::imds::{IdentityDocument, InstanceMetadata};
 use blockwatch_core::cluster::ClusterName;
 use blockwatch_core::compute_environment::{cluster_of, Refusal};
-use blockwatch_core::config::{
-    choose_cluster_target, ClusterTarget, InstanceTags, Origin, Settings, Sourced, TagChannel,
-};
 use blockwatch_core::ecs_config_text::STOP_TIMEOUT_KEY;
 use blockwatch_core::escape::{escape, escaped, quoted};
+use blockwatch_core::origin::{choose_cluster_target, ClusterTarget, Origin, Sourced};
+use blockwatch_core::settings::Settings;
+use blockwatch_core::tags::{InstanceTags, TagChannel};
 
 /// What `join` was asked to do.
 #[derive(Debug, Clone)]
@@ -420,7 +420,7 @@ fn log_identity(identity: &IdentityDocument) {
         escaped(&identity.instance_type),
         escaped(&identity.availability_zone),
         escaped(&identity.region),
-        blockwatch_core::config::Timestamp(identity.pending_time)
+        blockwatch_core::time_text::Timestamp(identity.pending_time)
     );
 }
 

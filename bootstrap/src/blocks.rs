@@ -4,10 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use blockwatch_core::config::{
-    rfc3339, HumanDuration, Timestamp, DEFAULT_DRAIN_LEAD, TAG_COMPUTE_ENVIRONMENT,
-    TAG_LEASE_DURATION, TAG_LEASE_END,
-};
+use blockwatch_core::settings::DEFAULT_DRAIN_LEAD;
+use blockwatch_core::tags::{TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_DURATION, TAG_LEASE_END};
+use blockwatch_core::time_text::{rfc3339, HumanDuration, Timestamp};
 use serde::Serialize;
 use time::OffsetDateTime;
 

@@ -10,9 +10,8 @@ use blockwatch_aws::classify;
 use blockwatch_aws::to_time;
 use blockwatch_aws::{AwsFailure, CallError};
 use blockwatch_core::compute_environment::{cluster_of, ComputeEnvironmentInfo, Refusal};
-use blockwatch_core::config::{
-    rfc3339, TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_DURATION, TAG_LEASE_END,
-};
+use blockwatch_core::tags::{TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_DURATION, TAG_LEASE_END};
+use blockwatch_core::time_text::rfc3339;
 use serde::Serialize;
 use time::OffsetDateTime;
 

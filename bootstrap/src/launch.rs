@@ -18,11 +18,11 @@ use blockwatch_aws::classify;
 use blockwatch_aws::to_time;
 use blockwatch_aws::{AwsFailure, CallError};
 use blockwatch_core::compute_environment::{cluster_of, Refusal};
-use blockwatch_core::config::rfc3339;
-use blockwatch_core::config::{
+use blockwatch_core::deadline::CAPACITY_BLOCK_TERMINATION_LEAD;
+use blockwatch_core::tags::{
     TAG_CLUSTER, TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_DURATION, TAG_LEASE_END,
 };
-use blockwatch_core::deadline::CAPACITY_BLOCK_TERMINATION_LEAD;
+use blockwatch_core::time_text::rfc3339;
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -285,7 +285,7 @@ pub async fn launch(
                         let lease_end = match capacity_block_end {
                             Some(_) => lease_tag
                                 .1
-                                .parse::<blockwatch_core::config::Timestamp>()
+                                .parse::<blockwatch_core::time_text::Timestamp>()
                                 .ok()
                                 .map(|t| t.0),
                             None => launch_time.map(|t| {

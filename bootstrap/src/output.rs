@@ -11,7 +11,7 @@ pub enum Output {
 }
 
 fn rfc3339_or_dash(at: Option<time::OffsetDateTime>) -> String {
-    at.map_or_else(|| "-".into(), blockwatch_core::config::rfc3339)
+    at.map_or_else(|| "-".into(), blockwatch_core::time_text::rfc3339)
 }
 
 /// The report in the chosen format.
@@ -145,7 +145,7 @@ fn list_text(report: &ListReport) -> String {
         "compute environment {} -> ECS cluster {} at {}",
         report.compute_environment,
         report.cluster,
-        blockwatch_core::config::rfc3339(report.listed_at)
+        blockwatch_core::time_text::rfc3339(report.listed_at)
     )];
     for row in &rows {
         let cells: Vec<String> = row
@@ -203,7 +203,7 @@ fn extend_text(report: &ExtendReport) -> String {
         if e.removes_lease_duration {
             lines.push(format!(
                 "  {} replaces blockwatch:lease-duration",
-                blockwatch_core::config::TAG_LEASE_END
+                blockwatch_core::tags::TAG_LEASE_END
             ));
         }
         if let Some(warning) = &e.warning {

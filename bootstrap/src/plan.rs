@@ -3,7 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use blockwatch_core::config::{HumanDuration, MIN_LEASE_DURATION};
+use blockwatch_core::settings::MIN_LEASE_DURATION;
+use blockwatch_core::time_text::HumanDuration;
 use serde::Serialize;
 
 pub const AMI_PARAMETER_X86: &str =

@@ -9,6 +9,7 @@ use std::process::Command;
 use aws_sdk_ec2::types::{
     InstanceMarketOptionsRequest, MarketType, ResourceType, Tag, TagSpecification,
 };
+use blockwatch_core::time_text::rfc3339;
 use blockwatch_testkit::moto::{MotoServer, REGION};
 use blockwatch_testkit::stub::{forward, StubServer};
 use time::OffsetDateTime;
@@ -16,9 +17,9 @@ use time::OffsetDateTime;
 const LAUNCHER: &str = env!("CARGO_BIN_EXE_blockwatch-launch");
 /// The smallest page EC2 allows: ten instances take several pages.
 const PAGE: &str = "5";
-const CE_TAG: &str = "blockwatch:compute-environment";
-const LEASE_END: &str = "blockwatch:lease-end";
-const LEASE_DURATION: &str = "blockwatch:lease-duration";
+use blockwatch_core::tags::TAG_COMPUTE_ENVIRONMENT as CE_TAG;
+use blockwatch_core::tags::TAG_LEASE_DURATION as LEASE_DURATION;
+use blockwatch_core::tags::TAG_LEASE_END as LEASE_END;
 /// The Capacity Block the EC2 stand-in knows.
 const BLOCK_RESERVATION: &str = "cr-0b10c0000000000aa";
 
@@ -144,10 +145,6 @@ impl Fleet {
             .count();
         (calls.len(), dry)
     }
-}
-
-fn rfc3339(at: OffsetDateTime) -> String {
-    blockwatch_testkit::imds::rfc3339(at)
 }
 
 /// One instance in a reservation of its own (moto pages DescribeInstances

@@ -8,11 +8,12 @@
 
 mod common;
 
+use blockwatch_core::tags::{TAG_CLUSTER, TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_END};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 
-use blockwatch_testkit::imds::rfc3339;
+use blockwatch_core::time_text::rfc3339;
 use common::{now, parse_time, phase, Agent, Instance, FAST, PATIENCE, POLL, STARTUP};
 use time::OffsetDateTime;
 
@@ -43,7 +44,7 @@ fn lease_ends(instance: &Instance, end: OffsetDateTime) {
     instance.imds.update(|s| {
         s.tags
             .get_or_insert_with(Default::default)
-            .insert("blockwatch:lease-end".into(), rfc3339(end));
+            .insert(TAG_LEASE_END.into(), rfc3339(end));
     });
 }
 
@@ -120,7 +121,7 @@ fn first_status(socket: &UnixDatagram, agent: &Agent) -> String {
 async fn a_compute_environment_that_names_nothing_still_powers_off_at_the_lease_end() {
     let instance = Instance::with_moto().await;
     instance
-        .launch(&[("blockwatch:compute-environment", "no-such-ce")], true)
+        .launch(&[(TAG_COMPUTE_ENVIRONMENT, "no-such-ce")], true)
         .await;
     let runs = instance.root.path().join("powered-off");
     let command = format!("echo off >> {}", runs.display());
@@ -189,9 +190,7 @@ fn recording_systemctl(root: &Path) -> (PathBuf, String) {
 #[tokio::test]
 async fn an_unusable_config_still_powers_off_at_the_lease_end_with_the_defaults() {
     let instance = Instance::with_moto().await;
-    instance
-        .launch(&[("blockwatch:cluster", "jobs")], true)
-        .await;
+    instance.launch(&[(TAG_CLUSTER, "jobs")], true).await;
     instance.write_config("poll_interval = [not toml\n");
     let (runs, path) = recording_systemctl(instance.root.path());
     let end = now() + STARTUP + LEASE;
@@ -241,7 +240,7 @@ async fn batch_failing(
         .await
         .unwrap();
     instance
-        .launch(&[("blockwatch:compute-environment", "research")], true)
+        .launch(&[(TAG_COMPUTE_ENVIRONMENT, "research")], true)
         .await;
     let proxy = AwsProxy::start(instance.moto().addr()).unwrap();
     proxy.inject("DescribeComputeEnvironments", Fault::server_error(), times);
@@ -308,9 +307,7 @@ async fn a_run_degraded_by_a_transient_failure_exits_to_start_again_joined_once_
 #[tokio::test]
 async fn an_unusable_config_that_asks_for_a_dry_run_stays_a_dry_run() {
     let instance = Instance::with_moto().await;
-    instance
-        .launch(&[("blockwatch:cluster", "jobs")], true)
-        .await;
+    instance.launch(&[(TAG_CLUSTER, "jobs")], true).await;
     instance.write_config("dry_run = true\npoll_interval = [not toml\n");
     let (runs, path) = recording_systemctl(instance.root.path());
     // Already over: a live agent would power off within seconds.

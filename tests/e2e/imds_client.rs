@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use blockwatch_core::tags::{TAG_CLUSTER, TAG_LEASE_END};
 use std::collections::BTreeMap;
 
 use blockwatch::sources::imds::{Imds, InstanceMetadata};
@@ -35,9 +36,9 @@ async fn reads_the_identity_document_including_the_launch_time() {
 #[tokio::test]
 async fn reads_only_blockwatch_tags_and_tells_disabled_from_absent() {
     let tags: BTreeMap<_, _> = [
-        ("blockwatch:cluster", "c1"),
+        (TAG_CLUSTER, "c1"),
         ("Name", "worker"),
-        ("blockwatch:lease-end", "2026-11-29T20:00:00Z"),
+        (TAG_LEASE_END, "2026-11-29T20:00:00Z"),
     ]
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -48,10 +49,7 @@ async fn reads_only_blockwatch_tags_and_tells_disabled_from_absent() {
     });
     let read = imds.tags().await.unwrap().unwrap();
     assert_eq!(read.len(), 2, "{read:?}");
-    assert_eq!(
-        read.get("blockwatch:cluster").map(String::as_str),
-        Some("c1")
-    );
+    assert_eq!(read.get(TAG_CLUSTER).map(String::as_str), Some("c1"));
     assert!(
         !sim.exchanges().iter().any(|e| e.path.ends_with("/Name")),
         "non-blockwatch tags are not fetched"

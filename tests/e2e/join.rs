@@ -5,12 +5,13 @@
 
 mod common;
 
+use blockwatch_core::tags::TAG_COMPUTE_ENVIRONMENT;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use common::{tags, Instance};
 
-const CE: &str = "blockwatch:compute-environment";
-const CLUSTER: &str = "blockwatch:cluster";
+use blockwatch_core::tags::TAG_CLUSTER as CLUSTER;
+use blockwatch_core::tags::TAG_COMPUTE_ENVIRONMENT as CE;
 
 fn cluster_name(arn: &str) -> &str {
     arn.rsplit('/').next().unwrap()
@@ -481,7 +482,7 @@ fn join_help_explains_itself() {
         "--config",
         "--ecs-config",
         "--state-dir",
-        "blockwatch:compute-environment",
+        TAG_COMPUTE_ENVIRONMENT,
         "MANAGED",
         "Exit codes",
         "75",

@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use blockwatch_core::tags::{TAG_CLUSTER, TAG_COMPUTE_ENVIRONMENT};
 use std::collections::BTreeMap;
 
 use blockwatch::exit::AgentError;
@@ -61,7 +62,7 @@ async fn join_with(instance: &FakeInstance, scratch: &Scratch) -> Result<(), Age
 async fn a_cluster_tag_joins_from_imds_alone() {
     let scratch = Scratch::new();
     let mut instance = FakeInstance::new("i-1");
-    instance.imds_tags = Some(tagged(&[("blockwatch:cluster", "jobs")]));
+    instance.imds_tags = Some(tagged(&[(TAG_CLUSTER, "jobs")]));
 
     join_with(&instance, &scratch).await.unwrap();
 
@@ -73,7 +74,7 @@ async fn a_cluster_tag_joins_from_imds_alone() {
 async fn a_compute_environment_tag_costs_one_batch_call() {
     let scratch = Scratch::new();
     let mut instance = FakeInstance::new("i-1");
-    instance.imds_tags = Some(tagged(&[("blockwatch:compute-environment", "research")]));
+    instance.imds_tags = Some(tagged(&[(TAG_COMPUTE_ENVIRONMENT, "research")]));
     instance.compute_environments = vec![FakeInstance::unmanaged_compute_environment(
         "research",
         "research_Batch_0b1c",
@@ -97,7 +98,7 @@ async fn without_tags_in_imds_the_tags_come_from_describe_tags() {
     let scratch = Scratch::new();
     let mut instance = FakeInstance::new("i-1");
     instance.imds_tags = None;
-    instance.described_tags = tagged(&[("blockwatch:cluster", "jobs")]);
+    instance.described_tags = tagged(&[(TAG_CLUSTER, "jobs")]);
 
     join_with(&instance, &scratch).await.unwrap();
 
@@ -112,7 +113,7 @@ async fn without_tags_in_imds_the_tags_come_from_describe_tags() {
 async fn a_managed_compute_environment_is_refused_and_nothing_is_written() {
     let scratch = Scratch::new();
     let mut instance = FakeInstance::new("i-1");
-    instance.imds_tags = Some(tagged(&[("blockwatch:compute-environment", "auto")]));
+    instance.imds_tags = Some(tagged(&[(TAG_COMPUTE_ENVIRONMENT, "auto")]));
     let mut managed = FakeInstance::unmanaged_compute_environment("auto", "auto_Batch_1");
     managed.kind = "MANAGED".to_owned();
     instance.compute_environments = vec![managed];
@@ -132,7 +133,7 @@ async fn a_throttled_batch_is_transient_and_a_denied_one_is_not() {
     ] {
         let scratch = Scratch::new();
         let mut instance = FakeInstance::new("i-1");
-        instance.imds_tags = Some(tagged(&[("blockwatch:compute-environment", "research")]));
+        instance.imds_tags = Some(tagged(&[(TAG_COMPUTE_ENVIRONMENT, "research")]));
         instance
             .failing
             .insert("batch:DescribeComputeEnvironments", Failure::Aws(failure));
@@ -154,7 +155,7 @@ async fn the_config_file_beats_the_tags_and_needs_no_tags_read() {
     )
     .unwrap();
     let mut instance = FakeInstance::new("i-1");
-    instance.imds_tags = Some(tagged(&[("blockwatch:cluster", "from-tag")]));
+    instance.imds_tags = Some(tagged(&[(TAG_CLUSTER, "from-tag")]));
 
     join_with(&instance, &scratch).await.unwrap();
 

@@ -10,6 +10,7 @@
 
 mod common;
 
+use blockwatch_core::tags::{TAG_CLUSTER, TAG_LEASE_END};
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
@@ -120,7 +121,7 @@ async fn join_sends_structured_fields_to_the_journal() {
     let instance = Instance::without_aws();
     instance
         .imds
-        .update(|s| s.tags = tags(&[("blockwatch:cluster", "journal-cluster")]));
+        .update(|s| s.tags = tags(&[(TAG_CLUSTER, "journal-cluster")]));
 
     let (entries, stderr_text) = join_under_journal(&instance, &[]);
 
@@ -162,15 +163,9 @@ async fn run_decisions_carry_phase_and_deadline_fields() {
         .replace_nanosecond(0)
         .unwrap()
         + time::Duration::seconds(3);
-    let end_text = blockwatch_testkit::imds::rfc3339(end);
+    let end_text = blockwatch_core::time_text::rfc3339(end);
     let id = instance
-        .launch(
-            &[
-                ("blockwatch:cluster", "jobs"),
-                ("blockwatch:lease-end", &end_text),
-            ],
-            true,
-        )
+        .launch(&[(TAG_CLUSTER, "jobs"), (TAG_LEASE_END, &end_text)], true)
         .await;
     instance
         .moto()
@@ -239,7 +234,7 @@ async fn the_log_level_decides_what_reaches_the_journal() {
     let instance = Instance::without_aws();
     instance
         .imds
-        .update(|s| s.tags = tags(&[("blockwatch:cluster", "journal-cluster")]));
+        .update(|s| s.tags = tags(&[(TAG_CLUSTER, "journal-cluster")]));
     let priorities = |extra: &[&str]| -> Vec<String> {
         let (entries, _) = join_under_journal(&instance, extra);
         entries

@@ -2,6 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use blockwatch_core::tags::{
+    TAG_CLUSTER, TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_DURATION, TAG_LEASE_END,
+};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -146,11 +149,8 @@ async fn spot_market_launches_tagged_spot_instances_with_imdsv2_and_no_user_data
     assert_eq!(all.len(), 2);
     let expected_ami = ami_from_ssm(&moto, false).await;
     for instance in &all {
-        assert_eq!(
-            tag(instance, "blockwatch:compute-environment"),
-            Some("research")
-        );
-        assert_eq!(tag(instance, "blockwatch:lease-duration"), Some("3h"));
+        assert_eq!(tag(instance, TAG_COMPUTE_ENVIRONMENT), Some("research"));
+        assert_eq!(tag(instance, TAG_LEASE_DURATION), Some("3h"));
         assert_eq!(tag(instance, "Name"), Some("blockwatch-research"));
         assert_eq!(
             instance.instance_lifecycle().map(|l| l.as_str()),
@@ -236,7 +236,7 @@ async fn on_demand_market_and_graviton_types_use_the_arm64_ami() {
         all[0].image_id(),
         Some(ami_from_ssm(&moto, true).await.as_str())
     );
-    assert_eq!(tag(&all[0], "blockwatch:lease-duration"), Some("1h 30m"));
+    assert_eq!(tag(&all[0], TAG_LEASE_DURATION), Some("1h 30m"));
     assert!(run.stdout.contains("launched 1 of 1"), "{}", run.stdout);
 }
 
@@ -510,14 +510,11 @@ async fn agent_joins_with_no_aws_call_and_derives_the_lease_end_the_launcher_pri
     let state_dir = tempfile::tempdir().unwrap();
     let agent = agent_binary();
     assert_eq!(
-        tag(&instance, "blockwatch:cluster"),
+        tag(&instance, TAG_CLUSTER),
         Some(cluster.as_str()),
         "the launcher tags the resolved cluster"
     );
-    assert_eq!(
-        tag(&instance, "blockwatch:compute-environment"),
-        Some("research")
-    );
+    assert_eq!(tag(&instance, TAG_COMPUTE_ENVIRONMENT), Some("research"));
 
     // A launcher-started instance joins from IMDS alone: no AWS call.
     let before = moto.requests().len();
@@ -751,7 +748,7 @@ fn launch_help_explains_itself() {
 /// has no Capacity Blocks, so DescribeCapacityReservations is answered here
 /// and every other EC2 call passes through to moto.
 fn capacity_block_ec2(moto: &MotoServer, end_date: time::OffsetDateTime) -> StubServer {
-    let end_text = blockwatch_testkit::imds::rfc3339(end_date);
+    let end_text = blockwatch_core::time_text::rfc3339(end_date);
     let upstream = moto.addr();
     StubServer::start(move |_, request| {
         if request.body.contains("Action=DescribeCapacityReservations") {
@@ -793,7 +790,7 @@ async fn capacity_block_market_carries_the_reservation_and_its_end_minus_thirty_
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    let lease_end = blockwatch_testkit::imds::rfc3339(end_date - time::Duration::minutes(30));
+    let lease_end = blockwatch_core::time_text::rfc3339(end_date - time::Duration::minutes(30));
     assert_eq!(report["market"], "capacity-block");
     assert_eq!(
         report["instances"][0]["lease_end"].as_str(),
@@ -803,11 +800,8 @@ async fn capacity_block_market_carries_the_reservation_and_its_end_minus_thirty_
 
     let all = instances(&moto).await;
     assert_eq!(all.len(), 1);
-    assert_eq!(
-        tag(&all[0], "blockwatch:lease-end"),
-        Some(lease_end.as_str())
-    );
-    assert_eq!(tag(&all[0], "blockwatch:lease-duration"), None);
+    assert_eq!(tag(&all[0], TAG_LEASE_END), Some(lease_end.as_str()));
+    assert_eq!(tag(&all[0], TAG_LEASE_DURATION), None);
     let run_instances = moto
         .requests()
         .into_iter()

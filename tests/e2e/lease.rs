@@ -8,10 +8,12 @@
 
 mod common;
 
+use blockwatch_core::tags::TAG_LEASE_END;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use blockwatch_testkit::imds::{rfc3339, SpotInstanceAction};
+use blockwatch_core::time_text::rfc3339;
+use blockwatch_testkit::imds::SpotInstanceAction;
 use blockwatch_testkit::introspection::IntrospectionStandIn;
 use common::{
     assert_on_time, ec2_stub, now, parse_time, phase, receiver_refusing_first, registered_in_jobs,
@@ -65,7 +67,7 @@ impl Block {
         self.f.instance.imds.update(|s| {
             s.tags
                 .get_or_insert_with(Default::default)
-                .insert("blockwatch:lease-end".into(), rfc3339(end));
+                .insert(TAG_LEASE_END.into(), rfc3339(end));
         });
     }
 

@@ -6,6 +6,7 @@
 
 mod common;
 
+use blockwatch_core::tags::TAG_CLUSTER;
 use common::{tags, Instance, Run};
 
 /// The debug line every command writes first, once debug is on.
@@ -18,7 +19,7 @@ fn instance() -> Instance {
     let instance = Instance::without_aws();
     instance
         .imds
-        .update(|s| s.tags = tags(&[("blockwatch:cluster", "quiet-pool")]));
+        .update(|s| s.tags = tags(&[(TAG_CLUSTER, "quiet-pool")]));
     instance
 }
 

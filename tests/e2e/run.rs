@@ -5,10 +5,12 @@
 
 mod common;
 
+use blockwatch_core::tags::{TAG_CLUSTER, TAG_LEASE_DURATION, TAG_LEASE_END};
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-use blockwatch_testkit::imds::{rfc3339, ScheduledEvent, SpotInstanceAction};
+use blockwatch_core::time_text::rfc3339;
+use blockwatch_testkit::imds::{ScheduledEvent, SpotInstanceAction};
 use blockwatch_testkit::stub::StubServer;
 use common::{
     assert_on_time, ec2_stub, nothing_runs, now, parse_time, phase, receiver_refusing_first,
@@ -35,7 +37,7 @@ async fn lease_end_tag_drains_at_end_minus_lead() {
 
 #[tokio::test]
 async fn lease_duration_counts_from_pending_time() {
-    let f = registered_in_jobs(&[("blockwatch:lease-duration", "1h")], "").await;
+    let f = registered_in_jobs(&[(TAG_LEASE_DURATION, "1h")], "").await;
     let launched = now() - time::Duration::hours(1) + STARTUP + LEAD;
     f.instance.imds.update(|s| s.pending_time = launched);
     let agent = f.start();
@@ -233,10 +235,7 @@ async fn waits_for_the_container_instance_to_register_before_draining() {
     let end = now() + time::Duration::seconds(5);
     let id = instance
         .launch(
-            &[
-                ("blockwatch:cluster", "jobs"),
-                ("blockwatch:lease-end", &rfc3339(end)),
-            ],
+            &[(TAG_CLUSTER, "jobs"), (TAG_LEASE_END, &rfc3339(end))],
             true,
         )
         .await;
@@ -277,7 +276,7 @@ async fn waits_for_the_container_instance_to_register_before_draining() {
 #[tokio::test]
 async fn no_aws_call_while_idle() {
     let end = now() + time::Duration::hours(2);
-    let f = registered_in_jobs(&[("blockwatch:lease-end", &rfc3339(end))], "").await;
+    let f = registered_in_jobs(&[(TAG_LEASE_END, &rfc3339(end))], "").await;
     let agent = f.start();
     std::thread::sleep(POLL);
     let before = f.instance.moto().requests().len();
@@ -306,7 +305,7 @@ async fn no_aws_call_while_idle() {
 #[tokio::test]
 async fn kill_9_mid_drain_resumes_without_a_second_drain() {
     let end = now() + time::Duration::seconds(5);
-    let f = registered_in_jobs(&[("blockwatch:lease-end", &rfc3339(end))], "").await;
+    let f = registered_in_jobs(&[(TAG_LEASE_END, &rfc3339(end))], "").await;
     let powered_off = f.instance.root.path().join("powered-off");
     let command = format!("echo off >> {}", powered_off.display());
     f.instance.write_config(&format!(
@@ -383,7 +382,7 @@ async fn kill_9_mid_drain_resumes_without_a_second_drain() {
 #[tokio::test]
 async fn status_reads_the_state_file_without_network() {
     let end = now() + time::Duration::hours(3);
-    let f = registered_in_jobs(&[("blockwatch:lease-end", &rfc3339(end))], "").await;
+    let f = registered_in_jobs(&[(TAG_LEASE_END, &rfc3339(end))], "").await;
     let agent = f.start();
     drop(agent);
 
@@ -446,7 +445,7 @@ async fn webhook_gets_both_events_even_when_its_first_attempts_fail() {
     let url = receiver.url("/hooks/T000/secret-token?key=hunter2");
     let end = now() + time::Duration::seconds(5);
     let f = registered_in_jobs(
-        &[("blockwatch:lease-end", &rfc3339(end))],
+        &[(TAG_LEASE_END, &rfc3339(end))],
         &format!("webhook_url = {url:?}\n"),
     )
     .await;
@@ -501,11 +500,7 @@ async fn webhook_gets_both_events_even_when_its_first_attempts_fail() {
 #[tokio::test]
 async fn dry_run_logs_and_changes_nothing() {
     let end = now() + time::Duration::seconds(5);
-    let f = registered_in_jobs(
-        &[("blockwatch:lease-end", &rfc3339(end))],
-        "dry_run = true\n",
-    )
-    .await;
+    let f = registered_in_jobs(&[(TAG_LEASE_END, &rfc3339(end))], "dry_run = true\n").await;
     // A dry run keeps its state in a private directory (host_safety.rs).
     let agent = f.instance.spawn_run(&[], &[]);
     agent.wait_for_log(
@@ -708,7 +703,7 @@ async fn a_denied_ec2_lookup_is_logged_once_and_never_fatal() {
 #[tokio::test]
 async fn with_moto_the_ec2_lookups_find_no_block_and_the_lease_still_rules() {
     let end = now() + time::Duration::hours(1);
-    let f = registered_in_jobs(&[("blockwatch:lease-end", &rfc3339(end))], "").await;
+    let f = registered_in_jobs(&[(TAG_LEASE_END, &rfc3339(end))], "").await;
     let seeded = f.instance.moto().requests().len();
     let agent = f.start();
     assert_eq!(
@@ -764,14 +759,14 @@ async fn with_moto_the_ec2_lookups_find_no_block_and_the_lease_still_rules() {
 
 // The deadline files jobs read (`<deadline-dir>/deadline.json`, `deadline`).
 
-const LEASE_TAG: &str = "blockwatch:lease-end";
+use blockwatch_core::tags::TAG_LEASE_END as LEASE_TAG;
 
 /// An instance in cluster `jobs` (no AWS needed: nothing is due) whose lease
 /// tag is read again every second.
 fn leased_instance(end: time::OffsetDateTime) -> Instance {
     let instance = Instance::without_aws();
     instance.imds.update(|s| {
-        s.tags = common::tags(&[("blockwatch:cluster", "jobs"), (LEASE_TAG, &rfc3339(end))]);
+        s.tags = common::tags(&[(TAG_CLUSTER, "jobs"), (LEASE_TAG, &rfc3339(end))]);
     });
     instance.write_config(&format!(
         "{}lease_refresh_interval = \"1s\"\npoweroff_command = \"true\"\n",

@@ -15,11 +15,13 @@
 
 mod common;
 
+use blockwatch_core::tags::{TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_END};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use blockwatch_testkit::imds::{rfc3339, SpotInstanceAction};
+use blockwatch_core::time_text::rfc3339;
+use blockwatch_testkit::imds::SpotInstanceAction;
 use common::Instance;
 
 fn repo() -> PathBuf {
@@ -335,11 +337,31 @@ async fn the_package_joins_before_ecs_watches_drains_upgrades_and_uninstalls() {
         .unwrap();
     let cluster = cluster_arn.rsplit('/').next().unwrap().to_owned();
     let id = instance
-        .launch(&[("blockwatch:compute-environment", "research")], true)
+        .launch(&[(TAG_COMPUTE_ENVIRONMENT, "research")], true)
         .await;
     let mut container = Container::prepare("happy");
     container.simulate_instance(&instance, CONFIG);
     container.boot();
+
+    // The man pages are where `man` looks, by name and by section.
+    for (query, page) in [
+        (&["blockwatch"][..], "/usr/share/man/man8/blockwatch.8.gz"),
+        (
+            &["8", "blockwatch"][..],
+            "/usr/share/man/man8/blockwatch.8.gz",
+        ),
+        (
+            &["blockwatch.toml"][..],
+            "/usr/share/man/man5/blockwatch.toml.5.gz",
+        ),
+        (
+            &["5", "blockwatch.toml"][..],
+            "/usr/share/man/man5/blockwatch.toml.5.gz",
+        ),
+    ] {
+        let found = container.exec(&[&["man", "-w"][..], query].concat());
+        assert_eq!(text(&found).trim(), page, "man -w {query:?}");
+    }
 
     // The stand-in ECS agent started with ECS_CLUSTER already written.
     container.wait_for("ecs.service", Duration::from_secs(60), |c| {
@@ -523,7 +545,7 @@ async fn a_failed_join_never_starts_ecs_yet_the_lease_ends_in_a_slow_power_off_u
     assert_root();
     let instance = Instance::with_moto().await;
     instance
-        .launch(&[("blockwatch:compute-environment", "no-such-ce")], true)
+        .launch(&[(TAG_COMPUTE_ENVIRONMENT, "no-such-ce")], true)
         .await;
     let mut container = Container::prepare("unknown-ce");
     // A persistent journal, read after the container is gone.
@@ -541,7 +563,7 @@ async fn a_failed_join_never_starts_ecs_yet_the_lease_ends_in_a_slow_power_off_u
     instance.imds.update(|s| {
         s.tags
             .get_or_insert_with(Default::default)
-            .insert("blockwatch:lease-end".into(), rfc3339(lease_end));
+            .insert(TAG_LEASE_END.into(), rfc3339(lease_end));
     });
     container.boot();
 
@@ -720,7 +742,7 @@ async fn at_the_lease_end_the_last_task_stops_and_the_container_really_powers_of
         .await
         .unwrap();
     let id = instance
-        .launch(&[("blockwatch:compute-environment", "research")], true)
+        .launch(&[(TAG_COMPUTE_ENVIRONMENT, "research")], true)
         .await;
     let container_instance = instance
         .moto()
@@ -746,7 +768,7 @@ async fn at_the_lease_end_the_last_task_stops_and_the_container_really_powers_of
     instance.imds.update(|s| {
         s.tags
             .get_or_insert_with(Default::default)
-            .insert("blockwatch:lease-end".into(), rfc3339(lease_end));
+            .insert(TAG_LEASE_END.into(), rfc3339(lease_end));
     });
     container.boot();
     container.wait_for("blockwatch.service", Duration::from_secs(60), |c| {
@@ -855,6 +877,8 @@ fn the_rpm_carries_the_same_payload_and_systemd_handling() {
         "/usr/lib/systemd/system/ecs.service.d/10-blockwatch.conf",
         "/usr/lib/systemd/system-preset/90-blockwatch.preset",
         "/etc/blockwatch/blockwatch.toml",
+        "/usr/share/man/man8/blockwatch.8.gz",
+        "/usr/share/man/man5/blockwatch.toml.5.gz",
     ] {
         assert!(files.lines().any(|l| l == path), "{path} not in {files}");
     }
@@ -942,7 +966,9 @@ fn the_rpm_carries_the_same_payload_and_systemd_handling() {
 /// and the lease-end keys are documented with their defaults.
 #[test]
 fn every_example_in_the_sample_config_is_a_valid_setting_and_shows_its_default() {
-    use blockwatch_core::config::{FileConfig, HumanDuration, OnLeaseEnd};
+    use blockwatch_core::file_model::FileConfig;
+    use blockwatch_core::settings::OnLeaseEnd;
+    use blockwatch_core::time_text::HumanDuration;
     let path = repo().join("packaging/blockwatch.toml");
     let sample = std::fs::read_to_string(&path).unwrap();
     // "#key = value": an example; "# text": prose.
@@ -956,18 +982,18 @@ fn every_example_in_the_sample_config_is_a_valid_setting_and_shows_its_default()
     assert_eq!(parsed.on_lease_end, Some(OnLeaseEnd::Poweroff));
     assert_eq!(
         parsed.poweroff_command.as_deref(),
-        Some(blockwatch_core::config::DEFAULT_POWEROFF_COMMAND)
+        Some(blockwatch_core::settings::DEFAULT_POWEROFF_COMMAND)
     );
     assert_eq!(
         parsed.lease_refresh_interval,
         Some(HumanDuration(
-            blockwatch_core::config::DEFAULT_LEASE_REFRESH_INTERVAL
+            blockwatch_core::settings::DEFAULT_LEASE_REFRESH_INTERVAL
         ))
     );
     assert_eq!(
         parsed.capacity_block_refresh_interval,
         Some(HumanDuration(
-            blockwatch_core::config::DEFAULT_CAPACITY_BLOCK_REFRESH_INTERVAL
+            blockwatch_core::settings::DEFAULT_CAPACITY_BLOCK_REFRESH_INTERVAL
         ))
     );
 }

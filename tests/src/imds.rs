@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use blockwatch_core::time_text::rfc3339;
 use serde::{Deserialize, Serialize};
 use time::macros::format_description;
 use time::OffsetDateTime;
@@ -520,7 +521,7 @@ fn meta_data(state: &InstanceState, item: &str) -> Reply {
                 .as_ref()
                 .map_or_else(Reply::not_found, |a| {
                     Reply::json(
-                        serde_json::json!({"action": a.action, "time": rfc3339(a.time)})
+                        serde_json::json!({"action": a.action, "time": imds_time(a.time)})
                             .to_string(),
                     )
                 })
@@ -528,7 +529,7 @@ fn meta_data(state: &InstanceState, item: &str) -> Reply {
         "events/recommendations/rebalance" => state
             .rebalance_notice_time
             .map_or_else(Reply::not_found, |t| {
-                Reply::json(serde_json::json!({"noticeTime": rfc3339(t)}).to_string())
+                Reply::json(serde_json::json!({"noticeTime": imds_time(t)}).to_string())
             }),
         "events/maintenance/scheduled" if state.scheduled_events.is_empty() => Reply::not_found(),
         "events/maintenance/scheduled" => Reply::json(scheduled_events(&state.scheduled_events)),
@@ -578,7 +579,7 @@ fn identity_document(state: &InstanceState) -> String {
         "instanceId": state.instance_id,
         "instanceType": state.instance_type,
         "kernelId": null,
-        "pendingTime": rfc3339(state.pending_time),
+        "pendingTime": imds_time(state.pending_time),
         "privateIp": state.private_ip,
         "ramdiskId": null,
         "region": state.region,
@@ -608,23 +609,20 @@ fn credentials() -> String {
     let now = OffsetDateTime::now_utc();
     serde_json::json!({
         "Code": "Success",
-        "LastUpdated": rfc3339(now),
+        "LastUpdated": imds_time(now),
         "Type": "AWS-HMAC",
         "AccessKeyId": "ASIAIMDSSIMULATOR000",
         "SecretAccessKey": "imds-simulator-secret",
         "Token": "imds-simulator-session-token",
-        "Expiration": rfc3339(now + time::Duration::hours(6)),
+        "Expiration": imds_time(now + time::Duration::hours(6)),
     })
     .to_string()
 }
 
-/// `2017-09-18T08:22:00Z`: whole seconds, UTC, as IMDS writes it.
-pub fn rfc3339(at: OffsetDateTime) -> String {
-    at.to_offset(time::UtcOffset::UTC)
-        .format(format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
-        ))
-        .unwrap_or_default()
+/// An instant as IMDS writes it (`2017-09-18T08:22:00Z`): whole seconds, UTC.
+fn imds_time(at: OffsetDateTime) -> String {
+    let whole = at.to_offset(time::UtcOffset::UTC);
+    rfc3339(whole.replace_nanosecond(0).unwrap_or(whole))
 }
 
 /// `21 Jan 2019 09:00:43 GMT`, the format of scheduled events.

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use blockwatch_core::tags::TAG_CLUSTER;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
@@ -87,7 +88,7 @@ fn a_token_expires_after_its_ttl() {
 #[test]
 fn identity_document_tags_and_user_data() {
     let tags: BTreeMap<String, String> = [
-        ("blockwatch:cluster".to_owned(), "c1".to_owned()),
+        (TAG_CLUSTER.to_owned(), "c1".to_owned()),
         ("Name".to_owned(), "w".to_owned()),
     ]
     .into();

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use blockwatch_core::tags::TAG_COMPUTE_ENVIRONMENT;
 use blockwatch_testkit::moto::MotoServer;
 
 #[tokio::test]
@@ -16,7 +17,7 @@ async fn seeds_a_compute_environment_an_instance_and_a_container_instance_then_s
         "{cluster_arn}"
     );
     let instance_id = moto
-        .launch_instance(&[("blockwatch:compute-environment", "harness-ce")])
+        .launch_instance(&[(TAG_COMPUTE_ENVIRONMENT, "harness-ce")])
         .await
         .unwrap();
     assert!(instance_id.starts_with("i-"));
@@ -35,8 +36,7 @@ async fn seeds_a_compute_environment_an_instance_and_a_container_instance_then_s
     assert!(tags
         .tags()
         .iter()
-        .any(|t| t.key() == Some("blockwatch:compute-environment")
-            && t.value() == Some("harness-ce")));
+        .any(|t| t.key() == Some(TAG_COMPUTE_ENVIRONMENT) && t.value() == Some("harness-ce")));
 
     let container_instance = moto
         .register_container_instance(&cluster_arn, &instance_id)

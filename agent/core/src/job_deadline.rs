@@ -8,8 +8,8 @@
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::config::rfc3339;
 use crate::decision::AgentState;
+use crate::time_text::rfc3339;
 
 /// What the deadline files say, without the time they were last changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -7,11 +7,16 @@
 pub mod backoff;
 pub mod cluster;
 pub mod compute_environment;
-pub mod config;
+pub mod config_keys;
 pub mod deadline;
 pub mod decision;
 pub mod ecs_config_text;
 pub mod escape;
 pub mod failures;
+pub mod file_model;
 pub mod job_deadline;
 pub mod operator_view;
+pub mod origin;
+pub mod settings;
+pub mod tags;
+pub mod time_text;

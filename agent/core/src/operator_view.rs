@@ -4,9 +4,9 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::config::rfc3339;
 use super::decision::{AgentState, Phase};
 use super::job_deadline::DeadlineView;
+use super::time_text::rfc3339;
 
 /// The state file (`<state-dir>/state.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

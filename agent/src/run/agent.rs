@@ -11,8 +11,8 @@ use super::clock::{whole_seconds, Clock};
 use super::executor::Executor;
 use super::node::Node;
 use crate::actions::ecs::ContainerService;
-use blockwatch_core::config::Settings;
 use blockwatch_core::decision::{decide, record, Action};
+use blockwatch_core::settings::Settings;
 
 const ECS_AGENT_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 

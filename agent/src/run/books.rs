@@ -7,9 +7,9 @@ use super::node::Node;
 use super::reporter::Reporter;
 use super::store::Store;
 use crate::actions::webhook::Deliveries;
-use blockwatch_core::config::{OnDrained, OnLeaseEnd, Settings};
 use blockwatch_core::deadline::Observations;
 use blockwatch_core::decision::{AgentState, Policy};
+use blockwatch_core::settings::{OnDrained, OnLeaseEnd, Settings};
 
 /// What the agent knows and keeps, which every part reads or writes: the
 /// core's inputs and state, the reporter, and the state store.

@@ -18,8 +18,9 @@ use crate::sources::ec2::{Ec2Deadlines, InstanceCapacity};
 use crate::sources::imds::IdentityDocument;
 use crate::sources::{AwsFailure, CallError};
 use blockwatch_core::backoff::Backoff;
-use blockwatch_core::config::{rfc3339, Settings};
 use blockwatch_core::deadline::capacity_block_recheck_in;
+use blockwatch_core::settings::Settings;
+use blockwatch_core::time_text::rfc3339;
 
 const EC2_LOOKUP_ATTEMPTS: u32 = 8;
 /// Failed lookups are retried after up to 5 s, doubling to 5 min.

@@ -20,11 +20,12 @@ use super::node::Node;
 use crate::actions::ecs::{ContainerService, StopReport};
 use crate::sources::{AwsFailure, CallError};
 use blockwatch_core::backoff::Backoff;
-use blockwatch_core::config::{rfc3339, Settings};
 use blockwatch_core::deadline::SourceKind;
 use blockwatch_core::decision::{
     Action, AgentState, Outcome, Phase, StopCause, STOP_REASON_PREFIX,
 };
+use blockwatch_core::settings::Settings;
+use blockwatch_core::time_text::rfc3339;
 
 /// Failed ECS calls are retried after up to 1 s, doubling to 30 s.
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);

@@ -69,8 +69,8 @@ use crate::host::state_dir;
 use crate::join::{resolve, Standing, Unjoined};
 use crate::sources::aws::Aws;
 use crate::sources::imds::Imds;
-use blockwatch_core::config::OnLeaseEnd;
 use blockwatch_core::deadline::Observations;
+use blockwatch_core::settings::OnLeaseEnd;
 
 use agent::Agent;
 use books::Books;

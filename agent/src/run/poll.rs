@@ -16,7 +16,10 @@ use crate::sources::aws::Aws;
 use crate::sources::imds::{Imds, InstanceMetadata};
 use crate::sources::notices::{self, NoticeError, NoticeFailure};
 use crate::sources::CallError;
-use blockwatch_core::config::{rfc3339, InstanceTags, Lease, Settings, Sourced, TagChannel};
+use blockwatch_core::origin::Sourced;
+use blockwatch_core::settings::{Lease, Settings};
+use blockwatch_core::tags::{InstanceTags, TagChannel};
+use blockwatch_core::time_text::rfc3339;
 
 /// Consecutive polls with IMDS failing before its client is built afresh
 /// (at once when IMDS refuses our token).

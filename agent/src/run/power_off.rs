@@ -19,8 +19,8 @@ use super::executor::Executor;
 use super::reporter::WEBHOOK_GRACE;
 use crate::actions::ecs::ContainerService;
 use crate::actions::shutdown_command;
-use blockwatch_core::config::rfc3339;
 use blockwatch_core::decision::{poweroff_retry_after, record, Outcome, Phase};
+use blockwatch_core::time_text::rfc3339;
 
 const RECORDING_POWER_OFF: &str = "recording the power-off";
 const POWERING_OFF: &str = "powering off";

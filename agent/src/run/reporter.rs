@@ -10,11 +10,12 @@ use time::OffsetDateTime;
 
 use super::node::Node;
 use crate::actions::webhook::{self, Deliveries};
-use blockwatch_core::config::{rfc3339, Settings};
 use blockwatch_core::deadline::Observations;
 use blockwatch_core::decision::{AgentState, CancelCause, Event};
 use blockwatch_core::failures::{FailureLog, Line};
 use blockwatch_core::job_deadline::DeadlineView;
+use blockwatch_core::settings::Settings;
+use blockwatch_core::time_text::rfc3339;
 
 /// How long shutdown and power-off wait for webhook deliveries in flight.
 pub const WEBHOOK_GRACE: Duration = Duration::from_secs(5);

@@ -17,9 +17,10 @@ use super::store::Store;
 use crate::actions::webhook::Deliveries;
 use crate::host::state_dir::{read_snapshot, Records};
 use crate::sources::AwsFailure;
-use blockwatch_core::config::{FileConfig, Settings};
 use blockwatch_core::deadline::{Observations, SpotAction};
 use blockwatch_core::decision::{poweroff_retry_after, AgentState, Phase};
+use blockwatch_core::file_model::FileConfig;
+use blockwatch_core::settings::Settings;
 
 const T0: OffsetDateTime = datetime!(2026-11-29 12:00:00 UTC);
 const ARN: &str = "arn:aws:ecs:us-east-1:123456789012:container-instance/jobs/1111";

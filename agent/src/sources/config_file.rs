@@ -11,8 +11,8 @@ use std::io::{ErrorKind, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use blockwatch_core::config::{writable_by_others, ConfigFileError, FileConfig};
 use blockwatch_core::escape::escape;
+use blockwatch_core::file_model::{writable_by_others, ConfigFileError, FileConfig};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/blockwatch/blockwatch.toml";
 

@@ -12,8 +12,8 @@ use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 
 use super::aws::{classify_at, endpoint_of, Aws};
 use super::CallError;
-use blockwatch_core::config::TAG_KEYS;
 use blockwatch_core::deadline::{is_capacity_block, legacy_spot_block_end};
+use blockwatch_core::tags::TAG_KEYS;
 
 pub trait TagDirectory {
     /// The `blockwatch:*` tags of `instance_id`.

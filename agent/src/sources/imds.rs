@@ -16,7 +16,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 
 use super::CallError;
-use blockwatch_core::config::TAG_KEYS;
+use blockwatch_core::tags::TAG_KEYS;
 
 const IDENTITY_DOCUMENT: &str = "/latest/dynamic/instance-identity/document";
 const TAGS: &str = "/latest/meta-data/tags/instance";

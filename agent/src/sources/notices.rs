@@ -7,8 +7,8 @@ use time::{OffsetDateTime, PrimitiveDateTime};
 
 use super::imds::{Imds, ImdsFault};
 use super::CallError;
-use blockwatch_core::config::Timestamp;
 use blockwatch_core::deadline::{Observations, ScheduledEvent, SpotAction};
+use blockwatch_core::time_text::Timestamp;
 
 pub const SPOT_INSTANCE_ACTION: &str = "/latest/meta-data/spot/instance-action";
 pub const SCHEDULED_EVENTS: &str = "/latest/meta-data/events/maintenance/scheduled";

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use blockwatch_core::tags::{TAG_CLUSTER, TAG_LEASE_END};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -343,7 +344,7 @@ pub struct Registered {
 pub async fn registered_in_jobs(tags: &[(&str, &str)], config: &str) -> Registered {
     let instance = Instance::with_moto().await;
     let cluster_arn = instance.moto().create_cluster("jobs").await.unwrap();
-    let mut all = vec![("blockwatch:cluster", "jobs")];
+    let mut all = vec![(TAG_CLUSTER, "jobs")];
     all.extend_from_slice(tags);
     let id = instance.launch(&all, true).await;
     let container_instance = instance
@@ -414,8 +415,8 @@ impl Registered {
         let end = now() + from_now;
         self.instance.imds.update(|s| {
             s.tags.get_or_insert_with(Default::default).insert(
-                "blockwatch:lease-end".into(),
-                blockwatch_testkit::imds::rfc3339(end),
+                TAG_LEASE_END.into(),
+                blockwatch_core::time_text::rfc3339(end),
             );
         });
         end
@@ -469,7 +470,7 @@ pub fn ec2_stub(
     block_minutes: Option<u32>,
     capacity_block_end: MovableEnd,
 ) -> blockwatch_testkit::stub::StubServer {
-    use blockwatch_testkit::imds::rfc3339;
+    use blockwatch_core::time_text::rfc3339;
     blockwatch_testkit::stub::StubServer::start(move |_, request| {
         let end = *capacity_block_end.lock().unwrap();
         let action = request.body.split('&').find_map(|kv| kv.strip_prefix("Action=")).unwrap_or_default().to_owned();

@@ -10,7 +10,7 @@ use blockwatch_testkit::aws_proxy::{AwsProxy, Fault};
 use crate::common::{tags, Instance, Run};
 use crate::shared::assert_one_error;
 
-const CE_TAG: &str = "blockwatch:compute-environment";
+use blockwatch_core::tags::TAG_COMPUTE_ENVIRONMENT as CE_TAG;
 const DESCRIBE_CE: &str = "DescribeComputeEnvironments";
 const BEFORE: &[u8] = b"ECS_ENGINE_AUTH_TYPE=docker\nECS_CLUSTER=previous\n";
 

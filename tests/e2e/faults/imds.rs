@@ -6,6 +6,7 @@
 //! No AWS here (`Instance::without_aws`): the decision to drain is in the
 //! state file before any AWS call, which is what these cases check.
 
+use blockwatch_core::tags::TAG_CLUSTER;
 use std::time::{Duration, Instant};
 
 use blockwatch_testkit::imds::{Fault, Faults, ScheduledEvent, SpotInstanceAction};
@@ -20,7 +21,7 @@ fn instance() -> Instance {
     let instance = Instance::without_aws();
     instance
         .imds
-        .update(|s| s.tags = tags(&[("blockwatch:cluster", "jobs")]));
+        .update(|s| s.tags = tags(&[(TAG_CLUSTER, "jobs")]));
     instance.write_config(FAST);
     instance
 }

@@ -8,7 +8,7 @@ use std::process::Command;
 use crate::common::{tags, Instance, Run};
 use crate::shared::{assert_one_error, cluster_tag, joined_over};
 
-const CE_TAG: &str = "blockwatch:compute-environment";
+use blockwatch_core::tags::TAG_COMPUTE_ENVIRONMENT as CE_TAG;
 
 #[tokio::test]
 async fn hostile_compute_environment_tag_values_are_only_lookup_keys() {

@@ -22,7 +22,7 @@ mod tls;
 pub(crate) mod shared {
     use crate::common::{tags, Instance, Run};
 
-    pub(crate) const CLUSTER_TAG: &str = "blockwatch:cluster";
+    pub(crate) use blockwatch_core::tags::TAG_CLUSTER as CLUSTER_TAG;
 
     /// Tags the instance, in IMDS, with cluster `value`.
     pub(crate) fn cluster_tag(instance: &Instance, value: &str) {

@@ -5,12 +5,13 @@
 //! drain in progress no longer stops `run`: it goes on from a fresh state in
 //! memory, so that the lease is still enforced.
 
+use blockwatch_core::tags::TAG_LEASE_END;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use blockwatch_testkit::imds::rfc3339;
+use blockwatch_core::time_text::rfc3339;
 
 use crate::common::{
     nothing_runs, now, parse_time, phase, registered_in_jobs, Agent, Instance, BIN, FAST,
@@ -366,7 +367,7 @@ async fn a_read_only_state_directory_still_drains_and_powers_off_at_the_lease_en
     let marker = powered_off.path().join("powered-off");
     let end = now() + time::Duration::seconds(5);
     let r = registered_in_jobs(
-        &[("blockwatch:lease-end", &rfc3339(end))],
+        &[(TAG_LEASE_END, &rfc3339(end))],
         &format!(
             "on_drained = \"poweroff\"\npoweroff_command = {:?}\n",
             format!("echo off >> {}", marker.display())

@@ -10,7 +10,7 @@ use blockwatch_testkit::aws_proxy::{AwsProxy, Fault};
 use crate::common::{tags, Instance, Run};
 use crate::shared::{assert_one_error, cluster_tag, joined_over};
 
-const CE_TAG: &str = "blockwatch:compute-environment";
+use blockwatch_core::tags::TAG_COMPUTE_ENVIRONMENT as CE_TAG;
 
 /// Every stderr line is one of ours: nothing from outside started a line.
 fn assert_no_forged_line(run: &Run) {

@@ -4,17 +4,19 @@
 //! HTTPS with a certificate from a CA made for the test, and the binaries
 //! trust that CA through `SSL_CERT_FILE`, as an operator's bundle would be.
 
+use blockwatch_core::tags::{TAG_CLUSTER, TAG_LEASE_END};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use blockwatch_testkit::imds::{rfc3339, ImdsSimulator, InstanceState};
+use blockwatch_core::time_text::rfc3339;
+use blockwatch_testkit::imds::{ImdsSimulator, InstanceState};
 use blockwatch_testkit::moto::{MotoServer, REGION};
 use blockwatch_testkit::tls::{HttpsReceiver, TestCa};
 
 use crate::common::{nothing_runs, now, Agent, Instance, Run, FAST, PATIENCE};
 use crate::shared::assert_one_error;
 
-const CE_TAG: &str = "blockwatch:compute-environment";
+use blockwatch_core::tags::TAG_COMPUTE_ENVIRONMENT as CE_TAG;
 const BEFORE: &[u8] = b"ECS_ENGINE_AUTH_TYPE=docker\nECS_CLUSTER=previous\n";
 
 /// An instance whose AWS endpoint is moto over HTTPS with `ca`'s
@@ -139,9 +141,7 @@ async fn draining_over_https(ca: &TestCa, webhook_url: &str) -> (Instance, Strin
     let instance = instance_over_https(ca).await;
     let moto = instance.moto();
     let cluster_arn = moto.create_cluster("jobs").await.unwrap();
-    let id = instance
-        .launch(&[("blockwatch:cluster", "jobs")], true)
-        .await;
+    let id = instance.launch(&[(TAG_CLUSTER, "jobs")], true).await;
     let container_instance = moto
         .register_container_instance(&cluster_arn, &id)
         .await
@@ -153,7 +153,7 @@ async fn draining_over_https(ca: &TestCa, webhook_url: &str) -> (Instance, Strin
     instance.imds.update(|s| {
         s.tags
             .get_or_insert_with(Default::default)
-            .insert("blockwatch:lease-end".into(), rfc3339(end));
+            .insert(TAG_LEASE_END.into(), rfc3339(end));
     });
     (instance, cluster_arn, container_instance, id)
 }

@@ -12,12 +12,14 @@
 //! `blockwatch status` is shown along the way, and the long job reads the
 //! deadline file blockwatch keeps for jobs and says how long it has left.
 
+use blockwatch_core::tags::{TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_END};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_smithy_types::error::display::DisplayErrorContext;
-use blockwatch_testkit::imds::{rfc3339, ImdsSimulator, InstanceState};
+use blockwatch_core::time_text::rfc3339;
+use blockwatch_testkit::imds::{ImdsSimulator, InstanceState};
 use blockwatch_testkit::moto::{MotoServer, REGION};
 
 const LEASE: i64 = 35;
@@ -216,8 +218,8 @@ async fn demo() -> Result<(), String> {
         .map_err(|e| err(&e))?;
     let lease_end = rfc3339(now + time::Duration::seconds(LEASE));
     let tags = [
-        ("blockwatch:compute-environment", "demo-ce"),
-        ("blockwatch:lease-end", lease_end.as_str()),
+        (TAG_COMPUTE_ENVIRONMENT, "demo-ce"),
+        (TAG_LEASE_END, lease_end.as_str()),
         ("Name", "demo"),
     ];
     let instance_id = moto.launch_instance(&tags).await.map_err(|e| err(&e))?;

@@ -14,13 +14,15 @@
 //! Every agent's AWS endpoint is `<proxy>/_c/<index>`, so the proxy knows
 //! which instance sent each request.
 
+use blockwatch_core::tags::TAG_LEASE_END;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use blockwatch_core::time_text::rfc3339;
 use blockwatch_testkit::aws_proxy::{AwsProxy, Fault, Seen};
-use blockwatch_testkit::imds::{rfc3339, ImdsSimulator, InstanceState};
+use blockwatch_testkit::imds::{ImdsSimulator, InstanceState};
 use blockwatch_testkit::moto::{MotoServer, REGION};
 use clap::Parser;
 
@@ -87,8 +89,8 @@ fn text<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
 
-const CE_TAG: &str = "blockwatch:compute-environment";
-const CLUSTER_TAG: &str = "blockwatch:cluster";
+use blockwatch_core::tags::TAG_CLUSTER as CLUSTER_TAG;
+use blockwatch_core::tags::TAG_COMPUTE_ENVIRONMENT as CE_TAG;
 
 fn instance_id(kind: usize, index: usize) -> String {
     format!("i-f{kind:x}{index:015x}")
@@ -388,7 +390,7 @@ async fn lifetime(
         sim.update(|s| {
             s.tags
                 .get_or_insert_with(Default::default)
-                .insert("blockwatch:lease-end".into(), rfc3339(end));
+                .insert(TAG_LEASE_END.into(), rfc3339(end));
         });
     }
     // Boot: the join, as blockwatch-join.service runs it.

@@ -3,6 +3,7 @@
 //!
 //! Usage: join-bench [BLOCKWATCH_BINARY] [RUNS]
 
+use blockwatch_core::tags::{TAG_CLUSTER, TAG_COMPUTE_ENVIRONMENT};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
@@ -67,7 +68,7 @@ async fn bench() -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let instance_id = moto
-        .launch_instance(&[("blockwatch:compute-environment", "bench-ce")])
+        .launch_instance(&[(TAG_COMPUTE_ENVIRONMENT, "bench-ce")])
         .await
         .map_err(|e| e.to_string())?;
 
@@ -85,12 +86,12 @@ async fn bench() -> Result<(), String> {
     for (name, tags, aws_calls) in [
         (
             "join, cluster tag",
-            vec![("blockwatch:cluster", "bench-cluster")],
+            vec![(TAG_CLUSTER, "bench-cluster")],
             "0",
         ),
         (
             "join, compute-environment tag",
-            vec![("blockwatch:compute-environment", "bench-ce")],
+            vec![(TAG_COMPUTE_ENVIRONMENT, "bench-ce")],
             "1 (Batch)",
         ),
     ] {

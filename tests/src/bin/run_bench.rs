@@ -6,6 +6,7 @@
 //!
 //! Usage: run-bench [BLOCKWATCH_BINARY] [IDLE_SECONDS] [REPETITIONS]
 
+use blockwatch_core::tags::TAG_CLUSTER;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -136,7 +137,7 @@ async fn bench() -> Result<(), String> {
     let mut latencies = Vec::new();
     for rep in 0..=reps {
         let instance_id = moto
-            .launch_instance(&[("blockwatch:cluster", "bench")])
+            .launch_instance(&[(TAG_CLUSTER, "bench")])
             .await
             .map_err(|e| e.to_string())?;
         moto.register_container_instance(&cluster, &instance_id)
@@ -145,7 +146,7 @@ async fn bench() -> Result<(), String> {
         let imds = ImdsSimulator::start(InstanceState {
             instance_id,
             region: REGION.to_owned(),
-            tags: Some([("blockwatch:cluster".to_owned(), "bench".to_owned())].into()),
+            tags: Some([(TAG_CLUSTER.to_owned(), "bench".to_owned())].into()),
             pending_time: time::OffsetDateTime::now_utc(),
             ..InstanceState::default()
         })
