@@ -6,14 +6,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 
 use blockwatch_testkit::imds::rfc3339;
-use common::{now, parse_time, phase, Agent, Instance, FAST, PATIENCE, POLL, STARTUP};
+use blockwatch_testkit::instance::{
+    agent_binary, now, parse_time, phase, Agent, Instance, FAST, PATIENCE, POLL,
+};
+use blockwatch_testkit::registered::STARTUP;
 use time::OffsetDateTime;
 
 /// How far after the test's own setup the lease ends: the start, plus a
@@ -87,7 +88,7 @@ fn wait_powered_off_not_before(
 }
 
 fn status(instance: &Instance, json: bool) -> String {
-    let mut command = std::process::Command::new(common::BIN);
+    let mut command = std::process::Command::new(agent_binary());
     command.env_clear().arg("status");
     if json {
         command.arg("--json");

@@ -3,11 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use common::{tags, Instance};
+use blockwatch_testkit::instance::{address_for_later, agent_binary, tags, Instance, Run};
 
 const CE: &str = "blockwatch:compute-environment";
 const CLUSTER: &str = "blockwatch:cluster";
@@ -404,7 +402,7 @@ async fn unreachable_imds_is_a_transient_failure() {
     let mut command = instance.command();
     // Point IMDS at a closed port instead of the simulator.
     command.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &instance.aws_endpoint);
-    let run: common::Run = command
+    let run: Run = command
         .args(["join", "--ecs-config"])
         .arg(instance.ecs_config())
         .arg("--state-dir")
@@ -441,7 +439,7 @@ async fn unreachable_batch_is_a_transient_failure() {
 async fn a_named_config_file_must_exist_and_parse() {
     let instance = Instance::without_aws();
     let missing = instance.root.path().join("nope.toml");
-    let run: common::Run = instance
+    let run: Run = instance
         .command()
         .arg("join")
         .arg("--config")
@@ -470,7 +468,7 @@ async fn a_named_config_file_must_exist_and_parse() {
 
 #[test]
 fn join_help_explains_itself() {
-    let output = std::process::Command::new(common::BIN)
+    let output = std::process::Command::new(agent_binary())
         .args(["join", "--help"])
         .output()
         .unwrap();
@@ -495,7 +493,7 @@ async fn retry_for_waits_out_an_imds_that_is_not_up_yet() {
     let instance = Instance::without_aws();
     // An address the simulator will take two seconds from now, as IMDS may
     // be unreachable early in boot.
-    let later = common::address_for_later();
+    let later = address_for_later();
     let mut command = instance.command();
     command
         .env(

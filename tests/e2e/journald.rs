@@ -8,14 +8,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-use common::{tags, Instance};
+use blockwatch_testkit::instance::{tags, Instance, CLOSED_ENDPOINT};
 
 /// Decodes one native-protocol datagram: `KEY=value\n`, or `KEY\n` + a
 /// little-endian u64 length + value + `\n` for values with newlines.
@@ -190,7 +188,7 @@ async fn run_decisions_carry_phase_and_deadline_fields() {
         .arg(instance.state_dir());
     command.args([
         "--ecs-introspection-url",
-        &format!("{}/v1/metadata", common::CLOSED_ENDPOINT),
+        &format!("{}/v1/metadata", CLOSED_ENDPOINT),
     ]);
 
     let mut child = under_journal(&command, &socket_path, &stderr_path)

@@ -6,16 +6,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use blockwatch_testkit::ec2_stub::{ec2_stub, fixed_end};
 use blockwatch_testkit::imds::{rfc3339, SpotInstanceAction};
+use blockwatch_testkit::instance::{now, parse_time, phase, Agent, PATIENCE, POLL};
 use blockwatch_testkit::introspection::IntrospectionStandIn;
-use common::{
-    assert_on_time, ec2_stub, now, parse_time, phase, receiver_refusing_first, registered_in_jobs,
-    Agent, Registered, LATE, LEAD, PATIENCE, POLL, STARTUP,
+use blockwatch_testkit::registered::{
+    assert_on_time, receiver_refusing_first, registered_in_jobs, Registered, LATE, LEAD, STARTUP,
 };
 use time::OffsetDateTime;
 
@@ -341,7 +340,7 @@ async fn a_lease_extended_while_draining_returns_the_instance_to_active() {
 async fn a_capacity_block_extension_moves_the_deadline_and_undoes_its_drain() {
     let b = block("capacity_block_refresh_interval = \"1s\"\n").await;
     let end_date = now() + time::Duration::minutes(30) + STARTUP + LEAD;
-    let movable = common::fixed_end(Some(end_date));
+    let movable = fixed_end(Some(end_date));
     let ec2 = ec2_stub(
         b.f.instance.imds.state().instance_id,
         None,

@@ -4,9 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::{tags, Instance, Run};
+use blockwatch_testkit::instance::{tags, Instance, Run};
 
 /// The debug line every command writes first, once debug is on.
 const DEBUG_STARTUP: &str = "blockwatch: debug: blockwatch ";

@@ -3,17 +3,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
+use blockwatch_testkit::ec2_stub::{ec2_stub, fixed_end};
 use blockwatch_testkit::imds::{rfc3339, ScheduledEvent, SpotInstanceAction};
-use blockwatch_testkit::stub::StubServer;
-use common::{
-    assert_on_time, ec2_stub, nothing_runs, now, parse_time, phase, receiver_refusing_first,
-    registered_in_jobs, Agent, Instance, DRAINS, LATE, LEAD, PATIENCE, POLL, STARTUP,
+use blockwatch_testkit::instance::{
+    agent_binary, nothing_runs, now, parse_time, phase, tags, Agent, Instance, CLOSED_ENDPOINT,
+    FAST, PATIENCE, POLL,
 };
+use blockwatch_testkit::registered::{
+    assert_on_time, receiver_refusing_first, registered_in_jobs, DRAINS, LATE, LEAD, STARTUP,
+};
+use blockwatch_testkit::stub::StubServer;
 
 #[tokio::test]
 async fn lease_end_tag_drains_at_end_minus_lead() {
@@ -388,7 +390,7 @@ async fn status_reads_the_state_file_without_network() {
     drop(agent);
 
     // No IMDS, no AWS: status only reads the state directory.
-    let output = std::process::Command::new(common::BIN)
+    let output = std::process::Command::new(agent_binary())
         .env_clear()
         .args(["status", "--json", "--state-dir"])
         .arg(f.instance.state_dir())
@@ -417,7 +419,7 @@ async fn status_reads_the_state_file_without_network() {
     assert_eq!(json["deadline_source"], "lease");
     assert_eq!(json["drain_at"], rfc3339(end - LEAD));
 
-    let human = std::process::Command::new(common::BIN)
+    let human = std::process::Command::new(agent_binary())
         .env_clear()
         .args(["status", "--state-dir"])
         .arg(f.instance.state_dir())
@@ -430,7 +432,7 @@ async fn status_reads_the_state_file_without_network() {
     );
 
     let empty = tempfile::tempdir().unwrap();
-    let none = std::process::Command::new(common::BIN)
+    let none = std::process::Command::new(agent_binary())
         .env_clear()
         .args(["status", "--state-dir"])
         .arg(empty.path())
@@ -625,7 +627,7 @@ async fn legacy_spot_block_ends_at_launch_plus_block_duration() {
     let launched = now() - time::Duration::minutes(60) + STARTUP + LEAD;
     let instance_id = f.instance.imds.state().instance_id;
     f.instance.imds.update(|s| s.pending_time = launched);
-    let ec2 = ec2_stub(instance_id, Some(60), common::fixed_end(None));
+    let ec2 = ec2_stub(instance_id, Some(60), fixed_end(None));
     let agent = f
         .instance
         .spawn_run(&[], &[("AWS_ENDPOINT_URL_EC2", &ec2.url(""))]);
@@ -648,7 +650,7 @@ async fn capacity_block_ends_thirty_minutes_before_its_end_date() {
     let ec2 = ec2_stub(
         f.instance.imds.state().instance_id,
         None,
-        common::fixed_end(Some(end_date)),
+        fixed_end(Some(end_date)),
     );
     let agent = f
         .instance
@@ -771,11 +773,11 @@ const LEASE_TAG: &str = "blockwatch:lease-end";
 fn leased_instance(end: time::OffsetDateTime) -> Instance {
     let instance = Instance::without_aws();
     instance.imds.update(|s| {
-        s.tags = common::tags(&[("blockwatch:cluster", "jobs"), (LEASE_TAG, &rfc3339(end))]);
+        s.tags = tags(&[("blockwatch:cluster", "jobs"), (LEASE_TAG, &rfc3339(end))]);
     });
     instance.write_config(&format!(
         "{}lease_refresh_interval = \"1s\"\npoweroff_command = \"true\"\n",
-        common::FAST
+        FAST
     ));
     instance
 }
@@ -800,14 +802,16 @@ fn spawn_run_with_umask_077(instance: &Instance) -> Agent {
     }
     let stderr = instance.root.path().join("run-umask.log");
     command
-        .args(["-c", r#"umask 077 && exec "$0" "$@""#, common::BIN, "run"])
+        .args(["-c", r#"umask 077 && exec "$0" "$@""#])
+        .arg(agent_binary())
+        .arg("run")
         .arg("--state-dir")
         .arg(instance.state_dir())
         .arg("--config")
         .arg(instance.config_file())
         .args([
             "--ecs-introspection-url",
-            &format!("{}/v1/metadata", common::CLOSED_ENDPOINT),
+            &format!("{}/v1/metadata", CLOSED_ENDPOINT),
         ])
         .stderr(std::fs::File::create(&stderr).unwrap());
     let child = command.spawn().expect("spawn blockwatch run");

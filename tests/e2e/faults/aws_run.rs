@@ -13,9 +13,8 @@ use blockwatch_testkit::aws_proxy::{AwsProxy, Fault};
 use blockwatch_testkit::imds::SpotInstanceAction;
 use blockwatch_testkit::stub::StubServer;
 
-use crate::common::{
-    now, phase, receiver_refusing_first, registered_in_jobs, Agent, Instance, Registered, FAST,
-};
+use blockwatch_testkit::instance::{now, phase, Agent, Instance, FAST};
+use blockwatch_testkit::registered::{receiver_refusing_first, registered_in_jobs, Registered};
 
 pub const DRAIN_CALL: &str = "UpdateContainerInstancesState";
 const LIST_CALL: &str = "ListContainerInstances";

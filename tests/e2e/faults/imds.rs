@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use blockwatch_testkit::imds::{Fault, Faults, ScheduledEvent, SpotInstanceAction};
 
 use super::aws_run::{sigterm, spot_notice, wait_exit, warnings};
-use crate::common::{now, phase, tags, Agent, Instance, FAST};
+use blockwatch_testkit::instance::{now, phase, tags, Agent, Instance, FAST};
 
 const SPOT: &str = "/latest/meta-data/spot/instance-action";
 const SCHEDULED: &str = "/latest/meta-data/events/maintenance/scheduled";

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use blockwatch_testkit::imds::rfc3339;
 
-use crate::common::{
-    nothing_runs, now, parse_time, phase, registered_in_jobs, Agent, Instance, BIN, FAST,
+use blockwatch_testkit::instance::{
+    agent_binary, nothing_runs, now, parse_time, phase, Agent, Instance, FAST,
 };
+use blockwatch_testkit::registered::registered_in_jobs;
 
 const DRAINS: &str = "UpdateContainerInstancesState";
 /// Nothing can ever listen on port 1: the ECS agent's API "is down".
@@ -91,7 +92,7 @@ fn state_file(instance: &Instance) -> PathBuf {
 }
 
 fn status(state_dir: &Path, json: bool) -> (i32, String) {
-    let mut command = Command::new(BIN);
+    let mut command = Command::new(agent_binary());
     command
         .env_clear()
         .arg("status")
@@ -348,7 +349,7 @@ fn spawn_with_read_only_state(instance: &Instance, notify: Option<&Path>) -> Age
         .args(["-m", "--", "sh", "-c"])
         .arg(r#"mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@""#)
         .arg(instance.state_dir())
-        .arg(BIN)
+        .arg(agent_binary())
         .args(["run", "--ecs-introspection-url", NO_INTROSPECTION])
         .arg("--state-dir")
         .arg(instance.state_dir())

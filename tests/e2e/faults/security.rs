@@ -7,8 +7,8 @@ use std::path::Path;
 
 use blockwatch_testkit::aws_proxy::{AwsProxy, Fault};
 
-use crate::common::{tags, Instance, Run};
 use crate::shared::{assert_one_error, cluster_tag, joined_over};
+use blockwatch_testkit::instance::{tags, Instance, Run};
 
 const CE_TAG: &str = "blockwatch:compute-environment";
 

@@ -11,8 +11,8 @@ use blockwatch_testkit::imds::{rfc3339, ImdsSimulator, InstanceState};
 use blockwatch_testkit::moto::{MotoServer, REGION};
 use blockwatch_testkit::tls::{HttpsReceiver, TestCa};
 
-use crate::common::{nothing_runs, now, Agent, Instance, Run, FAST, PATIENCE};
 use crate::shared::assert_one_error;
+use blockwatch_testkit::instance::{nothing_runs, now, Agent, Instance, Run, FAST, PATIENCE};
 
 const CE_TAG: &str = "blockwatch:compute-environment";
 const BEFORE: &[u8] = b"ECS_ENGINE_AUTH_TYPE=docker\nECS_CLUSTER=previous\n";
