@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use blockwatch_testkit::imds::rfc3339;
 use blockwatch_testkit::instance::{
-    agent_binary, now, parse_time, phase, Agent, Instance, FAST, PATIENCE, POLL,
+    agent_binary, now, parse_time, phase, Agent, Instance, FAST, PATIENCE,
 };
 use blockwatch_testkit::registered::STARTUP;
 use time::OffsetDateTime;
@@ -154,7 +154,7 @@ async fn a_compute_environment_that_names_nothing_still_powers_off_at_the_lease_
     let off = wait_powered_off_not_before(&instance, &mut agent, &runs, end);
 
     assert!(parse_time(off["drain"]["poweroff_at"].as_str().unwrap()) >= end);
-    std::thread::sleep(POLL * 3);
+    instance.wait_ticks(&agent, 3);
     assert_eq!(
         lines(&runs),
         vec!["off"],
@@ -212,7 +212,7 @@ async fn an_unusable_config_still_powers_off_at_the_lease_end_with_the_defaults(
     let off = wait_powered_off_not_before(&instance, &mut agent, &runs, end);
 
     assert!(parse_time(off["drain"]["poweroff_at"].as_str().unwrap()) >= end);
-    std::thread::sleep(POLL * 3);
+    instance.wait_ticks(&agent, 3);
     // The built-in poweroff_command.
     assert_eq!(
         lines(&runs),

@@ -41,8 +41,6 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 /// Short intervals, so that `run` polls and drains quickly.
 pub const FAST: &str =
     "poll_interval = \"1s\"\ndrain_lead = \"10s\"\ndrain_poll_interval = \"1s\"\n";
-/// The `poll_interval` of [`FAST`].
-pub const POLL: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct Instance {

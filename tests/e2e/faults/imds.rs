@@ -150,7 +150,8 @@ fn tokens_forgotten_mid_run_heal_and_a_spot_notice_drains_in_the_usual_time() {
     let instance = instance();
     let agent = start(&instance);
     instance.imds.expire_tokens();
-    std::thread::sleep(Duration::from_secs(2));
+    // The agent meets the forgotten token before the notice comes.
+    agent.wait_for_log("IMDS refused our session token", Duration::from_secs(20));
 
     spot_notice(&instance);
     let took = drains_on_spot(&instance, &agent, Duration::from_secs(20));
@@ -178,7 +179,8 @@ fn tokens_forgotten_continuously_still_let_a_spot_notice_drain_in_the_usual_time
         ..Faults::default()
     });
     let agent = start(&instance);
-    std::thread::sleep(Duration::from_secs(4));
+    // Through a few token lifetimes before the notice comes.
+    instance.wait_ticks(&agent, 4);
 
     spot_notice(&instance);
     let took = drains_on_spot(&instance, &agent, Duration::from_secs(20));

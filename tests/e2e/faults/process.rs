@@ -133,7 +133,7 @@ async fn sigkill_mid_drain_resumes_without_a_second_draining_call() {
     agent.kill_9();
     let restarted = spawn(&r.instance, &[]);
     wait_log(&restarted, Duration::from_secs(15), "resuming");
-    std::thread::sleep(Duration::from_secs(3));
+    r.instance.wait_ticks(&restarted, 3);
 
     let snapshot = r.instance.snapshot().unwrap();
     assert_eq!(phase(&snapshot), "draining", "{}", restarted.log());
@@ -479,7 +479,7 @@ async fn the_autoscaling_deadline_survives_a_restart() {
     std::thread::sleep(Duration::from_millis(2100));
     let restarted = spawn(&r.instance, &[]);
     wait_log(&restarted, Duration::from_secs(15), "resuming");
-    std::thread::sleep(Duration::from_secs(3));
+    r.instance.wait_ticks(&restarted, 3);
 
     let after = r.instance.snapshot().unwrap();
     assert_eq!(
