@@ -236,14 +236,7 @@ async fn batch_failing(
 ) -> (Instance, blockwatch_testkit::aws_proxy::AwsProxy) {
     use blockwatch_testkit::aws_proxy::{AwsProxy, Fault};
     let mut instance = Instance::with_moto().await;
-    instance
-        .moto()
-        .create_unmanaged_ce("research", true)
-        .await
-        .unwrap();
-    instance
-        .launch(&[("blockwatch:compute-environment", "research")], true)
-        .await;
+    instance.launch_in_compute_environment("research").await;
     let proxy = AwsProxy::start(instance.moto().addr()).unwrap();
     proxy.inject("DescribeComputeEnvironments", Fault::server_error(), times);
     instance.aws_endpoint = proxy.endpoint();

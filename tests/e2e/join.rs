@@ -1,5 +1,7 @@
 //! `blockwatch join` end to end: the real binary against the IMDS simulator
 //! and moto's server.
+//!
+//! Over 400 lines: many independent scenarios of one command.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -21,17 +23,12 @@ fn text(bytes: Option<Vec<u8>>) -> String {
 #[tokio::test]
 async fn tag_path_writes_the_compute_environments_cluster() {
     let instance = Instance::with_moto().await;
-    let cluster_arn = instance
-        .moto()
-        .create_unmanaged_ce("research", true)
-        .await
-        .unwrap();
-    instance.launch(&[(CE, "research")], true).await;
+    let name = instance.launch_in_compute_environment("research").await;
 
     let run = instance.join(&[]);
 
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let name = cluster_name(&cluster_arn);
+    let name = name.as_str();
     assert!(
         name.starts_with("OnDemand_Batch_"),
         "moto names the cluster itself: {name}"

@@ -3,6 +3,8 @@
 //! runs, power off once, retry a failing power-off) and following deadlines
 //! that move (lease tags, Capacity Block extensions, a stop and start).
 //! `poweroff_command` is always a harmless command that records its runs.
+//!
+//! Over 400 lines: many independent scenarios of one rule.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

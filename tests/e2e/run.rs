@@ -1,5 +1,7 @@
 //! `blockwatch run` and `status` end to end: the real binary, moto's server
 //! and the IMDS simulator, on short leases (drain_lead 10 s, poll 1 s).
+//!
+//! Over 400 lines: many independent scenarios of one command.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

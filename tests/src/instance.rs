@@ -87,7 +87,11 @@ pub fn address_for_later() -> std::net::SocketAddr {
 impl Instance {
     /// An instance with moto behind it.
     pub async fn with_moto() -> Self {
-        let moto = MotoServer::start().await.expect("moto server");
+        Self::with(MotoServer::start().await.expect("moto server"))
+    }
+
+    /// An instance with `moto` behind it (e.g. moto over HTTPS).
+    pub fn with(moto: MotoServer) -> Self {
         let endpoint = moto.endpoint();
         Self {
             imds: ImdsSimulator::start(Self::base_state()).unwrap(),
@@ -105,6 +109,16 @@ impl Instance {
             root: tempfile::tempdir().unwrap(),
             aws_endpoint: CLOSED_ENDPOINT.to_owned(),
         }
+    }
+
+    /// An instance without AWS whose cluster is its `blockwatch:cluster`
+    /// tag in IMDS: `join` and `run` need nothing else.
+    pub fn in_cluster_without_aws(cluster: &str) -> Self {
+        let instance = Self::without_aws();
+        instance
+            .imds
+            .update(|s| s.tags = tags(&[("blockwatch:cluster", cluster)]));
+        instance
     }
 
     fn base_state() -> InstanceState {
@@ -129,6 +143,24 @@ impl Instance {
             s.tags = served;
         });
         id
+    }
+
+    /// Creates the enabled UNMANAGED compute environment `name` in moto and
+    /// launches the instance tagged with it (in IMDS too); returns the name
+    /// of its ECS cluster.
+    pub async fn launch_in_compute_environment(&self, name: &str) -> String {
+        let cluster_arn = self
+            .moto()
+            .create_unmanaged_ce(name, true)
+            .await
+            .expect("compute environment");
+        self.launch(&[("blockwatch:compute-environment", name)], true)
+            .await;
+        cluster_arn
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     pub fn ecs_config(&self) -> PathBuf {
@@ -188,6 +220,13 @@ impl Instance {
     /// `blockwatch join` with the scratch paths and `extra` arguments; the
     /// config file is passed only if it exists (as the default path would be).
     pub fn join(&self, extra: &[&str]) -> Run {
+        let mut command = self.join_command();
+        command.args(extra);
+        command.output().expect("run blockwatch").into()
+    }
+
+    /// `blockwatch join` with the scratch paths, to run as the test likes.
+    pub fn join_command(&self) -> Command {
         let mut command = self.command();
         command
             .arg("join")
@@ -204,8 +243,7 @@ impl Instance {
                 "/etc/blockwatch/blockwatch.toml exists on this host and would leak into the tests"
             );
         }
-        command.args(extra);
-        command.output().expect("run blockwatch").into()
+        command
     }
 
     pub fn token_puts(&self) -> usize {
@@ -268,6 +306,20 @@ impl Instance {
                 .unwrap()
                 .as_nanos()
         ));
+        let mut command = self.run_command(extra_args);
+        for (k, v) in extra_env {
+            command.env(k, v);
+        }
+        let child = command
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawn blockwatch run");
+        Agent { child, stderr }
+    }
+
+    /// `blockwatch run` with the scratch paths and `extra_args`, to start as
+    /// the test likes.
+    pub fn run_command(&self, extra_args: &[&str]) -> Command {
         let mut command = self.command();
         command.arg("run").arg("--state-dir").arg(self.state_dir());
         if !extra_args.contains(&"--ecs-introspection-url") {
@@ -281,14 +333,7 @@ impl Instance {
             command.arg("--config").arg(self.config_file());
         }
         command.args(extra_args);
-        for (k, v) in extra_env {
-            command.env(k, v);
-        }
-        let child = command
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("spawn blockwatch run");
-        Agent { child, stderr }
+        command
     }
 
     pub fn snapshot(&self) -> Option<serde_json::Value> {

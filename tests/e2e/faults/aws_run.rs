@@ -3,6 +3,8 @@
 //! serving SIGTERM and the watchdog, logs a failure once with a count, and
 //! drains (DRAINING at moto) once the service answers again. Also: webhook
 //! deliveries at shutdown, and webhook credentials in logs.
+//!
+//! Over 400 lines: many independent scenarios of one fault family.
 
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -11,16 +11,13 @@ use std::time::{Duration, Instant};
 use blockwatch_testkit::imds::{Fault, Faults, ScheduledEvent, SpotInstanceAction};
 
 use super::aws_run::{sigterm, spot_notice, wait_exit, warnings};
-use blockwatch_testkit::instance::{now, phase, tags, Agent, Instance, FAST};
+use blockwatch_testkit::instance::{now, phase, Agent, Instance, FAST};
 
 const SPOT: &str = "/latest/meta-data/spot/instance-action";
 const SCHEDULED: &str = "/latest/meta-data/events/maintenance/scheduled";
 
 fn instance() -> Instance {
-    let instance = Instance::without_aws();
-    instance
-        .imds
-        .update(|s| s.tags = tags(&[("blockwatch:cluster", "jobs")]));
+    let instance = Instance::in_cluster_without_aws("jobs");
     instance.write_config(FAST);
     instance
 }

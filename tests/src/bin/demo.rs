@@ -11,6 +11,8 @@
 //! `systemctl poweroff` that appends a line to a log, which the demo shows.
 //! `blockwatch status` is shown along the way, and the long job reads the
 //! deadline file blockwatch keeps for jobs and says how long it has left.
+//!
+//! Over 400 lines: one script from start to end, narrated as it goes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
