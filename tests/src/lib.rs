@@ -13,5 +13,6 @@ pub mod introspection;
 pub mod moto;
 pub mod output;
 pub mod registered;
+pub mod script;
 pub mod stub;
 pub mod tls;

@@ -21,26 +21,16 @@ use std::time::{Duration, Instant};
 use aws_smithy_types::error::display::DisplayErrorContext;
 use blockwatch_testkit::imds::{rfc3339, ImdsSimulator, InstanceState};
 use blockwatch_testkit::moto::{MotoServer, REGION};
+use blockwatch_testkit::script::{finish, say};
 
 const LEASE: i64 = 35;
 const DRAIN_LEAD: &str = "15s";
 /// How long the demo watches after the power-off, to show it ran once.
 const AFTER_POWEROFF: Duration = Duration::from_secs(3);
 
-#[allow(clippy::print_stdout)]
-fn say(text: &str) {
-    println!("{text}");
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    match demo().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("demo failed: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    finish("demo failed", demo().await)
 }
 
 fn blockwatch_binary() -> Result<PathBuf, String> {

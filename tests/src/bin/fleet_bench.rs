@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use blockwatch_testkit::aws_proxy::{AwsProxy, Fault, Seen};
 use blockwatch_testkit::imds::{rfc3339, ImdsSimulator, InstanceState};
 use blockwatch_testkit::moto::{MotoServer, REGION};
+use blockwatch_testkit::script::{finish, say};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -52,21 +53,10 @@ struct Args {
     no_join: bool,
 }
 
-#[allow(clippy::print_stdout)]
-fn say(text: &str) {
-    println!("{text}");
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    match bench(&args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("fleet-bench: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    finish("fleet-bench", bench(&args).await)
 }
 
 /// Kills the agent (by its own PID) when dropped.

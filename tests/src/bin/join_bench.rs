@@ -10,21 +10,11 @@ use std::time::{Duration, Instant};
 use blockwatch_testkit::http::request;
 use blockwatch_testkit::imds::{ImdsSimulator, InstanceState, TOKEN_HEADER, TTL_HEADER};
 use blockwatch_testkit::moto::{MotoServer, REGION};
-
-#[allow(clippy::print_stdout)]
-fn say(text: &str) {
-    println!("{text}");
-}
+use blockwatch_testkit::script::{finish, say};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    match bench().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("join-bench: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    finish("join-bench", bench().await)
 }
 
 struct Stats {

@@ -12,21 +12,11 @@ use std::time::{Duration, Instant};
 
 use blockwatch_testkit::imds::{ImdsSimulator, InstanceState, SpotInstanceAction};
 use blockwatch_testkit::moto::{MotoServer, REGION};
-
-#[allow(clippy::print_stdout)]
-fn say(text: &str) {
-    println!("{text}");
-}
+use blockwatch_testkit::script::{finish, say};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    match bench().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("run-bench: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    finish("run-bench", bench().await)
 }
 
 struct Running(Child);
