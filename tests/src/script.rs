@@ -1,6 +1,7 @@
 //! What the demo and the benchmarks share: they narrate on stdout and end
 //! with an exit code that says whether they ran through.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// One line of the narration, on stdout.
@@ -19,4 +20,9 @@ pub fn finish(what: &str, outcome: Result<(), String>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The agent binary a benchmark measures: `arg`, else the release build.
+pub fn agent_binary_or_release(arg: Option<String>) -> PathBuf {
+    arg.map_or_else(|| PathBuf::from("target/release/blockwatch"), PathBuf::from)
 }
