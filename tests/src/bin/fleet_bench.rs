@@ -118,6 +118,26 @@ fn command(binary: &Path, imds: &ImdsSimulator, proxy: &AwsProxy, index: usize) 
     command
 }
 
+/// `blockwatch join` as blockwatch-join.service runs it, logging to `log`
+/// in the agent's folder.
+fn spawn_join(
+    binary: &Path,
+    imds: &ImdsSimulator,
+    proxy: &AwsProxy,
+    index: usize,
+    dir: &Path,
+    log: &str,
+) -> Result<Child, String> {
+    command(binary, imds, proxy, index)
+        .args(["join", "--retry-for", "10m", "--state-dir"])
+        .arg(dir.join("state"))
+        .arg("--ecs-config")
+        .arg(dir.join("ecs.config"))
+        .stderr(log_file(dir, log)?)
+        .spawn()
+        .map_err(|e| format!("spawn {}: {e}", binary.display()))
+}
+
 fn log_file(dir: &Path, name: &str) -> Result<std::fs::File, String> {
     std::fs::File::create(dir.join(name)).map_err(|e| format!("{}: {e}", dir.display()))
 }
@@ -246,14 +266,7 @@ async fn boot_storm(
         let first = Instant::now();
         let mut agents = Vec::with_capacity(n);
         for (i, (sim, dir)) in sims.iter().zip(&dirs).enumerate() {
-            let child = command(&args.binary, sim, proxy, i)
-                .args(["join", "--retry-for", "10m", "--state-dir"])
-                .arg(dir.join("state"))
-                .arg("--ecs-config")
-                .arg(dir.join("ecs.config"))
-                .stderr(log_file(dir, "agent.log")?)
-                .spawn()
-                .map_err(|e| format!("spawn {}: {e}", args.binary.display()))?;
+            let child = spawn_join(&args.binary, sim, proxy, i, dir, "agent.log")?;
             agents.push(Agent {
                 child,
                 started: Instant::now(),
@@ -386,14 +399,7 @@ async fn lifetime(
     // Boot: the join, as blockwatch-join.service runs it.
     let mut joins = Vec::with_capacity(m);
     for (i, (sim, dir)) in sims.iter().zip(&dirs).enumerate() {
-        let child = command(&args.binary, sim, proxy, i)
-            .args(["join", "--retry-for", "10m", "--state-dir"])
-            .arg(dir.join("state"))
-            .arg("--ecs-config")
-            .arg(dir.join("ecs.config"))
-            .stderr(log_file(dir, "join.log")?)
-            .spawn()
-            .map_err(text)?;
+        let child = spawn_join(&args.binary, sim, proxy, i, dir, "join.log")?;
         joins.push(Agent {
             child,
             started: Instant::now(),
