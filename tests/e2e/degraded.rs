@@ -6,15 +6,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use blockwatch_core::tags::{TAG_CLUSTER, TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_END};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 
 use blockwatch_core::time_text::rfc3339;
-use common::{now, parse_time, phase, Agent, Instance, FAST, PATIENCE, POLL, STARTUP};
+use blockwatch_testkit::instance::{
+    agent_binary, now, parse_time, phase, Agent, Instance, FAST, PATIENCE,
+};
+use blockwatch_testkit::registered::STARTUP;
 use time::OffsetDateTime;
 
 /// How far after the test's own setup the lease ends: the start, plus a
@@ -88,7 +89,7 @@ fn wait_powered_off_not_before(
 }
 
 fn status(instance: &Instance, json: bool) -> String {
-    let mut command = std::process::Command::new(common::BIN);
+    let mut command = std::process::Command::new(agent_binary());
     command.env_clear().arg("status");
     if json {
         command.arg("--json");
@@ -154,7 +155,7 @@ async fn a_compute_environment_that_names_nothing_still_powers_off_at_the_lease_
     let off = wait_powered_off_not_before(&instance, &mut agent, &runs, end);
 
     assert!(parse_time(off["drain"]["poweroff_at"].as_str().unwrap()) >= end);
-    std::thread::sleep(POLL * 3);
+    instance.wait_ticks(&agent, 3);
     assert_eq!(
         lines(&runs),
         vec!["off"],
@@ -210,7 +211,7 @@ async fn an_unusable_config_still_powers_off_at_the_lease_end_with_the_defaults(
     let off = wait_powered_off_not_before(&instance, &mut agent, &runs, end);
 
     assert!(parse_time(off["drain"]["poweroff_at"].as_str().unwrap()) >= end);
-    std::thread::sleep(POLL * 3);
+    instance.wait_ticks(&agent, 3);
     // The built-in poweroff_command.
     assert_eq!(
         lines(&runs),
@@ -234,14 +235,7 @@ async fn batch_failing(
 ) -> (Instance, blockwatch_testkit::aws_proxy::AwsProxy) {
     use blockwatch_testkit::aws_proxy::{AwsProxy, Fault};
     let mut instance = Instance::with_moto().await;
-    instance
-        .moto()
-        .create_unmanaged_ce("research", true)
-        .await
-        .unwrap();
-    instance
-        .launch(&[(TAG_COMPUTE_ENVIRONMENT, "research")], true)
-        .await;
+    instance.launch_in_compute_environment("research").await;
     let proxy = AwsProxy::start(instance.moto().addr()).unwrap();
     proxy.inject("DescribeComputeEnvironments", Fault::server_error(), times);
     instance.aws_endpoint = proxy.endpoint();

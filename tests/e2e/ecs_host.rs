@@ -3,6 +3,8 @@
 //! agent's `/v1/tasks`, else ListTasks + DescribeTasks), introspection
 //! answers are capped, an introspection ARN is confirmed before any write,
 //! and one failed StopTask does not keep the others from being stopped.
+//!
+//! Over 400 lines: many independent scenarios of one adapter.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -31,6 +33,16 @@ struct Registered {
     moto: MotoServer,
     instance_id: String,
     container_instance: String,
+}
+
+impl Registered {
+    /// Starts a task on our container instance; returns its ARN.
+    async fn start_task(&self) -> String {
+        self.moto
+            .start_task(CLUSTER, &self.container_instance)
+            .await
+            .unwrap()
+    }
 }
 
 async fn registered() -> Registered {
@@ -78,16 +90,8 @@ fn sorted(mut arns: Vec<&str>) -> Vec<&str> {
 #[tokio::test]
 async fn a_stopped_task_counts_until_its_stop_timeout_ends_on_the_host() {
     let r = registered().await;
-    let job = r
-        .moto
-        .start_task(CLUSTER, &r.container_instance)
-        .await
-        .unwrap();
-    let other = r
-        .moto
-        .start_task(CLUSTER, &r.container_instance)
-        .await
-        .unwrap();
+    let job = r.start_task().await;
+    let other = r.start_task().await;
     let stop_timeout = Duration::from_secs(8);
     let stand_in = IntrospectionStandIn::start(&r.moto, CLUSTER, &r.container_instance)
         .unwrap()
@@ -139,16 +143,8 @@ async fn a_stopped_task_counts_until_its_stop_timeout_ends_on_the_host() {
 #[tokio::test]
 async fn without_introspection_tasks_come_from_list_tasks_and_describe_tasks() {
     let r = registered().await;
-    let job = r
-        .moto
-        .start_task(CLUSTER, &r.container_instance)
-        .await
-        .unwrap();
-    let other = r
-        .moto
-        .start_task(CLUSTER, &r.container_instance)
-        .await
-        .unwrap();
+    let job = r.start_task().await;
+    let other = r.start_task().await;
     let ecs = ecs_at(&r.moto.endpoint(), CLOSED_INTROSPECTION).await;
 
     let before = ecs.tasks(CLUSTER, &r.container_instance).await.unwrap();
@@ -178,11 +174,7 @@ async fn without_introspection_tasks_come_from_list_tasks_and_describe_tasks() {
 #[tokio::test]
 async fn without_introspection_a_task_ecs_still_reports_running_is_kept_as_stop_requested() {
     let r = registered().await;
-    let job = r
-        .moto
-        .start_task(CLUSTER, &r.container_instance)
-        .await
-        .unwrap();
+    let job = r.start_task().await;
     r.moto.stop_task(CLUSTER, &job).await.unwrap();
     let proxy = AwsProxy::start(r.moto.addr()).unwrap();
     let in_stop_timeout = serde_json::json!({
@@ -240,11 +232,7 @@ fn tasks_answer(phantom: &str, size: usize) -> String {
 #[tokio::test]
 async fn an_introspection_answer_over_64_kib_is_refused_and_the_api_is_used() {
     let r = registered().await;
-    let job = r
-        .moto
-        .start_task(CLUSTER, &r.container_instance)
-        .await
-        .unwrap();
+    let job = r.start_task().await;
     let phantom = "arn:aws:ecs:eu-west-1:123456789012:task/jobs/phantom";
     let serve = |size: usize| {
         let metadata =

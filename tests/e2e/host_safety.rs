@@ -5,12 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{registered_in_jobs, Agent, LEAD, PATIENCE, STARTUP};
+use blockwatch_testkit::instance::{Agent, FAST, PATIENCE};
+use blockwatch_testkit::registered::{registered_in_jobs, LEAD, STARTUP};
 
 /// sysexits' CANTCREAT: the state directory is held by another agent.
 const STATE_DIR_BUSY: i32 = 73;
@@ -90,7 +89,7 @@ async fn a_dry_run_beside_a_live_agent_never_writes_its_files_and_the_restarted_
     let powered_off = f.instance.root.path().join("powered-off");
     let command = format!("echo off >> {}", powered_off.display());
     f.instance
-        .write_config(&format!("{}poweroff_command = {command:?}\n", common::FAST));
+        .write_config(&format!("{}poweroff_command = {command:?}\n", FAST));
     // Two start-ups (the live agent, then the dry run) before the drain.
     f.lease_ends_in(STARTUP + STARTUP + LEAD);
     let mut live = f.start();

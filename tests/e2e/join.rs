@@ -1,14 +1,14 @@
 //! `blockwatch join` end to end: the real binary against the IMDS simulator
 //! and moto's server.
+//!
+//! Over 400 lines: many independent scenarios of one command.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use blockwatch_core::tags::TAG_COMPUTE_ENVIRONMENT;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use common::{tags, Instance};
+use blockwatch_testkit::instance::{address_for_later, agent_binary, tags, Instance, Run};
 
 use blockwatch_core::tags::TAG_CLUSTER as CLUSTER;
 use blockwatch_core::tags::TAG_COMPUTE_ENVIRONMENT as CE;
@@ -24,17 +24,12 @@ fn text(bytes: Option<Vec<u8>>) -> String {
 #[tokio::test]
 async fn tag_path_writes_the_compute_environments_cluster() {
     let instance = Instance::with_moto().await;
-    let cluster_arn = instance
-        .moto()
-        .create_unmanaged_ce("research", true)
-        .await
-        .unwrap();
-    instance.launch(&[(CE, "research")], true).await;
+    let name = instance.launch_in_compute_environment("research").await;
 
     let run = instance.join(&[]);
 
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let name = cluster_name(&cluster_arn);
+    let name = name.as_str();
     assert!(
         name.starts_with("OnDemand_Batch_"),
         "moto names the cluster itself: {name}"
@@ -405,7 +400,7 @@ async fn unreachable_imds_is_a_transient_failure() {
     let mut command = instance.command();
     // Point IMDS at a closed port instead of the simulator.
     command.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &instance.aws_endpoint);
-    let run: common::Run = command
+    let run: Run = command
         .args(["join", "--ecs-config"])
         .arg(instance.ecs_config())
         .arg("--state-dir")
@@ -442,7 +437,7 @@ async fn unreachable_batch_is_a_transient_failure() {
 async fn a_named_config_file_must_exist_and_parse() {
     let instance = Instance::without_aws();
     let missing = instance.root.path().join("nope.toml");
-    let run: common::Run = instance
+    let run: Run = instance
         .command()
         .arg("join")
         .arg("--config")
@@ -471,7 +466,7 @@ async fn a_named_config_file_must_exist_and_parse() {
 
 #[test]
 fn join_help_explains_itself() {
-    let output = std::process::Command::new(common::BIN)
+    let output = std::process::Command::new(agent_binary())
         .args(["join", "--help"])
         .output()
         .unwrap();
@@ -496,7 +491,7 @@ async fn retry_for_waits_out_an_imds_that_is_not_up_yet() {
     let instance = Instance::without_aws();
     // An address the simulator will take two seconds from now, as IMDS may
     // be unreachable early in boot.
-    let later = common::address_for_later();
+    let later = address_for_later();
     let mut command = instance.command();
     command
         .env(

@@ -8,15 +8,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use blockwatch_core::tags::{TAG_CLUSTER, TAG_LEASE_END};
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-use common::{tags, Instance};
+use blockwatch_testkit::instance::{tags, Instance};
 
 /// Decodes one native-protocol datagram: `KEY=value\n`, or `KEY\n` + a
 /// little-endian u64 length + value + `\n` for values with newlines.
@@ -176,17 +174,7 @@ async fn run_decisions_carry_phase_and_deadline_fields() {
     let socket_path = instance.root.path().join("journal.socket");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     let stderr_path = instance.root.path().join("stderr");
-    let mut command = instance.command();
-    command
-        .arg("run")
-        .arg("--config")
-        .arg(instance.config_file())
-        .arg("--state-dir")
-        .arg(instance.state_dir());
-    command.args([
-        "--ecs-introspection-url",
-        &format!("{}/v1/metadata", common::CLOSED_ENDPOINT),
-    ]);
+    let command = instance.run_command(&[]);
 
     let mut child = under_journal(&command, &socket_path, &stderr_path)
         .spawn()

@@ -3,21 +3,22 @@
 //! runs, power off once, retry a failing power-off) and following deadlines
 //! that move (lease tags, Capacity Block extensions, a stop and start).
 //! `poweroff_command` is always a harmless command that records its runs.
+//!
+//! Over 400 lines: many independent scenarios of one rule.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use blockwatch_core::tags::TAG_LEASE_END;
+use blockwatch_core::time_text::rfc3339;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use blockwatch_core::time_text::rfc3339;
+use blockwatch_testkit::ec2_stub::{ec2_stub, fixed_end};
 use blockwatch_testkit::imds::SpotInstanceAction;
+use blockwatch_testkit::instance::{now, parse_time, phase, Agent, PATIENCE};
 use blockwatch_testkit::introspection::IntrospectionStandIn;
-use common::{
-    assert_on_time, ec2_stub, now, parse_time, phase, receiver_refusing_first, registered_in_jobs,
-    Agent, Registered, LATE, LEAD, PATIENCE, POLL, STARTUP,
+use blockwatch_testkit::registered::{
+    assert_on_time, receiver_refusing_first, registered_in_jobs, Registered, LATE, LEAD, STARTUP,
 };
 use time::OffsetDateTime;
 
@@ -113,7 +114,7 @@ async fn a_job_running_at_the_lease_end_is_stopped_at_the_end_then_the_instance_
     );
     assert!(time_at(&off, "/drain/poweroff_at") >= stopped);
     assert_eq!(off["drain"]["poweroff_attempts"], 1);
-    std::thread::sleep(POLL * 3);
+    b.f.instance.wait_ticks(&agent, 3);
     assert_eq!(b.power_offs(), 1, "powered off once\n{}", agent.log());
     let log = agent.log();
     assert!(
@@ -155,7 +156,7 @@ async fn with_stop_tasks_off_a_job_running_at_the_lease_end_is_not_stopped_and_t
         powered <= end + LATE,
         "at the end, with no stop wait: {powered}, end {end}"
     );
-    std::thread::sleep(POLL * 3);
+    b.f.instance.wait_ticks(&agent, 3);
     assert_eq!(b.power_offs(), 1, "powered off once\n{}", agent.log());
 }
 
@@ -176,7 +177,7 @@ async fn drained_before_the_lease_end_the_instance_powers_off_at_once() {
         "powered off {powered}, long before the end {end}"
     );
     assert_eq!(phase(&off), "powered-off");
-    std::thread::sleep(POLL * 2);
+    b.f.instance.wait_ticks(&agent, 2);
     assert_eq!(b.power_offs(), 1);
     assert!(
         agent.log().contains("drained before the lease ends at"),
@@ -194,10 +195,12 @@ async fn with_on_lease_end_none_nothing_is_stopped_and_nothing_powers_off() {
     agent.wait_for_log("on_lease_end=none (config file", PATIENCE);
     b.f.wait_draining(&agent, PATIENCE);
 
-    // Past the end, with time for a stop and a power-off to have happened.
-    while now() < end + LATE + time::Duration::seconds(2) {
+    // Past the end, and ticks after it in which a stop and a power-off
+    // would have happened.
+    while now() <= end {
         std::thread::sleep(Duration::from_millis(200));
     }
+    b.f.instance.wait_ticks(&agent, 3);
 
     let snapshot = b.f.instance.snapshot().unwrap();
     assert_eq!(phase(&snapshot), "draining", "{}", agent.log());
@@ -258,7 +261,7 @@ async fn a_failing_power_off_is_retried_and_recorded_only_once_it_succeeds() {
         last - first >= time::Duration::seconds(14),
         "backoff 5 s then 10 s: {first} .. {last}"
     );
-    std::thread::sleep(POLL * 3);
+    f.instance.wait_ticks(&agent, 3);
     assert_eq!(std::fs::read_to_string(&tries).unwrap().trim(), "3");
     let log = agent.log();
     assert!(log.contains("exited with"), "{log}");
@@ -343,7 +346,7 @@ async fn a_lease_extended_while_draining_returns_the_instance_to_active() {
 async fn a_capacity_block_extension_moves_the_deadline_and_undoes_its_drain() {
     let b = block("capacity_block_refresh_interval = \"1s\"\n").await;
     let end_date = now() + time::Duration::minutes(30) + STARTUP + LEAD;
-    let movable = common::fixed_end(Some(end_date));
+    let movable = fixed_end(Some(end_date));
     let ec2 = ec2_stub(
         b.f.instance.imds.state().instance_id,
         None,
@@ -452,11 +455,12 @@ async fn no_aws_request_while_watching_a_lease_over_several_tag_refreshes() {
     // run beside the loop: wait for both answers before the quiet window.
     agent.wait_for_log("EC2 knows no spot block", PATIENCE);
     agent.wait_for_log("shutdown behaviour is `stop`", PATIENCE);
-    std::thread::sleep(POLL);
+    b.f.instance.wait_ticks(&agent, 1);
     let before = b.f.instance.moto().requests().len();
     let exchanges_before = b.f.instance.imds.exchanges().len();
 
-    std::thread::sleep(POLL * 4);
+    // Four ticks a second or more apart: the tags are due at least twice.
+    b.f.instance.wait_ticks(&agent, 4);
 
     let during: Vec<_> =
         b.f.instance
@@ -537,7 +541,7 @@ async fn the_sigterm_a_power_off_brings_does_not_lose_its_record() {
     // Started again in the same life: nothing runs a second time.
     let again = f.instance.spawn_run(&[], &[]);
     again.wait_for_log("resuming", PATIENCE);
-    std::thread::sleep(POLL * 3);
+    f.instance.wait_ticks(&again, 3);
     assert_eq!(std::fs::read_to_string(&ran).unwrap(), "off\n");
     agent.kill_9();
 }
@@ -649,31 +653,6 @@ async fn with_a_job_stop_timeout_the_running_job_is_stopped_the_timeout_and_marg
     assert_eq!(payload["stop_at"], rfc3339(due), "{}", started.body);
 }
 
-/// Waits until the agent has read its spot notice `n` more times (each poll
-/// reads it first, then decides): what the agent would have done by then,
-/// it has done. Never a fixed sleep, which passes vacuously on a busy machine.
-fn wait_polls(f: &Registered, agent: &Agent, n: usize) {
-    let polls = || {
-        f.instance
-            .imds
-            .exchanges()
-            .iter()
-            .filter(|e| e.path.ends_with("spot/instance-action"))
-            .count()
-    };
-    // One more than asked: the poll in flight may have read before the change.
-    let target = polls() + n + 1;
-    let deadline = Instant::now() + PATIENCE;
-    while polls() < target {
-        assert!(
-            Instant::now() < deadline,
-            "the agent stopped polling\n{}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// An idle instance with `on_drained = "poweroff"` given `signal`: it
 /// drains, and the test waits until it is drained and a few more polls.
 async fn drained_for(
@@ -685,7 +664,7 @@ async fn drained_for(
     b.f.instance.wait_for(&agent, PATIENCE, "drained", |s| {
         phase(s) != "watching" && s["drain"]["drained_at"].is_string()
     });
-    wait_polls(&b.f, &agent, 3);
+    b.f.instance.wait_ticks(&agent, 3);
     (b, agent)
 }
 
@@ -933,7 +912,7 @@ async fn a_lease_moved_a_second_before_an_idle_drain_is_seen_by_the_last_look_an
                     && s["deadline"]["at"] == rfc3339(extended)
                     && s["undrain_pending"] == false
             });
-    wait_polls(&b.f, &agent, 3);
+    b.f.instance.wait_ticks(&agent, 3);
     assert_eq!(b.power_offs(), 0, "{}", agent.log());
     assert!(back["drain"].is_null());
     assert_eq!(b.f.status_at_moto().await, "ACTIVE");

@@ -4,10 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use blockwatch_core::tags::TAG_CLUSTER;
-use common::{tags, Instance, Run};
+use blockwatch_testkit::instance::{Instance, Run};
 
 /// The debug line every command writes first, once debug is on.
 const DEBUG_STARTUP: &str = "blockwatch: debug: blockwatch ";
@@ -16,11 +13,7 @@ const INFO_LINE: &str = "cluster=quiet-pool (instance tag blockwatch:cluster (IM
 
 /// An instance whose join needs only IMDS: the cluster is a tag.
 fn instance() -> Instance {
-    let instance = Instance::without_aws();
-    instance
-        .imds
-        .update(|s| s.tags = tags(&[(TAG_CLUSTER, "quiet-pool")]));
-    instance
+    Instance::in_cluster_without_aws("quiet-pool")
 }
 
 /// `blockwatch <args>` with `env` added to the instance's environment.

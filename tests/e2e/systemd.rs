@@ -5,6 +5,8 @@
 //! --keep-unit`, inspected with `nsenter`.
 //! The container shares the host's network, so the units reach moto and the
 //! IMDS simulator on 127.0.0.1 through drop-ins.
+//!
+//! Over 400 lines: many independent scenarios on one booted package root.
 
 #![allow(
     clippy::unwrap_used,
@@ -13,8 +15,6 @@
     clippy::print_stdout
 )]
 
-mod common;
-
 use blockwatch_core::tags::{TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_END};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use blockwatch_core::time_text::rfc3339;
 use blockwatch_testkit::imds::SpotInstanceAction;
-use common::Instance;
+use blockwatch_testkit::instance::{now, parse_time, Instance};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -559,7 +559,7 @@ async fn a_failed_join_never_starts_ecs_yet_the_lease_ends_in_a_slow_power_off_u
         ),
     );
     // Time for the boot and the checks below before the end.
-    let lease_end = common::now() + time::Duration::seconds(60);
+    let lease_end = now() + time::Duration::seconds(60);
     instance.imds.update(|s| {
         s.tags
             .get_or_insert_with(Default::default)
@@ -644,7 +644,7 @@ async fn a_failed_join_never_starts_ecs_yet_the_lease_ends_in_a_slow_power_off_u
     let drain = &state["drain"];
     assert_eq!(drain["poweroff_attempts"], 1, "{state:#}");
     assert!(
-        common::parse_time(
+        parse_time(
             drain["poweroff_at"]
                 .as_str()
                 .unwrap_or_else(|| panic!("{state:#}"))
@@ -764,7 +764,7 @@ async fn at_the_lease_end_the_last_task_stops_and_the_container_really_powers_of
     std::fs::create_dir_all(container.path("/var/log/journal")).unwrap();
     // Neither poweroff_command nor on_lease_end: the shipped defaults.
     container.simulate_instance(&instance, CONFIG);
-    let lease_end = common::now() + time::Duration::seconds(30);
+    let lease_end = now() + time::Duration::seconds(30);
     instance.imds.update(|s| {
         s.tags
             .get_or_insert_with(Default::default)
@@ -779,7 +779,7 @@ async fn at_the_lease_end_the_last_task_stops_and_the_container_really_powers_of
     let mut drained_before_end = false;
     let give_up = Instant::now() + Duration::from_secs(120);
     let reason = loop {
-        let before_asking = common::now();
+        let before_asking = now();
         if let Some((status, reason)) = stopped_at_moto(&instance, &cluster_arn, &task).await {
             let reason = reason.unwrap_or_default();
             assert!(
@@ -847,7 +847,7 @@ async fn at_the_lease_end_the_last_task_stops_and_the_container_really_powers_of
     assert!(drain["poweroff_at"].is_string(), "{state:#}");
     assert_eq!(drain["poweroff_attempts"], 1, "{state:#}");
     assert!(
-        common::parse_time(drain["poweroff_at"].as_str().unwrap()) >= lease_end,
+        parse_time(drain["poweroff_at"].as_str().unwrap()) >= lease_end,
         "{state:#}"
     );
 

@@ -29,6 +29,8 @@
 //! makes IMDS forget every token that soon while still answering the TTL that
 //! was asked, so a client that caches its token gets 401s until it asks for a
 //! new one; [`ImdsSimulator::expire_tokens`] forgets them once, on demand.
+//!
+//! Over 400 lines: one simulator of the whole documented IMDS (tokens, paths, faults, control API).
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -1,5 +1,7 @@
 //! moto's server, started from the venv that `tests/setup.sh` creates, and
 //! helpers that seed it through the real Rust SDK.
+//!
+//! Over 400 lines: many short seeding helpers around one server's lifecycle.
 
 use std::ffi::OsString;
 use std::fs::File;

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use blockwatch_testkit::aws_proxy::{AwsProxy, Fault};
 
-use crate::common::{tags, Instance, Run};
 use crate::shared::assert_one_error;
+use blockwatch_testkit::instance::{tags, Instance, Run};
 
 use blockwatch_core::tags::TAG_COMPUTE_ENVIRONMENT as CE_TAG;
 const DESCRIBE_CE: &str = "DescribeComputeEnvironments";

@@ -6,22 +6,18 @@
 //! No AWS here (`Instance::without_aws`): the decision to drain is in the
 //! state file before any AWS call, which is what these cases check.
 
-use blockwatch_core::tags::TAG_CLUSTER;
 use std::time::{Duration, Instant};
 
 use blockwatch_testkit::imds::{Fault, Faults, ScheduledEvent, SpotInstanceAction};
 
 use super::aws_run::{sigterm, spot_notice, wait_exit, warnings};
-use crate::common::{now, phase, tags, Agent, Instance, FAST};
+use blockwatch_testkit::instance::{now, phase, Agent, Instance, FAST};
 
 const SPOT: &str = "/latest/meta-data/spot/instance-action";
 const SCHEDULED: &str = "/latest/meta-data/events/maintenance/scheduled";
 
 fn instance() -> Instance {
-    let instance = Instance::without_aws();
-    instance
-        .imds
-        .update(|s| s.tags = tags(&[(TAG_CLUSTER, "jobs")]));
+    let instance = Instance::in_cluster_without_aws("jobs");
     instance.write_config(FAST);
     instance
 }
@@ -151,7 +147,8 @@ fn tokens_forgotten_mid_run_heal_and_a_spot_notice_drains_in_the_usual_time() {
     let instance = instance();
     let agent = start(&instance);
     instance.imds.expire_tokens();
-    std::thread::sleep(Duration::from_secs(2));
+    // The agent meets the forgotten token before the notice comes.
+    agent.wait_for_log("IMDS refused our session token", Duration::from_secs(20));
 
     spot_notice(&instance);
     let took = drains_on_spot(&instance, &agent, Duration::from_secs(20));
@@ -179,7 +176,8 @@ fn tokens_forgotten_continuously_still_let_a_spot_notice_drain_in_the_usual_time
         ..Faults::default()
     });
     let agent = start(&instance);
-    std::thread::sleep(Duration::from_secs(4));
+    // Through a few token lifetimes before the notice comes.
+    instance.wait_ticks(&agent, 4);
 
     spot_notice(&instance);
     let took = drains_on_spot(&instance, &agent, Duration::from_secs(20));

@@ -5,8 +5,8 @@
 
 use std::process::Command;
 
-use crate::common::{tags, Instance, Run};
 use crate::shared::{assert_one_error, cluster_tag, joined_over};
+use blockwatch_testkit::instance::{tags, Instance, Run};
 
 use blockwatch_core::tags::TAG_COMPUTE_ENVIRONMENT as CE_TAG;
 

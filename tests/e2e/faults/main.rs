@@ -7,9 +7,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../common/mod.rs"]
-mod common;
-
 mod aws_join;
 mod aws_run;
 mod imds;
@@ -20,7 +17,7 @@ mod tls;
 
 /// Helpers several families share.
 pub(crate) mod shared {
-    use crate::common::{tags, Instance, Run};
+    use blockwatch_testkit::instance::{tags, Instance, Run};
 
     pub(crate) use blockwatch_core::tags::TAG_CLUSTER as CLUSTER_TAG;
 

@@ -4,6 +4,8 @@
 //! thrown away without a journal line, and an IO error that could hide a
 //! drain in progress no longer stops `run`: it goes on from a fresh state in
 //! memory, so that the lease is still enforced.
+//!
+//! Over 400 lines: many independent scenarios of one fault family.
 
 use blockwatch_core::tags::TAG_LEASE_END;
 use std::os::unix::net::UnixDatagram;
@@ -13,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use blockwatch_core::time_text::rfc3339;
 
-use crate::common::{
-    nothing_runs, now, parse_time, phase, registered_in_jobs, Agent, Instance, BIN, FAST,
+use blockwatch_testkit::instance::{
+    agent_binary, nothing_runs, now, parse_time, phase, Agent, Instance, FAST,
 };
+use blockwatch_testkit::registered::registered_in_jobs;
 
 const DRAINS: &str = "UpdateContainerInstancesState";
 /// Nothing can ever listen on port 1: the ECS agent's API "is down".
@@ -39,21 +42,6 @@ fn offline(extra_config: &str) -> Instance {
 
 fn spawn(instance: &Instance, env: &[(&str, &str)]) -> Agent {
     instance.spawn_run(&["--ecs-introspection-url", NO_INTROSPECTION], env)
-}
-
-fn wait_log(agent: &Agent, within: Duration, needle: &str) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        let log = agent.log();
-        if log.contains(needle) {
-            return log;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {needle:?} in the log after {within:?}\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn watching(instance: &Instance, agent: &Agent) -> serde_json::Value {
@@ -92,7 +80,7 @@ fn state_file(instance: &Instance) -> PathBuf {
 }
 
 fn status(state_dir: &Path, json: bool) -> (i32, String) {
-    let mut command = Command::new(BIN);
+    let mut command = Command::new(agent_binary());
     command
         .env_clear()
         .arg("status")
@@ -132,8 +120,8 @@ async fn sigkill_mid_drain_resumes_without_a_second_draining_call() {
 
     agent.kill_9();
     let restarted = spawn(&r.instance, &[]);
-    wait_log(&restarted, Duration::from_secs(15), "resuming");
-    std::thread::sleep(Duration::from_secs(3));
+    restarted.wait_for_log("resuming", Duration::from_secs(15));
+    r.instance.wait_ticks(&restarted, 3);
 
     let snapshot = r.instance.snapshot().unwrap();
     assert_eq!(phase(&snapshot), "draining", "{}", restarted.log());
@@ -186,7 +174,7 @@ fn sigkill_mid_write_never_leaves_a_partial_state_file() {
         last = Some(agent);
     }
     let final_run = spawn(&instance, &env);
-    wait_log(&final_run, Duration::from_secs(15), "resuming");
+    final_run.wait_for_log("resuming", Duration::from_secs(15));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (valid, invalid) = reader.join().unwrap();
     assert!(invalid.is_empty(), "partial state files: {invalid:?}");
@@ -349,7 +337,7 @@ fn spawn_with_read_only_state(instance: &Instance, notify: Option<&Path>) -> Age
         .args(["-m", "--", "sh", "-c"])
         .arg(r#"mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@""#)
         .arg(instance.state_dir())
-        .arg(BIN)
+        .arg(agent_binary())
         .args(["run", "--ecs-introspection-url", NO_INTROSPECTION])
         .arg("--state-dir")
         .arg(instance.state_dir())
@@ -390,10 +378,9 @@ async fn a_read_only_state_directory_still_drains_and_powers_off_at_the_lease_en
     }
     // A block must still end when its state cannot be written (a full or
     // read-only disk): the power-off runs, unrecorded, and says so.
-    let log = wait_log(
-        &agent,
-        Duration::from_secs(20),
+    let log = agent.wait_for_log(
         "the power-off attempt cannot be recorded in the state file; powering off all the same",
+        Duration::from_secs(20),
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     while !marker.exists() {
@@ -478,8 +465,8 @@ async fn the_autoscaling_deadline_survives_a_restart() {
     // Restarted a few seconds later: its own polls see `Terminated` anew.
     std::thread::sleep(Duration::from_millis(2100));
     let restarted = spawn(&r.instance, &[]);
-    wait_log(&restarted, Duration::from_secs(15), "resuming");
-    std::thread::sleep(Duration::from_secs(3));
+    restarted.wait_for_log("resuming", Duration::from_secs(15));
+    r.instance.wait_ticks(&restarted, 3);
 
     let after = r.instance.snapshot().unwrap();
     assert_eq!(
@@ -541,11 +528,7 @@ fn a_corrupted_state_file_that_cannot_be_moved_is_said_so_truly() {
     std::fs::write(state_file(&instance), corrupted).unwrap();
 
     let mut agent = spawn_with_read_only_state(&instance, None);
-    let log = wait_log(
-        &agent,
-        Duration::from_secs(20),
-        "cannot write the state file",
-    );
+    let log = agent.wait_for_log("cannot write the state file", Duration::from_secs(20));
 
     let line = log
         .lines()

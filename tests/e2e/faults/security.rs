@@ -7,8 +7,8 @@ use std::path::Path;
 
 use blockwatch_testkit::aws_proxy::{AwsProxy, Fault};
 
-use crate::common::{tags, Instance, Run};
 use crate::shared::{assert_one_error, cluster_tag, joined_over};
+use blockwatch_testkit::instance::{tags, Instance, Run};
 
 use blockwatch_core::tags::TAG_COMPUTE_ENVIRONMENT as CE_TAG;
 
@@ -238,12 +238,7 @@ async fn a_tag_value_cannot_forge_a_log_line() {
 #[tokio::test]
 async fn an_aws_error_message_cannot_forge_a_log_line() {
     let mut instance = Instance::with_moto().await;
-    instance
-        .moto()
-        .create_unmanaged_ce("forge-ce", true)
-        .await
-        .unwrap();
-    instance.launch(&[(CE_TAG, "forge-ce")], true).await;
+    instance.launch_in_compute_environment("forge-ce").await;
     let proxy = AwsProxy::start(instance.moto().addr()).unwrap();
     instance.aws_endpoint = proxy.endpoint();
     proxy.inject(

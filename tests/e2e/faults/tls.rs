@@ -9,59 +9,39 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use blockwatch_core::time_text::rfc3339;
-use blockwatch_testkit::imds::{ImdsSimulator, InstanceState};
-use blockwatch_testkit::moto::{MotoServer, REGION};
+use blockwatch_testkit::moto::MotoServer;
 use blockwatch_testkit::tls::{HttpsReceiver, TestCa};
 
-use crate::common::{nothing_runs, now, Agent, Instance, Run, FAST, PATIENCE};
 use crate::shared::assert_one_error;
+use blockwatch_testkit::instance::{nothing_runs, now, Agent, Instance, Run, FAST, PATIENCE};
 
-use blockwatch_core::tags::TAG_COMPUTE_ENVIRONMENT as CE_TAG;
 const BEFORE: &[u8] = b"ECS_ENGINE_AUTH_TYPE=docker\nECS_CLUSTER=previous\n";
 
 /// An instance whose AWS endpoint is moto over HTTPS with `ca`'s
 /// certificate (`https://127.0.0.1:<port>`).
 async fn instance_over_https(ca: &TestCa) -> Instance {
     let moto = MotoServer::start_tls(ca).await.expect("moto over HTTPS");
-    let endpoint = moto.endpoint();
-    assert!(endpoint.starts_with("https://127.0.0.1:"), "{endpoint}");
-    Instance {
-        imds: ImdsSimulator::start(InstanceState {
-            region: REGION.to_owned(),
-            availability_zone: format!("{REGION}a"),
-            ..InstanceState::default()
-        })
-        .unwrap(),
-        moto: Some(moto),
-        root: tempfile::tempdir().unwrap(),
-        aws_endpoint: endpoint,
-    }
+    assert!(
+        moto.endpoint().starts_with("https://127.0.0.1:"),
+        "{}",
+        moto.endpoint()
+    );
+    Instance::with(moto)
 }
 
 /// An instance tagged with an UNMANAGED compute environment in moto over
 /// HTTPS; returns it and the cluster's name.
 async fn tagged_over_https(ca: &TestCa) -> (Instance, String) {
     let instance = instance_over_https(ca).await;
-    let cluster_arn = instance
-        .moto()
-        .create_unmanaged_ce("secure-ce", true)
-        .await
-        .unwrap();
-    instance.launch(&[(CE_TAG, "secure-ce")], true).await;
-    let cluster = cluster_arn.rsplit('/').next().unwrap().to_owned();
+    let cluster = instance.launch_in_compute_environment("secure-ce").await;
     (instance, cluster)
 }
 
 /// `blockwatch join` trusting the CA certificates in `ca_file` only.
 fn join_trusting(instance: &Instance, ca_file: &Path) -> Run {
     instance
-        .command()
+        .join_command()
         .env("SSL_CERT_FILE", ca_file)
-        .arg("join")
-        .arg("--ecs-config")
-        .arg(instance.ecs_config())
-        .arg("--state-dir")
-        .arg(instance.state_dir())
         .output()
         .expect("run blockwatch")
         .into()

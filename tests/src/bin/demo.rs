@@ -11,6 +11,8 @@
 //! `systemctl poweroff` that appends a line to a log, which the demo shows.
 //! `blockwatch status` is shown along the way, and the long job reads the
 //! deadline file blockwatch keeps for jobs and says how long it has left.
+//!
+//! Over 400 lines: one script from start to end, narrated as it goes.
 
 use blockwatch_core::tags::{TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_END};
 use std::path::{Path, PathBuf};
@@ -21,26 +23,16 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use blockwatch_core::time_text::rfc3339;
 use blockwatch_testkit::imds::{ImdsSimulator, InstanceState};
 use blockwatch_testkit::moto::{MotoServer, REGION};
+use blockwatch_testkit::script::{finish, say};
 
 const LEASE: i64 = 35;
 const DRAIN_LEAD: &str = "15s";
 /// How long the demo watches after the power-off, to show it ran once.
 const AFTER_POWEROFF: Duration = Duration::from_secs(3);
 
-#[allow(clippy::print_stdout)]
-fn say(text: &str) {
-    println!("{text}");
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    match demo().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("demo failed: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    finish("demo failed", demo().await)
 }
 
 fn blockwatch_binary() -> Result<PathBuf, String> {

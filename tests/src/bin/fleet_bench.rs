@@ -13,6 +13,8 @@
 //!
 //! Every agent's AWS endpoint is `<proxy>/_c/<index>`, so the proxy knows
 //! which instance sent each request.
+//!
+//! Over 400 lines: its scenarios share the fleet, the counters and the report.
 
 use blockwatch_core::tags::TAG_LEASE_END;
 use std::collections::BTreeMap;
@@ -24,6 +26,7 @@ use blockwatch_core::time_text::rfc3339;
 use blockwatch_testkit::aws_proxy::{AwsProxy, Fault, Seen};
 use blockwatch_testkit::imds::{ImdsSimulator, InstanceState};
 use blockwatch_testkit::moto::{MotoServer, REGION};
+use blockwatch_testkit::script::{finish, say};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -52,21 +55,10 @@ struct Args {
     no_join: bool,
 }
 
-#[allow(clippy::print_stdout)]
-fn say(text: &str) {
-    println!("{text}");
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    match bench(&args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("fleet-bench: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    finish("fleet-bench", bench(&args).await)
 }
 
 /// Kills the agent (by its own PID) when dropped.
@@ -126,6 +118,26 @@ fn command(binary: &Path, imds: &ImdsSimulator, proxy: &AwsProxy, index: usize) 
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     command
+}
+
+/// `blockwatch join` as blockwatch-join.service runs it, logging to `log`
+/// in the agent's folder.
+fn spawn_join(
+    binary: &Path,
+    imds: &ImdsSimulator,
+    proxy: &AwsProxy,
+    index: usize,
+    dir: &Path,
+    log: &str,
+) -> Result<Child, String> {
+    command(binary, imds, proxy, index)
+        .args(["join", "--retry-for", "10m", "--state-dir"])
+        .arg(dir.join("state"))
+        .arg("--ecs-config")
+        .arg(dir.join("ecs.config"))
+        .stderr(log_file(dir, log)?)
+        .spawn()
+        .map_err(|e| format!("spawn {}: {e}", binary.display()))
 }
 
 fn log_file(dir: &Path, name: &str) -> Result<std::fs::File, String> {
@@ -256,14 +268,7 @@ async fn boot_storm(
         let first = Instant::now();
         let mut agents = Vec::with_capacity(n);
         for (i, (sim, dir)) in sims.iter().zip(&dirs).enumerate() {
-            let child = command(&args.binary, sim, proxy, i)
-                .args(["join", "--retry-for", "10m", "--state-dir"])
-                .arg(dir.join("state"))
-                .arg("--ecs-config")
-                .arg(dir.join("ecs.config"))
-                .stderr(log_file(dir, "agent.log")?)
-                .spawn()
-                .map_err(|e| format!("spawn {}: {e}", args.binary.display()))?;
+            let child = spawn_join(&args.binary, sim, proxy, i, dir, "agent.log")?;
             agents.push(Agent {
                 child,
                 started: Instant::now(),
@@ -396,14 +401,7 @@ async fn lifetime(
     // Boot: the join, as blockwatch-join.service runs it.
     let mut joins = Vec::with_capacity(m);
     for (i, (sim, dir)) in sims.iter().zip(&dirs).enumerate() {
-        let child = command(&args.binary, sim, proxy, i)
-            .args(["join", "--retry-for", "10m", "--state-dir"])
-            .arg(dir.join("state"))
-            .arg("--ecs-config")
-            .arg(dir.join("ecs.config"))
-            .stderr(log_file(dir, "join.log")?)
-            .spawn()
-            .map_err(text)?;
+        let child = spawn_join(&args.binary, sim, proxy, i, dir, "join.log")?;
         joins.push(Agent {
             child,
             started: Instant::now(),

@@ -11,21 +11,11 @@ use std::time::{Duration, Instant};
 use blockwatch_testkit::http::request;
 use blockwatch_testkit::imds::{ImdsSimulator, InstanceState, TOKEN_HEADER, TTL_HEADER};
 use blockwatch_testkit::moto::{MotoServer, REGION};
-
-#[allow(clippy::print_stdout)]
-fn say(text: &str) {
-    println!("{text}");
-}
+use blockwatch_testkit::script::{agent_binary_or_release, finish, say};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    match bench().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("join-bench: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    finish("join-bench", bench().await)
 }
 
 struct Stats {
@@ -50,10 +40,7 @@ fn ms(d: Duration) -> String {
 
 async fn bench() -> Result<(), String> {
     let mut args = std::env::args().skip(1);
-    let binary = args
-        .next()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/release/blockwatch"));
+    let binary = agent_binary_or_release(args.next());
     let runs: usize = args
         .next()
         .map(|r| r.parse().map_err(|_| format!("bad run count {r:?}")))

@@ -7,27 +7,17 @@
 //! Usage: run-bench [BLOCKWATCH_BINARY] [IDLE_SECONDS] [REPETITIONS]
 
 use blockwatch_core::tags::TAG_CLUSTER;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use blockwatch_testkit::imds::{ImdsSimulator, InstanceState, SpotInstanceAction};
 use blockwatch_testkit::moto::{MotoServer, REGION};
-
-#[allow(clippy::print_stdout)]
-fn say(text: &str) {
-    println!("{text}");
-}
+use blockwatch_testkit::script::{agent_binary_or_release, finish, say};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    match bench().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("run-bench: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    finish("run-bench", bench().await)
 }
 
 struct Running(Child);
@@ -115,10 +105,7 @@ fn wait_for_state(scratch: &Path) -> Result<(), String> {
 
 async fn bench() -> Result<(), String> {
     let mut args = std::env::args().skip(1);
-    let binary = args
-        .next()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/release/blockwatch"));
+    let binary = agent_binary_or_release(args.next());
     let idle: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(30);
     let reps: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(30);
     if !binary.exists() {

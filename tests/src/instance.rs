@@ -1,40 +1,55 @@
 //! A simulated instance for end-to-end tests: the IMDS simulator, moto, a
 //! scratch root for ecs.config and state, and the real `blockwatch` binary.
+//!
+//! A fixture: a failed setup step panics, which fails the test that asked.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-use blockwatch_core::tags::{TAG_CLUSTER, TAG_LEASE_END};
+use blockwatch_core::tags::{TAG_CLUSTER, TAG_COMPUTE_ENVIRONMENT};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
-use blockwatch_testkit::imds::{ImdsSimulator, InstanceState};
-use blockwatch_testkit::moto::{MotoServer, REGION};
+use crate::imds::{ImdsSimulator, InstanceState};
+use crate::moto::{MotoServer, REGION};
+pub use crate::output::Run;
+use blockwatch::sources::notices::SPOT_INSTANCE_ACTION;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_blockwatch");
+/// The `blockwatch` binary Cargo built beside the test binary: nextest names
+/// it in `NEXTEST_BIN_EXE_blockwatch`; under `cargo test` the test binary
+/// runs from `target/<profile>/deps/`, the agent's sits one folder up.
+pub fn agent_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("NEXTEST_BIN_EXE_blockwatch") {
+        return PathBuf::from(path);
+    }
+    let me = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = me
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary runs from target/<profile>/deps");
+    let bin = profile_dir.join("blockwatch");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build --workspace --bins; tests/run-tests does)",
+        bin.display()
+    );
+    bin
+}
 
+/// An upper bound for a wait that passing tests never reach.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Short intervals, so that `run` polls and drains quickly.
+pub const FAST: &str =
+    "poll_interval = \"1s\"\ndrain_lead = \"10s\"\ndrain_poll_interval = \"1s\"\n";
+
+#[derive(Debug)]
 pub struct Instance {
     pub imds: ImdsSimulator,
     pub moto: Option<MotoServer>,
     pub root: tempfile::TempDir,
     /// Used when there is no moto: [`CLOSED_ENDPOINT`], so any AWS call fails.
     pub aws_endpoint: String,
-}
-
-pub struct Run {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl From<Output> for Run {
-    fn from(output: Output) -> Self {
-        Self {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
 }
 
 pub fn tags(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
@@ -73,7 +88,11 @@ pub fn address_for_later() -> std::net::SocketAddr {
 impl Instance {
     /// An instance with moto behind it.
     pub async fn with_moto() -> Self {
-        let moto = MotoServer::start().await.expect("moto server");
+        Self::with(MotoServer::start().await.expect("moto server"))
+    }
+
+    /// An instance with `moto` behind it (e.g. moto over HTTPS).
+    pub fn with(moto: MotoServer) -> Self {
         let endpoint = moto.endpoint();
         Self {
             imds: ImdsSimulator::start(Self::base_state()).unwrap(),
@@ -91,6 +110,16 @@ impl Instance {
             root: tempfile::tempdir().unwrap(),
             aws_endpoint: CLOSED_ENDPOINT.to_owned(),
         }
+    }
+
+    /// An instance without AWS whose cluster is its `blockwatch:cluster`
+    /// tag in IMDS: `join` and `run` need nothing else.
+    pub fn in_cluster_without_aws(cluster: &str) -> Self {
+        let instance = Self::without_aws();
+        instance
+            .imds
+            .update(|s| s.tags = tags(&[(TAG_CLUSTER, cluster)]));
+        instance
     }
 
     fn base_state() -> InstanceState {
@@ -115,6 +144,23 @@ impl Instance {
             s.tags = served;
         });
         id
+    }
+
+    /// Creates the enabled UNMANAGED compute environment `name` in moto and
+    /// launches the instance tagged with it (in IMDS too); returns the name
+    /// of its ECS cluster.
+    pub async fn launch_in_compute_environment(&self, name: &str) -> String {
+        let cluster_arn = self
+            .moto()
+            .create_unmanaged_ce(name, true)
+            .await
+            .expect("compute environment");
+        self.launch(&[(TAG_COMPUTE_ENVIRONMENT, name)], true).await;
+        cluster_arn
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     pub fn ecs_config(&self) -> PathBuf {
@@ -150,10 +196,10 @@ impl Instance {
     /// the simulator (which also serves the instance-profile credentials),
     /// AWS at moto, no region and no credentials of the host's.
     pub fn command(&self) -> Command {
-        let mut command = Command::new(BIN);
+        let mut command = Command::new(agent_binary());
         command
             .env_clear()
-            .env("PATH", blockwatch_testkit::host_guard::path())
+            .env("PATH", crate::host_guard::path())
             .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", self.imds.endpoint())
             .env("AWS_ENDPOINT_URL", &self.aws_endpoint)
             .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
@@ -174,6 +220,13 @@ impl Instance {
     /// `blockwatch join` with the scratch paths and `extra` arguments; the
     /// config file is passed only if it exists (as the default path would be).
     pub fn join(&self, extra: &[&str]) -> Run {
+        let mut command = self.join_command();
+        command.args(extra);
+        command.output().expect("run blockwatch").into()
+    }
+
+    /// `blockwatch join` with the scratch paths, to run as the test likes.
+    pub fn join_command(&self) -> Command {
         let mut command = self.command();
         command
             .arg("join")
@@ -190,8 +243,7 @@ impl Instance {
                 "/etc/blockwatch/blockwatch.toml exists on this host and would leak into the tests"
             );
         }
-        command.args(extra);
-        command.output().expect("run blockwatch").into()
+        command
     }
 
     pub fn token_puts(&self) -> usize {
@@ -204,6 +256,7 @@ impl Instance {
 }
 
 /// A running `blockwatch run`, killed (by PID) when dropped.
+#[derive(Debug)]
 pub struct Agent {
     pub child: std::process::Child,
     pub stderr: PathBuf,
@@ -215,18 +268,18 @@ impl Agent {
     }
 
     /// Waits until the agent's log contains `needle`, or panics after `within`.
-    pub fn wait_for_log(&self, needle: &str, within: std::time::Duration) -> String {
-        let deadline = std::time::Instant::now() + within;
+    pub fn wait_for_log(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
         loop {
             let log = self.log();
             if log.contains(needle) {
                 return log;
             }
             assert!(
-                std::time::Instant::now() < deadline,
+                Instant::now() < deadline,
                 "timed out waiting for {needle:?} in the log:\n{log}"
             );
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -253,6 +306,20 @@ impl Instance {
                 .unwrap()
                 .as_nanos()
         ));
+        let mut command = self.run_command(extra_args);
+        for (k, v) in extra_env {
+            command.env(k, v);
+        }
+        let child = command
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawn blockwatch run");
+        Agent { child, stderr }
+    }
+
+    /// `blockwatch run` with the scratch paths and `extra_args`, to start as
+    /// the test likes.
+    pub fn run_command(&self, extra_args: &[&str]) -> Command {
         let mut command = self.command();
         command.arg("run").arg("--state-dir").arg(self.state_dir());
         if !extra_args.contains(&"--ecs-introspection-url") {
@@ -266,14 +333,7 @@ impl Instance {
             command.arg("--config").arg(self.config_file());
         }
         command.args(extra_args);
-        for (k, v) in extra_env {
-            command.env(k, v);
-        }
-        let child = command
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("spawn blockwatch run");
-        Agent { child, stderr }
+        command
     }
 
     pub fn snapshot(&self) -> Option<serde_json::Value> {
@@ -285,25 +345,59 @@ impl Instance {
     pub fn wait_for(
         &self,
         agent: &Agent,
-        within: std::time::Duration,
+        within: Duration,
         what: &str,
         done: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = std::time::Instant::now() + within;
+        let deadline = Instant::now() + within;
         loop {
             if let Some(snapshot) = self.snapshot() {
                 if done(&snapshot) {
                     return snapshot;
                 }
             }
-            if std::time::Instant::now() > deadline {
+            if Instant::now() > deadline {
                 panic!(
                     "timed out waiting for {what}; state: {:?}\nlog:\n{}",
                     self.snapshot(),
                     agent.log()
                 );
             }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The polls the agent has begun, as the simulator counts them: every
+    /// tick GETs the spot notice once. Only answers IMDS gave (200, or 404
+    /// for no notice) count: an answered GET is never retried, so the count
+    /// never runs ahead of the ticks, while a failed one may be tried twice.
+    pub fn polls_begun(&self) -> usize {
+        self.imds
+            .exchanges()
+            .iter()
+            .filter(|e| e.method == "GET" && e.path == SPOT_INSTANCE_ACTION)
+            .filter(|e| e.status == 200 || e.status == 404)
+            .count()
+    }
+
+    /// Waits until `agent` has run `ticks` whole ticks that began after this
+    /// call, or panics after [`PATIENCE`]. A tick reads the notices first and
+    /// the next one starts only once it has decided, acted and recorded, so
+    /// when the poll after them begins those ticks are done. A test that
+    /// asserts nothing happened does so after this, never after a sleep,
+    /// which a busy machine can outrun.
+    pub fn wait_ticks(&self, agent: &Agent, ticks: usize) {
+        let target = self.polls_begun() + ticks + 1;
+        let deadline = Instant::now() + PATIENCE;
+        while self.polls_begun() < target {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {ticks} ticks of the agent ({} of {target} polls begun); state: {:?}\nlog:\n{}",
+                self.polls_begun(),
+                self.snapshot(),
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -327,178 +421,4 @@ pub fn parse_time(text: &str) -> time::OffsetDateTime {
 pub fn now() -> time::OffsetDateTime {
     let now = time::OffsetDateTime::now_utc();
     now.replace_nanosecond(0).unwrap()
-}
-
-/// Short intervals, so that `run` polls and drains quickly.
-pub const FAST: &str =
-    "poll_interval = \"1s\"\ndrain_lead = \"10s\"\ndrain_poll_interval = \"1s\"\n";
-
-/// An instance in moto, tagged with cluster `jobs` plus `tags` and
-/// registered in that cluster, with a config file of [`FAST`] plus `config`.
-pub struct Registered {
-    pub instance: Instance,
-    pub cluster_arn: String,
-    pub container_instance: String,
-}
-
-pub async fn registered_in_jobs(tags: &[(&str, &str)], config: &str) -> Registered {
-    let instance = Instance::with_moto().await;
-    let cluster_arn = instance.moto().create_cluster("jobs").await.unwrap();
-    let mut all = vec![(TAG_CLUSTER, "jobs")];
-    all.extend_from_slice(tags);
-    let id = instance.launch(&all, true).await;
-    let container_instance = instance
-        .moto()
-        .register_container_instance(&cluster_arn, &id)
-        .await
-        .unwrap();
-    instance.write_config(&format!("{FAST}{config}"));
-    Registered {
-        instance,
-        cluster_arn,
-        container_instance,
-    }
-}
-
-impl Registered {
-    /// Starts a task on the instance; returns the task's ARN.
-    pub async fn start_task(&self) -> String {
-        self.instance
-            .moto()
-            .start_task(&self.cluster_arn, &self.container_instance)
-            .await
-            .unwrap()
-    }
-
-    /// The container instance's status as moto reports it.
-    pub async fn status_at_moto(&self) -> String {
-        self.instance
-            .moto()
-            .container_instance_status(&self.cluster_arn, &self.container_instance)
-            .await
-            .unwrap()
-    }
-}
-
-/// A webhook receiver that answers 503 to its first `refusals` requests and
-/// 200 after.
-pub fn receiver_refusing_first(refusals: usize) -> blockwatch_testkit::stub::StubServer {
-    blockwatch_testkit::stub::StubServer::start(move |n, _| {
-        if n < refusals {
-            (503, "busy".into())
-        } else {
-            (200, "ok".into())
-        }
-    })
-    .unwrap()
-}
-
-pub const POLL: std::time::Duration = std::time::Duration::from_secs(1);
-pub const LEAD: time::Duration = time::Duration::seconds(10);
-/// A drain may start at most this late: one poll plus two seconds for a
-/// loaded machine.
-pub const LATE: time::Duration = time::Duration::seconds(3);
-/// How long after a test's own setup (moto, the simulator, the config) a
-/// timed event is due: the agent must start and be watching before then.
-/// A start takes well under a second on an idle machine; this leaves room
-/// for a cold, loaded 2-core CI machine.
-pub const STARTUP: time::Duration = time::Duration::seconds(8);
-/// An upper bound for a wait that passing tests never reach.
-pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
-pub const DRAINS: &str = "UpdateContainerInstancesState";
-
-impl Registered {
-    /// Tags the instance with a lease ending `from_now` from now, in IMDS
-    /// where the agent reads its tags; returns the end. Called after the
-    /// fixture is up, so setup time never eats into the lease.
-    pub fn lease_ends_in(&self, from_now: time::Duration) -> time::OffsetDateTime {
-        let end = now() + from_now;
-        self.instance.imds.update(|s| {
-            s.tags.get_or_insert_with(Default::default).insert(
-                TAG_LEASE_END.into(),
-                blockwatch_core::time_text::rfc3339(end),
-            );
-        });
-        end
-    }
-
-    pub fn start(&self) -> Agent {
-        let agent = self.instance.spawn_run(&[], &[]);
-        self.instance
-            .wait_for(&agent, PATIENCE, "watching", |s| phase(s) != "joining");
-        agent
-    }
-
-    pub fn wait_draining(&self, agent: &Agent, within: std::time::Duration) -> serde_json::Value {
-        self.instance
-            .wait_for(agent, within, "a confirmed drain", |s| {
-                s["drain"]["draining_confirmed_at"].is_string()
-            })
-    }
-
-    pub fn drain_calls(&self) -> usize {
-        self.instance.moto().ecs_calls(DRAINS)
-    }
-}
-
-pub fn started_at(snapshot: &serde_json::Value) -> time::OffsetDateTime {
-    parse_time(snapshot["drain"]["started_at"].as_str().unwrap())
-}
-
-/// The drain in `snapshot` started at `due`, and at most [`LATE`] after.
-pub fn assert_on_time(snapshot: &serde_json::Value, due: time::OffsetDateTime, log: &str) {
-    let started = started_at(snapshot);
-    assert!(
-        started >= due,
-        "drained early: started {started}, due {due}\n{log}"
-    );
-    assert!(
-        started <= due + LATE,
-        "drained late: started {started}, due {due}\n{log}"
-    );
-}
-
-/// A Capacity Block end that a test may move while the agent runs.
-pub type MovableEnd = std::sync::Arc<std::sync::Mutex<Option<time::OffsetDateTime>>>;
-
-/// moto has neither legacy spot blocks nor Capacity Blocks, so these come
-/// from a stub EC2 endpoint (`AWS_ENDPOINT_URL_EC2`) that answers the calls
-/// in EC2's XML, read by the real SDK. `capacity_block_end` is read at each
-/// `DescribeCapacityReservations`, so a test can extend the block.
-pub fn ec2_stub(
-    instance_id: String,
-    block_minutes: Option<u32>,
-    capacity_block_end: MovableEnd,
-) -> blockwatch_testkit::stub::StubServer {
-    use blockwatch_core::time_text::rfc3339;
-    blockwatch_testkit::stub::StubServer::start(move |_, request| {
-        let end = *capacity_block_end.lock().unwrap();
-        let action = request.body.split('&').find_map(|kv| kv.strip_prefix("Action=")).unwrap_or_default().to_owned();
-        let body = match action.as_str() {
-            "DescribeInstances" => format!(
-                "<DescribeInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><reservationSet><item><reservationId>r-1</reservationId><instancesSet><item><instanceId>{instance_id}</instanceId>{}{}</item></instancesSet></item></reservationSet></DescribeInstancesResponse>",
-                block_minutes.map(|_| "<spotInstanceRequestId>sir-0123abcd</spotInstanceRequestId>").unwrap_or_default(),
-                end.map(|_| "<capacityReservationId>cr-0123abcd</capacityReservationId>").unwrap_or_default(),
-            ),
-            "DescribeSpotInstanceRequests" => format!(
-                "<DescribeSpotInstanceRequestsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><spotInstanceRequestSet><item><spotInstanceRequestId>sir-0123abcd</spotInstanceRequestId><blockDurationMinutes>{}</blockDurationMinutes></item></spotInstanceRequestSet></DescribeSpotInstanceRequestsResponse>",
-                block_minutes.unwrap_or_default()
-            ),
-            "DescribeCapacityReservations" => format!(
-                "<DescribeCapacityReservationsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><capacityReservationSet><item><capacityReservationId>cr-0123abcd</capacityReservationId><reservationType>capacity-block</reservationType><endDate>{}</endDate></item></capacityReservationSet></DescribeCapacityReservationsResponse>",
-                end.map(rfc3339).unwrap_or_default()
-            ),
-            "DescribeInstanceAttribute" => format!(
-                "<DescribeInstanceAttributeResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><instanceId>{instance_id}</instanceId><instanceInitiatedShutdownBehavior><value>terminate</value></instanceInitiatedShutdownBehavior></DescribeInstanceAttributeResponse>"
-            ),
-            _ => return (400, format!("<Response><Errors><Error><Code>InvalidAction</Code><Message>{action}</Message></Error></Errors></Response>")),
-        };
-        (200, body)
-    })
-    .unwrap()
-}
-
-/// A fixed end for [`ec2_stub`].
-pub fn fixed_end(end: Option<time::OffsetDateTime>) -> MovableEnd {
-    std::sync::Arc::new(std::sync::Mutex::new(end))
 }
