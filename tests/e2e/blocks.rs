@@ -9,7 +9,8 @@ use std::process::Command;
 use aws_sdk_ec2::types::{
     InstanceMarketOptionsRequest, MarketType, ResourceType, Tag, TagSpecification,
 };
-use blockwatch_testkit::moto::{MotoServer, REGION};
+use blockwatch_testkit::launcher::{canned, Launcher, Run};
+use blockwatch_testkit::moto::MotoServer;
 use blockwatch_testkit::stub::{forward, StubServer};
 use time::OffsetDateTime;
 
@@ -21,12 +22,6 @@ const LEASE_END: &str = "blockwatch:lease-end";
 const LEASE_DURATION: &str = "blockwatch:lease-duration";
 /// The Capacity Block the EC2 stand-in knows.
 const BLOCK_RESERVATION: &str = "cr-0b10c0000000000aa";
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
 
 /// The research compute environment's instances, by what each shows.
 struct Fleet {
@@ -75,26 +70,11 @@ impl Fleet {
     }
 
     fn launcher(&self, args: &[&str]) -> Run {
-        let output = Command::new(LAUNCHER)
-            .env_clear()
-            .env("AWS_ENDPOINT_URL", self.moto.endpoint())
-            .env("AWS_ENDPOINT_URL_EC2", self.ec2.url(""))
-            .env("AWS_ENDPOINT_URL_ECS", self.ecs.url(""))
-            .env("AWS_REGION", REGION)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_CONFIG_FILE", "/nonexistent")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_MAX_ATTEMPTS", "1")
+        Launcher::new(&self.moto.endpoint())
+            .ec2_at(&self.ec2.url(""))
+            .ecs_at(&self.ecs.url(""))
             .args(args)
-            .output()
-            .unwrap();
-        Run {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+            .run()
     }
 
     /// Every instance's tags and launch time, straight from moto.
@@ -187,7 +167,7 @@ fn capacity_block_ec2(
     StubServer::start(move |_, request| {
         if request.body.contains("Action=DescribeCapacityReservations") {
             assert!(request.body.contains(BLOCK_RESERVATION), "{}", request.body);
-            return (200, format!("<DescribeCapacityReservationsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><capacityReservationSet><item><capacityReservationId>{BLOCK_RESERVATION}</capacityReservationId><instanceType>p5.48xlarge</instanceType><reservationType>capacity-block</reservationType><endDate>2099-01-01T00:00:00Z</endDate></item></capacityReservationSet></DescribeCapacityReservationsResponse>"));
+            return (200, canned::capacity_block(BLOCK_RESERVATION, "2099-01-01T00:00:00Z"));
         }
         let (status, body) = forward(upstream, request);
         if !request.body.contains("Action=DescribeInstances&") || status != 200 {
@@ -205,45 +185,6 @@ fn capacity_block_ec2(
                 &format!("{lifecycle}<instanceLifecycle>capacity-block</instanceLifecycle>"),
             );
         (status, body)
-    })
-    .unwrap()
-}
-
-/// ECS as a real account answers: ListContainerInstances in pages of
-/// `maxResults` (moto gives all at once), and DescribeContainerInstances
-/// refuses more than the page the launcher was given.
-fn paginating_ecs(moto: &MotoServer, page: usize) -> StubServer {
-    let upstream = moto.addr();
-    StubServer::start(move |_, request| {
-        let target = request.header("x-amz-target").unwrap_or_default().to_owned();
-        let asked: serde_json::Value = serde_json::from_str(&request.body).unwrap_or_default();
-        if target.ends_with(".DescribeContainerInstances")
-            && asked["containerInstances"]
-                .as_array()
-                .is_some_and(|a| a.len() > page)
-        {
-            return (
-                400,
-                serde_json::json!({"__type": "InvalidParameterException", "message": format!("containerInstances: at most {page}")}).to_string(),
-            );
-        }
-        let (status, text) = forward(upstream, request);
-        if !target.ends_with(".ListContainerInstances") || status != 200 {
-            return (status, text);
-        }
-        let listed: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let all = listed["containerInstanceArns"].as_array().unwrap().clone();
-        let start: usize = asked["nextToken"]
-            .as_str()
-            .map_or(0, |t| t.parse().unwrap());
-        let size = asked["maxResults"].as_u64().map_or(100, |m| m as usize);
-        let end = (start + size).min(all.len());
-        let next = (end < all.len()).then(|| end.to_string());
-        (
-            200,
-            serde_json::json!({"containerInstanceArns": all[start.min(end)..end], "nextToken": next})
-                .to_string(),
-        )
     })
     .unwrap()
 }
@@ -330,7 +271,7 @@ async fn fleet() -> Fleet {
         block_by_reservation.clone(),
         block_by_lifecycle.clone(),
     );
-    let ecs = paginating_ecs(&moto, PAGE.parse().unwrap());
+    let ecs = canned::paginating_ecs(moto.addr(), PAGE.parse().unwrap(), Vec::new()).unwrap();
     Fleet {
         moto,
         ec2,
@@ -918,16 +859,8 @@ async fn list_works_against_aws_over_https_trusting_the_bundle_in_ssl_cert_file(
         .await
         .unwrap();
 
-    let output = Command::new(LAUNCHER)
-        .env_clear()
-        .env("AWS_ENDPOINT_URL", moto.endpoint())
+    let run = Launcher::new(&moto.endpoint())
         .env("SSL_CERT_FILE", ca.ca_file())
-        .env("AWS_REGION", REGION)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_CONFIG_FILE", "/nonexistent")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_MAX_ATTEMPTS", "1")
         .args([
             "list",
@@ -936,13 +869,7 @@ async fn list_works_against_aws_over_https_trusting_the_bundle_in_ssl_cert_file(
             "--output",
             "json",
         ])
-        .output()
-        .unwrap();
-    let run = Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
+        .run();
 
     assert_eq!(run.code, 0, "{}", run.stderr);
     let rows = rows(&run);

@@ -6,44 +6,15 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use blockwatch_testkit::imds::{ImdsSimulator, InstanceState};
+use blockwatch_testkit::launcher::canned::{self, ec2_error};
+use blockwatch_testkit::launcher::{hermetic_env, Launcher, Run};
 use blockwatch_testkit::moto::{MotoServer, REGION};
 use blockwatch_testkit::stub::StubServer;
 
 const LAUNCHER: &str = env!("CARGO_BIN_EXE_blockwatch-launch");
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// The launcher with only AWS at `endpoint` in its environment: fixed test
-/// credentials, a region, and nothing of the host's.
-fn launcher_command(endpoint: &str) -> Command {
-    let mut command = Command::new(LAUNCHER);
-    command
-        .env_clear()
-        .env("AWS_ENDPOINT_URL", endpoint)
-        .env("AWS_REGION", REGION)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_CONFIG_FILE", "/nonexistent")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-        .env("AWS_EC2_METADATA_DISABLED", "true");
-    command
-}
-
-fn finished(command: &mut Command) -> Run {
-    let output = command.output().unwrap();
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
 fn launcher(endpoint: &str, args: &[&str]) -> Run {
-    finished(launcher_command(endpoint).args(args))
+    Launcher::new(endpoint).args(args).run()
 }
 
 async fn moto_with_ce() -> (MotoServer, String) {
@@ -124,19 +95,10 @@ async fn ami_from_ssm(moto: &MotoServer, arm64: bool) -> String {
 #[tokio::test]
 async fn spot_market_launches_tagged_spot_instances_with_imdsv2_and_no_user_data() {
     let (moto, cluster) = moto_with_ce().await;
-    let run = launcher(
-        &moto.endpoint(),
-        &[
-            "--compute-environment",
-            "research",
-            "--count",
-            "2",
-            "--duration",
-            "3h",
-            "--output",
-            "json",
-        ],
-    );
+    let run = Launcher::new(&moto.endpoint())
+        .launch(2, "3h")
+        .args(["--output", "json"])
+        .run();
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(report["cluster"], cluster);
@@ -209,21 +171,10 @@ async fn spot_market_launches_tagged_spot_instances_with_imdsv2_and_no_user_data
 #[tokio::test]
 async fn on_demand_market_and_graviton_types_use_the_arm64_ami() {
     let (moto, _) = moto_with_ce().await;
-    let run = launcher(
-        &moto.endpoint(),
-        &[
-            "--compute-environment",
-            "research",
-            "--count",
-            "1",
-            "--duration",
-            "90m",
-            "--market",
-            "on-demand",
-            "--instance-type",
-            "m7g.large",
-        ],
-    );
+    let run = Launcher::new(&moto.endpoint())
+        .launch(1, "90m")
+        .args(["--market", "on-demand", "--instance-type", "m7g.large"])
+        .run();
     assert_eq!(run.code, 0, "{}", run.stderr);
     let all = instances(&moto).await;
     assert_eq!(all.len(), 1);
@@ -243,21 +194,15 @@ async fn on_demand_market_and_graviton_types_use_the_arm64_ami() {
 #[tokio::test]
 async fn ecs_config_user_data_carries_the_resolved_cluster() {
     let (moto, cluster) = moto_with_ce().await;
-    let run = launcher(
-        &moto.endpoint(),
-        &[
-            "--compute-environment",
-            "research",
-            "--count",
-            "1",
-            "--duration",
-            "1h",
+    let run = Launcher::new(&moto.endpoint())
+        .launch(1, "1h")
+        .args([
             "--user-data-mode",
             "ecs-config",
             "--ami",
             "ami-0123456789abcdef0",
-        ],
-    );
+        ])
+        .run();
     assert_eq!(run.code, 0, "{}", run.stderr);
     let all = instances(&moto).await;
     assert_eq!(
@@ -354,17 +299,7 @@ async fn unknown_managed_and_bad_requests_are_refused_and_nothing_launches() {
     let mut block = base("research", "3h");
     block.extend(["--market", "capacity-block"]);
     assert_refused_and_nothing_launched(&moto, &block, 2, "needs --capacity-reservation-id").await;
-    let zero = launcher(
-        &moto.endpoint(),
-        &[
-            "--compute-environment",
-            "research",
-            "--count",
-            "0",
-            "--duration",
-            "3h",
-        ],
-    );
+    let zero = Launcher::new(&moto.endpoint()).launch(0, "3h").run();
     assert_eq!(zero.code, 2, "{}", zero.stderr);
     // Only the test's own DescribeInstances reached moto: validation made no call.
     let made = moto.requests().len() - before;
@@ -377,20 +312,10 @@ async fn unknown_managed_and_bad_requests_are_refused_and_nothing_launches() {
 #[tokio::test]
 async fn dry_run_launches_nothing_and_prints_the_plan() {
     let (moto, cluster) = moto_with_ce().await;
-    let run = launcher(
-        &moto.endpoint(),
-        &[
-            "--compute-environment",
-            "research",
-            "--count",
-            "3",
-            "--duration",
-            "2h",
-            "--dry-run",
-            "--output",
-            "json",
-        ],
-    );
+    let run = Launcher::new(&moto.endpoint())
+        .launch(3, "2h")
+        .args(["--dry-run", "--output", "json"])
+        .run();
     assert_eq!(run.code, 0, "{}", run.stderr);
     let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(plan["dry_run"], true);
@@ -399,18 +324,10 @@ async fn dry_run_launches_nothing_and_prints_the_plan() {
     assert!(plan["instances"].as_array().unwrap().is_empty());
     assert!(instances(&moto).await.is_empty());
 
-    let text = launcher(
-        &moto.endpoint(),
-        &[
-            "--compute-environment",
-            "research",
-            "--count",
-            "3",
-            "--duration",
-            "2h",
-            "--dry-run",
-        ],
-    );
+    let text = Launcher::new(&moto.endpoint())
+        .launch(3, "2h")
+        .args(["--dry-run"])
+        .run();
     assert!(
         text.stdout.contains("would launch 3 x m6i.large (spot)"),
         "{}",
@@ -428,20 +345,20 @@ async fn retired_spot_blocks_get_a_clear_message() {
     let (moto, _) = moto_with_ce().await;
     // EC2 as it answers today; Batch and SSM still go to moto.
     let ec2 = StubServer::start(|_, _| {
-        (400, "<Response><Errors><Error><Code>InvalidParameterValue</Code><Message>The parameter BlockDurationMinutes is not a valid parameter.</Message></Error></Errors><RequestID>r</RequestID></Response>".into())
+        (
+            400,
+            ec2_error(
+                "InvalidParameterValue",
+                "The parameter BlockDurationMinutes is not a valid parameter.",
+            ),
+        )
     })
     .unwrap();
-    let output = launcher_command(&moto.endpoint())
+    let output = Launcher::new(&moto.endpoint())
         .env("AWS_ENDPOINT_URL_EC2", ec2.url(""))
-        .args([
-            "--compute-environment",
-            "research",
-            "--count",
-            "1",
-            "--duration",
-            "2h",
-            "--legacy-spot-block",
-        ])
+        .launch(1, "2h")
+        .args(["--legacy-spot-block"])
+        .command()
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -461,19 +378,10 @@ async fn retired_spot_blocks_get_a_clear_message() {
 #[tokio::test]
 async fn agent_joins_with_no_aws_call_and_derives_the_lease_end_the_launcher_printed() {
     let (moto, cluster) = moto_with_ce().await;
-    let run = launcher(
-        &moto.endpoint(),
-        &[
-            "--compute-environment",
-            "research",
-            "--count",
-            "1",
-            "--duration",
-            "4h",
-            "--output",
-            "json",
-        ],
-    );
+    let run = Launcher::new(&moto.endpoint())
+        .launch(1, "4h")
+        .args(["--output", "json"])
+        .run();
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     let printed = report["instances"][0]["lease_end"]
@@ -599,20 +507,10 @@ fn agent_binary() -> PathBuf {
 #[tokio::test]
 async fn wait_returns_once_the_instances_run_with_a_quiet_line_when_piped() {
     let (moto, _) = moto_with_ce().await;
-    let run = launcher(
-        &moto.endpoint(),
-        &[
-            "--compute-environment",
-            "research",
-            "--count",
-            "2",
-            "--duration",
-            "1h",
-            "--wait",
-            "--wait-timeout",
-            "30s",
-        ],
-    );
+    let run = Launcher::new(&moto.endpoint())
+        .launch(2, "1h")
+        .args(["--wait", "--wait-timeout", "30s"])
+        .run();
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(
         run.stderr.trim(),
@@ -624,16 +522,10 @@ async fn wait_returns_once_the_instances_run_with_a_quiet_line_when_piped() {
 
 /// Runs the launcher with Batch and SSM at moto and EC2 at `ec2`.
 fn launcher_with_ec2(moto: &MotoServer, ec2: &StubServer, args: &[&str]) -> Run {
-    finished(
-        launcher_command(&moto.endpoint())
-            .env("AWS_ENDPOINT_URL_EC2", ec2.url(""))
-            .env("AWS_MAX_ATTEMPTS", "1")
-            .args(args),
-    )
-}
-
-fn ec2_error(code: &str, message: &str) -> String {
-    format!("<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>r</RequestID></Response>")
+    Launcher::new(&moto.endpoint())
+        .ec2_at(&ec2.url(""))
+        .args(args)
+        .run()
 }
 
 #[tokio::test]
@@ -755,7 +647,7 @@ fn capacity_block_ec2(moto: &MotoServer, end_date: time::OffsetDateTime) -> Stub
     let upstream = moto.addr();
     StubServer::start(move |_, request| {
         if request.body.contains("Action=DescribeCapacityReservations") {
-            (200, format!("<DescribeCapacityReservationsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><capacityReservationSet><item><capacityReservationId>cr-0123abcd</capacityReservationId><instanceType>p5.48xlarge</instanceType><reservationType>capacity-block</reservationType><endDate>{end_text}</endDate></item></capacityReservationSet></DescribeCapacityReservationsResponse>"))
+            (200, canned::capacity_block("cr-0123abcd", &end_text))
         } else {
             blockwatch_testkit::stub::forward(upstream, request)
         }
@@ -843,15 +735,9 @@ async fn network_profile_and_key_reach_the_instances() {
         .send()
         .await
         .unwrap();
-    let run = launcher(
-        &moto.endpoint(),
-        &[
-            "--compute-environment",
-            "research",
-            "--count",
-            "1",
-            "--duration",
-            "2h",
+    let run = Launcher::new(&moto.endpoint())
+        .launch(1, "2h")
+        .args([
             "--subnet",
             &subnet,
             "--security-group",
@@ -862,8 +748,8 @@ async fn network_profile_and_key_reach_the_instances() {
             "ops",
             "--name",
             "gpu-block",
-        ],
-    );
+        ])
+        .run();
     assert_eq!(run.code, 0, "{}", run.stderr);
     let all = instances(&moto).await;
     assert_eq!(all[0].subnet_id(), Some(subnet.as_str()));
@@ -896,11 +782,11 @@ async fn launch_two_and_register_them(
     ecs_endpoint: Option<&str>,
     skip: &[String],
 ) -> RegisteredLaunch {
-    let mut command = launcher_command(&moto.endpoint());
+    let mut launcher = Launcher::new(&moto.endpoint());
     if let Some(endpoint) = ecs_endpoint {
-        command.env("AWS_ENDPOINT_URL_ECS", endpoint);
+        launcher = launcher.env("AWS_ENDPOINT_URL_ECS", endpoint);
     }
-    let child = command
+    let child = launcher
         .args([
             "--compute-environment",
             ce,
@@ -913,6 +799,7 @@ async fn launch_two_and_register_them(
             "--wait-timeout",
             wait_timeout,
         ])
+        .command()
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -988,12 +875,7 @@ async fn wait_redraws_its_progress_on_a_tty() {
         .args(["-q", "-e", "-c", &command, "/dev/null"])
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
-        .env("AWS_ENDPOINT_URL", moto.endpoint())
-        .env("AWS_REGION", REGION)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_CONFIG_FILE", "/nonexistent")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .envs(hermetic_env(&moto.endpoint()))
         .output()
         .expect("util-linux script (apt-get install bsdutils)");
     let screen = String::from_utf8_lossy(&output.stdout);
@@ -1083,28 +965,16 @@ fn recording_proxy(moto: &MotoServer) -> StubServer {
 
 /// The launcher with nothing but an AWS profile: no keys in the environment,
 /// no instance metadata, `AWS_CONFIG_FILE` and `AWS_PROFILE` naming the profile.
-fn launcher_with_profile(endpoint: &str, home: &std::path::Path, profile: &str) -> Command {
-    let mut command = Command::new(LAUNCHER);
-    command
-        .env_clear()
+fn launcher_with_profile(endpoint: &str, home: &std::path::Path, profile: &str) -> Launcher {
+    Launcher::new(endpoint)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
         .env("PATH", "/usr/bin:/bin")
         .env("HOME", home)
-        .env("AWS_ENDPOINT_URL", endpoint)
-        .env("AWS_REGION", REGION)
         .env("AWS_CONFIG_FILE", home.join("config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
         .env("AWS_PROFILE", profile)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .args([
-            "--compute-environment",
-            "research",
-            "--count",
-            "1",
-            "--duration",
-            "1h",
-            "--dry-run",
-        ]);
-    command
+        .launch(1, "1h")
+        .args(["--dry-run"])
 }
 
 fn assert_signed_by(proxy: &StubServer, access_key: &str) {
@@ -1146,11 +1016,7 @@ async fn credential_process_profile_is_honoured() {
     )
     .unwrap();
 
-    let run = finished(&mut launcher_with_profile(
-        &proxy.url(""),
-        home.path(),
-        "ops",
-    ));
+    let run = launcher_with_profile(&proxy.url(""), home.path(), "ops").run();
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
         run.stdout.contains("nothing was launched"),
@@ -1193,10 +1059,9 @@ async fn sso_profile_with_a_cached_token_is_honoured() {
     )
     .unwrap();
 
-    let run = finished(
-        launcher_with_profile(&proxy.url(""), home.path(), "ops-sso")
-            .env("AWS_ENDPOINT_URL_SSO", portal.url("")),
-    );
+    let run = launcher_with_profile(&proxy.url(""), home.path(), "ops-sso")
+        .env("AWS_ENDPOINT_URL_SSO", portal.url(""))
+        .run();
     assert_eq!(run.code, 0, "{}", run.stderr);
     let asked = portal.received();
     assert_eq!(asked.len(), 1, "{asked:?}");
@@ -1211,55 +1076,6 @@ async fn sso_profile_with_a_cached_token_is_honoured() {
         Some("cached-sso-token")
     );
     assert_signed_by(&proxy, "ASIAFROMSSO");
-}
-
-/// ECS as a real account answers: ListContainerInstances gives pages of at
-/// most 100 ARNs (moto gives all at once), listing `first` before the rest
-/// (the real order is unspecified), and DescribeContainerInstances refuses
-/// more than 100. Everything else goes to moto.
-fn paginating_ecs(moto: &MotoServer, first: Vec<String>) -> StubServer {
-    let upstream = moto.addr();
-    StubServer::start(move |_, request| {
-        let target = request.header("x-amz-target").unwrap_or_default().to_owned();
-        let asked: serde_json::Value = serde_json::from_str(&request.body).unwrap_or_default();
-        if target.ends_with(".DescribeContainerInstances")
-            && asked["containerInstances"]
-                .as_array()
-                .is_some_and(|a| a.len() > 100)
-        {
-            return (
-                400,
-                serde_json::json!({"__type": "InvalidParameterException", "message": "containerInstances: at most 100"}).to_string(),
-            );
-        }
-        let (status, text) = blockwatch_testkit::stub::forward(upstream, request);
-        if !target.ends_with(".ListContainerInstances") || status != 200 {
-            return (status, text);
-        }
-        let listed: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let all: Vec<String> = listed["containerInstanceArns"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap().to_owned())
-            .collect();
-        let mut ordered: Vec<&String> = all.iter().filter(|a| first.contains(a)).collect();
-        ordered.extend(all.iter().filter(|a| !first.contains(a)));
-        let start: usize = asked["nextToken"]
-            .as_str()
-            .map_or(0, |t| t.parse().unwrap());
-        let size = asked["maxResults"]
-            .as_u64()
-            .map_or(100, |m| m.min(100) as usize);
-        let end = (start + size).min(ordered.len());
-        let next = (end < ordered.len()).then(|| end.to_string());
-        (
-            200,
-            serde_json::json!({"containerInstanceArns": ordered[start.min(end)..end], "nextToken": next})
-                .to_string(),
-        )
-    })
-    .unwrap()
 }
 
 #[tokio::test]
@@ -1289,7 +1105,7 @@ async fn wait_registered_finds_ours_past_the_first_page_of_a_busy_cluster() {
                 .unwrap(),
         );
     }
-    let ecs = paginating_ecs(&moto, others);
+    let ecs = canned::paginating_ecs(moto.addr(), 100, others).unwrap();
     let ecs_endpoint = ecs.url("");
     let RegisteredLaunch {
         output,
@@ -1505,4 +1321,64 @@ async fn every_market_launches_instances_that_terminate_when_they_power_off() {
         "the DryRun checks the request that would be sent: {}",
         dry_run_request.body
     );
+}
+
+#[tokio::test]
+async fn log_level_debug_shows_each_aws_call_and_error_keeps_only_the_error() {
+    let (moto, _) = moto_with_ce().await;
+    let launched_and_waited = |level: &[&str]| {
+        Launcher::new(&moto.endpoint())
+            .launch(1, "1h")
+            .args(["--wait", "--wait-timeout", "30s"])
+            .args(level)
+            .run()
+    };
+    let default = launched_and_waited(&[]);
+    assert_eq!(default.code, 0, "{}", default.stderr);
+    assert_eq!(
+        default.stderr, "waiting: 1/1 running\n",
+        "info: progress only"
+    );
+
+    let debug = launched_and_waited(&["--log-level", "debug"]);
+    assert_eq!(debug.code, 0, "{}", debug.stderr);
+    for call in [
+        "batch:DescribeComputeEnvironments",
+        "ssm:GetParameter",
+        "ec2:RunInstances",
+        "ec2:DescribeInstances",
+    ] {
+        let line = format!("blockwatch-launch: debug: calling {call}\n");
+        assert!(debug.stderr.contains(&line), "{call}: {}", debug.stderr);
+    }
+    assert!(debug.stderr.ends_with("waiting: 1/1 running\n"));
+
+    let quiet = launched_and_waited(&["--log-level", "error"]);
+    assert_eq!(quiet.code, 0, "{}", quiet.stderr);
+    assert_eq!(quiet.stderr, "", "error: no progress");
+
+    // The error that ends the command is shown at every level, and the flag
+    // works after a subcommand too.
+    let refused = Launcher::new(&moto.endpoint())
+        .args([
+            "list",
+            "--compute-environment",
+            "nope",
+            "--log-level",
+            "error",
+        ])
+        .run();
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    assert!(
+        refused.stderr.starts_with("blockwatch-launch: error: ") && refused.stderr.contains("nope"),
+        "{}",
+        refused.stderr
+    );
+
+    let bad = Launcher::new(&moto.endpoint())
+        .launch(1, "1h")
+        .args(["--log-level", "loud"])
+        .run();
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("--log-level"), "{}", bad.stderr);
 }

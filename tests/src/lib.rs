@@ -7,6 +7,7 @@ pub mod host_guard;
 pub mod http;
 pub mod imds;
 pub mod introspection;
+pub mod launcher;
 pub mod moto;
 pub mod stub;
 pub mod tls;
