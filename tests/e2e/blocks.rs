@@ -77,17 +77,22 @@ impl Fleet {
             .run()
     }
 
+    /// `extend` on the research compute environment.
+    fn extend(&self, args: &[&str]) -> Run {
+        self.launcher(&[&["extend", "--compute-environment", "research"], args].concat())
+    }
+
+    /// `list` of the research compute environment.
+    fn list(&self, args: &[&str]) -> Run {
+        self.launcher(&[&["list", "--compute-environment", "research"], args].concat())
+    }
+
     /// Every instance's tags and launch time, straight from moto.
     async fn instances(&self) -> BTreeMap<String, (BTreeMap<String, String>, OffsetDateTime)> {
-        let described = aws_sdk_ec2::Client::new(self.moto.sdk())
-            .describe_instances()
-            .send()
+        blockwatch_testkit::launcher::instances(&self.moto)
             .await
-            .unwrap();
-        described
-            .reservations()
+            .unwrap()
             .iter()
-            .flat_map(|r| r.instances())
             .map(|i| {
                 let tags = i
                     .tags()
@@ -107,6 +112,18 @@ impl Fleet {
 
     async fn launched_at(&self, id: &str) -> OffsetDateTime {
         self.instances().await.remove(id).unwrap().1
+    }
+
+    /// The DescribeInstances pages of 5 that reached moto after the first
+    /// `before` DescribeInstances calls.
+    fn described_pages(&self, before: usize) -> Vec<blockwatch_testkit::moto::RecordedRequest> {
+        self.moto
+            .requests()
+            .into_iter()
+            .filter(|r| r.body.contains("Action=DescribeInstances&"))
+            .skip(before)
+            .filter(|r| r.body.contains("MaxResults=5"))
+            .collect()
     }
 
     /// How many EC2 calls of `action` reached moto, and how many of them
@@ -291,7 +308,7 @@ async fn fleet() -> Fleet {
 
 /// `list`'s JSON rows by instance id.
 fn rows(run: &Run) -> BTreeMap<String, serde_json::Value> {
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.assert_exit(0);
     let listed: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     listed["instances"]
         .as_array()
@@ -305,15 +322,7 @@ fn rows(run: &Run) -> BTreeMap<String, serde_json::Value> {
 async fn list_shows_every_instance_of_the_compute_environment_across_pages() {
     let fleet = fleet().await;
     let (described_before, _) = fleet.ec2_calls("DescribeInstances");
-    let run = fleet.launcher(&[
-        "list",
-        "--compute-environment",
-        "research",
-        "--page-size",
-        PAGE,
-        "--output",
-        "json",
-    ]);
+    let run = fleet.list(&["--page-size", PAGE, "--output", "json"]);
     let rows = rows(&run);
     let listed: Vec<String> = rows.keys().cloned().collect();
     assert_eq!(
@@ -323,14 +332,7 @@ async fn list_shows_every_instance_of_the_compute_environment_across_pages() {
         fleet.other_ce,
         fleet.terminated
     );
-    let pages = fleet
-        .moto
-        .requests()
-        .into_iter()
-        .filter(|r| r.body.contains("Action=DescribeInstances&"))
-        .skip(described_before)
-        .filter(|r| r.body.contains("MaxResults=5"))
-        .collect::<Vec<_>>();
+    let pages = fleet.described_pages(described_before);
     assert!(pages.len() >= 2, "one page held them all: {pages:?}");
     assert!(pages.iter().any(|r| r.body.contains("NextToken=")));
     let ecs_pages = fleet
@@ -400,14 +402,8 @@ async fn list_shows_every_instance_of_the_compute_environment_across_pages() {
     }
 
     // The same as a table.
-    let text = fleet.launcher(&[
-        "list",
-        "--compute-environment",
-        "research",
-        "--page-size",
-        PAGE,
-    ]);
-    assert_eq!(text.code, 0, "{}", text.stderr);
+    let text = fleet.list(&["--page-size", PAGE]);
+    text.assert_exit(0);
     let lines: Vec<&str> = text.stdout.lines().collect();
     assert!(
         lines[0].starts_with("compute environment research -> ECS cluster "),
@@ -447,17 +443,13 @@ async fn list_shows_every_instance_of_the_compute_environment_across_pages() {
 
     // A compute environment that does not exist.
     let missing = fleet.launcher(&["list", "--compute-environment", "nope"]);
-    assert_eq!(missing.code, 3, "{}", missing.stderr);
-    assert!(
-        missing.stderr.contains("\"nope\" not found"),
-        "{}",
-        missing.stderr
-    );
+    missing.assert_exit(3);
+    missing.assert_stderr_has("\"nope\" not found");
 }
 
 /// The lease end `extend` printed for `id` in its JSON report.
 fn extended_to(run: &Run, id: &str) -> String {
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.assert_exit(0);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     report["extended"]
         .as_array()
@@ -475,9 +467,7 @@ fn extended_to(run: &Run, id: &str) -> String {
 async fn assert_refused(fleet: &Fleet, args: &[&str], code: i32, needles: &[&str]) {
     let before = fleet.instances().await;
     let writes_before = fleet.ec2_calls("CreateTags").0 + fleet.ec2_calls("DeleteTags").0;
-    let mut all = vec!["extend", "--compute-environment", "research"];
-    all.extend_from_slice(args);
-    let run = fleet.launcher(&all);
+    let run = fleet.extend(args);
     assert_eq!(run.code, code, "{args:?}: {}", run.stderr);
     assert_eq!(run.stderr.lines().count(), 1, "one line: {}", run.stderr);
     for needle in needles {
@@ -574,10 +564,7 @@ async fn extend_moves_lease_ends_and_refuses_what_it_must_not_touch() {
     let old_end = rfc3339(launched + time::Duration::hours(3));
     let new_end = rfc3339(launched + time::Duration::hours(4));
     let before = fleet.instances().await;
-    let dry = fleet.launcher(&[
-        "extend",
-        "--compute-environment",
-        "research",
+    let dry = fleet.extend(&[
         "--instance",
         target,
         "--by",
@@ -591,29 +578,12 @@ async fn extend_moves_lease_ends_and_refuses_what_it_must_not_touch() {
     assert_eq!(report["dry_run"], true);
     assert_eq!(report["extended"][0]["old_end"], old_end.as_str());
     assert_eq!(report["extended"][0]["removes_lease_duration"], true);
-    let dry_text = fleet.launcher(&[
-        "extend",
-        "--compute-environment",
-        "research",
-        "--instance",
-        target,
-        "--by",
-        "1h",
-        "--dry-run",
-    ]);
-    assert_eq!(dry_text.code, 0, "{}", dry_text.stderr);
-    assert!(
-        dry_text.stdout.contains(&format!(
-            "{target}  {old_end} (blockwatch:lease-duration) -> {new_end}  (+1h)"
-        )),
-        "{}",
-        dry_text.stdout
-    );
-    assert!(
-        dry_text.stdout.contains("nothing was written"),
-        "{}",
-        dry_text.stdout
-    );
+    let dry_text = fleet.extend(&["--instance", target, "--by", "1h", "--dry-run"]);
+    dry_text.assert_exit(0);
+    dry_text.assert_stdout_has(format!(
+        "{target}  {old_end} (blockwatch:lease-duration) -> {new_end}  (+1h)"
+    ));
+    dry_text.assert_stdout_has("nothing was written");
     assert_eq!(fleet.instances().await, before, "a dry run changed a tag");
     let (create, create_dry) = fleet.ec2_calls("CreateTags");
     let (delete, delete_dry) = fleet.ec2_calls("DeleteTags");
@@ -621,24 +591,12 @@ async fn extend_moves_lease_ends_and_refuses_what_it_must_not_touch() {
     assert_eq!((create_dry, delete_dry), (create, delete), "only DryRuns");
 
     // --by on a lease-duration: the duration becomes an end, and goes.
-    let run = fleet.launcher(&[
-        "extend",
-        "--compute-environment",
-        "research",
-        "--instance",
-        target,
-        "--by",
-        "1h",
-    ]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(
-        run.stdout.contains(&format!(
-            "{old_end} (blockwatch:lease-duration) -> {new_end}"
-        )),
-        "{}",
-        run.stdout
-    );
-    assert!(run.stdout.contains("within a minute"), "{}", run.stdout);
+    let run = fleet.extend(&["--instance", target, "--by", "1h"]);
+    run.assert_exit(0);
+    run.assert_stdout_has(format!(
+        "{old_end} (blockwatch:lease-duration) -> {new_end}"
+    ));
+    run.assert_stdout_has("within a minute");
     let tags = fleet.tags(target).await;
     assert_eq!(tags.get(LEASE_END), Some(&new_end));
     assert_eq!(
@@ -653,10 +611,7 @@ async fn extend_moves_lease_ends_and_refuses_what_it_must_not_touch() {
         .to_offset(time::UtcOffset::from_hms(2, 0, 0).unwrap())
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
-    let run = fleet.launcher(&[
-        "extend",
-        "--compute-environment",
-        "research",
+    let run = fleet.extend(&[
         "--instance",
         &fleet.on_end,
         "--until",
@@ -689,10 +644,7 @@ async fn extend_moves_lease_ends_and_refuses_what_it_must_not_touch() {
         }
     };
     let (described_before, _) = fleet.ec2_calls("DescribeInstances");
-    let run = fleet.launcher(&[
-        "extend",
-        "--compute-environment",
-        "research",
+    let run = fleet.extend(&[
         "--all",
         "--by",
         "30m",
@@ -701,7 +653,7 @@ async fn extend_moves_lease_ends_and_refuses_what_it_must_not_touch() {
         "--output",
         "json",
     ]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.assert_exit(0);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     let mut moved: Vec<String> = fleet.on_duration.clone();
     moved.extend([
@@ -745,14 +697,7 @@ async fn extend_moves_lease_ends_and_refuses_what_it_must_not_touch() {
     ] {
         assert_eq!(after[untouched].0, before[untouched].0, "{untouched}");
     }
-    let pages = fleet
-        .moto
-        .requests()
-        .into_iter()
-        .filter(|r| r.body.contains("Action=DescribeInstances&"))
-        .skip(described_before)
-        .filter(|r| r.body.contains("MaxResults=5"))
-        .count();
+    let pages = fleet.described_pages(described_before).len();
     assert!(pages >= 2, "ten instances in pages of 5");
 }
 
@@ -871,7 +816,7 @@ async fn list_works_against_aws_over_https_trusting_the_bundle_in_ssl_cert_file(
         ])
         .run();
 
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.assert_exit(0);
     let rows = rows(&run);
     assert_eq!(rows.keys().collect::<Vec<_>>(), [&id], "{}", run.stdout);
     assert_eq!(rows[&id]["lease_source"], "lease-duration");

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use blockwatch_testkit::imds::{ImdsSimulator, InstanceState};
 use blockwatch_testkit::launcher::canned::{self, ec2_error};
-use blockwatch_testkit::launcher::{hermetic_env, Launcher, Run};
+use blockwatch_testkit::launcher::{hermetic_env, launch_args, Launcher, Run};
 use blockwatch_testkit::moto::{MotoServer, REGION};
 use blockwatch_testkit::stub::StubServer;
 
@@ -23,18 +23,8 @@ async fn moto_with_ce() -> (MotoServer, String) {
     (moto, cluster_arn.rsplit('/').next().unwrap().to_owned())
 }
 
-/// All instances moto holds, as (id, instance).
 async fn instances(moto: &MotoServer) -> Vec<aws_sdk_ec2::types::Instance> {
-    let described = aws_sdk_ec2::Client::new(moto.sdk())
-        .describe_instances()
-        .send()
-        .await
-        .unwrap();
-    described
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances().to_vec())
-        .collect()
+    blockwatch_testkit::launcher::instances(moto).await.unwrap()
 }
 
 fn tag<'a>(instance: &'a aws_sdk_ec2::types::Instance, key: &str) -> Option<&'a str> {
@@ -99,7 +89,7 @@ async fn spot_market_launches_tagged_spot_instances_with_imdsv2_and_no_user_data
         .launch(2, "3h")
         .args(["--output", "json"])
         .run();
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.assert_exit(0);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(report["cluster"], cluster);
     assert_eq!(report["market"], "spot");
@@ -175,7 +165,7 @@ async fn on_demand_market_and_graviton_types_use_the_arm64_ami() {
         .launch(1, "90m")
         .args(["--market", "on-demand", "--instance-type", "m7g.large"])
         .run();
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.assert_exit(0);
     let all = instances(&moto).await;
     assert_eq!(all.len(), 1);
     assert_eq!(
@@ -188,7 +178,7 @@ async fn on_demand_market_and_graviton_types_use_the_arm64_ami() {
         Some(ami_from_ssm(&moto, true).await.as_str())
     );
     assert_eq!(tag(&all[0], "blockwatch:lease-duration"), Some("1h 30m"));
-    assert!(run.stdout.contains("launched 1 of 1"), "{}", run.stdout);
+    run.assert_stdout_has("launched 1 of 1");
 }
 
 #[tokio::test]
@@ -203,7 +193,7 @@ async fn ecs_config_user_data_carries_the_resolved_cluster() {
             "ami-0123456789abcdef0",
         ])
         .run();
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.assert_exit(0);
     let all = instances(&moto).await;
     assert_eq!(
         all[0].image_id(),
@@ -243,16 +233,7 @@ async fn assert_refused_and_nothing_launched(
 async fn unknown_managed_and_bad_requests_are_refused_and_nothing_launches() {
     let (moto, _) = moto_with_ce().await;
     moto.create_managed_ce("managed-ce").await.unwrap();
-    let base = |ce: &'static str, duration: &'static str| {
-        vec![
-            "--compute-environment",
-            ce,
-            "--count",
-            "1",
-            "--duration",
-            duration,
-        ]
-    };
+    let base = |ce: &'static str, duration: &'static str| launch_args(ce, "1", duration);
 
     assert_refused_and_nothing_launched(
         &moto,
@@ -300,7 +281,7 @@ async fn unknown_managed_and_bad_requests_are_refused_and_nothing_launches() {
     block.extend(["--market", "capacity-block"]);
     assert_refused_and_nothing_launched(&moto, &block, 2, "needs --capacity-reservation-id").await;
     let zero = Launcher::new(&moto.endpoint()).launch(0, "3h").run();
-    assert_eq!(zero.code, 2, "{}", zero.stderr);
+    zero.assert_exit(2);
     // Only the test's own DescribeInstances reached moto: validation made no call.
     let made = moto.requests().len() - before;
     assert_eq!(
@@ -316,7 +297,7 @@ async fn dry_run_launches_nothing_and_prints_the_plan() {
         .launch(3, "2h")
         .args(["--dry-run", "--output", "json"])
         .run();
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.assert_exit(0);
     let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(plan["dry_run"], true);
     assert_eq!(plan["cluster"], cluster);
@@ -328,16 +309,8 @@ async fn dry_run_launches_nothing_and_prints_the_plan() {
         .launch(3, "2h")
         .args(["--dry-run"])
         .run();
-    assert!(
-        text.stdout.contains("would launch 3 x m6i.large (spot)"),
-        "{}",
-        text.stdout
-    );
-    assert!(
-        text.stdout.contains("nothing was launched"),
-        "{}",
-        text.stdout
-    );
+    text.assert_stdout_has("would launch 3 x m6i.large (spot)");
+    text.assert_stdout_has("nothing was launched");
 }
 
 #[tokio::test]
@@ -382,7 +355,7 @@ async fn agent_joins_with_no_aws_call_and_derives_the_lease_end_the_launcher_pri
         .launch(1, "4h")
         .args(["--output", "json"])
         .run();
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.assert_exit(0);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     let printed = report["instances"][0]["lease_end"]
         .as_str()
@@ -511,13 +484,13 @@ async fn wait_returns_once_the_instances_run_with_a_quiet_line_when_piped() {
         .launch(2, "1h")
         .args(["--wait", "--wait-timeout", "30s"])
         .run();
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.assert_exit(0);
     assert_eq!(
         run.stderr.trim(),
         "waiting: 2/2 running",
         "one line, no redraws, when piped"
     );
-    assert!(run.stdout.contains("running"), "{}", run.stdout);
+    run.assert_stdout_has("running");
 }
 
 /// Runs the launcher with Batch and SSM at moto and EC2 at `ec2`.
@@ -532,17 +505,15 @@ fn launcher_with_ec2(moto: &MotoServer, ec2: &StubServer, args: &[&str]) -> Run 
 async fn capacity_shortfall_price_and_access_denied_get_specific_errors() {
     let (moto, _) = moto_with_ce().await;
     let args = [
-        "--compute-environment",
-        "research",
-        "--count",
-        "2",
-        "--duration",
-        "1h",
-        "--instance-type",
-        "p5.48xlarge",
-        "--instance-type",
-        "m6i.large",
-    ];
+        launch_args("research", "2", "1h"),
+        vec![
+            "--instance-type",
+            "p5.48xlarge",
+            "--instance-type",
+            "m6i.large",
+        ],
+    ]
+    .concat();
 
     // The first type has no capacity; the second gives one instance, then no more.
     let partial = StubServer::start(|n, _| {
@@ -554,16 +525,9 @@ async fn capacity_shortfall_price_and_access_denied_get_specific_errors() {
     })
     .unwrap();
     let run = launcher_with_ec2(&moto, &partial, &args);
-    assert_eq!(run.code, 4, "{}", run.stderr);
-    assert!(
-        run.stderr
-            .contains("insufficient capacity: launched 1 of 2")
-            && run
-                .stderr
-                .contains("p5.48xlarge: InsufficientInstanceCapacity"),
-        "{}",
-        run.stderr
-    );
+    run.assert_exit(4);
+    run.assert_stderr_has("insufficient capacity: launched 1 of 2")
+        .assert_stderr_has("p5.48xlarge: InsufficientInstanceCapacity");
     assert!(
         run.stdout.contains("i-0aaaaaaaaaaaaaaa1"),
         "what launched is still reported: {}",
@@ -582,24 +546,16 @@ async fn capacity_shortfall_price_and_access_denied_get_specific_errors() {
     let mut lenient = args.to_vec();
     lenient.extend(["--min-count", "1"]);
     let run = launcher_with_ec2(&moto, &partial_ok, &lenient);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(
-        run.stdout
-            .contains("warning: partial capacity: launched 1 of 2"),
-        "{}",
-        run.stdout
-    );
+    run.assert_exit(0);
+    run.assert_stdout_has("warning: partial capacity: launched 1 of 2");
 
     let low = StubServer::start(|_, _| (400, ec2_error("SpotMaxPriceTooLow", "Your Spot request price of 0.001 is lower than the minimum required Spot request fulfillment price of 0.05."))).unwrap();
     let mut priced = args.to_vec();
     priced.extend(["--max-price", "0.001"]);
     let run = launcher_with_ec2(&moto, &low, &priced);
-    assert_eq!(run.code, 6, "{}", run.stderr);
-    assert!(
-        run.stderr.contains("spot price too low") && run.stderr.contains("--max-price"),
-        "{}",
-        run.stderr
-    );
+    run.assert_exit(6);
+    run.assert_stderr_has("spot price too low")
+        .assert_stderr_has("--max-price");
 
     let denied = StubServer::start(|_, _| {
         (
@@ -612,13 +568,8 @@ async fn capacity_shortfall_price_and_access_denied_get_specific_errors() {
     })
     .unwrap();
     let run = launcher_with_ec2(&moto, &denied, &args);
-    assert_eq!(run.code, 5, "{}", run.stderr);
-    assert!(
-        run.stderr
-            .contains("AccessDenied: the caller may not call ec2:RunInstances"),
-        "{}",
-        run.stderr
-    );
+    run.assert_exit(5);
+    run.assert_stderr_has("AccessDenied: the caller may not call ec2:RunInstances");
 }
 
 #[test]
@@ -667,23 +618,21 @@ async fn capacity_block_market_carries_the_reservation_and_its_end_minus_thirty_
         &moto,
         &ec2,
         &[
-            "--compute-environment",
-            "research",
-            "--count",
-            "1",
-            "--duration",
-            "6h",
-            "--market",
-            "capacity-block",
-            "--capacity-reservation-id",
-            "cr-0123abcd",
-            "--instance-type",
-            "p5.48xlarge",
-            "--output",
-            "json",
-        ],
+            &launch_args("research", "1", "6h")[..],
+            &[
+                "--market",
+                "capacity-block",
+                "--capacity-reservation-id",
+                "cr-0123abcd",
+                "--instance-type",
+                "p5.48xlarge",
+                "--output",
+                "json",
+            ],
+        ]
+        .concat(),
     );
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.assert_exit(0);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     let lease_end = blockwatch_testkit::imds::rfc3339(end_date - time::Duration::minutes(30));
     assert_eq!(report["market"], "capacity-block");
@@ -750,7 +699,7 @@ async fn network_profile_and_key_reach_the_instances() {
             "gpu-block",
         ])
         .run();
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.assert_exit(0);
     let all = instances(&moto).await;
     assert_eq!(all[0].subnet_id(), Some(subnet.as_str()));
     assert!(all[0]
@@ -787,13 +736,8 @@ async fn launch_two_and_register_them(
         launcher = launcher.env("AWS_ENDPOINT_URL_ECS", endpoint);
     }
     let child = launcher
+        .args(launch_args(ce, "2", "1h"))
         .args([
-            "--compute-environment",
-            ce,
-            "--count",
-            "2",
-            "--duration",
-            "1h",
             "--wait",
             "--wait-registered",
             "--wait-timeout",
@@ -855,8 +799,8 @@ async fn wait_registered_waits_for_container_instances_and_times_out_without_the
             "3s",
         ],
     );
-    assert_eq!(run.code, 8, "{}", run.stderr);
-    assert!(run.stderr.contains("timed out after 3s"), "{}", run.stderr);
+    run.assert_exit(8);
+    run.assert_stderr_has("timed out after 3s");
     assert!(
         run.stdout.contains("launched 1 of 1"),
         "the launched instance is still reported: {}",
@@ -889,19 +833,12 @@ async fn wait_redraws_its_progress_on_a_tty() {
 #[tokio::test]
 async fn imds_hop_limit_defaults_to_1_reaches_ec2_and_the_plan_and_is_validated() {
     let (moto, _) = moto_with_ce().await;
-    let base = [
-        "--compute-environment",
-        "research",
-        "--count",
-        "1",
-        "--duration",
-        "1h",
-    ];
+    let base = launch_args("research", "1", "1h");
 
     let mut two = base.to_vec();
     two.extend(["--imds-hop-limit", "2", "--output", "json"]);
     let run = launcher(&moto.endpoint(), &two);
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.assert_exit(0);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(report["imds_hop_limit"], 2);
     assert!(
@@ -931,7 +868,7 @@ async fn imds_hop_limit_defaults_to_1_reaches_ec2_and_the_plan_and_is_validated(
     let mut dry_text = base.to_vec();
     dry_text.push("--dry-run");
     let text = launcher(&moto.endpoint(), &dry_text);
-    assert!(text.stdout.contains("hop limit 1"), "{}", text.stdout);
+    text.assert_stdout_has("hop limit 1");
     assert!(
         text.stdout
             .contains("Batch jobs run in host network mode and can use the instance role"),
@@ -945,13 +882,9 @@ async fn imds_hop_limit_defaults_to_1_reaches_ec2_and_the_plan_and_is_validated(
         let before = instances(&moto).await.len();
         let run = launcher(&moto.endpoint(), &refused);
         assert_eq!(run.code, 2, "{bad}: {}", run.stderr);
-        assert!(
-            run.stderr.contains(&format!(
-                "--imds-hop-limit must be between 1 and 64, not {bad}"
-            )),
-            "{}",
-            run.stderr
-        );
+        run.assert_stderr_has(format!(
+            "--imds-hop-limit must be between 1 and 64, not {bad}"
+        ));
         assert_eq!(instances(&moto).await.len(), before, "nothing launched");
     }
 }
@@ -1017,12 +950,8 @@ async fn credential_process_profile_is_honoured() {
     .unwrap();
 
     let run = launcher_with_profile(&proxy.url(""), home.path(), "ops").run();
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(
-        run.stdout.contains("nothing was launched"),
-        "{}",
-        run.stdout
-    );
+    run.assert_exit(0);
+    run.assert_stdout_has("nothing was launched");
     assert!(ran.exists(), "the credential_process ran");
     assert_signed_by(&proxy, "AKIDFROMPROCESS");
 }
@@ -1062,7 +991,7 @@ async fn sso_profile_with_a_cached_token_is_honoured() {
     let run = launcher_with_profile(&proxy.url(""), home.path(), "ops-sso")
         .env("AWS_ENDPOINT_URL_SSO", portal.url(""))
         .run();
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.assert_exit(0);
     let asked = portal.received();
     assert_eq!(asked.len(), 1, "{asked:?}");
     assert!(
@@ -1157,17 +1086,8 @@ fn eventually_consistent_ec2(moto: &MotoServer, not_found: usize) -> StubServer 
 /// Launches one instance into `research` through `ec2` and waits up to 60 s
 /// for it to run; `extra` arguments are added.
 fn launch_one_and_wait(moto: &MotoServer, ec2: &StubServer, extra: &[&str]) -> Run {
-    let mut args = vec![
-        "--compute-environment",
-        "research",
-        "--count",
-        "1",
-        "--duration",
-        "1h",
-        "--wait",
-        "--wait-timeout",
-        "60s",
-    ];
+    let mut args = launch_args("research", "1", "1h");
+    args.extend(["--wait", "--wait-timeout", "60s"]);
     args.extend_from_slice(extra);
     launcher_with_ec2(moto, ec2, &args)
 }
@@ -1177,12 +1097,8 @@ async fn instances_ec2_does_not_know_yet_are_waited_for_not_refused() {
     let (moto, _) = moto_with_ce().await;
     let ec2 = eventually_consistent_ec2(&moto, 2);
     let run = launch_one_and_wait(&moto, &ec2, &[]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(
-        run.stderr.contains("waiting: 1/1 running"),
-        "{}",
-        run.stderr
-    );
+    run.assert_exit(0);
+    run.assert_stderr_has("waiting: 1/1 running");
     let described = ec2
         .received()
         .iter()
@@ -1197,12 +1113,9 @@ async fn instances_ec2_never_knows_are_refused_after_a_bounded_while() {
     let ec2 = eventually_consistent_ec2(&moto, usize::MAX);
     let started = std::time::Instant::now();
     let run = launch_one_and_wait(&moto, &ec2, &["--not-found-grace", "3s"]);
-    assert_eq!(run.code, 7, "{}", run.stderr);
-    assert!(
-        run.stderr.contains("InvalidInstanceID.NotFound") && run.stderr.contains("3s"),
-        "{}",
-        run.stderr
-    );
+    run.assert_exit(7);
+    run.assert_stderr_has("InvalidInstanceID.NotFound")
+        .assert_stderr_has("3s");
     assert!(
         started.elapsed() < std::time::Duration::from_secs(40),
         "gave up after the grace, not the wait timeout"
@@ -1233,7 +1146,7 @@ async fn shutdown_behavior(moto: &MotoServer, id: &str) -> Option<String> {
 }
 
 fn launched_ids(run: &Run) -> Vec<String> {
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.assert_exit(0);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(report["shutdown_behavior"], "terminate", "{report}");
     report["instances"]
@@ -1247,16 +1160,7 @@ fn launched_ids(run: &Run) -> Vec<String> {
 #[tokio::test]
 async fn every_market_launches_instances_that_terminate_when_they_power_off() {
     let (moto, _) = moto_with_ce().await;
-    let base = [
-        "--compute-environment",
-        "research",
-        "--count",
-        "1",
-        "--duration",
-        "2h",
-        "--output",
-        "json",
-    ];
+    let base = [launch_args("research", "1", "2h"), vec!["--output", "json"]].concat();
     let mut launched = Vec::new();
     for market in [
         &["--market", "spot"][..],
@@ -1304,11 +1208,7 @@ async fn every_market_launches_instances_that_terminate_when_they_power_off() {
     let mut dry_text = base[..6].to_vec();
     dry_text.push("--dry-run");
     let text = launcher(&moto.endpoint(), &dry_text);
-    assert!(
-        text.stdout.contains("on shutdown: terminate"),
-        "{}",
-        text.stdout
-    );
+    text.assert_stdout_has("on shutdown: terminate");
     let dry_run_request = moto
         .requests()
         .into_iter()
@@ -1334,14 +1234,14 @@ async fn log_level_debug_shows_each_aws_call_and_error_keeps_only_the_error() {
             .run()
     };
     let default = launched_and_waited(&[]);
-    assert_eq!(default.code, 0, "{}", default.stderr);
+    default.assert_exit(0);
     assert_eq!(
         default.stderr, "waiting: 1/1 running\n",
         "info: progress only"
     );
 
     let debug = launched_and_waited(&["--log-level", "debug"]);
-    assert_eq!(debug.code, 0, "{}", debug.stderr);
+    debug.assert_exit(0);
     for call in [
         "batch:DescribeComputeEnvironments",
         "ssm:GetParameter",
@@ -1354,7 +1254,7 @@ async fn log_level_debug_shows_each_aws_call_and_error_keeps_only_the_error() {
     assert!(debug.stderr.ends_with("waiting: 1/1 running\n"));
 
     let quiet = launched_and_waited(&["--log-level", "error"]);
-    assert_eq!(quiet.code, 0, "{}", quiet.stderr);
+    quiet.assert_exit(0);
     assert_eq!(quiet.stderr, "", "error: no progress");
 
     // The error that ends the command is shown at every level, and the flag
@@ -1368,7 +1268,7 @@ async fn log_level_debug_shows_each_aws_call_and_error_keeps_only_the_error() {
             "error",
         ])
         .run();
-    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    refused.assert_exit(3);
     assert!(
         refused.stderr.starts_with("blockwatch-launch: error: ") && refused.stderr.contains("nope"),
         "{}",
@@ -1379,6 +1279,6 @@ async fn log_level_debug_shows_each_aws_call_and_error_keeps_only_the_error() {
         .launch(1, "1h")
         .args(["--log-level", "loud"])
         .run();
-    assert_eq!(bad.code, 2, "{}", bad.stderr);
-    assert!(bad.stderr.contains("--log-level"), "{}", bad.stderr);
+    bad.assert_exit(2);
+    bad.assert_stderr_has("--log-level");
 }

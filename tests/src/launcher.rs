@@ -28,6 +28,40 @@ pub struct Run {
     pub stderr: String,
 }
 
+/// Assertions that show the run whenever they fail.
+#[allow(clippy::panic)]
+impl Run {
+    /// It exited with `code`.
+    #[track_caller]
+    pub fn assert_exit(&self, code: i32) -> &Self {
+        if self.code != code {
+            panic!(
+                "exit {} instead of {code}: {}{}",
+                self.code, self.stderr, self.stdout
+            );
+        }
+        self
+    }
+
+    /// Its stdout holds `needle`.
+    #[track_caller]
+    pub fn assert_stdout_has(&self, needle: impl AsRef<str>) -> &Self {
+        if !self.stdout.contains(needle.as_ref()) {
+            panic!("stdout lacks {:?}: {}", needle.as_ref(), self.stdout);
+        }
+        self
+    }
+
+    /// Its stderr holds `needle`.
+    #[track_caller]
+    pub fn assert_stderr_has(&self, needle: impl AsRef<str>) -> &Self {
+        if !self.stderr.contains(needle.as_ref()) {
+            panic!("stderr lacks {:?}: {}", needle.as_ref(), self.stderr);
+        }
+        self
+    }
+}
+
 /// The launcher with only AWS at one endpoint in its environment: fixed
 /// test credentials, a region, no profile files, no instance metadata, and
 /// nothing of the host's.
@@ -79,14 +113,7 @@ impl Launcher {
     /// Launching `count` instances for `duration` into the `research`
     /// compute environment, the flags most tests start from.
     pub fn launch(self, count: u32, duration: &str) -> Self {
-        self.args([
-            "--compute-environment",
-            "research",
-            "--count",
-            &count.to_string(),
-            "--duration",
-            duration,
-        ])
+        self.args(launch_args("research", &count.to_string(), duration))
     }
 
     pub fn args<I, S>(mut self, args: I) -> Self
@@ -118,6 +145,38 @@ impl Launcher {
             },
         }
     }
+}
+
+/// Every instance moto holds, as the launcher's tests check them.
+pub async fn instances(
+    moto: &crate::moto::MotoServer,
+) -> Result<Vec<aws_sdk_ec2::types::Instance>, aws_sdk_ec2::Error> {
+    let described = aws_sdk_ec2::Client::new(moto.sdk())
+        .describe_instances()
+        .send()
+        .await?;
+    Ok(described
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances().to_vec())
+        .collect())
+}
+
+/// The flags that launch `count` instances for `duration` into
+/// `compute_environment`, for tests that vary the rest.
+pub fn launch_args<'a>(
+    compute_environment: &'a str,
+    count: &'a str,
+    duration: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "--compute-environment",
+        compute_environment,
+        "--count",
+        count,
+        "--duration",
+        duration,
+    ]
 }
 
 /// The environment of a hermetic launcher with AWS at `endpoint`.
