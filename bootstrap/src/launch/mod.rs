@@ -1,6 +1,10 @@
 //! Launching, the command without a subcommand: check the compute
 //! environment, pick the AMI, work out the lease, run the instances, and
 //! optionally wait for them.
+//!
+//! Over 400 lines because it holds the report's types and the steps of one
+//! launch in the order they run; the RunInstances request and `--wait` live
+//! in their own modules.
 
 mod run_instances;
 mod wait;
