@@ -2,25 +2,12 @@
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::exit;
 use crate::inventory::PageSize;
 use crate::launch::WaitOptions;
+use crate::logging::LogLevel;
 use crate::output::Output;
 use crate::plan::{Market, UserDataMode, DEFAULT_IMDS_HOP_LIMIT};
-
-const EXIT_CODES: &str = "\
-Exit codes:
-  0   launched, listed or extended (or dry run accepted)
-  1   internal error
-  2   invalid request (flags, duration, count, price, --until, combination)
-  3   compute environment refused (not found, MANAGED)
-  4   insufficient capacity: fewer instances than --min-count
-  5   AWS denied a call (the message names the action)
-  6   EC2 refused the request (price too low, spot blocks retired, not a Capacity Block)
-  7   AWS rejected the request for another reason
-  8   --wait timed out
-  9   extend refused an instance (unknown, another compute environment, a Capacity
-      Block, ended, or its new end is past); nothing was written
-  75  transient: AWS unreachable or throttled after retries";
 
 /// Request a block of instances that join an AWS Batch UNMANAGED compute environment by themselves.
 ///
@@ -36,7 +23,7 @@ Exit codes:
 #[command(
     name = "blockwatch-launch",
     version,
-    after_help = EXIT_CODES,
+    after_help = exit::help(),
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
@@ -45,17 +32,21 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub launch: LaunchArgs,
+    /// How much to say on stderr: error, warn, info (adds --wait progress), debug (adds each
+    /// AWS call) or trace
+    #[arg(long, global = true, value_name = "LEVEL", value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Show every instance tagged for a compute environment: market, state, lease end and time
     /// left, ECS status and running jobs
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = exit::help())]
     List(ListArgs),
     /// Move the lease end of running instances (rewrites blockwatch:lease-end; their agents pick
     /// the new end up within a minute). Capacity Blocks are extended through EC2 instead
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = exit::help())]
     Extend(ExtendArgs),
 }
 

@@ -1,13 +1,20 @@
 //! The launch report, `list` and `extend` as text (default) or JSON (`--output json`).
 
-use crate::inventory::{ExtendReport, ListReport};
+use crate::extend::ExtendReport;
 use crate::launch::Report;
+use crate::list::ListReport;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Output {
     #[default]
     Text,
     Json,
+}
+
+/// Prints the command's result on stdout.
+#[allow(clippy::print_stdout)]
+pub fn print(text: &str) {
+    println!("{text}");
 }
 
 fn rfc3339_or_dash(at: Option<time::OffsetDateTime>) -> String {

@@ -3,14 +3,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use blockwatch_core::time_text::rfc3339;
 use std::collections::BTreeMap;
 use std::process::Command;
 
 use aws_sdk_ec2::types::{
     InstanceMarketOptionsRequest, MarketType, ResourceType, Tag, TagSpecification,
 };
-use blockwatch_core::time_text::rfc3339;
-use blockwatch_testkit::moto::{MotoServer, REGION};
+use blockwatch_testkit::launcher::{canned, Launcher, Run};
+use blockwatch_testkit::moto::MotoServer;
 use blockwatch_testkit::stub::{forward, StubServer};
 use time::OffsetDateTime;
 
@@ -22,12 +23,6 @@ use blockwatch_core::tags::TAG_LEASE_DURATION as LEASE_DURATION;
 use blockwatch_core::tags::TAG_LEASE_END as LEASE_END;
 /// The Capacity Block the EC2 stand-in knows.
 const BLOCK_RESERVATION: &str = "cr-0b10c0000000000aa";
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
 
 /// The research compute environment's instances, by what each shows.
 struct Fleet {
@@ -76,39 +71,29 @@ impl Fleet {
     }
 
     fn launcher(&self, args: &[&str]) -> Run {
-        let output = Command::new(LAUNCHER)
-            .env_clear()
-            .env("AWS_ENDPOINT_URL", self.moto.endpoint())
-            .env("AWS_ENDPOINT_URL_EC2", self.ec2.url(""))
-            .env("AWS_ENDPOINT_URL_ECS", self.ecs.url(""))
-            .env("AWS_REGION", REGION)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_CONFIG_FILE", "/nonexistent")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_MAX_ATTEMPTS", "1")
+        Launcher::new(&self.moto.endpoint())
+            .ec2_at(&self.ec2.url(""))
+            .ecs_at(&self.ecs.url(""))
             .args(args)
-            .output()
-            .unwrap();
-        Run {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+            .run()
+    }
+
+    /// `extend` on the research compute environment.
+    fn extend(&self, args: &[&str]) -> Run {
+        self.launcher(&[&["extend", "--compute-environment", "research"], args].concat())
+    }
+
+    /// `list` of the research compute environment.
+    fn list(&self, args: &[&str]) -> Run {
+        self.launcher(&[&["list", "--compute-environment", "research"], args].concat())
     }
 
     /// Every instance's tags and launch time, straight from moto.
     async fn instances(&self) -> BTreeMap<String, (BTreeMap<String, String>, OffsetDateTime)> {
-        let described = aws_sdk_ec2::Client::new(self.moto.sdk())
-            .describe_instances()
-            .send()
+        blockwatch_testkit::launcher::instances(&self.moto)
             .await
-            .unwrap();
-        described
-            .reservations()
+            .unwrap()
             .iter()
-            .flat_map(|r| r.instances())
             .map(|i| {
                 let tags = i
                     .tags()
@@ -128,6 +113,18 @@ impl Fleet {
 
     async fn launched_at(&self, id: &str) -> OffsetDateTime {
         self.instances().await.remove(id).unwrap().1
+    }
+
+    /// The DescribeInstances pages of 5 that reached moto after the first
+    /// `before` DescribeInstances calls.
+    fn described_pages(&self, before: usize) -> Vec<blockwatch_testkit::moto::RecordedRequest> {
+        self.moto
+            .requests()
+            .into_iter()
+            .filter(|r| r.body.contains("Action=DescribeInstances&"))
+            .skip(before)
+            .filter(|r| r.body.contains("MaxResults=5"))
+            .collect()
     }
 
     /// How many EC2 calls of `action` reached moto, and how many of them
@@ -184,7 +181,7 @@ fn capacity_block_ec2(
     StubServer::start(move |_, request| {
         if request.body.contains("Action=DescribeCapacityReservations") {
             assert!(request.body.contains(BLOCK_RESERVATION), "{}", request.body);
-            return (200, format!("<DescribeCapacityReservationsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><capacityReservationSet><item><capacityReservationId>{BLOCK_RESERVATION}</capacityReservationId><instanceType>p5.48xlarge</instanceType><reservationType>capacity-block</reservationType><endDate>2099-01-01T00:00:00Z</endDate></item></capacityReservationSet></DescribeCapacityReservationsResponse>"));
+            return (200, canned::capacity_block(BLOCK_RESERVATION, "2099-01-01T00:00:00Z"));
         }
         let (status, body) = forward(upstream, request);
         if !request.body.contains("Action=DescribeInstances&") || status != 200 {
@@ -202,45 +199,6 @@ fn capacity_block_ec2(
                 &format!("{lifecycle}<instanceLifecycle>capacity-block</instanceLifecycle>"),
             );
         (status, body)
-    })
-    .unwrap()
-}
-
-/// ECS as a real account answers: ListContainerInstances in pages of
-/// `maxResults` (moto gives all at once), and DescribeContainerInstances
-/// refuses more than the page the launcher was given.
-fn paginating_ecs(moto: &MotoServer, page: usize) -> StubServer {
-    let upstream = moto.addr();
-    StubServer::start(move |_, request| {
-        let target = request.header("x-amz-target").unwrap_or_default().to_owned();
-        let asked: serde_json::Value = serde_json::from_str(&request.body).unwrap_or_default();
-        if target.ends_with(".DescribeContainerInstances")
-            && asked["containerInstances"]
-                .as_array()
-                .is_some_and(|a| a.len() > page)
-        {
-            return (
-                400,
-                serde_json::json!({"__type": "InvalidParameterException", "message": format!("containerInstances: at most {page}")}).to_string(),
-            );
-        }
-        let (status, text) = forward(upstream, request);
-        if !target.ends_with(".ListContainerInstances") || status != 200 {
-            return (status, text);
-        }
-        let listed: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let all = listed["containerInstanceArns"].as_array().unwrap().clone();
-        let start: usize = asked["nextToken"]
-            .as_str()
-            .map_or(0, |t| t.parse().unwrap());
-        let size = asked["maxResults"].as_u64().map_or(100, |m| m as usize);
-        let end = (start + size).min(all.len());
-        let next = (end < all.len()).then(|| end.to_string());
-        (
-            200,
-            serde_json::json!({"containerInstanceArns": all[start.min(end)..end], "nextToken": next})
-                .to_string(),
-        )
     })
     .unwrap()
 }
@@ -327,7 +285,7 @@ async fn fleet() -> Fleet {
         block_by_reservation.clone(),
         block_by_lifecycle.clone(),
     );
-    let ecs = paginating_ecs(&moto, PAGE.parse().unwrap());
+    let ecs = canned::paginating_ecs(moto.addr(), PAGE.parse().unwrap(), Vec::new()).unwrap();
     Fleet {
         moto,
         ec2,
@@ -347,7 +305,7 @@ async fn fleet() -> Fleet {
 
 /// `list`'s JSON rows by instance id.
 fn rows(run: &Run) -> BTreeMap<String, serde_json::Value> {
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.assert_exit(0);
     let listed: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     listed["instances"]
         .as_array()
@@ -361,15 +319,7 @@ fn rows(run: &Run) -> BTreeMap<String, serde_json::Value> {
 async fn list_shows_every_instance_of_the_compute_environment_across_pages() {
     let fleet = fleet().await;
     let (described_before, _) = fleet.ec2_calls("DescribeInstances");
-    let run = fleet.launcher(&[
-        "list",
-        "--compute-environment",
-        "research",
-        "--page-size",
-        PAGE,
-        "--output",
-        "json",
-    ]);
+    let run = fleet.list(&["--page-size", PAGE, "--output", "json"]);
     let rows = rows(&run);
     let listed: Vec<String> = rows.keys().cloned().collect();
     assert_eq!(
@@ -379,14 +329,7 @@ async fn list_shows_every_instance_of_the_compute_environment_across_pages() {
         fleet.other_ce,
         fleet.terminated
     );
-    let pages = fleet
-        .moto
-        .requests()
-        .into_iter()
-        .filter(|r| r.body.contains("Action=DescribeInstances&"))
-        .skip(described_before)
-        .filter(|r| r.body.contains("MaxResults=5"))
-        .collect::<Vec<_>>();
+    let pages = fleet.described_pages(described_before);
     assert!(pages.len() >= 2, "one page held them all: {pages:?}");
     assert!(pages.iter().any(|r| r.body.contains("NextToken=")));
     let ecs_pages = fleet
@@ -456,14 +399,8 @@ async fn list_shows_every_instance_of_the_compute_environment_across_pages() {
     }
 
     // The same as a table.
-    let text = fleet.launcher(&[
-        "list",
-        "--compute-environment",
-        "research",
-        "--page-size",
-        PAGE,
-    ]);
-    assert_eq!(text.code, 0, "{}", text.stderr);
+    let text = fleet.list(&["--page-size", PAGE]);
+    text.assert_exit(0);
     let lines: Vec<&str> = text.stdout.lines().collect();
     assert!(
         lines[0].starts_with("compute environment research -> ECS cluster "),
@@ -503,17 +440,13 @@ async fn list_shows_every_instance_of_the_compute_environment_across_pages() {
 
     // A compute environment that does not exist.
     let missing = fleet.launcher(&["list", "--compute-environment", "nope"]);
-    assert_eq!(missing.code, 3, "{}", missing.stderr);
-    assert!(
-        missing.stderr.contains("\"nope\" not found"),
-        "{}",
-        missing.stderr
-    );
+    missing.assert_exit(3);
+    missing.assert_stderr_has("\"nope\" not found");
 }
 
 /// The lease end `extend` printed for `id` in its JSON report.
 fn extended_to(run: &Run, id: &str) -> String {
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.assert_exit(0);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     report["extended"]
         .as_array()
@@ -531,9 +464,7 @@ fn extended_to(run: &Run, id: &str) -> String {
 async fn assert_refused(fleet: &Fleet, args: &[&str], code: i32, needles: &[&str]) {
     let before = fleet.instances().await;
     let writes_before = fleet.ec2_calls("CreateTags").0 + fleet.ec2_calls("DeleteTags").0;
-    let mut all = vec!["extend", "--compute-environment", "research"];
-    all.extend_from_slice(args);
-    let run = fleet.launcher(&all);
+    let run = fleet.extend(args);
     assert_eq!(run.code, code, "{args:?}: {}", run.stderr);
     assert_eq!(run.stderr.lines().count(), 1, "one line: {}", run.stderr);
     for needle in needles {
@@ -630,10 +561,7 @@ async fn extend_moves_lease_ends_and_refuses_what_it_must_not_touch() {
     let old_end = rfc3339(launched + time::Duration::hours(3));
     let new_end = rfc3339(launched + time::Duration::hours(4));
     let before = fleet.instances().await;
-    let dry = fleet.launcher(&[
-        "extend",
-        "--compute-environment",
-        "research",
+    let dry = fleet.extend(&[
         "--instance",
         target,
         "--by",
@@ -647,29 +575,12 @@ async fn extend_moves_lease_ends_and_refuses_what_it_must_not_touch() {
     assert_eq!(report["dry_run"], true);
     assert_eq!(report["extended"][0]["old_end"], old_end.as_str());
     assert_eq!(report["extended"][0]["removes_lease_duration"], true);
-    let dry_text = fleet.launcher(&[
-        "extend",
-        "--compute-environment",
-        "research",
-        "--instance",
-        target,
-        "--by",
-        "1h",
-        "--dry-run",
-    ]);
-    assert_eq!(dry_text.code, 0, "{}", dry_text.stderr);
-    assert!(
-        dry_text.stdout.contains(&format!(
-            "{target}  {old_end} (blockwatch:lease-duration) -> {new_end}  (+1h)"
-        )),
-        "{}",
-        dry_text.stdout
-    );
-    assert!(
-        dry_text.stdout.contains("nothing was written"),
-        "{}",
-        dry_text.stdout
-    );
+    let dry_text = fleet.extend(&["--instance", target, "--by", "1h", "--dry-run"]);
+    dry_text.assert_exit(0);
+    dry_text.assert_stdout_has(format!(
+        "{target}  {old_end} (blockwatch:lease-duration) -> {new_end}  (+1h)"
+    ));
+    dry_text.assert_stdout_has("nothing was written");
     assert_eq!(fleet.instances().await, before, "a dry run changed a tag");
     let (create, create_dry) = fleet.ec2_calls("CreateTags");
     let (delete, delete_dry) = fleet.ec2_calls("DeleteTags");
@@ -677,24 +588,12 @@ async fn extend_moves_lease_ends_and_refuses_what_it_must_not_touch() {
     assert_eq!((create_dry, delete_dry), (create, delete), "only DryRuns");
 
     // --by on a lease-duration: the duration becomes an end, and goes.
-    let run = fleet.launcher(&[
-        "extend",
-        "--compute-environment",
-        "research",
-        "--instance",
-        target,
-        "--by",
-        "1h",
-    ]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(
-        run.stdout.contains(&format!(
-            "{old_end} (blockwatch:lease-duration) -> {new_end}"
-        )),
-        "{}",
-        run.stdout
-    );
-    assert!(run.stdout.contains("within a minute"), "{}", run.stdout);
+    let run = fleet.extend(&["--instance", target, "--by", "1h"]);
+    run.assert_exit(0);
+    run.assert_stdout_has(format!(
+        "{old_end} (blockwatch:lease-duration) -> {new_end}"
+    ));
+    run.assert_stdout_has("within a minute");
     let tags = fleet.tags(target).await;
     assert_eq!(tags.get(LEASE_END), Some(&new_end));
     assert_eq!(
@@ -709,10 +608,7 @@ async fn extend_moves_lease_ends_and_refuses_what_it_must_not_touch() {
         .to_offset(time::UtcOffset::from_hms(2, 0, 0).unwrap())
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
-    let run = fleet.launcher(&[
-        "extend",
-        "--compute-environment",
-        "research",
+    let run = fleet.extend(&[
         "--instance",
         &fleet.on_end,
         "--until",
@@ -745,10 +641,7 @@ async fn extend_moves_lease_ends_and_refuses_what_it_must_not_touch() {
         }
     };
     let (described_before, _) = fleet.ec2_calls("DescribeInstances");
-    let run = fleet.launcher(&[
-        "extend",
-        "--compute-environment",
-        "research",
+    let run = fleet.extend(&[
         "--all",
         "--by",
         "30m",
@@ -757,7 +650,7 @@ async fn extend_moves_lease_ends_and_refuses_what_it_must_not_touch() {
         "--output",
         "json",
     ]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.assert_exit(0);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     let mut moved: Vec<String> = fleet.on_duration.clone();
     moved.extend([
@@ -801,14 +694,7 @@ async fn extend_moves_lease_ends_and_refuses_what_it_must_not_touch() {
     ] {
         assert_eq!(after[untouched].0, before[untouched].0, "{untouched}");
     }
-    let pages = fleet
-        .moto
-        .requests()
-        .into_iter()
-        .filter(|r| r.body.contains("Action=DescribeInstances&"))
-        .skip(described_before)
-        .filter(|r| r.body.contains("MaxResults=5"))
-        .count();
+    let pages = fleet.described_pages(described_before).len();
     assert!(pages >= 2, "ten instances in pages of 5");
 }
 
@@ -915,16 +801,8 @@ async fn list_works_against_aws_over_https_trusting_the_bundle_in_ssl_cert_file(
         .await
         .unwrap();
 
-    let output = Command::new(LAUNCHER)
-        .env_clear()
-        .env("AWS_ENDPOINT_URL", moto.endpoint())
+    let run = Launcher::new(&moto.endpoint())
         .env("SSL_CERT_FILE", ca.ca_file())
-        .env("AWS_REGION", REGION)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_CONFIG_FILE", "/nonexistent")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_MAX_ATTEMPTS", "1")
         .args([
             "list",
@@ -933,15 +811,9 @@ async fn list_works_against_aws_over_https_trusting_the_bundle_in_ssl_cert_file(
             "--output",
             "json",
         ])
-        .output()
-        .unwrap();
-    let run = Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
+        .run();
 
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.assert_exit(0);
     let rows = rows(&run);
     assert_eq!(rows.keys().collect::<Vec<_>>(), [&id], "{}", run.stdout);
     assert_eq!(rows[&id]["lease_source"], "lease-duration");

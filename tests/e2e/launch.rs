@@ -9,44 +9,15 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use blockwatch_testkit::imds::{ImdsSimulator, InstanceState};
+use blockwatch_testkit::launcher::canned::{self, ec2_error};
+use blockwatch_testkit::launcher::{hermetic_env, launch_args, Launcher, Run};
 use blockwatch_testkit::moto::{MotoServer, REGION};
 use blockwatch_testkit::stub::StubServer;
 
 const LAUNCHER: &str = env!("CARGO_BIN_EXE_blockwatch-launch");
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// The launcher with only AWS at `endpoint` in its environment: fixed test
-/// credentials, a region, and nothing of the host's.
-fn launcher_command(endpoint: &str) -> Command {
-    let mut command = Command::new(LAUNCHER);
-    command
-        .env_clear()
-        .env("AWS_ENDPOINT_URL", endpoint)
-        .env("AWS_REGION", REGION)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_CONFIG_FILE", "/nonexistent")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-        .env("AWS_EC2_METADATA_DISABLED", "true");
-    command
-}
-
-fn finished(command: &mut Command) -> Run {
-    let output = command.output().unwrap();
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
 fn launcher(endpoint: &str, args: &[&str]) -> Run {
-    finished(launcher_command(endpoint).args(args))
+    Launcher::new(endpoint).args(args).run()
 }
 
 async fn moto_with_ce() -> (MotoServer, String) {
@@ -55,18 +26,8 @@ async fn moto_with_ce() -> (MotoServer, String) {
     (moto, cluster_arn.rsplit('/').next().unwrap().to_owned())
 }
 
-/// All instances moto holds, as (id, instance).
 async fn instances(moto: &MotoServer) -> Vec<aws_sdk_ec2::types::Instance> {
-    let described = aws_sdk_ec2::Client::new(moto.sdk())
-        .describe_instances()
-        .send()
-        .await
-        .unwrap();
-    described
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances().to_vec())
-        .collect()
+    blockwatch_testkit::launcher::instances(moto).await.unwrap()
 }
 
 fn tag<'a>(instance: &'a aws_sdk_ec2::types::Instance, key: &str) -> Option<&'a str> {
@@ -127,20 +88,11 @@ async fn ami_from_ssm(moto: &MotoServer, arm64: bool) -> String {
 #[tokio::test]
 async fn spot_market_launches_tagged_spot_instances_with_imdsv2_and_no_user_data() {
     let (moto, cluster) = moto_with_ce().await;
-    let run = launcher(
-        &moto.endpoint(),
-        &[
-            "--compute-environment",
-            "research",
-            "--count",
-            "2",
-            "--duration",
-            "3h",
-            "--output",
-            "json",
-        ],
-    );
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = Launcher::new(&moto.endpoint())
+        .launch(2, "3h")
+        .args(["--output", "json"])
+        .run();
+    run.assert_exit(0);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(report["cluster"], cluster);
     assert_eq!(report["market"], "spot");
@@ -209,22 +161,11 @@ async fn spot_market_launches_tagged_spot_instances_with_imdsv2_and_no_user_data
 #[tokio::test]
 async fn on_demand_market_and_graviton_types_use_the_arm64_ami() {
     let (moto, _) = moto_with_ce().await;
-    let run = launcher(
-        &moto.endpoint(),
-        &[
-            "--compute-environment",
-            "research",
-            "--count",
-            "1",
-            "--duration",
-            "90m",
-            "--market",
-            "on-demand",
-            "--instance-type",
-            "m7g.large",
-        ],
-    );
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = Launcher::new(&moto.endpoint())
+        .launch(1, "90m")
+        .args(["--market", "on-demand", "--instance-type", "m7g.large"])
+        .run();
+    run.assert_exit(0);
     let all = instances(&moto).await;
     assert_eq!(all.len(), 1);
     assert_eq!(
@@ -236,29 +177,23 @@ async fn on_demand_market_and_graviton_types_use_the_arm64_ami() {
         all[0].image_id(),
         Some(ami_from_ssm(&moto, true).await.as_str())
     );
-    assert_eq!(tag(&all[0], TAG_LEASE_DURATION), Some("1h 30m"));
-    assert!(run.stdout.contains("launched 1 of 1"), "{}", run.stdout);
+    assert_eq!(tag(&all[0], "blockwatch:lease-duration"), Some("1h 30m"));
+    run.assert_stdout_has("launched 1 of 1");
 }
 
 #[tokio::test]
 async fn ecs_config_user_data_carries_the_resolved_cluster() {
     let (moto, cluster) = moto_with_ce().await;
-    let run = launcher(
-        &moto.endpoint(),
-        &[
-            "--compute-environment",
-            "research",
-            "--count",
-            "1",
-            "--duration",
-            "1h",
+    let run = Launcher::new(&moto.endpoint())
+        .launch(1, "1h")
+        .args([
             "--user-data-mode",
             "ecs-config",
             "--ami",
             "ami-0123456789abcdef0",
-        ],
-    );
-    assert_eq!(run.code, 0, "{}", run.stderr);
+        ])
+        .run();
+    run.assert_exit(0);
     let all = instances(&moto).await;
     assert_eq!(
         all[0].image_id(),
@@ -298,16 +233,7 @@ async fn assert_refused_and_nothing_launched(
 async fn unknown_managed_and_bad_requests_are_refused_and_nothing_launches() {
     let (moto, _) = moto_with_ce().await;
     moto.create_managed_ce("managed-ce").await.unwrap();
-    let base = |ce: &'static str, duration: &'static str| {
-        vec![
-            "--compute-environment",
-            ce,
-            "--count",
-            "1",
-            "--duration",
-            duration,
-        ]
-    };
+    let base = |ce: &'static str, duration: &'static str| launch_args(ce, "1", duration);
 
     assert_refused_and_nothing_launched(
         &moto,
@@ -354,18 +280,8 @@ async fn unknown_managed_and_bad_requests_are_refused_and_nothing_launches() {
     let mut block = base("research", "3h");
     block.extend(["--market", "capacity-block"]);
     assert_refused_and_nothing_launched(&moto, &block, 2, "needs --capacity-reservation-id").await;
-    let zero = launcher(
-        &moto.endpoint(),
-        &[
-            "--compute-environment",
-            "research",
-            "--count",
-            "0",
-            "--duration",
-            "3h",
-        ],
-    );
-    assert_eq!(zero.code, 2, "{}", zero.stderr);
+    let zero = Launcher::new(&moto.endpoint()).launch(0, "3h").run();
+    zero.assert_exit(2);
     // Only the test's own DescribeInstances reached moto: validation made no call.
     let made = moto.requests().len() - before;
     assert_eq!(
@@ -377,21 +293,11 @@ async fn unknown_managed_and_bad_requests_are_refused_and_nothing_launches() {
 #[tokio::test]
 async fn dry_run_launches_nothing_and_prints_the_plan() {
     let (moto, cluster) = moto_with_ce().await;
-    let run = launcher(
-        &moto.endpoint(),
-        &[
-            "--compute-environment",
-            "research",
-            "--count",
-            "3",
-            "--duration",
-            "2h",
-            "--dry-run",
-            "--output",
-            "json",
-        ],
-    );
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = Launcher::new(&moto.endpoint())
+        .launch(3, "2h")
+        .args(["--dry-run", "--output", "json"])
+        .run();
+    run.assert_exit(0);
     let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(plan["dry_run"], true);
     assert_eq!(plan["cluster"], cluster);
@@ -399,28 +305,12 @@ async fn dry_run_launches_nothing_and_prints_the_plan() {
     assert!(plan["instances"].as_array().unwrap().is_empty());
     assert!(instances(&moto).await.is_empty());
 
-    let text = launcher(
-        &moto.endpoint(),
-        &[
-            "--compute-environment",
-            "research",
-            "--count",
-            "3",
-            "--duration",
-            "2h",
-            "--dry-run",
-        ],
-    );
-    assert!(
-        text.stdout.contains("would launch 3 x m6i.large (spot)"),
-        "{}",
-        text.stdout
-    );
-    assert!(
-        text.stdout.contains("nothing was launched"),
-        "{}",
-        text.stdout
-    );
+    let text = Launcher::new(&moto.endpoint())
+        .launch(3, "2h")
+        .args(["--dry-run"])
+        .run();
+    text.assert_stdout_has("would launch 3 x m6i.large (spot)");
+    text.assert_stdout_has("nothing was launched");
 }
 
 #[tokio::test]
@@ -428,20 +318,20 @@ async fn retired_spot_blocks_get_a_clear_message() {
     let (moto, _) = moto_with_ce().await;
     // EC2 as it answers today; Batch and SSM still go to moto.
     let ec2 = StubServer::start(|_, _| {
-        (400, "<Response><Errors><Error><Code>InvalidParameterValue</Code><Message>The parameter BlockDurationMinutes is not a valid parameter.</Message></Error></Errors><RequestID>r</RequestID></Response>".into())
+        (
+            400,
+            ec2_error(
+                "InvalidParameterValue",
+                "The parameter BlockDurationMinutes is not a valid parameter.",
+            ),
+        )
     })
     .unwrap();
-    let output = launcher_command(&moto.endpoint())
+    let output = Launcher::new(&moto.endpoint())
         .env("AWS_ENDPOINT_URL_EC2", ec2.url(""))
-        .args([
-            "--compute-environment",
-            "research",
-            "--count",
-            "1",
-            "--duration",
-            "2h",
-            "--legacy-spot-block",
-        ])
+        .launch(1, "2h")
+        .args(["--legacy-spot-block"])
+        .command()
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -461,20 +351,11 @@ async fn retired_spot_blocks_get_a_clear_message() {
 #[tokio::test]
 async fn agent_joins_with_no_aws_call_and_derives_the_lease_end_the_launcher_printed() {
     let (moto, cluster) = moto_with_ce().await;
-    let run = launcher(
-        &moto.endpoint(),
-        &[
-            "--compute-environment",
-            "research",
-            "--count",
-            "1",
-            "--duration",
-            "4h",
-            "--output",
-            "json",
-        ],
-    );
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = Launcher::new(&moto.endpoint())
+        .launch(1, "4h")
+        .args(["--output", "json"])
+        .run();
+    run.assert_exit(0);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     let printed = report["instances"][0]["lease_end"]
         .as_str()
@@ -596,58 +477,40 @@ fn agent_binary() -> PathBuf {
 #[tokio::test]
 async fn wait_returns_once_the_instances_run_with_a_quiet_line_when_piped() {
     let (moto, _) = moto_with_ce().await;
-    let run = launcher(
-        &moto.endpoint(),
-        &[
-            "--compute-environment",
-            "research",
-            "--count",
-            "2",
-            "--duration",
-            "1h",
-            "--wait",
-            "--wait-timeout",
-            "30s",
-        ],
-    );
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = Launcher::new(&moto.endpoint())
+        .launch(2, "1h")
+        .args(["--wait", "--wait-timeout", "30s"])
+        .run();
+    run.assert_exit(0);
     assert_eq!(
         run.stderr.trim(),
         "waiting: 2/2 running",
         "one line, no redraws, when piped"
     );
-    assert!(run.stdout.contains("running"), "{}", run.stdout);
+    run.assert_stdout_has("running");
 }
 
 /// Runs the launcher with Batch and SSM at moto and EC2 at `ec2`.
 fn launcher_with_ec2(moto: &MotoServer, ec2: &StubServer, args: &[&str]) -> Run {
-    finished(
-        launcher_command(&moto.endpoint())
-            .env("AWS_ENDPOINT_URL_EC2", ec2.url(""))
-            .env("AWS_MAX_ATTEMPTS", "1")
-            .args(args),
-    )
-}
-
-fn ec2_error(code: &str, message: &str) -> String {
-    format!("<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>r</RequestID></Response>")
+    Launcher::new(&moto.endpoint())
+        .ec2_at(&ec2.url(""))
+        .args(args)
+        .run()
 }
 
 #[tokio::test]
 async fn capacity_shortfall_price_and_access_denied_get_specific_errors() {
     let (moto, _) = moto_with_ce().await;
     let args = [
-        "--compute-environment",
-        "research",
-        "--count",
-        "2",
-        "--duration",
-        "1h",
-        "--instance-type",
-        "p5.48xlarge",
-        "--instance-type",
-        "m6i.large",
-    ];
+        launch_args("research", "2", "1h"),
+        vec![
+            "--instance-type",
+            "p5.48xlarge",
+            "--instance-type",
+            "m6i.large",
+        ],
+    ]
+    .concat();
 
     // The first type has no capacity; the second gives one instance, then no more.
     let partial = StubServer::start(|n, _| {
@@ -659,16 +522,9 @@ async fn capacity_shortfall_price_and_access_denied_get_specific_errors() {
     })
     .unwrap();
     let run = launcher_with_ec2(&moto, &partial, &args);
-    assert_eq!(run.code, 4, "{}", run.stderr);
-    assert!(
-        run.stderr
-            .contains("insufficient capacity: launched 1 of 2")
-            && run
-                .stderr
-                .contains("p5.48xlarge: InsufficientInstanceCapacity"),
-        "{}",
-        run.stderr
-    );
+    run.assert_exit(4);
+    run.assert_stderr_has("insufficient capacity: launched 1 of 2")
+        .assert_stderr_has("p5.48xlarge: InsufficientInstanceCapacity");
     assert!(
         run.stdout.contains("i-0aaaaaaaaaaaaaaa1"),
         "what launched is still reported: {}",
@@ -687,24 +543,16 @@ async fn capacity_shortfall_price_and_access_denied_get_specific_errors() {
     let mut lenient = args.to_vec();
     lenient.extend(["--min-count", "1"]);
     let run = launcher_with_ec2(&moto, &partial_ok, &lenient);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(
-        run.stdout
-            .contains("warning: partial capacity: launched 1 of 2"),
-        "{}",
-        run.stdout
-    );
+    run.assert_exit(0);
+    run.assert_stdout_has("warning: partial capacity: launched 1 of 2");
 
     let low = StubServer::start(|_, _| (400, ec2_error("SpotMaxPriceTooLow", "Your Spot request price of 0.001 is lower than the minimum required Spot request fulfillment price of 0.05."))).unwrap();
     let mut priced = args.to_vec();
     priced.extend(["--max-price", "0.001"]);
     let run = launcher_with_ec2(&moto, &low, &priced);
-    assert_eq!(run.code, 6, "{}", run.stderr);
-    assert!(
-        run.stderr.contains("spot price too low") && run.stderr.contains("--max-price"),
-        "{}",
-        run.stderr
-    );
+    run.assert_exit(6);
+    run.assert_stderr_has("spot price too low")
+        .assert_stderr_has("--max-price");
 
     let denied = StubServer::start(|_, _| {
         (
@@ -717,13 +565,8 @@ async fn capacity_shortfall_price_and_access_denied_get_specific_errors() {
     })
     .unwrap();
     let run = launcher_with_ec2(&moto, &denied, &args);
-    assert_eq!(run.code, 5, "{}", run.stderr);
-    assert!(
-        run.stderr
-            .contains("AccessDenied: the caller may not call ec2:RunInstances"),
-        "{}",
-        run.stderr
-    );
+    run.assert_exit(5);
+    run.assert_stderr_has("AccessDenied: the caller may not call ec2:RunInstances");
 }
 
 #[test]
@@ -752,7 +595,7 @@ fn capacity_block_ec2(moto: &MotoServer, end_date: time::OffsetDateTime) -> Stub
     let upstream = moto.addr();
     StubServer::start(move |_, request| {
         if request.body.contains("Action=DescribeCapacityReservations") {
-            (200, format!("<DescribeCapacityReservationsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><capacityReservationSet><item><capacityReservationId>cr-0123abcd</capacityReservationId><instanceType>p5.48xlarge</instanceType><reservationType>capacity-block</reservationType><endDate>{end_text}</endDate></item></capacityReservationSet></DescribeCapacityReservationsResponse>"))
+            (200, canned::capacity_block("cr-0123abcd", &end_text))
         } else {
             blockwatch_testkit::stub::forward(upstream, request)
         }
@@ -772,23 +615,21 @@ async fn capacity_block_market_carries_the_reservation_and_its_end_minus_thirty_
         &moto,
         &ec2,
         &[
-            "--compute-environment",
-            "research",
-            "--count",
-            "1",
-            "--duration",
-            "6h",
-            "--market",
-            "capacity-block",
-            "--capacity-reservation-id",
-            "cr-0123abcd",
-            "--instance-type",
-            "p5.48xlarge",
-            "--output",
-            "json",
-        ],
+            &launch_args("research", "1", "6h")[..],
+            &[
+                "--market",
+                "capacity-block",
+                "--capacity-reservation-id",
+                "cr-0123abcd",
+                "--instance-type",
+                "p5.48xlarge",
+                "--output",
+                "json",
+            ],
+        ]
+        .concat(),
     );
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.assert_exit(0);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     let lease_end = blockwatch_core::time_text::rfc3339(end_date - time::Duration::minutes(30));
     assert_eq!(report["market"], "capacity-block");
@@ -837,15 +678,9 @@ async fn network_profile_and_key_reach_the_instances() {
         .send()
         .await
         .unwrap();
-    let run = launcher(
-        &moto.endpoint(),
-        &[
-            "--compute-environment",
-            "research",
-            "--count",
-            "1",
-            "--duration",
-            "2h",
+    let run = Launcher::new(&moto.endpoint())
+        .launch(1, "2h")
+        .args([
             "--subnet",
             &subnet,
             "--security-group",
@@ -856,9 +691,9 @@ async fn network_profile_and_key_reach_the_instances() {
             "ops",
             "--name",
             "gpu-block",
-        ],
-    );
-    assert_eq!(run.code, 0, "{}", run.stderr);
+        ])
+        .run();
+    run.assert_exit(0);
     let all = instances(&moto).await;
     assert_eq!(all[0].subnet_id(), Some(subnet.as_str()));
     assert!(all[0]
@@ -890,23 +725,19 @@ async fn launch_two_and_register_them(
     ecs_endpoint: Option<&str>,
     skip: &[String],
 ) -> RegisteredLaunch {
-    let mut command = launcher_command(&moto.endpoint());
+    let mut launcher = Launcher::new(&moto.endpoint());
     if let Some(endpoint) = ecs_endpoint {
-        command.env("AWS_ENDPOINT_URL_ECS", endpoint);
+        launcher = launcher.env("AWS_ENDPOINT_URL_ECS", endpoint);
     }
-    let child = command
+    let child = launcher
+        .args(launch_args(ce, "2", "1h"))
         .args([
-            "--compute-environment",
-            ce,
-            "--count",
-            "2",
-            "--duration",
-            "1h",
             "--wait",
             "--wait-registered",
             "--wait-timeout",
             wait_timeout,
         ])
+        .command()
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -962,8 +793,8 @@ async fn wait_registered_waits_for_container_instances_and_times_out_without_the
             "3s",
         ],
     );
-    assert_eq!(run.code, 8, "{}", run.stderr);
-    assert!(run.stderr.contains("timed out after 3s"), "{}", run.stderr);
+    run.assert_exit(8);
+    run.assert_stderr_has("timed out after 3s");
     assert!(
         run.stdout.contains("launched 1 of 1"),
         "the launched instance is still reported: {}",
@@ -982,12 +813,7 @@ async fn wait_redraws_its_progress_on_a_tty() {
         .args(["-q", "-e", "-c", &command, "/dev/null"])
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
-        .env("AWS_ENDPOINT_URL", moto.endpoint())
-        .env("AWS_REGION", REGION)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_CONFIG_FILE", "/nonexistent")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .envs(hermetic_env(&moto.endpoint()))
         .output()
         .expect("util-linux script (apt-get install bsdutils)");
     let screen = String::from_utf8_lossy(&output.stdout);
@@ -1001,19 +827,12 @@ async fn wait_redraws_its_progress_on_a_tty() {
 #[tokio::test]
 async fn imds_hop_limit_defaults_to_1_reaches_ec2_and_the_plan_and_is_validated() {
     let (moto, _) = moto_with_ce().await;
-    let base = [
-        "--compute-environment",
-        "research",
-        "--count",
-        "1",
-        "--duration",
-        "1h",
-    ];
+    let base = launch_args("research", "1", "1h");
 
     let mut two = base.to_vec();
     two.extend(["--imds-hop-limit", "2", "--output", "json"]);
     let run = launcher(&moto.endpoint(), &two);
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.assert_exit(0);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(report["imds_hop_limit"], 2);
     assert!(
@@ -1043,7 +862,7 @@ async fn imds_hop_limit_defaults_to_1_reaches_ec2_and_the_plan_and_is_validated(
     let mut dry_text = base.to_vec();
     dry_text.push("--dry-run");
     let text = launcher(&moto.endpoint(), &dry_text);
-    assert!(text.stdout.contains("hop limit 1"), "{}", text.stdout);
+    text.assert_stdout_has("hop limit 1");
     assert!(
         text.stdout
             .contains("Batch jobs run in host network mode and can use the instance role"),
@@ -1057,13 +876,9 @@ async fn imds_hop_limit_defaults_to_1_reaches_ec2_and_the_plan_and_is_validated(
         let before = instances(&moto).await.len();
         let run = launcher(&moto.endpoint(), &refused);
         assert_eq!(run.code, 2, "{bad}: {}", run.stderr);
-        assert!(
-            run.stderr.contains(&format!(
-                "--imds-hop-limit must be between 1 and 64, not {bad}"
-            )),
-            "{}",
-            run.stderr
-        );
+        run.assert_stderr_has(format!(
+            "--imds-hop-limit must be between 1 and 64, not {bad}"
+        ));
         assert_eq!(instances(&moto).await.len(), before, "nothing launched");
     }
 }
@@ -1077,28 +892,16 @@ fn recording_proxy(moto: &MotoServer) -> StubServer {
 
 /// The launcher with nothing but an AWS profile: no keys in the environment,
 /// no instance metadata, `AWS_CONFIG_FILE` and `AWS_PROFILE` naming the profile.
-fn launcher_with_profile(endpoint: &str, home: &std::path::Path, profile: &str) -> Command {
-    let mut command = Command::new(LAUNCHER);
-    command
-        .env_clear()
+fn launcher_with_profile(endpoint: &str, home: &std::path::Path, profile: &str) -> Launcher {
+    Launcher::new(endpoint)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
         .env("PATH", "/usr/bin:/bin")
         .env("HOME", home)
-        .env("AWS_ENDPOINT_URL", endpoint)
-        .env("AWS_REGION", REGION)
         .env("AWS_CONFIG_FILE", home.join("config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
         .env("AWS_PROFILE", profile)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .args([
-            "--compute-environment",
-            "research",
-            "--count",
-            "1",
-            "--duration",
-            "1h",
-            "--dry-run",
-        ]);
-    command
+        .launch(1, "1h")
+        .args(["--dry-run"])
 }
 
 fn assert_signed_by(proxy: &StubServer, access_key: &str) {
@@ -1140,17 +943,9 @@ async fn credential_process_profile_is_honoured() {
     )
     .unwrap();
 
-    let run = finished(&mut launcher_with_profile(
-        &proxy.url(""),
-        home.path(),
-        "ops",
-    ));
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(
-        run.stdout.contains("nothing was launched"),
-        "{}",
-        run.stdout
-    );
+    let run = launcher_with_profile(&proxy.url(""), home.path(), "ops").run();
+    run.assert_exit(0);
+    run.assert_stdout_has("nothing was launched");
     assert!(ran.exists(), "the credential_process ran");
     assert_signed_by(&proxy, "AKIDFROMPROCESS");
 }
@@ -1187,11 +982,10 @@ async fn sso_profile_with_a_cached_token_is_honoured() {
     )
     .unwrap();
 
-    let run = finished(
-        launcher_with_profile(&proxy.url(""), home.path(), "ops-sso")
-            .env("AWS_ENDPOINT_URL_SSO", portal.url("")),
-    );
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = launcher_with_profile(&proxy.url(""), home.path(), "ops-sso")
+        .env("AWS_ENDPOINT_URL_SSO", portal.url(""))
+        .run();
+    run.assert_exit(0);
     let asked = portal.received();
     assert_eq!(asked.len(), 1, "{asked:?}");
     assert!(
@@ -1205,55 +999,6 @@ async fn sso_profile_with_a_cached_token_is_honoured() {
         Some("cached-sso-token")
     );
     assert_signed_by(&proxy, "ASIAFROMSSO");
-}
-
-/// ECS as a real account answers: ListContainerInstances gives pages of at
-/// most 100 ARNs (moto gives all at once), listing `first` before the rest
-/// (the real order is unspecified), and DescribeContainerInstances refuses
-/// more than 100. Everything else goes to moto.
-fn paginating_ecs(moto: &MotoServer, first: Vec<String>) -> StubServer {
-    let upstream = moto.addr();
-    StubServer::start(move |_, request| {
-        let target = request.header("x-amz-target").unwrap_or_default().to_owned();
-        let asked: serde_json::Value = serde_json::from_str(&request.body).unwrap_or_default();
-        if target.ends_with(".DescribeContainerInstances")
-            && asked["containerInstances"]
-                .as_array()
-                .is_some_and(|a| a.len() > 100)
-        {
-            return (
-                400,
-                serde_json::json!({"__type": "InvalidParameterException", "message": "containerInstances: at most 100"}).to_string(),
-            );
-        }
-        let (status, text) = blockwatch_testkit::stub::forward(upstream, request);
-        if !target.ends_with(".ListContainerInstances") || status != 200 {
-            return (status, text);
-        }
-        let listed: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let all: Vec<String> = listed["containerInstanceArns"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap().to_owned())
-            .collect();
-        let mut ordered: Vec<&String> = all.iter().filter(|a| first.contains(a)).collect();
-        ordered.extend(all.iter().filter(|a| !first.contains(a)));
-        let start: usize = asked["nextToken"]
-            .as_str()
-            .map_or(0, |t| t.parse().unwrap());
-        let size = asked["maxResults"]
-            .as_u64()
-            .map_or(100, |m| m.min(100) as usize);
-        let end = (start + size).min(ordered.len());
-        let next = (end < ordered.len()).then(|| end.to_string());
-        (
-            200,
-            serde_json::json!({"containerInstanceArns": ordered[start.min(end)..end], "nextToken": next})
-                .to_string(),
-        )
-    })
-    .unwrap()
 }
 
 #[tokio::test]
@@ -1283,7 +1028,7 @@ async fn wait_registered_finds_ours_past_the_first_page_of_a_busy_cluster() {
                 .unwrap(),
         );
     }
-    let ecs = paginating_ecs(&moto, others);
+    let ecs = canned::paginating_ecs(moto.addr(), 100, others).unwrap();
     let ecs_endpoint = ecs.url("");
     let RegisteredLaunch {
         output,
@@ -1335,17 +1080,8 @@ fn eventually_consistent_ec2(moto: &MotoServer, not_found: usize) -> StubServer 
 /// Launches one instance into `research` through `ec2` and waits up to 60 s
 /// for it to run; `extra` arguments are added.
 fn launch_one_and_wait(moto: &MotoServer, ec2: &StubServer, extra: &[&str]) -> Run {
-    let mut args = vec![
-        "--compute-environment",
-        "research",
-        "--count",
-        "1",
-        "--duration",
-        "1h",
-        "--wait",
-        "--wait-timeout",
-        "60s",
-    ];
+    let mut args = launch_args("research", "1", "1h");
+    args.extend(["--wait", "--wait-timeout", "60s"]);
     args.extend_from_slice(extra);
     launcher_with_ec2(moto, ec2, &args)
 }
@@ -1355,12 +1091,8 @@ async fn instances_ec2_does_not_know_yet_are_waited_for_not_refused() {
     let (moto, _) = moto_with_ce().await;
     let ec2 = eventually_consistent_ec2(&moto, 2);
     let run = launch_one_and_wait(&moto, &ec2, &[]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(
-        run.stderr.contains("waiting: 1/1 running"),
-        "{}",
-        run.stderr
-    );
+    run.assert_exit(0);
+    run.assert_stderr_has("waiting: 1/1 running");
     let described = ec2
         .received()
         .iter()
@@ -1375,12 +1107,9 @@ async fn instances_ec2_never_knows_are_refused_after_a_bounded_while() {
     let ec2 = eventually_consistent_ec2(&moto, usize::MAX);
     let started = std::time::Instant::now();
     let run = launch_one_and_wait(&moto, &ec2, &["--not-found-grace", "3s"]);
-    assert_eq!(run.code, 7, "{}", run.stderr);
-    assert!(
-        run.stderr.contains("InvalidInstanceID.NotFound") && run.stderr.contains("3s"),
-        "{}",
-        run.stderr
-    );
+    run.assert_exit(7);
+    run.assert_stderr_has("InvalidInstanceID.NotFound")
+        .assert_stderr_has("3s");
     assert!(
         started.elapsed() < std::time::Duration::from_secs(40),
         "gave up after the grace, not the wait timeout"
@@ -1411,7 +1140,7 @@ async fn shutdown_behavior(moto: &MotoServer, id: &str) -> Option<String> {
 }
 
 fn launched_ids(run: &Run) -> Vec<String> {
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.assert_exit(0);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(report["shutdown_behavior"], "terminate", "{report}");
     report["instances"]
@@ -1425,16 +1154,7 @@ fn launched_ids(run: &Run) -> Vec<String> {
 #[tokio::test]
 async fn every_market_launches_instances_that_terminate_when_they_power_off() {
     let (moto, _) = moto_with_ce().await;
-    let base = [
-        "--compute-environment",
-        "research",
-        "--count",
-        "1",
-        "--duration",
-        "2h",
-        "--output",
-        "json",
-    ];
+    let base = [launch_args("research", "1", "2h"), vec!["--output", "json"]].concat();
     let mut launched = Vec::new();
     for market in [
         &["--market", "spot"][..],
@@ -1482,11 +1202,7 @@ async fn every_market_launches_instances_that_terminate_when_they_power_off() {
     let mut dry_text = base[..6].to_vec();
     dry_text.push("--dry-run");
     let text = launcher(&moto.endpoint(), &dry_text);
-    assert!(
-        text.stdout.contains("on shutdown: terminate"),
-        "{}",
-        text.stdout
-    );
+    text.assert_stdout_has("on shutdown: terminate");
     let dry_run_request = moto
         .requests()
         .into_iter()
@@ -1499,4 +1215,64 @@ async fn every_market_launches_instances_that_terminate_when_they_power_off() {
         "the DryRun checks the request that would be sent: {}",
         dry_run_request.body
     );
+}
+
+#[tokio::test]
+async fn log_level_debug_shows_each_aws_call_and_error_keeps_only_the_error() {
+    let (moto, _) = moto_with_ce().await;
+    let launched_and_waited = |level: &[&str]| {
+        Launcher::new(&moto.endpoint())
+            .launch(1, "1h")
+            .args(["--wait", "--wait-timeout", "30s"])
+            .args(level)
+            .run()
+    };
+    let default = launched_and_waited(&[]);
+    default.assert_exit(0);
+    assert_eq!(
+        default.stderr, "waiting: 1/1 running\n",
+        "info: progress only"
+    );
+
+    let debug = launched_and_waited(&["--log-level", "debug"]);
+    debug.assert_exit(0);
+    for call in [
+        "batch:DescribeComputeEnvironments",
+        "ssm:GetParameter",
+        "ec2:RunInstances",
+        "ec2:DescribeInstances",
+    ] {
+        let line = format!("blockwatch-launch: debug: calling {call}\n");
+        assert!(debug.stderr.contains(&line), "{call}: {}", debug.stderr);
+    }
+    assert!(debug.stderr.ends_with("waiting: 1/1 running\n"));
+
+    let quiet = launched_and_waited(&["--log-level", "error"]);
+    quiet.assert_exit(0);
+    assert_eq!(quiet.stderr, "", "error: no progress");
+
+    // The error that ends the command is shown at every level, and the flag
+    // works after a subcommand too.
+    let refused = Launcher::new(&moto.endpoint())
+        .args([
+            "list",
+            "--compute-environment",
+            "nope",
+            "--log-level",
+            "error",
+        ])
+        .run();
+    refused.assert_exit(3);
+    assert!(
+        refused.stderr.starts_with("blockwatch-launch: error: ") && refused.stderr.contains("nope"),
+        "{}",
+        refused.stderr
+    );
+
+    let bad = Launcher::new(&moto.endpoint())
+        .launch(1, "1h")
+        .args(["--log-level", "loud"])
+        .run();
+    bad.assert_exit(2);
+    bad.assert_stderr_has("--log-level");
 }

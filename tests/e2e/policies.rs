@@ -45,15 +45,20 @@ fn statements_in_json(path: &Path) -> Vec<serde_json::Value> {
     policy["Statement"].as_array().unwrap().clone()
 }
 
-fn actions_of(statement: &serde_json::Value) -> Vec<String> {
-    match &statement["Action"] {
-        serde_json::Value::String(a) => vec![a.clone()],
+/// A statement's `key` (`Action` or `Resource`): one string or a list.
+fn strings_of(statement: &serde_json::Value, key: &str) -> Vec<String> {
+    match &statement[key] {
+        serde_json::Value::String(one) => vec![one.clone()],
         serde_json::Value::Array(list) => list
             .iter()
             .map(|a| a.as_str().unwrap().to_owned())
             .collect(),
-        other => panic!("unexpected Action {other}"),
+        other => panic!("unexpected {key} {other}"),
     }
+}
+
+fn actions_of(statement: &serde_json::Value) -> Vec<String> {
+    strings_of(statement, "Action")
 }
 
 /// What the policy allows (its Deny guards are checked apart).
@@ -340,14 +345,7 @@ fn resource_types_of(action: &str) -> &'static [&'static str] {
 }
 
 fn resources_of(statement: &serde_json::Value) -> Vec<String> {
-    match &statement["Resource"] {
-        serde_json::Value::String(r) => vec![r.clone()],
-        serde_json::Value::Array(list) => list
-            .iter()
-            .map(|r| r.as_str().unwrap().to_owned())
-            .collect(),
-        other => panic!("unexpected Resource {other}"),
-    }
+    strings_of(statement, "Resource")
 }
 
 /// `instance` in `arn:aws:ec2:*:*:instance/*`.

@@ -10,6 +10,7 @@ pub mod http;
 pub mod imds;
 pub mod instance;
 pub mod introspection;
+pub mod launcher;
 pub mod moto;
 pub mod output;
 pub mod registered;

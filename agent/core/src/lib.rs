@@ -5,6 +5,7 @@
 //! does IO. The agent and the launcher both build on it.
 
 pub mod backoff;
+pub mod capacity_block;
 pub mod cluster;
 pub mod compute_environment;
 pub mod config_keys;

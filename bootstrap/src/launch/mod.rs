@@ -1,0 +1,475 @@
+//! Launching, the command without a subcommand: check the compute
+//! environment, pick the AMI, work out the lease, run the instances, and
+//! optionally wait for them.
+//!
+//! Over 400 lines because it holds the report's types and the steps of one
+//! launch in the order they run; the RunInstances request and `--wait` live
+//! in their own modules.
+
+mod run_instances;
+mod wait;
+
+use std::time::Duration;
+
+use aws_sdk_ec2::types::ShutdownBehavior;
+use aws_sdk_ec2::Client as Ec2;
+use blockwatch_aws::{classify, to_time, CallError};
+use blockwatch_core::compute_environment::{cluster_of, ComputeEnvironmentInfo, Refusal};
+use blockwatch_core::tags::{
+    TAG_CLUSTER, TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_DURATION, TAG_LEASE_END,
+};
+use blockwatch_core::time_text::rfc3339;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::aws::{self, AwsStepError, Clients};
+use crate::cli::LaunchArgs;
+use crate::exit::{self, Exit};
+use crate::output;
+use crate::plan::{Market, Plan, Request};
+use run_instances::{Refused, Template};
+pub use wait::{wait, WaitOptions};
+
+/// Every instance the launcher starts ends when it powers itself off: the
+/// default, `stop`, would keep billing its volumes, and a stopped Capacity
+/// Block instance cannot start again once the block has ended.
+pub const SHUTDOWN_BEHAVIOR: ShutdownBehavior = ShutdownBehavior::Terminate;
+
+/// Why a launch failed, each as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(transparent)]
+    Invalid(#[from] crate::plan::Invalid),
+    #[error(transparent)]
+    Aws(#[from] AwsStepError),
+    #[error("--legacy-spot-block: EC2 refused BlockDurationMinutes ({detail}). Spot blocks (defined-duration Spot) were closed to new customers on 2021-07-01 and retired on 2022-12-31. Use --market spot with the same --duration {duration}: blockwatch enforces the lease on the instance instead.")]
+    SpotBlocksRetired { detail: String, duration: String },
+    #[error("spot price too low: {detail}; raise --max-price or drop it to pay up to the On-Demand price")]
+    PriceTooLow { detail: String },
+    #[error("insufficient capacity: launched {launched} of {requested} (at least {min} needed). {detail}. Try more --instance-type or --subnet values, or another market")]
+    Shortfall {
+        launched: usize,
+        requested: u32,
+        min: u32,
+        detail: String,
+        report: Box<Report>,
+    },
+    #[error("capacity reservation {0} not found")]
+    NoReservation(String),
+    #[error("capacity reservation {id} is not a Capacity Block with an end date (type {kind})")]
+    NotACapacityBlock { id: String, kind: String },
+    #[error("timed out after {0} waiting for the instances")]
+    WaitTimeout(String),
+    #[error("EC2 still does not know {ids} {after} after launching them (ec2:DescribeInstances: InvalidInstanceID.NotFound: {detail}); look for them in the EC2 console")]
+    StillNotFound {
+        ids: String,
+        after: String,
+        detail: String,
+    },
+}
+
+impl From<CallError> for LaunchError {
+    fn from(err: CallError) -> Self {
+        Self::Aws(err.into())
+    }
+}
+
+impl From<Refusal> for LaunchError {
+    fn from(err: Refusal) -> Self {
+        Self::Aws(err.into())
+    }
+}
+
+impl LaunchError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            Self::Invalid(_) => exit::INVALID,
+            Self::Aws(step) => step.exit(),
+            Self::Shortfall { .. } => exit::SHORTFALL,
+            Self::SpotBlocksRetired { .. }
+            | Self::PriceTooLow { .. }
+            | Self::NoReservation(_)
+            | Self::NotACapacityBlock { .. } => exit::EC2_REFUSED,
+            Self::StillNotFound { .. } => exit::REJECTED,
+            Self::WaitTimeout(_) => exit::WAIT_TIMEOUT,
+        }
+    }
+}
+
+/// One launched instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Launched {
+    pub instance_id: String,
+    pub instance_type: String,
+    pub subnet: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub launch_time: Option<OffsetDateTime>,
+    /// When the agent will consider the lease over.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub lease_end: Option<OffsetDateTime>,
+    pub state: Option<String>,
+}
+
+/// What happened (or, in a dry run, what would).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    pub compute_environment: String,
+    pub compute_environment_state: Option<String>,
+    pub cluster: String,
+    pub market: Market,
+    pub ami: String,
+    pub ami_source: String,
+    pub duration: String,
+    pub requested: u32,
+    pub min_count: u32,
+    pub instance_types: Vec<String>,
+    pub subnets: Vec<String>,
+    pub tags: Vec<(String, String)>,
+    pub user_data: bool,
+    /// `HttpPutResponseHopLimit`: 1 keeps IMDS (and the instance role's
+    /// credentials) from containers in bridge and awsvpc network modes; Batch
+    /// ECS-EC2 jobs run in host mode and reach IMDS whatever it is.
+    pub imds_hop_limit: i32,
+    /// `InstanceInitiatedShutdownBehavior`: a power-off from inside the
+    /// instance ends it (and its billing) instead of leaving it stopped.
+    pub shutdown_behavior: String,
+    pub dry_run: bool,
+    pub instances: Vec<Launched>,
+    pub warnings: Vec<String>,
+}
+
+/// The command: validate, launch, wait if asked, print. What was launched
+/// is printed even when the launch or the wait then fails.
+pub async fn run(args: &LaunchArgs) -> Result<(), LaunchError> {
+    // Everything checkable without AWS is checked before the first call.
+    let plan = request(args).validate()?;
+    let clients = Clients::new(&aws::sdk().await);
+    let launched = launch(&clients, &plan, args.dry_run, OffsetDateTime::now_utc()).await;
+    if let Err(LaunchError::Shortfall { report, .. }) = &launched {
+        output::print(&output::render(report, args.output));
+    }
+    let mut report = launched?;
+    let waited = if args.wait && !args.dry_run {
+        let options = WaitOptions {
+            registered: args.wait_registered,
+            timeout: Duration::from(args.wait_timeout),
+            not_found_grace: Duration::from(args.not_found_grace),
+            poll_interval: WaitOptions::DEFAULT_POLL_INTERVAL,
+        };
+        wait(&clients, &mut report, options).await
+    } else {
+        Ok(())
+    };
+    output::print(&output::render(&report, args.output));
+    waited
+}
+
+/// The flags as a request to validate.
+fn request(args: &LaunchArgs) -> Request {
+    Request {
+        compute_environment: args.compute_environment.clone().unwrap_or_default(),
+        count: args.count.unwrap_or_default(),
+        min_count: args.min_count,
+        duration: args.duration.clone().unwrap_or_default(),
+        instance_types: args.instance_types.clone(),
+        subnets: args.subnets.clone(),
+        security_groups: args.security_groups.clone(),
+        instance_profile: args.instance_profile.clone(),
+        ami: args.ami.clone(),
+        market: Some(args.market),
+        max_price: args.max_price.clone(),
+        capacity_reservation_id: args.capacity_reservation_id.clone(),
+        legacy_spot_block: args.legacy_spot_block,
+        key_name: args.key_name.clone(),
+        name: args.name.clone(),
+        user_data_mode: args.user_data_mode,
+        imds_hop_limit: Some(args.imds_hop_limit),
+    }
+}
+
+/// Runs the whole launch. `dry_run` checks permissions with EC2's `DryRun`
+/// and launches nothing.
+pub async fn launch(
+    clients: &Clients,
+    plan: &Plan,
+    dry_run: bool,
+    now: OffsetDateTime,
+) -> Result<Report, LaunchError> {
+    let (info, cluster, mut warnings) = compute_environment(clients, plan).await?;
+    warnings.extend(hop_limit_warning(plan));
+    let (ami, ami_source) = ami(clients, plan).await?;
+    let lease = lease(&clients.ec2, plan, now).await?;
+    let tags = tags(plan, &cluster, &lease);
+    let mut report = Report {
+        compute_environment: plan.compute_environment.clone(),
+        compute_environment_state: info.state.clone(),
+        cluster: cluster.clone(),
+        market: plan.market,
+        ami: ami.clone(),
+        ami_source,
+        duration: plan.duration_text.clone(),
+        requested: plan.count,
+        min_count: plan.min_count,
+        instance_types: plan.instance_types.clone(),
+        subnets: plan.subnets.clone(),
+        tags: tags.clone(),
+        user_data: plan.user_data(&cluster).is_some(),
+        imds_hop_limit: plan.imds_hop_limit,
+        shutdown_behavior: SHUTDOWN_BEHAVIOR.as_str().to_owned(),
+        dry_run,
+        instances: Vec::new(),
+        warnings,
+    };
+    let template = Template {
+        plan,
+        ami: &ami,
+        tags: &tags,
+        cluster: &cluster,
+        dry_run,
+    };
+    match run_placements(&clients.ec2, &template, &lease, &mut report).await? {
+        Placed::DryRunAccepted => Ok(report),
+        Placed::Tried { failures } => enough(plan, report, &failures),
+    }
+}
+
+/// The compute environment, which must exist and be UNMANAGED, its cluster,
+/// and what the operator should know about it.
+async fn compute_environment(
+    clients: &Clients,
+    plan: &Plan,
+) -> Result<(ComputeEnvironmentInfo, String, Vec<String>), LaunchError> {
+    let info = blockwatch_aws::describe_compute_environment::describe(
+        &clients.batch,
+        &plan.compute_environment,
+    )
+    .await?
+    .ok_or_else(|| Refusal::NotFound(plan.compute_environment.clone()))?;
+    let (cluster, warnings) = cluster_of(&info)?;
+    Ok((info, cluster.to_string(), warnings))
+}
+
+/// A hop limit above 1 lets containers at IMDS: the operator should know.
+fn hop_limit_warning(plan: &Plan) -> Option<String> {
+    (plan.imds_hop_limit > 1).then(|| {
+        format!(
+            "IMDS hop limit {}: containers in bridge network mode can reach IMDS and take the instance role's credentials too (Batch ECS-EC2 jobs, in host network mode, can at any hop limit)",
+            plan.imds_hop_limit
+        )
+    })
+}
+
+/// The AMI and where it came from: `--ami`, else the ECS-optimized one from SSM.
+async fn ami(clients: &Clients, plan: &Plan) -> Result<(String, String), LaunchError> {
+    if let Some(ami) = &plan.ami {
+        return Ok((ami.clone(), "--ami".to_owned()));
+    }
+    let parameter = plan.ami_parameter();
+    let found = clients
+        .ssm
+        .get_parameter()
+        .name(parameter)
+        .send()
+        .await
+        .map_err(|e| classify("ssm:GetParameter", &e))?;
+    let value = found
+        .parameter()
+        .and_then(|p| p.value())
+        .unwrap_or_default()
+        .to_owned();
+    Ok((value, format!("SSM {parameter}")))
+}
+
+/// The lease the instances carry, as one tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Lease {
+    /// `blockwatch:lease-end`: a Capacity Block's instances share one end.
+    Ends(OffsetDateTime),
+    /// `blockwatch:lease-duration`, counted from each instance's launch.
+    Lasts { text: String, duration: Duration },
+}
+
+impl Lease {
+    fn tag(&self) -> (String, String) {
+        match self {
+            Self::Ends(end) => (TAG_LEASE_END.to_owned(), rfc3339(*end)),
+            Self::Lasts { text, .. } => (TAG_LEASE_DURATION.to_owned(), text.clone()),
+        }
+    }
+
+    /// The end of an instance launched at `launch_time`.
+    fn end_for(&self, launch_time: Option<OffsetDateTime>) -> Option<OffsetDateTime> {
+        match self {
+            Self::Ends(end) => Some(*end),
+            Self::Lasts { duration, .. } => launch_time
+                .map(|t| t + time::Duration::try_from(*duration).unwrap_or(time::Duration::ZERO)),
+        }
+    }
+}
+
+/// A Capacity Block's instances end with the block (see
+/// `blockwatch_core::capacity_block::lease_end`); the others after `--duration`.
+async fn lease(ec2: &Ec2, plan: &Plan, now: OffsetDateTime) -> Result<Lease, LaunchError> {
+    match (&plan.market, &plan.capacity_reservation_id) {
+        (Market::CapacityBlock, Some(id)) => {
+            let end_date = capacity_block_end(ec2, id).await?;
+            Ok(Lease::Ends(blockwatch_core::capacity_block::lease_end(
+                end_date,
+                plan.duration,
+                now,
+            )))
+        }
+        _ => Ok(Lease::Lasts {
+            text: plan.duration_text.clone(),
+            duration: plan.duration,
+        }),
+    }
+}
+
+/// The tags every instance gets. The cluster too: the agent's join then
+/// makes no AWS call at all (an explicit cluster wins within the tags). The
+/// compute environment stays, for operators and for `list`.
+fn tags(plan: &Plan, cluster: &str, lease: &Lease) -> Vec<(String, String)> {
+    vec![
+        (
+            TAG_COMPUTE_ENVIRONMENT.to_owned(),
+            plan.compute_environment.clone(),
+        ),
+        (TAG_CLUSTER.to_owned(), cluster.to_owned()),
+        lease.tag(),
+        ("Name".to_owned(), plan.name.clone()),
+    ]
+}
+
+/// How the placements went.
+#[derive(Debug)]
+enum Placed {
+    /// A dry run's permission check passed: nothing launched.
+    DryRunAccepted,
+    /// Every placement was tried; `failures` say where capacity ran out.
+    Tried { failures: Vec<String> },
+}
+
+/// RunInstances per (type, subnet) until the count is met. Each call asks
+/// for what is still missing with MinCount 1, so EC2 launches what it can; a
+/// placement is asked again while it keeps delivering.
+async fn run_placements(
+    ec2: &Ec2,
+    template: &Template<'_>,
+    lease: &Lease,
+    report: &mut Report,
+) -> Result<Placed, LaunchError> {
+    let plan = template.plan;
+    let mut failures = Vec::new();
+    for (instance_type, subnet) in plan.placements() {
+        for _ in 0..plan.count {
+            let remaining = plan.count as usize - report.instances.len();
+            if remaining == 0 {
+                break;
+            }
+            let request = template.request(ec2, &instance_type, subnet.as_deref(), remaining);
+            match request.send().await {
+                Ok(output) if output.instances().is_empty() => break,
+                Ok(output) => {
+                    for instance in output.instances() {
+                        report.instances.push(launched(
+                            instance,
+                            &instance_type,
+                            subnet.as_deref(),
+                            lease,
+                        ));
+                    }
+                }
+                Err(err) => match run_instances::refused(plan, template.dry_run, &err) {
+                    // Permission granted; nothing launched. Once is enough.
+                    Refused::DryRunAccepted => return Ok(Placed::DryRunAccepted),
+                    Refused::NoCapacity(code) => {
+                        let place = subnet
+                            .as_deref()
+                            .map(|s| format!(" in {s}"))
+                            .unwrap_or_default();
+                        failures.push(format!("{instance_type}{place}: {code}"));
+                        break;
+                    }
+                    Refused::Fatal(err) => return Err(err),
+                },
+            }
+        }
+    }
+    Ok(Placed::Tried { failures })
+}
+
+/// One instance RunInstances returned, as the report shows it.
+fn launched(
+    instance: &aws_sdk_ec2::types::Instance,
+    instance_type: &str,
+    subnet: Option<&str>,
+    lease: &Lease,
+) -> Launched {
+    let launch_time = instance.launch_time().and_then(to_time);
+    Launched {
+        instance_id: instance.instance_id().unwrap_or_default().to_owned(),
+        instance_type: instance_type.to_owned(),
+        subnet: instance.subnet_id().or(subnet).map(str::to_owned),
+        launch_time,
+        lease_end: lease.end_for(launch_time),
+        state: instance
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_owned()),
+    }
+}
+
+/// Fewer than `--min-count` fails (with what did launch); fewer than
+/// `--count` warns.
+fn enough(plan: &Plan, mut report: Report, failures: &[String]) -> Result<Report, LaunchError> {
+    let launched = report.instances.len();
+    if launched < plan.min_count as usize {
+        let detail = if failures.is_empty() {
+            "EC2 returned fewer instances".to_owned()
+        } else {
+            failures.join("; ")
+        };
+        return Err(LaunchError::Shortfall {
+            launched,
+            requested: plan.count,
+            min: plan.min_count,
+            detail,
+            report: Box::new(report),
+        });
+    }
+    if launched < plan.count as usize {
+        report.warnings.push(format!(
+            "partial capacity: launched {launched} of {} ({})",
+            plan.count,
+            failures.join("; ")
+        ));
+    }
+    Ok(report)
+}
+
+/// The Capacity Block's `EndDate`; a reservation that is not a Capacity
+/// Block is refused.
+async fn capacity_block_end(ec2: &Ec2, id: &str) -> Result<OffsetDateTime, LaunchError> {
+    let described = ec2
+        .describe_capacity_reservations()
+        .capacity_reservation_ids(id)
+        .send()
+        .await
+        .map_err(|e| classify("ec2:DescribeCapacityReservations", &e))?;
+    let reservation = described
+        .capacity_reservations()
+        .first()
+        .ok_or_else(|| LaunchError::NoReservation(id.to_owned()))?;
+    let kind = reservation
+        .reservation_type()
+        .map(|t| t.as_str().to_owned())
+        .unwrap_or_else(|| "default".into());
+    match (kind.as_str(), reservation.end_date().and_then(to_time)) {
+        ("capacity-block", Some(end)) => Ok(end),
+        _ => Err(LaunchError::NotACapacityBlock {
+            id: id.to_owned(),
+            kind,
+        }),
+    }
+}

@@ -1,0 +1,162 @@
+//! One RunInstances call: the request every placement sends, and what EC2's
+//! refusal of it means.
+
+use aws_sdk_ec2::config::http::HttpResponse;
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
+use aws_sdk_ec2::operation::run_instances::RunInstancesError;
+use aws_sdk_ec2::types::{
+    CapacityReservationSpecification, CapacityReservationTarget, HttpTokensState,
+    IamInstanceProfileSpecification, InstanceInterruptionBehavior, InstanceMarketOptionsRequest,
+    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceMetadataTagsState,
+    MarketType, ResourceType, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
+};
+use aws_sdk_ec2::Client as Ec2;
+use blockwatch_aws::classify;
+
+use super::{LaunchError, SHUTDOWN_BEHAVIOR};
+use crate::plan::{Market, Plan};
+
+/// What every RunInstances call of one launch shares.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Template<'a> {
+    pub plan: &'a Plan,
+    pub ami: &'a str,
+    pub tags: &'a [(String, String)],
+    pub cluster: &'a str,
+    pub dry_run: bool,
+}
+
+impl Template<'_> {
+    /// Up to `count` instances of `instance_type` in `subnet`; MinCount 1,
+    /// so EC2 launches what it can.
+    pub fn request(
+        &self,
+        ec2: &Ec2,
+        instance_type: &str,
+        subnet: Option<&str>,
+        count: usize,
+    ) -> RunInstancesFluentBuilder {
+        let plan = self.plan;
+        let mut spec = TagSpecification::builder().resource_type(ResourceType::Instance);
+        for (key, value) in self.tags {
+            spec = spec.tags(Tag::builder().key(key).value(value).build());
+        }
+        let metadata = InstanceMetadataOptionsRequest::builder()
+            .http_tokens(HttpTokensState::Required)
+            .http_endpoint(InstanceMetadataEndpointState::Enabled)
+            .instance_metadata_tags(InstanceMetadataTagsState::Enabled)
+            .http_put_response_hop_limit(plan.imds_hop_limit)
+            .build();
+        let mut request = ec2
+            .run_instances()
+            .image_id(self.ami)
+            .instance_type(instance_type.into())
+            .min_count(1)
+            .max_count(i32::try_from(count).unwrap_or(i32::MAX))
+            .tag_specifications(spec.build())
+            .metadata_options(metadata)
+            .instance_initiated_shutdown_behavior(SHUTDOWN_BEHAVIOR)
+            .dry_run(self.dry_run)
+            .set_subnet_id(subnet.map(str::to_owned))
+            .set_key_name(plan.key_name.clone());
+        if !plan.security_groups.is_empty() {
+            request = request.set_security_group_ids(Some(plan.security_groups.clone()));
+        }
+        if let Some(profile) = &plan.instance_profile {
+            let spec = if profile.starts_with("arn:") {
+                IamInstanceProfileSpecification::builder().arn(profile)
+            } else {
+                IamInstanceProfileSpecification::builder().name(profile)
+            };
+            request = request.iam_instance_profile(spec.build());
+        }
+        request = market_options(request, plan);
+        if let Some(script) = plan.user_data(self.cluster) {
+            request = request.user_data(aws_smithy_types::base64::encode(script.as_bytes()));
+        }
+        request
+    }
+}
+
+fn market_options(request: RunInstancesFluentBuilder, plan: &Plan) -> RunInstancesFluentBuilder {
+    match plan.market {
+        Market::Spot => {
+            let mut spot = SpotMarketOptions::builder()
+                .spot_instance_type(SpotInstanceType::OneTime)
+                .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                .set_max_price(plan.max_price.clone());
+            if let Some(minutes) = plan.block_duration_minutes {
+                spot = spot.block_duration_minutes(minutes);
+            }
+            request.instance_market_options(
+                InstanceMarketOptionsRequest::builder()
+                    .market_type(MarketType::Spot)
+                    .spot_options(spot.build())
+                    .build(),
+            )
+        }
+        Market::OnDemand => request,
+        Market::CapacityBlock => {
+            let target = CapacityReservationTarget::builder()
+                .set_capacity_reservation_id(plan.capacity_reservation_id.clone())
+                .build();
+            request
+                .instance_market_options(
+                    InstanceMarketOptionsRequest::builder()
+                        .market_type(MarketType::CapacityBlock)
+                        .build(),
+                )
+                .capacity_reservation_specification(
+                    CapacityReservationSpecification::builder()
+                        .capacity_reservation_target(target)
+                        .build(),
+                )
+        }
+    }
+}
+
+/// What a refused RunInstances means for the launch.
+#[derive(Debug)]
+pub(super) enum Refused {
+    /// A dry run's permission check passed; nothing launched.
+    DryRunAccepted,
+    /// This placement has no capacity (EC2's code): try the next.
+    NoCapacity(String),
+    /// The launch stops.
+    Fatal(LaunchError),
+}
+
+/// Reads EC2's refusal of a RunInstances call.
+pub(super) fn refused(
+    plan: &Plan,
+    dry_run: bool,
+    err: &SdkError<RunInstancesError, HttpResponse>,
+) -> Refused {
+    let code = err.code().unwrap_or_default().to_owned();
+    let message = err.message().unwrap_or_default().to_owned();
+    if dry_run && code == "DryRunOperation" {
+        return Refused::DryRunAccepted;
+    }
+    if plan.block_duration_minutes.is_some()
+        && (message.contains("BlockDuration")
+            || message.contains("not a valid parameter")
+            || code == "InvalidParameterValue")
+    {
+        return Refused::Fatal(LaunchError::SpotBlocksRetired {
+            detail: format!("{code}: {message}"),
+            duration: plan.duration_text.clone(),
+        });
+    }
+    match code.as_str() {
+        "SpotMaxPriceTooLow" | "MaxSpotPriceTooLow" => Refused::Fatal(LaunchError::PriceTooLow {
+            detail: format!("{code}: {message}"),
+        }),
+        "InsufficientInstanceCapacity"
+        | "InsufficientCapacity"
+        | "InsufficientCapacityOnHost"
+        | "InsufficientFreeAddressesInSubnet"
+        | "Unsupported" => Refused::NoCapacity(code),
+        _ => Refused::Fatal(classify("ec2:RunInstances", err).into()),
+    }
+}

@@ -1,0 +1,263 @@
+//! `blockwatch-launch` for its end-to-end tests: the binary in a hermetic
+//! environment against moto ([`Launcher`]), and the canned answers of the
+//! AWS stand-ins that show what moto cannot ([`canned`]).
+
+use std::ffi::OsStr;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::moto::REGION;
+use crate::stub::{forward, StubServer};
+
+/// The launcher binary Cargo built beside the test that runs it.
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/debug/deps/<test> -> target/debug/blockwatch-launch
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("blockwatch-launch"))
+        .unwrap_or_default()
+}
+
+/// How the launcher ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Assertions that show the run whenever they fail.
+#[allow(clippy::panic)]
+impl Run {
+    /// It exited with `code`.
+    #[track_caller]
+    pub fn assert_exit(&self, code: i32) -> &Self {
+        if self.code != code {
+            panic!(
+                "exit {} instead of {code}: {}{}",
+                self.code, self.stderr, self.stdout
+            );
+        }
+        self
+    }
+
+    /// Its stdout holds `needle`.
+    #[track_caller]
+    pub fn assert_stdout_has(&self, needle: impl AsRef<str>) -> &Self {
+        if !self.stdout.contains(needle.as_ref()) {
+            panic!("stdout lacks {:?}: {}", needle.as_ref(), self.stdout);
+        }
+        self
+    }
+
+    /// Its stderr holds `needle`.
+    #[track_caller]
+    pub fn assert_stderr_has(&self, needle: impl AsRef<str>) -> &Self {
+        if !self.stderr.contains(needle.as_ref()) {
+            panic!("stderr lacks {:?}: {}", needle.as_ref(), self.stderr);
+        }
+        self
+    }
+}
+
+/// The launcher with only AWS at one endpoint in its environment: fixed
+/// test credentials, a region, no profile files, no instance metadata, and
+/// nothing of the host's.
+#[derive(Debug)]
+pub struct Launcher {
+    command: Command,
+}
+
+impl Launcher {
+    /// Every AWS service at `endpoint`.
+    pub fn new(endpoint: &str) -> Self {
+        let mut command = Command::new(binary());
+        command.env_clear();
+        for (key, value) in hermetic_env(endpoint) {
+            command.env(key, value);
+        }
+        Self { command }
+    }
+
+    /// EC2 at `url` instead, and one attempt per call: a stand-in's refusal
+    /// is final.
+    pub fn ec2_at(mut self, url: &str) -> Self {
+        self.command
+            .env("AWS_ENDPOINT_URL_EC2", url)
+            .env("AWS_MAX_ATTEMPTS", "1");
+        self
+    }
+
+    /// ECS at `url` instead, one attempt per call.
+    pub fn ecs_at(mut self, url: &str) -> Self {
+        self.command
+            .env("AWS_ENDPOINT_URL_ECS", url)
+            .env("AWS_MAX_ATTEMPTS", "1");
+        self
+    }
+
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.command.env(key, value);
+        self
+    }
+
+    /// Takes `key` out of the environment, such as the test keys where a
+    /// profile must supply the credentials.
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
+        self.command.env_remove(key);
+        self
+    }
+
+    /// Launching `count` instances for `duration` into the `research`
+    /// compute environment, the flags most tests start from.
+    pub fn launch(self, count: u32, duration: &str) -> Self {
+        self.args(launch_args("research", &count.to_string(), duration))
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.command.args(args);
+        self
+    }
+
+    /// The command, to spawn it rather than run it to the end.
+    pub fn command(self) -> Command {
+        self.command
+    }
+
+    /// Runs it to the end.
+    pub fn run(mut self) -> Run {
+        match self.command.output() {
+            Ok(output) => Run {
+                code: output.status.code().unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            },
+            Err(err) => Run {
+                code: -1,
+                stdout: String::new(),
+                stderr: format!("cannot run {}: {err}", binary().display()),
+            },
+        }
+    }
+}
+
+/// Every instance moto holds, as the launcher's tests check them.
+pub async fn instances(
+    moto: &crate::moto::MotoServer,
+) -> Result<Vec<aws_sdk_ec2::types::Instance>, aws_sdk_ec2::Error> {
+    let described = aws_sdk_ec2::Client::new(moto.sdk())
+        .describe_instances()
+        .send()
+        .await?;
+    Ok(described
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances().to_vec())
+        .collect())
+}
+
+/// The flags that launch `count` instances for `duration` into
+/// `compute_environment`, for tests that vary the rest.
+pub fn launch_args<'a>(
+    compute_environment: &'a str,
+    count: &'a str,
+    duration: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "--compute-environment",
+        compute_environment,
+        "--count",
+        count,
+        "--duration",
+        duration,
+    ]
+}
+
+/// The environment of a hermetic launcher with AWS at `endpoint`.
+pub fn hermetic_env(endpoint: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", endpoint.to_owned()),
+        ("AWS_REGION", REGION.to_owned()),
+        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+        ("AWS_CONFIG_FILE", "/nonexistent".to_owned()),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent".to_owned()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+    ]
+}
+
+/// What the AWS stand-ins answer where moto cannot.
+pub mod canned {
+    use super::*;
+
+    /// An EC2 error document, as EC2's query protocol sends it.
+    pub fn ec2_error(code: &str, message: &str) -> String {
+        format!("<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>r</RequestID></Response>")
+    }
+
+    /// DescribeCapacityReservations of one Capacity Block (moto has none).
+    pub fn capacity_block(id: &str, end_date: &str) -> String {
+        format!("<DescribeCapacityReservationsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><capacityReservationSet><item><capacityReservationId>{id}</capacityReservationId><instanceType>p5.48xlarge</instanceType><reservationType>capacity-block</reservationType><endDate>{end_date}</endDate></item></capacityReservationSet></DescribeCapacityReservationsResponse>")
+    }
+
+    /// ECS as a real account answers, in front of moto at `upstream`:
+    /// ListContainerInstances in pages of `maxResults`, at most `most`
+    /// (moto gives all at once), listing `first` before the rest (the real
+    /// order is unspecified); DescribeContainerInstances refuses more than
+    /// `most`. Everything else goes to moto.
+    pub fn paginating_ecs(
+        upstream: SocketAddr,
+        most: usize,
+        first: Vec<String>,
+    ) -> std::io::Result<StubServer> {
+        StubServer::start(move |_, request| {
+            let target = request
+                .header("x-amz-target")
+                .unwrap_or_default()
+                .to_owned();
+            let asked: serde_json::Value = serde_json::from_str(&request.body).unwrap_or_default();
+            if target.ends_with(".DescribeContainerInstances")
+                && asked["containerInstances"]
+                    .as_array()
+                    .is_some_and(|a| a.len() > most)
+            {
+                return (
+                    400,
+                    serde_json::json!({"__type": "InvalidParameterException", "message": format!("containerInstances: at most {most}")}).to_string(),
+                );
+            }
+            let (status, text) = forward(upstream, request);
+            if !target.ends_with(".ListContainerInstances") || status != 200 {
+                return (status, text);
+            }
+            let listed: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let all: Vec<String> = listed["containerInstanceArns"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect();
+            let mut ordered: Vec<&String> = all.iter().filter(|a| first.contains(a)).collect();
+            ordered.extend(all.iter().filter(|a| !first.contains(a)));
+            let start: usize = asked["nextToken"]
+                .as_str()
+                .map_or(0, |t| t.parse().unwrap_or(0));
+            let size = asked["maxResults"]
+                .as_u64()
+                .map_or(most, |m| usize::try_from(m).unwrap_or(most).min(most));
+            let end = (start + size).min(ordered.len());
+            let next = (end < ordered.len()).then(|| end.to_string());
+            (
+                200,
+                serde_json::json!({"containerInstanceArns": ordered[start.min(end)..end], "nextToken": next})
+                    .to_string(),
+            )
+        })
+    }
+}
