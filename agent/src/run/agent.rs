@@ -17,7 +17,7 @@ use blockwatch_core::settings::Settings;
 const ECS_AGENT_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
-pub struct Agent<S, K> {
+pub(super) struct Agent<S, K> {
     pub books: Books,
     executor: Executor<S, K>,
     pub(super) clock: K,
@@ -37,10 +37,10 @@ pub struct Agent<S, K> {
 
 /// The wall clock may drift this far from the monotonic one between two
 /// steps before it counts as a step (NTP slews far less).
-pub const CLOCK_STEP_TOLERANCE: Duration = Duration::from_secs(5);
+pub(super) const CLOCK_STEP_TOLERANCE: Duration = Duration::from_secs(5);
 
 impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
-    pub fn new(
+    pub(super) fn new(
         books: Books,
         settings: &Settings,
         node: &Node,
@@ -84,7 +84,7 @@ impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
     }
 
     /// Decides, records, reports and acts; returns the decision's `now`.
-    pub async fn step(&mut self) -> OffsetDateTime {
+    pub(super) async fn step(&mut self) -> OffsetDateTime {
         let now = whole_seconds(self.clock.utc());
         self.watch_the_clock(now);
         let books = &mut self.books;
@@ -134,7 +134,7 @@ impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
     }
 
     /// Every 30 s, a local (no AWS) look at whether the ECS agent answers.
-    pub async fn check_ecs_agent(&mut self) {
+    pub(super) async fn check_ecs_agent(&mut self) {
         if self.clock.instant() < self.next_ecs_agent_check {
             return;
         }
@@ -152,13 +152,13 @@ impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
     }
 
     /// Runs the power-off a tick recorded, if any.
-    pub async fn run_power_off(&mut self) {
+    pub(super) async fn run_power_off(&mut self) {
         self.executor.run_power_off(&mut self.books).await;
     }
 
     /// After each tick: the heartbeat, a save that failed before, the
     /// metrics; returns the systemd STATUS line.
-    pub async fn record_tick(&mut self) -> String {
+    pub(super) async fn record_tick(&mut self) -> String {
         let now = whole_seconds(self.clock.utc());
         let books = &mut self.books;
         books

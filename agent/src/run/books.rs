@@ -14,7 +14,7 @@ use blockwatch_core::settings::{OnDrained, OnLeaseEnd, Settings};
 /// What the agent knows and keeps, which every part reads or writes: the
 /// core's inputs and state, the reporter, and the state store.
 #[derive(Debug)]
-pub struct Books {
+pub(super) struct Books {
     pub policy: Policy,
     pub observed: Observations,
     pub state: AgentState,
@@ -23,7 +23,7 @@ pub struct Books {
 }
 
 impl Books {
-    pub fn new(
+    pub(super) fn new(
         settings: &Settings,
         node: &Node,
         store: Store,
@@ -52,14 +52,14 @@ impl Books {
 
     /// Writes the state file (and metrics); false when the state could not
     /// be saved.
-    pub async fn persist(&mut self, now: OffsetDateTime) -> bool {
+    pub(super) async fn persist(&mut self, now: OffsetDateTime) -> bool {
         self.store
             .save(&self.state, self.reporter.errors(), now)
             .await
     }
 
     /// A decision, logged with the journald fields of the current state.
-    pub fn decision(&self, message: &str) {
+    pub(super) fn decision(&self, message: &str) {
         self.reporter.decision(&self.state, message);
     }
 }

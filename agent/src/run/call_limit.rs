@@ -12,7 +12,7 @@ pub const AWS_CALL_LIMIT: Duration = Duration::from_secs(90);
 
 /// Runs an AWS call with [`AWS_CALL_LIMIT`]; past it, a transient failure.
 /// The call is boxed: SDK futures are large.
-pub fn bounded<'a, T: 'a>(
+pub(super) fn bounded<'a, T: 'a>(
     api: &'static str,
     call: impl Future<Output = Result<T, CallError>> + 'a,
 ) -> impl Future<Output = Result<T, CallError>> + 'a {

@@ -35,12 +35,12 @@ impl Clock for SystemClock {
 }
 
 /// Decisions and records keep whole seconds, as tags and notices do.
-pub fn whole_seconds(at: OffsetDateTime) -> OffsetDateTime {
+pub(super) fn whole_seconds(at: OffsetDateTime) -> OffsetDateTime {
     at.replace_nanosecond(0).unwrap_or(at)
 }
 
 /// A jittered wait as the journal shows it: whole milliseconds.
-pub fn shown(wait: Duration) -> humantime::FormattedDuration {
+pub(super) fn shown(wait: Duration) -> humantime::FormattedDuration {
     humantime::format_duration(Duration::from_millis(
         u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
     ))

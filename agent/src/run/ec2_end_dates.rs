@@ -34,7 +34,7 @@ const EC2_LOOKUP: &str = "looking up EC2 end dates";
 
 /// What the EC2 lookup task reports to the loop.
 #[derive(Debug)]
-pub enum Ec2Report {
+pub(super) enum Ec2Report {
     Found(Ec2Deadlines),
     /// A Capacity Block's `EndDate`, asked again.
     CapacityBlock((OffsetDateTime, String)),
@@ -53,7 +53,7 @@ pub enum Ec2Report {
 
 /// Starts the lookups with the AWS clients `aws` holds (the loop replaces
 /// them when IMDS needs a fresh session); their reports come on the channel.
-pub fn spawn<A>(
+pub(super) fn spawn<A>(
     aws: watch::Receiver<Arc<A>>,
     identity: IdentityDocument,
     settings: &Settings,
@@ -209,7 +209,7 @@ async fn read_shutdown_behavior<A: InstanceCapacity>(
 
 impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
     /// Puts what the EC2 lookups found into the core's observations.
-    pub fn note_ec2_report(&mut self, report: Ec2Report) {
+    pub(super) fn note_ec2_report(&mut self, report: Ec2Report) {
         let now = self.clock.instant();
         let books = &mut self.books;
         match report {

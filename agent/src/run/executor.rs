@@ -28,8 +28,8 @@ use blockwatch_core::settings::Settings;
 use blockwatch_core::time_text::rfc3339;
 
 /// Failed ECS calls are retried after up to 1 s, doubling to 30 s.
-pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+pub(super) const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What the activities that can fail repeatedly are called in the logs.
 const FINDING: &str = "finding the container instance";
@@ -39,7 +39,7 @@ const COUNTING: &str = "counting the tasks still running";
 const STOPPING: &str = "stopping the remaining tasks";
 
 #[derive(Debug)]
-pub struct Executor<S, K> {
+pub(super) struct Executor<S, K> {
     service: S,
     pub(super) clock: K,
     pub(super) node: Node,
@@ -58,7 +58,7 @@ pub struct Executor<S, K> {
 }
 
 impl<S: ContainerService, K: Clock> Executor<S, K> {
-    pub fn new(service: S, clock: K, settings: &Settings, node: &Node) -> Self {
+    pub(super) fn new(service: S, clock: K, settings: &Settings, node: &Node) -> Self {
         Self {
             next_task_count: clock.instant(),
             service,
@@ -74,7 +74,7 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
         }
     }
 
-    pub fn service(&self) -> &S {
+    pub(super) fn service(&self) -> &S {
         &self.service
     }
 
@@ -82,7 +82,7 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
     /// wind down, counts the tasks still running on the host every
     /// `drain_poll_interval` (at once after DRAINING is confirmed and after
     /// tasks were stopped) into the core's observations.
-    pub async fn count_tasks_if_due(&mut self, books: &mut Books) {
+    pub(super) async fn count_tasks_if_due(&mut self, books: &mut Books) {
         let confirmed = books
             .state
             .drain
@@ -127,7 +127,7 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
     /// Carries out `action`, decided at `now`, and reports what happened
     /// for the core to record. A failed ECS call is retried when the core
     /// asks again after the backoff; until then the action is skipped.
-    pub async fn act(
+    pub(super) async fn act(
         &mut self,
         action: Action,
         now: OffsetDateTime,

@@ -20,7 +20,7 @@ use crate::sources::{AwsFailure, CallError};
 /// A clock that stands still until the test moves it; its random numbers
 /// are scripted (the top of the jitter window when none is).
 #[derive(Debug, Clone)]
-pub struct FakeClock(Arc<Mutex<ClockState>>);
+pub(super) struct FakeClock(Arc<Mutex<ClockState>>);
 
 #[derive(Debug)]
 struct ClockState {
@@ -30,7 +30,7 @@ struct ClockState {
 }
 
 impl FakeClock {
-    pub fn at(utc: OffsetDateTime) -> Self {
+    pub(super) fn at(utc: OffsetDateTime) -> Self {
         Self(Arc::new(Mutex::new(ClockState {
             instant: Instant::now(),
             utc,
@@ -42,7 +42,7 @@ impl FakeClock {
         self.0.lock().unwrap()
     }
 
-    pub fn advance(&self, by: Duration) {
+    pub(super) fn advance(&self, by: Duration) {
         let mut state = self.state();
         state.instant += by;
         state.utc += by;
@@ -50,13 +50,13 @@ impl FakeClock {
 
     /// The wall clock steps by `by` (an NTP step, a wrong RTC); monotonic
     /// time does not move.
-    pub fn step_wall(&self, by: time::Duration) {
+    pub(super) fn step_wall(&self, by: time::Duration) {
         let mut state = self.state();
         state.utc += by;
     }
 
     /// The next `random()` returns `number`.
-    pub fn will_draw(&self, number: u64) {
+    pub(super) fn will_draw(&self, number: u64) {
         self.state().randoms.push_back(number);
     }
 }
@@ -73,14 +73,14 @@ impl Clock for FakeClock {
     }
 }
 
-pub const FIND: &str = "ecs:ListContainerInstances";
-pub const SET_DRAINING: &str = "ecs:UpdateContainerInstancesState";
-pub const LIST_TASKS: &str = "ecs:ListTasks";
-pub const STOP_TASKS: &str = "ecs:StopTask";
+pub(super) const FIND: &str = "ecs:ListContainerInstances";
+pub(super) const SET_DRAINING: &str = "ecs:UpdateContainerInstancesState";
+pub(super) const LIST_TASKS: &str = "ecs:ListTasks";
+pub(super) const STOP_TASKS: &str = "ecs:StopTask";
 
 /// A call the executor made.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Call {
+pub(super) enum Call {
     Find,
     SetDraining { arn: String, draining: bool },
     ListTasks { arn: String },
@@ -89,7 +89,7 @@ pub enum Call {
 
 /// How a scripted call goes instead of the normal answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scripted {
+pub(super) enum Scripted {
     Fail(AwsFailure),
     /// ECS did it, but its answer never came back.
     AnswerLost,
@@ -98,7 +98,7 @@ pub enum Scripted {
 /// ECS as the fake holds it: the registered container instance, its
 /// status, its tasks; and the calls made.
 #[derive(Debug, Default)]
-pub struct EcsState {
+pub(super) struct EcsState {
     pub calls: Vec<Call>,
     pub registered: Option<String>,
     pub status: &'static str,
@@ -109,11 +109,11 @@ pub struct EcsState {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct FakeEcs(Arc<Mutex<EcsState>>);
+pub(super) struct FakeEcs(Arc<Mutex<EcsState>>);
 
 impl FakeEcs {
     /// Registered as `arn`, ACTIVE, with `tasks` running.
-    pub fn registered(arn: &str, tasks: &[&str]) -> Self {
+    pub(super) fn registered(arn: &str, tasks: &[&str]) -> Self {
         let fake = Self::default();
         {
             let mut state = fake.state();
@@ -131,12 +131,12 @@ impl FakeEcs {
         fake
     }
 
-    pub fn state(&self) -> MutexGuard<'_, EcsState> {
+    pub(super) fn state(&self) -> MutexGuard<'_, EcsState> {
         self.0.lock().unwrap()
     }
 
     /// The next calls of `api` ([`SET_DRAINING`], …) go as `how`, in order.
-    pub fn script(&self, api: &'static str, how: &[Scripted]) {
+    pub(super) fn script(&self, api: &'static str, how: &[Scripted]) {
         self.state()
             .script
             .entry(api)
@@ -145,7 +145,7 @@ impl FakeEcs {
     }
 
     /// The ECS agent registered again under `arn` (the old ARN is gone).
-    pub fn register_again(&self, arn: &str) {
+    pub(super) fn register_again(&self, arn: &str) {
         let mut state = self.state();
         state.registered = Some(arn.to_owned());
         state.status = "ACTIVE";
@@ -153,20 +153,20 @@ impl FakeEcs {
 
     /// The containers of every stopped task have exited (after SIGTERM or
     /// at the stop timeout): the host no longer runs them.
-    pub fn containers_exit(&self) {
+    pub(super) fn containers_exit(&self) {
         self.state().tasks.retain(|t| !t.stop_requested);
     }
 
     /// The tasks the host still runs.
-    pub fn on_host(&self) -> Vec<String> {
+    pub(super) fn on_host(&self) -> Vec<String> {
         self.state().tasks.iter().map(|t| t.arn.clone()).collect()
     }
 
-    pub fn calls(&self) -> Vec<Call> {
+    pub(super) fn calls(&self) -> Vec<Call> {
         self.state().calls.clone()
     }
 
-    pub fn drain_calls(&self) -> Vec<Call> {
+    pub(super) fn drain_calls(&self) -> Vec<Call> {
         self.calls()
             .into_iter()
             .filter(|c| matches!(c, Call::SetDraining { .. }))

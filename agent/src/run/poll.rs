@@ -28,7 +28,7 @@ const READING_LEASE: &str = "reading the lease tags";
 const IMDS_SESSION: &str = "keeping an IMDS session";
 
 #[derive(Debug)]
-pub struct Poll<K> {
+pub(super) struct Poll<K> {
     /// Replaced when IMDS needs a fresh session, and so are the AWS clients
     /// (`aws_updates`) whose credential chain uses it.
     imds: Imds,
@@ -46,7 +46,7 @@ pub struct Poll<K> {
 }
 
 impl<K: Clock + Clone> Poll<K> {
-    pub fn new(
+    pub(super) fn new(
         imds: Imds,
         aws_updates: watch::Sender<Arc<Aws>>,
         settings: &Settings,
@@ -67,7 +67,7 @@ impl<K: Clock + Clone> Poll<K> {
     }
 
     /// One poll: read the notices, decide, act, record.
-    pub async fn tick<S: ContainerService>(&mut self, agent: &mut Agent<S, K>) {
+    pub(super) async fn tick<S: ContainerService>(&mut self, agent: &mut Agent<S, K>) {
         let now = whole_seconds(self.clock.utc());
         let errors = notices::poll(&self.imds, &mut agent.books.observed, now).await;
         self.heal_imds(&errors, &mut agent.books.reporter);
@@ -147,7 +147,7 @@ impl<K: Clock + Clone> Poll<K> {
     /// Puts `lease` in force: its end becomes the lease deadline. A lease
     /// that is gone (`None`) keeps the last one: removing a tag is not a way
     /// to cancel a lease, and an unreadable tag must not cancel a drain.
-    pub fn follow_lease(&mut self, lease: Option<Sourced<Lease>>, books: &mut Books) {
+    pub(super) fn follow_lease(&mut self, lease: Option<Sourced<Lease>>, books: &mut Books) {
         let Some(lease) = lease else {
             return;
         };

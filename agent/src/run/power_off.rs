@@ -70,7 +70,7 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
 
     /// Runs the power-off the tick recorded, and records its outcome.
     /// Bounded by [`poweroff::COMMAND_LIMIT`].
-    pub async fn run_power_off(&mut self, books: &mut Books) {
+    pub(super) async fn run_power_off(&mut self, books: &mut Books) {
         let Some((now, attempts)) = self.power_off_recorded.take() else {
             return;
         };

@@ -18,10 +18,10 @@ use blockwatch_core::settings::Settings;
 use blockwatch_core::time_text::rfc3339;
 
 /// How long shutdown and power-off wait for webhook deliveries in flight.
-pub const WEBHOOK_GRACE: Duration = Duration::from_secs(5);
+pub(super) const WEBHOOK_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
-pub struct Reporter {
+pub(super) struct Reporter {
     node: Node,
     dry_run: bool,
     webhook_url: Option<String>,
@@ -34,7 +34,7 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    pub fn new(settings: &Settings, node: &Node, deliveries: Deliveries) -> Self {
+    pub(super) fn new(settings: &Settings, node: &Node, deliveries: Deliveries) -> Self {
         Self {
             node: node.clone(),
             dry_run: settings.dry_run.value,
@@ -48,34 +48,34 @@ impl Reporter {
 
     /// `activity` failed with `error`; `then` says what happens next. Logged
     /// when it starts failing, then as a count now and then.
-    pub fn failed(&mut self, activity: &str, error: &str, then: &str, now: Instant) {
+    pub(super) fn failed(&mut self, activity: &str, error: &str, then: &str, now: Instant) {
         if let Some(line) = self.failures.failed(activity, error, then, now) {
             emit(line);
         }
     }
 
     /// `activity` worked: one line if it had been failing.
-    pub fn worked(&mut self, activity: &str, now: Instant) {
+    pub(super) fn worked(&mut self, activity: &str, now: Instant) {
         if let Some(line) = self.failures.succeeded(activity, now) {
             emit(line);
         }
     }
 
     /// Ends a failure streak without a line (the caller says it better).
-    pub fn forget_failures(&mut self, activity: &str, now: Instant) {
+    pub(super) fn forget_failures(&mut self, activity: &str, now: Instant) {
         let _ = self.failures.succeeded(activity, now);
     }
 
-    pub fn count_error(&mut self, source: &'static str) {
+    pub(super) fn count_error(&mut self, source: &'static str) {
         *self.errors.entry(source).or_default() += 1;
     }
 
-    pub fn errors(&self) -> &BTreeMap<&'static str, u64> {
+    pub(super) fn errors(&self) -> &BTreeMap<&'static str, u64> {
         &self.errors
     }
 
     /// Logs with the journald fields every decision carries.
-    pub fn decision(&self, state: &AgentState, message: &str) {
+    pub(super) fn decision(&self, state: &AgentState, message: &str) {
         let deadline = state
             .deadline
             .as_ref()
@@ -98,7 +98,7 @@ impl Reporter {
 
     /// An event of the core: a journal line, and a webhook POST for all
     /// but a deadline change.
-    pub fn event(
+    pub(super) fn event(
         &mut self,
         event: &Event,
         state: &AgentState,

@@ -43,7 +43,7 @@ impl Signals {
 /// The signals, the watchdog and its timer: what must be served while the
 /// agent works.
 #[derive(Debug)]
-pub struct Service {
+pub(super) struct Service {
     signals: Signals,
     pub notifier: Notifier,
     watchdog: Interval,
@@ -51,7 +51,7 @@ pub struct Service {
 
 /// How a piece of work ended.
 #[derive(Debug)]
-pub enum Served<T> {
+pub(super) enum Served<T> {
     Done(T),
     /// SIGTERM or SIGINT came first; the work was dropped.
     Stopped,
@@ -59,7 +59,7 @@ pub enum Served<T> {
 
 /// What the loop waits for between ticks.
 #[derive(Debug)]
-pub enum Wakeup<T> {
+pub(super) enum Wakeup<T> {
     /// Time for a tick.
     Tick,
     /// Something else sent to the loop (an EC2 lookup's report).
@@ -69,7 +69,7 @@ pub enum Wakeup<T> {
 }
 
 impl Service {
-    pub fn new() -> Result<Self, AgentError> {
+    pub(super) fn new() -> Result<Self, AgentError> {
         let notifier = Notifier::new();
         // Without a watchdog this timer idles at a day and does nothing.
         let mut watchdog = tokio::time::interval(
@@ -87,7 +87,7 @@ impl Service {
 
     /// Waits for the next tick of `ticker`, a message, or a signal, feeding
     /// the watchdog meanwhile.
-    pub async fn wait<T>(
+    pub(super) async fn wait<T>(
         &mut self,
         ticker: &mut Interval,
         messages: &mut tokio::sync::mpsc::UnboundedReceiver<T>,
@@ -104,7 +104,7 @@ impl Service {
 
     /// Runs `work` to its end while feeding the watchdog (for up to
     /// [`TICK_LIMIT`]) and listening for SIGTERM and SIGINT, which drop it.
-    pub async fn serve<T>(&mut self, work: impl Future<Output = T>) -> Served<T> {
+    pub(super) async fn serve<T>(&mut self, work: impl Future<Output = T>) -> Served<T> {
         let started = Instant::now();
         tokio::pin!(work);
         loop {
@@ -125,7 +125,7 @@ impl Service {
     /// SIGTERM or SIGINT. For the power-off command, which makes systemd
     /// send SIGTERM and may take longer than `WatchdogSec`. Returns whether
     /// a stop was asked meanwhile.
-    pub async fn finish(&mut self, work: impl Future<Output = ()>) -> bool {
+    pub(super) async fn finish(&mut self, work: impl Future<Output = ()>) -> bool {
         let started = Instant::now();
         let mut stop_asked = false;
         tokio::pin!(work);

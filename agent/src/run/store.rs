@@ -20,7 +20,7 @@ use blockwatch_core::decision::AgentState;
 use blockwatch_core::operator_view::Snapshot;
 
 #[derive(Debug)]
-pub struct Store {
+pub(super) struct Store {
     records: Records,
     node: Node,
     /// The files a job reads its deadline from; none in unit tests.
@@ -63,7 +63,7 @@ impl Planned {
 }
 
 impl Store {
-    pub fn new(records: Records, node: &Node) -> Self {
+    pub(super) fn new(records: Records, node: &Node) -> Self {
         Self {
             records,
             node: node.clone(),
@@ -73,13 +73,13 @@ impl Store {
     }
 
     /// Also keeps the deadline files in `dir`, from the first save or tick.
-    pub fn with_deadline_files(mut self, dir: PathBuf) -> Self {
+    pub(super) fn with_deadline_files(mut self, dir: PathBuf) -> Self {
         self.deadline_files = Some(DeadlineFiles::new(dir, &self.node.instance_id));
         self
     }
 
     /// `state` as `blockwatch status` reads it.
-    pub fn snapshot(&self, state: &AgentState, now: OffsetDateTime) -> Snapshot {
+    pub(super) fn snapshot(&self, state: &AgentState, now: OffsetDateTime) -> Snapshot {
         Snapshot {
             instance_id: self.node.instance_id.clone(),
             cluster: self.node.cluster.clone(),
@@ -93,7 +93,7 @@ impl Store {
 
     /// Writes a state that changed (and the metrics); false when the state
     /// could not be saved.
-    pub async fn save(
+    pub(super) async fn save(
         &mut self,
         state: &AgentState,
         errors: &BTreeMap<&'static str, u64>,
@@ -111,7 +111,7 @@ impl Store {
     }
 
     /// Once per poll: the heartbeat, a save that failed before, the metrics.
-    pub async fn tick(
+    pub(super) async fn tick(
         &mut self,
         state: &AgentState,
         errors: &BTreeMap<&'static str, u64>,
@@ -129,7 +129,7 @@ impl Store {
     }
 
     /// A few words for the STATUS line while the state is not saved.
-    pub fn problem(&self) -> Option<&'static str> {
+    pub(super) fn problem(&self) -> Option<&'static str> {
         self.records.problem()
     }
 

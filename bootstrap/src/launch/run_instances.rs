@@ -30,7 +30,7 @@ pub(super) struct Template<'a> {
 impl Template<'_> {
     /// Up to `count` instances of `instance_type` in `subnet`; MinCount 1,
     /// so EC2 launches what it can.
-    pub fn request(
+    pub(super) fn request(
         &self,
         ec2: &Ec2,
         instance_type: &str,

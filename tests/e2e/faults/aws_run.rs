@@ -18,12 +18,12 @@ use blockwatch_testkit::stub::StubServer;
 use blockwatch_testkit::instance::{now, phase, Agent, Instance, FAST, PATIENCE};
 use blockwatch_testkit::registered::{receiver_refusing_first, registered_in_jobs, Registered};
 
-pub const DRAIN_CALL: &str = "UpdateContainerInstancesState";
+pub(crate) const DRAIN_CALL: &str = "UpdateContainerInstancesState";
 const LIST_CALL: &str = "ListContainerInstances";
 
 /// A spot interruption notice, due in less than the 10 s drain lead (as a
 /// real 2-minute notice is against the default 10-minute lead): drain at once.
-pub fn spot_notice(instance: &Instance) {
+pub(crate) fn spot_notice(instance: &Instance) {
     instance.imds.update(|s| {
         s.spot_instance_action = Some(SpotInstanceAction {
             action: "terminate".into(),
@@ -33,7 +33,7 @@ pub fn spot_notice(instance: &Instance) {
 }
 
 /// Sends SIGTERM to our own child, by PID.
-pub fn sigterm(agent: &Agent) {
+pub(crate) fn sigterm(agent: &Agent) {
     let status = std::process::Command::new("kill")
         .args(["-TERM", &agent.child.id().to_string()])
         .status()
@@ -42,7 +42,7 @@ pub fn sigterm(agent: &Agent) {
 }
 
 /// Waits for the agent to exit; its exit code and how long it took.
-pub fn wait_exit(agent: &mut Agent, within: Duration) -> (Option<i32>, Duration) {
+pub(crate) fn wait_exit(agent: &mut Agent, within: Duration) -> (Option<i32>, Duration) {
     let started = Instant::now();
     loop {
         if let Some(status) = agent.child.try_wait().unwrap() {
@@ -58,7 +58,7 @@ pub fn wait_exit(agent: &mut Agent, within: Duration) -> (Option<i32>, Duration)
 }
 
 /// Waits until `done` holds, or panics with the agent's log.
-pub fn wait_until(agent: &Agent, within: Duration, what: &str, done: impl Fn() -> bool) {
+pub(crate) fn wait_until(agent: &Agent, within: Duration, what: &str, done: impl Fn() -> bool) {
     let deadline = Instant::now() + within;
     while !done() {
         assert!(
@@ -71,14 +71,14 @@ pub fn wait_until(agent: &Agent, within: Duration, what: &str, done: impl Fn() -
 }
 
 /// Warning lines in the agent's log that contain `needle`.
-pub fn warnings(log: &str, needle: &str) -> usize {
+pub(crate) fn warnings(log: &str, needle: &str) -> usize {
     log.lines()
         .filter(|l| l.contains("warning:") && l.contains(needle))
         .count()
 }
 
 /// A NOTIFY_SOCKET that records every datagram on a thread of its own.
-pub struct NotifySocket {
+pub(crate) struct NotifySocket {
     pub path: std::path::PathBuf,
     messages: Arc<Mutex<Vec<(Instant, String)>>>,
     stop: Arc<AtomicBool>,
@@ -86,7 +86,7 @@ pub struct NotifySocket {
 }
 
 impl NotifySocket {
-    pub fn bind(instance: &Instance) -> Self {
+    pub(crate) fn bind(instance: &Instance) -> Self {
         let path = instance.root.path().join("notify.sock");
         let socket = UnixDatagram::bind(&path).unwrap();
         socket
@@ -116,7 +116,7 @@ impl NotifySocket {
 
     /// The environment that makes the agent notify us, with a 2 s watchdog
     /// (fed every second).
-    pub fn env(&self) -> [(&'static str, String); 2] {
+    pub(crate) fn env(&self) -> [(&'static str, String); 2] {
         [
             ("NOTIFY_SOCKET", self.path.to_str().unwrap().to_owned()),
             ("WATCHDOG_USEC", "2000000".to_owned()),
@@ -124,7 +124,7 @@ impl NotifySocket {
     }
 
     /// Messages containing `needle` received after `since`.
-    pub fn count_since(&self, needle: &str, since: Instant) -> usize {
+    pub(crate) fn count_since(&self, needle: &str, since: Instant) -> usize {
         self.messages
             .lock()
             .unwrap()
@@ -144,7 +144,7 @@ impl Drop for NotifySocket {
 }
 
 /// An instance registered in cluster `jobs`, with AWS behind a fault proxy.
-pub struct Fixture {
+pub(crate) struct Fixture {
     registered: Registered,
     pub proxy: AwsProxy,
 }
@@ -158,7 +158,7 @@ impl std::ops::Deref for Fixture {
 }
 
 impl Fixture {
-    pub async fn new(config: &str) -> Self {
+    pub(crate) async fn new(config: &str) -> Self {
         let mut registered = registered_in_jobs(&[], config).await;
         let proxy = AwsProxy::start(registered.instance.moto().addr()).unwrap();
         registered.instance.aws_endpoint = proxy.endpoint();
@@ -166,7 +166,7 @@ impl Fixture {
     }
 
     /// Starts `run` and waits for its first state file.
-    pub fn start(&self, env: &[(&str, &str)]) -> Agent {
+    pub(crate) fn start(&self, env: &[(&str, &str)]) -> Agent {
         let agent = self.instance.spawn_run(&[], env);
         self.instance
             .wait_for(&agent, Duration::from_secs(30), "watching", |s| {
