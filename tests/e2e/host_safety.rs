@@ -123,18 +123,27 @@ async fn a_dry_run_beside_a_live_agent_never_writes_its_files_and_the_restarted_
         PATIENCE,
     );
     dry.wait_for_log("dry run, nothing changed: would run", PATIENCE);
+    // What it would have written there is in its own directory (the log
+    // line comes before the write: wait for the file, do not race it).
+    let on_paper = || -> Option<serde_json::Value> {
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(private.join("state.json")).ok()?).ok()?;
+        state["drain"]["poweroff_at"].is_string().then_some(state)
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while on_paper().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no power-off on paper in {}:\n{}",
+            private.display(),
+            dry.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     dry.kill_9();
     for (path, was) in live_files.iter().zip(&before) {
         assert!(seen(path) == *was, "the dry run wrote {}", path.display());
     }
-    // What it would have written there is in its own directory.
-    let on_paper: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(private.join("state.json")).unwrap()).unwrap();
-    assert!(
-        on_paper["drain"]["poweroff_at"].is_string(),
-        "{on_paper}\n{}",
-        dry.log()
-    );
     assert_eq!(f.drain_calls(), 0, "{}", dry.log());
     assert!(!powered_off.exists());
 

@@ -63,7 +63,7 @@ impl CallError {
 pub fn causes_except(err: &(dyn std::error::Error + 'static), generic: &[&str]) -> String {
     let mut parts: Vec<String> = Vec::new();
     for e in chain(err) {
-        let text = e.to_string().replace(['\n', '\r'], " ");
+        let text = sentence(e).replace(['\n', '\r'], " ");
         let text = text.trim();
         // Wrappers often repeat their source's text; keep each once.
         if !text.is_empty() && !generic.contains(&text) && !parts.iter().any(|p| p.contains(text)) {
@@ -71,6 +71,17 @@ pub fn causes_except(err: &(dyn std::error::Error + 'static), generic: &[&str]) 
         }
     }
     parts.join(": ")
+}
+
+/// One error's own message. An IMDS error answer is said by its status:
+/// the SDK's text of it carries a debug dump of the whole response.
+fn sentence(err: &(dyn std::error::Error + 'static)) -> String {
+    match err.downcast_ref::<aws_config::imds::client::error::ImdsError>() {
+        Some(aws_config::imds::client::error::ImdsError::ErrorResponse(answer)) => {
+            format!("IMDS answered HTTP {}", answer.response().status().as_u16())
+        }
+        _ => err.to_string(),
+    }
 }
 
 /// `err` and its sources, outermost first.

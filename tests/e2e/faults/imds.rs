@@ -371,3 +371,30 @@ fn credentials_that_imds_does_not_hand_out_are_named_with_its_endpoint() {
     assert!(line.contains(&instance.imds.endpoint()), "{line}");
     assert_sentences(&instance, &log);
 }
+
+/// IMDS answers the credentials request with HTTP 500: the warning says the
+/// status in a sentence, never the SDK's dump of the response.
+#[test]
+fn credentials_that_imds_answers_with_500_are_said_without_a_debug_dump() {
+    let instance = instance();
+    let mut paths = std::collections::BTreeMap::new();
+    for path in [
+        "/latest/meta-data/iam/security-credentials/",
+        "/latest/meta-data/iam/security-credentials-extended/",
+    ] {
+        paths.insert(path.to_owned(), Fault::Status(500));
+    }
+    instance.imds.set_faults(Faults {
+        paths,
+        ..Faults::default()
+    });
+    let agent = start(&instance);
+
+    let needle = "could not load AWS credentials";
+    let log = agent.wait_for_log(needle, Duration::from_secs(20));
+    let line = log.lines().find(|l| l.contains(needle)).unwrap();
+    assert!(line.contains("IMDS answered HTTP 500"), "{line}");
+    assert!(!line.contains("Response {"), "a debug dump: {line}");
+    assert!(line.contains(&instance.imds.endpoint()), "{line}");
+    assert_sentences(&instance, &log);
+}
