@@ -1,5 +1,8 @@
 //! What operators see: the state file's snapshot, the systemd STATUS line and
 //! `blockwatch status`. Pure: `now` is an argument.
+//!
+//! About 510 lines, 200 of them tests: the three views say the same state in
+//! three forms, and are kept together so that they cannot drift apart.
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
