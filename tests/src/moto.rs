@@ -4,12 +4,11 @@
 //! Over 400 lines: many short seeding helpers around one server's lifecycle.
 
 use std::ffi::OsString;
-use std::fs::File;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_batch::types::{CeState, CeType, ComputeResource, CrType};
@@ -135,44 +134,24 @@ impl MotoServer {
             std::process::id(),
             STARTED.fetch_add(1, Ordering::Relaxed)
         ));
-        let log_file = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let log_err = log_file
-            .try_clone()
-            .map_err(|e| format!("{}: {e}", log.display()))?;
         let recording = log.with_extension("requests.jsonl");
         // moto's recorder logs every request it receives: tests count them.
-        let mut child = Command::new(program)
+        let mut command = Command::new(program);
+        command
             .args(["-H", "127.0.0.1", "-p", "0"])
             .args(extra_args)
             .env("MOTO_ENABLE_RECORDING", "true")
-            .env("MOTO_RECORDER_FILEPATH", &recording)
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(log_err)
-            .spawn()
-            .map_err(|e| format!("{}: {e}", program.display()))?;
+            .env("MOTO_RECORDER_FILEPATH", &recording);
         // A cold, loaded machine can take a while to import moto.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                let output = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(format!("exited with {status}: {output}"));
+        match crate::tls::spawn_listening(command, &log, |output| listening_on(output, scheme)) {
+            Ok((child, addr)) => Ok((child, addr, log, recording)),
+            Err(err) => {
+                let _ = std::fs::remove_file(&log);
+                Err(format!(
+                    "{err} (waited for a \"Running on {scheme}://...\" line)"
+                ))
             }
-            let output = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(addr) = listening_on(&output, scheme) {
-                if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
-                    return Ok((child, addr, log, recording));
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        let output = std::fs::read_to_string(&log).unwrap_or_default();
-        let _ = std::fs::remove_file(&log);
-        Err(format!(
-            "not listening after 120 s (no \"Running on {scheme}://...\" line): {output}"
-        ))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -320,6 +299,17 @@ impl MotoServer {
         cluster: &str,
         task: &str,
     ) -> Result<Option<String>, MotoError> {
+        let described = self.describe_task(cluster, task).await?;
+        Ok(described.and_then(|t| t.stopped_reason().map(str::to_owned)))
+    }
+
+    /// The task as moto describes it. Each DescribeTasks of a running task
+    /// moves it one step towards STOPPED in moto.
+    pub async fn describe_task(
+        &self,
+        cluster: &str,
+        task: &str,
+    ) -> Result<Option<aws_sdk_ecs::types::Task>, MotoError> {
         let ecs = aws_sdk_ecs::Client::new(&self.sdk);
         let described = ecs
             .describe_tasks()
@@ -328,11 +318,7 @@ impl MotoServer {
             .send()
             .await
             .map_err(aws("ecs:DescribeTasks"))?;
-        Ok(described
-            .tasks()
-            .first()
-            .and_then(|t| t.stopped_reason())
-            .map(str::to_owned))
+        Ok(described.tasks().first().cloned())
     }
 
     /// `ACTIVE` or `DRAINING`.
