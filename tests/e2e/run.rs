@@ -104,14 +104,10 @@ async fn scheduled_event_drains_and_its_cancel_returns_the_instance_to_active() 
     let f = registered_in_jobs(&[], "").await;
     let not_before = now() + STARTUP + LEAD;
     f.instance.imds.update(|s| {
-        s.scheduled_events = vec![ScheduledEvent {
-            code: "system-reboot".into(),
-            description: "scheduled reboot".into(),
-            event_id: "instance-event-0d59937288b749b32".into(),
+        s.scheduled_events = vec![ScheduledEvent::reboot(
+            "instance-event-0d59937288b749b32",
             not_before,
-            not_after: not_before + time::Duration::minutes(15),
-            state: "active".into(),
-        }]
+        )]
     });
     let agent = f.start();
 
@@ -916,12 +912,8 @@ async fn deadline_files_appear_with_the_first_decision_and_follow_a_moved_lease(
     // An earlier scheduled event takes over; canceled, the lease rules again.
     let reboot = now() + time::Duration::minutes(20);
     let event = |state: &str| ScheduledEvent {
-        code: "system-reboot".into(),
-        description: "scheduled reboot".into(),
-        event_id: "instance-event-0d59937288b749b32".into(),
-        not_before: reboot,
-        not_after: reboot + time::Duration::minutes(15),
         state: state.into(),
+        ..ScheduledEvent::reboot("instance-event-0d59937288b749b32", reboot)
     };
     instance
         .imds
