@@ -548,20 +548,7 @@ async fn the_sigterm_a_power_off_brings_does_not_lose_its_record() {
 
 /// `blockwatch status --json`, parsed.
 fn status_json(f: &Registered) -> serde_json::Value {
-    let output = f
-        .instance
-        .command()
-        .args(["status", "--json", "--state-dir"])
-        .arg(f.instance.state_dir())
-        .output()
-        .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    f.instance.status_json(f.instance.command())
 }
 
 #[tokio::test]

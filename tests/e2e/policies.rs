@@ -568,12 +568,9 @@ fn the_core_crate_links_nothing_that_does_io() {
         ])
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let tree = String::from_utf8_lossy(&output.stdout);
+    let tree = blockwatch_testkit::output::Run::from(output);
+    tree.assert_exit(0);
+    let tree = tree.stdout;
     let crates: BTreeSet<&str> = tree
         .lines()
         .filter_map(|line| line.split_whitespace().next())

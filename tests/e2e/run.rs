@@ -382,18 +382,9 @@ async fn status_reads_the_state_file_without_network() {
     drop(agent);
 
     // No IMDS, no AWS: status only reads the state directory.
-    let output = std::process::Command::new(agent_binary())
-        .env_clear()
-        .args(["status", "--json", "--state-dir"])
-        .arg(f.instance.state_dir())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mut bare = std::process::Command::new(agent_binary());
+    bare.env_clear();
+    let json = f.instance.status_json(bare);
     for key in [
         "instance_id",
         "cluster",

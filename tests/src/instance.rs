@@ -336,6 +336,20 @@ impl Instance {
         command
     }
 
+    /// `blockwatch status --json` of this instance's state directory, run as
+    /// `command` (this instance's [`Instance::command`], or one with no
+    /// environment at all); it must succeed. Its JSON.
+    pub fn status_json(&self, mut command: Command) -> serde_json::Value {
+        let output = command
+            .args(["status", "--json", "--state-dir"])
+            .arg(self.state_dir())
+            .output()
+            .expect("run blockwatch status");
+        let status = Run::from(output);
+        status.assert_exit(0);
+        serde_json::from_str(&status.stdout).expect("status --json prints JSON")
+    }
+
     pub fn snapshot(&self) -> Option<serde_json::Value> {
         let text = std::fs::read_to_string(self.state_dir().join("state.json")).ok()?;
         serde_json::from_str(&text).ok()
