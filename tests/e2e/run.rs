@@ -217,11 +217,7 @@ async fn notify_socket_gets_ready_and_a_status_naming_the_cluster() {
     assert!(status.contains("· drain at "), "{status}");
     // Nothing answers at the test's introspection URL: the ECS agent is "down".
     assert!(status.ends_with("· ECS agent not answering"), "{status}");
-    assert!(
-        agent.log().contains("the ECS agent does not answer"),
-        "{}",
-        agent.log()
-    );
+    agent.assert_log_has("the ECS agent does not answer");
     assert!(
         all.lines().filter(|l| *l == "WATCHDOG=1").count() >= 3,
         "the watchdog is fed: {all}"
@@ -498,13 +494,7 @@ async fn dry_run_logs_and_changes_nothing() {
 
     assert_eq!(f.drain_calls(), 0);
     assert_eq!(f.status_at_moto().await, "ACTIVE");
-    assert!(
-        agent
-            .log()
-            .contains("dry run, nothing changed: would set the container instance to DRAINING"),
-        "{}",
-        agent.log()
-    );
+    agent.assert_log_has("dry run, nothing changed: would set the container instance to DRAINING");
 }
 
 #[tokio::test]

@@ -267,6 +267,13 @@ impl Agent {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// Its log holds `needle`.
+    #[track_caller]
+    pub fn assert_log_has(&self, needle: &str) {
+        let log = self.log();
+        assert!(log.contains(needle), "the log lacks {needle:?}: {log}");
+    }
+
     /// Waits until the agent's log contains `needle`, or panics after `within`.
     pub fn wait_for_log(&self, needle: &str, within: Duration) -> String {
         let deadline = Instant::now() + within;

@@ -89,11 +89,7 @@ fn outage_then_notice_with(faults: Faults, secs: u64, says_so: impl Fn(&str)) {
         took < Duration::from_secs(8),
         "drained {took:?} after IMDS came back"
     );
-    assert!(
-        agent.log().contains("notices works again after"),
-        "{}",
-        agent.log()
-    );
+    agent.assert_log_has("notices works again after");
 }
 
 /// Hides the spot notice behind `fault` on every path for a while, then

@@ -182,13 +182,7 @@ async fn run_drains_over_https_and_delivers_the_webhook_over_https() {
     assert_eq!(started.0, "/hooks/drain");
     assert_eq!(started.1["cluster"], "jobs");
     assert_eq!(started.1["instance_id"], id.as_str());
-    assert!(
-        agent
-            .log()
-            .contains("webhook https://127.0.0.1/…: delivered"),
-        "{}",
-        agent.log()
-    );
+    agent.assert_log_has("webhook https://127.0.0.1/…: delivered");
 }
 
 #[tokio::test]
