@@ -17,7 +17,8 @@ use blockwatch_testkit::instance::{
     FAST, PATIENCE,
 };
 use blockwatch_testkit::registered::{
-    assert_on_time, receiver_refusing_first, registered_in_jobs, DRAINS, LATE, LEAD, STARTUP,
+    assert_on_time, receiver_refusing_first, registered_in_jobs, Registered, DRAINS, LATE, LEAD,
+    STARTUP,
 };
 use blockwatch_testkit::stub::StubServer;
 
@@ -255,18 +256,17 @@ async fn waits_for_the_container_instance_to_register_before_draining() {
         .register_container_instance(&cluster_arn, &id)
         .await
         .unwrap();
-    instance.wait_for(&agent, PATIENCE, "a confirmed drain", |s| {
-        s["drain"]["draining_confirmed_at"].is_string()
-    });
-    assert_eq!(
-        instance
-            .moto()
-            .container_instance_status(&cluster_arn, &container_instance)
-            .await
-            .unwrap(),
-        "DRAINING"
-    );
-    assert_eq!(instance.moto().ecs_calls(DRAINS), 1);
+    let f = Registered {
+        instance,
+        cluster_arn,
+        container_instance,
+    };
+    f.instance
+        .wait_for(&agent, PATIENCE, "a confirmed drain", |s| {
+            s["drain"]["draining_confirmed_at"].is_string()
+        });
+    assert_eq!(f.status_at_moto().await, "DRAINING");
+    assert_eq!(f.instance.moto().ecs_calls(DRAINS), 1);
 }
 
 #[tokio::test]
