@@ -6,7 +6,9 @@
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
+
+use crate::tls::{spawn_listening, ServerProcess};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -45,10 +47,8 @@ pub fn venv() -> PathBuf {
 /// A moto server on a loopback port of its own, stopped (by PID) when dropped.
 #[derive(Debug)]
 pub struct MotoServer {
-    child: Child,
+    process: ServerProcess,
     addr: SocketAddr,
-    log: PathBuf,
-    recording: PathBuf,
     sdk: SdkConfig,
     /// `http`, or `https` for [`MotoServer::start_tls`].
     scheme: &'static str,
@@ -77,14 +77,11 @@ impl MotoServer {
         if !program.exists() {
             return Err(MotoError::NotInstalled(program));
         }
-        let (child, addr, log, recording) =
-            Self::spawn(&program, &[], "http").map_err(MotoError::Start)?;
+        let (process, addr) = Self::spawn(&program, &[], "http").map_err(MotoError::Start)?;
         let sdk = sdk_config(&format!("http://{addr}")).await;
         Ok(Self {
-            child,
+            process,
             addr,
-            log,
-            recording,
             sdk,
             scheme: "http",
         })
@@ -110,14 +107,12 @@ impl MotoServer {
             OsString::from("--ssl-key"),
             ca.key_file().into_os_string(),
         ];
-        let (child, addr, log, recording) =
+        let (process, addr) =
             Self::spawn(&program, &tls_args, "https").map_err(MotoError::Start)?;
         let sdk = sdk_config_with(&format!("https://{addr}"), client).await;
         Ok(Self {
-            child,
+            process,
             addr,
-            log,
-            recording,
             sdk,
             scheme: "https",
         })
@@ -127,7 +122,7 @@ impl MotoServer {
         program: &PathBuf,
         extra_args: &[OsString],
         scheme: &str,
-    ) -> Result<(Child, SocketAddr, PathBuf, PathBuf), String> {
+    ) -> Result<(ServerProcess, SocketAddr), String> {
         static STARTED: AtomicU64 = AtomicU64::new(0);
         let log = std::env::temp_dir().join(format!(
             "blockwatch-moto-{}-{}.log",
@@ -143,15 +138,11 @@ impl MotoServer {
             .env("MOTO_ENABLE_RECORDING", "true")
             .env("MOTO_RECORDER_FILEPATH", &recording);
         // A cold, loaded machine can take a while to import moto.
-        match crate::tls::spawn_listening(command, &log, |output| listening_on(output, scheme)) {
-            Ok((child, addr)) => Ok((child, addr, log, recording)),
-            Err(err) => {
-                let _ = std::fs::remove_file(&log);
-                Err(format!(
-                    "{err} (waited for a \"Running on {scheme}://...\" line)"
-                ))
-            }
-        }
+        let listening = |output: &str| listening_on(output, scheme);
+        spawn_listening(command, log.clone(), recording, listening).map_err(|err| {
+            let _ = std::fs::remove_file(&log);
+            format!("{err} (waited for a \"Running on {scheme}://...\" line)")
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -165,12 +156,12 @@ impl MotoServer {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// The server's own output, for diagnosing a failed test.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        std::fs::read_to_string(&self.process.log).unwrap_or_default()
     }
 
     pub fn sdk(&self) -> &SdkConfig {
@@ -179,7 +170,7 @@ impl MotoServer {
 
     /// Every request moto has received so far (seeding included).
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        let text = std::fs::read_to_string(&self.recording).unwrap_or_default();
+        let text = std::fs::read_to_string(&self.process.record).unwrap_or_default();
         text.lines()
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
             .map(|entry| {
@@ -543,16 +534,6 @@ impl MotoServer {
             .and_then(|c| c.container_instance_arn())
             .map(str::to_owned)
             .ok_or_else(|| MotoError::Aws("ecs:RegisterContainerInstance returned no ARN".into()))
-    }
-}
-
-impl Drop for MotoServer {
-    fn drop(&mut self) {
-        // Our own child, by PID.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-        let _ = std::fs::remove_file(&self.recording);
     }
 }
 
