@@ -219,11 +219,7 @@ async fn an_unusable_config_still_powers_off_at_the_lease_end_with_the_defaults(
         "powered off once\n{}",
         agent.log()
     );
-    assert!(
-        agent.log().contains("with the built-in defaults"),
-        "{}",
-        agent.log()
-    );
+    agent.assert_log_has("with the built-in defaults");
     assert_eq!(ecs_calls(&instance), Vec::<String>::new(), "no ECS call");
 }
 

@@ -65,6 +65,17 @@ async fn registered() -> Registered {
 
 /// The adapter on the ECS API at `endpoint`, with one attempt a call (so an
 /// injected fault fails exactly one call), and the ECS agent at `introspection_url`.
+/// `times` lookups of our instance through `ecs`, each finding our container instance.
+async fn finds_ours(ecs: &Ecs, r: &Registered, times: usize) {
+    for _ in 0..times {
+        let found = ecs.find_container_instance(CLUSTER, &r.instance_id).await;
+        assert_eq!(
+            found.unwrap().as_deref(),
+            Some(r.container_instance.as_str())
+        );
+    }
+}
+
 async fn ecs_at(endpoint: &str, introspection_url: &str) -> Ecs {
     let sdk = moto::sdk_config(endpoint)
         .await
@@ -359,26 +370,14 @@ async fn the_introspection_arn_is_confirmed_once_and_another_instances_is_refuse
     // Ours: confirmed by one DescribeContainerInstances, then trusted.
     let ours = naming(&r.container_instance);
     let ecs = ecs_at(&r.moto.endpoint(), &ours.url("/v1/metadata")).await;
-    for _ in 0..3 {
-        let found = ecs.find_container_instance(CLUSTER, &r.instance_id).await;
-        assert_eq!(
-            found.unwrap().as_deref(),
-            Some(r.container_instance.as_str())
-        );
-    }
+    finds_ours(&ecs, &r, 3).await;
     assert_eq!(r.moto.ecs_calls("DescribeContainerInstances"), 1);
     assert_eq!(r.moto.ecs_calls("ListContainerInstances"), 0);
 
     // Another EC2 instance's: refused (asked once), ours found by instance id.
     let wrong = naming(&others);
     let ecs = ecs_at(&r.moto.endpoint(), &wrong.url("/v1/metadata")).await;
-    for _ in 0..2 {
-        let found = ecs.find_container_instance(CLUSTER, &r.instance_id).await;
-        assert_eq!(
-            found.unwrap().as_deref(),
-            Some(r.container_instance.as_str())
-        );
-    }
+    finds_ours(&ecs, &r, 2).await;
     assert_eq!(r.moto.ecs_calls("ListContainerInstances"), 2);
     // 1 before, 1 to refuse theirs, 1 per lookup by instance id.
     assert_eq!(r.moto.ecs_calls("DescribeContainerInstances"), 1 + 1 + 2);

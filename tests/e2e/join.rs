@@ -85,19 +85,11 @@ async fn config_file_path_works_with_tags_disabled_in_imds() {
         text(instance.read_ecs_config()),
         format!("ECS_CLUSTER={}\n", cluster_name(&cluster_arn))
     );
-    assert!(
-        run.stderr.contains(&format!(
-            "compute_environment=from-file (config file {}",
-            instance.config_file().display()
-        )),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("drain_lead=15m (config file"),
-        "{}",
-        run.stderr
-    );
+    run.assert_stderr_has(format!(
+        "compute_environment=from-file (config file {}",
+        instance.config_file().display()
+    ));
+    run.assert_stderr_has("drain_lead=15m (config file");
     let paths: Vec<_> = instance
         .imds
         .exchanges()
@@ -215,11 +207,7 @@ async fn managed_compute_environment_is_refused() {
     let run = instance.join(&[]);
 
     assert_eq!(run.code, 65, "{}", run.stderr);
-    assert!(
-        run.stderr.contains("\"managed-ce\" is MANAGED"),
-        "{}",
-        run.stderr
-    );
+    run.assert_stderr_has("\"managed-ce\" is MANAGED");
     assert_eq!(instance.read_ecs_config(), None, "nothing written");
 }
 
@@ -255,7 +243,7 @@ async fn no_source_at_all_fails_and_writes_nothing() {
     let run = instance.join(&[]);
 
     assert_eq!(run.code, 78, "{}", run.stderr);
-    assert!(run.stderr.contains("no cluster source"), "{}", run.stderr);
+    run.assert_stderr_has("no cluster source");
     assert_eq!(
         instance.read_ecs_config(),
         Some(b"ECS_LOGLEVEL=info\n".to_vec())
@@ -278,11 +266,7 @@ async fn a_newline_in_a_tag_cannot_smuggle_a_key_into_ecs_config() {
         "value shown escaped: {}",
         run.stderr
     );
-    assert!(
-        run.stderr.contains("from instance tag blockwatch:cluster"),
-        "{}",
-        run.stderr
-    );
+    run.assert_stderr_has("from instance tag blockwatch:cluster");
     assert_eq!(
         instance.read_ecs_config(),
         Some(b"ECS_ENABLE_TASK_IAM_ROLE=true\n".to_vec())
@@ -319,7 +303,7 @@ async fn existing_file_with_crlf_quotes_duplicates_and_other_keys() {
         text(instance.read_ecs_config()),
         "ECS_ENABLE_TASK_IAM_ROLE=true\nECS_CLUSTER=batch-b\n# ops note\n\nECS_RESERVED_MEMORY=256\n"
     );
-    assert!(run.stderr.contains("(was default)"), "{}", run.stderr);
+    run.assert_stderr_has("(was default)");
 }
 
 #[tokio::test]
@@ -362,7 +346,7 @@ async fn missing_file_and_directory_are_created() {
     assert_eq!(text(instance.read_ecs_config()), "ECS_CLUSTER=batch-d\n");
     let meta = std::fs::metadata(instance.ecs_config()).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o644);
-    assert!(run.stderr.contains("created"), "{}", run.stderr);
+    run.assert_stderr_has("created");
 }
 
 #[tokio::test]
@@ -376,11 +360,7 @@ async fn dry_run_shows_the_file_and_writes_nothing() {
     let run = instance.join(&["--dry-run"]);
 
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(
-        run.stdout.contains("would be rewritten to"),
-        "{}",
-        run.stdout
-    );
+    run.assert_stdout_has("would be rewritten to");
     assert!(
         run.stdout
             .ends_with("ECS_LOGLEVEL=info\nECS_CLUSTER=batch-e\n"),
@@ -426,11 +406,7 @@ async fn unreachable_batch_is_a_transient_failure() {
     let run = instance.join(&[]);
 
     assert_eq!(run.code, 75, "{}", run.stderr);
-    assert!(
-        run.stderr.contains("batch:DescribeComputeEnvironments"),
-        "{}",
-        run.stderr
-    );
+    run.assert_stderr_has("batch:DescribeComputeEnvironments");
 }
 
 #[tokio::test]
@@ -446,16 +422,12 @@ async fn a_named_config_file_must_exist_and_parse() {
         .unwrap()
         .into();
     assert_eq!(run.code, 78, "{}", run.stderr);
-    assert!(run.stderr.contains("nope.toml"), "{}", run.stderr);
+    run.assert_stderr_has("nope.toml");
 
     instance.write_config("clustr = \"typo\"\n");
     let run = instance.join(&[]);
     assert_eq!(run.code, 78, "{}", run.stderr);
-    assert!(
-        run.stderr.contains("unknown field `clustr`"),
-        "{}",
-        run.stderr
-    );
+    run.assert_stderr_has("unknown field `clustr`");
     assert_eq!(
         run.stderr.lines().filter(|l| l.contains("error")).count(),
         1,
@@ -616,7 +588,7 @@ async fn job_stop_timeout_lands_once_beside_the_cluster_and_a_second_join_leaves
         "file not replaced"
     );
     assert_eq!(text(instance.read_ecs_config()), written);
-    assert!(again.stderr.contains("left untouched"), "{}", again.stderr);
+    again.assert_stderr_has("left untouched");
 }
 
 #[tokio::test]

@@ -95,14 +95,8 @@ fn join_under_journal(
     let _ = std::fs::remove_file(&socket_path);
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     let stderr_path = instance.root.path().join("stderr");
-    let mut command = instance.command();
-    command
-        .arg("join")
-        .arg("--ecs-config")
-        .arg(instance.ecs_config())
-        .arg("--state-dir")
-        .arg(instance.state_dir())
-        .args(extra);
+    let mut command = instance.join_command();
+    command.args(extra);
 
     let status = under_journal(&command, &socket_path, &stderr_path)
         .status()

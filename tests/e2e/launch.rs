@@ -5,7 +5,6 @@
 use blockwatch_core::tags::{
     TAG_CLUSTER, TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_DURATION, TAG_LEASE_END,
 };
-use std::path::PathBuf;
 use std::process::Command;
 
 use blockwatch_testkit::imds::{ImdsSimulator, InstanceState};
@@ -389,7 +388,7 @@ async fn agent_joins_with_no_aws_call_and_derives_the_lease_end_the_launcher_pri
     })
     .unwrap();
     let state_dir = tempfile::tempdir().unwrap();
-    let agent = agent_binary();
+    let agent = blockwatch_testkit::instance::agent_binary();
     assert_eq!(
         tag(&instance, TAG_CLUSTER),
         Some(cluster.as_str()),
@@ -456,22 +455,6 @@ async fn agent_joins_with_no_aws_call_and_derives_the_lease_end_the_launcher_pri
         "agent and launcher agree on the lease end"
     );
     assert_eq!(snapshot["deadline"]["event"]["kind"], "lease");
-}
-
-/// The agent binary, built by `cargo build --workspace --bins` (tests/run-tests does).
-fn agent_binary() -> PathBuf {
-    let me = std::env::current_exe().unwrap();
-    let bin = me
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("blockwatch");
-    assert!(
-        bin.exists(),
-        "{} not found: run `cargo build --workspace --bins` first (tests/run-tests does)",
-        bin.display()
-    );
-    bin
 }
 
 #[tokio::test]
@@ -795,11 +778,8 @@ async fn wait_registered_waits_for_container_instances_and_times_out_without_the
     );
     run.assert_exit(8);
     run.assert_stderr_has("timed out after 3s");
-    assert!(
-        run.stdout.contains("launched 1 of 1"),
-        "the launched instance is still reported: {}",
-        run.stdout
-    );
+    // The launched instance is still reported.
+    run.assert_stdout_has("launched 1 of 1");
 }
 
 #[tokio::test]
@@ -1114,11 +1094,8 @@ async fn instances_ec2_never_knows_are_refused_after_a_bounded_while() {
         started.elapsed() < std::time::Duration::from_secs(40),
         "gave up after the grace, not the wait timeout"
     );
-    assert!(
-        run.stdout.contains("launched 1 of 1"),
-        "the launched instance is still reported: {}",
-        run.stdout
-    );
+    // The launched instance is still reported.
+    run.assert_stdout_has("launched 1 of 1");
     let help = Command::new(LAUNCHER).arg("--help").output().unwrap();
     assert!(
         !String::from_utf8_lossy(&help.stdout).contains("--not-found-grace"),

@@ -179,11 +179,7 @@ async fn drained_before_the_lease_end_the_instance_powers_off_at_once() {
     assert_eq!(phase(&off), "powered-off");
     b.f.instance.wait_ticks(&agent, 2);
     assert_eq!(b.power_offs(), 1);
-    assert!(
-        agent.log().contains("drained before the lease ends at"),
-        "{}",
-        agent.log()
-    );
+    agent.assert_log_has("drained before the lease ends at");
 }
 
 #[tokio::test]
@@ -290,7 +286,7 @@ async fn a_lease_tag_moved_while_watching_moves_the_drain_and_an_earlier_end_dra
     b.set_lease_end(sooner);
     let drained = b.f.wait_draining(&agent, PATIENCE);
     assert_on_time(&drained, sooner - LEAD, &agent.log());
-    assert!(agent.log().contains("lease moved"), "{}", agent.log());
+    agent.assert_log_has("lease moved");
 }
 
 #[tokio::test]
@@ -413,11 +409,7 @@ async fn a_drain_from_before_a_stop_and_start_is_finished_and_the_instance_is_ac
     assert_eq!(b.f.status_at_moto().await, "ACTIVE");
     assert_eq!(back["drains_started"], 1);
     assert_eq!(b.power_offs(), 0);
-    assert!(
-        restarted.log().contains("the instance was started again"),
-        "{}",
-        restarted.log()
-    );
+    restarted.assert_log_has("the instance was started again");
 }
 
 #[tokio::test]
@@ -548,20 +540,7 @@ async fn the_sigterm_a_power_off_brings_does_not_lose_its_record() {
 
 /// `blockwatch status --json`, parsed.
 fn status_json(f: &Registered) -> serde_json::Value {
-    let output = f
-        .instance
-        .command()
-        .args(["status", "--json", "--state-dir"])
-        .arg(f.instance.state_dir())
-        .output()
-        .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    f.instance.status_json(f.instance.command())
 }
 
 #[tokio::test]
@@ -602,11 +581,7 @@ async fn with_a_job_stop_timeout_the_running_job_is_stopped_the_timeout_and_marg
         text.contains(&format!("stop at:   {}", rfc3339(due))),
         "{text}"
     );
-    assert!(
-        agent.log().contains("stops start at T - 15s"),
-        "{}",
-        agent.log()
-    );
+    agent.assert_log_has("stops start at T - 15s");
 
     let stopped_state =
         b.f.instance

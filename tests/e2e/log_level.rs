@@ -36,7 +36,7 @@ fn by_default_debug_lines_are_hidden_and_info_lines_shown() {
     let run = blockwatch(&instance, &["join"], &[]);
 
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stderr.contains(INFO_LINE), "{}", run.stderr);
+    run.assert_stderr_has(INFO_LINE);
     assert!(!run.stderr.contains("debug:"), "{}", run.stderr);
 }
 
@@ -47,15 +47,11 @@ fn log_level_debug_shows_debug_lines() {
     let run = blockwatch(&instance, &["join", "--log-level", "debug"], &[]);
 
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(
-        run.stderr.contains(&format!(
-            "{DEBUG_STARTUP}{}: logging at debug (from --log-level)",
-            env!("CARGO_PKG_VERSION")
-        )),
-        "{}",
-        run.stderr
-    );
-    assert!(run.stderr.contains(INFO_LINE), "{}", run.stderr);
+    run.assert_stderr_has(format!(
+        "{DEBUG_STARTUP}{}: logging at debug (from --log-level)",
+        env!("CARGO_PKG_VERSION")
+    ));
+    run.assert_stderr_has(INFO_LINE);
 }
 
 #[test]
@@ -131,7 +127,7 @@ fn an_invalid_rust_log_is_a_warning_and_logs_at_info() {
         "{}",
         run.stderr
     );
-    assert!(run.stderr.contains(INFO_LINE), "{}", run.stderr);
+    run.assert_stderr_has(INFO_LINE);
     assert!(!run.stderr.contains("debug:"), "{}", run.stderr);
 }
 
@@ -143,5 +139,5 @@ fn status_takes_the_flag_too() {
     let run = blockwatch(&instance, &["status", "--log-level", "debug"], &[]);
 
     assert_eq!(run.code, 66, "{}", run.stderr);
-    assert!(run.stderr.contains(DEBUG_STARTUP), "{}", run.stderr);
+    run.assert_stderr_has(DEBUG_STARTUP);
 }

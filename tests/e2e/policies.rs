@@ -57,6 +57,14 @@ fn strings_of(statement: &serde_json::Value, key: &str) -> Vec<String> {
     }
 }
 
+/// The ECS ones among `actions`, in their order.
+fn ecs_actions(actions: impl IntoIterator<Item = String>) -> Vec<String> {
+    actions
+        .into_iter()
+        .filter(|a| a.starts_with("ecs:"))
+        .collect()
+}
+
 fn actions_of(statement: &serde_json::Value) -> Vec<String> {
     strings_of(statement, "Action")
 }
@@ -215,10 +223,7 @@ fn agent_policy_scopes_every_ecs_call_to_the_compute_environments_cluster() {
     // others name the cluster's container-instance or task ARNs and carry the
     // ecs:cluster condition on top.
     for statement in statements.iter().filter(|s| s["Effect"] == "Allow") {
-        let ecs: Vec<String> = actions_of(statement)
-            .into_iter()
-            .filter(|a| a.starts_with("ecs:"))
-            .collect();
+        let ecs = ecs_actions(actions_of(statement));
         if ecs.is_empty() {
             continue;
         }
@@ -259,10 +264,7 @@ fn agent_policy_scopes_every_ecs_call_to_the_compute_environments_cluster() {
         )
     };
     for block in &blocks {
-        let ecs: Vec<String> = actions_in_block(block)
-            .into_iter()
-            .filter(|a| a.starts_with("ecs:"))
-            .collect();
+        let ecs = ecs_actions(actions_in_block(block));
         if ecs.is_empty() {
             continue;
         }
@@ -566,12 +568,9 @@ fn the_core_crate_links_nothing_that_does_io() {
         ])
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let tree = String::from_utf8_lossy(&output.stdout);
+    let tree = blockwatch_testkit::output::Run::from(output);
+    tree.assert_exit(0);
+    let tree = tree.stdout;
     let crates: BTreeSet<&str> = tree
         .lines()
         .filter_map(|line| line.split_whitespace().next())

@@ -17,7 +17,8 @@ use blockwatch_testkit::instance::{
     FAST, PATIENCE,
 };
 use blockwatch_testkit::registered::{
-    assert_on_time, receiver_refusing_first, registered_in_jobs, DRAINS, LATE, LEAD, STARTUP,
+    assert_on_time, receiver_refusing_first, registered_in_jobs, Registered, DRAINS, LATE, LEAD,
+    STARTUP,
 };
 use blockwatch_testkit::stub::StubServer;
 
@@ -104,14 +105,10 @@ async fn scheduled_event_drains_and_its_cancel_returns_the_instance_to_active() 
     let f = registered_in_jobs(&[], "").await;
     let not_before = now() + STARTUP + LEAD;
     f.instance.imds.update(|s| {
-        s.scheduled_events = vec![ScheduledEvent {
-            code: "system-reboot".into(),
-            description: "scheduled reboot".into(),
-            event_id: "instance-event-0d59937288b749b32".into(),
+        s.scheduled_events = vec![ScheduledEvent::reboot(
+            "instance-event-0d59937288b749b32",
             not_before,
-            not_after: not_before + time::Duration::minutes(15),
-            state: "active".into(),
-        }]
+        )]
     });
     let agent = f.start();
 
@@ -221,11 +218,7 @@ async fn notify_socket_gets_ready_and_a_status_naming_the_cluster() {
     assert!(status.contains("· drain at "), "{status}");
     // Nothing answers at the test's introspection URL: the ECS agent is "down".
     assert!(status.ends_with("· ECS agent not answering"), "{status}");
-    assert!(
-        agent.log().contains("the ECS agent does not answer"),
-        "{}",
-        agent.log()
-    );
+    agent.assert_log_has("the ECS agent does not answer");
     assert!(
         all.lines().filter(|l| *l == "WATCHDOG=1").count() >= 3,
         "the watchdog is fed: {all}"
@@ -263,18 +256,17 @@ async fn waits_for_the_container_instance_to_register_before_draining() {
         .register_container_instance(&cluster_arn, &id)
         .await
         .unwrap();
-    instance.wait_for(&agent, PATIENCE, "a confirmed drain", |s| {
-        s["drain"]["draining_confirmed_at"].is_string()
-    });
-    assert_eq!(
-        instance
-            .moto()
-            .container_instance_status(&cluster_arn, &container_instance)
-            .await
-            .unwrap(),
-        "DRAINING"
-    );
-    assert_eq!(instance.moto().ecs_calls(DRAINS), 1);
+    let f = Registered {
+        instance,
+        cluster_arn,
+        container_instance,
+    };
+    f.instance
+        .wait_for(&agent, PATIENCE, "a confirmed drain", |s| {
+            s["drain"]["draining_confirmed_at"].is_string()
+        });
+    assert_eq!(f.status_at_moto().await, "DRAINING");
+    assert_eq!(f.instance.moto().ecs_calls(DRAINS), 1);
 }
 
 #[tokio::test]
@@ -386,18 +378,9 @@ async fn status_reads_the_state_file_without_network() {
     drop(agent);
 
     // No IMDS, no AWS: status only reads the state directory.
-    let output = std::process::Command::new(agent_binary())
-        .env_clear()
-        .args(["status", "--json", "--state-dir"])
-        .arg(f.instance.state_dir())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mut bare = std::process::Command::new(agent_binary());
+    bare.env_clear();
+    let json = f.instance.status_json(bare);
     for key in [
         "instance_id",
         "cluster",
@@ -511,13 +494,7 @@ async fn dry_run_logs_and_changes_nothing() {
 
     assert_eq!(f.drain_calls(), 0);
     assert_eq!(f.status_at_moto().await, "ACTIVE");
-    assert!(
-        agent
-            .log()
-            .contains("dry run, nothing changed: would set the container instance to DRAINING"),
-        "{}",
-        agent.log()
-    );
+    agent.assert_log_has("dry run, nothing changed: would set the container instance to DRAINING");
 }
 
 #[tokio::test]
@@ -916,12 +893,8 @@ async fn deadline_files_appear_with_the_first_decision_and_follow_a_moved_lease(
     // An earlier scheduled event takes over; canceled, the lease rules again.
     let reboot = now() + time::Duration::minutes(20);
     let event = |state: &str| ScheduledEvent {
-        code: "system-reboot".into(),
-        description: "scheduled reboot".into(),
-        event_id: "instance-event-0d59937288b749b32".into(),
-        not_before: reboot,
-        not_after: reboot + time::Duration::minutes(15),
         state: state.into(),
+        ..ScheduledEvent::reboot("instance-event-0d59937288b749b32", reboot)
     };
     instance
         .imds

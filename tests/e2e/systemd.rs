@@ -715,14 +715,12 @@ async fn stopped_at_moto(
     if !stopped.task_arns().iter().any(|t| t == task) {
         return None;
     }
-    let described = ecs
-        .describe_tasks()
-        .cluster(cluster)
-        .tasks(task)
-        .send()
+    let found = instance
+        .moto()
+        .describe_task(cluster, task)
         .await
+        .unwrap()
         .unwrap();
-    let found = described.tasks().first().unwrap();
     Some((
         found.last_status().unwrap_or_default().to_owned(),
         found.stopped_reason().map(str::to_owned),

@@ -301,10 +301,7 @@ struct Request {
 
 impl Request {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        crate::http::header_named(&self.headers, name)
     }
 
     /// The operation's name as the client sent it: the `X-Amz-Target` suffix

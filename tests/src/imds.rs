@@ -122,6 +122,20 @@ pub struct ScheduledEvent {
     pub state: String,
 }
 
+impl ScheduledEvent {
+    /// An active `system-reboot`, as EC2 schedules one: a 15-minute window from `not_before`.
+    pub fn reboot(event_id: &str, not_before: OffsetDateTime) -> Self {
+        Self {
+            code: "system-reboot".into(),
+            description: "scheduled reboot".into(),
+            event_id: event_id.into(),
+            not_before,
+            not_after: not_before + time::Duration::minutes(15),
+            state: "active".into(),
+        }
+    }
+}
+
 /// One request as the simulator saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Exchange {
@@ -638,26 +652,10 @@ pub fn gmt(at: OffsetDateTime) -> String {
 
 fn control(shared: &Shared, method: &Method, path: &str, body: &str) -> Reply {
     match (method, path) {
-        (Method::Get, "/_sim/state") => {
-            Reply::json(serde_json::to_string_pretty(&*lock(&shared.state)).unwrap_or_default())
-        }
-        (Method::Put, "/_sim/state") => match serde_json::from_str::<InstanceState>(body) {
-            Ok(state) => {
-                *lock(&shared.state) = state;
-                Reply::text(200, "ok")
-            }
-            Err(err) => Reply::text(400, format!("bad state: {err}")),
-        },
-        (Method::Get, "/_sim/faults") => {
-            Reply::json(serde_json::to_string_pretty(&*lock(&shared.faults)).unwrap_or_default())
-        }
-        (Method::Put, "/_sim/faults") => match serde_json::from_str::<Faults>(body) {
-            Ok(faults) => {
-                *lock(&shared.faults) = faults;
-                Reply::text(200, "ok")
-            }
-            Err(err) => Reply::text(400, format!("bad faults: {err}")),
-        },
+        (Method::Get, "/_sim/state") => show(&shared.state),
+        (Method::Put, "/_sim/state") => replace(&shared.state, body, "state"),
+        (Method::Get, "/_sim/faults") => show(&shared.faults),
+        (Method::Put, "/_sim/faults") => replace(&shared.faults, body, "faults"),
         (Method::Delete, "/_sim/faults") => {
             *lock(&shared.faults) = Faults::default();
             Reply::text(200, "ok")
@@ -666,10 +664,24 @@ fn control(shared: &Shared, method: &Method, path: &str, body: &str) -> Reply {
             lock(&shared.tokens).clear();
             Reply::text(200, "ok")
         }
-        (Method::Get, "/_sim/requests") => {
-            Reply::json(serde_json::to_string_pretty(&*lock(&shared.exchanges)).unwrap_or_default())
-        }
+        (Method::Get, "/_sim/requests") => show(&shared.exchanges),
         _ => Reply::not_found(),
+    }
+}
+
+/// A control endpoint's GET: the value as pretty JSON.
+fn show<T: Serialize>(value: &Mutex<T>) -> Reply {
+    Reply::json(serde_json::to_string_pretty(&*lock(value)).unwrap_or_default())
+}
+
+/// A control endpoint's PUT: the JSON `body` replaces the value.
+fn replace<T: serde::de::DeserializeOwned>(value: &Mutex<T>, body: &str, what: &str) -> Reply {
+    match serde_json::from_str::<T>(body) {
+        Ok(new) => {
+            *lock(value) = new;
+            Reply::text(200, "ok")
+        }
+        Err(err) => Reply::text(400, format!("bad {what}: {err}")),
     }
 }
 

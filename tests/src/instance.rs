@@ -267,6 +267,13 @@ impl Agent {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// Its log holds `needle`.
+    #[track_caller]
+    pub fn assert_log_has(&self, needle: &str) {
+        let log = self.log();
+        assert!(log.contains(needle), "the log lacks {needle:?}: {log}");
+    }
+
     /// Waits until the agent's log contains `needle`, or panics after `within`.
     pub fn wait_for_log(&self, needle: &str, within: Duration) -> String {
         let deadline = Instant::now() + within;
@@ -334,6 +341,20 @@ impl Instance {
         }
         command.args(extra_args);
         command
+    }
+
+    /// `blockwatch status --json` of this instance's state directory, run as
+    /// `command` (this instance's [`Instance::command`], or one with no
+    /// environment at all); it must succeed. Its JSON.
+    pub fn status_json(&self, mut command: Command) -> serde_json::Value {
+        let output = command
+            .args(["status", "--json", "--state-dir"])
+            .arg(self.state_dir())
+            .output()
+            .expect("run blockwatch status");
+        let status = Run::from(output);
+        status.assert_exit(0);
+        serde_json::from_str(&status.stdout).expect("status --json prints JSON")
     }
 
     pub fn snapshot(&self) -> Option<serde_json::Value> {

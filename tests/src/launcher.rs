@@ -21,46 +21,7 @@ pub fn binary() -> PathBuf {
 }
 
 /// How the launcher ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Run {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-/// Assertions that show the run whenever they fail.
-#[allow(clippy::panic)]
-impl Run {
-    /// It exited with `code`.
-    #[track_caller]
-    pub fn assert_exit(&self, code: i32) -> &Self {
-        if self.code != code {
-            panic!(
-                "exit {} instead of {code}: {}{}",
-                self.code, self.stderr, self.stdout
-            );
-        }
-        self
-    }
-
-    /// Its stdout holds `needle`.
-    #[track_caller]
-    pub fn assert_stdout_has(&self, needle: impl AsRef<str>) -> &Self {
-        if !self.stdout.contains(needle.as_ref()) {
-            panic!("stdout lacks {:?}: {}", needle.as_ref(), self.stdout);
-        }
-        self
-    }
-
-    /// Its stderr holds `needle`.
-    #[track_caller]
-    pub fn assert_stderr_has(&self, needle: impl AsRef<str>) -> &Self {
-        if !self.stderr.contains(needle.as_ref()) {
-            panic!("stderr lacks {:?}: {}", needle.as_ref(), self.stderr);
-        }
-        self
-    }
-}
+pub use crate::output::Run;
 
 /// The launcher with only AWS at one endpoint in its environment: fixed
 /// test credentials, a region, no profile files, no instance metadata, and
@@ -133,11 +94,7 @@ impl Launcher {
     /// Runs it to the end.
     pub fn run(mut self) -> Run {
         match self.command.output() {
-            Ok(output) => Run {
-                code: output.status.code().unwrap_or(-1),
-                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-            },
+            Ok(output) => output.into(),
             Err(err) => Run {
                 code: -1,
                 stdout: String::new(),

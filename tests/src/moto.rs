@@ -4,12 +4,13 @@
 //! Over 400 lines: many short seeding helpers around one server's lifecycle.
 
 use std::ffi::OsString;
-use std::fs::File;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+
+use crate::tls::{spawn_listening, ServerProcess};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_batch::types::{CeState, CeType, ComputeResource, CrType};
@@ -46,10 +47,8 @@ pub fn venv() -> PathBuf {
 /// A moto server on a loopback port of its own, stopped (by PID) when dropped.
 #[derive(Debug)]
 pub struct MotoServer {
-    child: Child,
+    process: ServerProcess,
     addr: SocketAddr,
-    log: PathBuf,
-    recording: PathBuf,
     sdk: SdkConfig,
     /// `http`, or `https` for [`MotoServer::start_tls`].
     scheme: &'static str,
@@ -78,14 +77,11 @@ impl MotoServer {
         if !program.exists() {
             return Err(MotoError::NotInstalled(program));
         }
-        let (child, addr, log, recording) =
-            Self::spawn(&program, &[], "http").map_err(MotoError::Start)?;
+        let (process, addr) = Self::spawn(&program, &[], "http").map_err(MotoError::Start)?;
         let sdk = sdk_config(&format!("http://{addr}")).await;
         Ok(Self {
-            child,
+            process,
             addr,
-            log,
-            recording,
             sdk,
             scheme: "http",
         })
@@ -111,14 +107,12 @@ impl MotoServer {
             OsString::from("--ssl-key"),
             ca.key_file().into_os_string(),
         ];
-        let (child, addr, log, recording) =
+        let (process, addr) =
             Self::spawn(&program, &tls_args, "https").map_err(MotoError::Start)?;
         let sdk = sdk_config_with(&format!("https://{addr}"), client).await;
         Ok(Self {
-            child,
+            process,
             addr,
-            log,
-            recording,
             sdk,
             scheme: "https",
         })
@@ -128,51 +122,27 @@ impl MotoServer {
         program: &PathBuf,
         extra_args: &[OsString],
         scheme: &str,
-    ) -> Result<(Child, SocketAddr, PathBuf, PathBuf), String> {
+    ) -> Result<(ServerProcess, SocketAddr), String> {
         static STARTED: AtomicU64 = AtomicU64::new(0);
         let log = std::env::temp_dir().join(format!(
             "blockwatch-moto-{}-{}.log",
             std::process::id(),
             STARTED.fetch_add(1, Ordering::Relaxed)
         ));
-        let log_file = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let log_err = log_file
-            .try_clone()
-            .map_err(|e| format!("{}: {e}", log.display()))?;
         let recording = log.with_extension("requests.jsonl");
         // moto's recorder logs every request it receives: tests count them.
-        let mut child = Command::new(program)
+        let mut command = Command::new(program);
+        command
             .args(["-H", "127.0.0.1", "-p", "0"])
             .args(extra_args)
             .env("MOTO_ENABLE_RECORDING", "true")
-            .env("MOTO_RECORDER_FILEPATH", &recording)
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(log_err)
-            .spawn()
-            .map_err(|e| format!("{}: {e}", program.display()))?;
+            .env("MOTO_RECORDER_FILEPATH", &recording);
         // A cold, loaded machine can take a while to import moto.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                let output = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(format!("exited with {status}: {output}"));
-            }
-            let output = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(addr) = listening_on(&output, scheme) {
-                if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
-                    return Ok((child, addr, log, recording));
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        let output = std::fs::read_to_string(&log).unwrap_or_default();
-        let _ = std::fs::remove_file(&log);
-        Err(format!(
-            "not listening after 120 s (no \"Running on {scheme}://...\" line): {output}"
-        ))
+        let listening = |output: &str| listening_on(output, scheme);
+        spawn_listening(command, log.clone(), recording, listening).map_err(|err| {
+            let _ = std::fs::remove_file(&log);
+            format!("{err} (waited for a \"Running on {scheme}://...\" line)")
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -186,12 +156,12 @@ impl MotoServer {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// The server's own output, for diagnosing a failed test.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        std::fs::read_to_string(&self.process.log).unwrap_or_default()
     }
 
     pub fn sdk(&self) -> &SdkConfig {
@@ -200,7 +170,7 @@ impl MotoServer {
 
     /// Every request moto has received so far (seeding included).
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        let text = std::fs::read_to_string(&self.recording).unwrap_or_default();
+        let text = std::fs::read_to_string(&self.process.record).unwrap_or_default();
         text.lines()
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
             .map(|entry| {
@@ -320,6 +290,17 @@ impl MotoServer {
         cluster: &str,
         task: &str,
     ) -> Result<Option<String>, MotoError> {
+        let described = self.describe_task(cluster, task).await?;
+        Ok(described.and_then(|t| t.stopped_reason().map(str::to_owned)))
+    }
+
+    /// The task as moto describes it. Each DescribeTasks of a running task
+    /// moves it one step towards STOPPED in moto.
+    pub async fn describe_task(
+        &self,
+        cluster: &str,
+        task: &str,
+    ) -> Result<Option<aws_sdk_ecs::types::Task>, MotoError> {
         let ecs = aws_sdk_ecs::Client::new(&self.sdk);
         let described = ecs
             .describe_tasks()
@@ -328,11 +309,7 @@ impl MotoServer {
             .send()
             .await
             .map_err(aws("ecs:DescribeTasks"))?;
-        Ok(described
-            .tasks()
-            .first()
-            .and_then(|t| t.stopped_reason())
-            .map(str::to_owned))
+        Ok(described.tasks().first().cloned())
     }
 
     /// `ACTIVE` or `DRAINING`.
@@ -557,16 +534,6 @@ impl MotoServer {
             .and_then(|c| c.container_instance_arn())
             .map(str::to_owned)
             .ok_or_else(|| MotoError::Aws("ecs:RegisterContainerInstance returned no ARN".into()))
-    }
-}
-
-impl Drop for MotoServer {
-    fn drop(&mut self) {
-        // Our own child, by PID.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-        let _ = std::fs::remove_file(&self.recording);
     }
 }
 

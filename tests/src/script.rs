@@ -1,7 +1,8 @@
 //! What the demo and the benchmarks share: they narrate on stdout and end
 //! with an exit code that says whether they ran through.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// One line of the narration, on stdout.
@@ -25,4 +26,20 @@ pub fn finish(what: &str, outcome: Result<(), String>) -> ExitCode {
 /// The agent binary a benchmark measures: `arg`, else the release build.
 pub fn agent_binary_or_release(arg: Option<String>) -> PathBuf {
     arg.map_or_else(|| PathBuf::from("target/release/blockwatch"), PathBuf::from)
+}
+
+/// `blockwatch run` with its config, state and deadline files in `dir`, and
+/// no ECS agent to ask (nothing listens on port 9).
+pub fn run_args_in(dir: &Path) -> Vec<OsString> {
+    vec![
+        "run".into(),
+        "--ecs-introspection-url".into(),
+        "http://127.0.0.1:9/v1/metadata".into(),
+        "--config".into(),
+        dir.join("blockwatch.toml").into(),
+        "--state-dir".into(),
+        dir.join("state").into(),
+        "--deadline-dir".into(),
+        dir.join("run").into(),
+    ]
 }

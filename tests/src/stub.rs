@@ -19,10 +19,7 @@ pub struct Received {
 impl Received {
     /// The value of header `name` (any case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        crate::http::header_named(&self.headers, name)
     }
 }
 

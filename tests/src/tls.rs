@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -127,15 +127,42 @@ impl Drop for TestCa {
     }
 }
 
-/// Starts `program args` with its output in a log file and waits (up to
-/// 120 s, for a cold machine) until `listening(log)` gives an address that
-/// accepts connections. Returns the child, the address and the log file.
+/// A server process the test kit started, with its log and the file it
+/// records requests in: dropped, it is stopped (by PID) and both files go.
+#[derive(Debug)]
+pub(crate) struct ServerProcess {
+    child: Child,
+    pub(crate) log: PathBuf,
+    pub(crate) record: PathBuf,
+}
+
+impl ServerProcess {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // Our own child, by PID.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+        let _ = std::fs::remove_file(&self.record);
+    }
+}
+
+/// Starts `command` with its output in `log` and waits (up to 120 s, for a
+/// cold machine) until `listening(log)` gives an address that accepts
+/// connections. Returns the process (which records in `record`) and the
+/// address.
 pub(crate) fn spawn_listening(
     mut command: Command,
-    log: &Path,
+    log: PathBuf,
+    record: PathBuf,
     listening: impl Fn(&str) -> Option<SocketAddr>,
-) -> Result<(Child, SocketAddr), String> {
-    let log_file = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+) -> Result<(ServerProcess, SocketAddr), String> {
+    let log_file = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
     let log_err = log_file
         .try_clone()
         .map_err(|e| format!("{}: {e}", log.display()))?;
@@ -148,13 +175,13 @@ pub(crate) fn spawn_listening(
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
-            let output = std::fs::read_to_string(log).unwrap_or_default();
+            let output = std::fs::read_to_string(&log).unwrap_or_default();
             return Err(format!("exited with {status}: {output}"));
         }
-        let output = std::fs::read_to_string(log).unwrap_or_default();
+        let output = std::fs::read_to_string(&log).unwrap_or_default();
         if let Some(addr) = listening(&output) {
             if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
-                return Ok((child, addr));
+                return Ok((ServerProcess { child, log, record }, addr));
             }
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -162,7 +189,7 @@ pub(crate) fn spawn_listening(
     // Our own child, by PID.
     let _ = child.kill();
     let _ = child.wait();
-    let output = std::fs::read_to_string(log).unwrap_or_default();
+    let output = std::fs::read_to_string(&log).unwrap_or_default();
     Err(format!("not listening after 120 s: {output}"))
 }
 
@@ -178,10 +205,8 @@ pub struct Posted {
 /// Stopped (by PID) when dropped.
 #[derive(Debug)]
 pub struct HttpsReceiver {
-    child: Child,
+    process: ServerProcess,
     addr: SocketAddr,
-    log: PathBuf,
-    record: PathBuf,
 }
 
 impl HttpsReceiver {
@@ -194,7 +219,7 @@ impl HttpsReceiver {
             .arg(ca.cert_file())
             .arg(ca.key_file())
             .arg(&record);
-        let (child, addr) = spawn_listening(command, &log, |output| {
+        let (process, addr) = spawn_listening(command, log, record, |output| {
             // Complete lines only: a line still being written could hold half a port.
             output
                 .split_inclusive('\n')
@@ -203,12 +228,7 @@ impl HttpsReceiver {
                 .and_then(|addr| addr.trim().parse().ok())
         })
         .map_err(TlsError::Receiver)?;
-        Ok(Self {
-            child,
-            addr,
-            log,
-            record,
-        })
+        Ok(Self { process, addr })
     }
 
     /// `https://127.0.0.1:<port><path>`.
@@ -218,20 +238,10 @@ impl HttpsReceiver {
 
     /// Every POST answered so far, in order.
     pub fn received(&self) -> Vec<Posted> {
-        std::fs::read_to_string(&self.record)
+        std::fs::read_to_string(&self.process.record)
             .unwrap_or_default()
             .lines()
             .filter_map(|line| serde_json::from_str(line).ok())
             .collect()
-    }
-}
-
-impl Drop for HttpsReceiver {
-    fn drop(&mut self) {
-        // Our own child, by PID.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-        let _ = std::fs::remove_file(&self.record);
     }
 }

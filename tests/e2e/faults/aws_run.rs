@@ -204,18 +204,14 @@ impl Fixture {
 async fn throttled_drain_calls_are_retried_until_the_instance_is_draining() {
     let f = Fixture::new("").await;
     let agent = f.drain_survives(Fault::throttling_json(), 3).await;
-    assert!(
-        agent.log().contains("ThrottlingException"),
-        "{}",
-        agent.log()
-    );
+    agent.assert_log_has("ThrottlingException");
 }
 
 #[tokio::test]
 async fn server_errors_on_the_drain_call_are_retried_until_the_instance_is_draining() {
     let f = Fixture::new("").await;
     let agent = f.drain_survives(Fault::server_error(), 3).await;
-    assert!(agent.log().contains("HTTP 500"), "{}", agent.log());
+    agent.assert_log_has("HTTP 500");
 }
 
 #[tokio::test]
@@ -248,13 +244,7 @@ async fn a_denied_drain_call_is_named_and_retried_until_the_permission_is_grante
     f.proxy.clear();
     f.wait_draining(&agent, Duration::from_secs(40));
     assert_eq!(f.status_at_moto().await, "DRAINING");
-    assert!(
-        agent
-            .log()
-            .contains("setting the container instance to DRAINING works again"),
-        "{}",
-        agent.log()
-    );
+    agent.assert_log_has("setting the container instance to DRAINING works again");
 }
 
 #[tokio::test]

@@ -89,11 +89,7 @@ fn outage_then_notice_with(faults: Faults, secs: u64, says_so: impl Fn(&str)) {
         took < Duration::from_secs(8),
         "drained {took:?} after IMDS came back"
     );
-    assert!(
-        agent.log().contains("notices works again after"),
-        "{}",
-        agent.log()
-    );
+    agent.assert_log_has("notices works again after");
 }
 
 /// Hides the spot notice behind `fault` on every path for a while, then
@@ -317,14 +313,7 @@ fn garbage_scheduled_event_dates_never_drain_but_a_good_event_beside_them_does()
     instance.imds.clear_faults();
     let not_before = now() + time::Duration::seconds(5);
     instance.imds.update(|s| {
-        s.scheduled_events = vec![ScheduledEvent {
-            code: "system-reboot".into(),
-            description: "scheduled reboot".into(),
-            event_id: "instance-event-good".into(),
-            not_before,
-            not_after: not_before + time::Duration::minutes(15),
-            state: "active".into(),
-        }]
+        s.scheduled_events = vec![ScheduledEvent::reboot("instance-event-good", not_before)]
     });
     let drained = instance.wait_for(&agent, Duration::from_secs(10), "a drain", |s| {
         phase(s) == "draining"

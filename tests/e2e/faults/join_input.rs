@@ -137,7 +137,7 @@ async fn an_empty_config_file_falls_back_to_the_tags() {
     let run = instance.join(&[]);
 
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stderr.contains("is empty"), "{}", run.stderr);
+    run.assert_stderr_has("is empty");
     assert_eq!(
         instance.read_ecs_config(),
         Some(b"ECS_CLUSTER=from-tag\n".to_vec())
@@ -212,7 +212,7 @@ async fn ecs_config_with_quoted_and_duplicate_cluster_keys_ends_with_one_plain_l
         instance.read_ecs_config(),
         Some(b"ECS_CLUSTER=c1\nA=\"quoted value\"\n".to_vec())
     );
-    assert!(run.stderr.contains("(was last)"), "{}", run.stderr);
+    run.assert_stderr_has("(was last)");
 }
 
 #[tokio::test]

@@ -315,7 +315,7 @@ fn a_state_directory_that_is_a_file_is_left_alone_and_run_goes_on() {
         std::fs::read(instance.state_dir()).unwrap(),
         b"not a directory"
     );
-    assert!(agent.log().contains("Not a directory"), "{}", agent.log());
+    agent.assert_log_has("Not a directory");
 }
 
 /// `blockwatch run` in a private mount namespace where the state directory

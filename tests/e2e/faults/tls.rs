@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use blockwatch_core::time_text::rfc3339;
 use blockwatch_testkit::moto::MotoServer;
+use blockwatch_testkit::registered::Registered;
 use blockwatch_testkit::tls::{HttpsReceiver, TestCa};
 
 use crate::shared::assert_one_error;
@@ -115,9 +116,8 @@ async fn join_over_https_with_an_untrusted_certificate_exits_75_naming_it_and_le
 /// An instance registered in cluster `jobs` at moto over HTTPS (trusting
 /// `ca`), with a webhook to `webhook_url` and a lease that ends soon after
 /// the setup: drain_lead (10 s) is already past, so the drain starts as
-/// soon as the agent watches. Returns the instance, the cluster's ARN, the
-/// container instance's ARN and the instance id.
-async fn draining_over_https(ca: &TestCa, webhook_url: &str) -> (Instance, String, String, String) {
+/// soon as the agent watches. Returns it and the instance id.
+async fn draining_over_https(ca: &TestCa, webhook_url: &str) -> (Registered, String) {
     let instance = instance_over_https(ca).await;
     let moto = instance.moto();
     let cluster_arn = moto.create_cluster("jobs").await.unwrap();
@@ -135,7 +135,12 @@ async fn draining_over_https(ca: &TestCa, webhook_url: &str) -> (Instance, Strin
             .get_or_insert_with(Default::default)
             .insert(TAG_LEASE_END.into(), rfc3339(end));
     });
-    (instance, cluster_arn, container_instance, id)
+    let registered = Registered {
+        instance,
+        cluster_arn,
+        container_instance,
+    };
+    (registered, id)
 }
 
 /// `blockwatch run` trusting the CA certificates in `ca_file` only.
@@ -147,18 +152,14 @@ fn run_trusting(instance: &Instance, ca_file: &Path) -> Agent {
 async fn run_drains_over_https_and_delivers_the_webhook_over_https() {
     let ca = TestCa::create().unwrap();
     let receiver = HttpsReceiver::start(&ca).unwrap();
-    let (instance, cluster_arn, container_instance, id) =
-        draining_over_https(&ca, &receiver.url("/hooks/drain")).await;
+    let (f, id) = draining_over_https(&ca, &receiver.url("/hooks/drain")).await;
 
-    let agent = run_trusting(&instance, &ca.ca_file());
+    let agent = run_trusting(&f.instance, &ca.ca_file());
 
-    instance.wait_for(&agent, PATIENCE, "drained", nothing_runs);
+    f.instance
+        .wait_for(&agent, PATIENCE, "drained", nothing_runs);
     assert_eq!(
-        instance
-            .moto()
-            .container_instance_status(&cluster_arn, &container_instance)
-            .await
-            .unwrap(),
+        f.status_at_moto().await,
         "DRAINING",
         "UpdateContainerInstancesState reached moto over HTTPS"
     );
@@ -182,13 +183,7 @@ async fn run_drains_over_https_and_delivers_the_webhook_over_https() {
     assert_eq!(started.0, "/hooks/drain");
     assert_eq!(started.1["cluster"], "jobs");
     assert_eq!(started.1["instance_id"], id.as_str());
-    assert!(
-        agent
-            .log()
-            .contains("webhook https://127.0.0.1/…: delivered"),
-        "{}",
-        agent.log()
-    );
+    agent.assert_log_has("webhook https://127.0.0.1/…: delivered");
 }
 
 #[tokio::test]
@@ -198,7 +193,8 @@ async fn a_webhook_receiver_with_an_untrusted_certificate_gets_nothing_and_the_l
     // The receiver's certificate comes from a CA the agent does not trust.
     let unrelated = TestCa::create().unwrap();
     let receiver = HttpsReceiver::start(&unrelated).unwrap();
-    let (instance, _, _, _) = draining_over_https(&ca, &receiver.url("/hooks/drain")).await;
+    let (Registered { instance, .. }, _) =
+        draining_over_https(&ca, &receiver.url("/hooks/drain")).await;
 
     let agent = run_trusting(&instance, &ca.ca_file());
 

@@ -26,7 +26,7 @@ use blockwatch_core::time_text::rfc3339;
 use blockwatch_testkit::aws_proxy::{AwsProxy, Fault, Seen};
 use blockwatch_testkit::imds::{ImdsSimulator, InstanceState};
 use blockwatch_testkit::moto::{MotoServer, REGION};
-use blockwatch_testkit::script::{finish, say};
+use blockwatch_testkit::script::{finish, run_args_in, say};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -66,6 +66,17 @@ struct Agent {
     child: Child,
     started: Instant,
     ended: Option<(Instant, Option<i32>)>,
+}
+
+impl Agent {
+    /// `child`, just spawned.
+    fn started(child: Child) -> Self {
+        Self {
+            child,
+            started: Instant::now(),
+            ended: None,
+        }
+    }
 }
 
 impl Drop for Agent {
@@ -138,6 +149,21 @@ fn spawn_join(
         .stderr(log_file(dir, log)?)
         .spawn()
         .map_err(|e| format!("spawn {}: {e}", binary.display()))
+}
+
+/// One join an instance, each into its own `dirs[i]`, logging to `log` there.
+fn spawn_joins(
+    binary: &Path,
+    sims: &[ImdsSimulator],
+    proxy: &AwsProxy,
+    dirs: &[PathBuf],
+    log: &str,
+) -> Result<Vec<Agent>, String> {
+    let mut agents = Vec::with_capacity(sims.len());
+    for (i, (sim, dir)) in sims.iter().zip(dirs).enumerate() {
+        agents.push(Agent::started(spawn_join(binary, sim, proxy, i, dir, log)?));
+    }
+    Ok(agents)
 }
 
 fn log_file(dir: &Path, name: &str) -> Result<std::fs::File, String> {
@@ -266,15 +292,7 @@ async fn boot_storm(
             std::fs::create_dir_all(dir).map_err(text)?;
         }
         let first = Instant::now();
-        let mut agents = Vec::with_capacity(n);
-        for (i, (sim, dir)) in sims.iter().zip(&dirs).enumerate() {
-            let child = spawn_join(&args.binary, sim, proxy, i, dir, "agent.log")?;
-            agents.push(Agent {
-                child,
-                started: Instant::now(),
-                ended: None,
-            });
-        }
+        let mut agents = spawn_joins(&args.binary, &sims, proxy, &dirs, "agent.log")?;
         let spread = first.elapsed();
         reap(&mut agents, Duration::from_secs(15 * 60));
         let all_done = agents
@@ -399,15 +417,7 @@ async fn lifetime(
         });
     }
     // Boot: the join, as blockwatch-join.service runs it.
-    let mut joins = Vec::with_capacity(m);
-    for (i, (sim, dir)) in sims.iter().zip(&dirs).enumerate() {
-        let child = spawn_join(&args.binary, sim, proxy, i, dir, "join.log")?;
-        joins.push(Agent {
-            child,
-            started: Instant::now(),
-            ended: None,
-        });
-    }
+    let mut joins = spawn_joins(&args.binary, &sims, proxy, &dirs, "join.log")?;
     reap(&mut joins, Duration::from_secs(120));
     let joined = joins
         .iter()
@@ -416,27 +426,13 @@ async fn lifetime(
     let mut runs = Vec::with_capacity(m);
     for (i, (sim, dir)) in sims.iter().zip(&dirs).enumerate() {
         let child = command(&args.binary, sim, proxy, i)
-            .args([
-                "run",
-                "--ecs-introspection-url",
-                "http://127.0.0.1:9/v1/metadata",
-                "--config",
-            ])
-            .arg(dir.join("blockwatch.toml"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--deadline-dir")
-            .arg(dir.join("run"))
+            .args(run_args_in(dir))
             .arg("--ecs-config")
             .arg(dir.join("ecs.config"))
             .stderr(log_file(dir, "run.log")?)
             .spawn()
             .map_err(text)?;
-        runs.push(Agent {
-            child,
-            started: Instant::now(),
-            ended: None,
-        });
+        runs.push(Agent::started(child));
     }
     // Until every instance powered off (or a minute past the lease end).
     let limit = Duration::from_secs(80);

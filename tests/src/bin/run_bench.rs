@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use blockwatch_testkit::imds::{ImdsSimulator, InstanceState, SpotInstanceAction};
 use blockwatch_testkit::moto::{MotoServer, REGION};
-use blockwatch_testkit::script::{agent_binary_or_release, finish, say};
+use blockwatch_testkit::script::{agent_binary_or_release, finish, run_args_in, say};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -75,17 +75,7 @@ fn spawn(binary: &Path, scratch: &Path, imds: &str, aws: &str) -> Result<Running
         .env("AWS_ENDPOINT_URL", aws)
         .env("AWS_CONFIG_FILE", "/nonexistent")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-        .args([
-            "run",
-            "--ecs-introspection-url",
-            "http://127.0.0.1:9/v1/metadata",
-            "--config",
-        ])
-        .arg(scratch.join("blockwatch.toml"))
-        .arg("--state-dir")
-        .arg(scratch.join("state"))
-        .arg("--deadline-dir")
-        .arg(scratch.join("run"))
+        .args(run_args_in(scratch))
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| e.to_string())?;
