@@ -1,5 +1,7 @@
 //! `blockwatch-launch list` and `extend` end to end: the real binary against
 //! moto, with more instances than one page holds (`--page-size 5`).
+//!
+//! Over 400 lines: many independent scenarios of two subcommands.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -1,4 +1,7 @@
 //! `blockwatch-launch` end to end: the real binary against moto.
+//!
+//! Over 400 lines: many independent scenarios of one command, one per market,
+//! refusal and wait.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

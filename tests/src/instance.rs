@@ -2,6 +2,9 @@
 //! scratch root for ecs.config and state, and the real `blockwatch` binary.
 //!
 //! A fixture: a failed setup step panics, which fails the test that asked.
+//!
+//! Over 400 lines: one instance and its agent, with every setup and wait the
+//! agent's tests share.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use blockwatch_core::tags::{TAG_CLUSTER, TAG_COMPUTE_ENVIRONMENT};
