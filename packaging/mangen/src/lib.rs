@@ -67,9 +67,20 @@ fn documented_subcommands(cmd: &clap::Command) -> impl Iterator<Item = &clap::Co
 }
 
 /// Text for a roff line: backslashes, and a leading `.` or `'` that would
-/// read as a request, are escaped.
+/// read as a request, are escaped; a Markdown `code` span is set in bold.
 fn roff(text: &str) -> String {
     let text = text.replace('\\', "\\e").replace('-', "\\-");
+    let text: String = text
+        .split('`')
+        .enumerate()
+        .map(|(i, part)| {
+            if i % 2 == 1 {
+                format!("\\fB{part}\\fR")
+            } else {
+                part.to_owned()
+            }
+        })
+        .collect();
     if text.starts_with(['.', '\'']) {
         format!("\\&{text}")
     } else {
@@ -197,6 +208,16 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn code_spans_are_bold_and_no_backtick_is_left() {
+        assert_eq!(
+            roff("set `drain_lead` first"),
+            "set \\fBdrain_lead\\fR first"
+        );
+        let page = page("blockwatch.toml.5");
+        assert!(!page.text.contains('`'), "{}", page.text);
     }
 
     #[test]
