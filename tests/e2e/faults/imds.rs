@@ -336,18 +336,17 @@ fn sigterm_while_imds_hangs_exits_at_once() {
     assert!(took < Duration::from_secs(2), "SIGTERM took {took:?}");
 }
 
-/// IMDS answers everything but the credentials: the warning of the AWS call
-/// that needed them names the IMDS endpoint like every other IMDS warning.
-#[test]
-fn credentials_that_imds_does_not_hand_out_are_named_with_its_endpoint() {
+/// Runs the agent with `fault` on IMDS's credentials paths only; the
+/// instance, the warning line of the AWS call that needed them, and the log.
+fn credentials_warning(fault: &Fault) -> (Instance, String, String) {
     let instance = instance();
-    let mut paths = std::collections::BTreeMap::new();
-    for path in [
+    let paths = [
         "/latest/meta-data/iam/security-credentials/",
         "/latest/meta-data/iam/security-credentials-extended/",
-    ] {
-        paths.insert(path.to_owned(), Fault::Gone);
-    }
+    ]
+    .into_iter()
+    .map(|path| (path.to_owned(), fault.clone()))
+    .collect();
     instance.imds.set_faults(Faults {
         paths,
         ..Faults::default()
@@ -356,7 +355,15 @@ fn credentials_that_imds_does_not_hand_out_are_named_with_its_endpoint() {
 
     let needle = "could not load AWS credentials";
     let log = agent.wait_for_log(needle, Duration::from_secs(20));
-    let line = log.lines().find(|l| l.contains(needle)).unwrap();
+    let line = log.lines().find(|l| l.contains(needle)).unwrap().to_owned();
+    (instance, line, log)
+}
+
+/// IMDS answers everything but the credentials: the warning of the AWS call
+/// that needed them names the IMDS endpoint like every other IMDS warning.
+#[test]
+fn credentials_that_imds_does_not_hand_out_are_named_with_its_endpoint() {
+    let (instance, line, log) = credentials_warning(&Fault::Gone);
     assert!(line.contains(&instance.imds.endpoint()), "{line}");
     assert_sentences(&instance, &log);
 }
@@ -365,23 +372,7 @@ fn credentials_that_imds_does_not_hand_out_are_named_with_its_endpoint() {
 /// status in a sentence, never the SDK's dump of the response.
 #[test]
 fn credentials_that_imds_answers_with_500_are_said_without_a_debug_dump() {
-    let instance = instance();
-    let mut paths = std::collections::BTreeMap::new();
-    for path in [
-        "/latest/meta-data/iam/security-credentials/",
-        "/latest/meta-data/iam/security-credentials-extended/",
-    ] {
-        paths.insert(path.to_owned(), Fault::Status(500));
-    }
-    instance.imds.set_faults(Faults {
-        paths,
-        ..Faults::default()
-    });
-    let agent = start(&instance);
-
-    let needle = "could not load AWS credentials";
-    let log = agent.wait_for_log(needle, Duration::from_secs(20));
-    let line = log.lines().find(|l| l.contains(needle)).unwrap();
+    let (instance, line, log) = credentials_warning(&Fault::Status(500));
     assert!(line.contains("IMDS answered HTTP 500"), "{line}");
     assert!(!line.contains("Response {"), "a debug dump: {line}");
     assert!(line.contains(&instance.imds.endpoint()), "{line}");
