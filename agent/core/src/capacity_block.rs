@@ -17,8 +17,10 @@ pub fn lease_end(
     duration: Duration,
     now: OffsetDateTime,
 ) -> OffsetDateTime {
+    // A duration too long to represent never ends the lease early: the
+    // block's own end still does.
     let by_duration =
-        now.saturating_add(time::Duration::try_from(duration).unwrap_or(time::Duration::ZERO));
+        now.saturating_add(time::Duration::try_from(duration).unwrap_or(time::Duration::MAX));
     capacity_block_termination_starts(end_date).min(by_duration)
 }
 
