@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 /// The test image's name; [`PrivateDocker::image`] builds it once per daemon.
 pub const IMAGE: &str = "blockwatch-test-busybox:1";
 /// busybox applets the image links; `trap` is a builtin of busybox's `sh`.
-const APPLETS: &[&str] = &["sh", "cat", "touch", "sleep", "echo", "ls"];
+const APPLETS: &[&str] = &["sh", "cat", "touch", "sleep", "echo", "ls", "readlink"];
 /// The static busybox of Debian's `busybox-static`.
 const BUSYBOX: &str = "/bin/busybox";
 const CGROUP_PARENT: &str = "blockwatch-tests";
