@@ -93,14 +93,28 @@ if ! "$venv/bin/python" -c 'import hcl2' >/dev/null 2>&1; then
 fi
 
 # Debian packages: shellcheck for the scripts; debootstrap, systemd-nspawn and
-# rpm for the package tests.
+# rpm for the package tests; dockerd and a static busybox for the container
+# tests, which start their own private dockerd (tests/src/docker.rs).
 missing=()
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 command -v systemd-nspawn >/dev/null 2>&1 || missing+=(systemd-container)
 command -v rpm >/dev/null 2>&1 || missing+=(rpm)
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+# The test image holds busybox alone, so it must be the static one (Debian's
+# `busybox` package, which busybox-static replaces, is dynamically linked).
+[[ -x /bin/busybox ]] && ! ldd /bin/busybox >/dev/null 2>&1 || missing+=(busybox-static)
 if ((${#missing[@]})); then
     log "installing ${missing[*]} with apt-get"
+    # docker.io's maintainer scripts would start the host's Docker service:
+    # a policy-rc.d that denies every start keeps them from it (the usual
+    # one in container images). Only ours is removed again.
+    policy=/usr/sbin/policy-rc.d
+    if [[ ! -e "$policy" ]]; then
+        printf '#!/bin/sh\n# tests/setup.sh: no service starts while it installs packages\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        trap 'rm -f "$policy"' EXIT
+    fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi

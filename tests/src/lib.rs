@@ -3,6 +3,7 @@
 //! simulated instance the agent's end-to-end tests run `blockwatch` on.
 
 pub mod aws_proxy;
+pub mod docker;
 pub mod ec2_stub;
 pub mod fake_sources;
 pub mod host_guard;
