@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::deadline::{earliest, Candidate, Draining, EventKey, Fate, Observations, SourceKind};
+use crate::checkpoint::{self, Checkpoint};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -240,6 +241,18 @@ pub struct AgentState {
         skip_serializing_if = "Option::is_none"
     )]
     pub stop_at: Option<OffsetDateTime>,
+    /// When the checkpoint signal goes (or went) for the end in force:
+    /// `checkpoint_lead` before `stop_at`, or before the deadline when
+    /// nothing will be stopped; `None` when off or no end is known.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub checkpoint_at: Option<OffsetDateTime>,
+    /// The checkpoint signal pass for the current end, once started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Checkpoint>,
 }
 
 /// How long after a lease's end (or after a drain that started past it) the
@@ -283,6 +296,9 @@ pub struct Policy {
     /// Without it nothing is ever stopped: what still runs at the end ends
     /// with the instance, as at a spot interruption.
     pub stop_tasks: bool,
+    /// How long before the end opted-in containers get their checkpoint
+    /// signal (`checkpoint_lead`); `None`: off.
+    pub checkpoint_lead: Option<Duration>,
     /// Whether the instance has a cluster to drain in. Without one (the join
     /// failed, or the config is unusable) nothing is asked of ECS, and a
     /// lease still ends with a power-off at its end.
@@ -360,6 +376,9 @@ pub enum Action {
     ConfirmLease,
     /// Run the power-off command (until it succeeds).
     PowerOff,
+    /// Send the opted-in containers their checkpoint signal, for the end
+    /// at this time.
+    SignalCheckpoint(OffsetDateTime),
 }
 
 /// What the IO side did, for [`record`] to write into the state.
@@ -375,6 +394,15 @@ pub enum Outcome {
     PowerOffStarted,
     /// The power-off command succeeded.
     PoweredOff,
+    /// A checkpoint signal pass for the end at this time is about to start
+    /// (recorded before its first signal).
+    CheckpointStarted(OffsetDateTime),
+    /// The pass reached the ECS agent and Docker and signaled this many
+    /// containers.
+    CheckpointSignaled(u32),
+    /// The pass reached neither the ECS agent nor Docker: nothing was
+    /// signaled; it is tried again after `CHECKPOINT_RETRY`.
+    CheckpointUnreached,
 }
 
 /// How the reason given to the tasks blockwatch stops begins; Batch retry
@@ -416,6 +444,11 @@ pub enum Event {
     },
     /// Stops and power-offs are held after a wall-clock step, until then.
     HeldForClockStep(OffsetDateTime),
+    /// Opted-in containers were sent their checkpoint signal (this many;
+    /// the IO side reports it once the pass is over).
+    CheckpointSignaled {
+        containers: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -642,6 +675,18 @@ pub fn decide(
             .min();
         policy.planned_stop_at(deadline.at, lease)
     });
+    let checkpoint = checkpoint::plan(
+        now,
+        state.stop_at.or(state.deadline.as_ref().map(|d| d.at)),
+        policy.checkpoint_lead,
+        state.checkpoint.as_ref(),
+        policy.joined && !matches!(state.phase, Phase::PoweringOff | Phase::PoweredOff),
+    );
+    state.checkpoint_at = checkpoint.at;
+    state.checkpoint = checkpoint.record;
+    if let Some(end) = checkpoint.due {
+        actions.push(Action::SignalCheckpoint(end));
+    }
     if state.deadline != previous.deadline && !events.contains(&Event::DrainStarted) {
         events.push(Event::DeadlineChanged);
     }
@@ -832,9 +877,29 @@ impl Step<'_> {
 /// Writes what the IO side did into the state: the one place outcomes are
 /// recorded, for real runs and dry runs alike.
 pub fn record(state: &mut AgentState, outcome: Outcome, now: OffsetDateTime) {
-    if matches!(outcome, Outcome::Active) {
-        state.undrain_pending = false;
-        return;
+    match outcome {
+        Outcome::Active => {
+            state.undrain_pending = false;
+            return;
+        }
+        Outcome::CheckpointStarted(end) => {
+            state.checkpoint = Some(Checkpoint::started(end, now));
+            return;
+        }
+        Outcome::CheckpointSignaled(containers) => {
+            if let Some(pass) = state.checkpoint.as_mut() {
+                pass.signaled_at = Some(now);
+                pass.containers = containers;
+            }
+            return;
+        }
+        Outcome::CheckpointUnreached => {
+            if let Some(pass) = state.checkpoint.as_mut() {
+                pass.unreached_at = Some(now);
+            }
+            return;
+        }
+        _ => {}
     }
     let Some(drain) = state.drain.as_mut() else {
         return;
@@ -843,7 +908,10 @@ pub fn record(state: &mut AgentState, outcome: Outcome, now: OffsetDateTime) {
         Outcome::Draining => {
             drain.draining_confirmed_at.get_or_insert(now);
         }
-        Outcome::Active => {}
+        Outcome::Active
+        | Outcome::CheckpointStarted(_)
+        | Outcome::CheckpointSignaled(_)
+        | Outcome::CheckpointUnreached => {}
         Outcome::StopsRequested(cause) => {
             match cause {
                 StopCause::Grace => drain.tasks_stopped_at = Some(now),
@@ -901,6 +969,7 @@ mod tests {
             enforce_lease_end: false,
             job_stop_timeout: None,
             stop_tasks: true,
+            checkpoint_lead: None,
         }
     }
 
@@ -959,6 +1028,10 @@ mod tests {
                     record(state, Outcome::PoweredOff, now);
                 }
                 Action::ConfirmLease => {}
+                Action::SignalCheckpoint(end) => {
+                    record(state, Outcome::CheckpointStarted(*end), now);
+                    record(state, Outcome::CheckpointSignaled(1), now);
+                }
             }
         }
     }
@@ -2485,5 +2558,114 @@ mod tests {
             &enforcing(),
         );
         assert_eq!(d.actions, vec![Action::PowerOff]);
+    }
+
+    fn checkpointing() -> Policy {
+        Policy {
+            enforce_lease_end: true,
+            stop_grace: Some(Duration::from_secs(120)),
+            checkpoint_lead: Some(Duration::from_secs(300)),
+            ..policy()
+        }
+    }
+
+    fn signals(decisions: &[Decision]) -> Vec<(usize, OffsetDateTime)> {
+        decisions
+            .iter()
+            .enumerate()
+            .flat_map(|(i, d)| {
+                d.actions.iter().filter_map(move |a| match a {
+                    Action::SignalCheckpoint(end) => Some((i, *end)),
+                    _ => None,
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_checkpoint_signal_goes_once_at_the_lead_before_stop_at() {
+        let end = T0 + minutes(60);
+        let stop_at = end - minutes(2);
+        let steps: Vec<_> = [0, 52, 53, 54, 55, 59, 61]
+            .into_iter()
+            .map(|m| (T0 + minutes(m), lease(end)))
+            .collect();
+        let d = run(&steps, &checkpointing());
+        assert_eq!(d[0].state.stop_at, Some(stop_at));
+        assert_eq!(d[0].state.checkpoint_at, Some(stop_at - minutes(5)));
+        // Due at 53 min (stop_at 58 min less 5), then never again.
+        assert_eq!(signals(&d), vec![(2, stop_at)]);
+        let pass = d[6].state.checkpoint.clone().unwrap_or_else(|| panic!("kept"));
+        assert_eq!(pass.end, stop_at);
+        assert_eq!(pass.started_at, T0 + minutes(53));
+    }
+
+    #[test]
+    fn without_a_stop_the_deadline_is_the_end_the_signal_leads() {
+        let policy = Policy {
+            stop_tasks: false,
+            stop_grace: None,
+            ..checkpointing()
+        };
+        let d = run(&[(T0, lease(T0 + minutes(60)))], &policy);
+        assert_eq!(d[0].state.stop_at, None);
+        assert_eq!(d[0].state.checkpoint_at, Some(T0 + minutes(55)));
+    }
+
+    #[test]
+    fn a_spot_notice_during_a_lease_moves_the_end_earlier_and_signals_again() {
+        let end = T0 + minutes(60);
+        let with_notice = |notice: OffsetDateTime| Observations {
+            spot_action: spot(notice),
+            ..lease(end)
+        };
+        let d = run(
+            &[
+                (T0 + minutes(53), lease(end)),
+                (T0 + minutes(54), with_notice(T0 + minutes(56))),
+                (T0 + minutes(55), with_notice(T0 + minutes(56))),
+            ],
+            &checkpointing(),
+        );
+        // The notice's 2 minutes: less than the lead left, so at once.
+        assert_eq!(
+            signals(&d),
+            vec![(0, end - minutes(2)), (1, T0 + minutes(54))]
+        );
+    }
+
+    #[test]
+    fn nothing_is_signaled_unjoined_or_when_off() {
+        let end = T0 + minutes(60);
+        let unjoined = Policy {
+            joined: false,
+            ..checkpointing()
+        };
+        let off = Policy {
+            checkpoint_lead: None,
+            ..checkpointing()
+        };
+        for policy in [unjoined, off] {
+            let d = run(&[(T0 + minutes(57), lease(end))], &policy);
+            assert_eq!(signals(&d), vec![]);
+        }
+    }
+
+    #[test]
+    fn a_restart_after_the_signal_does_not_signal_again() {
+        let end = T0 + minutes(60);
+        let d = run(&[(T0 + minutes(54), lease(end))], &checkpointing());
+        assert_eq!(signals(&d).len(), 1);
+        let mut state = d[0].state.clone();
+        carry_out(&mut state, &d[0], T0 + minutes(54));
+        // What a restart reads back from the state file.
+        let saved = serde_json::to_string(&state).unwrap_or_default();
+        let restored: AgentState = serde_json::from_str(&saved).unwrap_or_default();
+        assert!(restored.checkpoint.is_some(), "{saved}");
+        let again = decide(T0 + minutes(55), &lease(end), &restored, &checkpointing());
+        assert!(!again
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::SignalCheckpoint(_))));
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod backoff;
 pub mod capacity_block;
+pub mod checkpoint;
 pub mod cluster;
 pub mod compute_environment;
 pub mod config_keys;
