@@ -76,6 +76,7 @@ mod tests {
         state_dir::write_join_record(dir.path(), &record).unwrap();
         let json = render(dir.path(), true, datetime!(2026-11-30 12:01:00 UTC)).unwrap();
         let expected = r#"{
+  "checkpoint_at": null,
   "cluster": "jobs",
   "compute_environment": null,
   "deadline": null,

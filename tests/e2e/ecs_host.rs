@@ -84,7 +84,11 @@ async fn ecs_at(endpoint: &str, introspection_url: &str) -> Ecs {
         .build();
     let (_updates, aws) = watch::channel(Arc::new(Aws::with_config(Imds::new(), sdk)));
     let http = blockwatch::host::http::client().unwrap();
-    Ecs::new(aws, Introspection::new(http, introspection_url.to_owned()))
+    Ecs::new(
+        aws,
+        Introspection::new(http, introspection_url.to_owned()),
+        Err("no Docker in these tests".to_owned()),
+    )
 }
 
 fn arns(tasks: &[HostTask]) -> Vec<&str> {

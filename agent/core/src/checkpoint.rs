@@ -246,8 +246,14 @@ mod tests {
         let refusal = CheckpointSignal::parse("SIGKILL").unwrap_err();
         assert_eq!(refusal.why, RefusalReason::Uncatchable);
         let text = refusal.to_string();
-        assert!(text.contains("BLOCKWATCH_CHECKPOINT_SIGNAL=\"SIGKILL\" is refused"), "{text}");
-        assert!(text.contains("SIGUSR1, SIGUSR2, SIGHUP, SIGINT, SIGTERM"), "{text}");
+        assert!(
+            text.contains("BLOCKWATCH_CHECKPOINT_SIGNAL=\"SIGKILL\" is refused"),
+            "{text}"
+        );
+        assert!(
+            text.contains("SIGUSR1, SIGUSR2, SIGHUP, SIGINT, SIGTERM"),
+            "{text}"
+        );
         assert_eq!(
             CheckpointSignal::parse("STOP").unwrap_err().why,
             RefusalReason::Uncatchable
@@ -259,21 +265,42 @@ mod tests {
                 "{value}"
             );
         }
-        assert_eq!(CheckpointSignal::parse(" ").unwrap_err().why, RefusalReason::Empty);
+        assert_eq!(
+            CheckpointSignal::parse(" ").unwrap_err().why,
+            RefusalReason::Empty
+        );
     }
 
     #[test]
     fn the_signal_is_due_at_the_lead_before_the_end_and_not_before() {
-        let before = plan(END - time::Duration::minutes(6), Some(END), LEAD, None, true);
+        let before = plan(
+            END - time::Duration::minutes(6),
+            Some(END),
+            LEAD,
+            None,
+            true,
+        );
         assert_eq!(before.at, Some(datetime!(2026-12-07 17:55:00 UTC)));
         assert_eq!(before.due, None);
-        let at = plan(datetime!(2026-12-07 17:55:00 UTC), Some(END), LEAD, None, true);
+        let at = plan(
+            datetime!(2026-12-07 17:55:00 UTC),
+            Some(END),
+            LEAD,
+            None,
+            true,
+        );
         assert_eq!(at.due, Some(END));
     }
 
     #[test]
     fn an_end_learned_with_less_than_the_lead_left_is_signaled_at_once() {
-        let notice = plan(END - time::Duration::minutes(2), Some(END), LEAD, None, true);
+        let notice = plan(
+            END - time::Duration::minutes(2),
+            Some(END),
+            LEAD,
+            None,
+            true,
+        );
         assert_eq!(notice.due, Some(END));
     }
 
@@ -335,7 +362,10 @@ mod tests {
         assert_eq!(rearmed.record, None);
         assert_eq!(rearmed.due, None);
         let then = extended - time::Duration::minutes(5);
-        assert_eq!(plan(then, Some(extended), LEAD, None, true).due, Some(extended));
+        assert_eq!(
+            plan(then, Some(extended), LEAD, None, true).due,
+            Some(extended)
+        );
     }
 
     #[test]
@@ -346,7 +376,10 @@ mod tests {
             ..Checkpoint::started(END, now)
         };
         let soon = now + time::Duration::seconds(29);
-        assert_eq!(plan(soon, Some(END), LEAD, Some(&unreached), true).due, None);
+        assert_eq!(
+            plan(soon, Some(END), LEAD, Some(&unreached), true).due,
+            None
+        );
         let retry = now + time::Duration::seconds(30);
         assert_eq!(
             plan(retry, Some(END), LEAD, Some(&unreached), true).due,

@@ -110,6 +110,13 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
             the file is refused (exit 78).",
     },
     ConfigKey {
+        name: "checkpoint_lead",
+        value: DURATION,
+        default: None,
+        unset: "off: no job is signaled",
+        description: "How long before the end opted-in jobs get their checkpoint signal. A container             opts in with the environment variable BLOCKWATCH_CHECKPOINT_SIGNAL (SIGUSR1, SIGUSR2,             SIGHUP, SIGINT or SIGTERM; a Batch job definition's `environment`). The signal goes once             per end, at `stop_at` less this (at the deadline less this when nothing will be             stopped), at once when the end is learned later than that, and again when the end moves             earlier. Containers are found through the ECS agent's introspection API and signaled             through Docker (DOCKER_HOST, else /var/run/docker.sock).",
+    },
+    ConfigKey {
         name: "stop_tasks",
         value: BOOL,
         default: Some("true"),

@@ -214,6 +214,9 @@ pub struct AgentState {
     pub drains_started: u64,
     #[serde(default)]
     pub drains_completed: u64,
+    /// Checkpoint signals sent, one per container.
+    #[serde(default)]
+    pub checkpoint_signals: u64,
     /// When Auto Scaling's `Terminated` was first seen: its deadline, kept
     /// so that a restart does not restart its clock.
     #[serde(
@@ -887,6 +890,9 @@ pub fn record(state: &mut AgentState, outcome: Outcome, now: OffsetDateTime) {
             return;
         }
         Outcome::CheckpointSignaled(containers) => {
+            state.checkpoint_signals = state
+                .checkpoint_signals
+                .saturating_add(u64::from(containers));
             if let Some(pass) = state.checkpoint.as_mut() {
                 pass.signaled_at = Some(now);
                 pass.containers = containers;
@@ -2595,7 +2601,11 @@ mod tests {
         assert_eq!(d[0].state.checkpoint_at, Some(stop_at - minutes(5)));
         // Due at 53 min (stop_at 58 min less 5), then never again.
         assert_eq!(signals(&d), vec![(2, stop_at)]);
-        let pass = d[6].state.checkpoint.clone().unwrap_or_else(|| panic!("kept"));
+        let pass = d[6]
+            .state
+            .checkpoint
+            .clone()
+            .unwrap_or_else(|| panic!("kept"));
         assert_eq!(pass.end, stop_at);
         assert_eq!(pass.started_at, T0 + minutes(53));
     }

@@ -48,6 +48,9 @@ pub struct FileConfig {
     /// at a lease's end (default true). Off, what still runs ends with the
     /// instance, as at a spot interruption.
     pub stop_tasks: Option<bool>,
+    /// How long before the end opted-in containers get their checkpoint
+    /// signal (off by default).
+    pub checkpoint_lead: Option<HumanDuration>,
 }
 
 /// `job_stop_timeout`: whole seconds, at least 1 s. The ECS agent parses a

@@ -26,6 +26,9 @@ pub struct DeadlineView {
     pub drain_at: Option<String>,
     /// When blockwatch stops what still runs, or `None`.
     pub stop_at: Option<String>,
+    /// When opted-in containers get their checkpoint signal (or got it),
+    /// or `None` when `checkpoint_lead` is off or no end is known.
+    pub checkpoint_at: Option<String>,
 }
 
 impl DeadlineView {
@@ -39,6 +42,7 @@ impl DeadlineView {
             deadline_event: deadline.map(|d| d.event.id.clone()),
             drain_at: state.drain_at.map(rfc3339),
             stop_at: state.stop_at.map(rfc3339),
+            checkpoint_at: state.checkpoint_at.map(rfc3339),
         }
     }
 
@@ -106,6 +110,7 @@ mod tests {
             }),
             drain_at: Some(datetime!(2026-11-30 17:50:00 UTC)),
             stop_at: Some(datetime!(2026-11-30 17:58:50 UTC)),
+            checkpoint_at: Some(datetime!(2026-11-30 17:53:50 UTC)),
             ..AgentState::default()
         }
     }
@@ -125,6 +130,7 @@ mod tests {
                 "deadline_event": "tag:2026-11-30T18:00:00Z",
                 "drain_at": "2026-11-30T17:50:00Z",
                 "stop_at": "2026-11-30T17:58:50Z",
+                "checkpoint_at": "2026-11-30T17:53:50Z",
                 "updated_at": "2026-11-30T12:00:00Z",
             })
         );
@@ -142,6 +148,7 @@ mod tests {
                 "deadline_source": "lease",
                 "drain_at": "2026-11-30T17:50:00Z",
                 "stop_at": "2026-11-30T17:58:50Z",
+                "checkpoint_at": "2026-11-30T17:53:50Z",
             })
         );
     }
@@ -157,6 +164,7 @@ mod tests {
             "deadline_event",
             "drain_at",
             "stop_at",
+            "checkpoint_at",
         ] {
             assert!(json[key].is_null(), "{key}: {json}");
         }

@@ -67,6 +67,32 @@ fn clock(at: OffsetDateTime) -> String {
     format!("{:02}:{:02}Z", at.hour(), at.minute())
 }
 
+/// The checkpoint signal for the end in force: when it goes, or what it did.
+fn checkpoint_line(a: &AgentState, now: OffsetDateTime) -> Option<String> {
+    let at = a.checkpoint_at?;
+    let line = match &a.checkpoint {
+        Some(pass) => match (pass.signaled_at, pass.unreached_at) {
+            (Some(signaled), _) => format!(
+                "checkpoint: {} container(s) signaled {}",
+                pass.containers,
+                rfc3339(signaled)
+            ),
+            (None, Some(_)) => {
+                "checkpoint: the ECS agent or Docker could not be reached; retrying (see the journal)"
+                    .to_owned()
+            }
+            (None, None) => format!("checkpoint: signaling since {}", rfc3339(pass.started_at)),
+        },
+        None if at > now => format!(
+            "checkpoint: {} (in {}): opted-in jobs get their signal then",
+            rfc3339(at),
+            countdown(now, at)
+        ),
+        None => format!("checkpoint: {} (due)", rfc3339(at)),
+    };
+    Some(line)
+}
+
 /// `2h13m`, `4m10s`, `12s`; `now` when due.
 pub fn countdown(from: OffsetDateTime, to: OffsetDateTime) -> String {
     let secs = (to - from).whole_seconds();
@@ -105,6 +131,8 @@ impl Snapshot {
             "end_stop_at": drain.and_then(|d| d.end_stop_at).map(rfc3339),
             "poweroff_attempts": drain.map_or(0, |d| d.poweroff_attempts),
             "poweroff_at": drain.and_then(|d| d.poweroff_at).map(rfc3339),
+            "checkpoint_signaled_at": a.checkpoint.as_ref().and_then(|c| c.signaled_at).map(rfc3339),
+            "checkpoint_signals": a.checkpoint_signals,
             "warnings": a.warnings,
         });
         if let (Some(fields), serde_json::Value::Object(more)) = (json.as_object_mut(), more) {
@@ -254,6 +282,9 @@ impl Snapshot {
                     }
                 ));
             }
+        }
+        if let Some(line) = checkpoint_line(a, now) {
+            lines.push(line);
         }
         if let Some(drain) = &a.drain {
             if let Some(n) = drain.running_tasks {

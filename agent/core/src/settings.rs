@@ -131,6 +131,7 @@ pub struct Settings {
     pub capacity_block_refresh_interval: Sourced<Duration>,
     pub job_stop_timeout: Option<Sourced<JobStopTimeout>>,
     pub stop_tasks: Sourced<bool>,
+    pub checkpoint_lead: Option<Sourced<Duration>>,
 }
 
 /// A tag value that does not parse; the tag is ignored with a warning.
@@ -222,6 +223,7 @@ impl Settings {
                 .map_or(Sourced::new(true, Origin::Default), |v| {
                     Sourced::new(v, in_file())
                 }),
+            checkpoint_lead: file.checkpoint_lead.map(|v| Sourced::new(v.0, in_file())),
         };
         (settings, problems)
     }
@@ -348,6 +350,15 @@ impl Settings {
                 timeout.origin,
                 timeout.value.ecs_value(),
                 humantime::format_duration(lead)
+            ));
+        }
+        if let Some(lead) = &self.checkpoint_lead {
+            items.push(format!(
+                "checkpoint_lead={} ({}; opted-in containers ({}) are signaled at stop_at - {})",
+                humantime::format_duration(lead.value),
+                lead.origin,
+                crate::checkpoint::CHECKPOINT_SIGNAL_ENV,
+                humantime::format_duration(lead.value)
             ));
         }
         items.push(if self.stop_tasks.value {

@@ -23,6 +23,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use super::checkpoint::{signal_opted_in, PassReport, TaskContainer, Unreached};
+use super::docker::DockerEngine;
 use crate::sources::aws::{classify, Aws};
 use crate::sources::{AwsFailure, CallError};
 
@@ -82,6 +84,9 @@ pub trait ContainerService {
     /// Whether the local ECS agent answers (no AWS call): blockwatch keeps
     /// running when ecs.service fails, and says so.
     fn agent_answers(&self) -> impl Future<Output = bool> + Send;
+    /// Sends the opted-in containers of this instance's tasks their
+    /// checkpoint signal.
+    fn signal_checkpoint(&self) -> impl Future<Output = PassReport> + Send;
 }
 
 /// Why the introspection API gave no usable answer.
@@ -131,11 +136,24 @@ struct AgentTasks {
 #[serde(rename_all = "PascalCase")]
 struct AgentTask {
     arn: String,
+    #[serde(default)]
+    containers: Vec<AgentContainer>,
     /// Omitted by the agent in some states (`omitempty`).
     #[serde(default)]
     desired_status: Option<String>,
     /// The backend status: PENDING, RUNNING or STOPPED.
     known_status: String,
+}
+
+/// A container of a task, as `/v1/tasks` gives it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct AgentContainer {
+    /// Empty until Docker created the container (`omitempty`).
+    #[serde(default)]
+    docker_id: String,
+    #[serde(default)]
+    name: String,
 }
 
 /// The local ECS agent's introspection API.
@@ -173,13 +191,7 @@ impl Introspection {
 
     /// The tasks the ECS agent has not seen stop.
     pub async fn tasks(&self) -> Result<Vec<HostTask>, IntrospectionError> {
-        let url = self
-            .tasks_url
-            .as_deref()
-            .ok_or_else(|| IntrospectionError::NoTasksUrl {
-                url: self.url.clone(),
-            })?;
-        let answer: AgentTasks = self.get(url).await?;
+        let answer: AgentTasks = self.get(self.tasks_url()?).await?;
         Ok(answer
             .tasks
             .into_iter()
@@ -189,6 +201,36 @@ impl Introspection {
                 arn: t.arn,
             })
             .collect())
+    }
+
+    /// The containers of the tasks the ECS agent has not seen stop: the only
+    /// ones a checkpoint signal may go to.
+    pub async fn task_containers(&self) -> Result<Vec<TaskContainer>, IntrospectionError> {
+        let answer: AgentTasks = self.get(self.tasks_url()?).await?;
+        Ok(answer
+            .tasks
+            .into_iter()
+            .filter(|t| t.known_status != STOPPED)
+            .flat_map(|task| {
+                let arn = task.arn;
+                task.containers
+                    .into_iter()
+                    .filter(|c| !c.docker_id.is_empty())
+                    .map(move |c| TaskContainer {
+                        task_arn: arn.clone(),
+                        name: c.name,
+                        docker_id: c.docker_id,
+                    })
+            })
+            .collect())
+    }
+
+    fn tasks_url(&self) -> Result<&str, IntrospectionError> {
+        self.tasks_url
+            .as_deref()
+            .ok_or_else(|| IntrospectionError::NoTasksUrl {
+                url: self.url.clone(),
+            })
     }
 
     /// A JSON answer of at most [`INTROSPECTION_CAP`] bytes, read as it
@@ -246,6 +288,9 @@ pub struct Ecs {
     confirmed: Arc<Mutex<HashMap<String, Ownership>>>,
     /// Why introspection last failed to give the tasks: logged when it changes.
     tasks_fallback: Arc<Mutex<Option<String>>>,
+    /// Where checkpoint signals go, or why they cannot (a `DOCKER_HOST`
+    /// blockwatch cannot use).
+    docker: Result<DockerEngine, String>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -253,12 +298,17 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Ecs {
-    pub fn new(aws: watch::Receiver<Arc<Aws>>, introspection: Introspection) -> Self {
+    pub fn new(
+        aws: watch::Receiver<Arc<Aws>>,
+        introspection: Introspection,
+        docker: Result<DockerEngine, String>,
+    ) -> Self {
         Self {
             aws,
             introspection,
             confirmed: Arc::default(),
             tasks_fallback: Arc::default(),
+            docker,
         }
     }
 
@@ -396,6 +446,17 @@ impl ContainerService for Ecs {
 
     async fn agent_answers(&self) -> bool {
         self.introspection.metadata().await.is_ok()
+    }
+
+    async fn signal_checkpoint(&self) -> PassReport {
+        let docker = match self.docker.as_ref() {
+            Ok(docker) => docker,
+            Err(why) => return PassReport::unreached(Unreached::DockerHost(why.clone())),
+        };
+        match self.introspection.task_containers().await {
+            Ok(containers) => signal_opted_in(&containers, docker).await,
+            Err(err) => PassReport::unreached(Unreached::Tasks(err)),
+        }
     }
 }
 

@@ -66,6 +66,23 @@ pub fn render(state: &AgentState, errors: &BTreeMap<&'static str, u64>) -> Strin
         "Drains that ended with no task left.",
         &[(String::new(), count(state.drains_completed))],
     );
+    family(
+        &mut out,
+        "blockwatch_checkpoint_timestamp_seconds",
+        "gauge",
+        "When opted-in jobs get their checkpoint signal for the end in force (Unix time); 0 when off or no end is announced.",
+        &[(
+            String::new(),
+            state.checkpoint_at.map_or(0, |at| at.unix_timestamp()),
+        )],
+    );
+    family(
+        &mut out,
+        "blockwatch_checkpoint_signals_total",
+        "counter",
+        "Checkpoint signals sent, one per container.",
+        &[(String::new(), count(state.checkpoint_signals))],
+    );
     let by_source: Vec<_> = errors
         .iter()
         .map(|(source, n)| (format!("{{source=\"{source}\"}}"), count(*n)))

@@ -41,6 +41,7 @@ impl Books {
                 enforce_lease_end: settings.on_lease_end.value == OnLeaseEnd::Poweroff,
                 job_stop_timeout: settings.job_stop_timeout.as_ref().map(|t| t.value.0),
                 stop_tasks: settings.stop_tasks.value,
+                checkpoint_lead: settings.checkpoint_lead.as_ref().map(|l| l.value),
                 joined: node.cluster.is_some(),
             },
             observed,

@@ -22,7 +22,7 @@ use crate::sources::{AwsFailure, CallError};
 use blockwatch_core::backoff::Backoff;
 use blockwatch_core::deadline::SourceKind;
 use blockwatch_core::decision::{
-    Action, AgentState, Outcome, Phase, StopCause, STOP_REASON_PREFIX,
+    record, Action, AgentState, Outcome, Phase, StopCause, STOP_REASON_PREFIX,
 };
 use blockwatch_core::settings::Settings;
 use blockwatch_core::time_text::rfc3339;
@@ -136,7 +136,9 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
         if self.dry_run {
             return self.act_dry(action, now, books);
         }
-        if action != Action::PowerOff && !self.backoff.ready(self.clock.instant()) {
+        // The ECS backoff holds ECS calls only.
+        let ecs_call = !matches!(action, Action::PowerOff | Action::SignalCheckpoint(_));
+        if ecs_call && !self.backoff.ready(self.clock.instant()) {
             return None;
         }
         match action {
@@ -144,6 +146,7 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
             Action::Undrain => self.set_draining(false, books).await,
             Action::StopTasks(cause) => self.stop_tasks(cause, now, books).await,
             Action::PowerOff => self.record_power_off(now, books).await,
+            Action::SignalCheckpoint(end) => self.signal_checkpoint(end, now, books).await,
             // The last look at the lease is the poll's (it reads IMDS).
             Action::ConfirmLease => None,
         }
@@ -310,6 +313,13 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
                 format!("run {:?}", self.poweroff_command),
                 Outcome::PoweredOff,
             ),
+            Action::SignalCheckpoint(end) => {
+                record(&mut books.state, Outcome::CheckpointStarted(end), now);
+                (
+                    "send the opted-in containers their checkpoint signal".to_owned(),
+                    Outcome::CheckpointSignaled(0),
+                )
+            }
             Action::ConfirmLease => return None,
         };
         books.decision(&format!("dry run, nothing changed: would {what}"));

@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
 use super::clock::Clock;
+use crate::actions::checkpoint::{PassReport, TaskContainer, Unreached};
 use crate::actions::ecs::{ContainerService, HostTask, StopReport};
 use crate::sources::{AwsFailure, CallError};
+use blockwatch_core::checkpoint::CheckpointSignal;
 
 /// A clock that stands still until the test moves it; its random numbers
 /// are scripted (the top of the jitter window when none is).
@@ -85,6 +87,7 @@ pub(super) enum Call {
     SetDraining { arn: String, draining: bool },
     ListTasks { arn: String },
     StopTasks { tasks: Vec<String>, reason: String },
+    SignalCheckpoint,
 }
 
 /// How a scripted call goes instead of the normal answer.
@@ -105,6 +108,12 @@ pub(super) struct EcsState {
     /// The tasks on the host: each with whether ECS wants it stopped.
     pub tasks: Vec<HostTask>,
     pub agent_answers: bool,
+    /// Docker cannot be reached: a checkpoint pass signals nothing.
+    pub docker_down: bool,
+    /// A file read when a checkpoint pass starts (the state file), and
+    /// what it held then.
+    pub read_at_signal: Option<std::path::PathBuf>,
+    pub seen_at_signal: Option<String>,
     script: BTreeMap<&'static str, VecDeque<Scripted>>,
 }
 
@@ -268,5 +277,36 @@ impl ContainerService for FakeEcs {
 
     async fn agent_answers(&self) -> bool {
         self.state().agent_answers
+    }
+
+    /// Every task on the host has one container, opted in with SIGUSR1.
+    async fn signal_checkpoint(&self) -> PassReport {
+        let mut state = self.state();
+        state.calls.push(Call::SignalCheckpoint);
+        state.seen_at_signal = state
+            .read_at_signal
+            .as_ref()
+            .map(|path| std::fs::read_to_string(path).unwrap_or_default());
+        if state.docker_down {
+            return PassReport::unreached(Unreached::DockerHost(
+                "Docker cannot be reached (scripted)".into(),
+            ));
+        }
+        let signaled = state
+            .tasks
+            .iter()
+            .map(|t| {
+                let container = TaskContainer {
+                    task_arn: t.arn.clone(),
+                    name: "job".into(),
+                    docker_id: "0".repeat(64),
+                };
+                (container, CheckpointSignal::Usr1)
+            })
+            .collect();
+        PassReport {
+            signaled,
+            ..PassReport::default()
+        }
     }
 }

@@ -38,6 +38,7 @@
 mod agent;
 mod books;
 mod call_limit;
+mod checkpoint_signal;
 mod claim;
 mod clock;
 mod ec2_end_dates;
@@ -62,6 +63,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::actions::docker::DockerEngine;
 use crate::actions::ecs::{Ecs, Introspection};
 use crate::actions::webhook::Deliveries;
 use crate::exit::AgentError;
@@ -70,7 +72,7 @@ use crate::join::{resolve, Standing, Unjoined};
 use crate::sources::aws::Aws;
 use crate::sources::imds::Imds;
 use blockwatch_core::deadline::Observations;
-use blockwatch_core::settings::OnLeaseEnd;
+use blockwatch_core::settings::{OnLeaseEnd, Settings};
 
 use agent::Agent;
 use books::Books;
@@ -166,7 +168,11 @@ pub async fn run(request: &RunRequest, imds: Imds) -> Result<(), AgentError> {
     );
     let (aws_updates, current_aws) = watch::channel(aws);
     let introspection = Introspection::new(http, request.introspection_url.clone());
-    let ecs = Ecs::new(current_aws.clone(), introspection);
+    let ecs = Ecs::new(
+        current_aws.clone(),
+        introspection,
+        checkpoint_docker(&settings),
+    );
     let url = request.introspection_url.clone();
     let mut agent = Agent::new(books, &settings, &node, ecs, SystemClock, url);
     let rejoin_imds = imds.clone();
@@ -315,4 +321,34 @@ async fn shut_down(service: &mut Service, deliveries: &mut Deliveries, request: 
     {
         deliveries.abandon("blockwatch was told again to stop");
     }
+}
+
+/// Where checkpoint signals go (`DOCKER_HOST`, else Docker's default
+/// socket). With `checkpoint_lead` set, whether Docker answers is said once
+/// at start, in the background: a missing Docker changes nothing else.
+fn checkpoint_docker(settings: &Settings) -> Result<DockerEngine, String> {
+    let docker = DockerEngine::from_env().map_err(|e| e.to_string());
+    if settings.checkpoint_lead.is_none() {
+        return docker;
+    }
+    match &docker {
+        Ok(engine) => {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                match engine.ping().await {
+                    Ok(()) => log::info!(
+                        "checkpoint signals go through Docker at {}: it answers",
+                        engine.endpoint()
+                    ),
+                    Err(err) => log::warn!(
+                        "checkpoint_lead is set, but {err}; jobs get no checkpoint signal while it cannot be reached (the rest of an end goes on as before)"
+                    ),
+                }
+            });
+        }
+        Err(why) => log::warn!(
+            "checkpoint_lead is set, but {why}; jobs get no checkpoint signal (the rest of an end goes on as before)"
+        ),
+    }
+    docker
 }

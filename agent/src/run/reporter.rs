@@ -162,6 +162,10 @@ impl Reporter {
                         .map_or_else(|| "unknown how many".to_owned(), |n| n.to_string())
                 ),
             ),
+            Event::CheckpointSignaled { containers } => (
+                "checkpoint-signaled",
+                format!("checkpoint signal sent to {containers} opted-in container(s)"),
+            ),
             Event::HeldForClockStep(until) => {
                 if self.held_until_logged != Some(*until) {
                     self.held_until_logged = Some(*until);
@@ -186,7 +190,12 @@ impl Reporter {
             Event::DrainCanceled(CancelCause::NewLife) => Some("started-again"),
             _ => None,
         };
-        let payload = webhook_body(name, &self.node, state, cause, now);
+        let mut payload = webhook_body(name, &self.node, state, cause, now);
+        if let (Event::CheckpointSignaled { containers }, Some(fields)) =
+            (event, payload.as_object_mut())
+        {
+            fields.insert("containers".into(), (*containers).into());
+        }
         if self.dry_run {
             log::info!(
                 "dry run: would POST {name} to webhook {}",
@@ -255,6 +264,7 @@ mod tests {
             }),
             drain_at: Some(datetime!(2026-11-30 17:50:00 UTC)),
             stop_at: None,
+            checkpoint_at: Some(datetime!(2026-11-30 17:45:00 UTC)),
             ..AgentState::default()
         };
         let body = webhook_body(
@@ -267,7 +277,8 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&body).unwrap_or_default(),
             concat!(
-                r#"{"at":"2026-11-30T17:51:02Z","cause":"deadline-moved","cluster":"jobs","#,
+                r#"{"at":"2026-11-30T17:51:02Z","cause":"deadline-moved","#,
+                r#""checkpoint_at":"2026-11-30T17:45:00Z","cluster":"jobs","#,
                 r#""deadline":"2026-11-30T18:00:00Z","deadline_source":"lease","#,
                 r#""drain_at":"2026-11-30T17:50:00Z","event":"drain-canceled","#,
                 r#""instance_id":"i-0abc","phase":"draining","stop_at":null}"#

@@ -642,3 +642,77 @@ async fn a_wall_clock_step_is_noticed_and_holds_the_power_off() {
     h.run_for(130).await;
     assert_eq!(h.power_offs(), 1, "the hold ends, and so does the lease");
 }
+
+/// A lease ending 10 minutes after T0 with a 5-minute checkpoint lead and
+/// a 1-minute stop grace: the signal is due at T0 + 4 min.
+const CHECKPOINTING: &str = "checkpoint_lead = \"5m\"\nstop_grace = \"1m\"\ndrain_lead = \"2m\"";
+
+impl Harness {
+    fn lease_ending_in_ten_minutes(&mut self) {
+        self.agent.books.observed.lease_end =
+            Some((T0 + time::Duration::minutes(10), "tag".into()));
+    }
+
+    fn signal_passes(&self) -> usize {
+        self.count_calls(|c| matches!(c, Call::SignalCheckpoint))
+    }
+}
+
+#[tokio::test]
+async fn the_checkpoint_signal_goes_at_its_time_once_and_is_on_disk_before_it_is_sent() {
+    let ecs = FakeEcs::registered(ARN, &["arn:aws:ecs:eu-west-1:123456789012:task/jobs/t1"]);
+    let mut h = Harness::new(CHECKPOINTING, ecs);
+    h.ecs.state().read_at_signal = Some(h.state_dir().join("state.json"));
+    h.lease_ending_in_ten_minutes();
+    h.step_after(Duration::ZERO).await;
+    assert_eq!(h.state().checkpoint_at, at(secs(240)));
+    h.step_after(secs(239)).await;
+    assert_eq!(h.signal_passes(), 0, "not before its time");
+    h.step_after(secs(1)).await;
+    assert_eq!(h.signal_passes(), 1);
+    let seen = h.ecs.state().seen_at_signal.clone().unwrap();
+    let seen: serde_json::Value = serde_json::from_str(&seen).unwrap();
+    assert_eq!(
+        seen["checkpoint"]["started_at"], "2026-11-29T12:04:00Z",
+        "recorded before the signal: {seen}"
+    );
+    assert!(seen["checkpoint"]["signaled_at"].is_null(), "{seen}");
+    let pass = h.on_disk().checkpoint.unwrap();
+    assert_eq!(pass.signaled_at, at(secs(240)));
+    assert_eq!(pass.containers, 1);
+    assert_eq!(h.on_disk().checkpoint_signals, 1);
+    for _ in 0..5 {
+        h.step_after(secs(10)).await;
+    }
+    assert_eq!(h.signal_passes(), 1, "once per end");
+
+    // A restart reads the pass back and does not signal again.
+    let Harness { dir, ecs, .. } = h;
+    let mut again = Harness::resume(dir, CHECKPOINTING, ecs, T0 + time::Duration::minutes(5));
+    again.lease_ending_in_ten_minutes();
+    again.step_after(Duration::ZERO).await;
+    again.step_after(secs(10)).await;
+    assert_eq!(again.signal_passes(), 1, "never twice for the same end");
+}
+
+#[tokio::test]
+async fn docker_unreachable_signals_nothing_is_tried_again_and_ecs_backoff_does_not_hold_it() {
+    let ecs = FakeEcs::registered(ARN, &["arn:aws:ecs:eu-west-1:123456789012:task/jobs/t1"]);
+    ecs.state().docker_down = true;
+    // ECS throttles: its backoff must not hold the signal back.
+    ecs.script(SET_DRAINING, &[Scripted::Fail(AwsFailure::Throttled); 20]);
+    let mut h = Harness::new(CHECKPOINTING, ecs);
+    h.lease_ending_in_ten_minutes();
+    h.step_after(secs(240)).await;
+    assert_eq!(h.signal_passes(), 1);
+    let pass = h.state().checkpoint.clone().unwrap();
+    assert_eq!(pass.signaled_at, None);
+    assert_eq!(pass.unreached_at, at(secs(240)));
+    h.step_after(secs(29)).await;
+    assert_eq!(h.signal_passes(), 1, "not before the retry");
+    h.ecs.state().docker_down = false;
+    h.step_after(secs(1)).await;
+    assert_eq!(h.signal_passes(), 2, "tried again");
+    assert_eq!(h.state().checkpoint.clone().unwrap().containers, 1);
+    assert_eq!(h.state().checkpoint_signals, 1);
+}
