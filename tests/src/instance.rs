@@ -212,7 +212,13 @@ impl Instance {
             )
             .env("AWS_MAX_ATTEMPTS", "2")
             // The deadline files stay in the scratch directory, off the host's /run.
-            .env("BLOCKWATCH_DEADLINE_DIR", self.deadline_dir());
+            .env("BLOCKWATCH_DEADLINE_DIR", self.deadline_dir())
+            // Never the host's Docker: nothing answers here unless a test
+            // points DOCKER_HOST at its own dockerd.
+            .env(
+                "DOCKER_HOST",
+                format!("unix://{}/no-docker.sock", self.root.path().display()),
+            );
         command
     }
 
