@@ -497,11 +497,12 @@ mod tests {
         model.attach(T, "c0ffee", "trainer");
         model.refresh(&[T.to_owned(), other.to_owned()], &[], start);
         let listed = model.tasks_response(start);
-        let container = &listed["Tasks"][0]["Containers"][0];
-        assert_eq!(listed["Tasks"][0]["Arn"], T, "{listed}");
+        // Sorted by ARN: `other`, then T.
+        assert_eq!(listed["Tasks"][1]["Arn"], T, "{listed}");
+        let container = &listed["Tasks"][1]["Containers"][0];
         assert_eq!(container["DockerId"], "c0ffee");
         assert_eq!(container["Name"], "trainer");
-        assert_ne!(listed["Tasks"][1]["Containers"][0]["DockerId"], "c0ffee");
+        assert_ne!(listed["Tasks"][0]["Containers"][0]["DockerId"], "c0ffee");
         assert!(model.stops_due().is_empty(), "not stopped yet");
 
         model.refresh(&[other.to_owned()], &[T.to_owned()], start);
