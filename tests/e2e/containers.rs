@@ -206,14 +206,19 @@ fn a_job_polling_the_deadline_file_checkpoints_and_exits_when_stop_at_is_near() 
     )
     .unwrap();
     // Several polls with the end an hour away: it works on.
-    wait_until("units over several polls", || job.units_done() >= 10);
-    assert_eq!(job.exit_code().unwrap(), None);
+    let job = &job;
+    let working = |units: usize| {
+        move || {
+            assert_eq!(job.exit_code().unwrap(), None, "exited with the end far");
+            job.units_done() >= units
+        }
+    };
+    wait_until("units over several polls", working(10));
 
     // The margin is the poll plus a unit (2 s): an end 20 s away is not near.
     write_stop_at(time::OffsetDateTime::now_utc() + time::Duration::seconds(20));
     let units_then = job.units_done();
-    wait_until("more polls", || job.units_done() >= units_then + 10);
-    assert_eq!(job.exit_code().unwrap(), None);
+    wait_until("more polls", working(units_then + 10));
 
     write_stop_at(time::OffsetDateTime::now_utc() + time::Duration::seconds(1));
     assert_eq!(job.wait_for_exit(PATIENCE).unwrap(), Some(0));
@@ -283,10 +288,11 @@ async fn a_task_stopped_in_ecs_sends_its_container_sigterm_then_sigkill_at_the_s
     assert_eq!(stand_in.status(&task), Some(("STOPPED", "RUNNING")));
     assert_eq!(job.wait_for_exit(PATIENCE).unwrap(), Some(137), "SIGKILL");
     let killed = std::time::SystemTime::now();
-    // Allow the 10 ms boot clock and the docker round trips.
+    // Never before the timeout; a second's slack for the trap running late
+    // on a loaded machine (an immediate kill shows well under 1 s).
     let ran_on = killed.duration_since(sigterm.at).unwrap();
     assert!(
-        ran_on + Duration::from_millis(100) >= stop_timeout,
+        ran_on + Duration::from_secs(1) >= stop_timeout,
         "{ran_on:?}"
     );
     assert_eq!(job.signals_received().len(), 1, "SIGTERM once");

@@ -310,7 +310,8 @@ impl IntrospectionStandIn {
     }
 
     /// `task`'s container exits `after` its SIGTERM (a job that checkpoints
-    /// and exits), or at the stop timeout if that is shorter.
+    /// and exits), or at the stop timeout if that is shorter. Not for an
+    /// attached task: its real container decides.
     pub fn exits_after_sigterm(&self, task: &str, after: Duration) {
         lock(&self.shared.model).exits_after_sigterm(task, after);
     }
