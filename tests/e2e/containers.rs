@@ -81,6 +81,15 @@ fn job_spec<'a>(name: &'a str, deadline_dir: &'a Path) -> JobSpec<'a> {
     JobSpec::new(name, deadline_dir, Duration::from_millis(300))
 }
 
+/// A job that opted in to SIGUSR1.
+fn usr1_job(docker: &PrivateDocker, name: &str, deadline_dir: &Path) -> JobContainer {
+    let spec = JobSpec {
+        checkpoint_signal: Some("SIGUSR1"),
+        ..job_spec(name, deadline_dir)
+    };
+    JobContainer::start(docker, spec).unwrap()
+}
+
 fn send(docker: &PrivateDocker, job: &JobContainer, signal: &str) {
     let output = docker.run(&["kill", "--signal", signal, job.id()]).unwrap();
     assert!(output.status.success(), "{output:?}");
@@ -98,14 +107,7 @@ fn env_of(docker: &PrivateDocker, job: &JobContainer) -> String {
 fn a_job_checkpoints_its_last_unit_on_its_signal_and_exits_0_having_heard_it_once() {
     let docker = PrivateDocker::start().unwrap();
     let deadline_dir = tempfile::tempdir().unwrap();
-    let job = JobContainer::start(
-        &docker,
-        JobSpec {
-            checkpoint_signal: Some("SIGUSR1"),
-            ..job_spec("checkpointer", deadline_dir.path())
-        },
-    )
-    .unwrap();
+    let job = usr1_job(&docker, "checkpointer", deadline_dir.path());
     assert_eq!(job.id().len(), 64, "{}", job.id());
     assert!(env_of(&docker, &job).contains("BLOCKWATCH_CHECKPOINT_SIGNAL=SIGUSR1"));
     wait_until("two units", || job.units_done() >= 2);
@@ -306,14 +308,7 @@ async fn an_attached_container_that_exits_by_itself_stops_its_task() {
     let docker = PrivateDocker::start().unwrap();
     let (_moto, stand_in, task) = ecs_host(&docker, Duration::from_secs(30)).await;
     let deadline_dir = tempfile::tempdir().unwrap();
-    let job = JobContainer::start(
-        &docker,
-        JobSpec {
-            checkpoint_signal: Some("SIGUSR1"),
-            ..job_spec("finisher", deadline_dir.path())
-        },
-    )
-    .unwrap();
+    let job = usr1_job(&docker, "finisher", deadline_dir.path());
     stand_in.attach(&task, job.id(), "job");
     assert!(stand_in.sync(PATIENCE));
     assert_eq!(stand_in.status(&task), Some(("RUNNING", "RUNNING")));
