@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 /// The test image's name; [`PrivateDocker::image`] builds it once per daemon.
 pub const IMAGE: &str = "blockwatch-test-busybox:1";
 /// busybox applets the image links; `trap` is a builtin of busybox's `sh`.
-const APPLETS: &[&str] = &["sh", "cat", "touch", "sleep", "echo", "ls", "readlink"];
+const APPLETS: &[&str] = &[
+    "sh", "cat", "touch", "sleep", "echo", "ls", "readlink", "date", "sed",
+];
 /// The static busybox of Debian's `busybox-static`.
 const BUSYBOX: &str = "/bin/busybox";
 const CGROUP_PARENT: &str = "blockwatch-tests";
@@ -179,21 +181,22 @@ impl PrivateDocker {
     /// A `docker` command on the private daemon, with a client config of
     /// its own (never `~/.docker`).
     pub fn docker(&self) -> Command {
-        let mut command = Command::new("docker");
-        command
-            .env("DOCKER_CONFIG", self.dir.path().join("client"))
-            .args(["-H", &self.host()])
-            .stdin(Stdio::null());
-        command
+        self.cli().command()
+    }
+
+    /// The `docker` client of this daemon, to keep beyond a borrow (in a
+    /// thread, or in a container's handle).
+    pub fn cli(&self) -> DockerCli {
+        DockerCli {
+            host: self.host(),
+            config: self.dir.path().join("client"),
+        }
     }
 
     /// Runs `docker <args>`; its output whatever the exit code (a container's
     /// exit code is `docker run`'s).
     pub fn run(&self, args: &[&str]) -> Result<Output, DockerError> {
-        self.docker()
-            .args(args)
-            .output()
-            .map_err(|e| DockerError::Io(format!("docker {}: {e}", args.join(" "))))
+        self.cli().run(args)
     }
 
     /// [`IMAGE`], imported once from a tar holding the static busybox and
@@ -235,15 +238,7 @@ impl PrivateDocker {
         }
         let tar_arg = tar.to_string_lossy().into_owned();
         let args = ["import", tar_arg.as_str(), IMAGE];
-        let imported = self.run(&args)?;
-        if !imported.status.success() {
-            return Err(DockerError::Command {
-                args: args.join(" "),
-                status: imported.status,
-                stderr: String::from_utf8_lossy(&imported.stderr).into_owned(),
-            });
-        }
-        Ok(())
+        self.cli().checked(&args).map(drop)
     }
 }
 
@@ -262,6 +257,47 @@ impl Drop for PrivateDocker {
             // Only when empty: another test's daemon may still use it.
             let _ = std::fs::remove_dir(controller.path().join(CGROUP_PARENT));
         }
+    }
+}
+
+/// `docker` on one private daemon: its host and its own client config.
+#[derive(Debug, Clone)]
+pub struct DockerCli {
+    host: String,
+    config: PathBuf,
+}
+
+impl DockerCli {
+    /// A `docker -H <host>` command, never reading `~/.docker`.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new("docker");
+        command
+            .env("DOCKER_CONFIG", &self.config)
+            .args(["-H", &self.host])
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `docker <args>`; its output whatever the exit code.
+    pub fn run(&self, args: &[&str]) -> Result<Output, DockerError> {
+        self.command()
+            .args(args)
+            .output()
+            .map_err(|e| DockerError::Io(format!("docker {}: {e}", args.join(" "))))
+    }
+
+    /// Runs `docker <args>` and returns its trimmed stdout; an error when it
+    /// fails.
+    pub fn checked(&self, args: &[&str]) -> Result<String, DockerError> {
+        let output = self.run(args)?;
+        if !output.status.success() {
+            return Err(DockerError::Command {
+                args: args.join(" "),
+                status: output.status,
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
     }
 }
 

@@ -11,9 +11,17 @@
 //! first saw it so (or less, for a job said to exit early), then STOPPED,
 //! and stays listed, as the agent keeps stopped tasks until its cleanup.
 //!
-//! The request path never calls moto: a background thread refreshes the
-//! tasks from moto (`ecs:ListTasks` by desired status, never DescribeTasks,
-//! which moves a running task towards STOPPED in moto) every 200 ms.
+//! A task can be attached to a real container on a private dockerd
+//! ([`IntrospectionStandIn::with_docker`], [`IntrospectionStandIn::attach`]):
+//! `/v1/tasks` then gives its `DockerId` and `Name`, and the stand-in stops
+//! it as the ECS agent does, `docker stop --time <stop timeout>` (SIGTERM,
+//! SIGKILL at the timeout). Such a task's `KnownStatus` is the container's
+//! own: STOPPED once it no longer runs, whether stopped or exited by itself.
+//!
+//! The request path never calls moto or docker: a background thread
+//! refreshes the tasks from moto (`ecs:ListTasks` by desired status, never
+//! DescribeTasks, which moves a running task towards STOPPED in moto) and
+//! the attached containers' state from docker every 200 ms.
 //!
 //! Over 400 lines: one stand-in whose two endpoints and task stops share one model of the host.
 
@@ -26,6 +34,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_ecs::types::DesiredStatus;
 use blockwatch::actions::ecs::list_tasks;
 
+use crate::docker::{DockerCli, PrivateDocker};
 use crate::moto::MotoServer;
 use crate::stub::{Received, StubServer};
 
@@ -41,6 +50,17 @@ const FIRST_REFRESH: Duration = Duration::from_secs(30);
 struct Held {
     /// When the stand-in first saw ECS want it stopped: its SIGTERM.
     sigterm_at: Option<Instant>,
+    /// Its attached container has been told to stop.
+    stop_sent: bool,
+}
+
+/// The real container a task runs.
+#[derive(Debug, Clone)]
+struct Attached {
+    docker_id: String,
+    name: String,
+    /// Seen no longer running.
+    exited: bool,
 }
 
 /// The stand-in's ECS agent: which tasks it holds and how they stop. Pure:
@@ -50,6 +70,8 @@ pub struct TaskModel {
     stop_timeout: Duration,
     exits_after_sigterm: HashMap<String, Duration>,
     tasks: BTreeMap<String, Held>,
+    /// By task ARN.
+    containers: HashMap<String, Attached>,
 }
 
 impl TaskModel {
@@ -58,7 +80,56 @@ impl TaskModel {
             stop_timeout,
             exits_after_sigterm: HashMap::new(),
             tasks: BTreeMap::new(),
+            containers: HashMap::new(),
         }
+    }
+
+    /// `task` runs the real container `docker_id`, called `name` in its task
+    /// definition. Its status follows the container from now on.
+    pub fn attach(&mut self, task: &str, docker_id: &str, name: &str) {
+        let attached = Attached {
+            docker_id: docker_id.to_owned(),
+            name: name.to_owned(),
+            exited: false,
+        };
+        self.containers.insert(task.to_owned(), attached);
+    }
+
+    /// `task`'s attached container no longer runs (stopped, or exited by
+    /// itself).
+    pub fn container_exited(&mut self, task: &str) {
+        if let Some(attached) = self.containers.get_mut(task) {
+            attached.exited = true;
+        }
+    }
+
+    /// The attached containers still running, as `(task, docker id)`.
+    pub fn running_containers(&self) -> Vec<(String, String)> {
+        self.containers
+            .iter()
+            .filter(|(_, attached)| !attached.exited)
+            .map(|(task, attached)| (task.clone(), attached.docker_id.clone()))
+            .collect()
+    }
+
+    /// The docker ids of the running attached containers ECS wants stopped
+    /// and that have not been told yet; each is given once.
+    pub fn stops_due(&mut self) -> Vec<String> {
+        let mut due = Vec::new();
+        for (task, held) in &mut self.tasks {
+            let Some(attached) = self.containers.get(task) else {
+                continue;
+            };
+            if held.sigterm_at.is_some() && !held.stop_sent && !attached.exited {
+                held.stop_sent = true;
+                due.push(attached.docker_id.clone());
+            }
+        }
+        due
+    }
+
+    pub fn stop_timeout(&self) -> Duration {
+        self.stop_timeout
     }
 
     /// Takes in moto's view at `now`: the tasks it wants running and the
@@ -83,6 +154,14 @@ impl TaskModel {
     /// `/v1/tasks` gives them; `None` for a task it does not hold.
     pub fn status(&self, task: &str, now: Instant) -> Option<(&'static str, &'static str)> {
         let held = self.tasks.get(task)?;
+        if let Some(attached) = self.containers.get(task) {
+            // The real container decides; one that ends stops its task.
+            return Some(match (attached.exited, held.sigterm_at) {
+                (true, _) => ("STOPPED", "STOPPED"),
+                (false, Some(_)) => ("STOPPED", "RUNNING"),
+                (false, None) => ("RUNNING", "RUNNING"),
+            });
+        }
         let Some(sigterm_at) = held.sigterm_at else {
             return Some(("RUNNING", "RUNNING"));
         };
@@ -106,6 +185,10 @@ impl TaskModel {
             .filter_map(|arn| {
                 let (desired, known) = self.status(arn, now)?;
                 let id = arn.rsplit('/').next().unwrap_or(arn);
+                let (docker_id, name) = match self.containers.get(arn) {
+                    Some(attached) => (attached.docker_id.clone(), attached.name.as_str()),
+                    None => (format!("{:0<64}", id.replace('-', "")), "job"),
+                };
                 Some(serde_json::json!({
                     "Arn": arn,
                     "DesiredStatus": desired,
@@ -113,9 +196,9 @@ impl TaskModel {
                     "Family": "blockwatch-test-job",
                     "Version": "1",
                     "Containers": [{
-                        "DockerId": format!("{:0<64}", id.replace('-', "")),
-                        "DockerName": format!("ecs-blockwatch-test-job-1-job-{id}"),
-                        "Name": "job",
+                        "DockerId": docker_id,
+                        "DockerName": format!("ecs-blockwatch-test-job-1-{name}-{id}"),
+                        "Name": name,
                     }],
                 }))
             })
@@ -127,6 +210,8 @@ impl TaskModel {
 #[derive(Debug)]
 struct Shared {
     model: Mutex<TaskModel>,
+    /// The private dockerd the attached containers run on.
+    docker: Mutex<Option<DockerCli>>,
     /// Completed looks at moto, and the last failed one's error.
     refreshes: Mutex<(u64, Option<String>)>,
     stopping: AtomicBool,
@@ -155,6 +240,7 @@ impl IntrospectionStandIn {
     ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             model: Mutex::new(TaskModel::new(ECS_DEFAULT_STOP_TIMEOUT)),
+            docker: Mutex::new(None),
             refreshes: Mutex::new((0, None)),
             stopping: AtomicBool::new(false),
         });
@@ -207,8 +293,25 @@ impl IntrospectionStandIn {
         self
     }
 
+    /// Attached containers run on `docker`; needed before
+    /// [`IntrospectionStandIn::attach`].
+    pub fn with_docker(self, docker: &PrivateDocker) -> Self {
+        *lock(&self.shared.docker) = Some(docker.cli());
+        self
+    }
+
+    /// `task_arn`'s container is the real container `docker_id` (on the
+    /// dockerd of [`IntrospectionStandIn::with_docker`]), `name` in its task
+    /// definition: `/v1/tasks` gives them as `Containers[0]`, a stop of the
+    /// task stops it (SIGTERM, SIGKILL after the stop timeout), and the task
+    /// is STOPPED once the container no longer runs.
+    pub fn attach(&self, task_arn: &str, docker_id: &str, name: &str) {
+        lock(&self.shared.model).attach(task_arn, docker_id, name);
+    }
+
     /// `task`'s container exits `after` its SIGTERM (a job that checkpoints
-    /// and exits), or at the stop timeout if that is shorter.
+    /// and exits), or at the stop timeout if that is shorter. Not for an
+    /// attached task: its real container decides.
     pub fn exits_after_sigterm(&self, task: &str, after: Duration) {
         lock(&self.shared.model).exits_after_sigterm(task, after);
     }
@@ -293,6 +396,7 @@ fn poll(shared: &Shared, endpoint: &str, cluster: &str, container_instance: &str
             match (running, stopping) {
                 (Ok(running), Ok(stopping)) => {
                     lock(&shared.model).refresh(&running, &stopping, Instant::now());
+                    follow_containers(shared);
                     lock(&shared.refreshes).0 += 1;
                 }
                 (Err(err), _) | (_, Err(err)) => lock(&shared.refreshes).1 = Some(err.to_string()),
@@ -300,6 +404,38 @@ fn poll(shared: &Shared, endpoint: &str, cluster: &str, container_instance: &str
             tokio::time::sleep(REFRESH).await;
         }
     });
+}
+
+/// Stops the attached containers ECS now wants stopped, as the ECS agent
+/// does, and notes those that no longer run.
+fn follow_containers(shared: &Shared) {
+    let Some(docker) = lock(&shared.docker).clone() else {
+        return;
+    };
+    let (due, running, timeout) = {
+        let mut model = lock(&shared.model);
+        (
+            model.stops_due(),
+            model.running_containers(),
+            model.stop_timeout(),
+        )
+    };
+    // docker takes whole seconds; never shorter than asked.
+    let seconds = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
+    for docker_id in due {
+        let docker = docker.clone();
+        // Returns when the container is gone: off the poller's loop.
+        let _ = std::thread::Builder::new()
+            .name("stand-in-docker-stop".into())
+            .spawn(move || docker.run(&["stop", "--time", &seconds.to_string(), &docker_id]));
+    }
+    for (task, docker_id) in running {
+        let state = docker.checked(&["inspect", "--format", "{{.State.Running}}", &docker_id]);
+        // Gone from docker (removed) counts as not running.
+        if state.as_deref().map_or(true, |running| running != "true") {
+            lock(&shared.model).container_exited(&task);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -351,6 +487,51 @@ mod tests {
             model.status(T, start + Duration::from_secs(30)).unwrap().1,
             "STOPPED"
         );
+    }
+
+    #[test]
+    fn an_attached_task_shows_its_container_is_stopped_once_and_follows_the_container() {
+        let start = Instant::now();
+        let other = "arn:aws:ecs:eu-west-1:123456789012:task/jobs/other";
+        let mut model = TaskModel::new(Duration::from_secs(3));
+        model.exits_after_sigterm(T, Duration::from_secs(1));
+        model.attach(T, "c0ffee", "trainer");
+        model.refresh(&[T.to_owned(), other.to_owned()], &[], start);
+        let listed = model.tasks_response(start);
+        // Sorted by ARN: `other`, then T.
+        assert_eq!(listed["Tasks"][1]["Arn"], T, "{listed}");
+        let container = &listed["Tasks"][1]["Containers"][0];
+        assert_eq!(container["DockerId"], "c0ffee");
+        assert_eq!(container["Name"], "trainer");
+        assert_ne!(listed["Tasks"][0]["Containers"][0]["DockerId"], "c0ffee");
+        assert!(model.stops_due().is_empty(), "not stopped yet");
+
+        model.refresh(&[other.to_owned()], &[T.to_owned()], start);
+        assert_eq!(model.stops_due(), ["c0ffee"]);
+        assert!(model.stops_due().is_empty(), "told once");
+        // The real container decides, not the timers: long after both it
+        // still runs.
+        let later = start + Duration::from_secs(60);
+        assert_eq!(model.status(T, later), Some(("STOPPED", "RUNNING")));
+        assert_eq!(
+            model.running_containers(),
+            [(T.to_owned(), "c0ffee".to_owned())]
+        );
+        model.container_exited(T);
+        assert_eq!(model.status(T, later), Some(("STOPPED", "STOPPED")));
+        assert!(model.running_containers().is_empty());
+    }
+
+    #[test]
+    fn an_attached_container_that_exits_by_itself_stops_its_task_and_is_never_stopped() {
+        let start = Instant::now();
+        let mut model = TaskModel::new(Duration::from_secs(30));
+        model.attach(T, "c0ffee", "job");
+        model.refresh(&[T.to_owned()], &[], start);
+        model.container_exited(T);
+        assert_eq!(model.status(T, start), Some(("STOPPED", "STOPPED")));
+        model.refresh(&[], &[T.to_owned()], start);
+        assert!(model.stops_due().is_empty());
     }
 
     /// Through moto and HTTP: the early-exit task is stopped first, so when

@@ -11,6 +11,7 @@ pub mod http;
 pub mod imds;
 pub mod instance;
 pub mod introspection;
+pub mod job;
 pub mod launcher;
 pub mod moto;
 pub mod output;
