@@ -1,5 +1,6 @@
 //! Adapters that change the world.
 
+pub mod docker;
 pub mod ecs;
 pub mod ecs_config_file;
 pub mod shutdown_command;
