@@ -28,6 +28,20 @@ fn wait_for(docker: &PrivateDocker, what: &str, mut done: impl FnMut() -> bool) 
     }
 }
 
+/// Removes the container when the test ends, passed or failed: the private
+/// dockerd is stopped sooner than it would stop a job that ignores SIGTERM,
+/// which would leave the job running.
+struct RemoveOnDrop<'a> {
+    docker: &'a PrivateDocker,
+    id: String,
+}
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.docker.run(&["rm", "--force", &self.id]);
+    }
+}
+
 /// `docker inspect` of one field, trimmed.
 fn inspect(docker: &PrivateDocker, id: &str, format: &str) -> String {
     let output = docker.run(&["inspect", "-f", format, id]).unwrap();
@@ -74,6 +88,10 @@ async fn the_client_finds_an_opted_in_job_and_its_signal_makes_it_checkpoint() {
         docker.log()
     );
     let id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let _remove = RemoveOnDrop {
+        docker: &docker,
+        id: id.clone(),
+    };
     wait_for(&docker, "the job set its trap", || {
         markers.path().join("ready").exists()
     });
