@@ -50,14 +50,11 @@ async fn host(config: &str) -> Host {
         metrics.display().to_string()
     ));
     let docker = PrivateDocker::start().unwrap();
-    let ecs_agent = IntrospectionStandIn::start(
-        f.instance.moto(),
-        &f.cluster_arn,
-        &f.container_instance,
-    )
-    .unwrap()
-    .with_stop_timeout(Duration::from_secs(3))
-    .with_docker(&docker);
+    let ecs_agent =
+        IntrospectionStandIn::start(f.instance.moto(), &f.cluster_arn, &f.container_instance)
+            .unwrap()
+            .with_stop_timeout(Duration::from_secs(3))
+            .with_docker(&docker);
     std::fs::create_dir_all(&deadline_dir).unwrap();
     Host {
         f,
@@ -109,7 +106,11 @@ impl Host {
 }
 
 fn at(value: &serde_json::Value) -> time::OffsetDateTime {
-    parse_time(value.as_str().unwrap_or_else(|| panic!("not a time: {value}")))
+    parse_time(
+        value
+            .as_str()
+            .unwrap_or_else(|| panic!("not a time: {value}")),
+    )
 }
 
 fn system_time(at: time::OffsetDateTime) -> SystemTime {
@@ -217,7 +218,12 @@ async fn at_the_lead_before_stop_at_opted_in_jobs_checkpoint_and_exit_others_hea
     let read = h
         .docker
         .cli()
-        .run(&["exec", silent.id(), "cat", &format!("{DEADLINE_MOUNT}/deadline")])
+        .run(&[
+            "exec",
+            silent.id(),
+            "cat",
+            &format!("{DEADLINE_MOUNT}/deadline"),
+        ])
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&read.stdout),
@@ -226,7 +232,12 @@ async fn at_the_lead_before_stop_at_opted_in_jobs_checkpoint_and_exit_others_hea
     let write = h
         .docker
         .cli()
-        .run(&["exec", silent.id(), "touch", &format!("{DEADLINE_MOUNT}/by-job")])
+        .run(&[
+            "exec",
+            silent.id(),
+            "touch",
+            &format!("{DEADLINE_MOUNT}/by-job"),
+        ])
         .unwrap();
     assert!(!write.status.success());
     assert!(String::from_utf8_lossy(&write.stderr).contains("Read-only file system"));
@@ -293,12 +304,11 @@ async fn a_restart_never_signals_again_for_the_same_end_and_an_earlier_end_signa
 
     // The lease is cut by a minute: a new, earlier end, signaled at once.
     let earlier = h.f.lease_ends_in(end - now() - time::Duration::minutes(1));
-    let moved = h
-        .f
-        .instance
-        .wait_for(&agent, PATIENCE, "the earlier end", |s| {
-            s["stop_at"].as_str().map(parse_time) == Some(earlier)
-        });
+    let moved =
+        h.f.instance
+            .wait_for(&agent, PATIENCE, "the earlier end", |s| {
+                s["stop_at"].as_str().map(parse_time) == Some(earlier)
+            });
     let deadline = std::time::Instant::now() + SIGNAL_PATIENCE;
     while job.signals_received().len() < 2 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -333,9 +343,9 @@ async fn without_docker_the_pass_is_logged_once_and_the_end_goes_on_as_before() 
     let agent = f
         .instance
         .spawn_run(&["--ecs-introspection-url", &ecs_agent.metadata_url()], &[]);
-    let off = f
-        .instance
-        .wait_for(&agent, PATIENCE, "powered off", |s| phase(s) == "powered-off");
+    let off = f.instance.wait_for(&agent, PATIENCE, "powered off", |s| {
+        phase(s) == "powered-off"
+    });
     let log = agent.log();
     assert_eq!(
         std::fs::read_to_string(&powered_off)
