@@ -21,6 +21,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use blockwatch_core::time_text::rfc3339;
+use blockwatch_testkit::docker::PrivateDocker;
 use blockwatch_testkit::imds::SpotInstanceAction;
 use blockwatch_testkit::instance::{now, parse_time, Instance};
 
@@ -68,6 +69,8 @@ struct Container {
     root: PathBuf,
     nspawn: Option<Child>,
     leader: u32,
+    /// More `systemd-nspawn` arguments for the boot, e.g. `--bind=…`.
+    boot_args: Vec<String>,
 }
 
 impl Container {
@@ -97,7 +100,14 @@ impl Container {
             root,
             nspawn: None,
             leader: 0,
+            boot_args: Vec::new(),
         }
+    }
+
+    /// Bind-mounts the host's `host` at `inside` in the booted container.
+    fn bind(&mut self, host: &Path, inside: &str) {
+        self.boot_args
+            .push(format!("--bind={}:{inside}", host.display()));
     }
 
     fn path(&self, inside: &str) -> PathBuf {
@@ -155,7 +165,9 @@ impl Container {
     fn boot(&mut self) {
         let log = std::fs::File::create(self.root.with_extension("console.log")).unwrap();
         let child = Command::new("systemd-nspawn")
-            .args(["-q", "-b", "--register=no", "--keep-unit", "-D"])
+            .args(["-q", "-b", "--register=no", "--keep-unit"])
+            .args(&self.boot_args)
+            .arg("-D")
             .arg(&self.root)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -317,6 +329,21 @@ fn newer_build(deb: &Path, scratch: &Path) -> PathBuf {
 
 const CONFIG: &str = "# edited by the test\npoll_interval = \"1s\"\ndrain_lead = \"10s\"\ndrain_poll_interval = \"1s\"\n";
 
+/// Turns the checkpoint signal on: `blockwatch run` then pings Docker at
+/// its default socket once at start, and logs what it found.
+const CHECKPOINT: &str = "checkpoint_lead = \"5m\"\n";
+/// Where the agent looks for Docker (no `DOCKER_HOST` in the unit).
+const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+/// The unit's journal once it holds a line with `wanted`.
+fn wait_for_journal_line(container: &Container, wanted: &str) -> String {
+    let journal = |c: &Container| text(&c.exec(&["journalctl", "-u", "blockwatch", "--no-pager"]));
+    container.wait_for(wanted, Duration::from_secs(60), |c| {
+        journal(c).contains(wanted)
+    });
+    journal(container)
+}
+
 fn assert_root() {
     let uid = run(Command::new("id").arg("-u"));
     assert_eq!(
@@ -340,7 +367,9 @@ async fn the_package_joins_before_ecs_watches_drains_upgrades_and_uninstalls() {
         .launch(&[(TAG_COMPUTE_ENVIRONMENT, "research")], true)
         .await;
     let mut container = Container::prepare("happy");
-    container.simulate_instance(&instance, CONFIG);
+    // Checkpoint signals asked for, but no Docker in the container.
+    let config = format!("{CONFIG}{CHECKPOINT}");
+    container.simulate_instance(&instance, &config);
     container.boot();
 
     // The man pages are where `man` looks, by name and by section.
@@ -392,6 +421,14 @@ async fn the_package_joins_before_ecs_watches_drains_upgrades_and_uninstalls() {
     );
     // The stand-in ECS agent serves no introspection API: blockwatch says so.
     assert!(status.ends_with("· ECS agent not answering"), "{status}");
+    // No Docker: a warning, and the agent goes on (the drain below too).
+    wait_for_journal_line(
+        &container,
+        &format!("checkpoint_lead is set, but Docker cannot be reached at unix://{DOCKER_SOCKET}"),
+    );
+    let active = container.exec(&["systemctl", "is-active", "blockwatch.service"]);
+    assert_eq!(text(&active).trim(), "active");
+    assert_eq!(container.property("blockwatch.service", "NRestarts"), "0");
 
     // journald holds blockwatch's own fields.
     let journal = container.exec(&[
@@ -478,8 +515,13 @@ async fn the_package_joins_before_ecs_watches_drains_upgrades_and_uninstalls() {
         .status
         .success());
 
-    // The hardening is measured, not guessed.
-    for unit in ["blockwatch.service", "blockwatch-join.service"] {
+    // The hardening is measured, not guessed, and kept where it is or
+    // better: the exposures measured on 2026-12-07 (Debian 12's systemd
+    // 252), with blockwatch.service reaching Docker's socket.
+    for (unit, measured) in [
+        ("blockwatch.service", 1.6),
+        ("blockwatch-join.service", 1.9),
+    ] {
         let analysis = container.exec(&["systemd-analyze", "security", "--no-pager", unit]);
         let output = text(&analysis);
         let exposure: f64 = output
@@ -491,8 +533,8 @@ async fn the_package_joins_before_ecs_watches_drains_upgrades_and_uninstalls() {
             .unwrap_or_else(|| panic!("{output}"));
         println!("systemd-analyze security {unit}: {exposure}");
         assert!(
-            exposure <= 3.0,
-            "{unit}: exposure {exposure} > 3.0\n{output}"
+            exposure <= measured,
+            "{unit}: exposure {exposure} > {measured}\n{output}"
         );
     }
 
@@ -507,7 +549,7 @@ async fn the_package_joins_before_ecs_watches_drains_upgrades_and_uninstalls() {
     );
     assert_eq!(
         std::fs::read_to_string(container.path("/etc/blockwatch/blockwatch.toml")).unwrap(),
-        CONFIG
+        config
     );
     container.wait_for("a restart", Duration::from_secs(60), |c| {
         let pid = c.property("blockwatch.service", "ExecMainPID");
@@ -1013,6 +1055,8 @@ async fn metrics_and_deadline_files_are_written_under_the_units_hardening_and_er
     // No AWS: the join needs none (explicit cluster), and the agent's EC2
     // end-date lookup keeps failing while it is otherwise idle.
     let instance = Instance::without_aws();
+    // Before the container, so dropped after it.
+    let docker = PrivateDocker::start().unwrap();
     let mut container = Container::prepare("metrics");
     // What node_exporter's package creates.
     std::fs::create_dir_all(container.path("/var/lib/node_exporter/textfile_collector")).unwrap();
@@ -1026,7 +1070,14 @@ async fn metrics_and_deadline_files_are_written_under_the_units_hardening_and_er
     let metrics = "/var/lib/node_exporter/textfile_collector/blockwatch.prom";
     container.simulate_instance(
         &instance,
-        &format!("{CONFIG}cluster = \"jobs\"\nmetrics_file = \"{metrics}\"\n"),
+        &format!("{CONFIG}{CHECKPOINT}cluster = \"jobs\"\nmetrics_file = \"{metrics}\"\n"),
+    );
+    // A private dockerd's socket where the agent looks for Docker: the
+    // sandboxed unit must connect to it and speak HTTP with dockerd.
+    let socket = docker.host();
+    container.bind(
+        Path::new(socket.strip_prefix("unix://").unwrap()),
+        DOCKER_SOCKET,
     );
     // Refreshed every 2 s rather than every minute.
     container.write(
@@ -1037,6 +1088,14 @@ async fn metrics_and_deadline_files_are_written_under_the_units_hardening_and_er
     container.wait_for("blockwatch.service", Duration::from_secs(60), |c| {
         c.property("blockwatch.service", "ActiveState") == "active"
     });
+    let journal = wait_for_journal_line(
+        &container,
+        &format!("checkpoint signals go through Docker at unix://{DOCKER_SOCKET}: it answers"),
+    );
+    assert!(
+        !journal.contains("checkpoint_lead is set, but"),
+        "{journal}"
+    );
 
     let read = |c: &Container| std::fs::read_to_string(c.path(metrics)).unwrap_or_default();
     container.wait_for("the metrics file", Duration::from_secs(30), |c| {
