@@ -114,6 +114,11 @@ drained and, with on_drained = \"poweroff\", poweroff_command runs. With
 stop_grace set, tasks still running at deadline - stop_grace are stopped with a
 reason starting \"blockwatch:\".
 
+With checkpoint_lead set, each container of this instance's ECS tasks whose
+environment has BLOCKWATCH_CHECKPOINT_SIGNAL (SIGUSR1, SIGUSR2, SIGHUP, SIGINT or
+SIGTERM) gets that signal checkpoint_lead before stop_at, once per end (again if
+the end moves earlier), through Docker (DOCKER_HOST, else /var/run/docker.sock).
+
 A block ends when it says it does. With on_lease_end = \"poweroff\" (the default),
 for a lease or a Capacity Block: drained before the end, the instance powers off
 at once; at the end, tasks still running are stopped with the reason

@@ -151,6 +151,9 @@ async fn at_the_lead_before_stop_at_opted_in_jobs_checkpoint_and_exit_others_hea
     let (opted_in_task, opted_in) = h.job(h.spec("opted-in", Some("SIGUSR1"))).await;
     let (_, silent) = h.job(h.spec("without-opt-in", None)).await;
     let (refused_task, refused) = h.job(h.spec("asks-for-sigkill", Some("SIGKILL"))).await;
+    // Opted in, but in no ECS task of this instance: never looked at.
+    let stranger =
+        JobContainer::start(&h.docker, h.spec("not-an-ecs-task", Some("SIGUSR1"))).unwrap();
     // Setup is done: the end is timed from here.
     let end = h.f.lease_ends_in(STARTUP + time::Duration::seconds(22));
     let agent = h.start_agent();
@@ -175,8 +178,10 @@ async fn at_the_lead_before_stop_at_opted_in_jobs_checkpoint_and_exit_others_hea
     // both still run.
     assert_eq!(silent.signals_received(), vec![], "{log}");
     assert_eq!(refused.signals_received(), vec![], "{log}");
+    assert_eq!(stranger.signals_received(), vec![], "{log}");
     assert_eq!(silent.exit_code().unwrap(), None);
     assert_eq!(refused.exit_code().unwrap(), None);
+    assert_eq!(stranger.exit_code().unwrap(), None);
     assert!(
         log.contains(&format!(
             "container job of task {refused_task}: BLOCKWATCH_CHECKPOINT_SIGNAL=\"SIGKILL\" is refused"

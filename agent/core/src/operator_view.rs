@@ -540,4 +540,40 @@ mod tests {
         assert_eq!(countdown(t, t + time::Duration::seconds(250)), "4m10s");
         assert_eq!(countdown(t, t - time::Duration::seconds(5)), "now");
     }
+
+    #[test]
+    fn the_summary_says_when_the_checkpoint_signal_goes_and_what_it_did() {
+        let now = datetime!(2026-11-29 14:40 UTC);
+        let mut shown = snapshot(Phase::Watching);
+        shown.agent.checkpoint_at = Some(datetime!(2026-11-29 14:45 UTC));
+        assert!(
+            shown.summary(now).contains(
+                "checkpoint: 2026-11-29T14:45:00Z (in 5m00s): opted-in jobs get their signal then"
+            ),
+            "{}",
+            shown.summary(now)
+        );
+        let started = datetime!(2026-11-29 14:45 UTC);
+        shown.agent.checkpoint = Some(crate::checkpoint::Checkpoint {
+            signaled_at: Some(started),
+            containers: 2,
+            ..crate::checkpoint::Checkpoint::started(datetime!(2026-11-29 14:50 UTC), started)
+        });
+        shown.agent.checkpoint_signals = 2;
+        let later = datetime!(2026-11-29 14:46 UTC);
+        assert!(shown
+            .summary(later)
+            .contains("checkpoint: 2 container(s) signaled 2026-11-29T14:45:00Z"));
+        let json = shown.status_json(later);
+        assert_eq!(json["checkpoint_at"], "2026-11-29T14:45:00Z");
+        assert_eq!(json["checkpoint_signaled_at"], "2026-11-29T14:45:00Z");
+        assert_eq!(json["checkpoint_signals"], 2);
+        shown.agent.checkpoint = Some(crate::checkpoint::Checkpoint {
+            unreached_at: Some(started),
+            ..crate::checkpoint::Checkpoint::started(datetime!(2026-11-29 14:50 UTC), started)
+        });
+        assert!(shown
+            .summary(later)
+            .contains("could not be reached; retrying"));
+    }
 }

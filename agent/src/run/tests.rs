@@ -409,6 +409,17 @@ async fn a_dry_run_confirms_each_action_without_changing_ecs_or_powering_off() {
 }
 
 #[tokio::test]
+async fn a_dry_run_signals_no_container() {
+    let config = format!("dry_run = true\n{CHECKPOINTING}");
+    let mut h = Harness::new(&config, FakeEcs::registered(ARN, &["task-1"]));
+    h.lease_ending_in_ten_minutes();
+    h.step_after(secs(240)).await;
+    let pass = h.state().checkpoint.clone().unwrap();
+    assert_eq!(pass.signaled_at, at(secs(240)), "reported done");
+    assert_eq!(h.signal_passes(), 0, "Docker left alone");
+}
+
+#[tokio::test]
 async fn tasks_are_counted_once_draining_is_confirmed_then_every_drain_poll_interval() {
     let ecs = FakeEcs::registered(ARN, &["task-1"]);
     ecs.script(SET_DRAINING, &[THROTTLED]);
