@@ -50,6 +50,8 @@ const AFTER_POWEROFF: Duration = Duration::from_secs(3);
 const CHECKPOINT_LEAD: &str = "8s";
 /// `0` keeps the long job simulated even where Docker is usable.
 const DOCKER_SWITCH: &str = "BLOCKWATCH_DEMO_DOCKER";
+/// The real long job's opt-in: the signal it traps to checkpoint.
+const CHECKPOINT_SIGNAL: &str = "SIGUSR1";
 /// The real long job's unit of work.
 const UNIT: Duration = Duration::from_secs(1);
 /// `ECS_CONTAINER_STOP_TIMEOUT` of the ECS agent's stand-in.
@@ -275,7 +277,7 @@ impl ContainerJob {
         let job = JobContainer::start(
             &docker,
             JobSpec {
-                checkpoint_signal: Some("SIGUSR1"),
+                checkpoint_signal: Some(CHECKPOINT_SIGNAL),
                 ..JobSpec::new("long-job", deadline_dir, UNIT)
             },
         )
@@ -522,7 +524,9 @@ async fn demo() -> Result<(), String> {
         }
         if let Some(c) = &container_job {
             if !signal_said {
-                if let Some(heard) = c.job.signals_received().first() {
+                let signals = c.job.signals_received();
+                // Only the checkpoint signal: a stop's SIGTERM is heard too.
+                if let Some(heard) = signals.iter().find(|s| s.name == CHECKPOINT_SIGNAL) {
                     signal_said = true;
                     let due = scene
                         .checkpoint_at()
@@ -533,7 +537,7 @@ async fn demo() -> Result<(), String> {
                     ));
                     let heard_at = time::OffsetDateTime::from(heard.at);
                     say(&format!(
-                        "   [long job] heard {} (its /work/signals), {:.1} s after checkpoint_at",
+                        "   [long job] heard {} (a line in its signals file), {:.1} s after checkpoint_at",
                         heard.name,
                         (heard_at - due).as_seconds_f64()
                     ));
@@ -542,17 +546,20 @@ async fn demo() -> Result<(), String> {
             if signal_said && long_job_exit.is_none() {
                 long_job_exit = c.job.exit_code().map_err(|e| err(&e))?;
                 if let Some(code) = long_job_exit {
-                    say(&format!(
-                        "   [long job] wrote its checkpoint (unit {} of {} done) and exited {code}",
-                        c.job
-                            .checkpointed_unit()
-                            .map_or("none".into(), |u| u.to_string()),
-                        c.job.units_done()
-                    ));
-                    // What ECS does when the ECS agent reports the exit.
-                    moto.stop_task(&cluster_arn, &long_job)
-                        .await
-                        .map_err(|e| err(&e))?;
+                    let done = c.job.units_done();
+                    say(&match c.job.checkpointed_unit() {
+                        Some(unit) => format!(
+                            "   [long job] wrote its checkpoint (unit {unit} of {done} done) and exited {code}"
+                        ),
+                        None => format!("   [long job] exited {code} with no checkpoint ({done} units done)"),
+                    });
+                    // What ECS does when the ECS agent reports the exit of a
+                    // task nobody stopped (a stop already set its reason).
+                    if !stop_asked(&moto, &cluster_arn, &long_job).await? {
+                        moto.stop_task(&cluster_arn, &long_job)
+                            .await
+                            .map_err(|e| err(&e))?;
+                    }
                     say(
                         "   the ECS agent reports its task STOPPED: no job is left on the instance",
                     );
@@ -658,6 +665,19 @@ fn check_checkpointed(job: &JobContainer, signaled: bool, exit: Option<i64>) -> 
         ));
     }
     Ok(())
+}
+
+/// Whether ECS (moto) was asked to stop `task`: its desired status is
+/// STOPPED. ListTasks, as DescribeTasks would move a running task on.
+async fn stop_asked(moto: &MotoServer, cluster: &str, task: &str) -> Result<bool, String> {
+    let listed = aws_sdk_ecs::Client::new(moto.sdk())
+        .list_tasks()
+        .cluster(cluster)
+        .desired_status(aws_sdk_ecs::types::DesiredStatus::Stopped)
+        .send()
+        .await
+        .map_err(|e| format!("ecs:ListTasks: {}", DisplayErrorContext(&e)))?;
+    Ok(listed.task_arns().iter().any(|arn| arn == task))
 }
 
 /// `lastStatus` and `stoppedReason` of a task, read back from ECS (moto).
