@@ -328,10 +328,12 @@ async fn demo() -> Result<(), String> {
     say("== 1. AWS (moto) and the instance (IMDS simulator), on 127.0.0.1");
     // The daemons start beside moto; both are ready before the lease starts.
     let docker = std::thread::spawn(private_docker);
-    let moto = MotoServer::start().await.map_err(|e| err(&e))?;
+    let moto = MotoServer::start().await;
+    // Joined before any return, so that its daemons are stopped with it.
     let docker = docker
         .join()
         .map_err(|_| "starting the private dockerd panicked".to_owned())?;
+    let moto = moto.map_err(|e| err(&e))?;
     if let Some(docker) = &docker {
         docker.image().map_err(|e| err(&e))?;
         say(&format!(
