@@ -25,7 +25,8 @@
 //! moto task only, stopped by blockwatch at the lease end), as is done
 //! without Docker.
 //!
-//! Over 400 lines: one script from start to end, narrated as it goes.
+//! Over 400 lines: one script from start to end, narrated as it goes, with
+//! its two casts of the long job side by side.
 
 use blockwatch_core::tags::{TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_END};
 use std::path::{Path, PathBuf};
@@ -439,7 +440,7 @@ async fn demo() -> Result<(), String> {
             )?;
             say(&format!(
                 "   the long one runs in container {}: host network, {} mounted read-only at {DEADLINE_MOUNT},",
-                &started.job.id()[..12],
+                started.job.id().get(..12).unwrap_or(started.job.id()),
                 scene.deadline_dir().display()
             ));
             say("   BLOCKWATCH_CHECKPOINT_SIGNAL=SIGUSR1; it traps SIGUSR1 to checkpoint and exit 0");
@@ -601,11 +602,11 @@ async fn demo() -> Result<(), String> {
                     "the last job did not end by itself: {status} {reason:?}"
                 ));
             }
-            if let Some(off) = scene.state()["drain"]["poweroff_at"]
+            let early = scene.state()["drain"]["poweroff_at"]
                 .as_str()
                 .and_then(parse_rfc3339)
-            {
-                let early = (now + time::Duration::seconds(LEASE) - off).whole_seconds();
+                .map(|off| (now + time::Duration::seconds(LEASE) - off).whole_seconds());
+            if let Some(early) = early.filter(|early| *early > 0) {
                 say(&format!(
                     "   drained with no job left: powered off {early} s before the lease end, idle time not paid for"
                 ));
