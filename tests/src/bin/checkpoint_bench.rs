@@ -19,9 +19,12 @@
 //! instance's death, and what still runs is SIGKILLed then), and a spot
 //! interruption (a 2-minute notice in the IMDS simulator; the instance dies
 //! at the notice's time). (b), (c) and (d) share the operator's settings
-//! printed at the start; only (d) has `checkpoint_lead`. Each scenario has
-//! its own moto, IMDS simulator and ECS agent stand-in; one private dockerd
-//! runs every job.
+//! printed at the start, so they differ only in what the job hears; only (d)
+//! has `checkpoint_lead`. `job_stop_timeout` is set for all three: without
+//! it nothing is stopped at a spot notice, so `deadline.json` has no
+//! `stop_at` and (c)'s recipe (the kit's, which reads `stop_at`) would never
+//! see that end. Each scenario has its own moto, IMDS simulator and ECS
+//! agent stand-in; one private dockerd runs every job.
 //!
 //! Definitions, per job (the kit's [`JobContainer`]: units of work, a
 //! checkpoint holding the last completed unit):
