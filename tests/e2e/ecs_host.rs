@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use blockwatch::actions::ecs::{
     ContainerService, Ecs, HostTask, Introspection, IntrospectionError, INTROSPECTION_CAP,
+    INTROSPECTION_TASKS_CAP,
 };
 use blockwatch::sources::aws::Aws;
 use blockwatch::sources::imds::Imds;
@@ -228,24 +229,30 @@ async fn without_introspection_a_task_ecs_still_reports_running_is_kept_as_stop_
 /// `/v1/tasks` of `size` bytes or more: a phantom task running, then
 /// stopped tasks as filler.
 fn tasks_answer(phantom: &str, size: usize) -> String {
-    let mut tasks = vec![
-        serde_json::json!({"Arn": phantom, "DesiredStatus": "RUNNING", "KnownStatus": "RUNNING", "Containers": []}),
-    ];
+    let running = serde_json::json!({"Arn": phantom, "DesiredStatus": "RUNNING", "KnownStatus": "RUNNING", "Containers": []});
+    let mut tasks = vec![running.to_string()];
+    // `{"Tasks":[` + the tasks joined by commas + `]}`.
+    let mut length = 12 + tasks[0].len();
     let mut n = 0;
-    while serde_json::json!({ "Tasks": tasks }).to_string().len() < size {
+    while length < size {
         n += 1;
-        tasks.push(serde_json::json!({
+        let filler = serde_json::json!({
             "Arn": format!("arn:aws:ecs:eu-west-1:123456789012:task/jobs/filler{n:032}"),
             "DesiredStatus": "STOPPED",
             "KnownStatus": "STOPPED",
             "Containers": [],
-        }));
+        })
+        .to_string();
+        length += filler.len() + 1;
+        tasks.push(filler);
     }
-    serde_json::json!({ "Tasks": tasks }).to_string()
+    let answer = format!("{{\"Tasks\":[{}]}}", tasks.join(","));
+    assert_eq!(answer.len(), length);
+    answer
 }
 
 #[tokio::test]
-async fn an_introspection_answer_over_64_kib_is_refused_and_the_api_is_used() {
+async fn a_tasks_answer_over_its_1_mib_cap_is_refused_and_the_api_is_used() {
     let r = registered().await;
     let job = r.start_task().await;
     let phantom = "arn:aws:ecs:eu-west-1:123456789012:task/jobs/phantom";
@@ -261,15 +268,16 @@ async fn an_introspection_answer_over_64_kib_is_refused_and_the_api_is_used() {
         .unwrap()
     };
 
-    // Just under the cap: the ECS agent's answer is used.
-    let under = serve(INTROSPECTION_CAP - 1024);
+    // Just under the cap: the ECS agent's answer is used, past the 64 KiB
+    // of a metadata answer (a busy host's 3 h of stopped tasks).
+    let under = serve(INTROSPECTION_TASKS_CAP - 1024);
     let ecs = ecs_at(&r.moto.endpoint(), &under.url("/v1/metadata")).await;
     let tasks = ecs.tasks(CLUSTER, &r.container_instance).await.unwrap();
     assert_eq!(arns(&tasks), [phantom]);
     assert_eq!(r.moto.ecs_calls("ListTasks"), 0);
 
     // Over it: refused, and ECS's own view is used.
-    let over = serve(INTROSPECTION_CAP + 1);
+    let over = serve(INTROSPECTION_TASKS_CAP + 1);
     let ecs = ecs_at(&r.moto.endpoint(), &over.url("/v1/metadata")).await;
     let tasks = ecs.tasks(CLUSTER, &r.container_instance).await.unwrap();
     assert_eq!(
@@ -305,22 +313,28 @@ fn unsized_server(body: Vec<u8>, repeat: usize) -> String {
 }
 
 fn too_large<T>(answer: &Result<T, IntrospectionError>, path: &str) -> bool {
-    matches!(answer, Err(IntrospectionError::TooLarge { url }) if url.ends_with(path))
+    matches!(answer, Err(IntrospectionError::TooLarge { url, .. }) if url.ends_with(path))
 }
 
 #[tokio::test]
 async fn an_answer_without_a_length_is_read_only_up_to_the_cap() {
     let http = blockwatch::host::http::client().unwrap();
 
-    // Valid JSON one byte over the cap.
+    // Valid JSON one byte over each cap.
     let json = serde_json::json!({"Cluster": CLUSTER, "Tasks": []}).to_string();
-    let over = format!("{json}{}", " ".repeat(INTROSPECTION_CAP + 1 - json.len()));
-    assert_eq!(over.len(), INTROSPECTION_CAP + 1);
-    let introspection = Introspection::new(http.clone(), unsized_server(over.into_bytes(), 1));
+    let over = |cap: usize| format!("{json}{}", " ".repeat(cap + 1 - json.len())).into_bytes();
+    let introspection =
+        Introspection::new(http.clone(), unsized_server(over(INTROSPECTION_CAP), 1));
     let metadata = introspection.metadata().await;
-    let tasks = introspection.tasks().await;
     assert!(too_large(&metadata, "/v1/metadata"), "{metadata:?}");
+    let introspection = Introspection::new(
+        http.clone(),
+        unsized_server(over(INTROSPECTION_TASKS_CAP), 1),
+    );
+    let tasks = introspection.tasks().await;
     assert!(too_large(&tasks, "/v1/tasks"), "{tasks:?}");
+    let containers = introspection.task_containers().await;
+    assert!(too_large(&containers, "/v1/tasks"), "{containers:?}");
 
     // 1 GiB: only a reader that stops at the cap says so within the 1 s
     // request timeout.

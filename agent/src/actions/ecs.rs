@@ -32,8 +32,12 @@ use crate::sources::{AwsFailure, CallError};
 pub const DEFAULT_INTROSPECTION_URL: &str = "http://127.0.0.1:51678/v1/metadata";
 /// The local ECS agent answers at once or not at all.
 const INTROSPECTION_TIMEOUT: Duration = Duration::from_secs(1);
-/// The most one introspection answer may hold: more is not the ECS agent.
+/// The most a `/v1/metadata` answer may hold: more is not the ECS agent.
 pub const INTROSPECTION_CAP: usize = 64 * 1024;
+/// The most a `/v1/tasks` answer may hold. The ECS agent lists a stopped
+/// task for 3 h (about 1 KiB each), so a busy host passes 64 KiB; the
+/// checkpoint signal has no other way to its containers.
+pub const INTROSPECTION_TASKS_CAP: usize = 1024 * 1024;
 /// `DescribeTasks` takes at most this many tasks a call.
 const DESCRIBE_TASKS_MAX: usize = 100;
 /// The status ECS and its agent give a task whose containers have all exited.
@@ -96,8 +100,8 @@ pub enum IntrospectionError {
     Unreachable { url: String, detail: String },
     #[error("the ECS agent answered HTTP {status} at {url}")]
     Status { url: String, status: u16 },
-    #[error("the answer at {url} is over {INTROSPECTION_CAP} bytes: refused")]
-    TooLarge { url: String },
+    #[error("the answer at {url} is over {cap} bytes: refused")]
+    TooLarge { url: String, cap: usize },
     #[error("the answer at {url} is not the ECS agent's JSON: {detail}")]
     NotJson { url: String, detail: String },
     #[error("no tasks URL can be made from {url}")]
@@ -186,12 +190,12 @@ impl Introspection {
 
     /// What the ECS agent says about itself.
     pub async fn metadata(&self) -> Result<AgentMetadata, IntrospectionError> {
-        self.get(&self.url).await
+        self.get(&self.url, INTROSPECTION_CAP).await
     }
 
     /// The tasks the ECS agent has not seen stop.
     pub async fn tasks(&self) -> Result<Vec<HostTask>, IntrospectionError> {
-        let answer: AgentTasks = self.get(self.tasks_url()?).await?;
+        let answer: AgentTasks = self.get(self.tasks_url()?, INTROSPECTION_TASKS_CAP).await?;
         Ok(answer
             .tasks
             .into_iter()
@@ -206,7 +210,7 @@ impl Introspection {
     /// The containers of the tasks the ECS agent has not seen stop: the only
     /// ones a checkpoint signal may go to.
     pub async fn task_containers(&self) -> Result<Vec<TaskContainer>, IntrospectionError> {
-        let answer: AgentTasks = self.get(self.tasks_url()?).await?;
+        let answer: AgentTasks = self.get(self.tasks_url()?, INTROSPECTION_TASKS_CAP).await?;
         Ok(answer
             .tasks
             .into_iter()
@@ -233,15 +237,20 @@ impl Introspection {
             })
     }
 
-    /// A JSON answer of at most [`INTROSPECTION_CAP`] bytes, read as it
-    /// comes so that a larger one is never held.
-    async fn get<T: DeserializeOwned>(&self, url: &str) -> Result<T, IntrospectionError> {
+    /// A JSON answer of at most `cap` bytes, read as it comes so that a
+    /// larger one is never held.
+    async fn get<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        cap: usize,
+    ) -> Result<T, IntrospectionError> {
         let unreachable = |e: reqwest::Error| IntrospectionError::Unreachable {
             url: url.to_owned(),
             detail: e.to_string(),
         };
         let too_large = || IntrospectionError::TooLarge {
             url: url.to_owned(),
+            cap,
         };
         let request = self.client.get(url).timeout(INTROSPECTION_TIMEOUT);
         let mut response = request.send().await.map_err(unreachable)?;
@@ -251,13 +260,15 @@ impl Introspection {
                 status: response.status().as_u16(),
             });
         }
-        let cap = INTROSPECTION_CAP as u64;
-        if response.content_length().is_some_and(|n| n > cap) {
+        if response
+            .content_length()
+            .is_some_and(|n| n > u64::try_from(cap).unwrap_or(u64::MAX))
+        {
             return Err(too_large());
         }
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
-            if body.len() + chunk.len() > INTROSPECTION_CAP {
+            if body.len() + chunk.len() > cap {
                 return Err(too_large());
             }
             body.extend_from_slice(&chunk);
