@@ -153,7 +153,13 @@ pub struct LaunchArgs {
     /// hop limit. 2 or more: bridge-mode containers reach IMDS too
     #[arg(long, value_name = "N", default_value_t = DEFAULT_IMDS_HOP_LIMIT)]
     pub imds_hop_limit: u32,
-    /// Check permissions with EC2's DryRun and print the plan; launch nothing
+    /// Keep the launch template this launch creates (tagged with a hash of its content, so that
+    /// a later launch with the same AMI, tags and options reuses it). Without it, the launcher
+    /// deletes the template it created once the launch is over; a reused one is never deleted
+    #[arg(long)]
+    pub keep_template: bool,
+    /// Check permissions with EC2's DryRun and print the plan; launch nothing (the launch
+    /// template the check needs is deleted again unless --keep-template)
     #[arg(long)]
     pub dry_run: bool,
     /// Wait until the instances run

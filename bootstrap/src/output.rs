@@ -1,7 +1,7 @@
 //! The launch report, `list` and `extend` as text (default) or JSON (`--output json`).
 
 use crate::extend::ExtendReport;
-use crate::launch::Report;
+use crate::launch::{Origin, Report};
 use crate::list::ListReport;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -82,6 +82,7 @@ pub fn text(report: &Report) -> String {
         "on shutdown: {} (InstanceInitiatedShutdownBehavior): a power-off from the instance ends it and its billing",
         report.shutdown_behavior
     ));
+    lines.push(launch_template_line(report));
     for warning in &report.warnings {
         lines.push(format!("warning: {warning}"));
     }
@@ -105,6 +106,20 @@ pub fn text(report: &Report) -> String {
         }
     }
     lines.join("\n")
+}
+
+/// Which launch template the instances start from, and what becomes of it.
+fn launch_template_line(report: &Report) -> String {
+    let template = &report.launch_template;
+    let fate = match (template.origin, template.kept) {
+        (Origin::Reused, _) => "reused (same content, kept by an earlier launch)",
+        (Origin::Created, true) => "created and kept (--keep-template) for later launches",
+        (Origin::Created, false) => "created, deleted once the launch is over",
+    };
+    format!(
+        "launch template: {} ({}, version {}), {fate}",
+        template.name, template.id, template.version
+    )
 }
 
 /// `list` as a table (text) or a JSON document.

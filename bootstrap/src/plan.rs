@@ -76,6 +76,8 @@ pub struct Request {
     pub user_data_mode: UserDataMode,
     /// `HttpPutResponseHopLimit` [default: 1].
     pub imds_hop_limit: Option<u32>,
+    /// Keep the launch template the launch creates, for later launches.
+    pub keep_template: bool,
 }
 
 /// A request that passed every check that needs no AWS call.
@@ -101,6 +103,7 @@ pub struct Plan {
     pub name: String,
     pub user_data_mode: UserDataMode,
     pub imds_hop_limit: i32,
+    pub keep_template: bool,
 }
 
 /// A request refused before any API call.
@@ -263,6 +266,7 @@ impl Request {
                 .unwrap_or_else(|| format!("blockwatch-{}", self.compute_environment.trim())),
             user_data_mode: self.user_data_mode,
             imds_hop_limit,
+            keep_template: self.keep_template,
         })
     }
 }

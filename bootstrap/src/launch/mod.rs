@@ -7,6 +7,7 @@
 //! in their own modules.
 
 mod run_instances;
+mod template;
 mod wait;
 
 use std::time::Duration;
@@ -28,6 +29,7 @@ use crate::exit::{self, Exit};
 use crate::output;
 use crate::plan::{Market, Plan, Request};
 use run_instances::{Refused, Template};
+pub use template::{LaunchTemplate, Origin, TAG_TEMPLATE_HASH};
 pub use wait::{wait, WaitOptions};
 
 /// Every instance the launcher starts ends when it powers itself off: the
@@ -133,6 +135,8 @@ pub struct Report {
     /// `InstanceInitiatedShutdownBehavior`: a power-off from inside the
     /// instance ends it (and its billing) instead of leaving it stopped.
     pub shutdown_behavior: String,
+    /// The launch template the instances start from.
+    pub launch_template: LaunchTemplate,
     pub dry_run: bool,
     pub instances: Vec<Launched>,
     pub warnings: Vec<String>,
@@ -184,6 +188,7 @@ fn request(args: &LaunchArgs) -> Request {
         name: args.name.clone(),
         user_data_mode: args.user_data_mode,
         imds_hop_limit: Some(args.imds_hop_limit),
+        keep_template: args.keep_template,
     }
 }
 
@@ -200,6 +205,15 @@ pub async fn launch(
     let (ami, ami_source) = ami(clients, plan).await?;
     let lease = lease(&clients.ec2, plan, now).await?;
     let tags = tags(plan, &cluster, &lease);
+    let content = template::Content::new(plan, &ami, &tags, &cluster);
+    let launch_template = template::ensure(
+        &clients.ec2,
+        &content,
+        &plan.compute_environment,
+        plan.keep_template,
+        now.unix_timestamp_nanos(),
+    )
+    .await?;
     let mut report = Report {
         compute_environment: plan.compute_environment.clone(),
         compute_environment_state: info.state.clone(),
@@ -216,20 +230,29 @@ pub async fn launch(
         user_data: plan.user_data(&cluster).is_some(),
         imds_hop_limit: plan.imds_hop_limit,
         shutdown_behavior: SHUTDOWN_BEHAVIOR.as_str().to_owned(),
+        launch_template: launch_template.clone(),
         dry_run,
         instances: Vec::new(),
         warnings,
     };
     let template = Template {
         plan,
-        ami: &ami,
-        tags: &tags,
-        cluster: &cluster,
+        launch_template: &launch_template,
         dry_run,
     };
-    match run_placements(&clients.ec2, &template, &lease, &mut report).await? {
-        Placed::DryRunAccepted => Ok(report),
-        Placed::Tried { failures } => enough(plan, report, &failures),
+    // The template goes once the launch is over, whatever its outcome.
+    let placed = run_placements(&clients.ec2, &template, &lease, &mut report).await;
+    let cleanup = template::clean_up(&clients.ec2, &launch_template).await;
+    report.warnings.extend(cleanup.clone());
+    match placed {
+        Ok(Placed::DryRunAccepted) => Ok(report),
+        Ok(Placed::Tried { failures }) => enough(plan, report, &failures),
+        Err(err) => {
+            if let Some(warning) = cleanup {
+                log::warn!("{warning}");
+            }
+            Err(err)
+        }
     }
 }
 

@@ -1,29 +1,27 @@
-//! One RunInstances call: the request every placement sends, and what EC2's
-//! refusal of it means.
+//! One RunInstances call: the request every placement sends (from the
+//! launch template), and what EC2's refusal of it means.
 
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
 use aws_sdk_ec2::operation::run_instances::RunInstancesError;
 use aws_sdk_ec2::types::{
-    CapacityReservationSpecification, CapacityReservationTarget, HttpTokensState,
-    IamInstanceProfileSpecification, InstanceInterruptionBehavior, InstanceMarketOptionsRequest,
-    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceMetadataTagsState,
-    MarketType, ResourceType, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
+    CapacityReservationSpecification, CapacityReservationTarget, InstanceInterruptionBehavior,
+    InstanceMarketOptionsRequest, MarketType, SpotInstanceType, SpotMarketOptions,
 };
 use aws_sdk_ec2::Client as Ec2;
 use blockwatch_aws::classify;
 
-use super::{LaunchError, SHUTDOWN_BEHAVIOR};
+use super::template::LaunchTemplate;
+use super::LaunchError;
 use crate::plan::{Market, Plan};
 
-/// What every RunInstances call of one launch shares.
+/// What every RunInstances call of one launch shares: the launch template
+/// carries what the instances are; each call adds where and how many.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Template<'a> {
     pub plan: &'a Plan,
-    pub ami: &'a str,
-    pub tags: &'a [(String, String)],
-    pub cluster: &'a str,
+    pub launch_template: &'a LaunchTemplate,
     pub dry_run: bool,
 }
 
@@ -37,45 +35,15 @@ impl Template<'_> {
         subnet: Option<&str>,
         count: usize,
     ) -> RunInstancesFluentBuilder {
-        let plan = self.plan;
-        let mut spec = TagSpecification::builder().resource_type(ResourceType::Instance);
-        for (key, value) in self.tags {
-            spec = spec.tags(Tag::builder().key(key).value(value).build());
-        }
-        let metadata = InstanceMetadataOptionsRequest::builder()
-            .http_tokens(HttpTokensState::Required)
-            .http_endpoint(InstanceMetadataEndpointState::Enabled)
-            .instance_metadata_tags(InstanceMetadataTagsState::Enabled)
-            .http_put_response_hop_limit(plan.imds_hop_limit)
-            .build();
-        let mut request = ec2
+        let request = ec2
             .run_instances()
-            .image_id(self.ami)
+            .launch_template(self.launch_template.specification())
             .instance_type(instance_type.into())
             .min_count(1)
             .max_count(i32::try_from(count).unwrap_or(i32::MAX))
-            .tag_specifications(spec.build())
-            .metadata_options(metadata)
-            .instance_initiated_shutdown_behavior(SHUTDOWN_BEHAVIOR)
             .dry_run(self.dry_run)
-            .set_subnet_id(subnet.map(str::to_owned))
-            .set_key_name(plan.key_name.clone());
-        if !plan.security_groups.is_empty() {
-            request = request.set_security_group_ids(Some(plan.security_groups.clone()));
-        }
-        if let Some(profile) = &plan.instance_profile {
-            let spec = if profile.starts_with("arn:") {
-                IamInstanceProfileSpecification::builder().arn(profile)
-            } else {
-                IamInstanceProfileSpecification::builder().name(profile)
-            };
-            request = request.iam_instance_profile(spec.build());
-        }
-        request = market_options(request, plan);
-        if let Some(script) = plan.user_data(self.cluster) {
-            request = request.user_data(aws_smithy_types::base64::encode(script.as_bytes()));
-        }
-        request
+            .set_subnet_id(subnet.map(str::to_owned));
+        market_options(request, self.plan)
     }
 }
 
