@@ -12,7 +12,9 @@ use std::process::Command;
 
 use blockwatch_testkit::imds::{ImdsSimulator, InstanceState};
 use blockwatch_testkit::launcher::canned::{self, ec2_error};
-use blockwatch_testkit::launcher::{hermetic_env, launch_args, Launcher, Run};
+use blockwatch_testkit::launcher::{
+    hermetic_env, launch_args, launch_template_data, Launcher, Run,
+};
 use blockwatch_testkit::moto::{MotoServer, REGION};
 use blockwatch_testkit::stub::StubServer;
 
@@ -92,7 +94,7 @@ async fn spot_market_launches_tagged_spot_instances_with_imdsv2_and_no_user_data
     let (moto, cluster) = moto_with_ce().await;
     let run = Launcher::new(&moto.endpoint())
         .launch(2, "3h")
-        .args(["--output", "json"])
+        .args(["--output", "json", "--keep-template"])
         .run();
     run.assert_exit(0);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
@@ -111,7 +113,8 @@ async fn spot_market_launches_tagged_spot_instances_with_imdsv2_and_no_user_data
             Some("spot")
         );
         assert_eq!(instance.image_id(), Some(expected_ami.as_str()));
-        let metadata = instance.metadata_options().unwrap();
+        let template = launch_template_data(&moto, instance).await.unwrap();
+        let metadata = template.metadata_options().unwrap();
         assert_eq!(metadata.http_tokens().map(|t| t.as_str()), Some("required"));
         assert_eq!(
             metadata.instance_metadata_tags().map(|t| t.as_str()),
@@ -319,7 +322,7 @@ async fn dry_run_launches_nothing_and_prints_the_plan() {
 async fn retired_spot_blocks_get_a_clear_message() {
     let (moto, _) = moto_with_ce().await;
     // EC2 as it answers today; Batch and SSM still go to moto.
-    let ec2 = StubServer::start(|_, _| {
+    let ec2 = canned::run_instances(moto.addr(), |_| {
         (
             400,
             ec2_error(
@@ -343,10 +346,14 @@ async fn retired_spot_blocks_get_a_clear_message() {
             && stderr.contains("--market spot with the same --duration 2h"),
         "{stderr}"
     );
+    let run_instances = ec2
+        .received()
+        .into_iter()
+        .find(|r| r.body.contains("Action=RunInstances"))
+        .unwrap();
     assert!(
-        ec2.received()[0].body.contains("BlockDurationMinutes=120"),
-        "{:?}",
-        ec2.received()
+        run_instances.body.contains("BlockDurationMinutes=120"),
+        "{run_instances:?}"
     );
 }
 
@@ -499,7 +506,7 @@ async fn capacity_shortfall_price_and_access_denied_get_specific_errors() {
     .concat();
 
     // The first type has no capacity; the second gives one instance, then no more.
-    let partial = StubServer::start(|n, _| {
+    let partial = canned::run_instances(moto.addr(), |n| {
         if n != 1 {
             (500, ec2_error("InsufficientInstanceCapacity", "We currently do not have sufficient p5.48xlarge capacity."))
         } else {
@@ -518,7 +525,7 @@ async fn capacity_shortfall_price_and_access_denied_get_specific_errors() {
     );
 
     // With --min-count 1, the same is a success with a warning.
-    let partial_ok = StubServer::start(|n, _| {
+    let partial_ok = canned::run_instances(moto.addr(), |n| {
         if n != 1 {
             (500, ec2_error("InsufficientInstanceCapacity", "no capacity"))
         } else {
@@ -532,7 +539,7 @@ async fn capacity_shortfall_price_and_access_denied_get_specific_errors() {
     run.assert_exit(0);
     run.assert_stdout_has("warning: partial capacity: launched 1 of 2");
 
-    let low = StubServer::start(|_, _| (400, ec2_error("SpotMaxPriceTooLow", "Your Spot request price of 0.001 is lower than the minimum required Spot request fulfillment price of 0.05."))).unwrap();
+    let low = canned::run_instances(moto.addr(), |_| (400, ec2_error("SpotMaxPriceTooLow", "Your Spot request price of 0.001 is lower than the minimum required Spot request fulfillment price of 0.05."))).unwrap();
     let mut priced = args.to_vec();
     priced.extend(["--max-price", "0.001"]);
     let run = launcher_with_ec2(&moto, &low, &priced);
@@ -540,7 +547,7 @@ async fn capacity_shortfall_price_and_access_denied_get_specific_errors() {
     run.assert_stderr_has("spot price too low")
         .assert_stderr_has("--max-price");
 
-    let denied = StubServer::start(|_, _| {
+    let denied = canned::run_instances(moto.addr(), |_| {
         (
             403,
             ec2_error(
@@ -677,19 +684,22 @@ async fn network_profile_and_key_reach_the_instances() {
             "ops",
             "--name",
             "gpu-block",
+            "--keep-template",
         ])
         .run();
     run.assert_exit(0);
     let all = instances(&moto).await;
+    let template = launch_template_data(&moto, &all[0]).await.unwrap();
     assert_eq!(all[0].subnet_id(), Some(subnet.as_str()));
     assert!(all[0]
         .security_groups()
         .iter()
         .any(|g| g.group_id() == Some(group.as_str())));
     assert_eq!(
-        all[0].iam_instance_profile().and_then(|p| p.arn()),
-        Some(profile_arn.as_str())
+        template.iam_instance_profile().and_then(|p| p.name()),
+        Some("research-blockwatch-instance")
     );
+    let _ = profile_arn;
     assert_eq!(all[0].key_name(), Some("ops"));
     assert_eq!(tag(&all[0], "Name"), Some("gpu-block"));
 }
@@ -813,7 +823,13 @@ async fn imds_hop_limit_defaults_to_1_reaches_ec2_and_the_plan_and_is_validated(
     let base = launch_args("research", "1", "1h");
 
     let mut two = base.to_vec();
-    two.extend(["--imds-hop-limit", "2", "--output", "json"]);
+    two.extend([
+        "--imds-hop-limit",
+        "2",
+        "--output",
+        "json",
+        "--keep-template",
+    ]);
     let run = launcher(&moto.endpoint(), &two);
     run.assert_exit(0);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
@@ -827,8 +843,9 @@ async fn imds_hop_limit_defaults_to_1_reaches_ec2_and_the_plan_and_is_validated(
     );
     let all = instances(&moto).await;
     assert_eq!(all.len(), 1);
+    let template = launch_template_data(&moto, &all[0]).await.unwrap();
     assert_eq!(
-        all[0]
+        template
             .metadata_options()
             .and_then(|m| m.http_put_response_hop_limit()),
         Some(2),
@@ -1106,19 +1123,6 @@ async fn instances_ec2_never_knows_are_refused_after_a_bounded_while() {
     );
 }
 
-/// `InstanceInitiatedShutdownBehavior` as moto recorded it for `id`.
-async fn shutdown_behavior(moto: &MotoServer, id: &str) -> Option<String> {
-    instance_attribute(
-        moto,
-        id,
-        aws_sdk_ec2::types::InstanceAttributeName::InstanceInitiatedShutdownBehavior,
-    )
-    .await
-    .instance_initiated_shutdown_behavior()
-    .and_then(|b| b.value())
-    .map(str::to_owned)
-}
-
 fn launched_ids(run: &Run) -> Vec<String> {
     run.assert_exit(0);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
@@ -1134,7 +1138,11 @@ fn launched_ids(run: &Run) -> Vec<String> {
 #[tokio::test]
 async fn every_market_launches_instances_that_terminate_when_they_power_off() {
     let (moto, _) = moto_with_ce().await;
-    let base = [launch_args("research", "1", "2h"), vec!["--output", "json"]].concat();
+    let base = [
+        launch_args("research", "1", "2h"),
+        vec!["--output", "json", "--keep-template"],
+    ]
+    .concat();
     let mut launched = Vec::new();
     for market in [
         &["--market", "spot"][..],
@@ -1159,9 +1167,14 @@ async fn every_market_launches_instances_that_terminate_when_they_power_off() {
     launched.extend(ids.into_iter().map(|id| ("capacity-block".to_owned(), id)));
 
     assert_eq!(launched.len(), 4, "{launched:?}");
+    let all = instances(&moto).await;
     for (market, id) in &launched {
+        let instance = all.iter().find(|i| i.instance_id() == Some(id)).unwrap();
+        let template = launch_template_data(&moto, instance).await.unwrap();
         assert_eq!(
-            shutdown_behavior(&moto, id).await.as_deref(),
+            template
+                .instance_initiated_shutdown_behavior()
+                .map(|b| b.as_str()),
             Some("terminate"),
             "{market}: a power-off must end the instance, not stop it"
         );
@@ -1183,17 +1196,28 @@ async fn every_market_launches_instances_that_terminate_when_they_power_off() {
     dry_text.push("--dry-run");
     let text = launcher(&moto.endpoint(), &dry_text);
     text.assert_stdout_has("on shutdown: terminate");
-    let dry_run_request = moto
-        .requests()
-        .into_iter()
+    let requests = moto.requests();
+    let dry_run_request = requests
+        .iter()
         .rfind(|r| r.body.contains("Action=RunInstances") && r.body.contains("DryRun=true"))
         .unwrap();
     assert!(
         dry_run_request
             .body
-            .contains("InstanceInitiatedShutdownBehavior=terminate"),
-        "the DryRun checks the request that would be sent: {}",
+            .contains("LaunchTemplate.LaunchTemplateId="),
+        "the DryRun checks the request that would be sent, from the template: {}",
         dry_run_request.body
+    );
+    let template_created = requests
+        .iter()
+        .rfind(|r| r.body.contains("Action=CreateLaunchTemplate"))
+        .unwrap();
+    assert!(
+        template_created
+            .body
+            .contains("LaunchTemplateData.InstanceInitiatedShutdownBehavior=terminate"),
+        "{}",
+        template_created.body
     );
 }
 

@@ -119,6 +119,37 @@ pub async fn instances(
         .collect())
 }
 
+/// The data of the launch template `instance` was launched from (EC2 tags
+/// such an instance with `aws:ec2launchtemplate:id` and `:version`). moto
+/// does not apply a template's metadata options, shutdown behaviour or
+/// instance profile to the instance, so tests check them here; the template
+/// must still exist (`--keep-template`).
+pub async fn launch_template_data(
+    moto: &crate::moto::MotoServer,
+    instance: &aws_sdk_ec2::types::Instance,
+) -> Option<aws_sdk_ec2::types::ResponseLaunchTemplateData> {
+    let tag = |key: &str| {
+        instance
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some(key))
+            .and_then(|t| t.value())
+            .map(str::to_owned)
+    };
+    let described = aws_sdk_ec2::Client::new(moto.sdk())
+        .describe_launch_template_versions()
+        .launch_template_id(tag("aws:ec2launchtemplate:id")?)
+        .versions(tag("aws:ec2launchtemplate:version")?)
+        .send()
+        .await
+        .ok()?;
+    described
+        .launch_template_versions()
+        .first()
+        .and_then(|v| v.launch_template_data())
+        .cloned()
+}
+
 /// The flags that launch `count` instances for `duration` into
 /// `compute_environment`, for tests that vary the rest.
 pub fn launch_args<'a>(
@@ -156,6 +187,23 @@ pub mod canned {
     /// An EC2 error document, as EC2's query protocol sends it.
     pub fn ec2_error(code: &str, message: &str) -> String {
         format!("<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>r</RequestID></Response>")
+    }
+
+    /// EC2 in front of moto at `upstream` where only RunInstances is
+    /// answered by `answer`, given how many RunInstances came before; every
+    /// other call (the launch template's) goes to moto.
+    pub fn run_instances(
+        upstream: SocketAddr,
+        answer: impl Fn(usize) -> (u16, String) + Send + Sync + 'static,
+    ) -> std::io::Result<StubServer> {
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        StubServer::start(move |_, request| {
+            if request.body.contains("Action=RunInstances") {
+                answer(calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+            } else {
+                forward(upstream, request)
+            }
+        })
     }
 
     /// DescribeCapacityReservations of one Capacity Block (moto has none).
