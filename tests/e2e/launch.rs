@@ -1280,3 +1280,131 @@ async fn log_level_debug_shows_each_aws_call_and_error_keeps_only_the_error() {
     bad.assert_exit(2);
     bad.assert_stderr_has("--log-level");
 }
+
+/// The launch templates moto holds: (id, name).
+async fn launch_templates(moto: &MotoServer) -> Vec<(String, String)> {
+    aws_sdk_ec2::Client::new(moto.sdk())
+        .describe_launch_templates()
+        .send()
+        .await
+        .unwrap()
+        .launch_templates()
+        .iter()
+        .map(|t| {
+            (
+                t.launch_template_id().unwrap().to_owned(),
+                t.launch_template_name().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn template_of(run: &Run) -> serde_json::Value {
+    run.assert_exit(0);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    report["launch_template"].clone()
+}
+
+#[tokio::test]
+async fn a_created_template_is_deleted_unless_kept_and_a_kept_one_is_reused_by_content() {
+    let (moto, _) = moto_with_ce().await;
+    let json = ["--output", "json"];
+
+    let once = template_of(
+        &Launcher::new(&moto.endpoint())
+            .launch(1, "2h")
+            .args(json)
+            .run(),
+    );
+    assert_eq!(
+        (once["origin"].as_str(), once["kept"].as_bool()),
+        (Some("created"), Some(false))
+    );
+    assert!(
+        launch_templates(&moto).await.is_empty(),
+        "deleted once the launch is over"
+    );
+
+    let kept = template_of(
+        &Launcher::new(&moto.endpoint())
+            .launch(1, "2h")
+            .args(json)
+            .args(["--keep-template"])
+            .run(),
+    );
+    assert_eq!(
+        (kept["origin"].as_str(), kept["kept"].as_bool()),
+        (Some("created"), Some(true))
+    );
+    let held = launch_templates(&moto).await;
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].0, kept["id"].as_str().unwrap());
+
+    // The same content, without --keep-template: reused, and not deleted.
+    let again = Launcher::new(&moto.endpoint())
+        .launch(1, "2h")
+        .args(json)
+        .run();
+    let reused = template_of(&again);
+    assert_eq!(reused["origin"], "reused");
+    assert_eq!(reused["id"], kept["id"]);
+    assert_eq!(launch_templates(&moto).await, held);
+    let report: serde_json::Value = serde_json::from_str(&again.stdout).unwrap();
+    let id = report["instances"][0]["instance_id"].as_str().unwrap();
+    let instance = instances(&moto)
+        .await
+        .into_iter()
+        .find(|i| i.instance_id() == Some(id))
+        .unwrap();
+    assert_eq!(
+        tag(&instance, "aws:ec2launchtemplate:id"),
+        kept["id"].as_str()
+    );
+    // Instance and volumes carry blockwatch's tags.
+    let data = launch_template_data(&moto, &instance).await.unwrap();
+    for resource in ["instance", "volume"] {
+        let spec = data
+            .tag_specifications()
+            .iter()
+            .find(|s| s.resource_type().map(|r| r.as_str()) == Some(resource))
+            .unwrap_or_else(|| panic!("no {resource} tags: {data:?}"));
+        for key in [
+            TAG_COMPUTE_ENVIRONMENT,
+            TAG_CLUSTER,
+            TAG_LEASE_DURATION,
+            "Name",
+        ] {
+            assert!(
+                spec.tags().iter().any(|t| t.key() == Some(key)),
+                "{resource} lacks {key}: {spec:?}"
+            );
+        }
+    }
+
+    // Other content (another lease): another template, created and deleted.
+    let other = template_of(
+        &Launcher::new(&moto.endpoint())
+            .launch(1, "3h")
+            .args(json)
+            .run(),
+    );
+    assert_eq!(other["origin"], "created");
+    assert_ne!(other["id"], kept["id"]);
+    assert_eq!(launch_templates(&moto).await, held);
+    let created = moto
+        .requests()
+        .iter()
+        .filter(|r| r.body.contains("Action=CreateLaunchTemplate"))
+        .count();
+    assert_eq!(created, 3, "the reuse created none");
+
+    let text = Launcher::new(&moto.endpoint())
+        .launch(1, "2h")
+        .args(["--dry-run"])
+        .run();
+    text.assert_stdout_has(format!(
+        "launch template: {} ({}, version 1), reused",
+        kept["name"].as_str().unwrap(),
+        kept["id"].as_str().unwrap()
+    ));
+}
