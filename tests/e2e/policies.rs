@@ -305,7 +305,7 @@ fn agent_policy_scopes_every_ecs_call_to_the_compute_environments_cluster() {
 /// takes `"*"` only. Sources: the "Actions defined by ..." tables of
 /// list_amazonec2, list_amazonelasticcontainerservice, list_awsbatch,
 /// list_awssystemsmanager and list_awsidentityandaccessmanagementiam.
-const RESOURCE_TYPES: [(&str, &[&str]); 17] = [
+const RESOURCE_TYPES: [(&str, &[&str]); 20] = [
     ("batch:DescribeComputeEnvironments", &[]),
     ("ec2:DescribeTags", &[]),
     ("ec2:DescribeInstances", &[]),
@@ -324,9 +324,13 @@ const RESOURCE_TYPES: [(&str, &[&str]); 17] = [
             "key-pair",
             "spot-instances-request",
             "capacity-reservation",
+            "launch-template",
         ],
     ),
-    ("ec2:CreateTags", &["instance"]),
+    ("ec2:DescribeLaunchTemplates", &[]),
+    ("ec2:CreateLaunchTemplate", &["launch-template"]),
+    ("ec2:DeleteLaunchTemplate", &["launch-template"]),
+    ("ec2:CreateTags", &["instance", "volume", "launch-template"]),
     ("ec2:DeleteTags", &["instance"]),
     ("ecs:ListContainerInstances", &["cluster"]),
     ("ecs:DescribeContainerInstances", &["container-instance"]),
@@ -457,7 +461,10 @@ fn every_tag_statement_refuses_an_empty_tag_set() {
             }
         }
     }
-    assert_eq!(seen, 4, "two tag statements in each launcher policy");
+    assert_eq!(
+        seen, 6,
+        "three tag statements in each launcher policy (launch, template, extend)"
+    );
 }
 
 /// The launcher may launch, tag and extend only its compute environment's

@@ -227,7 +227,7 @@ pub(super) async fn clean_up(ec2: &Ec2, template: &LaunchTemplate) -> Option<Str
     {
         Ok(_) => None,
         Err(err) => Some(format!(
-            "could not delete launch template {} ({}): {}; delete it by hand",
+            "could not delete launch template {} ({}): ec2:DeleteLaunchTemplate: {}; delete it by hand",
             template.name,
             template.id,
             err.code().unwrap_or("no code")
