@@ -7,7 +7,9 @@ use crate::inventory::PageSize;
 use crate::launch::WaitOptions;
 use crate::logging::LogLevel;
 use crate::output::Output;
-use crate::plan::{Market, UserDataMode, DEFAULT_IMDS_HOP_LIMIT};
+use crate::plan::{
+    Market, OnDemandAllocation, SpotAllocation, UserDataMode, DEFAULT_IMDS_HOP_LIMIT,
+};
 
 /// Request a block of instances that join an AWS Batch UNMANAGED compute environment by themselves.
 ///
@@ -129,6 +131,16 @@ pub struct LaunchArgs {
     /// Purchase option
     #[arg(long, value_enum, default_value_t = Market::Spot)]
     pub market: Market,
+    /// How EC2 Fleet picks Spot pools among every --instance-type x --subnet
+    /// [default: price-capacity-optimized]
+    #[arg(long, value_enum, value_name = "S")]
+    pub allocation_strategy: Option<SpotAllocation>,
+    /// How EC2 Fleet picks On-Demand pools [default: lowest-price]
+    #[arg(long, value_enum, value_name = "S")]
+    pub on_demand_allocation_strategy: Option<OnDemandAllocation>,
+    /// With --market spot: this many of --count On-Demand, the rest Spot, in one fleet request
+    #[arg(long, value_name = "N")]
+    pub on_demand_base: Option<u32>,
     /// Highest Spot price in USD per hour [default: the On-Demand price]
     #[arg(long, value_name = "USD")]
     pub max_price: Option<String>,

@@ -86,6 +86,14 @@ pub fn text(report: &Report) -> String {
     for warning in &report.warnings {
         lines.push(format!("warning: {warning}"));
     }
+    if let Some(fleet) = &report.fleet_request {
+        if report.dry_run {
+            lines.push(format!(
+                "fleet request (ec2:CreateFleet):\n{}",
+                serde_json::to_string_pretty(fleet).unwrap_or_default()
+            ));
+        }
+    }
     if report.dry_run {
         lines.push("dry run: EC2 accepted the request (DryRun); nothing was launched".to_owned());
     } else {
@@ -96,12 +104,20 @@ pub fn text(report: &Report) -> String {
         ));
         for i in &report.instances {
             lines.push(format!(
-                "  {}  {}  {}  {}  lease ends {}",
+                "  {}  {}  {}  {}  {}  lease ends {}",
                 i.instance_id,
                 i.instance_type,
+                i.lifecycle,
                 i.subnet.as_deref().unwrap_or("-"),
                 i.state.as_deref().unwrap_or("-"),
                 rfc3339_or_dash(i.lease_end)
+            ));
+        }
+        for error in &report.pool_errors {
+            lines.push(format!(
+                "  not filled: {} ({})",
+                error.summary(),
+                error.message
             ));
         }
     }

@@ -45,6 +45,57 @@ impl fmt::Display for Market {
     }
 }
 
+/// How EC2 Fleet picks Spot pools (`SpotOptions.AllocationStrategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SpotAllocation {
+    /// The pools least likely to be interrupted, then the cheapest of them (AWS's recommendation)
+    #[default]
+    PriceCapacityOptimized,
+    /// The pools least likely to be interrupted, whatever their price
+    CapacityOptimized,
+    /// As capacity-optimized, preferring the --instance-type order given
+    CapacityOptimizedPrioritized,
+    /// The cheapest pools (interrupted most)
+    LowestPrice,
+    /// Spread over every pool
+    Diversified,
+}
+
+/// How EC2 Fleet picks On-Demand pools (`OnDemandOptions.AllocationStrategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnDemandAllocation {
+    /// The cheapest pool first
+    #[default]
+    LowestPrice,
+    /// The --instance-type order given, then the --subnet order
+    Prioritized,
+}
+
+impl SpotAllocation {
+    /// The name EC2 takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PriceCapacityOptimized => "price-capacity-optimized",
+            Self::CapacityOptimized => "capacity-optimized",
+            Self::CapacityOptimizedPrioritized => "capacity-optimized-prioritized",
+            Self::LowestPrice => "lowest-price",
+            Self::Diversified => "diversified",
+        }
+    }
+}
+
+impl OnDemandAllocation {
+    /// The name EC2 takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LowestPrice => "lowest-price",
+            Self::Prioritized => "prioritized",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum UserDataMode {
@@ -78,6 +129,10 @@ pub struct Request {
     pub imds_hop_limit: Option<u32>,
     /// Keep the launch template the launch creates, for later launches.
     pub keep_template: bool,
+    pub spot_allocation: Option<SpotAllocation>,
+    pub on_demand_allocation: Option<OnDemandAllocation>,
+    /// On-Demand instances within a Spot launch.
+    pub on_demand_base: Option<u32>,
 }
 
 /// A request that passed every check that needs no AWS call.
@@ -104,6 +159,12 @@ pub struct Plan {
     pub user_data_mode: UserDataMode,
     pub imds_hop_limit: i32,
     pub keep_template: bool,
+    /// Whether `--min-count` was given: only then does the fleet get a
+    /// minimum target capacity (which EC2 ties to a single AZ).
+    pub min_count_given: bool,
+    pub spot_allocation: SpotAllocation,
+    pub on_demand_allocation: OnDemandAllocation,
+    pub on_demand_base: u32,
 }
 
 /// A request refused before any API call.
@@ -140,6 +201,12 @@ pub enum Invalid {
     InstanceType(String),
     #[error("--imds-hop-limit must be between 1 and 64, not {0}")]
     ImdsHopLimit(u32),
+    #[error("--on-demand-base must be at most --count ({count}), not {base}")]
+    OnDemandBase { base: u32, count: u32 },
+    #[error("--on-demand-base and --allocation-strategy only apply to --market spot without --legacy-spot-block")]
+    SpotFleetOnly,
+    #[error("--on-demand-allocation-strategy only applies to --market spot or on-demand")]
+    OnDemandAllocationWithoutFleet,
 }
 
 /// Graviton (arm64) instance types: `a1`, or a family whose attributes after
@@ -235,6 +302,20 @@ impl Request {
             Ok(limit) if IMDS_HOP_LIMITS.contains(&hop_limit) => limit,
             _ => return Err(Invalid::ImdsHopLimit(hop_limit)),
         };
+        let spot_fleet = market == Market::Spot && block_duration_minutes.is_none();
+        if (self.on_demand_base.is_some() || self.spot_allocation.is_some()) && !spot_fleet {
+            return Err(Invalid::SpotFleetOnly);
+        }
+        if self.on_demand_allocation.is_some() && !(spot_fleet || market == Market::OnDemand) {
+            return Err(Invalid::OnDemandAllocationWithoutFleet);
+        }
+        let on_demand_base = self.on_demand_base.unwrap_or(0);
+        if on_demand_base > self.count {
+            return Err(Invalid::OnDemandBase {
+                base: on_demand_base,
+                count: self.count,
+            });
+        }
         let arm = instance_types.iter().find(|t| is_graviton(t));
         let x86 = instance_types.iter().find(|t| !is_graviton(t));
         if let (Some(arm), Some(x86)) = (arm, x86) {
@@ -267,6 +348,10 @@ impl Request {
             user_data_mode: self.user_data_mode,
             imds_hop_limit,
             keep_template: self.keep_template,
+            min_count_given: self.min_count.is_some(),
+            spot_allocation: self.spot_allocation.unwrap_or_default(),
+            on_demand_allocation: self.on_demand_allocation.unwrap_or_default(),
+            on_demand_base,
         })
     }
 }
@@ -281,7 +366,15 @@ impl Plan {
         }
     }
 
-    /// (instance type, subnet) pairs, tried in order until the count is met.
+    /// Whether the launch is one EC2 Fleet request: Spot and On-Demand.
+    /// Capacity Blocks and legacy Spot blocks stay on RunInstances.
+    pub fn uses_fleet(&self) -> bool {
+        matches!(self.market, Market::Spot | Market::OnDemand)
+            && self.block_duration_minutes.is_none()
+    }
+
+    /// (instance type, subnet) pairs, in the order given: the fleet's pools,
+    /// or tried in turn with RunInstances.
     pub fn placements(&self) -> Vec<(String, Option<String>)> {
         let subnets: Vec<Option<String>> = if self.subnets.is_empty() {
             vec![None]

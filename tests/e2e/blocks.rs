@@ -758,10 +758,13 @@ fn the_launchers_tag_writes_after_launch_touch_only_lease_tags_of_blockwatch_ins
     };
     let statements = policy["Statement"].as_array().unwrap();
     let tag_writes: Vec<&serde_json::Value> = statements.iter().filter(writes_tags).collect();
-    assert_eq!(tag_writes.len(), 2, "{tag_writes:?}");
+    assert_eq!(tag_writes.len(), 3, "{tag_writes:?}");
     for statement in tag_writes {
-        let at_launch =
-            statement["Condition"]["StringEquals"]["ec2:CreateAction"] == "RunInstances";
+        // At creation: instances and volumes in RunInstances, templates in
+        // CreateLaunchTemplate.
+        let at_launch = ["RunInstances", "CreateLaunchTemplate"]
+            .iter()
+            .any(|action| statement["Condition"]["StringEquals"]["ec2:CreateAction"] == *action);
         let leases_only = statement["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"]
             == serde_json::json!([LEASE_END, LEASE_DURATION])
             && statement["Condition"]["StringEquals"][format!("aws:ResourceTag/{CE_TAG}")]

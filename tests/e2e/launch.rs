@@ -113,7 +113,9 @@ async fn spot_market_launches_tagged_spot_instances_with_imdsv2_and_no_user_data
             Some("spot")
         );
         assert_eq!(instance.image_id(), Some(expected_ami.as_str()));
-        let template = launch_template_data(&moto, instance).await.unwrap();
+        let template = launch_template_data(&moto, &report["launch_template"])
+            .await
+            .unwrap();
         let metadata = template.metadata_options().unwrap();
         assert_eq!(metadata.http_tokens().map(|t| t.as_str()), Some("required"));
         assert_eq!(
@@ -505,41 +507,85 @@ async fn capacity_shortfall_price_and_access_denied_get_specific_errors() {
     ]
     .concat();
 
-    // The first type has no capacity; the second gives one instance, then no more.
-    let partial = canned::run_instances(moto.addr(), |n| {
-        if n != 1 {
-            (500, ec2_error("InsufficientInstanceCapacity", "We currently do not have sufficient p5.48xlarge capacity."))
-        } else {
-            (200, "<RunInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><reservationId>r-1</reservationId><instancesSet><item><instanceId>i-0aaaaaaaaaaaaaaa1</instanceId><instanceType>m6i.large</instanceType><launchTime>2026-11-29T12:00:00.000Z</launchTime><instanceState><code>0</code><name>pending</name></instanceState></item></instancesSet></RunInstancesResponse>".into())
-        }
-    })
-    .unwrap();
+    // One fleet request: the first type has no capacity, the second gives one instance.
+    let fleet = |instances: &[(&str, &str, &str)], errors: &[(&str, &str, &str, &str)]| {
+        canned::answering(
+            moto.addr(),
+            vec![
+                ("CreateFleet", 200, canned::create_fleet(instances, errors)),
+                (
+                    "DescribeInstances",
+                    200,
+                    canned::pending_instance(
+                        "i-0aaaaaaaaaaaaaaa1",
+                        "m6i.large",
+                        "2026-11-29T12:00:00.000Z",
+                    ),
+                ),
+            ],
+        )
+        .unwrap()
+    };
+    let partial = fleet(
+        &[("i-0aaaaaaaaaaaaaaa1", "m6i.large", "spot")],
+        &[(
+            "p5.48xlarge",
+            "spot",
+            "InsufficientInstanceCapacity",
+            "We currently do not have sufficient p5.48xlarge capacity.",
+        )],
+    );
     let run = launcher_with_ec2(&moto, &partial, &args);
     run.assert_exit(4);
     run.assert_stderr_has("insufficient capacity: launched 1 of 2")
-        .assert_stderr_has("p5.48xlarge: InsufficientInstanceCapacity");
+        .assert_stderr_has("p5.48xlarge (spot): InsufficientInstanceCapacity");
     assert!(
-        run.stdout.contains("i-0aaaaaaaaaaaaaaa1"),
+        run.stdout.contains(
+            "i-0aaaaaaaaaaaaaaa1  m6i.large  spot  -  pending  lease ends 2026-11-29T13:00:00Z"
+        ),
         "what launched is still reported: {}",
         run.stdout
     );
+    run.assert_stdout_has("  not filled: p5.48xlarge (spot): InsufficientInstanceCapacity (We currently do not have sufficient p5.48xlarge capacity.)");
+    let created = partial
+        .received()
+        .iter()
+        .filter(|r| r.body.contains("Action=CreateFleet&"))
+        .count();
+    assert_eq!(created, 1, "one request over both pools");
 
-    // With --min-count 1, the same is a success with a warning.
-    let partial_ok = canned::run_instances(moto.addr(), |n| {
-        if n != 1 {
-            (500, ec2_error("InsufficientInstanceCapacity", "no capacity"))
-        } else {
-            (200, "<RunInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><instancesSet><item><instanceId>i-0aaaaaaaaaaaaaaa2</instanceId></item></instancesSet></RunInstancesResponse>".into())
-        }
-    })
-    .unwrap();
+    // With --min-count 1, the same is a success with a warning, and each
+    // pool's outcome is in the JSON.
     let mut lenient = args.to_vec();
-    lenient.extend(["--min-count", "1"]);
-    let run = launcher_with_ec2(&moto, &partial_ok, &lenient);
+    lenient.extend(["--min-count", "1", "--output", "json"]);
+    let run = launcher_with_ec2(&moto, &partial, &lenient);
     run.assert_exit(0);
-    run.assert_stdout_has("warning: partial capacity: launched 1 of 2");
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(
+        report["warnings"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("partial capacity: launched 1 of 2"),
+        "{report}"
+    );
+    assert_eq!(
+        report["pool_errors"],
+        serde_json::json!([{"instance_type": "p5.48xlarge", "subnet": null, "lifecycle": "spot", "code": "InsufficientInstanceCapacity", "message": "We currently do not have sufficient p5.48xlarge capacity."}])
+    );
+    assert_eq!(report["instances"][0]["lifecycle"], "spot");
+    let spot_options = &report["fleet_request"]["SpotOptions"];
+    assert_eq!(spot_options["MinTargetCapacity"], 1, "{spot_options}");
+    assert_eq!(spot_options["SingleAvailabilityZone"], true);
 
-    let low = canned::run_instances(moto.addr(), |_| (400, ec2_error("SpotMaxPriceTooLow", "Your Spot request price of 0.001 is lower than the minimum required Spot request fulfillment price of 0.05."))).unwrap();
+    let low = fleet(
+        &[],
+        &[(
+            "m6i.large",
+            "spot",
+            "SpotMaxPriceTooLow",
+            "Your Spot request price of 0.001 is lower than the minimum required Spot request fulfillment price of 0.05.",
+        )],
+    );
     let mut priced = args.to_vec();
     priced.extend(["--max-price", "0.001"]);
     let run = launcher_with_ec2(&moto, &low, &priced);
@@ -547,19 +593,25 @@ async fn capacity_shortfall_price_and_access_denied_get_specific_errors() {
     run.assert_stderr_has("spot price too low")
         .assert_stderr_has("--max-price");
 
-    let denied = canned::run_instances(moto.addr(), |_| {
-        (
+    let denied = canned::answering(
+        moto.addr(),
+        vec![(
+            "CreateFleet",
             403,
             ec2_error(
                 "UnauthorizedOperation",
                 "You are not authorized to perform this operation.",
             ),
-        )
-    })
+        )],
+    )
     .unwrap();
     let run = launcher_with_ec2(&moto, &denied, &args);
     run.assert_exit(5);
-    run.assert_stderr_has("AccessDenied: the caller may not call ec2:RunInstances");
+    run.assert_stderr_has("AccessDenied: the caller may not call ec2:CreateFleet");
+    assert!(
+        launch_templates(&moto).await.is_empty(),
+        "the template is deleted after a failed launch too"
+    );
 }
 
 #[test]
@@ -685,16 +737,18 @@ async fn network_profile_and_key_reach_the_instances() {
             "--name",
             "gpu-block",
             "--keep-template",
+            "--output",
+            "json",
         ])
         .run();
     run.assert_exit(0);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     let all = instances(&moto).await;
-    let template = launch_template_data(&moto, &all[0]).await.unwrap();
+    let template = launch_template_data(&moto, &report["launch_template"])
+        .await
+        .unwrap();
     assert_eq!(all[0].subnet_id(), Some(subnet.as_str()));
-    assert!(all[0]
-        .security_groups()
-        .iter()
-        .any(|g| g.group_id() == Some(group.as_str())));
+    assert_eq!(template.security_group_ids(), std::slice::from_ref(&group));
     assert_eq!(
         template.iam_instance_profile().and_then(|p| p.name()),
         Some("research-blockwatch-instance")
@@ -843,7 +897,9 @@ async fn imds_hop_limit_defaults_to_1_reaches_ec2_and_the_plan_and_is_validated(
     );
     let all = instances(&moto).await;
     assert_eq!(all.len(), 1);
-    let template = launch_template_data(&moto, &all[0]).await.unwrap();
+    let template = launch_template_data(&moto, &report["launch_template"])
+        .await
+        .unwrap();
     assert_eq!(
         template
             .metadata_options()
@@ -1098,7 +1154,11 @@ async fn instances_ec2_does_not_know_yet_are_waited_for_not_refused() {
         .iter()
         .filter(|r| r.body.contains("Action=DescribeInstances"))
         .count();
-    assert_eq!(described, 3, "two NotFound answers, then the instance");
+    assert_eq!(
+        described, 4,
+        "two NotFound answers, then the instance (for its launch time), then the wait's"
+    );
+    run.assert_stdout_has("lease ends 20");
 }
 
 #[tokio::test]
@@ -1151,8 +1211,12 @@ async fn every_market_launches_instances_that_terminate_when_they_power_off() {
     ] {
         let mut args = base.to_vec();
         args.extend_from_slice(market);
-        let ids = launched_ids(&launcher(&moto.endpoint(), &args));
-        launched.extend(ids.into_iter().map(|id| (market.join(" "), id)));
+        let run = launcher(&moto.endpoint(), &args);
+        let ids = launched_ids(&run);
+        launched.extend(
+            ids.into_iter()
+                .map(|id| (market.join(" "), id, template_of(&run))),
+        );
     }
     let block_end = time::OffsetDateTime::now_utc() + time::Duration::hours(3);
     let ec2 = capacity_block_ec2(&moto, block_end);
@@ -1163,14 +1227,18 @@ async fn every_market_launches_instances_that_terminate_when_they_power_off() {
         "--capacity-reservation-id",
         "cr-0123abcd",
     ]);
-    let ids = launched_ids(&launcher_with_ec2(&moto, &ec2, &args));
-    launched.extend(ids.into_iter().map(|id| ("capacity-block".to_owned(), id)));
+    let run = launcher_with_ec2(&moto, &ec2, &args);
+    let ids = launched_ids(&run);
+    launched.extend(
+        ids.into_iter()
+            .map(|id| ("capacity-block".to_owned(), id, template_of(&run))),
+    );
 
     assert_eq!(launched.len(), 4, "{launched:?}");
     let all = instances(&moto).await;
-    for (market, id) in &launched {
-        let instance = all.iter().find(|i| i.instance_id() == Some(id)).unwrap();
-        let template = launch_template_data(&moto, instance).await.unwrap();
+    for (market, id, reported) in &launched {
+        assert!(all.iter().any(|i| i.instance_id() == Some(id)), "{id}");
+        let template = launch_template_data(&moto, reported).await.unwrap();
         assert_eq!(
             template
                 .instance_initiated_shutdown_behavior()
@@ -1179,12 +1247,17 @@ async fn every_market_launches_instances_that_terminate_when_they_power_off() {
             "{market}: a power-off must end the instance, not stop it"
         );
     }
-    let run_instances = moto
-        .requests()
-        .into_iter()
-        .filter(|r| r.body.contains("Action=RunInstances"))
-        .count();
-    assert_eq!(run_instances, 4);
+    let calls = |action: &str| {
+        moto.requests()
+            .into_iter()
+            .filter(|r| r.body.contains(&format!("Action={action}&")))
+            .count()
+    };
+    assert_eq!(
+        (calls("CreateFleet"), calls("RunInstances")),
+        (2, 2),
+        "spot and on-demand through EC2 Fleet; legacy spot blocks and Capacity Blocks through RunInstances"
+    );
 
     // The plan says so before anything is launched.
     let mut dry = base.to_vec();
@@ -1199,12 +1272,12 @@ async fn every_market_launches_instances_that_terminate_when_they_power_off() {
     let requests = moto.requests();
     let dry_run_request = requests
         .iter()
-        .rfind(|r| r.body.contains("Action=RunInstances") && r.body.contains("DryRun=true"))
+        .rfind(|r| r.body.contains("Action=CreateFleet") && r.body.contains("DryRun=true"))
         .unwrap();
     assert!(
         dry_run_request
             .body
-            .contains("LaunchTemplate.LaunchTemplateId="),
+            .contains("LaunchTemplateSpecification.LaunchTemplateId="),
         "the DryRun checks the request that would be sent, from the template: {}",
         dry_run_request.body
     );
@@ -1243,8 +1316,11 @@ async fn log_level_debug_shows_each_aws_call_and_error_keeps_only_the_error() {
     for call in [
         "batch:DescribeComputeEnvironments",
         "ssm:GetParameter",
-        "ec2:RunInstances",
+        "ec2:DescribeLaunchTemplates",
+        "ec2:CreateLaunchTemplate",
+        "ec2:CreateFleet",
         "ec2:DescribeInstances",
+        "ec2:DeleteLaunchTemplate",
     ] {
         let line = format!("blockwatch-launch: debug: calling {call}\n");
         assert!(debug.stderr.contains(&line), "{call}: {}", debug.stderr);
@@ -1356,12 +1432,14 @@ async fn a_created_template_is_deleted_unless_kept_and_a_kept_one_is_reused_by_c
         .into_iter()
         .find(|i| i.instance_id() == Some(id))
         .unwrap();
+    assert_eq!(tag(&instance, TAG_COMPUTE_ENVIRONMENT), Some("research"));
     assert_eq!(
-        tag(&instance, "aws:ec2launchtemplate:id"),
-        kept["id"].as_str()
+        report["fleet_request"]["LaunchTemplateConfigs"][0]["LaunchTemplateSpecification"]
+            ["LaunchTemplateId"],
+        kept["id"]
     );
     // Instance and volumes carry blockwatch's tags.
-    let data = launch_template_data(&moto, &instance).await.unwrap();
+    let data = launch_template_data(&moto, &reused).await.unwrap();
     for resource in ["instance", "volume"] {
         let spec = data
             .tag_specifications()

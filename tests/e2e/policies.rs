@@ -305,7 +305,7 @@ fn agent_policy_scopes_every_ecs_call_to_the_compute_environments_cluster() {
 /// takes `"*"` only. Sources: the "Actions defined by ..." tables of
 /// list_amazonec2, list_amazonelasticcontainerservice, list_awsbatch,
 /// list_awssystemsmanager and list_awsidentityandaccessmanagementiam.
-const RESOURCE_TYPES: [(&str, &[&str]); 20] = [
+const RESOURCE_TYPES: [(&str, &[&str]); 21] = [
     ("batch:DescribeComputeEnvironments", &[]),
     ("ec2:DescribeTags", &[]),
     ("ec2:DescribeInstances", &[]),
@@ -328,6 +328,7 @@ const RESOURCE_TYPES: [(&str, &[&str]); 20] = [
         ],
     ),
     ("ec2:DescribeLaunchTemplates", &[]),
+    ("ec2:CreateFleet", &["fleet"]),
     ("ec2:CreateLaunchTemplate", &["launch-template"]),
     ("ec2:DeleteLaunchTemplate", &["launch-template"]),
     ("ec2:CreateTags", &["instance", "volume", "launch-template"]),

@@ -119,27 +119,19 @@ pub async fn instances(
         .collect())
 }
 
-/// The data of the launch template `instance` was launched from (EC2 tags
-/// such an instance with `aws:ec2launchtemplate:id` and `:version`). moto
-/// does not apply a template's metadata options, shutdown behaviour or
-/// instance profile to the instance, so tests check them here; the template
-/// must still exist (`--keep-template`).
+/// The data of the launch template a launch reported (`launch_template` of
+/// its `--output json`). moto applies neither a template's metadata options,
+/// shutdown behaviour, instance profile nor security groups to instances it
+/// launches from it (through CreateFleet or RunInstances), so tests check
+/// them here; the template must still exist (`--keep-template`).
 pub async fn launch_template_data(
     moto: &crate::moto::MotoServer,
-    instance: &aws_sdk_ec2::types::Instance,
+    reported: &serde_json::Value,
 ) -> Option<aws_sdk_ec2::types::ResponseLaunchTemplateData> {
-    let tag = |key: &str| {
-        instance
-            .tags()
-            .iter()
-            .find(|t| t.key() == Some(key))
-            .and_then(|t| t.value())
-            .map(str::to_owned)
-    };
     let described = aws_sdk_ec2::Client::new(moto.sdk())
         .describe_launch_template_versions()
-        .launch_template_id(tag("aws:ec2launchtemplate:id")?)
-        .versions(tag("aws:ec2launchtemplate:version")?)
+        .launch_template_id(reported["id"].as_str()?)
+        .versions(reported["version"].as_i64()?.to_string())
         .send()
         .await
         .ok()?;
@@ -204,6 +196,53 @@ pub mod canned {
                 forward(upstream, request)
             }
         })
+    }
+
+    /// EC2 in front of moto at `upstream` that answers the calls named in
+    /// `answers` (action, status, body) and passes every other to moto.
+    pub fn answering(
+        upstream: SocketAddr,
+        answers: Vec<(&'static str, u16, String)>,
+    ) -> std::io::Result<StubServer> {
+        StubServer::start(move |_, request| {
+            answers
+                .iter()
+                .find(|(action, _, _)| request.body.contains(&format!("Action={action}&")))
+                .map_or_else(
+                    || forward(upstream, request),
+                    |(_, status, body)| (*status, body.clone()),
+                )
+        })
+    }
+
+    /// A CreateFleet answer as EC2 sends it: `instances` (id, type,
+    /// lifecycle) and `errors` (type, lifecycle, code, message), each with
+    /// its pool's overrides.
+    pub fn create_fleet(
+        instances: &[(&str, &str, &str)],
+        errors: &[(&str, &str, &str, &str)],
+    ) -> String {
+        let pool = |instance_type: &str| {
+            format!("<launchTemplateAndOverrides><launchTemplateSpecification><launchTemplateId>lt-0123456789abcdef0</launchTemplateId><version>1</version></launchTemplateSpecification><overrides><instanceType>{instance_type}</instanceType></overrides></launchTemplateAndOverrides>")
+        };
+        let errors: String = errors
+            .iter()
+            .map(|(t, lifecycle, code, message)| {
+                format!("<item>{}<lifecycle>{lifecycle}</lifecycle><errorCode>{code}</errorCode><errorMessage>{message}</errorMessage></item>", pool(t))
+            })
+            .collect();
+        let instances: String = instances
+            .iter()
+            .map(|(id, t, lifecycle)| {
+                format!("<item>{}<lifecycle>{lifecycle}</lifecycle><instanceIds><item>{id}</item></instanceIds><instanceType>{t}</instanceType></item>", pool(t))
+            })
+            .collect();
+        format!("<CreateFleetResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><fleetId>fleet-0123</fleetId><errorSet>{errors}</errorSet><fleetInstanceSet>{instances}</fleetInstanceSet></CreateFleetResponse>")
+    }
+
+    /// DescribeInstances of one pending instance launched at `launch_time`.
+    pub fn pending_instance(id: &str, instance_type: &str, launch_time: &str) -> String {
+        format!("<DescribeInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><reservationSet><item><reservationId>r-1</reservationId><instancesSet><item><instanceId>{id}</instanceId><instanceType>{instance_type}</instanceType><launchTime>{launch_time}</launchTime><instanceState><code>0</code><name>pending</name></instanceState></item></instancesSet></item></reservationSet></DescribeInstancesResponse>")
     }
 
     /// DescribeCapacityReservations of one Capacity Block (moto has none).

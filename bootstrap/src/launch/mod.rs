@@ -6,6 +6,7 @@
 //! launch in the order they run; the RunInstances request and `--wait` live
 //! in their own modules.
 
+mod fleet;
 mod run_instances;
 mod template;
 mod wait;
@@ -28,6 +29,7 @@ use crate::cli::LaunchArgs;
 use crate::exit::{self, Exit};
 use crate::output;
 use crate::plan::{Market, Plan, Request};
+pub use fleet::{FleetRequest, PoolError};
 use run_instances::{Refused, Template};
 pub use template::{LaunchTemplate, Origin, TAG_TEMPLATE_HASH};
 pub use wait::{wait, WaitOptions};
@@ -104,6 +106,8 @@ pub struct Launched {
     pub instance_id: String,
     pub instance_type: String,
     pub subnet: Option<String>,
+    /// `spot`, `on-demand` or `capacity-block`.
+    pub lifecycle: String,
     #[serde(with = "time::serde::rfc3339::option")]
     pub launch_time: Option<OffsetDateTime>,
     /// When the agent will consider the lease over.
@@ -137,6 +141,10 @@ pub struct Report {
     pub shutdown_behavior: String,
     /// The launch template the instances start from.
     pub launch_template: LaunchTemplate,
+    /// The EC2 Fleet request (Spot and On-Demand), as sent.
+    pub fleet_request: Option<FleetRequest>,
+    /// The pools the fleet could not fill, with its error codes.
+    pub pool_errors: Vec<PoolError>,
     pub dry_run: bool,
     pub instances: Vec<Launched>,
     pub warnings: Vec<String>,
@@ -148,7 +156,14 @@ pub async fn run(args: &LaunchArgs) -> Result<(), LaunchError> {
     // Everything checkable without AWS is checked before the first call.
     let plan = request(args).validate()?;
     let clients = Clients::new(&aws::sdk().await);
-    let launched = launch(&clients, &plan, args.dry_run, OffsetDateTime::now_utc()).await;
+    let launched = launch(
+        &clients,
+        &plan,
+        args.dry_run,
+        OffsetDateTime::now_utc(),
+        Duration::from(args.not_found_grace),
+    )
+    .await;
     if let Err(LaunchError::Shortfall { report, .. }) = &launched {
         output::print(&output::render(report, args.output));
     }
@@ -189,16 +204,21 @@ fn request(args: &LaunchArgs) -> Request {
         user_data_mode: args.user_data_mode,
         imds_hop_limit: Some(args.imds_hop_limit),
         keep_template: args.keep_template,
+        spot_allocation: args.allocation_strategy,
+        on_demand_allocation: args.on_demand_allocation_strategy,
+        on_demand_base: args.on_demand_base,
     }
 }
 
 /// Runs the whole launch. `dry_run` checks permissions with EC2's `DryRun`
-/// and launches nothing.
+/// and launches nothing. `not_found_grace`: how long EC2 may not know the
+/// instances the fleet just launched (their launch times give the leases).
 pub async fn launch(
     clients: &Clients,
     plan: &Plan,
     dry_run: bool,
     now: OffsetDateTime,
+    not_found_grace: Duration,
 ) -> Result<Report, LaunchError> {
     let (info, cluster, mut warnings) = compute_environment(clients, plan).await?;
     warnings.extend(hop_limit_warning(plan));
@@ -231,6 +251,8 @@ pub async fn launch(
         imds_hop_limit: plan.imds_hop_limit,
         shutdown_behavior: SHUTDOWN_BEHAVIOR.as_str().to_owned(),
         launch_template: launch_template.clone(),
+        fleet_request: None,
+        pool_errors: Vec::new(),
         dry_run,
         instances: Vec::new(),
         warnings,
@@ -241,7 +263,18 @@ pub async fn launch(
         dry_run,
     };
     // The template goes once the launch is over, whatever its outcome.
-    let placed = run_placements(&clients.ec2, &template, &lease, &mut report).await;
+    let placed = if plan.uses_fleet() {
+        run_fleet(
+            &clients.ec2,
+            &template,
+            &lease,
+            &mut report,
+            not_found_grace,
+        )
+        .await
+    } else {
+        run_placements(&clients.ec2, &template, &lease, &mut report).await
+    };
     let cleanup = template::clean_up(&clients.ec2, &launch_template).await;
     report.warnings.extend(cleanup.clone());
     match placed {
@@ -373,6 +406,57 @@ enum Placed {
     Tried { failures: Vec<String> },
 }
 
+/// One CreateFleet over every pool; what it launched is described once
+/// (within `not_found_grace`) for the launch times the leases count from.
+async fn run_fleet(
+    ec2: &Ec2,
+    template: &Template<'_>,
+    lease: &Lease,
+    report: &mut Report,
+    not_found_grace: Duration,
+) -> Result<Placed, LaunchError> {
+    let request = FleetRequest::new(template.plan, template.launch_template);
+    report.fleet_request = Some(request.clone());
+    let answer = match request.send(ec2, template.dry_run).await? {
+        fleet::Sent::DryRunAccepted => return Ok(Placed::DryRunAccepted),
+        fleet::Sent::Answered(answer) => answer,
+    };
+    if let Some(refused) = fleet::refusal(&answer) {
+        return Err(refused);
+    }
+    let ids: Vec<String> = answer
+        .instances
+        .iter()
+        .map(|i| i.instance_id.clone())
+        .collect();
+    let (described, warning) = wait::describe_launched(ec2, &ids, not_found_grace).await;
+    report.warnings.extend(warning);
+    for instance in &answer.instances {
+        let found = described
+            .iter()
+            .find(|d| d.instance_id() == Some(instance.instance_id.as_str()));
+        let launch_time = found.and_then(|d| d.launch_time()).and_then(to_time);
+        report.instances.push(Launched {
+            instance_id: instance.instance_id.clone(),
+            instance_type: instance.instance_type.clone(),
+            subnet: found
+                .and_then(|d| d.subnet_id())
+                .map(str::to_owned)
+                .or_else(|| instance.subnet.clone()),
+            lifecycle: instance.lifecycle.clone(),
+            launch_time,
+            lease_end: lease.end_for(launch_time),
+            state: found
+                .and_then(|d| d.state())
+                .and_then(|s| s.name())
+                .map(|n| n.as_str().to_owned()),
+        });
+    }
+    let failures = answer.errors.iter().map(PoolError::summary).collect();
+    report.pool_errors = answer.errors;
+    Ok(Placed::Tried { failures })
+}
+
 /// RunInstances per (type, subnet) until the count is met. Each call asks
 /// for what is still missing with MinCount 1, so EC2 launches what it can; a
 /// placement is asked again while it keeps delivering.
@@ -399,6 +483,7 @@ async fn run_placements(
                             instance,
                             &instance_type,
                             subnet.as_deref(),
+                            plan.market,
                             lease,
                         ));
                     }
@@ -427,6 +512,7 @@ fn launched(
     instance: &aws_sdk_ec2::types::Instance,
     instance_type: &str,
     subnet: Option<&str>,
+    market: Market,
     lease: &Lease,
 ) -> Launched {
     let launch_time = instance.launch_time().and_then(to_time);
@@ -434,6 +520,7 @@ fn launched(
         instance_id: instance.instance_id().unwrap_or_default().to_owned(),
         instance_type: instance_type.to_owned(),
         subnet: instance.subnet_id().or(subnet).map(str::to_owned),
+        lifecycle: market.to_string(),
         launch_time,
         lease_end: lease.end_for(launch_time),
         state: instance

@@ -140,6 +140,50 @@ pub async fn wait(
     }
 }
 
+/// The instances just launched, as EC2 describes them, asked again while EC2
+/// does not know them yet (up to `grace`). A failure is a warning: they
+/// launched all the same, only their launch times (and leases) are unknown.
+pub(super) async fn describe_launched(
+    ec2: &aws_sdk_ec2::Client,
+    ids: &[String],
+    grace: Duration,
+) -> (Vec<aws_sdk_ec2::types::Instance>, Option<String>) {
+    if ids.is_empty() {
+        return (Vec::new(), None);
+    }
+    let started = tokio::time::Instant::now();
+    loop {
+        match ec2
+            .describe_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .send()
+            .await
+        {
+            Ok(described) => {
+                let instances = described
+                    .reservations()
+                    .iter()
+                    .flat_map(|r| r.instances().iter().cloned())
+                    .collect();
+                return (instances, None);
+            }
+            Err(err)
+                if err.code() == Some("InvalidInstanceID.NotFound")
+                    && started.elapsed() < grace =>
+            {
+                tokio::time::sleep(WaitOptions::DEFAULT_POLL_INTERVAL.min(grace)).await;
+            }
+            Err(err) => {
+                let warning = format!(
+                    "launched, but their launch times (and lease ends) are unknown: {}",
+                    classify("ec2:DescribeInstances", &err)
+                );
+                return (Vec::new(), Some(warning));
+            }
+        }
+    }
+}
+
 /// The cluster query that lists only these instances' container instances.
 fn instance_filter(ids: &[String]) -> String {
     let quoted: Vec<String> = ids.iter().map(|id| format!("'{id}'")).collect();
