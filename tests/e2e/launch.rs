@@ -1486,3 +1486,124 @@ async fn a_created_template_is_deleted_unless_kept_and_a_kept_one_is_reused_by_c
         kept["id"].as_str().unwrap()
     ));
 }
+
+#[tokio::test]
+async fn one_fleet_request_covers_every_type_and_subnet_with_the_on_demand_base() {
+    let (moto, _) = moto_with_ce().await;
+    let (subnet_a, _) = moto.default_network().await.unwrap();
+    let subnet_b = aws_sdk_ec2::Client::new(moto.sdk())
+        .describe_subnets()
+        .send()
+        .await
+        .unwrap()
+        .subnets()
+        .iter()
+        .filter_map(|s| s.subnet_id())
+        .find(|s| *s != subnet_a)
+        .unwrap()
+        .to_owned();
+    let before = moto.requests().len();
+    let run = Launcher::new(&moto.endpoint())
+        .launch(3, "2h")
+        .args([
+            "--instance-type",
+            "m6i.large",
+            "--instance-type",
+            "m5.large",
+            "--subnet",
+            &subnet_a,
+            "--subnet",
+            &subnet_b,
+            "--on-demand-base",
+            "1",
+            "--output",
+            "json",
+        ])
+        .run();
+    run.assert_exit(0);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+
+    let fleets: Vec<_> = moto
+        .requests()
+        .into_iter()
+        .skip(before)
+        .filter(|r| r.body.contains("Action=CreateFleet&"))
+        .collect();
+    assert_eq!(fleets.len(), 1, "one request for every pool");
+    let body = &fleets[0].body;
+    for pair in [
+        "Type=instant",
+        "TargetCapacitySpecification.TotalTargetCapacity=3",
+        "TargetCapacitySpecification.OnDemandTargetCapacity=1",
+        "TargetCapacitySpecification.SpotTargetCapacity=2",
+        "TargetCapacitySpecification.DefaultTargetCapacityType=spot",
+        "SpotOptions.AllocationStrategy=price-capacity-optimized",
+        "SpotOptions.InstanceInterruptionBehavior=terminate",
+        "OnDemandOptions.AllocationStrategy=lowest-price",
+        "LaunchTemplateConfigs.1.Overrides.4.InstanceType=m5.large",
+    ] {
+        assert!(body.contains(pair), "{pair}: {body}");
+    }
+    assert!(body.contains(&format!(
+        "LaunchTemplateConfigs.1.Overrides.4.SubnetId={subnet_b}"
+    )));
+    assert!(
+        !body.contains("MinTargetCapacity"),
+        "no minimum without --min-count: EC2 would tie the fleet to one AZ"
+    );
+    assert!(!body.contains("Overrides.5."), "{body}");
+
+    // 1 On-Demand and 2 Spot, every one tagged from the launch template.
+    let all = instances(&moto).await;
+    assert_eq!(all.len(), 3);
+    let spot = all
+        .iter()
+        .filter(|i| i.instance_lifecycle().map(|l| l.as_str()) == Some("spot"))
+        .count();
+    assert_eq!(spot, 2);
+    for instance in &all {
+        assert_eq!(tag(instance, TAG_COMPUTE_ENVIRONMENT), Some("research"));
+        assert_eq!(tag(instance, TAG_LEASE_DURATION), Some("2h"));
+        assert!(tag(instance, TAG_CLUSTER).is_some());
+        assert_eq!(tag(instance, "Name"), Some("blockwatch-research"));
+    }
+    let mut lifecycles: Vec<&str> = report["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["lifecycle"].as_str().unwrap())
+        .collect();
+    lifecycles.sort_unstable();
+    assert_eq!(lifecycles, ["on-demand", "spot", "spot"]);
+    assert!(report["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["lease_end"].is_string()));
+
+    // The dry run prints the whole request.
+    let dry = Launcher::new(&moto.endpoint())
+        .launch(3, "2h")
+        .args([
+            "--instance-type",
+            "m6i.large",
+            "--instance-type",
+            "m5.large",
+            "--market",
+            "on-demand",
+            "--on-demand-allocation-strategy",
+            "prioritized",
+            "--dry-run",
+        ])
+        .run();
+    dry.assert_exit(0);
+    dry.assert_stdout_has("fleet request (ec2:CreateFleet):")
+        .assert_stdout_has("\"AllocationStrategy\": \"prioritized\"")
+        .assert_stdout_has("\"DefaultTargetCapacityType\": \"on-demand\"")
+        .assert_stdout_has("\"Priority\": 1");
+    assert_eq!(
+        instances(&moto).await.len(),
+        3,
+        "the dry run launched nothing"
+    );
+}
