@@ -628,6 +628,64 @@ mod tests {
     }
 
     #[test]
+    fn fleet_flags_apply_to_spot_and_on_demand_only() {
+        let plan = request().validate().unwrap();
+        assert!(plan.uses_fleet());
+        assert_eq!(
+            (
+                plan.spot_allocation,
+                plan.on_demand_base,
+                plan.min_count_given
+            ),
+            (SpotAllocation::PriceCapacityOptimized, 0, false)
+        );
+        let base = |market, base| Request {
+            market: Some(market),
+            on_demand_base: Some(base),
+            ..request()
+        };
+        assert_eq!(
+            base(Market::Spot, 2).validate().map(|p| p.on_demand_base),
+            Ok(2)
+        );
+        assert_eq!(
+            base(Market::Spot, 3).validate(),
+            Err(Invalid::OnDemandBase { base: 3, count: 2 })
+        );
+        assert_eq!(
+            base(Market::OnDemand, 1).validate(),
+            Err(Invalid::SpotFleetOnly)
+        );
+        let legacy = Request {
+            legacy_spot_block: true,
+            spot_allocation: Some(SpotAllocation::LowestPrice),
+            ..request()
+        };
+        assert_eq!(legacy.validate(), Err(Invalid::SpotFleetOnly));
+        let block = Request {
+            market: Some(Market::CapacityBlock),
+            capacity_reservation_id: Some("cr-1".into()),
+            on_demand_allocation: Some(OnDemandAllocation::Prioritized),
+            ..request()
+        };
+        assert_eq!(
+            block.validate(),
+            Err(Invalid::OnDemandAllocationWithoutFleet)
+        );
+        let block = Request {
+            market: Some(Market::CapacityBlock),
+            capacity_reservation_id: Some("cr-1".into()),
+            ..request()
+        };
+        assert!(!block.validate().unwrap().uses_fleet());
+        let given = Request {
+            min_count: Some(1),
+            ..request()
+        };
+        assert!(given.validate().unwrap().min_count_given);
+    }
+
+    #[test]
     fn ecs_config_user_data_carries_the_cluster() {
         let plan = Request {
             user_data_mode: UserDataMode::EcsConfig,
