@@ -366,11 +366,11 @@ impl Plan {
         }
     }
 
-    /// Whether the launch is one EC2 Fleet request: Spot and On-Demand.
-    /// Capacity Blocks and legacy Spot blocks stay on RunInstances.
+    /// Whether the launch is one EC2 Fleet request: every market but legacy
+    /// Spot blocks (a fleet takes no `BlockDurationMinutes`), which stay on
+    /// RunInstances.
     pub fn uses_fleet(&self) -> bool {
-        matches!(self.market, Market::Spot | Market::OnDemand)
-            && self.block_duration_minutes.is_none()
+        self.block_duration_minutes.is_none()
     }
 
     /// (instance type, subnet) pairs, in the order given: the fleet's pools,
@@ -677,7 +677,13 @@ mod tests {
             capacity_reservation_id: Some("cr-1".into()),
             ..request()
         };
-        assert!(!block.validate().unwrap().uses_fleet());
+        assert!(block.validate().unwrap().uses_fleet());
+        let legacy = Request {
+            legacy_spot_block: true,
+            duration: "2h".into(),
+            ..request()
+        };
+        assert!(!legacy.validate().unwrap().uses_fleet());
         let given = Request {
             min_count: Some(1),
             ..request()

@@ -633,17 +633,26 @@ fn launch_help_explains_itself() {
 }
 
 /// EC2 with one Capacity Block, `cr-0123abcd`, ending at `end_date`: moto
-/// has no Capacity Blocks, so DescribeCapacityReservations is answered here
-/// and every other EC2 call passes through to moto.
+/// has no Capacity Blocks, so DescribeCapacityReservations is answered here.
+/// moto's CreateFleet launches nothing for the target capacity type
+/// `capacity-block`; EC2 launches into the block, instances that run like
+/// On-Demand ones, so the fleet reaches moto as an On-Demand one. Every
+/// other EC2 call passes through; `received()` keeps what the launcher sent.
 fn capacity_block_ec2(moto: &MotoServer, end_date: time::OffsetDateTime) -> StubServer {
     let end_text = blockwatch_core::time_text::rfc3339(end_date);
     let upstream = moto.addr();
     StubServer::start(move |_, request| {
         if request.body.contains("Action=DescribeCapacityReservations") {
-            (200, canned::capacity_block("cr-0123abcd", &end_text))
-        } else {
-            blockwatch_testkit::stub::forward(upstream, request)
+            return (200, canned::capacity_block("cr-0123abcd", &end_text));
         }
+        let mut request = request.clone();
+        if request.body.contains("Action=CreateFleet&") {
+            request.body = request.body.replace(
+                "DefaultTargetCapacityType=capacity-block",
+                "DefaultTargetCapacityType=on-demand",
+            );
+        }
+        blockwatch_testkit::stub::forward(upstream, &request)
     })
     .unwrap()
 }
@@ -688,25 +697,34 @@ async fn capacity_block_market_carries_the_reservation_and_its_end_minus_thirty_
     assert_eq!(all.len(), 1);
     assert_eq!(tag(&all[0], TAG_LEASE_END), Some(lease_end.as_str()));
     assert_eq!(tag(&all[0], TAG_LEASE_DURATION), None);
-    let run_instances = moto
-        .requests()
-        .into_iter()
-        .find(|r| r.body.contains("Action=RunInstances"))
-        .unwrap();
-    assert!(
-        run_instances
-            .body
-            .contains("InstanceMarketOptions.MarketType=capacity-block"),
-        "{}",
-        run_instances.body
-    );
-    assert!(
-        run_instances
-            .body
-            .contains("CapacityReservationTarget.CapacityReservationId=cr-0123abcd"),
-        "{}",
-        run_instances.body
-    );
+    // One fleet of the block's type; the template carries the market and
+    // the reservation (EC2 Fleet takes them from nowhere else).
+    let sent = |action: &str| {
+        ec2.received()
+            .into_iter()
+            .filter(|r| r.body.contains(&format!("Action={action}&")))
+            .collect::<Vec<_>>()
+    };
+    let fleets = sent("CreateFleet");
+    assert_eq!(fleets.len(), 1);
+    assert!(sent("RunInstances").is_empty());
+    for pair in [
+        "TargetCapacitySpecification.DefaultTargetCapacityType=capacity-block",
+        "TargetCapacitySpecification.TotalTargetCapacity=1",
+        "Overrides.1.InstanceType=p5.48xlarge",
+    ] {
+        assert!(fleets[0].body.contains(pair), "{pair}: {}", fleets[0].body);
+    }
+    assert!(!fleets[0].body.contains("SpotTargetCapacity"));
+    assert!(!fleets[0].body.contains("OnDemandTargetCapacity"));
+    let template = &sent("CreateLaunchTemplate")[0].body;
+    for pair in [
+        "LaunchTemplateData.InstanceMarketOptions.MarketType=capacity-block",
+        "LaunchTemplateData.CapacityReservationSpecification.CapacityReservationTarget.CapacityReservationId=cr-0123abcd",
+    ] {
+        assert!(template.contains(pair), "{pair}: {template}");
+    }
+    assert_eq!(report["instances"][0]["lifecycle"], "capacity-block");
 }
 
 #[tokio::test]
@@ -1255,8 +1273,8 @@ async fn every_market_launches_instances_that_terminate_when_they_power_off() {
     };
     assert_eq!(
         (calls("CreateFleet"), calls("RunInstances")),
-        (2, 2),
-        "spot and on-demand through EC2 Fleet; legacy spot blocks and Capacity Blocks through RunInstances"
+        (3, 1),
+        "spot, on-demand and the Capacity Block (through its stand-in) by EC2 Fleet; legacy spot blocks by RunInstances"
     );
 
     // The plan says so before anything is launched.

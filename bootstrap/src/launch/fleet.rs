@@ -38,8 +38,11 @@ pub struct FleetRequest {
 #[serde(rename_all = "PascalCase")]
 pub struct TargetCapacity {
     pub total_target_capacity: u32,
-    pub on_demand_target_capacity: u32,
-    pub spot_target_capacity: u32,
+    /// Absent for a Capacity Block: EC2 refuses either with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_demand_target_capacity: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spot_target_capacity: Option<u32>,
     pub default_target_capacity_type: &'static str,
 }
 
@@ -88,6 +91,9 @@ pub struct Override {
 
 impl FleetRequest {
     pub fn new(plan: &Plan, template: &LaunchTemplate) -> Self {
+        if plan.market == Market::CapacityBlock {
+            return Self::capacity_block(plan, template);
+        }
         let on_demand = match plan.market {
             Market::OnDemand => plan.count,
             _ => plan.on_demand_base,
@@ -116,8 +122,8 @@ impl FleetRequest {
             fleet_type: "instant",
             target_capacity_specification: TargetCapacity {
                 total_target_capacity: plan.count,
-                on_demand_target_capacity: on_demand,
-                spot_target_capacity: spot,
+                on_demand_target_capacity: Some(on_demand),
+                spot_target_capacity: Some(spot),
                 default_target_capacity_type: if spot > 0 { "spot" } else { "on-demand" },
             },
             spot_options: (spot > 0).then(|| MarketOptions {
@@ -132,13 +138,36 @@ impl FleetRequest {
                 min_target_capacity: on_demand_min,
                 single_availability_zone: on_demand_min.map(|_| true),
             }),
-            launch_template_configs: [TemplateConfig {
-                launch_template_specification: TemplateSpecification {
-                    launch_template_id: template.id.clone(),
-                    version: template.version.to_string(),
-                },
-                overrides,
-            }],
+            launch_template_configs: template_configs(template, overrides),
+        }
+    }
+
+    /// A Capacity Block: its reservation (in the template) fixes the type
+    /// and AZ, so the pools are only the --subnet choices; no Spot or
+    /// On-Demand capacity and no market options (EC2 refuses them with
+    /// `capacity-block`), and no minimum: the launcher checks --min-count.
+    fn capacity_block(plan: &Plan, template: &LaunchTemplate) -> Self {
+        let overrides = plan
+            .placements()
+            .into_iter()
+            .map(|(instance_type, subnet_id)| Override {
+                instance_type,
+                subnet_id,
+                max_price: None,
+                priority: None,
+            })
+            .collect();
+        Self {
+            fleet_type: "instant",
+            target_capacity_specification: TargetCapacity {
+                total_target_capacity: plan.count,
+                on_demand_target_capacity: None,
+                spot_target_capacity: None,
+                default_target_capacity_type: "capacity-block",
+            },
+            spot_options: None,
+            on_demand_options: None,
+            launch_template_configs: template_configs(template, overrides),
         }
     }
 
@@ -169,8 +198,8 @@ impl FleetRequest {
             .target_capacity_specification(
                 TargetCapacitySpecificationRequest::builder()
                     .total_target_capacity(count(capacity.total_target_capacity))
-                    .on_demand_target_capacity(count(capacity.on_demand_target_capacity))
-                    .spot_target_capacity(count(capacity.spot_target_capacity))
+                    .set_on_demand_target_capacity(capacity.on_demand_target_capacity.map(count))
+                    .set_spot_target_capacity(capacity.spot_target_capacity.map(count))
                     .default_target_capacity_type(DefaultTargetCapacityType::from(
                         capacity.default_target_capacity_type,
                     ))
@@ -207,6 +236,16 @@ impl FleetRequest {
             Err(err) => Err(classify("ec2:CreateFleet", &err).into()),
         }
     }
+}
+
+fn template_configs(template: &LaunchTemplate, overrides: Vec<Override>) -> [TemplateConfig; 1] {
+    [TemplateConfig {
+        launch_template_specification: TemplateSpecification {
+            launch_template_id: template.id.clone(),
+            version: template.version.to_string(),
+        },
+        overrides,
+    }]
 }
 
 fn count(n: u32) -> i32 {
@@ -354,6 +393,18 @@ mod tests {
         }
     }
 
+    /// Five instances over two types in two subnets.
+    fn plan_request() -> Request {
+        Request {
+            compute_environment: "ce".into(),
+            count: 5,
+            duration: "3h".into(),
+            instance_types: vec!["m6i.large".into(), "m5.large".into()],
+            subnets: vec!["subnet-a".into(), "subnet-b".into()],
+            ..Request::default()
+        }
+    }
+
     fn plan(request: Request) -> Plan {
         Request {
             compute_environment: "ce".into(),
@@ -432,6 +483,31 @@ mod tests {
         assert_eq!(
             json["TargetCapacitySpecification"]["DefaultTargetCapacityType"],
             "on-demand"
+        );
+    }
+
+    #[test]
+    fn a_capacity_block_is_a_capacity_block_fleet_without_market_options() {
+        let fleet = FleetRequest::new(
+            &Request {
+                market: Some(Market::CapacityBlock),
+                capacity_reservation_id: Some("cr-1".into()),
+                instance_types: vec!["p5.48xlarge".into()],
+                ..plan_request()
+            }
+            .validate()
+            .unwrap(),
+            &template(),
+        );
+        let json = serde_json::to_value(&fleet).unwrap();
+        assert_eq!(
+            json["TargetCapacitySpecification"],
+            serde_json::json!({"TotalTargetCapacity": 5, "DefaultTargetCapacityType": "capacity-block"})
+        );
+        assert!(json.get("SpotOptions").is_none() && json.get("OnDemandOptions").is_none());
+        assert_eq!(
+            json["LaunchTemplateConfigs"][0]["Overrides"],
+            serde_json::json!([{"InstanceType": "p5.48xlarge", "SubnetId": "subnet-a"}, {"InstanceType": "p5.48xlarge", "SubnetId": "subnet-b"}])
         );
     }
 

@@ -432,6 +432,12 @@ async fn run_fleet(
     let (described, warning) = wait::describe_launched(ec2, &ids, not_found_grace).await;
     report.warnings.extend(warning);
     for instance in &answer.instances {
+        // A Capacity Block instance is reported as one, whatever lifecycle
+        // the fleet names.
+        let lifecycle = match template.plan.market {
+            Market::CapacityBlock => Market::CapacityBlock.to_string(),
+            Market::Spot | Market::OnDemand => instance.lifecycle.clone(),
+        };
         let found = described
             .iter()
             .find(|d| d.instance_id() == Some(instance.instance_id.as_str()));
@@ -443,7 +449,7 @@ async fn run_fleet(
                 .and_then(|d| d.subnet_id())
                 .map(str::to_owned)
                 .or_else(|| instance.subnet.clone()),
-            lifecycle: instance.lifecycle.clone(),
+            lifecycle,
             launch_time,
             lease_end: lease.end_for(launch_time),
             state: found
@@ -457,7 +463,7 @@ async fn run_fleet(
     Ok(Placed::Tried { failures })
 }
 
-/// RunInstances per (type, subnet) until the count is met. Each call asks
+/// Legacy Spot blocks: RunInstances per (type, subnet) until the count is met. Each call asks
 /// for what is still missing with MinCount 1, so EC2 launches what it can; a
 /// placement is asked again while it keeps delivering.
 async fn run_placements(

@@ -1,20 +1,21 @@
-//! One RunInstances call: the request every placement sends (from the
-//! launch template), and what EC2's refusal of it means.
+//! One RunInstances call of a legacy Spot block (`--legacy-spot-block`, the
+//! one market EC2 Fleet cannot take): the request every placement sends
+//! (from the launch template), and what EC2's refusal of it means.
 
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
 use aws_sdk_ec2::operation::run_instances::RunInstancesError;
 use aws_sdk_ec2::types::{
-    CapacityReservationSpecification, CapacityReservationTarget, InstanceInterruptionBehavior,
-    InstanceMarketOptionsRequest, MarketType, SpotInstanceType, SpotMarketOptions,
+    InstanceInterruptionBehavior, InstanceMarketOptionsRequest, MarketType, SpotInstanceType,
+    SpotMarketOptions,
 };
 use aws_sdk_ec2::Client as Ec2;
 use blockwatch_aws::classify;
 
 use super::template::LaunchTemplate;
 use super::LaunchError;
-use crate::plan::{Market, Plan};
+use crate::plan::Plan;
 
 /// What every RunInstances call of one launch shares: the launch template
 /// carries what the instances are; each call adds where and how many.
@@ -43,45 +44,27 @@ impl Template<'_> {
             .max_count(i32::try_from(count).unwrap_or(i32::MAX))
             .dry_run(self.dry_run)
             .set_subnet_id(subnet.map(str::to_owned));
-        market_options(request, self.plan)
+        spot_block_options(request, self.plan)
     }
 }
 
-fn market_options(request: RunInstancesFluentBuilder, plan: &Plan) -> RunInstancesFluentBuilder {
-    match plan.market {
-        Market::Spot => {
-            let mut spot = SpotMarketOptions::builder()
-                .spot_instance_type(SpotInstanceType::OneTime)
-                .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
-                .set_max_price(plan.max_price.clone());
-            if let Some(minutes) = plan.block_duration_minutes {
-                spot = spot.block_duration_minutes(minutes);
-            }
-            request.instance_market_options(
-                InstanceMarketOptionsRequest::builder()
-                    .market_type(MarketType::Spot)
-                    .spot_options(spot.build())
-                    .build(),
-            )
-        }
-        Market::OnDemand => request,
-        Market::CapacityBlock => {
-            let target = CapacityReservationTarget::builder()
-                .set_capacity_reservation_id(plan.capacity_reservation_id.clone())
-                .build();
-            request
-                .instance_market_options(
-                    InstanceMarketOptionsRequest::builder()
-                        .market_type(MarketType::CapacityBlock)
-                        .build(),
-                )
-                .capacity_reservation_specification(
-                    CapacityReservationSpecification::builder()
-                        .capacity_reservation_target(target)
-                        .build(),
-                )
-        }
-    }
+/// One-time Spot with `BlockDurationMinutes`: EC2 Fleet takes no block
+/// duration, so legacy Spot blocks are the one market left on RunInstances.
+fn spot_block_options(
+    request: RunInstancesFluentBuilder,
+    plan: &Plan,
+) -> RunInstancesFluentBuilder {
+    let spot = SpotMarketOptions::builder()
+        .spot_instance_type(SpotInstanceType::OneTime)
+        .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+        .set_max_price(plan.max_price.clone())
+        .set_block_duration_minutes(plan.block_duration_minutes);
+    request.instance_market_options(
+        InstanceMarketOptionsRequest::builder()
+            .market_type(MarketType::Spot)
+            .spot_options(spot.build())
+            .build(),
+    )
 }
 
 /// What a refused RunInstances means for the launch.

@@ -12,11 +12,12 @@
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
-    Filter, LaunchTemplateHttpTokensState, LaunchTemplateIamInstanceProfileSpecificationRequest,
-    LaunchTemplateInstanceMetadataEndpointState, LaunchTemplateInstanceMetadataOptionsRequest,
-    LaunchTemplateInstanceMetadataTagsState, LaunchTemplateSpecification,
-    LaunchTemplateTagSpecificationRequest, RequestLaunchTemplateData, ResourceType, Tag,
-    TagSpecification,
+    CapacityReservationTarget, Filter, LaunchTemplateCapacityReservationSpecificationRequest,
+    LaunchTemplateHttpTokensState, LaunchTemplateIamInstanceProfileSpecificationRequest,
+    LaunchTemplateInstanceMarketOptionsRequest, LaunchTemplateInstanceMetadataEndpointState,
+    LaunchTemplateInstanceMetadataOptionsRequest, LaunchTemplateInstanceMetadataTagsState,
+    LaunchTemplateSpecification, LaunchTemplateTagSpecificationRequest, MarketType,
+    RequestLaunchTemplateData, ResourceType, Tag, TagSpecification,
 };
 use aws_sdk_ec2::Client as Ec2;
 use blockwatch_aws::classify;
@@ -24,7 +25,7 @@ use blockwatch_core::tags::TAG_COMPUTE_ENVIRONMENT;
 use serde::Serialize;
 
 use super::{LaunchError, SHUTDOWN_BEHAVIOR};
-use crate::plan::Plan;
+use crate::plan::{Market, Plan};
 
 /// The tag holding [`Content::hash`] on a kept template.
 pub const TAG_TEMPLATE_HASH: &str = "blockwatch:template-hash";
@@ -41,6 +42,9 @@ pub(super) struct Content {
     key_name: Option<String>,
     security_groups: Vec<String>,
     shutdown_behavior: &'static str,
+    /// A Capacity Block's reservation: EC2 Fleet takes the market and the
+    /// reservation only from the template.
+    capacity_block: Option<String>,
 }
 
 impl Content {
@@ -54,6 +58,10 @@ impl Content {
             key_name: plan.key_name.clone(),
             security_groups: plan.security_groups.clone(),
             shutdown_behavior: SHUTDOWN_BEHAVIOR.as_str(),
+            capacity_block: match plan.market {
+                Market::CapacityBlock => plan.capacity_reservation_id.clone(),
+                Market::Spot | Market::OnDemand => None,
+            },
         }
     }
 
@@ -101,6 +109,23 @@ impl Content {
                 spec.name(profile)
             };
             data = data.iam_instance_profile(spec.build());
+        }
+        if let Some(reservation) = &self.capacity_block {
+            data = data
+                .instance_market_options(
+                    LaunchTemplateInstanceMarketOptionsRequest::builder()
+                        .market_type(MarketType::CapacityBlock)
+                        .build(),
+                )
+                .capacity_reservation_specification(
+                    LaunchTemplateCapacityReservationSpecificationRequest::builder()
+                        .capacity_reservation_target(
+                            CapacityReservationTarget::builder()
+                                .capacity_reservation_id(reservation)
+                                .build(),
+                        )
+                        .build(),
+                );
         }
         if let Some(script) = &self.user_data {
             data = data.user_data(aws_smithy_types::base64::encode(script.as_bytes()));
