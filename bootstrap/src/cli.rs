@@ -107,7 +107,9 @@ pub struct LaunchArgs {
     /// How many instances
     #[arg(long, value_name = "N", required = true)]
     pub count: Option<u32>,
-    /// Launch even if only this many are available [default: --count]
+    /// Launch even if only this many are available [default: --count]. When given, it is the
+    /// fleet's minimum target capacity: EC2 launches at least this many or none, in one AZ
+    /// (EC2 ties a minimum to a single AZ)
     #[arg(long, value_name = "N")]
     pub min_count: Option<u32>,
     /// How long the block lasts, like 3h or 90m (the lease counts from each instance's launch)
