@@ -486,6 +486,14 @@ async fn wait_returns_once_the_instances_run_with_a_quiet_line_when_piped() {
 }
 
 /// Runs the launcher with Batch and SSM at moto and EC2 at `ec2`.
+/// The EC2 requests of `action` that the stand-in `ec2` received.
+fn sent(ec2: &StubServer, action: &str) -> Vec<blockwatch_testkit::stub::Received> {
+    ec2.received()
+        .into_iter()
+        .filter(|r| r.body.contains(&format!("Action={action}&")))
+        .collect()
+}
+
 fn launcher_with_ec2(moto: &MotoServer, ec2: &StubServer, args: &[&str]) -> Run {
     Launcher::new(&moto.endpoint())
         .ec2_at(&ec2.url(""))
@@ -547,12 +555,11 @@ async fn capacity_shortfall_price_and_access_denied_get_specific_errors() {
         run.stdout
     );
     run.assert_stdout_has("  not filled: p5.48xlarge (spot): InsufficientInstanceCapacity (We currently do not have sufficient p5.48xlarge capacity.)");
-    let created = partial
-        .received()
-        .iter()
-        .filter(|r| r.body.contains("Action=CreateFleet&"))
-        .count();
-    assert_eq!(created, 1, "one request over both pools");
+    assert_eq!(
+        sent(&partial, "CreateFleet").len(),
+        1,
+        "one request over both pools"
+    );
 
     // With --min-count 1, the same is a success with a warning, and each
     // pool's outcome is in the JSON.
@@ -699,15 +706,9 @@ async fn capacity_block_market_carries_the_reservation_and_its_end_minus_thirty_
     assert_eq!(tag(&all[0], TAG_LEASE_DURATION), None);
     // One fleet of the block's type; the template carries the market and
     // the reservation (EC2 Fleet takes them from nowhere else).
-    let sent = |action: &str| {
-        ec2.received()
-            .into_iter()
-            .filter(|r| r.body.contains(&format!("Action={action}&")))
-            .collect::<Vec<_>>()
-    };
-    let fleets = sent("CreateFleet");
+    let fleets = sent(&ec2, "CreateFleet");
     assert_eq!(fleets.len(), 1);
-    assert!(sent("RunInstances").is_empty());
+    assert!(sent(&ec2, "RunInstances").is_empty());
     for pair in [
         "TargetCapacitySpecification.DefaultTargetCapacityType=capacity-block",
         "TargetCapacitySpecification.TotalTargetCapacity=1",
@@ -717,7 +718,7 @@ async fn capacity_block_market_carries_the_reservation_and_its_end_minus_thirty_
     }
     assert!(!fleets[0].body.contains("SpotTargetCapacity"));
     assert!(!fleets[0].body.contains("OnDemandTargetCapacity"));
-    let template = &sent("CreateLaunchTemplate")[0].body;
+    let template = &sent(&ec2, "CreateLaunchTemplate")[0].body;
     for pair in [
         "LaunchTemplateData.InstanceMarketOptions.MarketType=capacity-block",
         "LaunchTemplateData.CapacityReservationSpecification.CapacityReservationTarget.CapacityReservationId=cr-0123abcd",
@@ -1167,13 +1168,9 @@ async fn instances_ec2_does_not_know_yet_are_waited_for_not_refused() {
     let run = launch_one_and_wait(&moto, &ec2, &[]);
     run.assert_exit(0);
     run.assert_stderr_has("waiting: 1/1 running");
-    let described = ec2
-        .received()
-        .iter()
-        .filter(|r| r.body.contains("Action=DescribeInstances"))
-        .count();
     assert_eq!(
-        described, 4,
+        sent(&ec2, "DescribeInstances").len(),
+        4,
         "two NotFound answers, then the instance (for its launch time), then the wait's"
     );
     run.assert_stdout_has("lease ends 20");

@@ -405,25 +405,16 @@ mod tests {
         }
     }
 
-    fn plan(request: Request) -> Plan {
-        Request {
-            compute_environment: "ce".into(),
-            count: 5,
-            duration: "3h".into(),
-            instance_types: vec!["m6i.large".into(), "m5.large".into()],
-            subnets: vec!["subnet-a".into(), "subnet-b".into()],
-            ..request
-        }
-        .validate()
-        .unwrap()
+    fn plan(request: &Request) -> Plan {
+        request.validate().unwrap()
     }
 
     #[test]
     fn one_request_over_every_pool_spot_with_the_on_demand_base() {
         let fleet = FleetRequest::new(
-            &plan(Request {
+            &plan(&Request {
                 on_demand_base: Some(2),
-                ..Request::default()
+                ..plan_request()
             }),
             &template(),
         );
@@ -459,11 +450,11 @@ mod tests {
     #[test]
     fn on_demand_prioritized_follows_the_order_given_and_min_count_is_a_single_az_minimum() {
         let fleet = FleetRequest::new(
-            &plan(Request {
+            &plan(&Request {
                 market: Some(Market::OnDemand),
                 on_demand_allocation: Some(OnDemandAllocation::Prioritized),
                 min_count: Some(3),
-                ..Request::default()
+                ..plan_request()
             }),
             &template(),
         );
@@ -489,14 +480,12 @@ mod tests {
     #[test]
     fn a_capacity_block_is_a_capacity_block_fleet_without_market_options() {
         let fleet = FleetRequest::new(
-            &Request {
+            &plan(&Request {
                 market: Some(Market::CapacityBlock),
                 capacity_reservation_id: Some("cr-1".into()),
                 instance_types: vec!["p5.48xlarge".into()],
                 ..plan_request()
-            }
-            .validate()
-            .unwrap(),
+            }),
             &template(),
         );
         let json = serde_json::to_value(&fleet).unwrap();
