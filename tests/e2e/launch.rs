@@ -1517,14 +1517,17 @@ async fn one_fleet_request_covers_every_type_and_subnet_with_the_on_demand_base(
         .find(|s| *s != subnet_a)
         .unwrap()
         .to_owned();
-    let before = moto.requests().len();
-    let run = Launcher::new(&moto.endpoint())
-        .launch(3, "2h")
-        .args([
+    let two_types = || {
+        Launcher::new(&moto.endpoint()).launch(3, "2h").args([
             "--instance-type",
             "m6i.large",
             "--instance-type",
             "m5.large",
+        ])
+    };
+    let before = moto.requests().len();
+    let run = two_types()
+        .args([
             "--subnet",
             &subnet_a,
             "--subnet",
@@ -1597,13 +1600,8 @@ async fn one_fleet_request_covers_every_type_and_subnet_with_the_on_demand_base(
         .all(|i| i["lease_end"].is_string()));
 
     // The dry run prints the whole request.
-    let dry = Launcher::new(&moto.endpoint())
-        .launch(3, "2h")
+    let dry = two_types()
         .args([
-            "--instance-type",
-            "m6i.large",
-            "--instance-type",
-            "m5.large",
             "--market",
             "on-demand",
             "--on-demand-allocation-strategy",
