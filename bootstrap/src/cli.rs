@@ -186,7 +186,8 @@ pub struct LaunchArgs {
     #[arg(long, value_name = "DUR", default_value = "10m")]
     pub wait_timeout: humantime::Duration,
     /// How long EC2 may answer InvalidInstanceID.NotFound for instances it just launched
-    /// (eventual consistency) before --wait gives up; for tests
+    /// (eventual consistency) before the launch reports them without launch times, and before
+    /// --wait gives up; for tests
     #[arg(long, value_name = "DUR", hide = true,
           default_value_t = WaitOptions::DEFAULT_NOT_FOUND_GRACE.into())]
     pub not_found_grace: humantime::Duration,

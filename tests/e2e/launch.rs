@@ -311,6 +311,11 @@ async fn dry_run_launches_nothing_and_prints_the_plan() {
     assert_eq!(plan["requested"], 3);
     assert!(plan["instances"].as_array().unwrap().is_empty());
     assert!(instances(&moto).await.is_empty());
+    assert_eq!(plan["fleet_request"]["Type"], "instant", "{plan}");
+    assert!(
+        launch_templates(&moto).await.is_empty(),
+        "the template the DryRun needed is gone"
+    );
 
     let text = Launcher::new(&moto.endpoint())
         .launch(3, "2h")
