@@ -1,7 +1,7 @@
 //! What to launch, validated before any API call. Pure: no IO.
 //!
 //! Over 400 lines because half of it is the unit tests of every refusal;
-//! the code itself is under 300.
+//! the code itself is under 400.
 
 use std::fmt;
 use std::time::Duration;

@@ -2,6 +2,9 @@
 //! over every --instance-type x --subnet pool, from the launch template.
 //! The request is built once as [`FleetRequest`], which the plan prints
 //! (in the API's own names) and which is sent as it is printed.
+//!
+//! Over 400 lines because a quarter is unit tests and the request exists
+//! twice by design: as the printed plan and as the SDK's request.
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::operation::create_fleet::CreateFleetOutput;

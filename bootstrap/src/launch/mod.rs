@@ -1,10 +1,11 @@
 //! Launching, the command without a subcommand: check the compute
-//! environment, pick the AMI, work out the lease, run the instances, and
-//! optionally wait for them.
+//! environment, pick the AMI, work out the lease, make (or reuse) the launch
+//! template, launch through one EC2 Fleet request (RunInstances for legacy
+//! Spot blocks), and optionally wait for the instances.
 //!
 //! Over 400 lines because it holds the report's types and the steps of one
-//! launch in the order they run; the RunInstances request and `--wait` live
-//! in their own modules.
+//! launch in the order they run; the launch template, the fleet request, the
+//! RunInstances request and `--wait` live in their own modules.
 
 mod fleet;
 mod run_instances;
