@@ -79,6 +79,8 @@ async fn heartbeats_while_a_task_runs_then_continue_after_the_drain_once_across_
         calls(&proxy, COMPLETE).is_empty(),
         "not while the task runs"
     );
+    // No group tag in IMDS: the group comes from the API.
+    assert_eq!(proxy.seen("DescribeAutoScalingInstances"), 1);
     let heartbeats = calls(&proxy, HEARTBEAT);
     assert!(heartbeats
         .iter()
@@ -143,6 +145,12 @@ async fn the_global_timeout_bounds_the_wait_when_a_task_never_ends() {
     // `Terminated` was seen, whatever still runs.
     proxy.inject("DescribeLifecycleHooks", short_hook(4, 12), None);
     proxy.lifecycle_waits(GROUP, HOOK, &id);
+    // The group's tag, as Auto Scaling puts it on its instances, in IMDS.
+    f.instance.imds.update(|s| {
+        s.tags
+            .get_or_insert_with(Default::default)
+            .insert("aws:autoscaling:groupName".into(), GROUP.into());
+    });
     f.start_task().await;
     let agent = spawn(&f);
     terminated(&f);
@@ -169,6 +177,11 @@ async fn the_global_timeout_bounds_the_wait_when_a_task_never_ends() {
         calls(&proxy, HEARTBEAT).len() >= 3,
         "{:?}",
         proxy.lifecycle_calls()
+    );
+    assert_eq!(
+        proxy.seen("DescribeAutoScalingInstances"),
+        0,
+        "the group came from its tag"
     );
     let after = proxy.lifecycle_calls().len();
     f.instance.wait_ticks(&agent, 3);

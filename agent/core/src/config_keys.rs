@@ -126,7 +126,8 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
             jobs stop, blockwatch records a heartbeat every half heartbeat timeout (never past the \
             hook's global timeout); it completes the hook with CONTINUE once nothing runs, at \
             another signal's end, or one half heartbeat timeout before the global timeout. The \
-            group comes from DescribeAutoScalingInstances.",
+            group comes from the instance tag aws:autoscaling:groupName in IMDS, else from \
+            DescribeAutoScalingInstances.",
     },
     ConfigKey {
         name: "stop_tasks",

@@ -1,8 +1,10 @@
 //! Auto Scaling's termination lifecycle hook over `aws-sdk-autoscaling`:
 //! finding the group and its hook, the heartbeats and the completion.
 //!
-//! The group comes from `DescribeAutoScalingInstances` (unless already
-//! known); the hook is the configured one, else the group's termination
+//! The group comes from the instance tag `aws:autoscaling:groupName` in
+//! IMDS (when the instance exposes its tags there), else from
+//! `DescribeAutoScalingInstances`; the hook is the configured one, else the
+//! group's termination
 //! hook (`autoscaling:EC2_INSTANCE_TERMINATING`) from
 //! `DescribeLifecycleHooks`. The run loop's unit tests use a fake.
 
@@ -20,6 +22,8 @@ use blockwatch_core::lifecycle_hook::{LifecycleHook, CONTINUE, TERMINATING};
 /// Auto Scaling's answer when the instance has no lifecycle action
 /// waiting on that hook (it timed out, or was completed already).
 const VALIDATION_ERROR: &str = "ValidationError";
+/// The instance tag Auto Scaling puts on the instances of a group.
+const GROUP_TAG: &str = "/latest/meta-data/tags/instance/aws:autoscaling:groupName";
 
 /// Why a lifecycle hook call failed.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +91,14 @@ impl AutoScaling {
         let aws = Arc::clone(&self.aws.borrow());
         Ok(aws_sdk_autoscaling::Client::new(aws.config().await?))
     }
+
+    /// The group's name from the instance tag in IMDS; `None` when tags are
+    /// not exposed there (or IMDS fails: the API is asked instead).
+    async fn group_from_tag(&self) -> Option<String> {
+        let aws = Arc::clone(&self.aws.borrow());
+        let tag = aws.imds().get_optional(GROUP_TAG).await;
+        tag.ok().flatten().filter(|g| !g.is_empty())
+    }
 }
 
 /// A hook call's error: "no active lifecycle action" apart, since retrying
@@ -128,25 +140,28 @@ impl LifecycleHooks for AutoScaling {
         hook: Option<&str>,
     ) -> Result<Option<LifecycleHook>, DiscoveryError> {
         let client = self.client().await?;
-        let group = match group {
-            Some(group) => group.to_owned(),
-            None => {
-                const API: &str = "autoscaling:DescribeAutoScalingInstances";
-                let found = client
-                    .describe_auto_scaling_instances()
-                    .instance_ids(instance_id)
-                    .send()
-                    .await
-                    .map_err(|e| classify(API, &e))?;
-                let Some(group) = found
-                    .auto_scaling_instances()
-                    .iter()
-                    .find_map(|i| i.auto_scaling_group_name())
-                else {
-                    return Ok(None);
-                };
-                group.to_owned()
-            }
+        let group = match group.map(str::to_owned) {
+            Some(group) => group,
+            None => match self.group_from_tag().await {
+                Some(group) => group,
+                None => {
+                    const API: &str = "autoscaling:DescribeAutoScalingInstances";
+                    let found = client
+                        .describe_auto_scaling_instances()
+                        .instance_ids(instance_id)
+                        .send()
+                        .await
+                        .map_err(|e| classify(API, &e))?;
+                    let Some(group) = found
+                        .auto_scaling_instances()
+                        .iter()
+                        .find_map(|i| i.auto_scaling_group_name())
+                    else {
+                        return Ok(None);
+                    };
+                    group.to_owned()
+                }
+            },
         };
         const API: &str = "autoscaling:DescribeLifecycleHooks";
         let mut request = client
