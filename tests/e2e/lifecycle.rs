@@ -11,7 +11,7 @@
 
 use blockwatch_testkit::aws_proxy::{AwsProxy, Fault, LifecycleCall};
 use blockwatch_testkit::instance::{parse_time, phase, Agent, PATIENCE};
-use blockwatch_testkit::registered::{registered_in_jobs, Registered};
+use blockwatch_testkit::registered::{receiver_refusing_first, registered_in_jobs, Registered};
 
 const GROUP: &str = "batch-asg";
 const HOOK: &str = "blockwatch-drain";
@@ -22,9 +22,9 @@ const COMPLETE: &str = "CompleteLifecycleAction";
 
 /// An instance registered in `jobs`, in Auto Scaling group [`GROUP`] with
 /// termination hook [`HOOK`] (heartbeat timeout `heartbeat_timeout` s),
-/// its AWS calls through the proxy.
-async fn in_a_group(heartbeat_timeout: i32) -> (Registered, AwsProxy, String) {
-    let mut f = registered_in_jobs(&[], "").await;
+/// its AWS calls through the proxy; `config` added to the config file.
+async fn in_a_group(heartbeat_timeout: i32, config: &str) -> (Registered, AwsProxy, String) {
+    let mut f = registered_in_jobs(&[], config).await;
     let id = f.instance.imds.state().instance_id;
     f.instance
         .moto()
@@ -61,8 +61,10 @@ fn calls(proxy: &AwsProxy, operation: &str) -> Vec<LifecycleCall> {
 
 #[tokio::test]
 async fn heartbeats_while_a_task_runs_then_continue_after_the_drain_once_across_a_restart() {
+    let receiver = receiver_refusing_first(0);
+    let url = receiver.url("/hooks/lifecycle");
     // Heartbeat timeout 4 s: a heartbeat every 2 s.
-    let (f, proxy, id) = in_a_group(4).await;
+    let (f, proxy, id) = in_a_group(4, &format!("webhook_url = {url:?}\n")).await;
     proxy.lifecycle_waits(GROUP, HOOK, &id);
     let task = f.start_task().await;
     let mut agent = spawn(&f);
@@ -108,6 +110,26 @@ async fn heartbeats_while_a_task_runs_then_continue_after_the_drain_once_across_
     let status = f.instance.status_json(f.instance.command());
     assert_eq!(status["lifecycle_hook"], HOOK, "{status}");
     assert!(status["lifecycle_completed_at"].is_string(), "{status}");
+    // Webhooks are delivered in the background: wait for it.
+    let waited_from = std::time::Instant::now();
+    let completion = loop {
+        let events: Vec<serde_json::Value> = receiver
+            .received()
+            .iter()
+            .filter_map(|r| serde_json::from_str(&r.body).ok())
+            .collect();
+        if let Some(found) = events.iter().find(|e| e["event"] == "lifecycle-completed") {
+            break found.clone();
+        }
+        assert!(
+            waited_from.elapsed() < PATIENCE,
+            "no lifecycle-completed event: {events:?}\n{}",
+            agent.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(completion["lifecycle_hook"], HOOK);
+    assert_eq!(completion["autoscaling_group"], GROUP);
 
     // Restarted: the completion is read back; nothing more is sent.
     agent.kill_9();
@@ -140,7 +162,7 @@ fn short_hook(heartbeat: u32, global: u32) -> Fault {
 
 #[tokio::test]
 async fn the_global_timeout_bounds_the_wait_when_a_task_never_ends() {
-    let (f, proxy, id) = in_a_group(4).await;
+    let (f, proxy, id) = in_a_group(4, "").await;
     // Heartbeat timeout 4 s, global timeout 12 s: completed 10 s after
     // `Terminated` was seen, whatever still runs.
     proxy.inject("DescribeLifecycleHooks", short_hook(4, 12), None);
