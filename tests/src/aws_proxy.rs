@@ -13,6 +13,13 @@
 //! `http://127.0.0.1:<port>/_c/<label>` makes the SDK prefix every path with
 //! `/_c/<label>`, which the proxy records and strips before forwarding.
 //!
+//! moto serves Auto Scaling but not `RecordLifecycleActionHeartbeat` and
+//! `CompleteLifecycleAction`: the proxy answers those two itself, as the
+//! API reference describes (Query protocol: 200 with an empty result, or a
+//! `ValidationError` when no lifecycle action waits for that group, hook and
+//! instance), and records them ([`AwsProxy::lifecycle_waits`],
+//! [`AwsProxy::lifecycle_calls`]).
+//!
 //! Over 400 lines: one proxy; the relay and each fault it injects read together.
 
 use std::io::{Read, Write};
@@ -159,8 +166,32 @@ pub struct Seen {
     pub faulted: bool,
 }
 
+/// A lifecycle hook call the proxy answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleCall {
+    /// `RecordLifecycleActionHeartbeat` or `CompleteLifecycleAction`.
+    pub operation: String,
+    pub group: String,
+    pub hook: String,
+    pub instance_id: String,
+    /// `LifecycleActionResult` (`CONTINUE`, `ABANDON`) of a completion.
+    pub result: Option<String>,
+    /// Whether a waiting action was found (else a `ValidationError`).
+    pub accepted: bool,
+}
+
+/// An instance in `Terminating:Wait` on a group's hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Waiting {
+    group: String,
+    hook: String,
+    instance_id: String,
+}
+
 #[derive(Debug, Default)]
 struct Shared {
+    waiting: Mutex<Vec<Waiting>>,
+    lifecycle_calls: Mutex<Vec<LifecycleCall>>,
     rules: Mutex<Vec<Rule>>,
     limits: Mutex<Vec<RateLimit>>,
     /// One entry per request received: everything its operation can be matched on.
@@ -250,6 +281,21 @@ impl AwsProxy {
     pub fn reset_log(&self) {
         lock(&self.shared.seen).clear();
         lock(&self.shared.log).clear();
+    }
+
+    /// Auto Scaling put `instance_id` in `Terminating:Wait` on `hook` of
+    /// `group`: heartbeats and one completion are accepted for it.
+    pub fn lifecycle_waits(&self, group: &str, hook: &str, instance_id: &str) {
+        lock(&self.shared.waiting).push(Waiting {
+            group: group.to_owned(),
+            hook: hook.to_owned(),
+            instance_id: instance_id.to_owned(),
+        });
+    }
+
+    /// The lifecycle hook calls answered so far, in order.
+    pub fn lifecycle_calls(&self) -> Vec<LifecycleCall> {
+        lock(&self.shared.lifecycle_calls).clone()
     }
 
     /// How many requests for `operation` the proxy has received (faulted or not).
@@ -468,7 +514,10 @@ fn serve(mut stream: TcpStream, upstream: SocketAddr, shared: &Shared) -> std::i
             headers,
             body,
         }) => (status, headers, body.into_bytes()),
-        Some(Fault::Reset) | None => forward(&request, upstream)?,
+        Some(Fault::Reset) | None => match answer_lifecycle(&request, shared) {
+            Some(answer) => answer,
+            None => forward(&request, upstream)?,
+        },
     };
     let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
     for (name, value) in &headers {
@@ -490,6 +539,92 @@ fn serve(mut stream: TcpStream, upstream: SocketAddr, shared: &Shared) -> std::i
 }
 
 type Answer = (u16, Vec<(String, String)>, Vec<u8>);
+
+const HEARTBEAT: &str = "RecordLifecycleActionHeartbeat";
+const COMPLETE: &str = "CompleteLifecycleAction";
+const AUTOSCALING_XMLNS: &str = "http://autoscaling.amazonaws.com/doc/2011-01-01/";
+
+/// `RecordLifecycleActionHeartbeat` and `CompleteLifecycleAction`, which
+/// moto does not serve, answered as Auto Scaling does; `None` for any other
+/// operation.
+fn answer_lifecycle(request: &Request, shared: &Shared) -> Option<Answer> {
+    let operation = request.operation();
+    if operation != HEARTBEAT && operation != COMPLETE {
+        return None;
+    }
+    let param = |name: &str| {
+        request
+            .body
+            .split('&')
+            .find_map(|p| p.strip_prefix(&format!("{name}=")))
+            .map(percent_decoded)
+    };
+    let call = |accepted| LifecycleCall {
+        operation: operation.clone(),
+        group: param("AutoScalingGroupName").unwrap_or_default(),
+        hook: param("LifecycleHookName").unwrap_or_default(),
+        instance_id: param("InstanceId").unwrap_or_default(),
+        result: param("LifecycleActionResult"),
+        accepted,
+    };
+    let wanted = call(false);
+    let result_ok =
+        operation != COMPLETE || matches!(wanted.result.as_deref(), Some("CONTINUE" | "ABANDON"));
+    let mut waiting = lock(&shared.waiting);
+    let found = waiting.iter().position(|w| {
+        w.group == wanted.group && w.hook == wanted.hook && w.instance_id == wanted.instance_id
+    });
+    let accepted = result_ok && found.is_some();
+    if let (true, Some(at)) = (operation == COMPLETE && accepted, found) {
+        waiting.remove(at);
+    }
+    drop(waiting);
+    lock(&shared.lifecycle_calls).push(call(accepted));
+    let xml = vec![("Content-Type".to_owned(), "text/xml".to_owned())];
+    if accepted {
+        let body = format!(
+            "<{operation}Response xmlns=\"{AUTOSCALING_XMLNS}\"><{operation}Result/><ResponseMetadata><RequestId>blockwatch-proxy</RequestId></ResponseMetadata></{operation}Response>"
+        );
+        return Some((200, xml, body.into_bytes()));
+    }
+    let message = if result_ok {
+        format!(
+            "No active Lifecycle Action found with instance ID {}",
+            wanted.instance_id
+        )
+    } else {
+        "LifecycleActionResult must be CONTINUE or ABANDON".to_owned()
+    };
+    let body = format!(
+        "<ErrorResponse xmlns=\"{AUTOSCALING_XMLNS}\"><Error><Type>Sender</Type><Code>ValidationError</Code><Message>{message}</Message></Error><RequestId>blockwatch-proxy</RequestId></ErrorResponse>"
+    );
+    Some((400, xml, body.into_bytes()))
+}
+
+/// A form value, `+` and `%XX` decoded.
+fn percent_decoded(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
 
 fn forward(req: &Request, upstream: SocketAddr) -> std::io::Result<Answer> {
     // `request` sets Host, Connection and Content-Length itself. moto does not

@@ -509,6 +509,50 @@ impl MotoServer {
             .ok_or_else(|| MotoError::Aws("ec2:RunInstances returned no instance".into()))
     }
 
+    /// An Auto Scaling group `group` holding `instance_id`, with a
+    /// termination lifecycle hook `hook` of `heartbeat_timeout` seconds.
+    pub async fn auto_scaling_group_with_hook(
+        &self,
+        group: &str,
+        hook: &str,
+        instance_id: &str,
+        heartbeat_timeout: i32,
+    ) -> Result<(), MotoError> {
+        let asg = aws_sdk_autoscaling::Client::new(&self.sdk);
+        asg.create_launch_configuration()
+            .launch_configuration_name(group)
+            .image_id("ami-0abcdef1234567890")
+            .instance_type("c6i.large")
+            .send()
+            .await
+            .map_err(aws("autoscaling:CreateLaunchConfiguration"))?;
+        asg.create_auto_scaling_group()
+            .auto_scaling_group_name(group)
+            .launch_configuration_name(group)
+            .min_size(0)
+            .max_size(2)
+            .desired_capacity(0)
+            .availability_zones(format!("{REGION}a"))
+            .send()
+            .await
+            .map_err(aws("autoscaling:CreateAutoScalingGroup"))?;
+        asg.put_lifecycle_hook()
+            .auto_scaling_group_name(group)
+            .lifecycle_hook_name(hook)
+            .lifecycle_transition("autoscaling:EC2_INSTANCE_TERMINATING")
+            .heartbeat_timeout(heartbeat_timeout)
+            .send()
+            .await
+            .map_err(aws("autoscaling:PutLifecycleHook"))?;
+        asg.attach_instances()
+            .auto_scaling_group_name(group)
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map_err(aws("autoscaling:AttachInstances"))?;
+        Ok(())
+    }
+
     /// Registers `instance_id` as a container instance of `cluster`, as the
     /// ECS agent would; returns the container instance ARN.
     pub async fn register_container_instance(

@@ -117,6 +117,19 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
         description: "How long before the end opted-in jobs get their checkpoint signal. A container             opts in with the environment variable BLOCKWATCH_CHECKPOINT_SIGNAL (SIGUSR1, SIGUSR2,             SIGHUP, SIGINT or SIGTERM; a Batch job definition's `environment`). The signal goes once             per end, at `stop_at` less this (at the deadline less this when nothing will be             stopped), at once when the end is learned later than that, and again when the end moves             earlier. Containers are found through the ECS agent's introspection API and signaled             through Docker (DOCKER_HOST, else /var/run/docker.sock).",
     },
     ConfigKey {
+        name: "lifecycle_hook",
+        value: "a lifecycle hook name",
+        default: None,
+        unset: "found: the group's termination hook, through DescribeLifecycleHooks",
+        description: "The Auto Scaling termination lifecycle hook (autoscaling:EC2_INSTANCE_TERMINATING) \
+            blockwatch completes when Auto Scaling terminates the instance. While it drains and its \
+            jobs stop, blockwatch records a heartbeat every half heartbeat timeout (never past the \
+            hook's global timeout); it completes the hook with CONTINUE once nothing runs, at \
+            another signal's end, or one half heartbeat timeout before the global timeout. The \
+            group comes from the instance tag aws:autoscaling:groupName in IMDS, else from \
+            DescribeAutoScalingInstances.",
+    },
+    ConfigKey {
         name: "stop_tasks",
         value: BOOL,
         default: Some("true"),

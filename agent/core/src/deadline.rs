@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::lifecycle_hook::LifecycleHook;
+
 /// EC2 starts terminating Capacity Block instances this long before `EndDate`.
 pub const CAPACITY_BLOCK_TERMINATION_LEAD: Duration = Duration::from_secs(30 * 60);
 
@@ -182,6 +184,9 @@ pub struct Observations {
     /// When `Terminated` was first seen: Auto Scaling gives no time, and a
     /// deadline that moved with every poll would churn.
     pub terminated_seen_at: Option<OffsetDateTime>,
+    /// The Auto Scaling group's termination lifecycle hook, once known
+    /// (the config's `lifecycle_hook`, or discovered).
+    pub lifecycle_hook: Option<LifecycleHook>,
     pub rebalance_notice: Option<OffsetDateTime>,
     /// Tasks of our container instance still running on the host (their
     /// containers not yet stopped); only read while draining.

@@ -25,6 +25,7 @@ use time::OffsetDateTime;
 
 use super::deadline::{earliest, Candidate, Draining, EventKey, Fate, Observations, SourceKind};
 use crate::checkpoint::{self, Checkpoint};
+use crate::lifecycle_hook::{self, HookStep, LifecycleAction};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -256,6 +257,10 @@ pub struct AgentState {
     /// The checkpoint signal pass for the current end, once started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<Checkpoint>,
+    /// The Auto Scaling lifecycle action of a drain for `Terminated`, when
+    /// the group has a termination hook: its heartbeats and completion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<LifecycleAction>,
 }
 
 /// How long after a lease's end (or after a drain that started past it) the
@@ -382,6 +387,10 @@ pub enum Action {
     /// Send the opted-in containers their checkpoint signal, for the end
     /// at this time.
     SignalCheckpoint(OffsetDateTime),
+    /// `RecordLifecycleActionHeartbeat` for the hook in `state.lifecycle`.
+    RecordLifecycleHeartbeat,
+    /// `CompleteLifecycleAction` with `CONTINUE` for that hook.
+    CompleteLifecycleAction,
 }
 
 /// What the IO side did, for [`record`] to write into the state.
@@ -406,6 +415,13 @@ pub enum Outcome {
     /// The pass reached neither the ECS agent nor Docker: nothing was
     /// signaled; it is tried again after `CHECKPOINT_RETRY`.
     CheckpointUnreached,
+    /// Auto Scaling accepted a lifecycle heartbeat.
+    LifecycleHeartbeat,
+    /// Auto Scaling accepted `CONTINUE`.
+    LifecycleCompleted,
+    /// Auto Scaling has no such lifecycle action any more (timed out, or
+    /// completed before a restart): nothing more is sent for it.
+    LifecycleGone,
 }
 
 /// How the reason given to the tasks blockwatch stops begins; Batch retry
@@ -452,6 +468,9 @@ pub enum Event {
     CheckpointSignaled {
         containers: u32,
     },
+    /// Auto Scaling accepted `CONTINUE` for the group's termination hook
+    /// (the IO side reports it once accepted).
+    LifecycleCompleted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -666,6 +685,8 @@ pub fn decide(
             events.push(Event::DrainCompleted);
         }
     }
+    let held = held_until.is_some();
+    lifecycle_steps(now, &mut state, observed, &candidates, held, &mut actions);
     if state.undrain_pending && policy.joined {
         actions.push(Action::Undrain);
     }
@@ -697,6 +718,60 @@ pub fn decide(
         state,
         actions,
         events,
+    }
+}
+
+/// The lifecycle hook of a drain for Auto Scaling's `Terminated`: started
+/// once the hook is known, forgotten with the drain; its heartbeat or its
+/// completion goes first among the actions (before a power-off). Completing
+/// ends the instance, so a completion for time (not because nothing runs)
+/// waits while the clock is held, as a power-off does.
+fn lifecycle_steps(
+    now: OffsetDateTime,
+    state: &mut AgentState,
+    observed: &Observations,
+    candidates: &[Candidate],
+    held: bool,
+    actions: &mut Vec<Action>,
+) {
+    // Another lifecycle state than `Terminated`: the wait is over.
+    let Some(started_at) = state.terminated_seen_at.filter(|_| {
+        state
+            .drain
+            .as_ref()
+            .is_some_and(|d| d.reason.kind == SourceKind::AutoScaling)
+    }) else {
+        state.lifecycle = None;
+        return;
+    };
+    if state.lifecycle.is_none() {
+        state.lifecycle = observed
+            .lifecycle_hook
+            .clone()
+            .map(|hook| LifecycleAction::new(hook, started_at));
+    }
+    let Some(action) = &state.lifecycle else {
+        return;
+    };
+    let nothing_runs = matches!(
+        state.phase,
+        Phase::Drained | Phase::Stopped | Phase::PoweringOff | Phase::PoweredOff
+    );
+    // Auto Scaling's own end is the moment it was seen: the drain's end,
+    // for the hook, is another signal's.
+    let end = candidates
+        .iter()
+        .filter(|c| c.key.kind != SourceKind::AutoScaling && c.fate == Fate::Ends)
+        .map(|c| c.at)
+        .min();
+    match lifecycle_hook::step(now, action, nothing_runs, end) {
+        Some(HookStep::Complete) if held && !nothing_runs && action.heartbeat_due(now) => {
+            actions.insert(0, Action::RecordLifecycleHeartbeat);
+        }
+        Some(HookStep::Complete) if held && !nothing_runs => {}
+        Some(HookStep::Complete) => actions.insert(0, Action::CompleteLifecycleAction),
+        Some(HookStep::Heartbeat) => actions.insert(0, Action::RecordLifecycleHeartbeat),
+        None => {}
     }
 }
 
@@ -905,6 +980,23 @@ pub fn record(state: &mut AgentState, outcome: Outcome, now: OffsetDateTime) {
             }
             return;
         }
+        Outcome::LifecycleHeartbeat | Outcome::LifecycleCompleted | Outcome::LifecycleGone => {
+            if let Some(action) = state.lifecycle.as_mut() {
+                match outcome {
+                    Outcome::LifecycleHeartbeat => {
+                        action.heartbeats = action.heartbeats.saturating_add(1);
+                        action.last_heartbeat_at = Some(now);
+                    }
+                    Outcome::LifecycleCompleted => {
+                        action.completed_at.get_or_insert(now);
+                    }
+                    _ => {
+                        action.gone_at.get_or_insert(now);
+                    }
+                }
+            }
+            return;
+        }
         _ => {}
     }
     let Some(drain) = state.drain.as_mut() else {
@@ -917,7 +1009,10 @@ pub fn record(state: &mut AgentState, outcome: Outcome, now: OffsetDateTime) {
         Outcome::Active
         | Outcome::CheckpointStarted(_)
         | Outcome::CheckpointSignaled(_)
-        | Outcome::CheckpointUnreached => {}
+        | Outcome::CheckpointUnreached
+        | Outcome::LifecycleHeartbeat
+        | Outcome::LifecycleCompleted
+        | Outcome::LifecycleGone => {}
         Outcome::StopsRequested(cause) => {
             match cause {
                 StopCause::Grace => drain.tasks_stopped_at = Some(now),
@@ -1038,6 +1133,8 @@ mod tests {
                     record(state, Outcome::CheckpointStarted(*end), now);
                     record(state, Outcome::CheckpointSignaled(1), now);
                 }
+                Action::RecordLifecycleHeartbeat => record(state, Outcome::LifecycleHeartbeat, now),
+                Action::CompleteLifecycleAction => record(state, Outcome::LifecycleCompleted, now),
             }
         }
     }
@@ -2677,5 +2774,256 @@ mod tests {
             .actions
             .iter()
             .any(|a| matches!(a, Action::SignalCheckpoint(_))));
+    }
+
+    mod lifecycle {
+        use super::*;
+        use crate::lifecycle_hook::LifecycleHook;
+
+        fn secs(s: i64) -> time::Duration {
+            time::Duration::seconds(s)
+        }
+
+        /// Heartbeat timeout 60 s (a heartbeat every 30 s), global timeout
+        /// 600 s: completed by 570 s at the latest.
+        fn hook() -> LifecycleHook {
+            LifecycleHook {
+                group: "batch-asg".into(),
+                name: "drain".into(),
+                heartbeat_timeout: Duration::from_secs(60),
+                global_timeout: Some(Duration::from_secs(600)),
+            }
+        }
+
+        fn terminated(tasks: usize) -> Observations {
+            Observations {
+                target_lifecycle_state: Some("Terminated".into()),
+                lifecycle_hook: Some(hook()),
+                running_tasks: Some(tasks),
+                ..Observations::default()
+            }
+        }
+
+        fn hook_actions(d: &Decision) -> Vec<Action> {
+            d.actions
+                .iter()
+                .copied()
+                .filter(|a| {
+                    matches!(
+                        a,
+                        Action::RecordLifecycleHeartbeat | Action::CompleteLifecycleAction
+                    )
+                })
+                .collect()
+        }
+
+        #[test]
+        fn heartbeats_while_tasks_run_then_continue_once_drained() {
+            let d = run(
+                &[
+                    (T0, terminated(2)),
+                    (T0 + secs(10), terminated(2)),
+                    (T0 + secs(30), terminated(1)),
+                    (T0 + secs(45), terminated(0)),
+                    (T0 + secs(60), terminated(0)),
+                    (T0 + secs(120), terminated(0)),
+                ],
+                &policy(),
+            );
+            let steps: Vec<_> = d.iter().map(hook_actions).collect();
+            assert_eq!(
+                steps,
+                vec![
+                    vec![Action::RecordLifecycleHeartbeat],
+                    vec![],
+                    vec![Action::RecordLifecycleHeartbeat],
+                    vec![Action::CompleteLifecycleAction],
+                    vec![],
+                    vec![],
+                ]
+            );
+            // The heartbeat goes before DRAINING, in the first decision.
+            assert_eq!(d[0].actions[0], Action::RecordLifecycleHeartbeat);
+            assert!(d[0].actions.contains(&Action::Drain));
+            let action = d[5].state.lifecycle.clone().unwrap();
+            assert_eq!(action.started_at, T0);
+        }
+
+        #[test]
+        fn the_record_says_heartbeats_and_completion() {
+            let mut state = AgentState::default();
+            for (now, tasks) in [(T0, 1), (T0 + secs(30), 1), (T0 + secs(40), 0)] {
+                let d = decide(now, &terminated(tasks), &state, &policy());
+                state = d.state.clone();
+                carry_out(&mut state, &d, now);
+            }
+            let action = state.lifecycle.unwrap();
+            assert_eq!(action.heartbeats, 2);
+            assert_eq!(action.last_heartbeat_at, Some(T0 + secs(30)));
+            assert_eq!(action.completed_at, Some(T0 + secs(40)));
+        }
+
+        #[test]
+        fn a_restart_resumes_heartbeats_and_never_completes_twice() {
+            let mut state = AgentState::default();
+            let d = decide(T0, &terminated(1), &state, &policy());
+            state = d.state.clone();
+            carry_out(&mut state, &d, T0);
+            // Restarted from the state file: the hook is discovered again
+            // later, the heartbeat is timed from the recorded one.
+            let restarted = Observations {
+                lifecycle_hook: None,
+                ..terminated(1)
+            };
+            let early = decide(T0 + secs(20), &restarted, &state, &policy());
+            assert_eq!(hook_actions(&early), vec![]);
+            let due = decide(T0 + secs(30), &restarted, &state, &policy());
+            assert_eq!(hook_actions(&due), vec![Action::RecordLifecycleHeartbeat]);
+
+            let done = decide(T0 + secs(40), &terminated(0), &state, &policy());
+            assert_eq!(hook_actions(&done), vec![Action::CompleteLifecycleAction]);
+            let mut completed = done.state.clone();
+            carry_out(&mut completed, &done, T0 + secs(40));
+            for now in [T0 + secs(41), T0 + secs(600), T0 + secs(3600)] {
+                let again = decide(now, &restarted, &completed, &policy());
+                assert_eq!(hook_actions(&again), vec![], "at {now}");
+            }
+        }
+
+        #[test]
+        fn gone_ends_the_hook_without_completing() {
+            let mut state = decide(T0, &terminated(1), &AgentState::default(), &policy()).state;
+            record(&mut state, Outcome::LifecycleGone, T0 + secs(1));
+            let d = decide(T0 + secs(60), &terminated(0), &state, &policy());
+            assert_eq!(hook_actions(&d), vec![]);
+            assert_eq!(d.state.lifecycle.unwrap().completed_at, None);
+        }
+
+        #[test]
+        fn bounded_by_the_global_timeout_when_tasks_never_end() {
+            // stop_tasks off: nothing stops them, so only the bound ends the hook.
+            let p = Policy {
+                stop_tasks: false,
+                ..policy()
+            };
+            let mut state = AgentState::default();
+            let mut completed_at = None;
+            let mut last_heartbeat = None;
+            for s in (0..=700).step_by(5) {
+                let now = T0 + secs(s);
+                let d = decide(now, &terminated(3), &state, &p);
+                let actions = hook_actions(&d);
+                if actions.contains(&Action::RecordLifecycleHeartbeat) {
+                    last_heartbeat = Some(now);
+                }
+                if actions.contains(&Action::CompleteLifecycleAction) {
+                    assert_eq!(completed_at, None, "completed twice");
+                    completed_at = Some(now);
+                }
+                state = d.state.clone();
+                carry_out(&mut state, &d, now);
+            }
+            assert_eq!(completed_at, Some(T0 + secs(570)));
+            assert_eq!(last_heartbeat, Some(T0 + secs(540)));
+        }
+
+        #[test]
+        fn another_signals_end_completes_it_then() {
+            let spot_too = Observations {
+                spot_action: spot(T0 + secs(120)),
+                ..terminated(2)
+            };
+            let d = run(
+                &[
+                    (T0, terminated(2)),
+                    (T0 + secs(100), spot_too.clone()),
+                    (T0 + secs(120), spot_too),
+                ],
+                &policy(),
+            );
+            assert_eq!(hook_actions(&d[2]), vec![Action::CompleteLifecycleAction]);
+            assert!(!hook_actions(&d[1]).contains(&Action::CompleteLifecycleAction));
+        }
+
+        #[test]
+        fn completion_goes_before_the_power_off() {
+            let p = Policy {
+                power_off_when_drained: true,
+                ..policy()
+            };
+            let d = run(&[(T0, terminated(1)), (T0 + secs(10), terminated(0))], &p);
+            let actions = &d[1].actions;
+            assert_eq!(actions.first(), Some(&Action::CompleteLifecycleAction));
+            assert!(actions.contains(&Action::PowerOff), "{actions:?}");
+        }
+
+        #[test]
+        fn no_hook_for_a_drain_with_another_reason_or_without_a_hook() {
+            let spot_first = Observations {
+                spot_action: spot(T0 + secs(120)),
+                lifecycle_hook: Some(hook()),
+                running_tasks: Some(1),
+                ..Observations::default()
+            };
+            let no_hook = Observations {
+                lifecycle_hook: None,
+                ..terminated(0)
+            };
+            for observed in [spot_first, no_hook] {
+                let d = run(
+                    &[(T0, observed.clone()), (T0 + secs(30), observed)],
+                    &policy(),
+                );
+                assert!(d.iter().all(|d| hook_actions(d).is_empty()));
+                assert_eq!(d[1].state.lifecycle, None);
+            }
+        }
+
+        #[test]
+        fn a_clock_step_holds_the_completion_for_time_not_the_heartbeats() {
+            let p = Policy {
+                stop_tasks: false,
+                ..policy()
+            };
+            let mut state = run(&[(T0, terminated(1))], &p)[0].state.clone();
+            record(&mut state, Outcome::Draining, T0);
+            record(&mut state, Outcome::LifecycleHeartbeat, T0 + secs(540));
+            let stepped = Observations {
+                clock_stepped_at: Some(T0 + secs(560)),
+                ..terminated(1)
+            };
+            let held = decide(T0 + secs(575), &stepped, &state, &p);
+            assert_eq!(hook_actions(&held), vec![Action::RecordLifecycleHeartbeat]);
+            let mut beaten = state.clone();
+            record(&mut beaten, Outcome::LifecycleHeartbeat, T0 + secs(575));
+            let still_held = decide(T0 + secs(580), &stepped, &beaten, &p);
+            assert_eq!(hook_actions(&still_held), vec![]);
+            // Nothing runs: completing is not held.
+            let drained = decide(
+                T0 + secs(575),
+                &Observations {
+                    running_tasks: Some(0),
+                    ..stepped
+                },
+                &state,
+                &p,
+            );
+            assert_eq!(
+                hook_actions(&drained),
+                vec![Action::CompleteLifecycleAction]
+            );
+        }
+
+        #[test]
+        fn back_in_service_forgets_the_hook() {
+            let d = run(&[(T0, terminated(1))], &policy());
+            let in_service = Observations {
+                target_lifecycle_state: Some("InService".into()),
+                ..terminated(1)
+            };
+            let back = decide(T0 + secs(30), &in_service, &d[0].state, &policy());
+            assert_eq!(back.state.lifecycle, None);
+            assert_eq!(hook_actions(&back), vec![]);
+        }
     }
 }

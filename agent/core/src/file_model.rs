@@ -51,6 +51,9 @@ pub struct FileConfig {
     /// How long before the end opted-in containers get their checkpoint
     /// signal (off by default).
     pub checkpoint_lead: Option<HumanDuration>,
+    /// The Auto Scaling termination lifecycle hook to complete (found
+    /// through `DescribeLifecycleHooks` when unset).
+    pub lifecycle_hook: Option<String>,
 }
 
 /// `job_stop_timeout`: whole seconds, at least 1 s. The ECS agent parses a

@@ -17,6 +17,7 @@ pub mod escape;
 pub mod failures;
 pub mod file_model;
 pub mod job_deadline;
+pub mod lifecycle_hook;
 pub mod operator_view;
 pub mod origin;
 pub mod settings;

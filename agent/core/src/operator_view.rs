@@ -93,6 +93,35 @@ fn checkpoint_line(a: &AgentState, now: OffsetDateTime) -> Option<String> {
     Some(line)
 }
 
+/// The Auto Scaling lifecycle hook of the drain: kept alive, completed, or
+/// gone.
+fn lifecycle_line(a: &AgentState) -> Option<String> {
+    let action = a.lifecycle.as_ref()?;
+    let hook = format!(
+        "lifecycle: hook {} of group {}",
+        action.hook.name, action.hook.group
+    );
+    let heartbeats = format!("{} heartbeat(s)", action.heartbeats);
+    Some(match (action.completed_at, action.gone_at) {
+        (Some(at), _) => format!(
+            "{hook} completed with CONTINUE {} ({heartbeats})",
+            rfc3339(at)
+        ),
+        (None, Some(at)) => format!(
+            "{hook}: Auto Scaling had no waiting action any more at {} (timed out, or completed before); nothing more is sent",
+            rfc3339(at)
+        ),
+        (None, None) => format!(
+            "{hook} kept alive ({heartbeats}{}); CONTINUE once drained, by {} at the latest",
+            action
+                .last_heartbeat_at
+                .map(|at| format!(", last {}", rfc3339(at)))
+                .unwrap_or_default(),
+            rfc3339(action.complete_by())
+        ),
+    })
+}
+
 /// `2h13m`, `4m10s`, `12s`; `now` when due.
 pub fn countdown(from: OffsetDateTime, to: OffsetDateTime) -> String {
     let secs = (to - from).whole_seconds();
@@ -133,6 +162,11 @@ impl Snapshot {
             "poweroff_at": drain.and_then(|d| d.poweroff_at).map(rfc3339),
             "checkpoint_signaled_at": a.checkpoint.as_ref().and_then(|c| c.signaled_at).map(rfc3339),
             "checkpoint_signals": a.checkpoint_signals,
+            "lifecycle_hook": a.lifecycle.as_ref().map(|l| l.hook.name.clone()),
+            "autoscaling_group": a.lifecycle.as_ref().map(|l| l.hook.group.clone()),
+            "lifecycle_heartbeats": a.lifecycle.as_ref().map_or(0, |l| l.heartbeats),
+            "lifecycle_last_heartbeat_at": a.lifecycle.as_ref().and_then(|l| l.last_heartbeat_at).map(rfc3339),
+            "lifecycle_completed_at": a.lifecycle.as_ref().and_then(|l| l.completed_at).map(rfc3339),
             "warnings": a.warnings,
         });
         if let (Some(fields), serde_json::Value::Object(more)) = (json.as_object_mut(), more) {
@@ -284,6 +318,9 @@ impl Snapshot {
             }
         }
         if let Some(line) = checkpoint_line(a, now) {
+            lines.push(line);
+        }
+        if let Some(line) = lifecycle_line(a) {
             lines.push(line);
         }
         if let Some(drain) = &a.drain {
@@ -575,5 +612,43 @@ mod tests {
         assert!(shown
             .summary(later)
             .contains("could not be reached; retrying"));
+    }
+
+    #[test]
+    fn the_summary_and_json_say_the_lifecycle_hook_and_its_completion() {
+        let now = datetime!(2026-11-29 14:46 UTC);
+        let started = datetime!(2026-11-29 14:40 UTC);
+        let mut shown = snapshot(Phase::Draining);
+        let hook = crate::lifecycle_hook::LifecycleHook {
+            group: "batch-asg".into(),
+            name: "drain".into(),
+            heartbeat_timeout: std::time::Duration::from_secs(600),
+            global_timeout: Some(std::time::Duration::from_secs(7200)),
+        };
+        shown.agent.lifecycle = Some(crate::lifecycle_hook::LifecycleAction {
+            heartbeats: 2,
+            last_heartbeat_at: Some(datetime!(2026-11-29 14:45 UTC)),
+            ..crate::lifecycle_hook::LifecycleAction::new(hook, started)
+        });
+        let summary = shown.summary(now);
+        assert!(
+            summary.contains("lifecycle: hook drain of group batch-asg kept alive (2 heartbeat(s), last 2026-11-29T14:45:00Z); CONTINUE once drained, by 2026-11-29T16:35:00Z at the latest"),
+            "{summary}"
+        );
+        let json = shown.status_json(now);
+        assert_eq!(json["lifecycle_hook"], "drain");
+        assert_eq!(json["autoscaling_group"], "batch-asg");
+        assert_eq!(json["lifecycle_heartbeats"], 2);
+        assert!(json["lifecycle_completed_at"].is_null(), "{json}");
+        if let Some(action) = shown.agent.lifecycle.as_mut() {
+            action.completed_at = Some(now);
+        }
+        assert!(shown.summary(now).contains(
+            "lifecycle: hook drain of group batch-asg completed with CONTINUE 2026-11-29T14:46:00Z (2 heartbeat(s))"
+        ));
+        assert_eq!(
+            shown.status_json(now)["lifecycle_completed_at"],
+            "2026-11-29T14:46:00Z"
+        );
     }
 }

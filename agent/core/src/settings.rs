@@ -132,6 +132,7 @@ pub struct Settings {
     pub job_stop_timeout: Option<Sourced<JobStopTimeout>>,
     pub stop_tasks: Sourced<bool>,
     pub checkpoint_lead: Option<Sourced<Duration>>,
+    pub lifecycle_hook: Option<Sourced<String>>,
 }
 
 /// A tag value that does not parse; the tag is ignored with a warning.
@@ -224,6 +225,10 @@ impl Settings {
                     Sourced::new(v, in_file())
                 }),
             checkpoint_lead: file.checkpoint_lead.map(|v| Sourced::new(v.0, in_file())),
+            lifecycle_hook: file
+                .lifecycle_hook
+                .clone()
+                .map(|v| Sourced::new(v, in_file())),
         };
         (settings, problems)
     }
@@ -359,6 +364,12 @@ impl Settings {
                 lead.origin,
                 crate::checkpoint::CHECKPOINT_SIGNAL_ENV,
                 humantime::format_duration(lead.value)
+            ));
+        }
+        if let Some(hook) = &self.lifecycle_hook {
+            items.push(format!(
+                "lifecycle_hook={} ({}; completed with CONTINUE after an Auto Scaling drain)",
+                hook.value, hook.origin
             ));
         }
         items.push(if self.stop_tasks.value {

@@ -23,10 +23,12 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use super::autoscaling::{AutoScaling, DiscoveryError, HookError, LifecycleHooks};
 use super::checkpoint::{signal_opted_in, PassReport, TaskContainer, Unreached};
 use super::docker::DockerEngine;
 use crate::sources::aws::{classify, Aws};
 use crate::sources::{AwsFailure, CallError};
+use blockwatch_core::lifecycle_hook::LifecycleHook;
 
 /// The ECS agent's local introspection API: no IAM needed.
 pub const DEFAULT_INTROSPECTION_URL: &str = "http://127.0.0.1:51678/v1/metadata";
@@ -58,7 +60,9 @@ pub struct StopReport {
     pub failed: Vec<(String, CallError)>,
 }
 
-pub trait ContainerService {
+/// ECS and the host's tasks, and the Auto Scaling lifecycle hook of the
+/// instance's group (its own adapter, [`AutoScaling`]).
+pub trait ContainerService: LifecycleHooks {
     /// Our container instance's ARN, or `None` while it is not registered.
     fn find_container_instance(
         &self,
@@ -302,6 +306,7 @@ pub struct Ecs {
     /// Where checkpoint signals go, or why they cannot (a `DOCKER_HOST`
     /// blockwatch cannot use).
     docker: Result<DockerEngine, String>,
+    autoscaling: AutoScaling,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -315,6 +320,7 @@ impl Ecs {
         docker: Result<DockerEngine, String>,
     ) -> Self {
         Self {
+            autoscaling: AutoScaling::new(aws.clone()),
             aws,
             introspection,
             confirmed: Arc::default(),
@@ -387,6 +393,31 @@ impl Ecs {
             None => {}
         }
         *last = why;
+    }
+}
+
+impl LifecycleHooks for Ecs {
+    async fn termination_hook(
+        &self,
+        instance_id: &str,
+        group: Option<&str>,
+        hook: Option<&str>,
+    ) -> Result<Option<LifecycleHook>, DiscoveryError> {
+        self.autoscaling
+            .termination_hook(instance_id, group, hook)
+            .await
+    }
+
+    async fn record_heartbeat(
+        &self,
+        hook: &LifecycleHook,
+        instance_id: &str,
+    ) -> Result<(), HookError> {
+        self.autoscaling.record_heartbeat(hook, instance_id).await
+    }
+
+    async fn complete(&self, hook: &LifecycleHook, instance_id: &str) -> Result<(), HookError> {
+        self.autoscaling.complete(hook, instance_id).await
     }
 }
 

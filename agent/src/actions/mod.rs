@@ -1,5 +1,6 @@
 //! Adapters that change the world.
 
+pub mod autoscaling;
 pub mod checkpoint;
 pub mod docker;
 pub mod ecs;

@@ -83,6 +83,29 @@ pub fn render(state: &AgentState, errors: &BTreeMap<&'static str, u64>) -> Strin
         "Checkpoint signals sent, one per container.",
         &[(String::new(), count(state.checkpoint_signals))],
     );
+    let lifecycle = state.lifecycle.as_ref();
+    family(
+        &mut out,
+        "blockwatch_lifecycle_heartbeats_total",
+        "counter",
+        "Auto Scaling lifecycle action heartbeats accepted for the termination in progress.",
+        &[(
+            String::new(),
+            count(lifecycle.map_or(0, |l| u64::from(l.heartbeats))),
+        )],
+    );
+    family(
+        &mut out,
+        "blockwatch_lifecycle_completed_timestamp_seconds",
+        "gauge",
+        "When Auto Scaling accepted CONTINUE for the termination lifecycle hook (Unix time); 0 until then.",
+        &[(
+            String::new(),
+            lifecycle
+                .and_then(|l| l.completed_at)
+                .map_or(0, |at| at.unix_timestamp()),
+        )],
+    );
     let by_source: Vec<_> = errors
         .iter()
         .map(|(source, n)| (format!("{{source=\"{source}\"}}"), count(*n)))
@@ -219,6 +242,42 @@ mod tests {
 
     fn errors(n: u64) -> BTreeMap<&'static str, u64> {
         BTreeMap::from([("spot", n)])
+    }
+
+    #[test]
+    fn the_lifecycle_hook_heartbeats_and_completion_are_rendered() {
+        let started = time::macros::datetime!(2026-11-29 12:00 UTC);
+        let hook = blockwatch_core::lifecycle_hook::LifecycleHook {
+            group: "batch-asg".into(),
+            name: "drain".into(),
+            heartbeat_timeout: secs(60),
+            global_timeout: None,
+        };
+        let state = AgentState {
+            lifecycle: Some(blockwatch_core::lifecycle_hook::LifecycleAction {
+                heartbeats: 3,
+                completed_at: Some(started + time::Duration::minutes(2)),
+                ..blockwatch_core::lifecycle_hook::LifecycleAction::new(hook, started)
+            }),
+            ..AgentState::default()
+        };
+        let text = render(&state, &BTreeMap::new());
+        assert!(
+            text.contains("blockwatch_lifecycle_heartbeats_total 3\n"),
+            "{text}"
+        );
+        let completed = (started + time::Duration::minutes(2)).unix_timestamp();
+        assert!(
+            text.contains(&format!(
+                "blockwatch_lifecycle_completed_timestamp_seconds {completed}\n"
+            )),
+            "{text}"
+        );
+        let idle = render(&AgentState::default(), &BTreeMap::new());
+        assert!(
+            idle.contains("blockwatch_lifecycle_heartbeats_total 0\n"),
+            "{idle}"
+        );
     }
 
     #[test]

@@ -98,6 +98,7 @@ impl<S: ContainerService, K: Clock + Clone> Agent<S, K> {
             self.rebalance_noted = true;
         }
         self.executor.count_tasks_if_due(books).await;
+        self.executor.find_lifecycle_hook_if_due(books).await;
         self.decide_and_act(now).await;
         now
     }

@@ -43,7 +43,7 @@ pub(super) struct Executor<S, K> {
     service: S,
     pub(super) clock: K,
     pub(super) node: Node,
-    dry_run: bool,
+    pub(super) dry_run: bool,
     drain_poll_interval: Duration,
     pub(super) poweroff_command: String,
     /// Our container instance's ARN, once found.
@@ -55,6 +55,13 @@ pub(super) struct Executor<S, K> {
     /// A power-off attempt on disk whose command is still to run (when, and
     /// which attempt).
     pub(super) power_off_recorded: Option<(OffsetDateTime, u32)>,
+    /// Auto Scaling's calls back off on their own: they never hold ECS's.
+    pub(super) hook_backoff: Backoff,
+    /// Whether Auto Scaling answered where the termination hook is, for
+    /// the `Terminated` seen (found, none, or a configured one missing).
+    pub(super) hook_lookup_settled: bool,
+    /// `lifecycle_hook`: the hook to complete, when not discovered.
+    pub(super) lifecycle_hook_name: Option<String>,
 }
 
 impl<S: ContainerService, K: Clock> Executor<S, K> {
@@ -71,6 +78,9 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
             backoff: Backoff::new(FIRST_BACKOFF, MAX_BACKOFF),
             waiting_logged: false,
             power_off_recorded: None,
+            hook_backoff: Backoff::new(FIRST_BACKOFF, MAX_BACKOFF),
+            hook_lookup_settled: false,
+            lifecycle_hook_name: settings.lifecycle_hook.as_ref().map(|h| h.value.clone()),
         }
     }
 
@@ -137,7 +147,20 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
             return self.act_dry(action, now, books);
         }
         // The ECS backoff holds ECS calls only.
-        let ecs_call = !matches!(action, Action::PowerOff | Action::SignalCheckpoint(_));
+        let ecs_call = !matches!(
+            action,
+            Action::PowerOff
+                | Action::SignalCheckpoint(_)
+                | Action::RecordLifecycleHeartbeat
+                | Action::CompleteLifecycleAction
+        );
+        let hook_call = matches!(
+            action,
+            Action::RecordLifecycleHeartbeat | Action::CompleteLifecycleAction
+        );
+        if hook_call && !self.hook_backoff.ready(self.clock.instant()) {
+            return None;
+        }
         if ecs_call && !self.backoff.ready(self.clock.instant()) {
             return None;
         }
@@ -147,6 +170,8 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
             Action::StopTasks(cause) => self.stop_tasks(cause, now, books).await,
             Action::PowerOff => self.record_power_off(now, books).await,
             Action::SignalCheckpoint(end) => self.signal_checkpoint(end, now, books).await,
+            Action::RecordLifecycleHeartbeat => self.lifecycle_heartbeat(now, books).await,
+            Action::CompleteLifecycleAction => self.complete_lifecycle(now, books).await,
             // The last look at the lease is the poll's (it reads IMDS).
             Action::ConfirmLease => None,
         }
@@ -320,6 +345,15 @@ impl<S: ContainerService, K: Clock> Executor<S, K> {
                     Outcome::CheckpointSignaled(0),
                 )
             }
+            // A dry run looks for no hook, so the core asks for none.
+            Action::RecordLifecycleHeartbeat => (
+                "record a lifecycle action heartbeat".to_owned(),
+                Outcome::LifecycleHeartbeat,
+            ),
+            Action::CompleteLifecycleAction => (
+                "complete the lifecycle action with CONTINUE".to_owned(),
+                Outcome::LifecycleCompleted,
+            ),
             Action::ConfirmLease => return None,
         };
         books.decision(&format!("dry run, nothing changed: would {what}"));

@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
 use super::clock::Clock;
+use crate::actions::autoscaling::{DiscoveryError, HookError, LifecycleHooks};
 use crate::actions::checkpoint::{PassReport, TaskContainer, Unreached};
 use crate::actions::ecs::{ContainerService, HostTask, StopReport};
 use crate::sources::{AwsFailure, CallError};
 use blockwatch_core::checkpoint::CheckpointSignal;
+use blockwatch_core::lifecycle_hook::LifecycleHook;
 
 /// A clock that stands still until the test moves it; its random numbers
 /// are scripted (the top of the jitter window when none is).
@@ -79,6 +81,9 @@ pub(super) const FIND: &str = "ecs:ListContainerInstances";
 pub(super) const SET_DRAINING: &str = "ecs:UpdateContainerInstancesState";
 pub(super) const LIST_TASKS: &str = "ecs:ListTasks";
 pub(super) const STOP_TASKS: &str = "ecs:StopTask";
+pub(super) const DESCRIBE_HOOKS: &str = "autoscaling:DescribeLifecycleHooks";
+pub(super) const HEARTBEAT: &str = "autoscaling:RecordLifecycleActionHeartbeat";
+pub(super) const COMPLETE: &str = "autoscaling:CompleteLifecycleAction";
 
 /// A call the executor made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +93,9 @@ pub(super) enum Call {
     ListTasks { arn: String },
     StopTasks { tasks: Vec<String>, reason: String },
     SignalCheckpoint,
+    DescribeHooks,
+    Heartbeat,
+    Complete,
 }
 
 /// How a scripted call goes instead of the normal answer.
@@ -114,6 +122,13 @@ pub(super) struct EcsState {
     /// what it held then.
     pub read_at_signal: Option<std::path::PathBuf>,
     pub seen_at_signal: Option<String>,
+    /// The instance's group's termination hook, if it has one.
+    pub hook: Option<LifecycleHook>,
+    /// Whether a lifecycle action waits on that hook (the instance is in
+    /// `Terminating:Wait`); `CONTINUE` ends it.
+    pub hook_waiting: bool,
+    /// `CONTINUE` results Auto Scaling accepted.
+    pub continued: u32,
     script: BTreeMap<&'static str, VecDeque<Scripted>>,
 }
 
@@ -210,6 +225,80 @@ fn failure(api: &'static str, kind: AwsFailure) -> CallError {
         api,
         kind,
         detail: format!("scripted {kind:?}"),
+    }
+}
+
+impl FakeEcs {
+    /// Auto Scaling put the instance in `Terminating:Wait` on `hook`.
+    pub(super) fn terminating_on(&self, hook: LifecycleHook) {
+        let mut state = self.state();
+        state.hook = Some(hook);
+        state.hook_waiting = true;
+    }
+
+    /// Like Auto Scaling: a heartbeat or a completion for no waiting
+    /// action is a `ValidationError`.
+    fn waiting(ecs: &EcsState, api: &'static str) -> Result<LifecycleHook, HookError> {
+        match (&ecs.hook, ecs.hook_waiting) {
+            (Some(hook), true) => Ok(hook.clone()),
+            (hook, _) => Err(HookError::NoActiveAction {
+                api,
+                group: hook.as_ref().map(|h| h.group.clone()).unwrap_or_default(),
+                hook: hook.as_ref().map(|h| h.name.clone()).unwrap_or_default(),
+                detail: "ValidationError: No active Lifecycle Action found (HTTP 400)".into(),
+            }),
+        }
+    }
+}
+
+impl LifecycleHooks for FakeEcs {
+    async fn termination_hook(
+        &self,
+        _instance_id: &str,
+        _group: Option<&str>,
+        wanted: Option<&str>,
+    ) -> Result<Option<LifecycleHook>, DiscoveryError> {
+        let found = self.answer(DESCRIBE_HOOKS, Call::DescribeHooks, |ecs| {
+            Ok(ecs.hook.clone())
+        })?;
+        match (found, wanted) {
+            (Some(hook), Some(name)) if hook.name != name => Err(DiscoveryError::NoSuchHook {
+                group: hook.group,
+                hook: name.to_owned(),
+            }),
+            (found, _) => Ok(found),
+        }
+    }
+
+    async fn record_heartbeat(
+        &self,
+        _hook: &LifecycleHook,
+        _instance_id: &str,
+    ) -> Result<(), HookError> {
+        let mut state = self.state();
+        state.calls.push(Call::Heartbeat);
+        if let Some(Scripted::Fail(kind)) = state
+            .script
+            .get_mut(HEARTBEAT)
+            .and_then(VecDeque::pop_front)
+        {
+            return Err(HookError::Call(failure(HEARTBEAT, kind)));
+        }
+        Self::waiting(&state, HEARTBEAT).map(|_| ())
+    }
+
+    async fn complete(&self, _hook: &LifecycleHook, _instance_id: &str) -> Result<(), HookError> {
+        let mut state = self.state();
+        state.calls.push(Call::Complete);
+        if let Some(Scripted::Fail(kind)) =
+            state.script.get_mut(COMPLETE).and_then(VecDeque::pop_front)
+        {
+            return Err(HookError::Call(failure(COMPLETE, kind)));
+        }
+        Self::waiting(&state, COMPLETE)?;
+        state.hook_waiting = false;
+        state.continued += 1;
+        Ok(())
     }
 }
 

@@ -43,6 +43,7 @@ mod claim;
 mod clock;
 mod ec2_end_dates;
 mod executor;
+mod lifecycle;
 mod node;
 mod poll;
 mod power_off;

@@ -166,6 +166,18 @@ impl Reporter {
                 "checkpoint-signaled",
                 format!("checkpoint signal sent to {containers} opted-in container(s)"),
             ),
+            Event::LifecycleCompleted => {
+                let Some(action) = &state.lifecycle else {
+                    return;
+                };
+                (
+                    "lifecycle-completed",
+                    format!(
+                        "Auto Scaling lifecycle hook {} of group {} completed with CONTINUE after {} heartbeat(s): the group terminates the instance now",
+                        action.hook.name, action.hook.group, action.heartbeats
+                    ),
+                )
+            }
             Event::HeldForClockStep(until) => {
                 if self.held_until_logged != Some(*until) {
                     self.held_until_logged = Some(*until);
@@ -195,6 +207,13 @@ impl Reporter {
             (event, payload.as_object_mut())
         {
             fields.insert("containers".into(), (*containers).into());
+        }
+        if let (Event::LifecycleCompleted, Some(action), Some(fields)) =
+            (event, &state.lifecycle, payload.as_object_mut())
+        {
+            fields.insert("lifecycle_hook".into(), action.hook.name.clone().into());
+            fields.insert("autoscaling_group".into(), action.hook.group.clone().into());
+            fields.insert("lifecycle_heartbeats".into(), action.heartbeats.into());
         }
         if self.dry_run {
             log::info!(

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use super::agent::Agent;
 use super::books::Books;
-use super::fakes::{Call, FakeClock, FakeEcs, Scripted, SET_DRAINING, STOP_TASKS};
+use super::fakes::{Call, FakeClock, FakeEcs, Scripted, HEARTBEAT, SET_DRAINING, STOP_TASKS};
 use super::node::Node;
 use super::store::Store;
 use crate::actions::webhook::Deliveries;
@@ -20,6 +20,7 @@ use crate::sources::AwsFailure;
 use blockwatch_core::deadline::{Observations, SpotAction};
 use blockwatch_core::decision::{poweroff_retry_after, AgentState, Phase};
 use blockwatch_core::file_model::FileConfig;
+use blockwatch_core::lifecycle_hook::LifecycleHook;
 use blockwatch_core::settings::Settings;
 
 const T0: OffsetDateTime = datetime!(2026-11-29 12:00:00 UTC);
@@ -726,4 +727,160 @@ async fn docker_unreachable_signals_nothing_is_tried_again_and_ecs_backoff_does_
     assert_eq!(h.signal_passes(), 2, "tried again");
     assert_eq!(h.state().checkpoint.clone().unwrap().containers, 1);
     assert_eq!(h.state().checkpoint_signals, 1);
+}
+
+/// Heartbeat timeout 60 s (a heartbeat every 30 s), global timeout 600 s.
+fn lifecycle_hook() -> LifecycleHook {
+    LifecycleHook {
+        group: "batch-asg".into(),
+        name: "drain".into(),
+        heartbeat_timeout: secs(60),
+        global_timeout: Some(secs(600)),
+    }
+}
+
+impl Harness {
+    /// Auto Scaling terminates the instance, waiting on its hook.
+    fn terminated_by_auto_scaling(&mut self) {
+        self.agent.books.observed.target_lifecycle_state = Some("Terminated".into());
+    }
+
+    fn hook_calls(&self) -> Vec<Call> {
+        self.ecs
+            .calls()
+            .into_iter()
+            .filter(|c| matches!(c, Call::DescribeHooks | Call::Heartbeat | Call::Complete))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn heartbeats_while_a_task_runs_then_continue_once_drained_once_across_a_restart() {
+    let ecs = FakeEcs::registered(ARN, &["arn:aws:ecs:eu-west-1:123456789012:task/jobs/t1"]);
+    ecs.terminating_on(lifecycle_hook());
+    let mut h = Harness::new("", ecs);
+    h.terminated_by_auto_scaling();
+    h.step_after(Duration::ZERO).await;
+    assert_eq!(h.hook_calls(), vec![Call::DescribeHooks, Call::Heartbeat]);
+    assert_eq!(h.ecs.drain_calls(), vec![set_draining(ARN)], "drained too");
+    h.step_after(secs(29)).await;
+    assert_eq!(
+        h.hook_calls().len(),
+        2,
+        "not before half the heartbeat timeout"
+    );
+    h.step_after(secs(1)).await;
+    assert_eq!(h.hook_calls().len(), 3);
+    assert_eq!(h.on_disk().lifecycle.unwrap().heartbeats, 2);
+    assert_eq!(h.ecs.state().continued, 0, "not while the task runs");
+
+    h.ecs.state().tasks.clear();
+    for _ in 0..6 {
+        h.step_after(secs(10)).await;
+    }
+    assert_eq!(h.ecs.state().continued, 1);
+    let action = h.on_disk().lifecycle.unwrap();
+    assert!(action.completed_at.is_some(), "{action:?}");
+    assert_eq!(h.hook_calls().last(), Some(&Call::Complete));
+    let complete_calls = |h: &Harness| h.count_calls(|c| matches!(c, Call::Complete));
+    assert_eq!(complete_calls(&h), 1);
+
+    // Restarted: the completion is read back, nothing more is sent.
+    let Harness { dir, ecs, .. } = h;
+    let calls_before = ecs.calls().len();
+    let mut again = Harness::resume(dir, "", ecs, T0 + time::Duration::minutes(3));
+    again.terminated_by_auto_scaling();
+    for _ in 0..4 {
+        again.step_after(secs(30)).await;
+    }
+    let new_hook_calls = again.ecs.calls()[calls_before..]
+        .iter()
+        .filter(|c| matches!(c, Call::DescribeHooks | Call::Heartbeat | Call::Complete))
+        .count();
+    assert_eq!(new_hook_calls, 0, "never completed twice");
+    assert_eq!(again.ecs.state().continued, 1);
+}
+
+#[tokio::test]
+async fn a_denied_heartbeat_backs_off_on_its_own_and_never_holds_the_drain() {
+    let ecs = FakeEcs::registered(ARN, &["arn:aws:ecs:eu-west-1:123456789012:task/jobs/t1"]);
+    ecs.terminating_on(lifecycle_hook());
+    ecs.script(HEARTBEAT, &[Scripted::Fail(AwsFailure::Denied); 2]);
+    let mut h = Harness::new("", ecs);
+    h.terminated_by_auto_scaling();
+    h.step_after(Duration::ZERO).await;
+    assert_eq!(
+        h.ecs.drain_calls(),
+        vec![set_draining(ARN)],
+        "the drain goes on"
+    );
+    assert!(h.confirmed_at().is_some());
+    let heartbeats = |h: &Harness| h.count_calls(|c| matches!(c, Call::Heartbeat));
+    assert_eq!(heartbeats(&h), 1);
+    assert_eq!(h.state().lifecycle.clone().unwrap().heartbeats, 0);
+    // The first backoff is at most 1 s: nothing is asked before it.
+    h.clock.will_draw(u64::MAX);
+    h.step_after(ms(100)).await;
+    assert_eq!(heartbeats(&h), 1, "held by its backoff");
+    for _ in 0..4 {
+        h.step_after(secs(3)).await;
+    }
+    assert_eq!(heartbeats(&h), 3, "retried until accepted");
+    assert_eq!(h.state().lifecycle.clone().unwrap().heartbeats, 1);
+    assert!(
+        h.agent
+            .books
+            .reporter
+            .errors()
+            .get("autoscaling")
+            .copied()
+            .unwrap_or(0)
+            >= 2
+    );
+}
+
+#[tokio::test]
+async fn an_action_that_timed_out_is_recorded_gone_and_nothing_more_is_sent() {
+    let ecs = FakeEcs::registered(ARN, &["arn:aws:ecs:eu-west-1:123456789012:task/jobs/t1"]);
+    ecs.terminating_on(lifecycle_hook());
+    ecs.state().hook_waiting = false;
+    let mut h = Harness::new("", ecs);
+    h.terminated_by_auto_scaling();
+    h.step_after(Duration::ZERO).await;
+    assert!(h.on_disk().lifecycle.unwrap().gone_at.is_some());
+    for _ in 0..4 {
+        h.step_after(secs(30)).await;
+    }
+    assert_eq!(h.hook_calls(), vec![Call::DescribeHooks, Call::Heartbeat]);
+}
+
+#[tokio::test]
+async fn a_configured_hook_the_group_does_not_have_is_never_sent() {
+    let ecs = FakeEcs::registered(ARN, &[]);
+    ecs.terminating_on(lifecycle_hook());
+    let mut h = Harness::new("lifecycle_hook = \"other\"", ecs);
+    h.terminated_by_auto_scaling();
+    for _ in 0..4 {
+        h.step_after(secs(30)).await;
+    }
+    assert_eq!(h.hook_calls(), vec![Call::DescribeHooks], "asked once");
+    assert_eq!(h.state().lifecycle, None);
+}
+
+#[tokio::test]
+async fn a_throttled_ecs_never_holds_the_heartbeats() {
+    let ecs = FakeEcs::registered(ARN, &["arn:aws:ecs:eu-west-1:123456789012:task/jobs/t1"]);
+    ecs.terminating_on(lifecycle_hook());
+    ecs.script(SET_DRAINING, &[THROTTLED; 20]);
+    let mut h = Harness::new("", ecs);
+    h.terminated_by_auto_scaling();
+    h.step_after(Duration::ZERO).await;
+    // ECS's backoff reaches 16 s by then (failures at 0, 1, 3, 7 and 15 s).
+    for _ in 0..30 {
+        h.step_after(secs(1)).await;
+    }
+    assert_eq!(h.confirmed_at(), None, "ECS still throttles");
+    let action = h.state().lifecycle.clone().unwrap();
+    assert_eq!(action.last_heartbeat_at, at(secs(30)), "on time");
+    assert_eq!(action.heartbeats, 2);
 }

@@ -109,6 +109,11 @@ impl Aws {
         self
     }
 
+    /// The IMDS client the credential chain shares.
+    pub(crate) fn imds(&self) -> &Imds {
+        &self.imds
+    }
+
     pub(crate) async fn config(&self) -> Result<&SdkConfig, CallError> {
         self.config.get_or_try_init(|| self.load()).await
     }
