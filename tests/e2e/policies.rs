@@ -27,7 +27,7 @@ fn api_calls_in(dir: &Path) -> BTreeSet<String> {
                 let text = std::fs::read_to_string(&path).unwrap();
                 for literal in text.split('"').skip(1).step_by(2) {
                     let is_call = literal.split_once(':').is_some_and(|(service, action)| {
-                        ["batch", "ec2", "ecs", "ssm", "iam"].contains(&service)
+                        ["batch", "ec2", "ecs", "ssm", "iam", "autoscaling"].contains(&service)
                             && action.starts_with(|c: char| c.is_ascii_uppercase())
                             && action.chars().all(|c| c.is_ascii_alphanumeric())
                     });
@@ -305,7 +305,7 @@ fn agent_policy_scopes_every_ecs_call_to_the_compute_environments_cluster() {
 /// takes `"*"` only. Sources: the "Actions defined by ..." tables of
 /// list_amazonec2, list_amazonelasticcontainerservice, list_awsbatch,
 /// list_awssystemsmanager and list_awsidentityandaccessmanagementiam.
-const RESOURCE_TYPES: [(&str, &[&str]); 21] = [
+const RESOURCE_TYPES: [(&str, &[&str]); 25] = [
     ("batch:DescribeComputeEnvironments", &[]),
     ("ec2:DescribeTags", &[]),
     ("ec2:DescribeInstances", &[]),
@@ -340,6 +340,13 @@ const RESOURCE_TYPES: [(&str, &[&str]); 21] = [
     ("ecs:DescribeTasks", &["task"]),
     ("ecs:StopTask", &["task"]),
     ("ssm:GetParameter", &["parameter"]),
+    ("autoscaling:DescribeAutoScalingInstances", &[]),
+    ("autoscaling:DescribeLifecycleHooks", &[]),
+    (
+        "autoscaling:RecordLifecycleActionHeartbeat",
+        &["autoScalingGroup"],
+    ),
+    ("autoscaling:CompleteLifecycleAction", &["autoScalingGroup"]),
     ("iam:PassRole", &["role"]),
 ];
 
@@ -357,10 +364,11 @@ fn resources_of(statement: &serde_json::Value) -> Vec<String> {
     strings_of(statement, "Resource")
 }
 
-/// `instance` in `arn:aws:ec2:*:*:instance/*`.
+/// `instance` in `arn:aws:ec2:*:*:instance/*`, `autoScalingGroup` in
+/// `arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/*`.
 fn resource_type_in(arn: &str) -> &str {
     let resource = arn.splitn(6, ':').nth(5).unwrap_or("");
-    resource.split('/').next().unwrap_or("")
+    resource.split(['/', ':']).next().unwrap_or("")
 }
 
 /// Both policy files and both policies of the quickstart.
