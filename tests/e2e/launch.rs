@@ -638,6 +638,10 @@ fn launch_help_explains_itself() {
         "--legacy-spot-block",
         "retired",
         "--wait",
+        "--allocation-strategy",
+        "--on-demand-allocation-strategy",
+        "--on-demand-base",
+        "--keep-template",
         "Exit codes",
     ] {
         assert!(help.contains(needle), "help lacks {needle}:\n{help}");
