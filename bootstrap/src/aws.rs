@@ -73,6 +73,8 @@ pub struct Clients {
     pub batch: aws_sdk_batch::Client,
     pub ec2: aws_sdk_ec2::Client,
     pub ecs: aws_sdk_ecs::Client,
+    /// Only for `--launch-template` when it hides tags from IMDS.
+    pub iam: aws_sdk_iam::Client,
     pub ssm: aws_sdk_ssm::Client,
 }
 
@@ -91,6 +93,11 @@ impl Clients {
             ),
             ecs: aws_sdk_ecs::Client::from_conf(
                 aws_sdk_ecs::config::Builder::from(sdk)
+                    .interceptor(LogCalls)
+                    .build(),
+            ),
+            iam: aws_sdk_iam::Client::from_conf(
+                aws_sdk_iam::config::Builder::from(sdk)
                     .interceptor(LogCalls)
                     .build(),
             ),

@@ -167,9 +167,21 @@ pub struct LaunchArgs {
     /// hop limit. 2 or more: bridge-mode containers reach IMDS too
     #[arg(long, value_name = "N", default_value_t = DEFAULT_IMDS_HOP_LIMIT)]
     pub imds_hop_limit: u32,
-    /// Keep the launch template this launch creates (tagged with a hash of its content, so that
-    /// a later launch with the same AMI, tags and options reuses it). Without it, the launcher
-    /// deletes the template it created once the launch is over; a reused one is never deleted
+    /// Start from your own launch template (name or lt- id; VERSION: a number, $Latest or
+    /// $Default [default: $Default]). The template must carry the tag
+    /// blockwatch:compute-environment=<compute environment> (the launcher's IAM policy writes
+    /// only to templates so tagged). The launcher adds a version based on VERSION with only what
+    /// blockwatch needs: the blockwatch tags on instance and volumes, shutdown behaviour
+    /// terminate, and the metadata options the template leaves unset (IMDSv2 required, hop limit
+    /// --imds-hop-limit, instance tags in IMDS); everything else comes from the template. That
+    /// version is deleted after the launch unless --keep-template. A template that disables IMDS,
+    /// or hides tags from IMDS while its instance role may not call ec2:DescribeTags, is refused
+    #[arg(long, value_name = "NAME|ID[:VERSION]")]
+    pub launch_template: Option<String>,
+    /// Keep the launch template (or, with --launch-template, the version) this launch creates,
+    /// marked with a hash of its content, so that a later launch with the same AMI, tags and
+    /// options reuses it. Without it, the launcher deletes what it created once the launch is
+    /// over; a reused one is never deleted
     #[arg(long)]
     pub keep_template: bool,
     /// Check permissions with EC2's DryRun and print the plan; launch nothing (the launch

@@ -48,13 +48,17 @@ pub const EXTEND_REFUSED: Exit = Exit {
     code: 9,
     meaning: "`extend` refused an instance (unknown, another compute environment, a Capacity Block, ended, or its new end is past); nothing was written",
 };
+pub const TEMPLATE_REFUSED: Exit = Exit {
+    code: 10,
+    meaning: "`--launch-template` refused (not found, not tagged for the compute environment, or its metadata options would break the join); nothing was launched",
+};
 pub const TRANSIENT: Exit = Exit {
     code: 75,
     meaning: "transient: AWS unreachable or throttled after retries",
 };
 
 /// Every exit code, in order.
-pub const TABLE: [Exit; 11] = [
+pub const TABLE: [Exit; 12] = [
     SUCCESS,
     INTERNAL,
     INVALID,
@@ -65,6 +69,7 @@ pub const TABLE: [Exit; 11] = [
     REJECTED,
     WAIT_TIMEOUT,
     EXTEND_REFUSED,
+    TEMPLATE_REFUSED,
     TRANSIENT,
 ];
 

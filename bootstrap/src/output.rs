@@ -127,15 +127,33 @@ pub fn text(report: &Report) -> String {
 /// Which launch template the instances start from, and what becomes of it.
 fn launch_template_line(report: &Report) -> String {
     let template = &report.launch_template;
-    let fate = match (template.origin, template.kept) {
-        (Origin::Reused, _) => "reused (same content, kept by an earlier launch)",
-        (Origin::Created, true) => "created and kept (--keep-template) for later launches",
-        (Origin::Created, false) => "created, deleted once the launch is over",
-    };
-    format!(
-        "launch template: {} ({}, version {}), {fate}",
+    let head = format!(
+        "launch template: {} ({}, version {})",
         template.name, template.id, template.version
-    )
+    );
+    let Some(based_on) = template.based_on else {
+        let fate = match (template.origin, template.kept) {
+            (Origin::Reused | Origin::AsGiven, _) => {
+                "reused (same content, kept by an earlier launch)"
+            }
+            (Origin::Created, true) => "created and kept (--keep-template) for later launches",
+            (Origin::Created, false) => "created, deleted once the launch is over",
+        };
+        return format!("{head}, {fate}");
+    };
+    let fate = match (template.origin, template.kept) {
+        (Origin::AsGiven, _) => "yours as given: it already carries what blockwatch needs".to_owned(),
+        (Origin::Reused, _) => format!(
+            "your version {based_on} plus blockwatch's tags and options, reused (kept by an earlier launch)"
+        ),
+        (Origin::Created, true) => format!(
+            "your version {based_on} plus blockwatch's tags and options, created and kept (--keep-template)"
+        ),
+        (Origin::Created, false) => format!(
+            "your version {based_on} plus blockwatch's tags and options, created, deleted once the launch is over"
+        ),
+    };
+    format!("{head}, {fate}")
 }
 
 /// `list` as a table (text) or a JSON document.

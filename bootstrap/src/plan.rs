@@ -133,6 +133,8 @@ pub struct Request {
     pub on_demand_allocation: Option<OnDemandAllocation>,
     /// On-Demand instances within a Spot launch.
     pub on_demand_base: Option<u32>,
+    /// `--launch-template NAME|ID[:VERSION]`: the operator's template.
+    pub launch_template: Option<String>,
 }
 
 /// A request that passed every check that needs no AWS call.
@@ -165,6 +167,11 @@ pub struct Plan {
     pub spot_allocation: SpotAllocation,
     pub on_demand_allocation: OnDemandAllocation,
     pub on_demand_base: u32,
+    /// The operator's launch template, which the instances start from.
+    pub launch_template: Option<TemplateSelector>,
+    /// Whether `--instance-type` was given: with `--launch-template`, the
+    /// template's own type is the default instead of m6i.large.
+    pub instance_types_given: bool,
 }
 
 /// A request refused before any API call.
@@ -207,6 +214,91 @@ pub enum Invalid {
     SpotFleetOnly,
     #[error("--on-demand-allocation-strategy only applies to --market spot or on-demand")]
     OnDemandAllocationWithoutFleet,
+    #[error("--launch-template {0:?} is not NAME, lt-ID, NAME:VERSION or lt-ID:VERSION (VERSION: a number, $Latest or $Default)")]
+    LaunchTemplate(String),
+    #[error("--launch-template: the template carries {0} itself; drop the flag (or add it to a version of the template)")]
+    LaunchTemplateCarries(&'static str),
+    #[error("--legacy-spot-block cannot start from --launch-template: it launches with RunInstances from the launcher's own template")]
+    LaunchTemplateLegacyBlock,
+}
+
+/// `--launch-template NAME|ID[:VERSION]`: which of the operator's templates,
+/// and which version of it [default: its default version].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateSelector {
+    pub template: TemplateKey,
+    pub version: TemplateVersion,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateKey {
+    /// `lt-` and 17 hex digits.
+    Id(String),
+    Name(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplateVersion {
+    Default,
+    Latest,
+    Number(i64),
+}
+
+impl TemplateVersion {
+    /// As EC2 takes it: `$Default`, `$Latest` or the number.
+    pub fn as_api(self) -> String {
+        match self {
+            Self::Default => "$Default".to_owned(),
+            Self::Latest => "$Latest".to_owned(),
+            Self::Number(n) => n.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for TemplateSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (TemplateKey::Id(key) | TemplateKey::Name(key)) = &self.template;
+        write!(f, "{key}:{}", self.version.as_api())
+    }
+}
+
+impl std::str::FromStr for TemplateSelector {
+    type Err = Invalid;
+
+    fn from_str(text: &str) -> Result<Self, Invalid> {
+        let invalid = || Invalid::LaunchTemplate(text.to_owned());
+        // Template names cannot hold a colon, so the last one starts the version.
+        let (key, version) = match text.rsplit_once(':') {
+            Some((key, version)) => (key, Some(version)),
+            None => (text, None),
+        };
+        let version = match version.map(str::to_ascii_lowercase).as_deref() {
+            None | Some("$default") => TemplateVersion::Default,
+            Some("$latest") => TemplateVersion::Latest,
+            Some(number) => match number.parse::<i64>() {
+                Ok(n) if n >= 1 && number.bytes().all(|b| b.is_ascii_digit()) => {
+                    TemplateVersion::Number(n)
+                }
+                _ => return Err(invalid()),
+            },
+        };
+        let is_id = key.len() == 20
+            && key.starts_with("lt-")
+            && key[3..].bytes().all(|b| b.is_ascii_hexdigit());
+        // EC2's rule for names: 3 to 128 of letters, digits and ( ) . - / _
+        let is_name = (3..=128).contains(&key.len())
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"().-/_".contains(&b));
+        let template = if is_id {
+            TemplateKey::Id(key.to_owned())
+        } else if is_name {
+            TemplateKey::Name(key.to_owned())
+        } else {
+            return Err(invalid());
+        };
+        Ok(Self { template, version })
+    }
 }
 
 /// Graviton (arm64) instance types: `a1`, or a family whose attributes after
@@ -316,6 +408,7 @@ impl Request {
                 count: self.count,
             });
         }
+        let launch_template = self.operator_template(block_duration_minutes.is_some())?;
         let arm = instance_types.iter().find(|t| is_graviton(t));
         let x86 = instance_types.iter().find(|t| !is_graviton(t));
         if let (Some(arm), Some(x86)) = (arm, x86) {
@@ -352,11 +445,54 @@ impl Request {
             spot_allocation: self.spot_allocation.unwrap_or_default(),
             on_demand_allocation: self.on_demand_allocation.unwrap_or_default(),
             on_demand_base,
+            launch_template,
+            instance_types_given: !self.instance_types.is_empty(),
         })
+    }
+
+    /// `--launch-template`, parsed; the flags whose settings the template
+    /// carries are refused with it, so that nothing given is silently dropped.
+    fn operator_template(&self, legacy_block: bool) -> Result<Option<TemplateSelector>, Invalid> {
+        let Some(text) = &self.launch_template else {
+            return Ok(None);
+        };
+        let selector: TemplateSelector = text.parse()?;
+        if legacy_block {
+            return Err(Invalid::LaunchTemplateLegacyBlock);
+        }
+        let carried = [
+            (
+                !self.security_groups.is_empty(),
+                "its security groups (--security-group)",
+            ),
+            (
+                self.instance_profile.is_some(),
+                "its instance profile (--instance-profile)",
+            ),
+            (self.key_name.is_some(), "its key pair (--key-name)"),
+            (
+                self.user_data_mode != UserDataMode::None,
+                "its user data (--user-data-mode)",
+            ),
+        ];
+        match carried.iter().find(|(given, _)| *given) {
+            Some((_, what)) => Err(Invalid::LaunchTemplateCarries(what)),
+            None => Ok(Some(selector)),
+        }
     }
 }
 
 impl Plan {
+    /// The plan with these instance types: the operator's template's own
+    /// type, when `--instance-type` was not given.
+    pub fn with_instance_types(&self, instance_types: Vec<String>) -> Self {
+        Self {
+            arm64: instance_types.iter().any(|t| is_graviton(t)),
+            instance_types,
+            ..self.clone()
+        }
+    }
+
     /// The SSM parameter holding the ECS-optimized AL2023 AMI for this architecture.
     pub fn ami_parameter(&self) -> &'static str {
         if self.arm64 {
@@ -702,5 +838,87 @@ mod tests {
         let script = plan.user_data("ce_Batch_123").unwrap();
         assert!(script.starts_with("#!/bin/bash"));
         assert!(script.contains("echo \"ECS_CLUSTER=ce_Batch_123\" >> /etc/ecs/ecs.config"));
+    }
+
+    #[test]
+    fn launch_template_takes_a_name_or_id_and_a_version() {
+        let parse = |text: &str| text.parse::<TemplateSelector>();
+        assert_eq!(
+            parse("team-batch").unwrap(),
+            TemplateSelector {
+                template: TemplateKey::Name("team-batch".into()),
+                version: TemplateVersion::Default,
+            }
+        );
+        assert_eq!(
+            parse("lt-0123456789abcdef0:7").unwrap(),
+            TemplateSelector {
+                template: TemplateKey::Id("lt-0123456789abcdef0".into()),
+                version: TemplateVersion::Number(7),
+            }
+        );
+        assert_eq!(
+            parse("a/b_c.(d):$Latest").unwrap().version,
+            TemplateVersion::Latest
+        );
+        assert_eq!(
+            parse("team:$default").unwrap().version,
+            TemplateVersion::Default
+        );
+        assert_eq!(parse("team:3").unwrap().to_string(), "team:3");
+        for bad in [
+            "", "ab", "team:", "team:0", "team:-1", "team:+2", "team:x", "a b", "t:1:2",
+        ] {
+            assert_eq!(
+                parse(bad),
+                Err(Invalid::LaunchTemplate(bad.into())),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn launch_template_refuses_the_flags_the_template_carries() {
+        let with = |change: fn(&mut Request)| {
+            let mut request = Request {
+                compute_environment: "ce".into(),
+                count: 1,
+                duration: "3h".into(),
+                launch_template: Some("team".into()),
+                ..Request::default()
+            };
+            change(&mut request);
+            request.validate()
+        };
+        let plan = with(|_| {}).unwrap();
+        assert!(plan.launch_template.is_some());
+        assert!(!plan.instance_types_given);
+        assert!(matches!(
+            with(|r| r.security_groups = vec!["sg-1".into()]),
+            Err(Invalid::LaunchTemplateCarries(what)) if what.contains("--security-group")
+        ));
+        assert!(matches!(
+            with(|r| r.instance_profile = Some("p".into())),
+            Err(Invalid::LaunchTemplateCarries(what)) if what.contains("--instance-profile")
+        ));
+        assert!(matches!(
+            with(|r| r.key_name = Some("k".into())),
+            Err(Invalid::LaunchTemplateCarries(what)) if what.contains("--key-name")
+        ));
+        assert!(matches!(
+            with(|r| r.user_data_mode = UserDataMode::EcsConfig),
+            Err(Invalid::LaunchTemplateCarries(what)) if what.contains("--user-data-mode")
+        ));
+        assert_eq!(
+            with(|r| {
+                r.legacy_spot_block = true;
+                r.duration = "1h".into();
+            }),
+            Err(Invalid::LaunchTemplateLegacyBlock)
+        );
+        let typed = with(|r| r.instance_types = vec!["m7g.large".into()]).unwrap();
+        assert!(typed.instance_types_given);
+        let graviton = plan.with_instance_types(vec!["c7g.xlarge".into()]);
+        assert!(graviton.arm64);
     }
 }

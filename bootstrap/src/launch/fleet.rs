@@ -393,6 +393,7 @@ mod tests {
             version: 3,
             origin: Origin::Created,
             kept: false,
+            based_on: None,
         }
     }
 

@@ -8,6 +8,7 @@
 //! RunInstances request and `--wait` live in their own modules.
 
 mod fleet;
+mod operator_template;
 mod run_instances;
 mod template;
 mod wait;
@@ -31,6 +32,7 @@ use crate::exit::{self, Exit};
 use crate::output;
 use crate::plan::{Market, Plan, Request};
 pub use fleet::{FleetRequest, PoolError};
+pub use operator_template::TemplateRefused;
 use run_instances::{Refused, Template};
 pub use template::{LaunchTemplate, Origin, TAG_TEMPLATE_HASH};
 pub use wait::{wait, WaitOptions};
@@ -47,6 +49,8 @@ pub enum LaunchError {
     Invalid(#[from] crate::plan::Invalid),
     #[error(transparent)]
     Aws(#[from] AwsStepError),
+    #[error(transparent)]
+    Template(#[from] TemplateRefused),
     #[error("--legacy-spot-block: EC2 refused BlockDurationMinutes ({detail}). Spot blocks (defined-duration Spot) were closed to new customers on 2021-07-01 and retired on 2022-12-31. Use --market spot with the same --duration {duration}: blockwatch enforces the lease on the instance instead.")]
     SpotBlocksRetired { detail: String, duration: String },
     #[error("spot price too low: {detail}; raise --max-price or drop it to pay up to the On-Demand price")]
@@ -90,6 +94,7 @@ impl LaunchError {
         match self {
             Self::Invalid(_) => exit::INVALID,
             Self::Aws(step) => step.exit(),
+            Self::Template(_) => exit::TEMPLATE_REFUSED,
             Self::Shortfall { .. } => exit::SHORTFALL,
             Self::SpotBlocksRetired { .. }
             | Self::PriceTooLow { .. }
@@ -208,6 +213,7 @@ fn request(args: &LaunchArgs) -> Request {
         spot_allocation: args.allocation_strategy,
         on_demand_allocation: args.on_demand_allocation_strategy,
         on_demand_base: args.on_demand_base,
+        launch_template: args.launch_template.clone(),
     }
 }
 
@@ -222,34 +228,33 @@ pub async fn launch(
     not_found_grace: Duration,
 ) -> Result<Report, LaunchError> {
     let (info, cluster, mut warnings) = compute_environment(clients, plan).await?;
-    warnings.extend(hop_limit_warning(plan));
-    let (ami, ami_source) = ami(clients, plan).await?;
     let lease = lease(&clients.ec2, plan, now).await?;
     let tags = tags(plan, &cluster, &lease);
-    let content = template::Content::new(plan, &ami, &tags, &cluster);
-    let launch_template = template::ensure(
-        &clients.ec2,
-        &content,
-        &plan.compute_environment,
-        plan.keep_template,
-        now.unix_timestamp_nanos(),
-    )
-    .await?;
+    let prepared = match &plan.launch_template {
+        Some(selector) => {
+            Box::pin(from_operator_template(clients, plan, selector, &tags, now)).await?
+        }
+        None => Box::pin(from_own_template(clients, plan, &tags, &cluster, now)).await?,
+    };
+    let plan = &prepared.plan;
+    warnings.extend(hop_limit_warning(prepared.imds_hop_limit));
+    warnings.extend(prepared.warnings);
+    let launch_template = prepared.launch_template;
     let mut report = Report {
         compute_environment: plan.compute_environment.clone(),
         compute_environment_state: info.state.clone(),
         cluster: cluster.clone(),
         market: plan.market,
-        ami: ami.clone(),
-        ami_source,
+        ami: prepared.ami,
+        ami_source: prepared.ami_source,
         duration: plan.duration_text.clone(),
         requested: plan.count,
         min_count: plan.min_count,
         instance_types: plan.instance_types.clone(),
         subnets: plan.subnets.clone(),
         tags: tags.clone(),
-        user_data: plan.user_data(&cluster).is_some(),
-        imds_hop_limit: plan.imds_hop_limit,
+        user_data: prepared.user_data,
+        imds_hop_limit: prepared.imds_hop_limit,
         shutdown_behavior: SHUTDOWN_BEHAVIOR.as_str().to_owned(),
         launch_template: launch_template.clone(),
         fleet_request: None,
@@ -306,12 +311,113 @@ async fn compute_environment(
     Ok((info, cluster.to_string(), warnings))
 }
 
+/// The launch template ready, and what the report says of it.
+struct Prepared {
+    /// The plan, with the operator's template's instance type when no
+    /// `--instance-type` was given.
+    plan: Plan,
+    launch_template: LaunchTemplate,
+    ami: String,
+    ami_source: String,
+    user_data: bool,
+    imds_hop_limit: i32,
+    warnings: Vec<String>,
+}
+
+/// The launcher's own template, created or reused by content.
+async fn from_own_template(
+    clients: &Clients,
+    plan: &Plan,
+    tags: &[(String, String)],
+    cluster: &str,
+    now: OffsetDateTime,
+) -> Result<Prepared, LaunchError> {
+    let (ami, ami_source) = ami(clients, plan).await?;
+    let content = template::Content::new(plan, &ami, tags, cluster);
+    let launch_template = template::ensure(
+        &clients.ec2,
+        &content,
+        &plan.compute_environment,
+        plan.keep_template,
+        now.unix_timestamp_nanos(),
+    )
+    .await?;
+    Ok(Prepared {
+        plan: plan.clone(),
+        launch_template,
+        ami,
+        ami_source,
+        user_data: plan.user_data(cluster).is_some(),
+        imds_hop_limit: plan.imds_hop_limit,
+        warnings: Vec::new(),
+    })
+}
+
+/// `--launch-template`: the operator's template, extended by a version with
+/// what blockwatch needs (see `operator_template`). Every refusal comes
+/// before anything is written.
+async fn from_operator_template(
+    clients: &Clients,
+    plan: &Plan,
+    selector: &crate::plan::TemplateSelector,
+    tags: &[(String, String)],
+    now: OffsetDateTime,
+) -> Result<Prepared, LaunchError> {
+    let source = operator_template::find(&clients.ec2, selector).await?;
+    source.check_tagged(&plan.compute_environment)?;
+    let plan = if plan.instance_types_given {
+        plan.clone()
+    } else {
+        let own = source
+            .instance_type()
+            .unwrap_or_else(|| crate::plan::DEFAULT_INSTANCE_TYPE.to_owned());
+        plan.with_instance_types(vec![own])
+    };
+    let (ami, ami_source) = match (&plan.ami, source.image_id()) {
+        (None, Some(image)) => (
+            image.to_owned(),
+            format!("launch template {}", source.label()),
+        ),
+        _ => ami(clients, &plan).await?,
+    };
+    let reservation = match plan.market {
+        Market::CapacityBlock => plan.capacity_reservation_id.as_deref(),
+        Market::Spot | Market::OnDemand => None,
+    };
+    let wanted = operator_template::Wanted {
+        tags,
+        ami: Some(ami.as_str()),
+        imds_hop_limit: plan.imds_hop_limit,
+        capacity_block: reservation,
+    };
+    let extension = operator_template::additions(&source, &wanted)?;
+    if extension.tags_hidden {
+        operator_template::check_describe_tags(&clients.iam, &source).await?;
+    }
+    let launch_template = operator_template::ensure_version(
+        &clients.ec2,
+        &source,
+        &extension.additions,
+        plan.keep_template,
+        now.unix_timestamp_nanos(),
+    )
+    .await?;
+    Ok(Prepared {
+        user_data: source.has_user_data(),
+        plan,
+        launch_template,
+        ami,
+        ami_source,
+        imds_hop_limit: extension.imds_hop_limit,
+        warnings: extension.warnings,
+    })
+}
+
 /// A hop limit above 1 lets containers at IMDS: the operator should know.
-fn hop_limit_warning(plan: &Plan) -> Option<String> {
-    (plan.imds_hop_limit > 1).then(|| {
+fn hop_limit_warning(imds_hop_limit: i32) -> Option<String> {
+    (imds_hop_limit > 1).then(|| {
         format!(
-            "IMDS hop limit {}: containers in bridge network mode can reach IMDS and take the instance role's credentials too (Batch ECS-EC2 jobs, in host network mode, can at any hop limit)",
-            plan.imds_hop_limit
+            "IMDS hop limit {imds_hop_limit}: containers in bridge network mode can reach IMDS and take the instance role's credentials too (Batch ECS-EC2 jobs, in host network mode, can at any hop limit)"
         )
     })
 }

@@ -11,6 +11,7 @@
 //! reused one is never deleted.
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::builders::RequestLaunchTemplateDataBuilder;
 use aws_sdk_ec2::types::{
     CapacityReservationTarget, Filter, LaunchTemplateCapacityReservationSpecificationRequest,
     LaunchTemplateHttpTokensState, LaunchTemplateIamInstanceProfileSpecificationRequest,
@@ -92,11 +93,7 @@ impl Content {
         // The volumes carry the tags too, so that they are found and billed
         // with their instance.
         for resource in [ResourceType::Instance, ResourceType::Volume] {
-            let mut spec = LaunchTemplateTagSpecificationRequest::builder().resource_type(resource);
-            for (key, value) in &self.tags {
-                spec = spec.tags(Tag::builder().key(key).value(value).build());
-            }
-            data = data.tag_specifications(spec.build());
+            data = data.tag_specifications(tag_specification(resource, &self.tags));
         }
         if !self.security_groups.is_empty() {
             data = data.set_security_group_ids(Some(self.security_groups.clone()));
@@ -111,27 +108,47 @@ impl Content {
             data = data.iam_instance_profile(spec.build());
         }
         if let Some(reservation) = &self.capacity_block {
-            data = data
-                .instance_market_options(
-                    LaunchTemplateInstanceMarketOptionsRequest::builder()
-                        .market_type(MarketType::CapacityBlock)
-                        .build(),
-                )
-                .capacity_reservation_specification(
-                    LaunchTemplateCapacityReservationSpecificationRequest::builder()
-                        .capacity_reservation_target(
-                            CapacityReservationTarget::builder()
-                                .capacity_reservation_id(reservation)
-                                .build(),
-                        )
-                        .build(),
-                );
+            data = in_capacity_block(data, reservation);
         }
         if let Some(script) = &self.user_data {
             data = data.user_data(aws_smithy_types::base64::encode(script.as_bytes()));
         }
         data.build()
     }
+}
+
+/// Tags for one resource type, as a template carries them.
+pub(super) fn tag_specification(
+    resource: ResourceType,
+    tags: &[(String, String)],
+) -> LaunchTemplateTagSpecificationRequest {
+    let mut spec = LaunchTemplateTagSpecificationRequest::builder().resource_type(resource);
+    for (key, value) in tags {
+        spec = spec.tags(Tag::builder().key(key).value(value).build());
+    }
+    spec.build()
+}
+
+/// A Capacity Block's market and reservation: EC2 Fleet takes them only from
+/// the template.
+pub(super) fn in_capacity_block(
+    data: RequestLaunchTemplateDataBuilder,
+    reservation: &str,
+) -> RequestLaunchTemplateDataBuilder {
+    data.instance_market_options(
+        LaunchTemplateInstanceMarketOptionsRequest::builder()
+            .market_type(MarketType::CapacityBlock)
+            .build(),
+    )
+    .capacity_reservation_specification(
+        LaunchTemplateCapacityReservationSpecificationRequest::builder()
+            .capacity_reservation_target(
+                CapacityReservationTarget::builder()
+                    .capacity_reservation_id(reservation)
+                    .build(),
+            )
+            .build(),
+    )
 }
 
 /// The template a launch uses, as the plan reports it.
@@ -144,6 +161,10 @@ pub struct LaunchTemplate {
     pub origin: Origin,
     /// False: the launcher deletes it once the launch is over.
     pub kept: bool,
+    /// With `--launch-template`: the operator's version that `version`
+    /// extends (the same number when it is used as given). None: the
+    /// launcher's own template.
+    pub based_on: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -151,6 +172,8 @@ pub struct LaunchTemplate {
 pub enum Origin {
     Created,
     Reused,
+    /// The operator's version already carries what blockwatch needs.
+    AsGiven,
 }
 
 impl LaunchTemplate {
@@ -197,6 +220,7 @@ pub(super) async fn ensure(
             version: reused.latest_version_number().unwrap_or(1),
             origin: Origin::Reused,
             kept: true,
+            based_on: None,
         });
     }
     let name = if keep {
@@ -235,29 +259,62 @@ pub(super) async fn ensure(
             .unwrap_or(1),
         origin: Origin::Created,
         kept: keep,
+        based_on: None,
     })
 }
 
-/// Deletes a template this launch created and did not keep. A failure is a
-/// warning: the instances launched (or not) all the same.
+/// Deletes a template (or, on the operator's template, the version) this
+/// launch created and did not keep. A failure is a warning: the instances
+/// launched (or not) all the same.
 pub(super) async fn clean_up(ec2: &Ec2, template: &LaunchTemplate) -> Option<String> {
     if !template.to_delete() {
         return None;
     }
-    match ec2
-        .delete_launch_template()
-        .launch_template_id(&template.id)
-        .send()
-        .await
-    {
-        Ok(_) => None,
-        Err(err) => Some(format!(
-            "could not delete launch template {} ({}): ec2:DeleteLaunchTemplate: {}; delete it by hand",
-            template.name,
-            template.id,
-            err.code().unwrap_or("no code")
-        )),
-    }
+    let failure = if template.based_on.is_some() {
+        match ec2
+            .delete_launch_template_versions()
+            .launch_template_id(&template.id)
+            .versions(template.version.to_string())
+            .send()
+            .await
+        {
+            Ok(answer) => answer
+                .unsuccessfully_deleted_launch_template_versions()
+                .first()
+                .map(|failed| {
+                    let error = failed.response_error();
+                    format!(
+                        "{}: {}",
+                        error
+                            .and_then(|e| e.code())
+                            .map_or("no code", |c| c.as_str()),
+                        error.and_then(|e| e.message()).unwrap_or_default()
+                    )
+                }),
+            Err(err) => Some(err.code().unwrap_or("no code").to_owned()),
+        }
+        .map(|why| {
+            format!(
+                "could not delete version {} of launch template {} ({}): ec2:DeleteLaunchTemplateVersions: {why}; delete it by hand",
+                template.version, template.name, template.id
+            )
+        })
+    } else {
+        ec2.delete_launch_template()
+            .launch_template_id(&template.id)
+            .send()
+            .await
+            .err()
+            .map(|err| {
+                format!(
+                    "could not delete launch template {} ({}): ec2:DeleteLaunchTemplate: {}; delete it by hand",
+                    template.name,
+                    template.id,
+                    err.code().unwrap_or("no code")
+                )
+            })
+    };
+    failure
 }
 
 #[cfg(test)]
@@ -293,9 +350,11 @@ mod tests {
             version: 1,
             origin,
             kept,
+            based_on: None,
         };
         assert!(template(Origin::Created, false).to_delete());
         assert!(!template(Origin::Created, true).to_delete());
         assert!(!template(Origin::Reused, true).to_delete());
+        assert!(!template(Origin::AsGiven, true).to_delete());
     }
 }
