@@ -115,7 +115,8 @@ pub struct LaunchArgs {
     /// How long the block lasts, like 3h or 90m (the lease counts from each instance's launch)
     #[arg(long, value_name = "DUR", required = true)]
     pub duration: Option<String>,
-    /// Instance type; repeat to let EC2 fall back to others [default: m6i.large]
+    /// Instance type; repeat to let EC2 fall back to others [default: the --launch-template's
+    /// own type, else m6i.large]
     #[arg(long = "instance-type", value_name = "T")]
     pub instance_types: Vec<String>,
     /// Subnet; repeat to try several
@@ -127,7 +128,8 @@ pub struct LaunchArgs {
     /// Instance profile (name or ARN) with the agent's policy (bootstrap/iam/agent-policy.json)
     #[arg(long, value_name = "NAME")]
     pub instance_profile: Option<String>,
-    /// AMI [default: the ECS-optimized Amazon Linux 2023 AMI from SSM, arm64 for Graviton types]
+    /// AMI [default: the --launch-template's own image, else the ECS-optimized Amazon Linux 2023
+    /// AMI from SSM, arm64 for Graviton types]
     #[arg(long, value_name = "ID")]
     pub ami: Option<String>,
     /// Purchase option

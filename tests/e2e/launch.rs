@@ -642,6 +642,9 @@ fn launch_help_explains_itself() {
         "--on-demand-allocation-strategy",
         "--on-demand-base",
         "--keep-template",
+        "--launch-template",
+        "blockwatch:compute-environment=<compute environment>",
+        "10  --launch-template refused",
         "Exit codes",
     ] {
         assert!(help.contains(needle), "help lacks {needle}:\n{help}");
