@@ -122,10 +122,9 @@ def create_launch_template_version(self):
     )
 
 
-# Codes: the ResponseError type of the EC2 API reference (its only values are
-# launchTemplate{Id,Name}{DoesNotExist,Malformed},
-# launchTemplateVersionDoesNotExist and unexpectedError; the reference gives
-# no messages, so these are ours).
+# Codes: the ResponseError type of the EC2 API reference, whose values are
+# launchTemplate{Id,Name}{DoesNotExist,Malformed}, launchTemplateVersionDoesNotExist
+# and unexpectedError. The reference gives no messages: these are ours.
 DEFAULT_VERSION_ERROR = {
     "Code": "unexpectedError",
     "Message": "You cannot delete the default version of a launch template; "
@@ -137,28 +136,47 @@ UNKNOWN_VERSION_ERROR = {
 }
 
 
+def template_failure(response):
+    """The per-version error for a template that does not exist, or None."""
+    name = response._get_param("LaunchTemplateName")
+    template_id = response._get_param("LaunchTemplateId")
+    backend = response.ec2_backend
+    if name and name not in backend.launch_template_name_to_ids:
+        return {"LaunchTemplateName": name}, {
+            "Code": "launchTemplateNameDoesNotExist",
+            "Message": f"The specified launch template, with template name {name}, does not exist.",
+        }
+    if not name and template_id not in backend.launch_templates:
+        return {"LaunchTemplateId": template_id}, {
+            "Code": "launchTemplateIdDoesNotExist",
+            "Message": f"The specified launch template, with template ID {template_id}, does not exist.",
+        }
+    return None
+
+
 def delete_launch_template_versions(self):
-    """Not in moto. A template that does not exist fails the whole call, as
-    DescribeLaunchTemplateVersions does; each version succeeds or fails alone."""
-    template = launch_template(self)
+    """Not in moto. Each requested version is deleted or reported failed
+    with its ResponseError, the call itself succeeds."""
     self.error_on_dryrun()
+    requested = self._get_param("Versions", [])
+    missing_template = template_failure(self)
+    template = None if missing_template else launch_template(self)
     deleted, failed = [], []
-    for requested in self._get_param("Versions", []):
+    for number in requested:
+        number_field = {"VersionNumber": int(number)} if str(number).isdigit() else {}
+        if missing_template:
+            item, error = missing_template
+            failed.append({**item, **number_field, "ResponseError": error})
+            continue
         item = {"LaunchTemplateId": template.id, "LaunchTemplateName": template.name}
-        version = next(
-            (v for v in template.versions if str(v.number) == str(requested)), None
-        )
+        version = next((v for v in template.versions if str(v.number) == str(number)), None)
         if version is None:
-            failed.append({**item, "ResponseError": UNKNOWN_VERSION_ERROR})
-            if str(requested).isdigit():
-                failed[-1]["VersionNumber"] = int(requested)
+            failed.append({**item, **number_field, "ResponseError": UNKNOWN_VERSION_ERROR})
         elif template.is_default(version):
-            failed.append(
-                {**item, "VersionNumber": version.number, "ResponseError": DEFAULT_VERSION_ERROR}
-            )
+            failed.append({**item, **number_field, "ResponseError": DEFAULT_VERSION_ERROR})
         else:
             template.versions.remove(version)
-            deleted.append({**item, "VersionNumber": version.number})
+            deleted.append({**item, **number_field})
     return ActionResult(
         {
             "SuccessfullyDeletedLaunchTemplateVersions": deleted,

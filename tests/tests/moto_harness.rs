@@ -269,6 +269,23 @@ async fn deleting_launch_template_versions_spares_the_default_and_never_reuses_n
         .unwrap();
     assert_eq!(add_version(&ec2, "operator-lt").await, 5);
     assert_eq!(version_numbers(&ec2, "operator-lt").await, [1, 3, 5]);
+
+    let no_template = ec2
+        .delete_launch_template_versions()
+        .launch_template_name("no-such-lt")
+        .versions("2")
+        .send()
+        .await
+        .unwrap();
+    let failed = no_template
+        .unsuccessfully_deleted_launch_template_versions()
+        .first()
+        .unwrap();
+    assert_eq!(failed.version_number(), Some(2));
+    assert_eq!(
+        failed.response_error().and_then(|e| e.code()),
+        Some(&LaunchTemplateErrorCode::LaunchTemplateNameDoesNotExist)
+    );
 }
 
 #[tokio::test]
