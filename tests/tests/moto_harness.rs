@@ -297,6 +297,8 @@ async fn an_instant_fleet_from_a_deleted_version_launches_nothing() {
     let moto = MotoServer::start().await.unwrap();
     let ec2 = operator_template(&moto, "operator-lt").await;
     assert_eq!(add_version(&ec2, "operator-lt").await, 2);
+    // A version after it: moto's lookup by list position would find this one.
+    assert_eq!(add_version(&ec2, "operator-lt").await, 3);
     ec2.delete_launch_template_versions()
         .launch_template_name("operator-lt")
         .versions("2")
