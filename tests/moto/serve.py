@@ -39,9 +39,7 @@ from moto.server import main  # noqa: E402
 def create_version(self, data, description):
     number = max(getattr(self, "highest_version_number", 0), len(self.versions)) + 1
     self.highest_version_number = number
-    version = LaunchTemplateVersion(
-        self, number, data, description
-    )
+    version = LaunchTemplateVersion(self, number, data, description)
     self.versions.append(version)
     return version
 

@@ -103,10 +103,16 @@ async fn operator_template(moto: &MotoServer, name: &str) -> aws_sdk_ec2::Client
     ec2
 }
 
-async fn version_numbers(ec2: &aws_sdk_ec2::Client, template: &str) -> Vec<i64> {
+/// The numbers DescribeLaunchTemplateVersions lists, from `min_version` on.
+async fn version_numbers(
+    ec2: &aws_sdk_ec2::Client,
+    template: &str,
+    min_version: Option<&str>,
+) -> Vec<i64> {
     let described = ec2
         .describe_launch_template_versions()
         .launch_template_name(template)
+        .set_min_version(min_version.map(str::to_owned))
         .send()
         .await
         .unwrap();
@@ -249,7 +255,7 @@ async fn deleting_launch_template_versions_spares_the_default_and_never_reuses_n
         ]
     );
 
-    assert_eq!(version_numbers(&ec2, "operator-lt").await, [1, 3]);
+    assert_eq!(version_numbers(&ec2, "operator-lt", None).await, [1, 3]);
     let gone = ec2
         .describe_launch_template_versions()
         .launch_template_name("operator-lt")
@@ -268,7 +274,12 @@ async fn deleting_launch_template_versions_spares_the_default_and_never_reuses_n
         .await
         .unwrap();
     assert_eq!(add_version(&ec2, "operator-lt").await, 5);
-    assert_eq!(version_numbers(&ec2, "operator-lt").await, [1, 3, 5]);
+    assert_eq!(version_numbers(&ec2, "operator-lt", None).await, [1, 3, 5]);
+    assert_eq!(
+        version_numbers(&ec2, "operator-lt", Some("3")).await,
+        [3, 5],
+        "MinVersion is a number, not a position"
+    );
 
     let no_template = ec2
         .delete_launch_template_versions()
