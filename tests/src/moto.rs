@@ -44,6 +44,20 @@ pub fn venv() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv"))
 }
 
+/// The venv's Python, once moto's server is installed in it.
+fn installed_python() -> Result<PathBuf, MotoError> {
+    let moto_server = venv().join("bin/moto_server");
+    if !moto_server.exists() {
+        return Err(MotoError::NotInstalled(moto_server));
+    }
+    Ok(venv().join("bin/python"))
+}
+
+/// `moto/serve.py`: moto's server with the calls moto lacks made to behave like AWS.
+fn serve_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("moto/serve.py")
+}
+
 /// A moto server on a loopback port of its own, stopped (by PID) when dropped.
 #[derive(Debug)]
 pub struct MotoServer {
@@ -73,11 +87,8 @@ impl MotoServer {
     /// back from moto's startup line: no port is ever picked, dropped and
     /// bound later, so no other process can take it in between.
     pub async fn start() -> Result<Self, MotoError> {
-        let program = venv().join("bin/moto_server");
-        if !program.exists() {
-            return Err(MotoError::NotInstalled(program));
-        }
-        let (process, addr) = Self::spawn(&program, &[], "http").map_err(MotoError::Start)?;
+        let python = installed_python()?;
+        let (process, addr) = Self::spawn(&python, &[], "http").map_err(MotoError::Start)?;
         let sdk = sdk_config(&format!("http://{addr}")).await;
         Ok(Self {
             process,
@@ -94,10 +105,7 @@ impl MotoServer {
     ///
     /// [`TestCa::ca_file`]: crate::tls::TestCa::ca_file
     pub async fn start_tls(ca: &crate::tls::TestCa) -> Result<Self, MotoError> {
-        let program = venv().join("bin/moto_server");
-        if !program.exists() {
-            return Err(MotoError::NotInstalled(program));
-        }
+        let python = installed_python()?;
         let client = ca
             .https_client()
             .map_err(|e| MotoError::Start(e.to_string()))?;
@@ -107,8 +115,7 @@ impl MotoServer {
             OsString::from("--ssl-key"),
             ca.key_file().into_os_string(),
         ];
-        let (process, addr) =
-            Self::spawn(&program, &tls_args, "https").map_err(MotoError::Start)?;
+        let (process, addr) = Self::spawn(&python, &tls_args, "https").map_err(MotoError::Start)?;
         let sdk = sdk_config_with(&format!("https://{addr}"), client).await;
         Ok(Self {
             process,
@@ -133,6 +140,7 @@ impl MotoServer {
         // moto's recorder logs every request it receives: tests count them.
         let mut command = Command::new(program);
         command
+            .arg(serve_script())
             .args(["-H", "127.0.0.1", "-p", "0"])
             .args(extra_args)
             .env("MOTO_ENABLE_RECORDING", "true")
