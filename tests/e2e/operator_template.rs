@@ -192,6 +192,15 @@ async fn a_kept_version_adds_only_what_blockwatch_needs_and_is_reused() {
     assert_eq!(report["instance_types"], serde_json::json!(["m5.large"]));
     assert_eq!(report["imds_hop_limit"], 2);
     assert_eq!(report["user_data"], true);
+    let reported: Vec<(String, String)> = serde_json::from_value(report["tags"].clone()).unwrap();
+    assert!(
+        reported.contains(&("Name".into(), "team-node".into())),
+        "{reported:?}"
+    );
+    assert!(
+        reported.contains(&("team".into(), "genomics".into())),
+        "{reported:?}"
+    );
 
     // One new version, based on 1, sending only what blockwatch changes.
     let created = calls(&moto, "CreateLaunchTemplateVersion");
@@ -539,6 +548,17 @@ async fn templates_that_cannot_join_or_are_not_ours_are_refused_before_anything_
     )
     .await;
     assert_eq!(calls(&moto, "SimulatePrincipalPolicy").len(), 1);
+
+    // IAM out of reach is a transient failure (exit 75), not a refusal, and
+    // writes nothing either.
+    let run = Launcher::new(&moto.endpoint())
+        .env("AWS_ENDPOINT_URL_IAM", "http://127.0.0.1:1")
+        .launch(1, "2h")
+        .args(["--launch-template", "hidden-no-permission"])
+        .run();
+    run.assert_exit(75)
+        .assert_stderr_has("iam:GetInstanceProfile");
+    assert!(calls(&moto, "CreateLaunchTemplateVersion").is_empty());
 
     // Flags the template carries are refused before any call.
     let run = launch(&moto, "untagged", &["--key-name", "ops"]);

@@ -252,7 +252,7 @@ pub async fn launch(
         min_count: plan.min_count,
         instance_types: plan.instance_types.clone(),
         subnets: plan.subnets.clone(),
-        tags: tags.clone(),
+        tags: prepared.tags,
         user_data: prepared.user_data,
         imds_hop_limit: prepared.imds_hop_limit,
         shutdown_behavior: SHUTDOWN_BEHAVIOR.as_str().to_owned(),
@@ -319,6 +319,8 @@ struct Prepared {
     launch_template: LaunchTemplate,
     ami: String,
     ami_source: String,
+    /// The tags the instances get.
+    tags: Vec<(String, String)>,
     user_data: bool,
     imds_hop_limit: i32,
     warnings: Vec<String>,
@@ -347,6 +349,7 @@ async fn from_own_template(
         launch_template,
         ami,
         ami_source,
+        tags: tags.to_vec(),
         user_data: plan.user_data(cluster).is_some(),
         imds_hop_limit: plan.imds_hop_limit,
         warnings: Vec::new(),
@@ -408,6 +411,7 @@ async fn from_operator_template(
         launch_template,
         ami,
         ami_source,
+        tags: extension.instance_tags,
         imds_hop_limit: extension.imds_hop_limit,
         warnings: extension.warnings,
     })

@@ -25,7 +25,7 @@ use aws_sdk_ec2::types::{
 };
 use aws_sdk_ec2::Client as Ec2;
 use aws_sdk_iam::types::PolicyEvaluationDecisionType;
-use blockwatch_aws::classify;
+use blockwatch_aws::{classify, AwsFailure, CallError};
 use blockwatch_core::tags::TAG_COMPUTE_ENVIRONMENT;
 use serde::Serialize;
 
@@ -223,6 +223,8 @@ pub(super) struct Extension {
     pub additions: Additions,
     /// The HttpPutResponseHopLimit the instances get.
     pub imds_hop_limit: i32,
+    /// The tags the instances get: the template's with blockwatch's.
+    pub instance_tags: Vec<(String, String)>,
     /// The template hides tags from IMDS on purpose: the agent then needs
     /// `ec2:DescribeTags`.
     pub tags_hidden: bool,
@@ -285,6 +287,11 @@ pub(super) fn additions(
         ));
     }
     let specs = merged_tags(data, wanted.tags);
+    let instance_tags = specs
+        .iter()
+        .find(|(resource, _)| resource == ResourceType::Instance.as_str())
+        .map(|(_, tags)| tags.clone())
+        .unwrap_or_default();
     let tag_specifications = (specs != current_tags(data)).then_some(specs);
     Ok(Extension {
         additions: Additions {
@@ -298,6 +305,7 @@ pub(super) fn additions(
             capacity_block: wanted.capacity_block.map(str::to_owned),
         },
         imds_hop_limit: metadata.hop_limit,
+        instance_tags,
         tags_hidden: tags_state == Some(LaunchTemplateInstanceMetadataTagsState::Disabled),
         warnings,
     })
@@ -467,11 +475,17 @@ pub(super) async fn check_describe_tags(
     source: &Source,
 ) -> Result<(), LaunchError> {
     let template = source.label();
-    let unchecked = |detail: String| {
-        LaunchError::Template(TemplateRefused::TagsHiddenUnchecked {
+    // Denied or refused (an unknown profile): the answer is the operator's to
+    // give. Unreachable or throttled: the usual transient exit.
+    let not_checkable = |err: CallError| match err {
+        CallError::Aws {
+            kind: AwsFailure::Denied | AwsFailure::Rejected,
+            ..
+        } => LaunchError::Template(TemplateRefused::TagsHiddenUnchecked {
             template: template.clone(),
-            detail,
-        })
+            detail: err.to_string(),
+        }),
+        other => LaunchError::from(other),
     };
     let profile = source.data.iam_instance_profile();
     let Some(name) = profile.and_then(|p| {
@@ -487,12 +501,7 @@ pub(super) async fn check_describe_tags(
         .instance_profile_name(name)
         .send()
         .await
-        .map_err(|e| {
-            unchecked(format!(
-                "iam:GetInstanceProfile {name}: {}",
-                classify("iam:GetInstanceProfile", &e)
-            ))
-        })?;
+        .map_err(|e| not_checkable(classify("iam:GetInstanceProfile", &e)))?;
     let Some(role) = found.instance_profile().and_then(|p| p.roles().first()) else {
         return Err(LaunchError::Template(
             TemplateRefused::TagsHiddenNoProfile { template },
@@ -504,7 +513,7 @@ pub(super) async fn check_describe_tags(
         .action_names(DESCRIBE_TAGS)
         .send()
         .await
-        .map_err(|e| unchecked(classify("iam:SimulatePrincipalPolicy", &e).to_string()))?;
+        .map_err(|e| not_checkable(classify("iam:SimulatePrincipalPolicy", &e)))?;
     let decision = simulated
         .evaluation_results()
         .iter()
