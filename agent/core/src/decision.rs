@@ -721,11 +721,13 @@ pub fn decide(
     }
 }
 
-/// The lifecycle hook of a drain for Auto Scaling's `Terminated`: started
-/// once the hook is known, forgotten with the drain; its heartbeat or its
-/// completion goes first among the actions (before a power-off). Completing
-/// ends the instance, so a completion for time (not because nothing runs)
-/// waits while the clock is held, as a power-off does.
+/// The lifecycle hook while Auto Scaling says `Terminated` and a drain is in
+/// force, whichever signal started the drain (a spot notice or a lease end
+/// may come first): started once the hook is known, forgotten with the
+/// drain; its heartbeat or its completion goes first among the actions
+/// (before a power-off). Completing ends the instance, so a completion for
+/// time (not because nothing runs) waits while the clock is held, as a
+/// power-off does.
 fn lifecycle_steps(
     now: OffsetDateTime,
     state: &mut AgentState,
@@ -734,13 +736,8 @@ fn lifecycle_steps(
     held: bool,
     actions: &mut Vec<Action>,
 ) {
-    // Another lifecycle state than `Terminated`: the wait is over.
-    let Some(started_at) = state.terminated_seen_at.filter(|_| {
-        state
-            .drain
-            .as_ref()
-            .is_some_and(|d| d.reason.kind == SourceKind::AutoScaling)
-    }) else {
+    // Another lifecycle state than `Terminated`, or no drain: no wait to end.
+    let Some(started_at) = state.terminated_seen_at.filter(|_| state.drain.is_some()) else {
         state.lifecycle = None;
         return;
     };
@@ -2946,6 +2943,46 @@ mod tests {
         }
 
         #[test]
+        fn a_drain_another_signal_started_completes_the_hook_too() {
+            let spot_notice = Observations {
+                spot_action: spot(T0 + secs(120)),
+                running_tasks: Some(2),
+                ..Observations::default()
+            };
+            let then_terminated = |tasks| Observations {
+                spot_action: spot(T0 + secs(120)),
+                ..terminated(tasks)
+            };
+            let d = run(
+                &[
+                    (T0, spot_notice),
+                    (T0 + secs(10), then_terminated(2)),
+                    (T0 + secs(20), then_terminated(0)),
+                    (T0 + secs(30), then_terminated(0)),
+                ],
+                &policy(),
+            );
+            assert_eq!(
+                d[0].state.drain.as_ref().map(|d| d.reason.kind),
+                Some(SourceKind::SpotInterruption)
+            );
+            let steps: Vec<_> = d.iter().map(hook_actions).collect();
+            assert_eq!(
+                steps,
+                vec![
+                    vec![],
+                    vec![Action::RecordLifecycleHeartbeat],
+                    vec![Action::CompleteLifecycleAction],
+                    vec![],
+                ]
+            );
+            assert_eq!(
+                d[3].state.lifecycle.clone().unwrap().started_at,
+                T0 + secs(10)
+            );
+        }
+
+        #[test]
         fn completion_goes_before_the_power_off() {
             let p = Policy {
                 power_off_when_drained: true,
@@ -2958,7 +2995,7 @@ mod tests {
         }
 
         #[test]
-        fn no_hook_for_a_drain_with_another_reason_or_without_a_hook() {
+        fn no_hook_without_terminated_or_without_a_hook() {
             let spot_first = Observations {
                 spot_action: spot(T0 + secs(120)),
                 lifecycle_hook: Some(hook()),
