@@ -28,19 +28,15 @@ fn ec2(moto: &MotoServer) -> aws_sdk_ec2::Client {
     aws_sdk_ec2::Client::new(moto.sdk())
 }
 
-/// The ECS-optimized AMI moto's SSM holds, for templates to name.
+/// One of the Amazon AMIs moto holds, for templates to name.
 async fn an_ami(moto: &MotoServer) -> String {
-    aws_sdk_ssm::Client::new(moto.sdk())
-        .get_parameter()
-        .name(blockwatch_launch::plan::AMI_PARAMETER_X86)
+    let images = ec2(moto)
+        .describe_images()
+        .owners("amazon")
         .send()
         .await
-        .unwrap()
-        .parameter()
-        .unwrap()
-        .value()
-        .unwrap()
-        .to_owned()
+        .unwrap();
+    images.images()[0].image_id().unwrap().to_owned()
 }
 
 /// A team's template as operators write them: an image, a type, user data,

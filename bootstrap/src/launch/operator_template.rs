@@ -16,7 +16,8 @@
 //! one is used as given. A kept version (`--keep-template`) is reused by its
 //! description, which holds a hash of what it adds and what it is based on.
 
-use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::config::http::HttpResponse;
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
     LaunchTemplateHttpTokensState, LaunchTemplateInstanceMetadataEndpointState,
     LaunchTemplateInstanceMetadataOptionsRequest, LaunchTemplateInstanceMetadataProtocolIpv6,
@@ -116,23 +117,13 @@ pub(super) async fn find(ec2: &Ec2, selector: &TemplateSelector) -> Result<Sourc
             detail: format!("{code}: {}", message.unwrap_or_default()),
         })
     };
-    let described = match &selector.template {
+    let templates = match &selector.template {
         TemplateKey::Id(id) => ec2.describe_launch_templates().launch_template_ids(id),
         TemplateKey::Name(name) => ec2.describe_launch_templates().launch_template_names(name),
     }
     .send()
-    .await;
-    let templates = match described {
-        Ok(answer) => answer,
-        Err(err)
-            if err
-                .code()
-                .is_some_and(|c| c.starts_with("InvalidLaunchTemplate")) =>
-        {
-            return Err(not_found(err.code().unwrap_or_default(), err.message()))
-        }
-        Err(err) => return Err(classify("ec2:DescribeLaunchTemplates", &err).into()),
-    };
+    .await
+    .map_err(|e| lookup_failed("ec2:DescribeLaunchTemplates", &e, selector))?;
     let Some(template) = templates.launch_templates().first() else {
         return Err(not_found("no such template", None));
     };
@@ -142,18 +133,8 @@ pub(super) async fn find(ec2: &Ec2, selector: &TemplateSelector) -> Result<Sourc
         .launch_template_id(&id)
         .versions(selector.version.as_api())
         .send()
-        .await;
-    let versions = match versions {
-        Ok(answer) => answer,
-        Err(err)
-            if err
-                .code()
-                .is_some_and(|c| c.starts_with("InvalidLaunchTemplate")) =>
-        {
-            return Err(not_found(err.code().unwrap_or_default(), err.message()))
-        }
-        Err(err) => return Err(classify("ec2:DescribeLaunchTemplateVersions", &err).into()),
-    };
+        .await
+        .map_err(|e| lookup_failed("ec2:DescribeLaunchTemplateVersions", &e, selector))?;
     let Some(version) = versions.launch_template_versions().first() else {
         return Err(not_found("no such version", None));
     };
@@ -183,6 +164,27 @@ pub(super) async fn find(ec2: &Ec2, selector: &TemplateSelector) -> Result<Sourc
 
 /// Tags by resource type (`instance`, `volume`, ...), in the template's order.
 type TagsByResource = Vec<(String, Vec<(String, String)>)>;
+
+/// EC2's codes for an unknown (or malformed) template or version are a
+/// refusal; other failures are AWS errors.
+fn lookup_failed<E>(
+    api: &'static str,
+    err: &SdkError<E, HttpResponse>,
+    selector: &TemplateSelector,
+) -> LaunchError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match err.code() {
+        Some(code) if code.starts_with("InvalidLaunchTemplate") => {
+            LaunchError::Template(TemplateRefused::NotFound {
+                selector: selector.to_string(),
+                detail: format!("{code}: {}", err.message().unwrap_or_default()),
+            })
+        }
+        _ => classify(api, err).into(),
+    }
+}
 
 /// What blockwatch wants every instance to have.
 #[derive(Debug, Clone)]
