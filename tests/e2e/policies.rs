@@ -332,7 +332,25 @@ const RESOURCE_TYPES: [(&str, &[&str]); 30] = [
         ],
     ),
     ("ec2:DescribeLaunchTemplates", &[]),
-    ("ec2:CreateFleet", &["fleet"]),
+    // The fleet's own row lists only `fleet` as required; EC2 still checks
+    // the others a launch involves (a denial on `launch-template/*` is seen
+    // in practice).
+    (
+        "ec2:CreateFleet",
+        &[
+            "fleet",
+            "image",
+            "instance",
+            "key-pair",
+            "launch-template",
+            "network-interface",
+            "placement-group",
+            "security-group",
+            "snapshot",
+            "subnet",
+            "volume",
+        ],
+    ),
     ("ec2:CreateLaunchTemplate", &["launch-template"]),
     ("ec2:DeleteLaunchTemplate", &["launch-template"]),
     ("ec2:CreateTags", &["instance", "volume", "launch-template"]),
@@ -526,7 +544,7 @@ fn the_launcher_is_held_to_its_compute_environment() {
         if block.contains("Effect: Deny") || !touches_instances(&actions, &block) {
             continue;
         }
-        let at_launch = block.contains("ec2:CreateAction: RunInstances");
+        let at_launch = block.contains("ec2:CreateAction:");
         let key = format!("{}:", tag_key(&actions, at_launch));
         let names = nested_under(&block, &key);
         assert_eq!(

@@ -470,8 +470,8 @@ pub(super) async fn ensure_version(
 
 /// A template that hides tags from IMDS joins only if its role may call
 /// `ec2:DescribeTags`: asked of IAM's policy simulator for the template's
-/// instance profile's role (identity policies and permissions boundary;
-/// SCPs are not simulated).
+/// instance profile's role (identity policies, permissions boundary, and
+/// the organization's SCPs where there are any).
 pub(super) async fn check_describe_tags(
     iam: &aws_sdk_iam::Client,
     source: &Source,
