@@ -760,11 +760,19 @@ fn the_launchers_tag_writes_after_launch_touch_only_lease_tags_of_blockwatch_ins
     let tag_writes: Vec<&serde_json::Value> = statements.iter().filter(writes_tags).collect();
     assert_eq!(tag_writes.len(), 3, "{tag_writes:?}");
     for statement in tag_writes {
-        // At creation: instances and volumes in RunInstances, templates in
-        // CreateLaunchTemplate.
-        let at_launch = ["RunInstances", "CreateLaunchTemplate"]
-            .iter()
-            .any(|action| statement["Condition"]["StringEquals"]["ec2:CreateAction"] == *action);
+        // At creation only: instances and volumes in RunInstances or an
+        // instant fleet, templates in CreateLaunchTemplate.
+        let creations = ["RunInstances", "CreateFleet", "CreateLaunchTemplate"];
+        let at_launch = match &statement["Condition"]["StringEquals"]["ec2:CreateAction"] {
+            serde_json::Value::String(one) => creations.contains(&one.as_str()),
+            serde_json::Value::Array(all) => {
+                !all.is_empty()
+                    && all
+                        .iter()
+                        .all(|a| a.as_str().is_some_and(|a| creations.contains(&a)))
+            }
+            _ => false,
+        };
         let leases_only = statement["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"]
             == serde_json::json!([LEASE_END, LEASE_DURATION])
             && statement["Condition"]["StringEquals"][format!("aws:ResourceTag/{CE_TAG}")]
