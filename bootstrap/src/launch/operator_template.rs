@@ -30,7 +30,7 @@ use blockwatch_aws::{classify, AwsFailure, CallError};
 use blockwatch_core::tags::TAG_COMPUTE_ENVIRONMENT;
 use serde::Serialize;
 
-use super::template::{in_capacity_block, tag_specification, LaunchTemplate, Origin};
+use super::template::{content_hash, in_capacity_block, tag_specification, LaunchTemplate, Origin};
 use super::{LaunchError, SHUTDOWN_BEHAVIOR};
 use crate::plan::{TemplateKey, TemplateSelector};
 
@@ -369,11 +369,8 @@ impl Additions {
     /// The version's description, which names what it adds to which version:
     /// `blockwatch <16 hex digits>`.
     fn description(&self, source: &Source) -> String {
-        let json = serde_json::to_string(&(&source.id, source.version, self)).unwrap_or_default();
-        let hash = json.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-        format!("blockwatch {hash:016x}")
+        let hash = content_hash(&(&source.id, source.version, self));
+        format!("blockwatch {hash}")
     }
 
     /// The new version's data: only what changes.

@@ -66,14 +66,8 @@ impl Content {
         }
     }
 
-    /// 16 hex digits of FNV-1a over the content's JSON: a name for equal
-    /// content, not a secret.
     pub(super) fn hash(&self) -> String {
-        let json = serde_json::to_string(self).unwrap_or_default();
-        let hash = json.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-        format!("{hash:016x}")
+        content_hash(self)
     }
 
     /// The template's data, as EC2 takes it.
@@ -115,6 +109,16 @@ impl Content {
         }
         data.build()
     }
+}
+
+/// 16 hex digits of FNV-1a over `content`'s JSON: a name for equal content,
+/// not a secret.
+pub(super) fn content_hash(content: &impl Serialize) -> String {
+    let json = serde_json::to_string(content).unwrap_or_default();
+    let hash = json.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{hash:016x}")
 }
 
 /// Tags for one resource type, as a template carries them.
@@ -270,7 +274,7 @@ pub(super) async fn clean_up(ec2: &Ec2, template: &LaunchTemplate) -> Option<Str
     if !template.to_delete() {
         return None;
     }
-    let failure = if template.based_on.is_some() {
+    if template.based_on.is_some() {
         match ec2
             .delete_launch_template_versions()
             .launch_template_id(&template.id)
@@ -313,8 +317,7 @@ pub(super) async fn clean_up(ec2: &Ec2, template: &LaunchTemplate) -> Option<Str
                     err.code().unwrap_or("no code")
                 )
             })
-    };
-    failure
+    }
 }
 
 #[cfg(test)]
