@@ -13,7 +13,7 @@ use std::process::Command;
 use blockwatch_testkit::imds::{ImdsSimulator, InstanceState};
 use blockwatch_testkit::launcher::canned::{self, ec2_error};
 use blockwatch_testkit::launcher::{
-    hermetic_env, launch_args, launch_template_data, Launcher, Run,
+    hermetic_env, launch_args, launch_template_data, shutdown_behavior, volume_tags, Launcher, Run,
 };
 use blockwatch_testkit::moto::{MotoServer, REGION};
 use blockwatch_testkit::stub::StubServer;
@@ -113,10 +113,8 @@ async fn spot_market_launches_tagged_spot_instances_with_imdsv2_and_no_user_data
             Some("spot")
         );
         assert_eq!(instance.image_id(), Some(expected_ami.as_str()));
-        let template = launch_template_data(&moto, &report["launch_template"])
-            .await
-            .unwrap();
-        let metadata = template.metadata_options().unwrap();
+        // What the template carried, on the instance EC2 Fleet launched.
+        let metadata = instance.metadata_options().unwrap();
         assert_eq!(metadata.http_tokens().map(|t| t.as_str()), Some("required"));
         assert_eq!(
             metadata.instance_metadata_tags().map(|t| t.as_str()),
@@ -127,11 +125,26 @@ async fn spot_market_launches_tagged_spot_instances_with_imdsv2_and_no_user_data
             Some(1),
             "containers on a bridge network cannot reach IMDS by default"
         );
+        let id = instance.instance_id().unwrap();
         assert_eq!(
-            user_data(&moto, instance.instance_id().unwrap()).await,
-            None,
-            "no user data by default"
+            shutdown_behavior(&moto, id).await.as_deref(),
+            Some("terminate")
         );
+        let volumes = volume_tags(&moto, id).await;
+        assert!(!volumes.is_empty(), "{id} has no volume");
+        for tags in &volumes {
+            for (key, value) in [
+                (TAG_COMPUTE_ENVIRONMENT, "research"),
+                (TAG_LEASE_DURATION, "3h"),
+                ("Name", "blockwatch-research"),
+            ] {
+                assert!(
+                    tags.contains(&(key.to_owned(), value.to_owned())),
+                    "volume of {id} lacks {key}={value}: {tags:?}"
+                );
+            }
+        }
+        assert_eq!(user_data(&moto, id).await, None, "no user data by default");
     }
     // --output json matches what moto holds.
     let mut reported: Vec<String> = report["instances"]
@@ -775,16 +788,26 @@ async fn network_profile_and_key_reach_the_instances() {
     run.assert_exit(0);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     let all = instances(&moto).await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].subnet_id(), Some(subnet.as_str()));
+    let groups: Vec<_> = all[0]
+        .security_groups()
+        .iter()
+        .filter_map(|g| g.group_id())
+        .collect();
+    assert_eq!(groups, [group.as_str()]);
+    assert_eq!(
+        all[0].iam_instance_profile().and_then(|p| p.arn()),
+        Some(profile_arn.as_str())
+    );
     let template = launch_template_data(&moto, &report["launch_template"])
         .await
         .unwrap();
-    assert_eq!(all[0].subnet_id(), Some(subnet.as_str()));
-    assert_eq!(template.security_group_ids(), std::slice::from_ref(&group));
     assert_eq!(
         template.iam_instance_profile().and_then(|p| p.name()),
-        Some("research-blockwatch-instance")
+        Some("research-blockwatch-instance"),
+        "the template names the profile as given"
     );
-    let _ = profile_arn;
     assert_eq!(all[0].key_name(), Some("ops"));
     assert_eq!(tag(&all[0], "Name"), Some("gpu-block"));
 }
@@ -1225,11 +1248,8 @@ fn launched_ids(run: &Run) -> Vec<String> {
 #[tokio::test]
 async fn every_market_launches_instances_that_terminate_when_they_power_off() {
     let (moto, _) = moto_with_ce().await;
-    let base = [
-        launch_args("research", "1", "2h"),
-        vec!["--output", "json", "--keep-template"],
-    ]
-    .concat();
+    // Not kept: what the template carried stays with the instance.
+    let base = [launch_args("research", "1", "2h"), vec!["--output", "json"]].concat();
     let mut launched = Vec::new();
     for market in [
         &["--market", "spot"][..],
@@ -1240,10 +1260,7 @@ async fn every_market_launches_instances_that_terminate_when_they_power_off() {
         args.extend_from_slice(market);
         let run = launcher(&moto.endpoint(), &args);
         let ids = launched_ids(&run);
-        launched.extend(
-            ids.into_iter()
-                .map(|id| (market.join(" "), id, template_of(&run))),
-        );
+        launched.extend(ids.into_iter().map(|id| (market.join(" "), id)));
     }
     let block_end = time::OffsetDateTime::now_utc() + time::Duration::hours(3);
     let ec2 = capacity_block_ec2(&moto, block_end);
@@ -1256,20 +1273,14 @@ async fn every_market_launches_instances_that_terminate_when_they_power_off() {
     ]);
     let run = launcher_with_ec2(&moto, &ec2, &args);
     let ids = launched_ids(&run);
-    launched.extend(
-        ids.into_iter()
-            .map(|id| ("capacity-block".to_owned(), id, template_of(&run))),
-    );
+    launched.extend(ids.into_iter().map(|id| ("capacity-block".to_owned(), id)));
 
     assert_eq!(launched.len(), 4, "{launched:?}");
     let all = instances(&moto).await;
-    for (market, id, reported) in &launched {
+    for (market, id) in &launched {
         assert!(all.iter().any(|i| i.instance_id() == Some(id)), "{id}");
-        let template = launch_template_data(&moto, reported).await.unwrap();
         assert_eq!(
-            template
-                .instance_initiated_shutdown_behavior()
-                .map(|b| b.as_str()),
+            shutdown_behavior(&moto, id).await.as_deref(),
             Some("terminate"),
             "{market}: a power-off must end the instance, not stop it"
         );

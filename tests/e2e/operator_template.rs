@@ -13,7 +13,7 @@ use aws_sdk_ec2::types::{
     TagSpecification,
 };
 use blockwatch_core::tags::{TAG_CLUSTER, TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_DURATION};
-use blockwatch_testkit::launcher::{instances, Launcher, Run};
+use blockwatch_testkit::launcher::{instances, shutdown_behavior, volume_tags, Launcher, Run};
 use blockwatch_testkit::moto::MotoServer;
 
 const TEAM_USER_DATA: &str = "#!/bin/sh\necho team >> /var/log/team\n";
@@ -163,7 +163,7 @@ fn tags_of(data: &ResponseLaunchTemplateData, resource: &str) -> Vec<(String, St
 #[tokio::test]
 async fn a_kept_version_adds_only_what_blockwatch_needs_and_is_reused() {
     let moto = moto_with_ce().await;
-    moto.create_instance_profile("team-node").await.unwrap();
+    let profile_arn = moto.create_instance_profile("team-node").await.unwrap();
     let data = team_data(&moto, "team-node").await;
     let id = operator_template(&moto, "team-batch", Some("research"), data).await;
 
@@ -260,9 +260,9 @@ async fn a_kept_version_adds_only_what_blockwatch_needs_and_is_reused() {
             "{key}: {instance_tags:?}"
         );
     }
-    let volume_tags = tags_of(ours, "volume");
-    assert!(volume_tags.contains(&(TAG_COMPUTE_ENVIRONMENT.into(), "research".into())));
-    assert!(volume_tags.contains(&("Name".into(), "blockwatch-research".into())));
+    let template_volume_tags = tags_of(ours, "volume");
+    assert!(template_volume_tags.contains(&(TAG_COMPUTE_ENVIRONMENT.into(), "research".into())));
+    assert!(template_volume_tags.contains(&("Name".into(), "blockwatch-research".into())));
 
     // The instances came from that version.
     let fleets = calls(&moto, "CreateFleet");
@@ -286,6 +286,31 @@ async fn a_kept_version_adds_only_what_blockwatch_needs_and_is_reused() {
         };
         assert!(has("team", "genomics") && has(TAG_COMPUTE_ENVIRONMENT, "research"));
         assert!(has(TAG_CLUSTER, &cluster) && has(TAG_LEASE_DURATION, "2h"));
+        // The operator's profile and IMDS choices, with blockwatch's additions.
+        let id = instance.instance_id().unwrap();
+        assert_eq!(
+            instance.iam_instance_profile().and_then(|p| p.arn()),
+            Some(profile_arn.as_str())
+        );
+        let metadata = instance.metadata_options().unwrap();
+        assert_eq!(metadata.http_tokens().map(|t| t.as_str()), Some("optional"));
+        assert_eq!(metadata.http_put_response_hop_limit(), Some(2));
+        assert_eq!(
+            metadata.instance_metadata_tags().map(|t| t.as_str()),
+            Some("enabled")
+        );
+        assert_eq!(
+            shutdown_behavior(&moto, id).await.as_deref(),
+            Some("terminate")
+        );
+        let volumes = volume_tags(&moto, id).await;
+        assert!(!volumes.is_empty(), "{id} has no volume");
+        for tags in &volumes {
+            assert!(
+                tags.contains(&(TAG_COMPUTE_ENVIRONMENT.into(), "research".into())),
+                "{tags:?}"
+            );
+        }
     }
 
     // The same launch again reuses the kept version and writes nothing.

@@ -1,4 +1,4 @@
-"""moto's server, with three EC2/IAM calls made to behave like AWS.
+"""moto's server, with the EC2/IAM calls blockwatch uses made to behave like AWS.
 
 Run with the same arguments as `moto_server`. The patches reach into moto's
 internals, so they are checked against the one pinned moto version.
@@ -17,7 +17,12 @@ if moto.__version__ != PINNED_MOTO:
     )
 
 from moto.core.responses import ActionResult  # noqa: E402
-from moto.ec2.exceptions import InvalidLaunchTemplateVersionNotFound  # noqa: E402
+from moto.ec2.exceptions import (  # noqa: E402
+    InvalidLaunchTemplateVersionNotFound,
+    InvalidSecurityGroupNotFoundError,
+)
+from moto.ec2.models.fleets import FleetsBackend  # noqa: E402
+from moto.ec2.models.instances import InstanceBackend, MetadataOptions  # noqa: E402
 from moto.ec2.models.launch_templates import (  # noqa: E402
     LaunchTemplate,
     LaunchTemplateBackend,
@@ -189,6 +194,73 @@ LaunchTemplate.default_version = default_version
 LaunchTemplateBackend.describe_launch_template_versions = describe_versions
 LaunchTemplates.create_launch_template_version = create_launch_template_version
 LaunchTemplates.delete_launch_template_versions = delete_launch_template_versions
+
+# --- Launches from a launch template ---------------------------------------
+# AWS launches an instance with its launch template's data, unless the call
+# itself sets a parameter. moto's RunInstances leaves out the template's
+# metadata options, shutdown behaviour and profile, and its CreateFleet
+# takes only the image, type, key, user data, subnet and tags, so instances
+# came up with IMDSv1, "stop" on shutdown, no profile and the default
+# security group. The rest is applied here.
+
+original_run_instances = InstanceBackend.run_instances
+original_create_fleet = FleetsBackend.create_fleet
+
+
+def apply_template_data(backend, instance, data, given=()):
+    """Applies `data` to a launched instance, except the fields in `given`."""
+    if "MetadataOptions" in data and "MetadataOptions" not in given:
+        instance.metadata_options = MetadataOptions(data["MetadataOptions"])
+    if "InstanceInitiatedShutdownBehavior" in data and "InstanceInitiatedShutdownBehavior" not in given:
+        instance.instance_initiated_shutdown_behavior = data[
+            "InstanceInitiatedShutdownBehavior"
+        ]
+    profile = data.get("IamInstanceProfile") or {}
+    if (profile.get("Arn") or profile.get("Name")) and "IamInstanceProfile" not in given:
+        backend.associate_iam_instance_profile(
+            instance_id=instance.id,
+            iam_instance_profile_name=profile.get("Name"),
+            iam_instance_profile_arn=profile.get("Arn"),
+        )
+    if data.get("SecurityGroupIds") and "SecurityGroupIds" not in given:
+        groups = [backend.get_security_group_from_id(g) for g in data["SecurityGroupIds"]]
+        if None in groups:
+            raise InvalidSecurityGroupNotFoundError(data["SecurityGroupIds"])
+        instance.security_groups = groups
+
+
+def run_instances(self, image_id, count, user_data, security_group_names, **kwargs):
+    reservation = original_run_instances(
+        self, image_id, count, user_data, security_group_names, **kwargs
+    )
+    if kwargs.get("launch_template"):
+        data = self._get_template_from_args(kwargs["launch_template"]).data
+        given = {
+            "MetadataOptions": kwargs.get("metadata_options"),
+            "InstanceInitiatedShutdownBehavior": kwargs.get("instance_initiated_shutdown_behavior"),
+            "IamInstanceProfile": kwargs.get("iam_instance_profile_name")
+            or kwargs.get("iam_instance_profile_arn"),
+            # moto already takes the template's groups when the call has none.
+            "SecurityGroupIds": True,
+        }
+        for instance in reservation.instances:
+            apply_template_data(self, instance, data, {k for k, v in given.items() if v})
+    return reservation
+
+
+def create_fleet(self, *args, **kwargs):
+    fleet = original_create_fleet(self, *args, **kwargs)
+    launched = [(item["instance"], item.get("launch_spec")) for item in fleet.on_demand_instances]
+    launched += [(request.instance, request.launch_spec) for request in fleet.spot_requests]
+    for instance, spec in launched:
+        if spec is not None and spec.launch_template_spec:
+            version = self._get_template_from_args(spec.launch_template_spec)
+            apply_template_data(self, instance, version.data)
+    return fleet
+
+
+InstanceBackend.run_instances = run_instances
+FleetsBackend.create_fleet = create_fleet
 
 # --- iam:SimulatePrincipalPolicy -----------------------------------------
 # Not in moto. Evaluated with moto's own policy evaluator: any Deny wins

@@ -119,11 +119,49 @@ pub async fn instances(
         .collect())
 }
 
+/// An instance's shutdown behaviour (`stop` or `terminate`), as EC2 holds it.
+pub async fn shutdown_behavior(moto: &crate::moto::MotoServer, id: &str) -> Option<String> {
+    aws_sdk_ec2::Client::new(moto.sdk())
+        .describe_instance_attribute()
+        .instance_id(id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::InstanceInitiatedShutdownBehavior)
+        .send()
+        .await
+        .ok()?
+        .instance_initiated_shutdown_behavior()
+        .and_then(|b| b.value())
+        .map(str::to_owned)
+}
+
+/// The tags of every volume attached to instance `id`, one list a volume.
+pub async fn volume_tags(moto: &crate::moto::MotoServer, id: &str) -> Vec<Vec<(String, String)>> {
+    let described = aws_sdk_ec2::Client::new(moto.sdk())
+        .describe_volumes()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("attachment.instance-id")
+                .values(id)
+                .build(),
+        )
+        .send()
+        .await;
+    described
+        .map(|d| {
+            d.volumes()
+                .iter()
+                .map(|v| {
+                    v.tags()
+                        .iter()
+                        .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
+                        .collect()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The data of the launch template a launch reported (`launch_template` of
-/// its `--output json`). moto applies neither a template's metadata options,
-/// shutdown behaviour, instance profile nor security groups to instances it
-/// launches from it (through CreateFleet or RunInstances), so tests check
-/// them here; the template must still exist (`--keep-template`).
+/// its `--output json`); the template must still exist (`--keep-template`).
 pub async fn launch_template_data(
     moto: &crate::moto::MotoServer,
     reported: &serde_json::Value,

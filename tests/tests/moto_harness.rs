@@ -363,6 +363,178 @@ async fn an_instant_fleet_from_a_deleted_version_launches_nothing() {
     assert!(described.reservations().is_empty(), "{described:?}");
 }
 
+/// What a launched instance carries of a template: (http tokens, tags in
+/// IMDS, shutdown behaviour, profile ARN, security groups).
+async fn carried(
+    ec2: &aws_sdk_ec2::Client,
+    id: &str,
+) -> (String, String, String, Option<String>, Vec<String>) {
+    let described = ec2
+        .describe_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .unwrap();
+    let instance = &described.reservations()[0].instances()[0];
+    let metadata = instance.metadata_options().unwrap();
+    let shutdown = ec2
+        .describe_instance_attribute()
+        .instance_id(id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::InstanceInitiatedShutdownBehavior)
+        .send()
+        .await
+        .unwrap();
+    (
+        metadata.http_tokens().unwrap().as_str().to_owned(),
+        metadata
+            .instance_metadata_tags()
+            .unwrap()
+            .as_str()
+            .to_owned(),
+        shutdown
+            .instance_initiated_shutdown_behavior()
+            .and_then(|b| b.value())
+            .unwrap()
+            .to_owned(),
+        instance
+            .iam_instance_profile()
+            .and_then(|p| p.arn())
+            .map(str::to_owned),
+        instance
+            .security_groups()
+            .iter()
+            .filter_map(|g| g.group_id())
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+#[tokio::test]
+async fn instances_launched_from_a_template_carry_its_options_unless_the_call_sets_them() {
+    use aws_sdk_ec2::types::{
+        DefaultTargetCapacityType, FleetLaunchTemplateConfigRequest,
+        FleetLaunchTemplateSpecificationRequest, FleetType, InstanceMetadataOptionsRequest,
+        LaunchTemplateSpecification, ShutdownBehavior, TargetCapacitySpecificationRequest,
+    };
+    let moto = MotoServer::start().await.unwrap();
+    let profile_arn = moto
+        .create_instance_profile("operator-profile")
+        .await
+        .unwrap();
+    let ec2 = operator_template(&moto, "operator-lt").await;
+    let vpc = ec2.describe_vpcs().send().await.unwrap().vpcs()[0]
+        .vpc_id()
+        .unwrap()
+        .to_owned();
+    let group = ec2
+        .create_security_group()
+        .group_name("batch-nodes")
+        .description("batch nodes")
+        .vpc_id(vpc)
+        .send()
+        .await
+        .unwrap()
+        .group_id()
+        .unwrap()
+        .to_owned();
+    ec2.create_launch_template_version()
+        .launch_template_name("operator-lt")
+        .source_version("1")
+        .launch_template_data(
+            RequestLaunchTemplateData::builder()
+                .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
+                .security_group_ids(&group)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let version_2 = || {
+        LaunchTemplateSpecification::builder()
+            .launch_template_name("operator-lt")
+            .version("2")
+            .build()
+    };
+    let from_template = (
+        "required".to_owned(),
+        "disabled".to_owned(),
+        "terminate".to_owned(),
+        Some(profile_arn),
+        vec![group.clone()],
+    );
+
+    // RunInstances: the template's options, as AWS applies them.
+    let run = ec2
+        .run_instances()
+        .min_count(1)
+        .max_count(1)
+        .launch_template(version_2())
+        .send()
+        .await
+        .unwrap();
+    let id = run.instances()[0].instance_id().unwrap();
+    assert_eq!(carried(&ec2, id).await, from_template);
+
+    // A parameter of the call wins over the template's.
+    let run = ec2
+        .run_instances()
+        .min_count(1)
+        .max_count(1)
+        .launch_template(version_2())
+        .instance_initiated_shutdown_behavior(ShutdownBehavior::Stop)
+        .metadata_options(
+            InstanceMetadataOptionsRequest::builder()
+                .http_tokens(aws_sdk_ec2::types::HttpTokensState::Optional)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (tokens, _, shutdown, profile, groups) =
+        carried(&ec2, run.instances()[0].instance_id().unwrap()).await;
+    assert_eq!((tokens.as_str(), shutdown.as_str()), ("optional", "stop"));
+    assert_eq!((&profile, &groups), (&from_template.3, &from_template.4));
+
+    // An instant fleet, On-Demand and Spot: every instance the same.
+    for capacity in [
+        DefaultTargetCapacityType::OnDemand,
+        DefaultTargetCapacityType::Spot,
+    ] {
+        let fleet = ec2
+            .create_fleet()
+            .r#type(FleetType::Instant)
+            .target_capacity_specification(
+                TargetCapacitySpecificationRequest::builder()
+                    .total_target_capacity(2)
+                    .default_target_capacity_type(capacity.clone())
+                    .build(),
+            )
+            .launch_template_configs(
+                FleetLaunchTemplateConfigRequest::builder()
+                    .launch_template_specification(
+                        FleetLaunchTemplateSpecificationRequest::builder()
+                            .launch_template_name("operator-lt")
+                            .version("2")
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let ids: Vec<&str> = fleet
+            .instances()
+            .iter()
+            .flat_map(|i| i.instance_ids())
+            .map(String::as_str)
+            .collect();
+        assert_eq!(ids.len(), 2, "{capacity:?}: {fleet:?}");
+        for id in ids {
+            assert_eq!(carried(&ec2, id).await, from_template, "{capacity:?}");
+        }
+    }
+}
+
 const EC2_TRUST: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
 
 fn policy(effect: &str, action: &str) -> String {
