@@ -1642,4 +1642,46 @@ async fn one_fleet_request_covers_every_type_and_subnet_with_the_on_demand_base(
         3,
         "the dry run launched nothing"
     );
+
+    // The strategies, priorities and minimum as sent, not only as printed.
+    let before = moto.requests().len();
+    two_types()
+        .args([
+            "--on-demand-base",
+            "1",
+            "--allocation-strategy",
+            "capacity-optimized-prioritized",
+            "--on-demand-allocation-strategy",
+            "prioritized",
+            "--min-count",
+            "3",
+        ])
+        .run()
+        .assert_exit(0);
+    let sent: Vec<_> = moto
+        .requests()
+        .into_iter()
+        .skip(before)
+        .filter(|r| r.body.contains("Action=CreateFleet&"))
+        .collect();
+    assert_eq!(sent.len(), 1);
+    let body = &sent[0].body;
+    for pair in [
+        "SpotOptions.AllocationStrategy=capacity-optimized-prioritized",
+        "OnDemandOptions.AllocationStrategy=prioritized",
+        "SpotOptions.MinTargetCapacity=2",
+        "SpotOptions.SingleAvailabilityZone=true",
+        "OnDemandOptions.MinTargetCapacity=1",
+        "OnDemandOptions.SingleAvailabilityZone=true",
+        "LaunchTemplateConfigs.1.Overrides.1.InstanceType=m6i.large",
+        "LaunchTemplateConfigs.1.Overrides.1.Priority=0",
+        "LaunchTemplateConfigs.1.Overrides.2.InstanceType=m5.large",
+        "LaunchTemplateConfigs.1.Overrides.2.Priority=1",
+    ] {
+        assert!(
+            body.split('&')
+                .any(|p| p == pair || p.strip_prefix(pair) == Some(".0")),
+            "{pair}: {body}"
+        );
+    }
 }

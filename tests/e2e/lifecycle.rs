@@ -209,3 +209,83 @@ async fn the_global_timeout_bounds_the_wait_when_a_task_never_ends() {
     f.instance.wait_ticks(&agent, 3);
     assert_eq!(proxy.lifecycle_calls().len(), after, "nothing after it");
 }
+
+#[tokio::test]
+async fn the_configured_hook_is_the_one_kept_alive_and_completed() {
+    // The group has two termination hooks; [`HOOK`], another team's, is
+    // listed first. Only the configured one is blockwatch's to complete.
+    const OURS: &str = "batch-drain";
+    let (f, proxy, id) = in_a_group(4, &format!("lifecycle_hook = {OURS:?}\n")).await;
+    f.instance
+        .moto()
+        .termination_hook(GROUP, OURS, 4)
+        .await
+        .unwrap();
+    proxy.lifecycle_waits(GROUP, HOOK, &id);
+    proxy.lifecycle_waits(GROUP, OURS, &id);
+    let task = f.start_task().await;
+    let agent = spawn(&f);
+    terminated(&f);
+
+    f.instance.wait_for(&agent, PATIENCE, "a heartbeat", |s| {
+        s["lifecycle"]["heartbeats"].as_u64() >= Some(1)
+    });
+    f.instance
+        .moto()
+        .stop_task(&f.cluster_arn, &task)
+        .await
+        .unwrap();
+    let done = f
+        .instance
+        .wait_for(&agent, PATIENCE, "the hook completed", |s| {
+            s["lifecycle"]["completed_at"].is_string()
+        });
+    assert_eq!(done["lifecycle"]["hook"]["name"], OURS);
+    let sent = proxy.lifecycle_calls();
+    assert!(
+        sent.iter().all(|c| c.hook == OURS && c.accepted),
+        "only the configured hook: {sent:?}"
+    );
+    let completed = calls(&proxy, COMPLETE);
+    assert_eq!(completed.len(), 1, "{completed:?}");
+    assert_eq!(completed[0].result.as_deref(), Some("CONTINUE"));
+    let status = f.instance.status_json(f.instance.command());
+    assert_eq!(status["lifecycle_hook"], OURS, "{status}");
+}
+
+#[tokio::test]
+async fn an_action_auto_scaling_no_longer_has_is_left_alone_and_the_drain_goes_on() {
+    // Auto Scaling has no action waiting for this instance (it timed out,
+    // or someone completed it): the proxy answers ValidationError.
+    let (f, proxy, _) = in_a_group(4, "").await;
+    let task = f.start_task().await;
+    let agent = spawn(&f);
+    terminated(&f);
+
+    let gone = f
+        .instance
+        .wait_for(&agent, PATIENCE, "the action gone", |s| {
+            s["lifecycle"]["gone_at"].is_string()
+        });
+    assert!(gone["lifecycle"]["completed_at"].is_null(), "{gone}");
+    let sent = proxy.lifecycle_calls();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(!sent[0].accepted);
+    agent.wait_for_log("nothing more is sent for it", PATIENCE);
+
+    f.instance
+        .moto()
+        .stop_task(&f.cluster_arn, &task)
+        .await
+        .unwrap();
+    f.instance.wait_for(&agent, PATIENCE, "drained", |s| {
+        s["drain"]["drained_at"].is_string()
+    });
+    f.instance.wait_ticks(&agent, 3);
+    assert_eq!(
+        proxy.lifecycle_calls().len(),
+        1,
+        "never retried, not even after the drain:\n{}",
+        agent.log()
+    );
+}

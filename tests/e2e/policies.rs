@@ -667,3 +667,52 @@ fn the_quickstart_job_mounts_the_deadline_files_read_only() {
         "{unit}"
     );
 }
+
+/// Heartbeats and completions end instances' waits: the agent may send them
+/// only for groups that carry its compute environment's tag.
+#[test]
+fn the_agent_completes_hooks_only_of_its_compute_environments_groups() {
+    const HOOK_CALLS: [&str; 2] = [
+        "autoscaling:RecordLifecycleActionHeartbeat",
+        "autoscaling:CompleteLifecycleAction",
+    ];
+    const TAGGED: &str = "aws:ResourceTag/blockwatch:compute-environment";
+    let statements = statements_in_json(&repo().join("bootstrap/iam/agent-policy.json"));
+    let granting: Vec<_> = statements
+        .iter()
+        .filter(|s| {
+            actions_of(s)
+                .iter()
+                .any(|a| HOOK_CALLS.contains(&a.as_str()))
+        })
+        .collect();
+    assert_eq!(granting.len(), 1, "{granting:?}");
+    let statement = granting[0];
+    assert_eq!(statement["Effect"], "Allow");
+    assert_eq!(actions_of(statement), HOOK_CALLS);
+    assert_eq!(
+        statement["Resource"],
+        "arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/*"
+    );
+    assert_eq!(
+        statement["Condition"],
+        serde_json::json!({"StringEquals": {TAGGED: "COMPUTE_ENVIRONMENT"}})
+    );
+
+    let blocks: Vec<_> = statements_in_template("PolicyName: blockwatch-agent", "InstanceProfile:")
+        .into_iter()
+        .filter(|b| HOOK_CALLS.iter().any(|a| b.contains(a)))
+        .collect();
+    assert_eq!(blocks.len(), 1, "{blocks:?}");
+    let block = &blocks[0];
+    assert!(block.contains("Effect: Allow"), "{block}");
+    assert_eq!(
+        nested_under(block, "StringEquals:"),
+        [format!("{TAGGED}: !Sub \"${{EnvironmentName}}-unmanaged\"")],
+        "quickstart:\n{block}"
+    );
+    assert!(
+        block.contains(":autoScalingGroup:*:autoScalingGroupName/*\""),
+        "{block}"
+    );
+}

@@ -544,7 +544,27 @@ impl MotoServer {
             .send()
             .await
             .map_err(aws("autoscaling:CreateAutoScalingGroup"))?;
-        asg.put_lifecycle_hook()
+        self.termination_hook(group, hook, heartbeat_timeout)
+            .await?;
+        asg.attach_instances()
+            .auto_scaling_group_name(group)
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map_err(aws("autoscaling:AttachInstances"))?;
+        Ok(())
+    }
+
+    /// Puts a termination lifecycle hook `hook` of `heartbeat_timeout`
+    /// seconds on Auto Scaling group `group`.
+    pub async fn termination_hook(
+        &self,
+        group: &str,
+        hook: &str,
+        heartbeat_timeout: i32,
+    ) -> Result<(), MotoError> {
+        aws_sdk_autoscaling::Client::new(&self.sdk)
+            .put_lifecycle_hook()
             .auto_scaling_group_name(group)
             .lifecycle_hook_name(hook)
             .lifecycle_transition("autoscaling:EC2_INSTANCE_TERMINATING")
@@ -552,12 +572,6 @@ impl MotoServer {
             .send()
             .await
             .map_err(aws("autoscaling:PutLifecycleHook"))?;
-        asg.attach_instances()
-            .auto_scaling_group_name(group)
-            .instance_ids(instance_id)
-            .send()
-            .await
-            .map_err(aws("autoscaling:AttachInstances"))?;
         Ok(())
     }
 
