@@ -13,7 +13,8 @@ use std::process::Command;
 use blockwatch_testkit::imds::{ImdsSimulator, InstanceState};
 use blockwatch_testkit::launcher::canned::{self, ec2_error};
 use blockwatch_testkit::launcher::{
-    hermetic_env, launch_args, launch_template_data, shutdown_behavior, volume_tags, Launcher, Run,
+    assert_volumes_tagged, hermetic_env, launch_args, launch_template_data, shutdown_behavior,
+    Launcher, Run,
 };
 use blockwatch_testkit::moto::{MotoServer, REGION};
 use blockwatch_testkit::stub::StubServer;
@@ -130,20 +131,16 @@ async fn spot_market_launches_tagged_spot_instances_with_imdsv2_and_no_user_data
             shutdown_behavior(&moto, id).await.as_deref(),
             Some("terminate")
         );
-        let volumes = volume_tags(&moto, id).await;
-        assert!(!volumes.is_empty(), "{id} has no volume");
-        for tags in &volumes {
-            for (key, value) in [
+        assert_volumes_tagged(
+            &moto,
+            id,
+            &[
                 (TAG_COMPUTE_ENVIRONMENT, "research"),
                 (TAG_LEASE_DURATION, "3h"),
                 ("Name", "blockwatch-research"),
-            ] {
-                assert!(
-                    tags.contains(&(key.to_owned(), value.to_owned())),
-                    "volume of {id} lacks {key}={value}: {tags:?}"
-                );
-            }
-        }
+            ],
+        )
+        .await;
         assert_eq!(user_data(&moto, id).await, None, "no user data by default");
     }
     // --output json matches what moto holds.

@@ -13,7 +13,9 @@ use aws_sdk_ec2::types::{
     TagSpecification,
 };
 use blockwatch_core::tags::{TAG_CLUSTER, TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_DURATION};
-use blockwatch_testkit::launcher::{instances, shutdown_behavior, volume_tags, Launcher, Run};
+use blockwatch_testkit::launcher::{
+    assert_volumes_tagged, instances, shutdown_behavior, Launcher, Run,
+};
 use blockwatch_testkit::moto::MotoServer;
 
 const TEAM_USER_DATA: &str = "#!/bin/sh\necho team >> /var/log/team\n";
@@ -303,14 +305,7 @@ async fn a_kept_version_adds_only_what_blockwatch_needs_and_is_reused() {
             shutdown_behavior(&moto, id).await.as_deref(),
             Some("terminate")
         );
-        let volumes = volume_tags(&moto, id).await;
-        assert!(!volumes.is_empty(), "{id} has no volume");
-        for tags in &volumes {
-            assert!(
-                tags.contains(&(TAG_COMPUTE_ENVIRONMENT.into(), "research".into())),
-                "{tags:?}"
-            );
-        }
+        assert_volumes_tagged(&moto, id, &[(TAG_COMPUTE_ENVIRONMENT, "research")]).await;
     }
 
     // The same launch again reuses the kept version and writes nothing.

@@ -133,8 +133,12 @@ pub async fn shutdown_behavior(moto: &crate::moto::MotoServer, id: &str) -> Opti
         .map(str::to_owned)
 }
 
-/// The tags of every volume attached to instance `id`, one list a volume.
-pub async fn volume_tags(moto: &crate::moto::MotoServer, id: &str) -> Vec<Vec<(String, String)>> {
+/// Asserts that instance `id` has volumes and that each carries `tags`.
+pub async fn assert_volumes_tagged(
+    moto: &crate::moto::MotoServer,
+    id: &str,
+    tags: &[(&str, &str)],
+) {
     let described = aws_sdk_ec2::Client::new(moto.sdk())
         .describe_volumes()
         .filters(
@@ -145,19 +149,20 @@ pub async fn volume_tags(moto: &crate::moto::MotoServer, id: &str) -> Vec<Vec<(S
         )
         .send()
         .await;
-    described
-        .map(|d| {
-            d.volumes()
-                .iter()
-                .map(|v| {
-                    v.tags()
-                        .iter()
-                        .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
-                        .collect()
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    let volumes = described.map(|d| d.volumes().to_vec()).unwrap_or_default();
+    assert!(!volumes.is_empty(), "{id} has no volume");
+    for volume in &volumes {
+        for (key, value) in tags {
+            assert!(
+                volume
+                    .tags()
+                    .iter()
+                    .any(|t| t.key() == Some(key) && t.value() == Some(value)),
+                "a volume of {id} lacks {key}={value}: {:?}",
+                volume.tags()
+            );
+        }
+    }
 }
 
 /// The data of the launch template a launch reported (`launch_template` of

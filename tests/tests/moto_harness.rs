@@ -299,12 +299,47 @@ async fn deleting_launch_template_versions_spares_the_default_and_never_reuses_n
     );
 }
 
+/// An instant fleet of `count` instances of `capacity` from `version` of
+/// `template`, as EC2 answers it.
+async fn instant_fleet(
+    ec2: &aws_sdk_ec2::Client,
+    template: &str,
+    version: &str,
+    capacity: aws_sdk_ec2::types::DefaultTargetCapacityType,
+    count: i32,
+) -> Result<
+    aws_sdk_ec2::operation::create_fleet::CreateFleetOutput,
+    aws_sdk_ec2::error::SdkError<aws_sdk_ec2::operation::create_fleet::CreateFleetError>,
+> {
+    use aws_sdk_ec2::types::{
+        FleetLaunchTemplateConfigRequest, FleetLaunchTemplateSpecificationRequest, FleetType,
+        TargetCapacitySpecificationRequest,
+    };
+    ec2.create_fleet()
+        .r#type(FleetType::Instant)
+        .target_capacity_specification(
+            TargetCapacitySpecificationRequest::builder()
+                .total_target_capacity(count)
+                .default_target_capacity_type(capacity)
+                .build(),
+        )
+        .launch_template_configs(
+            FleetLaunchTemplateConfigRequest::builder()
+                .launch_template_specification(
+                    FleetLaunchTemplateSpecificationRequest::builder()
+                        .launch_template_name(template)
+                        .version(version)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+}
+
 #[tokio::test]
 async fn an_instant_fleet_from_a_deleted_version_launches_nothing() {
-    use aws_sdk_ec2::types::{
-        DefaultTargetCapacityType, FleetLaunchTemplateConfigRequest,
-        FleetLaunchTemplateSpecificationRequest, FleetType, TargetCapacitySpecificationRequest,
-    };
+    use aws_sdk_ec2::types::DefaultTargetCapacityType;
     let moto = MotoServer::start().await.unwrap();
     let ec2 = operator_template(&moto, "operator-lt").await;
     assert_eq!(add_version(&ec2, "operator-lt").await, 2);
@@ -317,28 +352,15 @@ async fn an_instant_fleet_from_a_deleted_version_launches_nothing() {
         .await
         .unwrap();
 
-    let fleet = ec2
-        .create_fleet()
-        .r#type(FleetType::Instant)
-        .target_capacity_specification(
-            TargetCapacitySpecificationRequest::builder()
-                .total_target_capacity(1)
-                .default_target_capacity_type(DefaultTargetCapacityType::OnDemand)
-                .build(),
-        )
-        .launch_template_configs(
-            FleetLaunchTemplateConfigRequest::builder()
-                .launch_template_specification(
-                    FleetLaunchTemplateSpecificationRequest::builder()
-                        .launch_template_name("operator-lt")
-                        .version("2")
-                        .build(),
-                )
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap_err();
+    let fleet = instant_fleet(
+        &ec2,
+        "operator-lt",
+        "2",
+        DefaultTargetCapacityType::OnDemand,
+        1,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(
         fleet.code(),
         Some("InvalidLaunchTemplateId.VersionNotFound")
@@ -412,9 +434,8 @@ async fn carried(
 #[tokio::test]
 async fn instances_launched_from_a_template_carry_its_options_unless_the_call_sets_them() {
     use aws_sdk_ec2::types::{
-        DefaultTargetCapacityType, FleetLaunchTemplateConfigRequest,
-        FleetLaunchTemplateSpecificationRequest, FleetType, InstanceMetadataOptionsRequest,
-        LaunchTemplateSpecification, ShutdownBehavior, TargetCapacitySpecificationRequest,
+        DefaultTargetCapacityType, InstanceMetadataOptionsRequest, LaunchTemplateSpecification,
+        ShutdownBehavior,
     };
     let moto = MotoServer::start().await.unwrap();
     let profile_arn = moto
@@ -500,26 +521,7 @@ async fn instances_launched_from_a_template_carry_its_options_unless_the_call_se
         DefaultTargetCapacityType::OnDemand,
         DefaultTargetCapacityType::Spot,
     ] {
-        let fleet = ec2
-            .create_fleet()
-            .r#type(FleetType::Instant)
-            .target_capacity_specification(
-                TargetCapacitySpecificationRequest::builder()
-                    .total_target_capacity(2)
-                    .default_target_capacity_type(capacity.clone())
-                    .build(),
-            )
-            .launch_template_configs(
-                FleetLaunchTemplateConfigRequest::builder()
-                    .launch_template_specification(
-                        FleetLaunchTemplateSpecificationRequest::builder()
-                            .launch_template_name("operator-lt")
-                            .version("2")
-                            .build(),
-                    )
-                    .build(),
-            )
-            .send()
+        let fleet = instant_fleet(&ec2, "operator-lt", "2", capacity.clone(), 2)
             .await
             .unwrap();
         let ids: Vec<&str> = fleet
