@@ -1,6 +1,8 @@
 //! The launcher's side of AWS: its clients, which log each call at debug, and
 //! the one error every AWS step of every subcommand fails with.
 
+use std::time::Duration;
+
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
@@ -60,12 +62,29 @@ impl AwsStepError {
 
 /// The SDK configuration: the standard chain (profiles with SSO and
 /// credential_process included) over blockwatch's HTTPS client.
-pub async fn sdk() -> aws_config::SdkConfig {
+pub async fn sdk(call_timeout: Duration) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .http_client(blockwatch_aws::https_client())
+        .timeout_config(timeouts(call_timeout))
         .load()
         .await
 }
+
+/// The SDK sets no limit on an answer's wait by default: a call that is
+/// never answered would hold the command forever. Each attempt gets
+/// `call_timeout`, and the SDK's retries (3 attempts) together get 4 times
+/// it. Retrying a launch is safe: the SDK gives `CreateFleet`,
+/// `RunInstances` and the template calls one `ClientToken` for all attempts.
+fn timeouts(call_timeout: Duration) -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT.min(call_timeout))
+        .operation_attempt_timeout(call_timeout)
+        .operation_timeout(call_timeout.saturating_mul(4))
+        .build()
+}
+
+/// How long reaching an endpoint may take, within `--call-timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The launcher's AWS clients, each logging its calls.
 #[derive(Debug, Clone)]

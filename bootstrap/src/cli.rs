@@ -38,6 +38,10 @@ pub struct Cli {
     /// AWS call) or trace
     #[arg(long, global = true, value_name = "LEVEL", value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
+    /// How long one AWS call may go unanswered before it is tried again. A call is tried at most
+    /// 3 times and given at most 4 times this in all; then the command fails with exit 75
+    #[arg(long, global = true, value_name = "DUR", default_value = "60s")]
+    pub call_timeout: humantime::Duration,
 }
 
 #[derive(Debug, Subcommand)]

@@ -2,6 +2,7 @@
 //! rewriting `blockwatch:lease-end`, all or nothing for named instances.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::Tag;
@@ -47,7 +48,7 @@ pub enum Selection {
 }
 
 /// The command.
-pub async fn run(args: &ExtendArgs) -> Result<(), BlocksError> {
+pub async fn run(args: &ExtendArgs, call_timeout: Duration) -> Result<(), BlocksError> {
     // Everything checkable without AWS is checked before the first call.
     let page_size = PageSize::new(args.page_size)?;
     let now = OffsetDateTime::now_utc();
@@ -57,7 +58,7 @@ pub async fn run(args: &ExtendArgs) -> Result<(), BlocksError> {
     } else {
         Selection::Ids(args.instances.clone())
     };
-    let clients = Clients::new(&aws::sdk().await);
+    let clients = Clients::new(&aws::sdk(call_timeout).await);
     let report = extend(
         &clients,
         &args.compute_environment,

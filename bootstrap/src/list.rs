@@ -2,6 +2,7 @@
 //! terminated ones, with its market, its lease and its place in the cluster.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use blockwatch_core::compute_environment::cluster_of;
 use serde::Serialize;
@@ -26,10 +27,10 @@ pub struct ListReport {
 }
 
 /// The command.
-pub async fn run(args: &ListArgs) -> Result<(), BlocksError> {
+pub async fn run(args: &ListArgs, call_timeout: Duration) -> Result<(), BlocksError> {
     let page_size = PageSize::new(args.page_size)?;
     let now = OffsetDateTime::now_utc();
-    let clients = Clients::new(&aws::sdk().await);
+    let clients = Clients::new(&aws::sdk(call_timeout).await);
     let report = list(&clients, &args.compute_environment, page_size, now).await?;
     output::print(&output::render_list(&report, args.output));
     Ok(())

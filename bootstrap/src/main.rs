@@ -23,15 +23,16 @@ fn main() -> ExitCode {
             )
         }
     };
+    let call_timeout = cli.call_timeout.into();
     let done = runtime.block_on(async {
         match &cli.command {
-            None => launch::run(&cli.launch)
+            None => launch::run(&cli.launch, call_timeout)
                 .await
                 .map_err(|e| (e.exit(), e.to_string())),
-            Some(Command::List(args)) => {
-                list::run(args).await.map_err(|e| (e.exit(), e.to_string()))
-            }
-            Some(Command::Extend(args)) => extend::run(args)
+            Some(Command::List(args)) => list::run(args, call_timeout)
+                .await
+                .map_err(|e| (e.exit(), e.to_string())),
+            Some(Command::Extend(args)) => extend::run(args, call_timeout)
                 .await
                 .map_err(|e| (e.exit(), e.to_string())),
         }

@@ -10,6 +10,7 @@ use blockwatch_core::tags::{
 };
 use std::process::Command;
 
+use blockwatch_testkit::aws_proxy::{AwsProxy, Fault};
 use blockwatch_testkit::imds::{ImdsSimulator, InstanceState};
 use blockwatch_testkit::launcher::canned::{self, ec2_error};
 use blockwatch_testkit::launcher::{
@@ -655,6 +656,8 @@ fn launch_help_explains_itself() {
         "--launch-template",
         "blockwatch:compute-environment=<compute environment>",
         "10  --launch-template refused",
+        "--call-timeout",
+        "How long one AWS call may go unanswered",
         "Exit codes",
     ] {
         assert!(help.contains(needle), "help lacks {needle}:\n{help}");
@@ -1681,4 +1684,59 @@ async fn one_fleet_request_covers_every_type_and_subnet_with_the_on_demand_base(
             "{pair}: {body}"
         );
     }
+}
+
+/// Far longer than the few seconds a 1 s `--call-timeout` allows: the
+/// launcher is killed, and its test fails, only if it hangs.
+const HANG_GUARD: std::time::Duration = std::time::Duration::from_secs(120);
+
+#[tokio::test]
+async fn a_call_that_is_never_answered_fails_with_75_instead_of_hanging() {
+    let (moto, _) = moto_with_ce().await;
+
+    // The first call of every subcommand.
+    let proxy = AwsProxy::start(moto.addr()).unwrap();
+    proxy.inject("DescribeComputeEnvironments", Fault::Hang, None);
+    let run = Launcher::new(&proxy.endpoint())
+        .launch(1, "2h")
+        .args(["--call-timeout", "1s"])
+        .run_within(HANG_GUARD);
+    run.assert_exit(75)
+        .assert_stderr_has("batch:DescribeComputeEnvironments")
+        .assert_stderr_has("no answer in time");
+    let tries = proxy.seen("DescribeComputeEnvironments");
+    assert!(
+        (2..=3).contains(&tries),
+        "tried again, each try cut at --call-timeout, at most 3 in all: {tries}"
+    );
+    let listed = Launcher::new(&proxy.endpoint())
+        .args([
+            "list",
+            "--compute-environment",
+            "research",
+            "--call-timeout",
+            "1s",
+        ])
+        .run_within(HANG_GUARD);
+    listed
+        .assert_exit(75)
+        .assert_stderr_has("no answer in time");
+
+    // CreateFleet itself: EC2 may have launched, so the operator is told
+    // where to look; the template the launch created is deleted all the same.
+    let proxy = AwsProxy::start(moto.addr()).unwrap();
+    proxy.inject("CreateFleet", Fault::Hang, None);
+    let run = Launcher::new(&proxy.endpoint())
+        .launch(1, "2h")
+        .args(["--call-timeout", "1s"])
+        .run_within(HANG_GUARD);
+    run.assert_exit(75)
+        .assert_stderr_has("ec2:CreateFleet failed without EC2's answer")
+        .assert_stderr_has("blockwatch-launch list --compute-environment research");
+    assert!(
+        proxy.seen("DeleteLaunchTemplate") >= 1,
+        "the template was cleaned up"
+    );
+    assert_eq!(launch_templates(&moto).await, Vec::new());
+    assert!(instances(&moto).await.is_empty());
 }

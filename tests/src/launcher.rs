@@ -91,6 +91,51 @@ impl Launcher {
         self.command
     }
 
+    /// Runs it to the end, or kills it after `limit` and says so in
+    /// `stderr` (code -1): a launcher that hangs fails its test instead of
+    /// holding it.
+    pub fn run_within(mut self, limit: std::time::Duration) -> Run {
+        use std::process::Stdio;
+        let child = self
+            .command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match child {
+            Ok(child) => child,
+            Err(err) => {
+                return Run {
+                    code: -1,
+                    stdout: String::new(),
+                    stderr: format!("cannot run {}: {err}", binary().display()),
+                }
+            }
+        };
+        let started = std::time::Instant::now();
+        while matches!(child.try_wait(), Ok(None)) && started.elapsed() < limit {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let hung = matches!(child.try_wait(), Ok(None));
+        if hung {
+            let _ = child.kill();
+        }
+        let mut run: Run = match child.wait_with_output() {
+            Ok(output) => output.into(),
+            Err(err) => Run {
+                code: -1,
+                stdout: String::new(),
+                stderr: err.to_string(),
+            },
+        };
+        if hung {
+            run.code = -1;
+            run.stderr.push_str(&format!(
+                "\n[killed by the test: still running after {limit:?}]"
+            ));
+        }
+        run
+    }
+
     /// Runs it to the end.
     pub fn run(mut self) -> Run {
         match self.command.output() {

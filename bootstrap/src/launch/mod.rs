@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::ShutdownBehavior;
 use aws_sdk_ec2::Client as Ec2;
-use blockwatch_aws::{classify, to_time, CallError};
+use blockwatch_aws::{classify, to_time, AwsFailure, CallError};
 use blockwatch_core::compute_environment::{cluster_of, ComputeEnvironmentInfo, Refusal};
 use blockwatch_core::tags::{
     TAG_CLUSTER, TAG_COMPUTE_ENVIRONMENT, TAG_LEASE_DURATION, TAG_LEASE_END,
@@ -69,6 +69,12 @@ pub enum LaunchError {
     NotACapacityBlock { id: String, kind: String },
     #[error("timed out after {0} waiting for the instances")]
     WaitTimeout(String),
+    #[error("{api} failed without EC2's answer ({detail}), so EC2 may have launched instances all the same: `blockwatch-launch list --compute-environment {compute_environment}` shows them (they carry their lease, which their agents enforce)")]
+    Unconfirmed {
+        api: &'static str,
+        detail: String,
+        compute_environment: String,
+    },
     #[error("EC2 still does not know {ids} {after} after launching them (ec2:DescribeInstances: InvalidInstanceID.NotFound: {detail}); look for them in the EC2 console")]
     StillNotFound {
         ids: String,
@@ -96,6 +102,7 @@ impl LaunchError {
             Self::Aws(step) => step.exit(),
             Self::Template(_) => exit::TEMPLATE_REFUSED,
             Self::Shortfall { .. } => exit::SHORTFALL,
+            Self::Unconfirmed { .. } => exit::TRANSIENT,
             Self::SpotBlocksRetired { .. }
             | Self::PriceTooLow { .. }
             | Self::NoReservation(_)
@@ -158,10 +165,10 @@ pub struct Report {
 
 /// The command: validate, launch, wait if asked, print. What was launched
 /// is printed even when the launch or the wait then fails.
-pub async fn run(args: &LaunchArgs) -> Result<(), LaunchError> {
+pub async fn run(args: &LaunchArgs, call_timeout: Duration) -> Result<(), LaunchError> {
     // Everything checkable without AWS is checked before the first call.
     let plan = request(args).validate()?;
-    let clients = Clients::new(&aws::sdk().await);
+    let clients = Clients::new(&aws::sdk(call_timeout).await);
     let launched = launch(
         &clients,
         &plan,
@@ -528,7 +535,20 @@ async fn run_fleet(
 ) -> Result<Placed, LaunchError> {
     let request = FleetRequest::new(template.plan, template.launch_template);
     report.fleet_request = Some(request.clone());
-    let answer = match request.send(ec2, template.dry_run).await? {
+    let sent = request.send(ec2, template.dry_run).await;
+    let sent = sent.map_err(|err| match err {
+        LaunchError::Aws(AwsStepError::Call(CallError::Aws {
+            api,
+            kind: AwsFailure::Transient,
+            detail,
+        })) if !template.dry_run => LaunchError::Unconfirmed {
+            api,
+            detail,
+            compute_environment: template.plan.compute_environment.clone(),
+        },
+        other => other,
+    })?;
+    let answer = match sent {
         fleet::Sent::DryRunAccepted => return Ok(Placed::DryRunAccepted),
         fleet::Sent::Answered(answer) => answer,
     };
