@@ -52,13 +52,17 @@ pub const TEMPLATE_REFUSED: Exit = Exit {
     code: 10,
     meaning: "`--launch-template` refused (not found, not tagged for the compute environment, or its metadata options would break the join); nothing was launched",
 };
+pub const INTERRUPTED: Exit = Exit {
+    code: 130,
+    meaning: "interrupted (SIGINT or SIGTERM): a launch under way is finished and printed first, a `--wait` given up; a second interrupt stops at once",
+};
 pub const TRANSIENT: Exit = Exit {
     code: 75,
     meaning: "transient: AWS unreachable or throttled after retries",
 };
 
 /// Every exit code, in order.
-pub const TABLE: [Exit; 12] = [
+pub const TABLE: [Exit; 13] = [
     SUCCESS,
     INTERNAL,
     INVALID,
@@ -71,6 +75,7 @@ pub const TABLE: [Exit; 12] = [
     EXTEND_REFUSED,
     TEMPLATE_REFUSED,
     TRANSIENT,
+    INTERRUPTED,
 ];
 
 /// The table as `--help` shows it (without the README's code marks).

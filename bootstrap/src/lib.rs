@@ -10,6 +10,7 @@ pub mod blocks;
 pub mod cli;
 pub mod exit;
 pub mod extend;
+pub mod interrupt;
 pub mod inventory;
 pub mod launch;
 pub mod list;

@@ -1740,3 +1740,89 @@ async fn a_call_that_is_never_answered_fails_with_75_instead_of_hanging() {
     assert_eq!(launch_templates(&moto).await, Vec::new());
     assert!(instances(&moto).await.is_empty());
 }
+
+/// Waits, within [`HANG_GUARD`], until `done` holds.
+fn eventually(what: &str, done: impl Fn() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < HANG_GUARD, "never: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn an_interrupt_finishes_the_launch_under_way_and_a_second_stops_at_once() {
+    let (moto, _) = moto_with_ce().await;
+    // CreateFleet unanswered: the interrupt comes while the launch waits on it.
+    let proxy = AwsProxy::start(moto.addr()).unwrap();
+    proxy.inject("CreateFleet", Fault::Hang, None);
+    let hanging_launch = || {
+        Launcher::new(&proxy.endpoint())
+            .launch(1, "2h")
+            .args(["--call-timeout", "2s"])
+            .spawn()
+            .unwrap()
+    };
+
+    let running = hanging_launch();
+    eventually("CreateFleet sent", || proxy.seen("CreateFleet") >= 1);
+    running.interrupt();
+    let run = running.finish_within(HANG_GUARD);
+    run.assert_exit(75)
+        .assert_stderr_has("interrupted: finishing the launch under way")
+        .assert_stderr_has("ec2:CreateFleet failed without EC2's answer");
+    assert_eq!(
+        launch_templates(&moto).await,
+        Vec::new(),
+        "the template it created is deleted: {}",
+        run.stderr
+    );
+
+    // Interrupted twice: it stops at once and says what may be left.
+    let sent = proxy.seen("CreateFleet");
+    let running = hanging_launch();
+    eventually("CreateFleet sent again", || {
+        proxy.seen("CreateFleet") > sent
+    });
+    running.interrupt();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    running.interrupt();
+    let run = running.finish_within(HANG_GUARD);
+    run.assert_exit(130)
+        .assert_stderr_has("stopped at once by a second interrupt")
+        .assert_stderr_has("blockwatch-launch list --compute-environment research");
+}
+
+#[tokio::test]
+async fn an_interrupt_gives_up_the_wait_and_prints_what_launched() {
+    let (moto, _) = moto_with_ce().await;
+    // No ECS agent registers: --wait-registered would wait its whole timeout.
+    let running = Launcher::new(&moto.endpoint())
+        .launch(1, "2h")
+        .args([
+            "--wait",
+            "--wait-registered",
+            "--wait-timeout",
+            "10m",
+            "--output",
+            "json",
+        ])
+        .spawn()
+        .unwrap();
+    eventually("the instance launched", || {
+        moto.requests()
+            .iter()
+            .any(|r| r.body.contains("Action=DescribeInstances&"))
+    });
+    running.interrupt();
+    let run = running.finish_within(HANG_GUARD);
+    run.assert_exit(130).assert_stderr_has("interrupted");
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let launched = instances(&moto).await;
+    assert_eq!(launched.len(), 1);
+    assert_eq!(
+        report["instances"][0]["instance_id"].as_str(),
+        launched[0].instance_id()
+    );
+    assert_eq!(launch_templates(&moto).await, Vec::new());
+}

@@ -91,25 +91,68 @@ impl Launcher {
         self.command
     }
 
-    /// Runs it to the end, or kills it after `limit` and says so in
-    /// `stderr` (code -1): a launcher that hangs fails its test instead of
-    /// holding it.
-    pub fn run_within(mut self, limit: std::time::Duration) -> Run {
+    /// Starts it, its output captured.
+    pub fn spawn(mut self) -> std::io::Result<Running> {
         use std::process::Stdio;
         let child = self
             .command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .spawn();
-        let mut child = match child {
-            Ok(child) => child,
-            Err(err) => {
-                return Run {
-                    code: -1,
-                    stdout: String::new(),
-                    stderr: format!("cannot run {}: {err}", binary().display()),
-                }
-            }
+            .spawn()?;
+        Ok(Running { child: Some(child) })
+    }
+
+    /// Runs it to the end, or kills it after `limit` (see
+    /// [`Running::finish_within`]).
+    pub fn run_within(self, limit: std::time::Duration) -> Run {
+        match self.spawn() {
+            Ok(running) => running.finish_within(limit),
+            Err(err) => Run {
+                code: -1,
+                stdout: String::new(),
+                stderr: format!("cannot run {}: {err}", binary().display()),
+            },
+        }
+    }
+
+    /// Runs it to the end.
+    pub fn run(mut self) -> Run {
+        match self.command.output() {
+            Ok(output) => output.into(),
+            Err(err) => Run {
+                code: -1,
+                stdout: String::new(),
+                stderr: format!("cannot run {}: {err}", binary().display()),
+            },
+        }
+    }
+}
+
+/// A launcher started by [`Launcher::spawn`]; killed if dropped running.
+#[derive(Debug)]
+pub struct Running {
+    child: Option<std::process::Child>,
+}
+
+impl Running {
+    /// Sends it SIGINT, as Ctrl-C does.
+    pub fn interrupt(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+        }
+    }
+
+    /// Waits for its end, or kills it after `limit` and says so in `stderr`
+    /// (code -1): a launcher that hangs fails its test instead of holding it.
+    pub fn finish_within(mut self, limit: std::time::Duration) -> Run {
+        let Some(mut child) = self.child.take() else {
+            return Run {
+                code: -1,
+                stdout: String::new(),
+                stderr: "already finished".into(),
+            };
         };
         let started = std::time::Instant::now();
         while matches!(child.try_wait(), Ok(None)) && started.elapsed() < limit {
@@ -135,16 +178,13 @@ impl Launcher {
         }
         run
     }
+}
 
-    /// Runs it to the end.
-    pub fn run(mut self) -> Run {
-        match self.command.output() {
-            Ok(output) => output.into(),
-            Err(err) => Run {
-                code: -1,
-                stdout: String::new(),
-                stderr: format!("cannot run {}: {err}", binary().display()),
-            },
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

@@ -29,6 +29,7 @@ use time::OffsetDateTime;
 use crate::aws::{self, AwsStepError, Clients};
 use crate::cli::LaunchArgs;
 use crate::exit::{self, Exit};
+use crate::interrupt::Interrupts;
 use crate::output;
 use crate::plan::{Market, Plan, Request};
 pub use fleet::{FleetRequest, PoolError};
@@ -69,6 +70,10 @@ pub enum LaunchError {
     NotACapacityBlock { id: String, kind: String },
     #[error("timed out after {0} waiting for the instances")]
     WaitTimeout(String),
+    #[error("interrupted: the wait was given up; what was launched is listed above")]
+    Interrupted,
+    #[error("stopped at once by a second interrupt, in the middle of the launch: EC2 may have launched instances (`blockwatch-launch list --compute-environment {compute_environment}` shows them; they carry their lease, which their agents enforce), and a launch template this launch created may be left (tagged blockwatch:compute-environment={compute_environment})")]
+    StoppedMidLaunch { compute_environment: String },
     #[error("{api} failed without EC2's answer ({detail}), so EC2 may have launched instances all the same: `blockwatch-launch list --compute-environment {compute_environment}` shows them (they carry their lease, which their agents enforce)")]
     Unconfirmed {
         api: &'static str,
@@ -109,6 +114,7 @@ impl LaunchError {
             | Self::NotACapacityBlock { .. } => exit::EC2_REFUSED,
             Self::StillNotFound { .. } => exit::REJECTED,
             Self::WaitTimeout(_) => exit::WAIT_TIMEOUT,
+            Self::Interrupted | Self::StoppedMidLaunch { .. } => exit::INTERRUPTED,
         }
     }
 }
@@ -169,28 +175,51 @@ pub async fn run(args: &LaunchArgs, call_timeout: Duration) -> Result<(), Launch
     // Everything checkable without AWS is checked before the first call.
     let plan = request(args).validate()?;
     let clients = Clients::new(&aws::sdk(call_timeout).await);
-    let launched = launch(
+    let mut interrupts = Interrupts::register();
+    let mut launching = Box::pin(launch(
         &clients,
         &plan,
         args.dry_run,
         OffsetDateTime::now_utc(),
         Duration::from(args.not_found_grace),
-    )
-    .await;
+    ));
+    // An interrupt never abandons a launch under way: that would leave its
+    // template behind and its instances unreported. A second one does.
+    let mut interrupted = false;
+    let launched = tokio::select! {
+        launched = &mut launching => launched,
+        () = interrupts.next() => {
+            interrupted = true;
+            log::warn!("interrupted: finishing the launch under way, so that what it launched is reported and its template deleted (each AWS call ends within --call-timeout); interrupt again to stop at once");
+            tokio::select! {
+                launched = &mut launching => launched,
+                () = interrupts.next() => {
+                    return Err(LaunchError::StoppedMidLaunch {
+                        compute_environment: plan.compute_environment.clone(),
+                    });
+                }
+            }
+        }
+    };
     if let Err(LaunchError::Shortfall { report, .. }) = &launched {
         output::print(&output::render(report, args.output));
     }
     let mut report = launched?;
-    let waited = if args.wait && !args.dry_run {
+    let waited = if !args.wait || args.dry_run {
+        Ok(())
+    } else if interrupted {
+        Err(LaunchError::Interrupted)
+    } else {
         let options = WaitOptions {
             registered: args.wait_registered,
             timeout: Duration::from(args.wait_timeout),
             not_found_grace: Duration::from(args.not_found_grace),
             poll_interval: WaitOptions::DEFAULT_POLL_INTERVAL,
         };
-        wait(&clients, &mut report, options).await
-    } else {
-        Ok(())
+        tokio::select! {
+            waited = Box::pin(wait(&clients, &mut report, options)) => waited,
+            () = interrupts.next() => Err(LaunchError::Interrupted),
+        }
     };
     output::print(&output::render(&report, args.output));
     waited
