@@ -54,7 +54,7 @@ pub const TEMPLATE_REFUSED: Exit = Exit {
 };
 pub const INTERRUPTED: Exit = Exit {
     code: 130,
-    meaning: "interrupted (SIGINT or SIGTERM): a launch under way is finished and printed first, a `--wait` given up; a second interrupt stops at once",
+    meaning: "interrupted (SIGINT or SIGTERM): the launch stopped after the AWS call under way, deleting what it created and printing what launched, or a `--wait` was given up; a second interrupt stops at once",
 };
 pub const TRANSIENT: Exit = Exit {
     code: 75,

@@ -1769,7 +1769,7 @@ async fn an_interrupt_finishes_the_launch_under_way_and_a_second_stops_at_once()
     running.interrupt();
     let run = running.finish_within(HANG_GUARD);
     run.assert_exit(75)
-        .assert_stderr_has("interrupted: finishing the launch under way")
+        .assert_stderr_has("interrupted: stopping after the AWS call under way")
         .assert_stderr_has("ec2:CreateFleet failed without EC2's answer");
     assert_eq!(
         launch_templates(&moto).await,
@@ -1824,5 +1824,32 @@ async fn an_interrupt_gives_up_the_wait_and_prints_what_launched() {
         report["instances"][0]["instance_id"].as_str(),
         launched[0].instance_id()
     );
+    assert_eq!(launch_templates(&moto).await, Vec::new());
+}
+
+#[tokio::test]
+async fn an_interrupt_before_the_launch_request_launches_nothing_and_leaves_nothing() {
+    let (moto, _) = moto_with_ce().await;
+    // A slow answer to the template lookup, before anything is written: the
+    // interrupt comes while it is under way.
+    let proxy = AwsProxy::start(moto.addr()).unwrap();
+    proxy.inject(
+        "DescribeLaunchTemplates",
+        Fault::Delay(std::time::Duration::from_secs(2)),
+        None,
+    );
+    let running = Launcher::new(&proxy.endpoint())
+        .launch(1, "2h")
+        .spawn()
+        .unwrap();
+    eventually("the template lookup sent", || {
+        proxy.seen("DescribeLaunchTemplates") >= 1
+    });
+    running.interrupt();
+    let run = running.finish_within(HANG_GUARD);
+    run.assert_exit(130)
+        .assert_stderr_has("interrupted before anything was launched; nothing is left behind");
+    assert_eq!(proxy.seen("CreateFleet"), 0, "{}", run.stderr);
+    assert!(instances(&moto).await.is_empty());
     assert_eq!(launch_templates(&moto).await, Vec::new());
 }

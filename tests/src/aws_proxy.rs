@@ -38,6 +38,9 @@ pub enum Fault {
     /// Close the connection without answering, with the request still unread,
     /// so the kernel resets it (RST).
     Reset,
+    /// Forward it, and pass the answer on this long after it came (a slow
+    /// service).
+    Delay(Duration),
     /// Answer this instead of forwarding.
     Respond {
         status: u16,
@@ -514,6 +517,11 @@ fn serve(mut stream: TcpStream, upstream: SocketAddr, shared: &Shared) -> std::i
             headers,
             body,
         }) => (status, headers, body.into_bytes()),
+        Some(Fault::Delay(delay)) => {
+            let answer = forward(&request, upstream)?;
+            std::thread::sleep(delay);
+            answer
+        }
         Some(Fault::Reset) | None => match answer_lifecycle(&request, shared) {
             Some(answer) => answer,
             None => forward(&request, upstream)?,

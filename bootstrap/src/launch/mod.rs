@@ -13,6 +13,7 @@ mod run_instances;
 mod template;
 mod wait;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aws_sdk_ec2::types::ShutdownBehavior;
@@ -72,6 +73,8 @@ pub enum LaunchError {
     WaitTimeout(String),
     #[error("interrupted: the wait was given up; what was launched is listed above")]
     Interrupted,
+    #[error("interrupted before anything was launched; nothing is left behind")]
+    StoppedBeforeLaunch,
     #[error("stopped at once by a second interrupt, in the middle of the launch: EC2 may have launched instances (`blockwatch-launch list --compute-environment {compute_environment}` shows them; they carry their lease, which their agents enforce), and a launch template this launch created may be left (tagged blockwatch:compute-environment={compute_environment})")]
     StoppedMidLaunch { compute_environment: String },
     #[error("{api} failed without EC2's answer ({detail}), so EC2 may have launched instances all the same: `blockwatch-launch list --compute-environment {compute_environment}` shows them (they carry their lease, which their agents enforce)")]
@@ -114,7 +117,9 @@ impl LaunchError {
             | Self::NotACapacityBlock { .. } => exit::EC2_REFUSED,
             Self::StillNotFound { .. } => exit::REJECTED,
             Self::WaitTimeout(_) => exit::WAIT_TIMEOUT,
-            Self::Interrupted | Self::StoppedMidLaunch { .. } => exit::INTERRUPTED,
+            Self::Interrupted | Self::StoppedBeforeLaunch | Self::StoppedMidLaunch { .. } => {
+                exit::INTERRUPTED
+            }
         }
     }
 }
@@ -176,21 +181,25 @@ pub async fn run(args: &LaunchArgs, call_timeout: Duration) -> Result<(), Launch
     let plan = request(args).validate()?;
     let clients = Clients::new(&aws::sdk(call_timeout).await);
     let mut interrupts = Interrupts::register();
+    let stop = AtomicBool::new(false);
     let mut launching = Box::pin(launch(
         &clients,
         &plan,
         args.dry_run,
         OffsetDateTime::now_utc(),
         Duration::from(args.not_found_grace),
+        &stop,
     ));
-    // An interrupt never abandons a launch under way: that would leave its
-    // template behind and its instances unreported. A second one does.
+    // An interrupt never abandons a call under way: that would leave a
+    // template behind, or instances unreported. The launch stops at its
+    // next step instead; a second interrupt stops at once.
     let mut interrupted = false;
     let launched = tokio::select! {
         launched = &mut launching => launched,
         () = interrupts.next() => {
             interrupted = true;
-            log::warn!("interrupted: finishing the launch under way, so that what it launched is reported and its template deleted (each AWS call ends within --call-timeout); interrupt again to stop at once");
+            stop.store(true, Ordering::SeqCst);
+            log::warn!("interrupted: stopping after the AWS call under way, so that nothing is left behind (each call ends within --call-timeout); interrupt again to stop at once");
             tokio::select! {
                 launched = &mut launching => launched,
                 () = interrupts.next() => {
@@ -256,16 +265,23 @@ fn request(args: &LaunchArgs) -> Request {
 /// Runs the whole launch. `dry_run` checks permissions with EC2's `DryRun`
 /// and launches nothing. `not_found_grace`: how long EC2 may not know the
 /// instances the fleet just launched (their launch times give the leases).
+/// `stop` set (an interrupt): no launch request is sent any more, and what
+/// was created for it is deleted.
 pub async fn launch(
     clients: &Clients,
     plan: &Plan,
     dry_run: bool,
     now: OffsetDateTime,
     not_found_grace: Duration,
+    stop: &AtomicBool,
 ) -> Result<Report, LaunchError> {
     let (info, cluster, mut warnings) = compute_environment(clients, plan).await?;
     let lease = lease(&clients.ec2, plan, now).await?;
     let tags = tags(plan, &cluster, &lease);
+    // Nothing written yet.
+    if stop.load(Ordering::SeqCst) {
+        return Err(LaunchError::StoppedBeforeLaunch);
+    }
     let prepared = match &plan.launch_template {
         Some(selector) => {
             Box::pin(from_operator_template(clients, plan, selector, &tags, now)).await?
@@ -276,6 +292,12 @@ pub async fn launch(
     warnings.extend(hop_limit_warning(prepared.imds_hop_limit));
     warnings.extend(prepared.warnings);
     let launch_template = prepared.launch_template;
+    if stop.load(Ordering::SeqCst) {
+        if let Some(warning) = template::clean_up(&clients.ec2, &launch_template).await {
+            log::warn!("{warning}");
+        }
+        return Err(LaunchError::StoppedBeforeLaunch);
+    }
     let mut report = Report {
         compute_environment: plan.compute_environment.clone(),
         compute_environment_state: info.state.clone(),
