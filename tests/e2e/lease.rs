@@ -443,10 +443,7 @@ async fn no_aws_request_while_watching_a_lease_over_several_tag_refreshes() {
     let b = block(REFRESH).await;
     let end = b.f.lease_ends_in(time::Duration::hours(2));
     let agent = b.f.start();
-    // The two start-up calls (DescribeInstances, DescribeInstanceAttribute)
-    // run beside the loop: wait for both answers before the quiet window.
-    agent.wait_for_log("EC2 knows no spot block", PATIENCE);
-    agent.wait_for_log("shutdown behaviour is `stop`", PATIENCE);
+    agent.wait_for_start_reads();
     b.f.instance.wait_ticks(&agent, 1);
     let before = b.f.instance.moto().requests().len();
     let exchanges_before = b.f.instance.imds.exchanges().len();

@@ -59,6 +59,20 @@ fn calls(proxy: &AwsProxy, operation: &str) -> Vec<LifecycleCall> {
         .collect()
 }
 
+/// Stops `task` (its job ends) and waits until the agent completed the
+/// hook; returns the state then.
+async fn stop_until_completed(f: &Registered, agent: &Agent, task: &str) -> serde_json::Value {
+    f.instance
+        .moto()
+        .stop_task(&f.cluster_arn, task)
+        .await
+        .unwrap();
+    f.instance
+        .wait_for(agent, PATIENCE, "the hook completed", |s| {
+            s["lifecycle"]["completed_at"].is_string()
+        })
+}
+
 #[tokio::test]
 async fn heartbeats_while_a_task_runs_then_continue_after_the_drain_once_across_a_restart() {
     let receiver = receiver_refusing_first(0);
@@ -88,16 +102,7 @@ async fn heartbeats_while_a_task_runs_then_continue_after_the_drain_once_across_
         .iter()
         .all(|c| c.accepted && c.group == GROUP && c.hook == HOOK && c.instance_id == id));
 
-    f.instance
-        .moto()
-        .stop_task(&f.cluster_arn, &task)
-        .await
-        .unwrap();
-    let done = f
-        .instance
-        .wait_for(&agent, PATIENCE, "the hook completed", |s| {
-            s["lifecycle"]["completed_at"].is_string()
-        });
+    let done = stop_until_completed(&f, &agent, &task).await;
     let completed = calls(&proxy, COMPLETE);
     assert_eq!(completed.len(), 1, "{completed:?}");
     assert_eq!(completed[0].result.as_deref(), Some("CONTINUE"));
@@ -230,16 +235,7 @@ async fn the_configured_hook_is_the_one_kept_alive_and_completed() {
     f.instance.wait_for(&agent, PATIENCE, "a heartbeat", |s| {
         s["lifecycle"]["heartbeats"].as_u64() >= Some(1)
     });
-    f.instance
-        .moto()
-        .stop_task(&f.cluster_arn, &task)
-        .await
-        .unwrap();
-    let done = f
-        .instance
-        .wait_for(&agent, PATIENCE, "the hook completed", |s| {
-            s["lifecycle"]["completed_at"].is_string()
-        });
+    let done = stop_until_completed(&f, &agent, &task).await;
     assert_eq!(done["lifecycle"]["hook"]["name"], OURS);
     let sent = proxy.lifecycle_calls();
     assert!(

@@ -274,10 +274,7 @@ async fn no_aws_call_while_idle() {
     let end = now() + time::Duration::hours(2);
     let f = registered_in_jobs(&[(TAG_LEASE_END, &rfc3339(end))], "").await;
     let agent = f.start();
-    // The start's one-off EC2 reads are done (retried first, if IMDS was
-    // slow to give credentials on a loaded machine).
-    agent.wait_for_log("EC2 knows no spot block or Capacity Block", PATIENCE);
-    agent.wait_for_log("instance-initiated shutdown behaviour is `stop`", PATIENCE);
+    agent.wait_for_start_reads();
     f.instance.wait_ticks(&agent, 1);
     let before = f.instance.moto().requests().len();
 

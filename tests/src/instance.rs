@@ -283,6 +283,16 @@ impl Agent {
         assert!(log.contains(needle), "the log lacks {needle:?}: {log}");
     }
 
+    /// Waits until the agent's two one-off EC2 reads at start
+    /// (`DescribeInstances` for end dates, `DescribeInstanceAttribute` for
+    /// the shutdown behaviour, `stop` on moto) have their answers: they run
+    /// beside the loop, and are retried when IMDS is slow to give
+    /// credentials, so a quiet window must start after them.
+    pub fn wait_for_start_reads(&self) {
+        self.wait_for_log("EC2 knows no spot block", PATIENCE);
+        self.wait_for_log("instance-initiated shutdown behaviour is `stop`", PATIENCE);
+    }
+
     /// Waits until the agent's log contains `needle`, or panics after `within`.
     pub fn wait_for_log(&self, needle: &str, within: Duration) -> String {
         let deadline = Instant::now() + within;
